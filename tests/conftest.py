@@ -1,0 +1,69 @@
+"""Shared fixtures: one certificate set, loopback origins, and a running server + agent pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from support import CertSet, EchoServer, Origin, Proc, agent_config, https_context, make_certs, server_config, start_twistd, wait_connected
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory) -> CertSet:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="session")
+def http_origin():
+    origin = Origin("http-origin")
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="session")
+def second_origin():
+    origin = Origin("second-origin")
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="session")
+def https_origin(tmp_path_factory):
+    context, ca = https_context(tmp_path_factory.mktemp("origin-ca"))
+    origin = Origin("https-origin", context)
+    origin.ca = ca
+    yield origin
+    origin.close()
+
+
+@pytest.fixture(scope="session")
+def echo():
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+@dataclass
+class Tunnel:
+    server: Proc
+    agent: Proc
+    certs: CertSet
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.agent.port}"
+
+
+@pytest.fixture(scope="session")
+def tunnel(certs, tmp_path_factory) -> Tunnel:
+    workdir = tmp_path_factory.mktemp("tunnel")
+    server = start_twistd("server", server_config(certs), workdir)
+    agent = start_twistd("agent", agent_config(certs, server.port), workdir)
+    try:
+        wait_connected(agent)
+    except TimeoutError:
+        raise RuntimeError(f"agent never connected\nserver:\n{server.log()}\nagent:\n{agent.log()}")
+    yield Tunnel(server, agent, certs)
+    agent.stop()
+    server.stop()

@@ -1,0 +1,125 @@
+"""The agent's proxy port with real curl: CONNECT, absolute-form, keep-alive, errors, /health."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+from support import curl, proxy_connect
+
+
+def test_connect_to_https_origin_with_its_own_ca(tunnel, https_origin):
+    result = curl("-x", tunnel.proxy, "--cacert", https_origin.ca, f"https://127.0.0.1:{https_origin.port}/hi")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"hello from https-origin /hi")
+
+
+def test_absolute_form_http_request(tunnel, http_origin):
+    result = curl("-x", tunnel.proxy, f"http://127.0.0.1:{http_origin.port}/plain?q=1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"hello from http-origin /plain?q=1 host=127.0.0.1:{http_origin.port} proxy-conn=None\n".encode()
+
+
+def test_two_hosts_on_one_keepalive_client_connection(tunnel, http_origin, second_origin):
+    urls = [f"http://127.0.0.1:{http_origin.port}/a", f"http://127.0.0.1:{second_origin.port}/b", f"http://127.0.0.1:{http_origin.port}/c"]
+    result = curl("-v", "-x", tunnel.proxy, *urls)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(b"hello from") == 3
+    assert b"hello from http-origin /a" in result.stdout
+    assert b"hello from second-origin /b" in result.stdout
+    assert b"hello from http-origin /c" in result.stdout
+    # curl says "Re-using existing connection" when the client connection stayed open.
+    assert result.stderr.count(b"Re-using existing connection") + result.stderr.count(b"Reusing existing connection") >= 2, result.stderr
+
+
+def test_close_delimited_response_is_reframed_for_keepalive(tunnel, http_origin):
+    url = f"http://127.0.0.1:{http_origin.port}/close-delimited"
+    result = curl("-v", "-x", tunnel.proxy, url, f"http://127.0.0.1:{http_origin.port}/after")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(b"ended by close\nhello from http-origin /after")
+
+
+def test_post_body_reaches_origin_intact(tunnel, http_origin, tmp_path):
+    body = tmp_path / "body.bin"
+    body.write_bytes(bytes(range(256)) * 4000)
+    import hashlib
+
+    expected = f"{256 * 4000} {hashlib.sha256(body.read_bytes()).hexdigest()}\n".encode()
+    for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
+        result = curl("-x", tunnel.proxy, "--data-binary", f"@{body}", *extra, f"http://127.0.0.1:{http_origin.port}/upload")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == expected
+
+
+def test_health_endpoint(tunnel):
+    with urllib.request.urlopen(f"http://127.0.0.1:{tunnel.agent.port}/health", timeout=5) as r:
+        assert r.headers["Content-Type"] == "application/json"
+        health = json.load(r)
+    assert health["connected"] is True
+    assert health["server"] == f"127.0.0.1:{tunnel.server.port}"
+    assert health["uptime"] > 0
+    assert isinstance(health["open_streams"], int)
+
+
+def test_health_counts_open_streams(tunnel, echo):
+    sock, head = proxy_connect(tunnel.agent.port, f"127.0.0.1:{echo.port}")
+    try:
+        assert head.startswith(b"HTTP/1.1 200")
+        with urllib.request.urlopen(f"http://127.0.0.1:{tunnel.agent.port}/health", timeout=5) as r:
+            assert json.load(r)["open_streams"] >= 1
+    finally:
+        sock.close()
+
+
+def test_egress_refusal_passes_through_as_403(tunnel):
+    result = curl("-x", tunnel.proxy, "-w", "%{http_code}", "http://10.1.2.3/")
+    assert result.stdout.endswith(b"403")
+    assert b"10.1.2.3 is private" in result.stdout
+
+
+def test_connect_refusal_is_403_with_reason(tunnel):
+    sock, head = proxy_connect(tunnel.agent.port, "169.254.169.254:80")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+    assert b"instance metadata" in head
+
+
+def test_dial_failure_is_502_with_reason(tunnel):
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sock, head = proxy_connect(tunnel.agent.port, f"127.0.0.1:{port}")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 502"), head
+    assert b"refused" in head
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_malformed_request_is_400(tunnel):
+    assert _raw(tunnel.agent.port, b"THIS IS NOT HTTP\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert _raw(tunnel.agent.port, b"CONNECT no-port-here HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+    assert _raw(tunnel.agent.port, b"GET ftp://example.com/ HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 400")
+
+
+def test_oversized_headers_are_431(tunnel):
+    answer = _raw(tunnel.agent.port, b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def test_agent_survives_bad_input_and_keeps_serving(tunnel, http_origin):
+    for junk in (b"\x00\xff" * 1000, b"GET / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b"\r\n\r\n\r\n"):
+        _raw(tunnel.agent.port, junk)
+    result = curl("-x", tunnel.proxy, f"http://127.0.0.1:{http_origin.port}/still-alive")
+    assert result.stdout.startswith(b"hello from http-origin /still-alive")

@@ -1,0 +1,69 @@
+"""The agent: the local proxy listener plus the tunnel client, and what `/health` reports."""
+
+from __future__ import annotations
+
+from twisted.application import service
+
+from .addresses import Destination
+from .agent_front import KnownDestinations, ProxyFactory
+from .config import Config
+from .listening import ListenService, tcp_endpoint
+from .tunnel_client import TunnelClient
+
+
+class Agent(service.Service):
+    """Starts the tunnel with the service and stops it (closing streams) on shutdown."""
+
+    def __init__(self, reactor, config: Config, tls_options) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.max_header_bytes = config["max_header_bytes"]
+        self.optimistic_connect = config["optimistic_connect"]
+        self.known = KnownDestinations()
+        self.clients = 0
+        self.started_at = reactor.seconds()
+        self.tunnel = TunnelClient(
+            reactor,
+            tls_options,
+            host=config["server_ip"],
+            port=config["server_port"],
+            connect_timeout=config["connect_timeout"],
+            keepalive_interval=config["keepalive_interval"],
+            keepalive_timeout=config["keepalive_timeout"],
+            reconnect_max_delay=config["reconnect_max_delay"],
+            tunnel_wait=config["tunnel_wait"],
+        )
+
+    def open(self, destination: Destination, protocol):
+        return self.tunnel.open(destination, protocol)
+
+    def health(self) -> dict:
+        now = self.reactor.seconds()
+        since = self.tunnel.connected_since
+        return {
+            "connected": self.tunnel.current is not None,
+            "server": self.tunnel.server,
+            "server_name": self.config["server_name"],
+            "uptime": round(now - self.started_at, 3),
+            "tunnel_uptime": round(now - since, 3) if since is not None else None,
+            "open_streams": self.tunnel.open_streams,
+            "clients": self.clients,
+            "last_error": self.tunnel.last_error,
+        }
+
+    def startService(self) -> None:
+        super().startService()
+        self.tunnel.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.tunnel.stop()
+
+
+def make_agent_service(reactor, config: Config, tls_options) -> service.MultiService:
+    top = service.MultiService()
+    agent = Agent(reactor, config, tls_options)
+    agent.setServiceParent(top)
+    host, port = config["proxy_host"], config["proxy_port"]
+    ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent), "local proxy", host, port).setServiceParent(top)
+    return top

@@ -1,0 +1,380 @@
+"""The agent's local HTTP proxy: CONNECT, absolute-form `http://` requests, WebSocket
+upgrades and `GET /health`, each tunnelled through one HTTP/2 stream.
+
+Round trips are what a cloud tunnel costs, so none is added: a CONNECT to a
+destination reached before is answered at once and the client's first bytes ride
+right behind the HTTP/2 HEADERS; a first-time destination waits for the server's
+answer so a refusal arrives as a readable 403/502/504. Absolute-form requests are
+sent with the CONNECT and never wait for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+
+import h11
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .addresses import BadAddress, Destination, parse_authority, parse_http_url
+from .front import HttpFront
+from .mux import OpenFailed
+from .relay import RelayEnd, close, splice
+
+log = Logger(namespace="fluidity.agent")
+
+HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
+
+
+def _connection_tokens(headers) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return tokens
+
+
+def forwardable(headers, keep_upgrade: bool) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop headers (RFC 9110 §7.6.1); keep an agreed Upgrade."""
+    named = _connection_tokens(headers)
+    out = [(n, v) for n, v in headers if n not in HOP_BY_HOP and n not in named]
+    if keep_upgrade:
+        out += [(n, v) for n, v in headers if n == b"upgrade"]
+        out.append((b"connection", b"Upgrade"))
+    return out
+
+
+def wants_upgrade(request: h11.Request) -> bool:
+    return b"upgrade" in _connection_tokens(request.headers) and any(n == b"upgrade" for n, _ in request.headers)
+
+
+class KnownDestinations:
+    """Destinations the server reached recently: their CONNECTs are answered at once."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, authority: str) -> bool:
+        return authority in self._seen
+
+    def add(self, authority: str) -> None:
+        self._seen[authority] = None
+        self._seen.move_to_end(authority)
+        while len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+
+    def discard(self, authority: str) -> None:
+        self._seen.pop(authority, None)
+
+
+class UpstreamEnd(RelayEnd):
+    """The stream side of a CONNECT; tells the front when the stream exists."""
+
+    def __init__(self, on_connected) -> None:
+        super().__init__()
+        self._on_connected = on_connected
+
+    def connectionMade(self) -> None:
+        self._on_connected(self)
+
+
+@implementer(IHalfCloseableProtocol)
+class OriginLink(Protocol):
+    """A tunnel stream to one origin carrying absolute-form requests, parsed with h11."""
+
+    def __init__(self, front: "ProxyFront", destination: Destination) -> None:
+        self.front = front
+        self.destination = destination
+        self.h11 = h11.Connection(h11.CLIENT)
+        self._unsent: list[bytes] = []
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        unsent, self._unsent = self._unsent, []
+        for data in unsent:
+            self.transport.write(data)
+        self.front._link_connected(self)
+
+    def send(self, event) -> None:
+        data = self.h11.send(event)
+        if not data:
+            return
+        if self.transport is None:
+            self._unsent.append(data)
+        else:
+            self.transport.write(data)
+
+    @property
+    def reusable(self) -> bool:
+        return not self.lost and self.h11.our_state is h11.IDLE and self.h11.their_state is h11.IDLE
+
+    def dataReceived(self, data: bytes) -> None:
+        self.h11.receive_data(data)
+        self.front._origin_events(self)
+
+    def readConnectionLost(self) -> None:
+        self.h11.receive_data(b"")
+        self.front._origin_events(self)
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost = True
+        self.front._link_lost(self, reason)
+
+
+class ProxyFront(HttpFront):
+    """One local client connection to the agent's proxy port."""
+
+    def __init__(self, agent) -> None:
+        super().__init__()
+        self.agent = agent
+        self.max_header_bytes = agent.max_header_bytes
+        self.link: OriginLink | None = None
+        self._request: h11.Request | None = None
+        self._response_started = False
+        self._pending = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.agent.clients += 1
+
+    def connectionLost(self, reason=None) -> None:
+        self.agent.clients -= 1
+        super().connectionLost(reason)
+        link, self.link = self.link, None
+        if link is not None and link.transport is not None and not link.lost:
+            link.transport.loseConnection()
+
+    # -- requests --------------------------------------------------------------------
+    def handle_event(self, event) -> None:
+        if isinstance(event, h11.Request):
+            self._on_request(event)
+        elif isinstance(event, h11.Data):
+            if self.link is not None:
+                self.link.send(h11.Data(data=event.data))
+        elif isinstance(event, h11.EndOfMessage):
+            if self.link is not None and self._request is not None and self._request.method != b"CONNECT":
+                self.link.send(h11.EndOfMessage())
+                self._maybe_next_cycle()
+
+    def _on_request(self, request: h11.Request) -> None:
+        self._request = request
+        self._response_started = False
+        target = request.target
+        if request.method == b"CONNECT":
+            try:
+                destination = parse_authority(target)
+            except BadAddress as e:
+                self.fail(400, str(e))
+                return
+            self._connect(destination)
+        elif target.startswith(b"/"):
+            self._local(request)
+        else:
+            try:
+                url = parse_http_url(target)
+            except BadAddress as e:
+                self.fail(400, str(e))
+                return
+            self._forward(request, url.destination, url.path)
+
+    def _local(self, request: h11.Request) -> None:
+        """Requests addressed to the agent itself, not to be proxied."""
+        path = request.target.split(b"?", 1)[0]
+        if path == b"/health" and request.method == b"GET":
+            body = json.dumps(self.agent.health()).encode() + b"\n"
+            self._answer(200, body, b"application/json")
+        else:
+            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests or CONNECT (GET /health for status)\n", b"text/plain")
+
+    def _answer(self, status: int, body: bytes, content_type: bytes) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]
+        self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers)))
+        self.transport.write(self.h11.send(h11.Data(data=body)))
+        self.transport.write(self.h11.send(h11.EndOfMessage()))
+        self._maybe_next_cycle()
+
+    # -- CONNECT ---------------------------------------------------------------------
+    def _connect(self, destination: Destination) -> None:
+        agent = self.agent
+        early = agent.optimistic_connect and destination.authority in agent.known
+        self.transport.pauseProducing()
+        upstream = UpstreamEnd(lambda end: self._connect_stream_up(end, early))
+        self._pending = agent.open(destination, upstream)
+        if early:
+            self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+            self.transport.resumeProducing()
+        self._pending.addCallbacks(self._connect_ok, self._connect_failed, callbackArgs=(destination, upstream, early), errbackArgs=(destination, early))
+        log.debug("CONNECT {dest}{early}", dest=destination.authority, early=" (early)" if early else "")
+
+    def _connect_stream_up(self, upstream: UpstreamEnd, early: bool) -> None:
+        if early and not self.finished:
+            splice(self.transport, self.relay, upstream.transport, upstream)
+
+    def _connect_ok(self, stream, destination: Destination, upstream: UpstreamEnd, early: bool) -> None:
+        self.agent.known.add(destination.authority)
+        if early:
+            return
+        if self.finished:
+            stream.loseConnection()
+            return
+        self.accept_switch(stream, upstream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        self.transport.resumeProducing()
+
+    def _connect_failed(self, failure, destination: Destination, early: bool) -> None:
+        error = _as_open_failed(failure)
+        self.agent.known.discard(destination.authority)
+        log.info("CONNECT {dest} failed: {status} {reason}", dest=destination.authority, status=error.status, reason=error.reason)
+        if early:
+            if not self.finished:
+                self.finished = True
+                close(self.transport)
+            return
+        self.transport.resumeProducing()
+        self.fail(error.status if error.status in (400, 403, 503, 504) else 502, error.reason)
+
+    # -- absolute-form http:// -------------------------------------------------------
+    def _forward(self, request: h11.Request, destination: Destination, path: str) -> None:
+        link = self.link
+        if link is None or link.destination != destination or not link.reusable:
+            if link is not None:
+                self._drop_link()
+            link = self.link = OriginLink(self, destination)
+            self.agent.open(destination, link).addErrback(self._link_failed, link)
+            if link.transport is None:
+                self.transport.pauseProducing()  # hold the body until the tunnel takes it
+        upgrade = wants_upgrade(request)
+        headers = forwardable(request.headers, keep_upgrade=upgrade)
+        if not any(n == b"host" for n, _ in headers):
+            headers.insert(0, (b"host", destination.authority.encode()))
+        log.debug("{method} {dest}", method=request.method.decode("ascii", "replace"), dest=destination.authority)
+        link.send(h11.Request(method=request.method, target=path.encode(), headers=headers))
+
+    def _drop_link(self) -> None:
+        link, self.link = self.link, None
+        if link.transport is not None:
+            link.transport.unregisterProducer()
+            link.transport.loseConnection()
+        self.transport.unregisterProducer()
+
+    def _link_connected(self, link: OriginLink) -> None:
+        if link is not self.link:
+            return
+        # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
+        link.transport.registerProducer(self.transport, True)
+        self.transport.registerProducer(link.transport, True)
+        self.transport.resumeProducing()
+
+    def _link_failed(self, failure, link: OriginLink) -> None:
+        if link is not self.link:
+            return
+        error = _as_open_failed(failure)
+        log.info("request to {dest} failed: {status} {reason}", dest=link.destination.authority, status=error.status, reason=error.reason)
+        self.link = None
+        if self._response_started:
+            self.transport.abortConnection()
+        else:
+            self.fail(error.status if error.status in (400, 403, 503, 504) else 502, error.reason)
+
+    def _origin_events(self, link: OriginLink) -> None:
+        if link is not self.link or self.finished:
+            return
+        while True:
+            try:
+                event = link.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                self._origin_broke(link, f"bad response from {link.destination.authority}: {e}")
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                return
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101 and self._request is not None and wants_upgrade(self._request):
+                    self._upgrade(link, event)
+                    return
+                self.transport.write(self.h11.send(h11.InformationalResponse(status_code=event.status_code, headers=forwardable(event.headers, False), reason=event.reason)))
+            elif isinstance(event, h11.Response):
+                self._response_started = True
+                self.transport.write(self.h11.send(h11.Response(status_code=event.status_code, headers=_response_headers(event.headers), reason=event.reason)))
+            elif isinstance(event, h11.Data):
+                self.transport.write(self.h11.send(h11.Data(data=event.data)))
+            elif isinstance(event, h11.EndOfMessage):
+                self.transport.write(self.h11.send(h11.EndOfMessage()))
+                if link.h11.our_state is h11.DONE and link.h11.their_state is h11.DONE:
+                    link.h11.start_next_cycle()
+                self._maybe_next_cycle()
+                return
+
+    def _upgrade(self, link: OriginLink, response: h11.InformationalResponse) -> None:
+        """A 101 from the origin (WebSocket): both sides become a raw relay over the stream."""
+        leftover, _ = link.h11.trailing_data
+        headers = forwardable(response.headers, False) + [(n, v) for n, v in response.headers if n == b"upgrade"] + [(b"connection", b"Upgrade")]
+        stream = link.transport
+        self.link = None
+        stream.unregisterProducer()
+        self.transport.unregisterProducer()
+        upstream = RelayEnd()
+        stream.protocol = upstream
+        upstream.makeConnection(stream)
+        self.accept_switch(stream, upstream, h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason))
+        if leftover:
+            self.transport.write(leftover)
+
+    def _origin_broke(self, link: OriginLink, reason: str) -> None:
+        log.info("{reason}", reason=reason)
+        self.link = None
+        if link.transport is not None:
+            link.transport.abortConnection()
+        if self._response_started:
+            self.transport.abortConnection()
+        else:
+            self.fail(502, reason)
+
+    def _link_lost(self, link: OriginLink, reason) -> None:
+        if link is not self.link or self.finished:
+            return
+        self.link = None
+        if self._request is not None and self.h11.our_state is h11.SEND_RESPONSE and not self._response_started:
+            self.fail(502, f"{link.destination.authority} closed the connection without answering")
+        elif self.h11.our_state is h11.SEND_BODY:
+            self.transport.abortConnection()  # a truncated body must not look complete
+
+    def _maybe_next_cycle(self) -> None:
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self._request = None
+            self._response_started = False
+            self.process()
+        elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+            if self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):
+                self.finished = True
+                close(self.transport)
+
+
+def _response_headers(headers) -> list[tuple[bytes, bytes]]:
+    """Hop-by-hop headers go; h11 re-frames the body (chunked when the origin closed to end it)."""
+    return [(n, v) for n, v in forwardable(headers, False) if n != b"transfer-encoding"]
+
+
+def _as_open_failed(failure) -> OpenFailed:
+    if isinstance(failure.value, OpenFailed):
+        return failure.value
+    log.failure("unexpected error opening a stream", failure)
+    return OpenFailed(502, "internal error in the agent")
+
+
+class ProxyFactory(Factory):
+    noisy = False
+
+    def __init__(self, agent) -> None:
+        self.agent = agent
+
+    def buildProtocol(self, addr):
+        return ProxyFront(self.agent)

@@ -1,0 +1,254 @@
+"""YAML configuration for the server and the agent, with one schema per role.
+
+The schema drives three things at once: validation of the YAML file (unknown keys,
+wrong types: one line naming the key and the file), the twistd command-line flags
+that override each key, and the defaults. Errors surface before anything listens.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import yaml
+
+
+class ConfigError(Exception):
+    """One line a user can act on: which file or key, and what is wrong with it."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """`60s`, `5m`, `1h`, `250ms` or plain seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30s, 5m or a number of seconds")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ValueError(f"expected a duration like 30s, 5m or a number of seconds, got {value!r}")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip()
+    if not re.fullmatch(r"-?\d+", text):
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(text)
+
+
+def _parse_str(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError("expected a single value")
+    return str(value)
+
+
+def _parse_str_list(value: Any) -> list[str]:
+    if isinstance(value, str):  # the command line gives comma-separated text
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if not isinstance(value, list) or not all(isinstance(v, (str, int)) for v in value):
+        raise ValueError("expected a list of strings")
+    return [str(v) for v in value]
+
+
+def _ranged(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        number = _parse_int(value)
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+PORT = _ranged(0, 65535)
+LOG_LEVELS = _choice("debug", "info", "warn", "error", "critical")
+LOG_FORMATS = _choice("text", "json")
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # dotted for nested blocks: "metrics.namespace"
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace(".", "-").replace("_", "-")
+
+
+def _common(role: str) -> list[Key]:
+    certs = "certs"
+    return [
+        Key("cert_file", _parse_str, f"{certs}/{role}.pem", "certificate (PEM path, or env:VAR holding PEM text)"),
+        Key("key_file", _parse_str, f"{certs}/{role}.key", "private key (PEM path, or env:VAR)"),
+        Key("ca_file", _parse_str, f"{certs}/ca.pem", "CA that signs the peer (PEM path, or env:VAR)"),
+        Key("log_level", LOG_LEVELS, "info", "debug, info, warn, error"),
+        Key("log_format", LOG_FORMATS, "text", "text or json (one JSON object a line, for CloudWatch)"),
+    ]
+
+
+SERVER_KEYS: tuple[Key, ...] = tuple(
+    [
+        Key("host", _parse_str, "0.0.0.0", "address the TLS listener binds"),
+        Key("port", PORT, 8443, "TLS listener port"),
+        *_common("server"),
+        Key("max_connections", _ranged(1, 100000), 64, "most TLS connections (agents) at once"),
+        Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent"),
+        Key("dial_timeout", parse_duration, 10.0, "give up dialling a destination after this long (504)"),
+        Key("drain_timeout", parse_duration, 20.0, "on stop, how long open streams may finish"),
+        Key("keepalive_interval", parse_duration, 30.0, "PING each agent this often"),
+        Key("keepalive_timeout", parse_duration, 20.0, "drop an agent that does not answer a PING this long"),
+        Key("egress_allow", _parse_str_list, [], "CIDR[:ports] opened despite the default deny list"),
+        Key("metrics.emit_metrics", _parse_bool, False, "publish CloudWatch metrics"),
+        Key("metrics.metrics_interval", parse_duration, 60.0, "seconds between metric publications"),
+        Key("metrics.namespace", _parse_str, "Fluidity", "CloudWatch namespace"),
+        Key("metrics.service_name", _parse_str, "fluidity-server", "ServiceName dimension"),
+    ]
+)
+
+AGENT_KEYS: tuple[Key, ...] = tuple(
+    [
+        Key("proxy_host", _parse_str, "127.0.0.1", "address the local proxy binds (0.0.0.0 must be explicit)"),
+        Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
+        Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
+        Key("server_port", PORT, 8443, "the server's TLS port"),
+        Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),
+        *_common("client"),
+        Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),
+        Key("keepalive_interval", parse_duration, 15.0, "PING the server this often"),
+        Key("keepalive_timeout", parse_duration, 10.0, "reconnect when a PING gets no answer this long"),
+        Key("reconnect_max_delay", parse_duration, 5.0, "longest wait between reconnection attempts"),
+        Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
+        Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
+        Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
+        Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
+        Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
+        Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
+        Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane"),
+        Key("lifecycle.wake_timeout", parse_duration, 90.0, "how long a wake may take"),
+        Key("lifecycle.wake_retry_interval", parse_duration, 5.0, "poll interval while waking"),
+    ]
+)
+
+
+class Config(dict):
+    """Flat mapping of dotted key -> parsed value, with `source` naming where it came from."""
+
+    source: str = "defaults"
+
+
+def _flatten(data: dict, prefix: str, out: dict[str, Any], known_blocks: set[str], where: str) -> None:
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: key {key!r} is not a string")
+        name = prefix + key
+        if isinstance(value, dict) and name in known_blocks:
+            _flatten(value, name + ".", out, known_blocks, where)
+        elif name in known_blocks:
+            raise ConfigError(f"{where}: '{name}' must be a mapping of keys")
+        else:
+            out[name] = value
+
+
+def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file, then command-line overrides; each value parsed by its key."""
+    by_name = {k.name: k for k in keys}
+    blocks = {k.name.rsplit(".", 1)[0] for k in keys if "." in k.name}
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if path:
+        where = path
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        _flatten(data, "", raw, blocks, path)
+    for name in raw:
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{where}: unknown key '{name}'{hint}")
+    config = Config()
+    config.source = where
+    for key in keys:
+        config[key.name] = key.default
+    for origin, values in ((where, raw), ("command line", overrides or {})):
+        for name, value in values.items():
+            key = by_name[name]
+            try:
+                config[name] = key.parse(value)
+            except ValueError as e:
+                flag = f" (--{key.flag})" if origin == "command line" else ""
+                raise ConfigError(f"{origin}: '{name}'{flag}: {e}") from None
+    return config
+
+
+def read_pem(spec: str, what: str) -> bytes:
+    """PEM bytes from a file path or from `env:VAR` (how Fargate passes SSM secrets)."""
+    if spec.startswith("env:"):
+        var = spec[4:]
+        text = os.environ.get(var)
+        if not text:
+            raise ConfigError(f"{what}: environment variable {var} is not set or empty")
+        data = text.encode()
+        origin = f"environment variable {var}"
+    else:
+        try:
+            with open(spec, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ConfigError(f"{what}: no such file {spec} (run `fluidity certs init` to make a dev set)") from None
+        except OSError as e:
+            raise ConfigError(f"{what}: cannot read {spec}: {e.strerror}") from None
+        origin = spec
+    if b"-----BEGIN " not in data:
+        raise ConfigError(f"{what}: {origin} holds no PEM data")
+    return data

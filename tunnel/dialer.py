@@ -1,0 +1,110 @@
+"""The server's opener: resolve, apply the egress policy to every address, dial a checked one.
+
+The connection goes to the address that was checked, never to a name resolved a
+second time, so a DNS answer cannot change between the check and the dial.
+`connect` is injectable so tests can put a recording, loopback-only dialer here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Callable
+
+from twisted.internet import defer, threads
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from .addresses import Destination
+from .egress import EgressDenied, EgressPolicy, IPAddress
+from .mux import OpenFailed
+
+log = Logger(namespace="fluidity.dialer")
+
+Connect = Callable[[str, int, Protocol, float], defer.Deferred]
+
+
+def tcp_connect(reactor) -> Connect:
+    def connect(ip: str, port: int, protocol: Protocol, timeout: float) -> defer.Deferred:
+        endpoint_type = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        return endpoint_type(reactor, ip, port, timeout=max(timeout, 0.1)).connect(factory)
+
+    return connect
+
+
+def _literal(host: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+class DirectOpener:
+    """Opens TCP connections from the server to destinations the policy allows."""
+
+    def __init__(self, reactor, policy: EgressPolicy, dial_timeout: float, connect: Connect | None = None, resolve=None) -> None:
+        self.reactor = reactor
+        self.policy = policy
+        self.dial_timeout = dial_timeout
+        self.connect = connect or tcp_connect(reactor)
+        self.resolve = resolve or self._getaddrinfo
+
+    def _getaddrinfo(self, host: str, port: int) -> defer.Deferred:
+        def lookup() -> list[str]:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            return list(dict.fromkeys(info[4][0] for info in infos))
+
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup)
+
+    @defer.inlineCallbacks
+    def _open(self, destination: Destination, protocol: Protocol):
+        host, port = destination.host, destination.port
+        literal = _literal(host.split("%", 1)[0]) if "%" in host else _literal(host)
+        if literal is not None:
+            texts = [host]
+        else:
+            try:
+                texts = yield self.resolve(host, port)
+            except (socket.gaierror, UnicodeError, DNSLookupError) as e:
+                raise OpenFailed(502, f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}")
+        addresses = [ipaddress.ip_address(t.split("%", 1)[0]) for t in texts]
+        try:
+            self.policy.check_all(addresses, port)
+        except EgressDenied as e:
+            log.info("egress refused {host}:{port}: {reason}", host=host, port=port, reason=str(e))
+            raise OpenFailed(403, f"egress policy refuses {destination.authority}: {e}")
+        deadline = self.reactor.seconds() + self.dial_timeout
+        last_error = "no address"
+        for text in texts:
+            remaining = deadline - self.reactor.seconds()
+            if remaining <= 0:
+                break
+            log.debug("dialling {host} at {ip}:{port}", host=host, ip=text, port=port)
+            try:
+                yield self.connect(text, port, protocol, remaining)
+                return
+            except TimeoutError:
+                last_error = "timeout"
+            except ConnectionRefusedError:
+                last_error = "connection refused"
+            except ConnectError as e:
+                last_error = str(e).rstrip(".")
+        if last_error == "timeout" or self.reactor.seconds() >= deadline:
+            raise OpenFailed(504, f"timed out after {self.dial_timeout:g}s dialling {destination.authority}")
+        raise OpenFailed(502, f"cannot connect to {destination.authority}: {last_error}")
+
+    def open(self, destination: Destination, protocol: Protocol) -> defer.Deferred:
+        """Fires once `protocol` is connected, or fails with OpenFailed(403/502/504, reason)."""
+        d = self._open(destination, protocol)
+        # The whole attempt, DNS included, is bounded by dial_timeout.
+        timeout = self.dial_timeout + 0.5
+
+        def on_timeout(result, timeout_):
+            raise OpenFailed(504, f"timed out after {self.dial_timeout:g}s reaching {destination.authority}")
+
+        d.addTimeout(timeout, self.reactor, onTimeoutCancel=on_timeout)
+        return d

@@ -1,0 +1,122 @@
+"""What the HTTP/1.1 fronts share: request-head parsing with h11, error answers, and the
+switch from HTTP to a raw byte relay once a CONNECT (or a WebSocket upgrade) is agreed.
+
+The server's http/1.1 CONNECT listener and the agent's local proxy both build on it.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+import h11
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+from .relay import RelayEnd, close, splice
+
+
+def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
+    """A complete `Connection: close` answer whose body is the one-line reason."""
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    head = [f"HTTP/1.1 {status} {phrase}", "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}", "Connection: close"]
+    head += [f"{k}: {v}" for k, v in extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _head_size(request: h11.Request) -> int:
+    return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+
+
+@implementer(IHalfCloseableProtocol)
+class HttpFront(Protocol):
+    """Parses requests with h11 until `start_relay`, then forwards raw bytes both ways."""
+
+    max_header_bytes = 65536
+
+    def __init__(self) -> None:
+        self.h11: h11.Connection | None = None
+        self.relay: RelayEnd | None = None
+        self.finished = False
+
+    def connectionMade(self) -> None:
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+
+    # -- incoming bytes -------------------------------------------------------------
+    def dataReceived(self, data: bytes) -> None:
+        if self.relay is not None:
+            self.relay.dataReceived(data)
+            return
+        if self.finished:
+            return
+        self.h11.receive_data(data)
+        self.process()
+
+    def readConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.readConnectionLost()
+            return
+        if not self.finished:
+            self.h11.receive_data(b"")
+            self.process()
+
+    def writeConnectionLost(self) -> None:
+        if self.relay is not None:
+            self.relay.writeConnectionLost()
+
+    def connectionLost(self, reason=None) -> None:
+        self.finished = True
+        if self.relay is not None:
+            self.relay.connectionLost(reason)
+
+    def process(self) -> None:
+        """Feed h11 events to `handle_event` until h11 needs more bytes or pauses."""
+        while not self.finished and self.relay is None:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                status = e.error_status_hint if e.error_status_hint in (400, 413, 414, 431) else 400
+                reason = "request headers too large" if status == 431 else f"malformed request: {e}"
+                self.fail(status, reason)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.ConnectionClosed):
+                self.finished = True
+                close(self.transport)
+                return
+            if isinstance(event, h11.Request) and _head_size(event) > self.max_header_bytes:
+                # h11 bounds only heads still arriving; one that came whole is measured here.
+                self.fail(431, "request headers too large")
+                return
+            self.handle_event(event)
+
+    def handle_event(self, event) -> None:
+        raise NotImplementedError  # each front decides what a request means
+
+    # -- answers --------------------------------------------------------------------
+    def fail(self, status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """Answer with `status` and a one-line reason, then close."""
+        if self.finished:
+            return
+        self.finished = True
+        if self.h11 is not None and self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self.transport.write(plain_response(status, reason, extra))
+        close(self.transport)
+
+    def accept_switch(self, upstream: ITransport, upstream_end: RelayEnd, response: h11.Response | h11.InformationalResponse) -> None:
+        """Send the 200/101 that switches protocols and relay raw bytes from here on."""
+        self.transport.write(self.h11.send(response))
+        self.start_relay(upstream, upstream_end)
+
+    def start_relay(self, upstream: ITransport | None, upstream_end: RelayEnd | None) -> None:
+        early, closed = self.h11.trailing_data
+        self.relay = RelayEnd()
+        self.relay.makeConnection(self.transport)
+        if early:
+            self.relay.dataReceived(early)
+        if upstream is not None:
+            splice(self.transport, self.relay, upstream, upstream_end)
+        if closed:
+            self.relay.readConnectionLost()

@@ -1,0 +1,213 @@
+"""The server: accepts mutually-authenticated TLS 1.3 connections and tunnels CONNECTs.
+
+After the handshake, ALPN picks the framing: `h2` gets the HTTP/2 multiplexer (the
+agent), `http/1.1` a single CONNECT (curl `--proxy https://` with a client
+certificate). Both ask the same `DirectOpener`, which applies the egress policy.
+"""
+
+from __future__ import annotations
+
+import h11
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .addresses import BadAddress, parse_authority
+from .dialer import DirectOpener
+from .front import HttpFront
+from .mux import OpenFailed, TunnelMux, TunnelStream
+from .relay import RelayEnd, splice
+from .tls import ALPN_H2
+
+log = Logger(namespace="fluidity.server")
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class ConnectFront(HttpFront):
+    """HTTP/1.1 over TLS: one CONNECT, answered 200/403/502/504, then a byte relay."""
+
+    def __init__(self, server: "TunnelServer", peer_name: str) -> None:
+        super().__init__()
+        self.server = server
+        self.peer_name = peer_name
+        self._dial = None
+
+    def handle_event(self, event) -> None:
+        if isinstance(event, h11.Request):
+            if event.method != b"CONNECT":
+                self.fail(405, "this server only tunnels CONNECT requests", (("Allow", "CONNECT"),))
+                return
+            try:
+                destination = parse_authority(event.target)
+            except BadAddress as e:
+                self.fail(400, str(e))
+                return
+            self.transport.pauseProducing()  # nothing more is read until the destination answers
+            upstream = RelayEnd()
+            self._dial = self.server.opener.open(destination, upstream)
+            self._dial.addCallbacks(self._connected, self._refused, callbackArgs=(upstream,))
+            log.debug("{peer} CONNECT {dest} (http/1.1)", peer=self.peer_name, dest=destination.authority)
+
+    def _connected(self, _, upstream: RelayEnd) -> None:
+        self._dial = None
+        if self.finished:
+            upstream.transport.loseConnection()
+            return
+        self.accept_switch(upstream.transport, upstream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        self.transport.resumeProducing()
+
+    def _refused(self, failure) -> None:
+        self._dial = None
+        error = failure.value
+        if not isinstance(error, OpenFailed):
+            log.failure("dial failed unexpectedly", failure)
+            error = OpenFailed(502, "internal error while dialling")
+        self.transport.resumeProducing()
+        self.fail(error.status, error.reason)
+
+    def connectionLost(self, reason=None) -> None:
+        if self._dial is not None:
+            self._dial.cancel()
+        super().connectionLost(reason)
+
+
+@implementer(IHandshakeListener)
+class ServerConnection(Protocol):
+    """Waits for the TLS handshake, then hands the connection to the framing ALPN chose."""
+
+    def __init__(self, server: "TunnelServer") -> None:
+        self.server = server
+        self.inner: Protocol | None = None
+        self.peer_name = "?"
+        self._handshake_timer = None
+
+    def connectionMade(self) -> None:
+        self.server.connections.add(self)
+        self._handshake_timer = self.server.reactor.callLater(HANDSHAKE_TIMEOUT, self.transport.abortConnection)
+
+    def handshakeCompleted(self) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        cert = self.transport.getPeerCertificate()
+        common_name = cert.get_subject().CN if cert is not None else None
+        address = self.transport.getPeer()
+        self.peer_name = f"{common_name or '?'}@{getattr(address, 'host', '?')}"
+        if self.transport.negotiatedProtocol == ALPN_H2:
+            self.inner = self.server.make_mux(self.peer_name)
+            log.info("agent {peer} connected (h2); {n} connection(s) open", peer=self.peer_name, n=len(self.server.connections))
+        else:
+            self.inner = ConnectFront(self.server, self.peer_name)
+        self.inner.makeConnection(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.inner is not None:
+            self.inner.dataReceived(data)
+
+    def connectionLost(self, reason=None) -> None:
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self.server.forget(self)
+        if isinstance(self.inner, TunnelMux):
+            log.info("agent {peer} disconnected", peer=self.peer_name)
+        elif self.inner is None and reason is not None:
+            log.info("TLS handshake from {peer} failed: {why}", peer=getattr(self.transport.getPeer(), "host", "?"), why=reason.getErrorMessage())
+        if self.inner is not None:
+            self.inner.connectionLost(reason)
+
+    def begin_drain(self) -> None:
+        if isinstance(self.inner, TunnelMux):
+            self.inner.begin_drain()
+        elif self.inner is None:
+            self.transport.abortConnection()
+
+
+class TunnelServer(Factory):
+    """Builds connections, counts agents against max_connections, drains on stop."""
+
+    noisy = False
+
+    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float) -> None:
+        self.reactor = reactor
+        self.opener = opener
+        self.max_connections = max_connections
+        self.max_streams = max_streams
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.connections: set[ServerConnection] = set()
+        self.stopping = False
+        self._drained: defer.Deferred | None = None
+        self.last_activity = reactor.seconds()
+
+    def buildProtocol(self, addr):
+        if self.stopping:
+            return None
+        if len(self.connections) >= self.max_connections:
+            log.warn("refusing {host}: max_connections ({n}) reached", host=getattr(addr, "host", "?"), n=self.max_connections)
+            return None
+        return ServerConnection(self)
+
+    @property
+    def agents(self) -> int:
+        return sum(1 for c in self.connections if isinstance(c.inner, TunnelMux))
+
+    def make_mux(self, peer_name: str) -> TunnelMux:
+        self.last_activity = self.reactor.seconds()
+        return TunnelMux(
+            client_side=False,
+            clock=self.reactor,
+            on_stream=self._on_stream,
+            max_streams=self.max_streams,
+            keepalive_interval=self.keepalive_interval,
+            keepalive_timeout=self.keepalive_timeout,
+            peer_name=peer_name,
+        )
+
+    def _on_stream(self, stream: TunnelStream) -> None:
+        mux = stream.mux
+        self.last_activity = self.reactor.seconds()
+        log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
+        upstream = RelayEnd()
+
+        def connected(_):
+            if stream._closed:
+                upstream.transport.loseConnection()
+                return
+            here = RelayEnd()
+            stream.attach(here)
+            splice(stream, here, upstream.transport, upstream)
+            mux.respond(stream)
+
+        def refused(failure):
+            error = failure.value
+            if not isinstance(error, OpenFailed):
+                log.failure("dial failed unexpectedly", failure)
+                error = OpenFailed(502, "internal error while dialling")
+            mux.refuse(stream, error.status, error.reason)
+
+        self.opener.open(stream.destination, upstream).addCallbacks(connected, refused)
+
+    def forget(self, connection: ServerConnection) -> None:
+        self.connections.discard(connection)
+        if self._drained is not None and not self.connections and not self._drained.called:
+            self._drained.callback(None)
+
+    def drain(self, timeout: float) -> defer.Deferred:
+        """Stop taking streams, let open ones finish for up to `timeout`, then cut the rest."""
+        self.stopping = True
+        if not self.connections:
+            return defer.succeed(None)
+        log.info("draining {n} connection(s) for up to {t:g}s", n=len(self.connections), t=timeout)
+        self._drained = defer.Deferred()
+        for connection in list(self.connections):
+            connection.begin_drain()
+
+        def cut():
+            for connection in list(self.connections):
+                connection.transport.abortConnection()
+
+        timer = self.reactor.callLater(timeout, cut)
+        self._drained.addBoth(lambda _: timer.cancel() if timer.active() else None)
+        return self._drained

@@ -1,0 +1,103 @@
+"""twistd entry points: `twistd fluidity-server` and `twistd fluidity-agent`.
+
+Options are generated from the config schema, so every YAML key has a flag
+(`--server-ip`, `--proxy-port`, `--metrics-namespace`, ...). Configuration and
+certificates are checked while options are parsed: a mistake is one line on stderr
+and a non-zero exit before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.python import usage
+
+from . import config as cfg
+from . import logs
+from .agent import make_agent_service
+from .dialer import DirectOpener
+from .egress import policy_from_strings
+from .listening import ListenService
+from .server import TunnelServer
+from .tls import client_options, server_options
+
+
+def _options_for(role: str, keys: tuple[cfg.Key, ...]):
+    class Options(usage.Options):
+        synopsis = f"[options]  (twistd -n fluidity-{role} --config configs/{role}.yaml)"
+        optParameters = [["config", "c", os.environ.get("FLUIDITY_CONFIG"), "YAML config file (default: $FLUIDITY_CONFIG)"]] + [
+            [k.flag, None, None, f"{k.help} [{k.name}, default {k.default!r}]"] for k in keys
+        ]
+
+        def postOptions(self) -> None:
+            overrides = {k.name: self[k.flag] for k in keys if self[k.flag] is not None}
+            if role == "server" and os.environ.get("FLUIDITY_LOG_LEVEL") and "log_level" not in overrides:
+                overrides["log_level"] = os.environ["FLUIDITY_LOG_LEVEL"]
+            try:
+                self.config = cfg.load(keys, self["config"], overrides)
+                self.validate(self.config)
+                self.tls = server_options(self.config) if role == "server" else client_options(self.config)
+            except cfg.ConfigError as e:
+                raise SystemExit(f"fluidity-{role}: {e}") from None
+            parent = getattr(self, "parent", None)
+            if parent is not None:  # twistd reads its `logger` option after ours are parsed
+                parent["logger"] = logs.choose(self.config["log_format"], self.config["log_level"])
+
+        def validate(self, config: cfg.Config) -> None:
+            if role == "server":
+                try:
+                    config["egress_policy"] = policy_from_strings(config["egress_allow"])
+                except ValueError as e:
+                    raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
+            elif not config["server_ip"]:
+                raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip)")
+
+    Options.__name__ = f"{role.capitalize()}Options"
+    return Options
+
+
+ServerOptions = _options_for("server", cfg.SERVER_KEYS)
+AgentOptions = _options_for("agent", cfg.AGENT_KEYS)
+
+
+class DrainOnStop(service.Service):
+    """On shutdown (SIGTERM, Ctrl-C): GOAWAY-style drain of every agent, bounded in time."""
+
+    def __init__(self, server: TunnelServer, timeout: float) -> None:
+        self.server, self.timeout = server, timeout
+
+    def stopService(self):
+        super().stopService()
+        return self.server.drain(self.timeout)
+
+
+def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiService:
+    top = service.MultiService()
+    opener = DirectOpener(reactor, config["egress_policy"], config["dial_timeout"])
+    server = TunnelServer(
+        reactor,
+        opener,
+        max_connections=config["max_connections"],
+        max_streams=config["max_streams"],
+        keepalive_interval=config["keepalive_interval"],
+        keepalive_timeout=config["keepalive_timeout"],
+    )
+    endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, interface=config["host"])
+    ListenService(endpoint, server, "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
+    DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
+    top.tunnel_server = server
+    return top
+
+
+def make_server(options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    return make_server_service(reactor, options.config, options.tls)
+
+
+def make_agent(options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    return make_agent_service(reactor, options.config, options.tls)

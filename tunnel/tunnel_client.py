@@ -1,0 +1,198 @@
+"""The agent's side of the tunnel: one HTTP/2 connection to the server, kept alive.
+
+Reconnects with exponential backoff and jitter, replaces a connection the server is
+draining without waiting for it to close, and opens CONNECT streams on whichever
+connection is current. A client that arrives while the tunnel is down is held for
+`tunnel_wait`, then told 503 with the last connection error.
+"""
+
+from __future__ import annotations
+
+from twisted.application.internet import backoffPolicy
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from .addresses import Destination
+from .mux import OpenFailed, TunnelMux
+
+log = Logger(namespace="fluidity.agent")
+
+
+class TunnelClient:
+    """Owns the connection to the server and hands out streams on it."""
+
+    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float) -> None:
+        self.reactor = reactor
+        self.tls_options = tls_options
+        self.host, self.port = host, port
+        self.connect_timeout = connect_timeout
+        self.keepalive_interval = keepalive_interval
+        self.keepalive_timeout = keepalive_timeout
+        self.tunnel_wait = tunnel_wait
+        self.current: TunnelMux | None = None
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self._delay = backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay, factor=2.0)
+        self._failures = 0
+        self._running = False
+        self._attempt: defer.Deferred | None = None
+        self._retry = None
+        self._waiters: list[defer.Deferred] = []
+        self._all: set[TunnelMux] = set()
+
+    @property
+    def server(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(m.streams) for m in self._all)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._connect()
+
+    def stop(self) -> defer.Deferred:
+        self._running = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        if self._attempt is not None:
+            self._attempt.cancel()
+        closing = [m.closed_deferred for m in self._all if not m.closed]
+        for mux in list(self._all):
+            mux.close()
+        self._fail_waiters(OpenFailed(503, "agent is stopping"))
+        return defer.DeferredList(closing)
+
+    def _connect(self) -> None:
+        if not self._running or self._attempt is not None:
+            return
+        endpoint = wrapClientTLS(self.tls_options, HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout))
+        factory = Factory.forProtocol(
+            lambda: TunnelMux(
+                client_side=True,
+                clock=self.reactor,
+                keepalive_interval=self.keepalive_interval,
+                keepalive_timeout=self.keepalive_timeout,
+                on_ready=self._ready,
+                on_drain=self._draining,
+                on_lost=self._lost,
+                peer_name=self.server,
+            )
+        )
+        factory.noisy = False
+        self._attempt = endpoint.connect(factory)
+        self._attempt.addTimeout(self.connect_timeout + 1, self.reactor)
+        self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
+
+    def _tcp_up(self, mux: TunnelMux) -> None:
+        # TLS and the HTTP/2 preface still have to succeed: see _ready / _lost.
+        self._attempt = None
+        self._all.add(mux)
+        timer = self.reactor.callLater(self.connect_timeout, self._handshake_timeout, mux)
+        mux.closed_deferred.addBoth(lambda _: timer.cancel() if timer.active() else None)
+
+    def _handshake_timeout(self, mux: TunnelMux) -> None:
+        if not mux.peer_ready and not mux.closed:
+            self.last_error = f"no TLS/HTTP2 answer from {self.server} in {self.connect_timeout:g}s"
+            mux.transport.abortConnection()
+
+    def _attempt_failed(self, failure) -> None:
+        self._attempt = None
+        if failure.check(defer.CancelledError) and not self._running:
+            return
+        self._note_failure(failure.getErrorMessage() if not failure.check(defer.TimeoutError, defer.CancelledError) else f"connect to {self.server} timed out")
+
+    def _note_failure(self, message: str) -> None:
+        if message != self.last_error:
+            log.warn("tunnel to {server} failed: {error}", server=self.server, error=message)
+        self.last_error = message
+        self._failures += 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._running or self._attempt is not None or (self._retry is not None and self._retry.active()):
+            return
+        delay = self._delay(self._failures) if self._failures else 0
+        self._retry = self.reactor.callLater(delay, self._connect)
+
+    def _ready(self, mux: TunnelMux) -> None:
+        if not self._running:
+            mux.close()
+            return
+        self.current = mux
+        self._failures = 0
+        self.last_error = None
+        self.connected_since = self.reactor.seconds()
+        log.info("tunnel to {server} is up", server=self.server)
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(mux)
+
+    def _draining(self, mux: TunnelMux) -> None:
+        if mux is self.current:
+            log.info("server {server} is draining this connection; opening a new one", server=self.server)
+            self.current = None
+            self.connected_since = None
+            self._connect()
+
+    def _lost(self, mux: TunnelMux, reason) -> None:
+        self._all.discard(mux)
+        if not mux.peer_ready:
+            self._note_failure(_describe(reason))
+            return
+        if mux is self.current:
+            self.current = None
+            self.connected_since = None
+            log.warn("tunnel to {server} lost: {why}", server=self.server, why=_describe(reason))
+            self._schedule()
+
+    # -- streams ----------------------------------------------------------------------
+    def when_connected(self) -> defer.Deferred:
+        if self.current is not None:
+            return defer.succeed(self.current)
+        waiter = defer.Deferred()
+        self._waiters.append(waiter)
+
+        def timed_out(result, timeout):
+            raise OpenFailed(503, f"tunnel to {self.server} is down: {self.last_error or 'connecting'}")
+
+        waiter.addTimeout(self.tunnel_wait, self.reactor, onTimeoutCancel=timed_out)
+        if self._failures and self._retry is not None and self._retry.active():
+            # A client is waiting: try now rather than at the end of the back-off.
+            self._retry.cancel()
+            self._connect()
+        return waiter
+
+    def open(self, destination: Destination, protocol: Protocol) -> defer.Deferred:
+        """Fires when the server answers 200; `protocol` is connected as soon as the stream exists."""
+        if self.current is not None and not self.current.draining:
+            try:
+                return self.current.open_stream(destination, protocol).ready
+            except OpenFailed as e:
+                return defer.fail(e)
+        return self.when_connected().addCallback(lambda mux: mux.open_stream(destination, protocol).ready)
+
+    def _fail_waiters(self, error: Exception) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.errback(error)
+
+
+def _describe(reason) -> str:
+    if reason is None:
+        return "connection closed"
+    message = reason.getErrorMessage()
+    value = reason.value
+    # pyOpenSSL errors carry a list of (lib, func, reason) tuples: keep the reasons.
+    args = getattr(value, "args", ())
+    if args and isinstance(args[0], list):
+        parts = [str(item[-1]) for item in args[0] if isinstance(item, tuple) and item]
+        if parts:
+            message = "TLS: " + "; ".join(parts)
+    return message
