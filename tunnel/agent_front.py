@@ -204,12 +204,13 @@ class ProxyFront(HttpFront):
     def _connect(self, destination: Destination) -> None:
         agent = self.agent
         early = agent.optimistic_connect and destination.authority in agent.known
-        self.transport.pauseProducing()
+        if early:
+            # Answer now; the relay holds the client's first bytes until the stream exists.
+            self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        else:
+            self.transport.pauseProducing()
         upstream = UpstreamEnd(lambda end: self._connect_stream_up(end, early))
         self._pending = agent.open(destination, upstream)
-        if early:
-            self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-            self.transport.resumeProducing()
         self._pending.addCallbacks(self._connect_ok, self._connect_failed, callbackArgs=(destination, upstream, early), errbackArgs=(destination, early))
         log.debug("CONNECT {dest}{early}", dest=destination.authority, early=" (early)" if early else "")
 
