@@ -73,8 +73,22 @@ class DrainOnStop(service.Service):
         return self.server.drain(self.timeout)
 
 
+class ExitZeroOnRequestedStop(service.Service):
+    """SIGTERM/SIGINT is how ECS, docker and Ctrl-C ask for a stop: once shutdown runs
+    cleanly, exit 0 rather than re-raising the signal (twistd's default)."""
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+
+    def stopService(self):
+        super().stopService()
+        if hasattr(self.reactor, "_exitSignal"):
+            self.reactor._exitSignal = None
+
+
 def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiService:
     top = service.MultiService()
+    ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     opener = DirectOpener(reactor, config["egress_policy"], config["dial_timeout"])
     server = TunnelServer(
         reactor,
@@ -100,4 +114,6 @@ def make_server(options) -> service.MultiService:
 def make_agent(options) -> service.MultiService:
     from twisted.internet import reactor
 
-    return make_agent_service(reactor, options.config, options.tls)
+    top = make_agent_service(reactor, options.config, options.tls)
+    ExitZeroOnRequestedStop(reactor).setServiceParent(top)
+    return top

@@ -189,6 +189,8 @@ def _describe(reason) -> str:
         return "connection closed"
     message = reason.getErrorMessage()
     value = reason.value
+    if type(value).__name__ == "VerificationError":  # service_identity: wrong server_name
+        return f"the server certificate does not carry the expected server_name: {value}"
     # pyOpenSSL errors carry a list of (lib, func, reason) tuples: keep the reasons.
     args = getattr(value, "args", ())
     if args and isinstance(args[0], list):

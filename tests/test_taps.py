@@ -1,0 +1,130 @@
+"""twistd runs both roles from the installed package and refuses bad set-ups in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from support import TWISTD, agent_config, free_port, server_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _twistd(role: str, config: dict, tmp_path, *args: str, env=None) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{role}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([TWISTD, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(path), *args], capture_output=True, timeout=30, cwd=tmp_path, env=env)
+
+
+def test_twistd_lists_both_plugins(tmp_path):
+    done = subprocess.run([TWISTD, "--help"], capture_output=True, timeout=30, cwd=tmp_path)
+    assert b"fluidity-server" in done.stdout and b"fluidity-agent" in done.stdout
+
+
+def test_wheel_installs_the_dropin_into_twisted_plugins(tmp_path):
+    done = subprocess.run([str(Path(TWISTD).with_name("python")), "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], capture_output=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    wheel = next(tmp_path.glob("fluidity-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "twisted/plugins/fluidity_plugins.py" in names
+    assert "twisted/plugins/__init__.py" not in names  # must not shadow Twisted's own package
+    assert "tunnel/taps_server.py" in names and "tunnel/taps_agent.py" in names
+
+
+def test_missing_certificate_is_one_clear_line(certs, tmp_path):
+    config = server_config(certs, cert_file=str(tmp_path / "nope.pem"))
+    done = _twistd("server", config, tmp_path)
+    assert done.returncode != 0
+    lines = done.stderr.decode().strip().splitlines()
+    assert lines == [f"fluidity-server: cert_file: no such file {tmp_path / 'nope.pem'} (run `fluidity certs init` to make a dev set)"]
+
+
+def test_agent_missing_key_file(certs, tmp_path):
+    done = _twistd("agent", agent_config(certs, 1, key_file="/nonexistent/k.key"), tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.decode().strip() == "fluidity-agent: key_file: no such file /nonexistent/k.key (run `fluidity certs init` to make a dev set)"
+
+
+def test_unknown_key_and_bad_flag(certs, tmp_path):
+    config = server_config(certs)
+    config["max_conections"] = 3
+    done = _twistd("server", config, tmp_path)
+    assert done.returncode != 0
+    assert b"unknown key 'max_conections' (did you mean 'max_connections'?)" in done.stderr
+    done = _twistd("server", server_config(certs), tmp_path, "--port", "https")
+    assert done.returncode != 0
+    assert b"'port' (--port): expected a whole number" in done.stderr
+
+
+def test_key_that_does_not_match_its_certificate(certs, tmp_path):
+    done = _twistd("server", server_config(certs, key_file=certs.path("client.key")), tmp_path)
+    assert done.returncode != 0
+    assert b"do not match" in done.stderr
+
+
+def test_group_readable_key_is_refused(certs, tmp_path):
+    key = tmp_path / "open.key"
+    key.write_bytes(Path(certs.path("server.key")).read_bytes())
+    key.chmod(0o644)
+    done = _twistd("server", server_config(certs, key_file=str(key)), tmp_path)
+    assert done.returncode != 0
+    assert b"readable by others" in done.stderr
+
+
+def test_certificates_from_environment(certs, tmp_path):
+    env = dict(os.environ)
+    env.update(
+        FLUIDITY_SERVER_CERT=Path(certs.path("server.pem")).read_text(),
+        FLUIDITY_SERVER_KEY=Path(certs.path("server.key")).read_text(),
+        FLUIDITY_CA_CERT=Path(certs.path("ca.pem")).read_text(),
+    )
+    config = server_config(certs, cert_file="env:FLUIDITY_SERVER_CERT", key_file="env:FLUIDITY_SERVER_KEY", ca_file="env:FLUIDITY_CA_CERT")
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        from support import wait_for_port
+
+        wait_for_port(config["port"], process=process)
+    finally:
+        process.terminate()
+        out = process.communicate(timeout=30)[0]
+    assert process.returncode == 0, out
+    del env["FLUIDITY_CA_CERT"]
+    done = _twistd("server", config, tmp_path, env=env)
+    assert done.stderr.decode().strip() == "fluidity-server: ca_file: environment variable FLUIDITY_CA_CERT is not set or empty"
+
+
+def test_busy_port_is_a_clear_error(certs, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        port = s.getsockname()[1]
+        done = _twistd("agent", agent_config(certs, free_port(), proxy_port=port), tmp_path)
+    assert done.returncode != 0
+    assert f"cannot listen for local proxy on 127.0.0.1:{port}: [Errno 98] Address already in use".encode() in done.stdout + done.stderr
+
+
+def test_json_log_format(certs, tmp_path):
+    import json
+
+    config = server_config(certs, log_format="json", log_level="info")
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    from support import wait_for_port
+
+    try:
+        wait_for_port(config["port"], process=process)
+    finally:
+        process.terminate()
+        out = process.communicate(timeout=30)[0].decode()
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert any(r["message"].startswith("tunnel (TLS) listening on 127.0.0.1:") for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
