@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from .addresses import Destination
 from .egress import EgressDenied, EgressPolicy, IPAddress
 from .mux import OpenFailed
+from .relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")
 
@@ -86,6 +87,7 @@ class DirectOpener:
             log.debug("dialling {host} at {ip}:{port}", host=host, ip=text, port=port)
             try:
                 yield self.connect(text, port, protocol, remaining)
+                no_delay(protocol.transport)
                 return
             except TimeoutError:
                 last_error = "timeout"

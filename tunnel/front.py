@@ -13,7 +13,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
-from .relay import RelayEnd, close, splice
+from .relay import RelayEnd, close, no_delay, splice
 
 
 def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -41,6 +41,7 @@ class HttpFront(Protocol):
         self.finished = False
 
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
 
     # -- incoming bytes -------------------------------------------------------------

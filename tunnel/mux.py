@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .addresses import BadAddress, Destination, parse_authority
+from .relay import no_delay
 
 log = Logger(namespace="fluidity.mux")
 
@@ -299,6 +300,7 @@ class TunnelMux(Protocol):
 
     # -- connection lifecycle -------------------------------------------------------
     def connectionMade(self) -> None:
+        no_delay(self.transport)
         self.h2.initiate_connection()
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.transport.registerProducer(self, True)

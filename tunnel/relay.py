@@ -13,6 +13,18 @@ from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 
+def no_delay(transport) -> None:
+    """Disable Nagle on the TCP socket under `transport` (through TLS if need be):
+    a tunnel forwards small writes that must not wait for the peer's delayed ACK."""
+    tcp = getattr(transport, "transport", None) or transport
+    set_no_delay = getattr(tcp, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
+
+
 def close(transport: ITransport) -> None:
     """Close once flushed. A TLS transport waits for its producer to go before it
     shuts down, so the producer is unregistered first."""
