@@ -34,6 +34,10 @@ class Agent(service.Service):
             tunnel_wait=config["tunnel_wait"],
         )
 
+    @property
+    def tunnel_up(self) -> bool:
+        return self.tunnel.current is not None and not self.tunnel.current.draining
+
     def open(self, destination: Destination, protocol):
         return self.tunnel.open(destination, protocol)
 

@@ -203,7 +203,7 @@ class ProxyFront(HttpFront):
     # -- CONNECT ---------------------------------------------------------------------
     def _connect(self, destination: Destination) -> None:
         agent = self.agent
-        early = agent.optimistic_connect and destination.authority in agent.known
+        early = agent.optimistic_connect and agent.tunnel_up and destination.authority in agent.known
         if early:
             # Answer now; the relay holds the client's first bytes until the stream exists.
             self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))

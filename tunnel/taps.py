@@ -12,6 +12,7 @@ import os
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import config as cfg
@@ -22,6 +23,8 @@ from .egress import policy_from_strings
 from .listening import ListenService
 from .server import TunnelServer
 from .tls import client_options, server_options
+
+_log = Logger(namespace="fluidity")
 
 
 def _options_for(role: str, keys: tuple[cfg.Key, ...]):
@@ -108,12 +111,16 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
 def make_server(options) -> service.MultiService:
     from twisted.internet import reactor
 
+    if options.config["metrics.emit_metrics"]:
+        _log.warn("metrics.emit_metrics is set, but CloudWatch emission is not built yet (issue 3): no metrics will be sent")
     return make_server_service(reactor, options.config, options.tls)
 
 
 def make_agent(options) -> service.MultiService:
     from twisted.internet import reactor
 
+    if any(options.config[k] for k in ("lifecycle.wake_endpoint", "lifecycle.kill_endpoint", "lifecycle.status_endpoint")):
+        _log.warn("the lifecycle block is read but not acted on yet (issue 5): the agent dials server_ip as configured")
     top = make_agent_service(reactor, options.config, options.tls)
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     return top
