@@ -65,5 +65,9 @@ def tunnel(certs, tmp_path_factory) -> Tunnel:
     except TimeoutError:
         raise RuntimeError(f"agent never connected\nserver:\n{server.log()}\nagent:\n{agent.log()}")
     yield Tunnel(server, agent, certs)
-    agent.stop()
-    server.stop()
+    assert agent.stop() == 0
+    assert server.stop() == 0
+    # Every test above threw real and malformed traffic at this pair: nothing may have
+    # escaped as an unhandled error in either reactor.
+    for proc in (server, agent):
+        proc.assert_no_unhandled_errors()

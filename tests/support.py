@@ -100,6 +100,10 @@ class Proc:
                 self.process.wait(timeout=5)
         return self.process.returncode
 
+    def assert_no_unhandled_errors(self) -> None:
+        log = self.log()
+        assert "Traceback" not in log and "Unhandled" not in log, f"{self.name} logged an unhandled error:\n{log[-4000:]}"
+
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

@@ -29,9 +29,9 @@ def pair(certs, tmp_path):
     yield procs
     for p in (procs["agent"], procs["server"]):
         if p.process.poll() is None:
-            if p.process.returncode is None:
-                p.process.send_signal(signal.SIGCONT)
+            p.process.send_signal(signal.SIGCONT)
             p.stop()
+        p.assert_no_unhandled_errors()
 
 
 def test_server_killed_mid_transfer_then_back(pair, certs, echo, http_origin):

@@ -8,7 +8,7 @@ producer of the other so a slow reader pauses the fast writer, and a half-close
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport, ITransport
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
@@ -35,9 +35,14 @@ def close(transport: ITransport) -> None:
 
 
 def half_close(transport: ITransport) -> None:
-    """Send EOF but keep reading; transports that cannot (TLS) close once flushed."""
+    """Send EOF but keep reading; TLS cannot half-close, so it closes once flushed.
+
+    (Twisted's TLS wrapper forwards unknown attributes to the TCP socket beneath it,
+    so `loseWriteConnection` would wrongly shut the raw socket under the TLS layer.)"""
+    if not getattr(transport, "connected", True):
+        return
     lose_write = getattr(transport, "loseWriteConnection", None)
-    if lose_write is not None:
+    if lose_write is not None and not ISSLTransport.providedBy(transport):
         lose_write()
     else:
         close(transport)

@@ -61,6 +61,8 @@ class ConnectFront(HttpFront):
 
     def _refused(self, failure) -> None:
         self._dial = None
+        if failure.check(defer.CancelledError):
+            return  # the client left while we dialled
         error = failure.value
         if not isinstance(error, OpenFailed):
             log.failure("dial failed unexpectedly", failure)
