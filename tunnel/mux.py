@@ -11,6 +11,7 @@ its send window is exhausted.
 from __future__ import annotations
 
 import itertools
+from collections import deque
 import struct
 from typing import Callable
 
@@ -89,7 +90,7 @@ class TunnelStream:
         self.ready: Deferred = Deferred()  # agent side: fires on the server's 200
         self.connected = True
         self._inbox: list[bytes] = []
-        self._outbox = bytearray()
+        self._outbox: deque[bytes] = deque()  # chunks as written: sent without copying when they fit
         self._end_queued = False
         self._local_ended = False
         self._remote_ended = False
@@ -117,7 +118,7 @@ class TunnelStream:
     def write(self, data: bytes) -> None:
         if self._closed or self._end_queued or not data:
             return
-        self._outbox += data
+        self._outbox.append(bytes(data))
         self.mux._flush_stream(self)
 
     def writeSequence(self, seq) -> None:
@@ -509,13 +510,11 @@ class TunnelMux(Protocol):
                 window = self.h2.local_flow_control_window(sid)
                 if window <= 0:
                     break
-                n = min(window, self.h2.max_outbound_frame_size, len(outbox))
-                if n == len(outbox):
-                    chunk = bytes(outbox)
-                    outbox.clear()
-                else:
-                    chunk = bytes(outbox[:n])
-                    del outbox[:n]
+                n = min(window, self.h2.max_outbound_frame_size)
+                chunk = outbox.popleft()
+                if len(chunk) > n:
+                    outbox.appendleft(chunk[n:])
+                    chunk = chunk[:n]
                 last = stream._end_queued and not outbox
                 self.h2.send_data(sid, chunk, end_stream=last)
                 if last:
