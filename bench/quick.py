@@ -74,8 +74,8 @@ def main() -> None:
 
         direct_rate = args.connections / timed(lambda: connects(direct_connect), args.rounds)
         tunnel_rate = args.connections / timed(lambda: connects(tunnel_connect), args.rounds)
-        print(f"| scenario | direct | through Fluidity | ratio |")
-        print(f"|---|---|---|---|")
+        print("| scenario | direct | through Fluidity | ratio |")
+        print("|---|---|---|---|")
         print(f"| {args.mb} MiB HTTPS download (MiB/s) | {args.mb / direct:.0f} | {args.mb / tunnelled:.0f} | {direct / tunnelled:.2f} |")
         print(f"| sequential new connections + 1-byte echo (per s) | {direct_rate:.0f} | {tunnel_rate:.0f} | {tunnel_rate / direct_rate:.2f} |")
         print(f"| RSS after (MiB) | | agent {agent.rss_kb() / 1024:.0f}, server {server.rss_kb() / 1024:.0f} | |")
