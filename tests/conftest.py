@@ -71,3 +71,27 @@ def tunnel(certs, tmp_path_factory) -> Tunnel:
     # escaped as an unhandled error in either reactor.
     for proc in (server, agent):
         proc.assert_no_unhandled_errors()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    from aws import MotoAws
+
+    server = MotoAws()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch):
+    """A clean moto account; this process's boto3 (the Lambda handlers) points at it."""
+    from lambdas import clients
+
+    moto_server.reset()
+    for name, value in moto_server.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CLUSTER_NAME", "fluidity")
+    monkeypatch.setenv("SERVICE_NAME", "fluidity-server")
+    clients.forget()
+    yield moto_server
+    clients.forget()

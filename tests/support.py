@@ -111,7 +111,7 @@ class Proc:
         return 0
 
 
-def start_twistd(role: str, config: dict, workdir: Path, name: str | None = None, args: tuple[str, ...] = (), wait: bool = True, prefix: tuple[str, ...] = ()) -> Proc:
+def start_twistd(role: str, config: dict, workdir: Path, name: str | None = None, args: tuple[str, ...] = (), wait: bool = True, prefix: tuple[str, ...] = (), env: dict | None = None) -> Proc:
     name = name or role
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -123,6 +123,7 @@ def start_twistd(role: str, config: dict, workdir: Path, name: str | None = None
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=workdir,
+            env=None if env is None else {**os.environ, **env},
         )
     proc = Proc(name, process, log_path, port)
     if wait:

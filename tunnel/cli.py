@@ -1,4 +1,5 @@
-"""The `fluidity` command: certificates, and the local demo (server + agent on loopback)."""
+"""The `fluidity` command: certificates, the local demo (server + agent on loopback), and the
+local control plane."""
 
 from __future__ import annotations
 
@@ -100,6 +101,46 @@ def _local(args) -> int:
     return status
 
 
+def _control_plane(args) -> int:
+    """Serve the Lambda handlers on a local port until Ctrl-C."""
+    import os
+
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from .control_plane import make_site
+
+    api_key = args.api_key or os.environ.get("FLUIDITY_API_KEY", "")
+    if not api_key:
+        print("fluidity control-plane: give --api-key or set FLUIDITY_API_KEY", file=sys.stderr)
+        return 2
+    for name, value in (("CLUSTER_NAME", args.cluster), ("SERVICE_NAME", args.service), ("CONTAINER_PORT", args.container_port)):
+        if value is not None:
+            os.environ[name] = str(value)
+        os.environ.setdefault(name, {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": "8443"}[name])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+    outcome = {"status": 0}
+
+    def listening(port) -> None:
+        address = port.getHost()
+        print(
+            f"control plane for {os.environ['CLUSTER_NAME']}/{os.environ['SERVICE_NAME']} on http://{address.host}:{address.port}"
+            " (POST /wake, GET /status, POST /kill; x-api-key required)",
+            flush=True,
+        )
+
+    def failed(failure) -> None:
+        print(f"fluidity control-plane: cannot listen on {args.host}:{args.port}: {failure.getErrorMessage()}", file=sys.stderr)
+        outcome["status"] = 1
+        reactor.stop()
+
+    endpoint = TCP4ServerEndpoint(reactor, args.port, interface=args.host)
+    reactor.callWhenRunning(lambda: endpoint.listen(make_site(reactor, api_key)).addCallbacks(listening, failed))
+    reactor.run()
+    return outcome["status"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluidity", description="Fluidity personal tunnel")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -116,9 +157,18 @@ def main(argv: list[str] | None = None) -> int:
     local.add_argument("--configs", default="configs")
     local.add_argument("--server-port", type=int, default=8443)
     local.add_argument("--proxy-port", type=int, default=8080)
+    plane = commands.add_parser("control-plane", help="serve wake/status/kill locally (API Gateway stand-in)")
+    plane.add_argument("--api-key", help="required x-api-key (default: $FLUIDITY_API_KEY)")
+    plane.add_argument("--host", default="127.0.0.1")
+    plane.add_argument("--port", type=int, default=8000)
+    plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
+    plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
+    plane.add_argument("--container-port", type=int, help="server port reported to agents (default: $CONTAINER_PORT or 8443)")
     args = parser.parse_args(argv)
     if args.command == "certs":
         return _certs(args)
+    if args.command == "control-plane":
+        return _control_plane(args)
     return _local(args)
 
 

@@ -155,6 +155,11 @@ class TunnelServer(Factory):
     def agents(self) -> int:
         return sum(1 for c in self.connections if isinstance(c.inner, TunnelMux))
 
+    @property
+    def activity(self) -> float:
+        """When bytes last arrived from an agent, or one connected or opened a stream."""
+        return max([self.last_activity] + [c.inner.last_activity for c in self.connections if isinstance(c.inner, TunnelMux)])
+
     def make_mux(self, peer_name: str) -> TunnelMux:
         self.last_activity = self.reactor.seconds()
         return TunnelMux(
@@ -192,6 +197,8 @@ class TunnelServer(Factory):
         self.opener.open(stream.destination, upstream).addCallbacks(connected, refused)
 
     def forget(self, connection: ServerConnection) -> None:
+        if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone
+            self.last_activity = max(self.last_activity, connection.inner.last_activity)
         self.connections.discard(connection)
         if self._drained is not None and not self.connections and not self._drained.called:
             self._drained.callback(None)

@@ -21,6 +21,7 @@ from .agent import make_agent_service
 from .dialer import DirectOpener
 from .egress import policy_from_strings
 from .listening import ListenService
+from .metrics import MetricsPublisher, MetricsService
 from .server import TunnelServer
 from .tls import client_options, server_options
 
@@ -54,11 +55,23 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     config["egress_policy"] = policy_from_strings(config["egress_allow"])
                 except ValueError as e:
                     raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
+                if config["metrics.emit_metrics"]:
+                    _check_metrics(config)
             elif not config["server_ip"]:
                 raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip)")
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options
+
+
+def _check_metrics(config: cfg.Config) -> None:
+    if config["metrics.metrics_interval"] < 1:
+        raise cfg.ConfigError(f"{config.source}: 'metrics.metrics_interval' must be at least 1s")
+    namespace = config["metrics.namespace"]
+    if not namespace or namespace.startswith("AWS/") or len(namespace) > 255:
+        raise cfg.ConfigError(f"{config.source}: 'metrics.namespace' must be 1-255 characters and not start with AWS/")
+    if not config["metrics.service_name"]:
+        raise cfg.ConfigError(f"{config.source}: 'metrics.service_name' must not be empty")
 
 
 ServerOptions = _options_for("server", cfg.SERVER_KEYS)
@@ -104,6 +117,10 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
     endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, interface=config["host"])
     ListenService(endpoint, server, "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
     DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
+    if config["metrics.emit_metrics"]:
+        interval = config["metrics.metrics_interval"]
+        publisher = MetricsPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], interval)
+        MetricsService(publisher, interval).setServiceParent(top)
     top.tunnel_server = server
     return top
 
@@ -111,8 +128,6 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
 def make_server(options) -> service.MultiService:
     from twisted.internet import reactor
 
-    if options.config["metrics.emit_metrics"]:
-        _log.warn("metrics.emit_metrics is set, but CloudWatch emission is not built yet (issue 3): no metrics will be sent")
     return make_server_service(reactor, options.config, options.tls)
 
 

@@ -1,0 +1,122 @@
+"""What the ECS service is doing, in the words the agent and the CLI use.
+
+`status` is `stopped`, `starting`, `running` or `stopping`, derived from desiredCount and
+the service's own tasks (not from the service's counters, which lag); `publicIp` is the
+running task's public IPv4, read from its network interface, so the agent can find a
+server whose address changes at every start.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+
+from .settings import Settings
+
+PENDING_STATES = {"PROVISIONING", "PENDING", "ACTIVATING"}
+STOPPING_STATES = {"DEACTIVATING", "STOPPING", "DEPROVISIONING"}
+WAKE_TAG = "fluidity:last-wake"
+
+
+class ServiceMissing(LookupError):
+    """The cluster or service named in the settings does not exist."""
+
+
+def describe_service(ecs, settings: Settings) -> dict:
+    answer = ecs.describe_services(cluster=settings.cluster, services=[settings.service])
+    found = [s for s in answer.get("services", []) if s.get("status") != "INACTIVE"]
+    if not found:
+        raise ServiceMissing(f"ECS service {settings.service!r} not found in cluster {settings.cluster!r}")
+    return found[0]
+
+
+def service_tasks(ecs, settings: Settings) -> list[dict]:
+    """The service's tasks that are running, starting or on their way down, newest first."""
+    arns: list[str] = []
+    for desired in ("RUNNING", "STOPPED"):
+        pages = ecs.get_paginator("list_tasks").paginate(cluster=settings.cluster, serviceName=settings.service, desiredStatus=desired)
+        for page in pages:
+            arns.extend(page.get("taskArns", []))
+    tasks: list[dict] = []
+    for start in range(0, len(arns), 100):
+        tasks.extend(ecs.describe_tasks(cluster=settings.cluster, tasks=arns[start : start + 100]).get("tasks", []))
+    mine = [t for t in tasks if t.get("group") == f"service:{settings.service}"]
+    return sorted(mine, key=lambda t: _epoch(t.get("createdAt")) or 0, reverse=True)
+
+
+def public_ip(ec2, task: dict) -> str | None:
+    """The public IPv4 on the task's ENI, or None (not yet attached, or no public IP)."""
+    for attachment in task.get("attachments", []):
+        if attachment.get("type") != "ElasticNetworkInterface":
+            continue
+        details = {d.get("name"): d.get("value") for d in attachment.get("details", [])}
+        eni = details.get("networkInterfaceId")
+        if not eni:
+            continue
+        interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni]).get("NetworkInterfaces", [])
+        for interface in interfaces:
+            address = (interface.get("Association") or {}).get("PublicIp")
+            if address:
+                return address
+    return None
+
+
+def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
+    """The JSON body of wake / status / kill."""
+    service = describe_service(ecs, settings)
+    tasks = service_tasks(ecs, settings)
+    live = [t for t in tasks if t.get("lastStatus") != "STOPPED"]
+    running = [t for t in live if t.get("lastStatus") == "RUNNING" and t.get("desiredStatus") == "RUNNING"]
+    pending = [t for t in live if t.get("lastStatus") in PENDING_STATES and t.get("desiredStatus") == "RUNNING"]
+    desired = int(service.get("desiredCount", 0))
+    if desired > 0:
+        status = "running" if running else "starting"
+    else:
+        status = "stopping" if live else "stopped"
+    newest = (running or live or [None])[0]
+    return {
+        "status": status,
+        "desiredCount": desired,
+        "runningCount": len(running),
+        "pendingCount": len(pending),
+        "publicIp": public_ip(ec2, running[0]) if (with_ip and running) else None,
+        "port": settings.container_port,
+        "taskStatus": newest.get("lastStatus") if newest else None,
+        "taskStartedAt": _epoch(newest.get("startedAt") or newest.get("createdAt")) if newest else None,
+        "cluster": settings.cluster,
+        "service": settings.service,
+    }
+
+
+def set_desired(ecs, settings: Settings, count: int) -> None:
+    ecs.update_service(cluster=settings.cluster, service=settings.service, desiredCount=count)
+
+
+def mark_woken(ecs, service: dict, now: float | None = None) -> None:
+    """Record when the service was asked to start, so sleep leaves a fresh wake alone
+    even before the task or its first metrics exist."""
+    ecs.tag_resource(resourceArn=service["serviceArn"], tags=[{"key": WAKE_TAG, "value": str(int(now or time.time()))}])
+
+
+def last_started(ecs, service: dict, tasks: list[dict]) -> float | None:
+    """The newest sign that the service (re)started: a task created or started, a wake
+    recorded by the control plane, a deployment updated."""
+    moments = [_epoch(t.get(k)) for t in tasks for k in ("createdAt", "startedAt")]
+    moments += [_epoch(d.get("updatedAt")) for d in service.get("deployments", [])]
+    try:
+        tags = ecs.list_tags_for_resource(resourceArn=service["serviceArn"]).get("tags", [])
+        moments += [float(t["value"]) for t in tags if t.get("key") == WAKE_TAG and t.get("value", "").isdigit()]
+    except Exception:  # tags are a hint; the task and deployment times still count
+        pass
+    known = [m for m in moments if m]
+    return max(known) if known else None
+
+
+def _epoch(value) -> float | None:
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=datetime.timezone.utc)
+        return value.timestamp()
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None

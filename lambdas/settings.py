@@ -1,0 +1,48 @@
+"""Settings from the Lambda's environment, read per invocation and checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+class SettingsError(ValueError):
+    """The function is deployed with a missing or malformed environment variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    cluster: str
+    service: str
+    container_port: int = 8443
+    namespace: str = "Fluidity"
+    idle_threshold_minutes: float = 5
+    lookback_minutes: float = 10
+
+
+def _number(env, name: str, default, cast, low, high):
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {raw!r}")
+    return value
+
+
+def from_env(env=None) -> Settings:
+    env = os.environ if env is None else env
+    missing = [name for name in ("CLUSTER_NAME", "SERVICE_NAME") if not env.get(name, "").strip()]
+    if missing:
+        raise SettingsError(f"{' and '.join(missing)} must be set")
+    return Settings(
+        cluster=env["CLUSTER_NAME"].strip(),
+        service=env["SERVICE_NAME"].strip(),
+        container_port=_number(env, "CONTAINER_PORT", 8443, int, 1, 65535),
+        namespace=env.get("METRICS_NAMESPACE", "").strip() or "Fluidity",
+        idle_threshold_minutes=_number(env, "IDLE_THRESHOLD_MINUTES", 5, float, 1, 24 * 60),
+        lookback_minutes=_number(env, "LOOKBACK_MINUTES", 10, float, 1, 24 * 60),
+    )

@@ -1,0 +1,90 @@
+"""EventBridge schedule: stop the server when nobody has used it for a while.
+
+Idle means no agent connected at any point of the lookback window and the last
+activity older than the threshold, where the last activity is the newest of the
+server's `LastActivityEpochSeconds` and the moment the service last started. So a
+server that just woke (no data points yet) is left alone, and one that never reports
+is stopped once the threshold has passed since it started. The decision, with the
+figures behind it, is logged and returned.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+from . import ecs_state
+from .api import aws_reason, log
+from .clients import client
+from .settings import Settings, SettingsError, from_env
+
+ACTIVE_CONNECTIONS = "ActiveConnections"
+LAST_ACTIVITY = "LastActivityEpochSeconds"
+
+
+def newest_maximum(cloudwatch, settings: Settings, metric: str, now: float) -> float | None:
+    """The largest Maximum of `metric` over the lookback window, or None without data."""
+    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    start = moment - datetime.timedelta(minutes=settings.lookback_minutes)
+    end = moment + datetime.timedelta(minutes=1)  # EndTime is exclusive: include this very minute
+    answer = cloudwatch.get_metric_statistics(
+        Namespace=settings.namespace,
+        MetricName=metric,
+        Dimensions=[{"Name": "ServiceName", "Value": settings.service}],
+        StartTime=start,
+        EndTime=end,
+        Period=60,
+        Statistics=["Maximum"],
+    )
+    values = [p["Maximum"] for p in answer.get("Datapoints", []) if "Maximum" in p]
+    return max(values) if values else None
+
+
+def decide(ecs, cloudwatch, settings: Settings, now: float) -> dict:
+    """Look, decide, and act; returns the decision and its figures."""
+    service = ecs_state.describe_service(ecs, settings)
+    desired = int(service.get("desiredCount", 0))
+    figures = {"desiredCount": desired, "idleThresholdSeconds": settings.idle_threshold_minutes * 60, "lookbackMinutes": settings.lookback_minutes}
+    if desired == 0:
+        return {"action": "none", "reason": "already stopped", **figures}
+    tasks = ecs_state.service_tasks(ecs, settings)
+    active = newest_maximum(cloudwatch, settings, ACTIVE_CONNECTIONS, now)
+    reported = newest_maximum(cloudwatch, settings, LAST_ACTIVITY, now)
+    started = ecs_state.last_started(ecs, service, tasks)
+    known = [m for m in (reported, started) if m is not None]
+    last = max(known) if known else None
+    figures.update(
+        activeConnectionsMax=active,
+        lastActivityEpochSeconds=reported,
+        lastStartedEpochSeconds=started,
+        idleSeconds=None if last is None else round(now - last),
+    )
+    if active is not None and active > 0:
+        return {"action": "none", "reason": f"{int(active)} agent(s) connected within the last {settings.lookback_minutes:g} minutes", **figures}
+    if last is not None and now - last < settings.idle_threshold_minutes * 60:
+        return {"action": "none", "reason": f"active {round(now - last)}s ago, under the {settings.idle_threshold_minutes:g}-minute threshold", **figures}
+    ecs_state.set_desired(ecs, settings, 0)
+    why = "no activity or start time on record" if last is None else f"idle for {round(now - last)}s"
+    return {"action": "stopped", "reason": why, **figures}
+
+
+def handler(event, context=None) -> dict:
+    """Scheduled events carry nothing we need; any JSON object (a manual test) is accepted."""
+    if not isinstance(event, dict):
+        decision = {"action": "error", "reason": f"expected an EventBridge event (a JSON object), got {type(event).__name__}"}
+    else:
+        try:
+            decision = decide(client("ecs"), client("cloudwatch"), from_env(), time.time())
+        except (SettingsError, ecs_state.ServiceMissing) as e:
+            decision = {"action": "error", "reason": str(e)}
+        except Exception as e:
+            from botocore.exceptions import BotoCoreError, ClientError
+
+            if not isinstance(e, (ClientError, BotoCoreError)):
+                log.exception("unexpected error")
+                decision = {"action": "error", "reason": f"internal error: {type(e).__name__}"}
+            else:
+                decision = {"action": "error", "reason": aws_reason(e)}
+    log.info("sleep decision: %s", json.dumps(decision))
+    return decision

@@ -1,0 +1,179 @@
+"""moto's server on loopback: real HTTP and real botocore serialisation, no AWS account.
+
+`MotoAws` also plays the part of ECS's service scheduler, which moto does not model:
+`reconcile()` starts a Fargate task for a service whose desiredCount asks for one (with
+an Elastic IP on its ENI, so the task has a "public" address, here a loopback one) and
+stops the tasks of a service scaled to 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from support import free_port
+
+REGION = "us-east-1"
+
+
+@dataclass
+class Service:
+    cluster: str
+    name: str
+    subnet: str
+    security_group: str
+
+
+class MotoAws:
+    def __init__(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.port = free_port()
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._clients: dict = {}
+        self.reset()
+
+    @property
+    def env(self) -> dict:
+        """What a process needs to talk to this moto server instead of AWS."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_SESSION_TOKEN": "testing",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+        }
+
+    def client(self, name: str):
+        if name not in self._clients:
+            self._clients[name] = boto3.session.Session().client(
+                name, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+            )
+        return self._clients[name]
+
+    def reset(self) -> None:
+        self._post("/moto-api/reset", b"")
+        # moto advances a task's state each time it is described (RUNNING -> DEACTIVATING
+        # -> ...); a Fargate task stays RUNNING until it is stopped.
+        self._post("/moto-api/state-manager/set-transition", json.dumps({"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10**9}}).encode())
+
+    def _post(self, path: str, body: bytes) -> None:
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}{path}", data=body, method="POST"), timeout=10).read()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    # -- ECS ---------------------------------------------------------------------------------
+    def make_service(self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443) -> Service:
+        ec2, ecs = self.client("ec2"), self.client("ecs")
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as in a default VPC
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
+        group = ec2.create_security_group(GroupName=f"{name}-sg", Description="fluidity", VpcId=vpc)["GroupId"]
+        ecs.create_cluster(clusterName=cluster)
+        ecs.register_task_definition(
+            family=name,
+            networkMode="awsvpc",
+            requiresCompatibilities=["FARGATE"],
+            cpu="256",
+            memory="512",
+            containerDefinitions=[{"name": "server", "image": "fluidity:latest", "cpu": 256, "memory": 512, "portMappings": [{"containerPort": port}]}],
+        )
+        ecs.create_service(
+            cluster=cluster,
+            serviceName=name,
+            taskDefinition=name,
+            desiredCount=desired,
+            launchType="FARGATE",
+            networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}},
+        )
+        return Service(cluster, name, subnet, group)
+
+    def desired_count(self, service: Service) -> int:
+        found = self.client("ecs").describe_services(cluster=service.cluster, services=[service.name])["services"]
+        return found[0]["desiredCount"]
+
+    def service_tasks(self, service: Service, status: str = "RUNNING") -> list[dict]:
+        ecs = self.client("ecs")
+        arns = ecs.list_tasks(cluster=service.cluster, desiredStatus=status)["taskArns"]
+        if not arns:
+            return []
+        tasks = ecs.describe_tasks(cluster=service.cluster, tasks=arns)["tasks"]
+        return [t for t in tasks if t.get("group") == f"service:{service.name}"]
+
+    def start_task(self, service: Service, public_ip: str = "127.0.0.1") -> dict:
+        ecs, ec2 = self.client("ecs"), self.client("ec2")
+        task = ecs.run_task(
+            cluster=service.cluster,
+            taskDefinition=service.name,
+            launchType="FARGATE",
+            group=f"service:{service.name}",
+            startedBy="ecs-svc/1234567890",
+            networkConfiguration={"awsvpcConfiguration": {"subnets": [service.subnet], "securityGroups": [service.security_group], "assignPublicIp": "ENABLED"}},
+        )["tasks"][0]
+        if public_ip:
+            eni = next(d["value"] for d in task["attachments"][0]["details"] if d["name"] == "networkInterfaceId")
+            allocation = ec2.allocate_address(Domain="vpc", Address=public_ip)["AllocationId"]
+            ec2.associate_address(AllocationId=allocation, NetworkInterfaceId=eni)
+        return task
+
+    def reconcile(self, service: Service, public_ip: str = "127.0.0.1") -> None:
+        """One pass of the scheduler ECS would run: tasks follow desiredCount."""
+        desired = self.desired_count(service)
+        running = self.service_tasks(service)
+        for _ in range(desired - len(running)):
+            self.start_task(service, public_ip)
+        for task in running[desired:] if desired < len(running) else []:
+            self.client("ecs").stop_task(cluster=service.cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment")
+
+
+def wait_for(predicate, seconds: float = 10.0, interval: float = 0.1):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"condition not met within {seconds}s")
+
+
+class ControlPlaneProc:
+    """`fluidity control-plane` in its own process, talking to moto."""
+
+    def __init__(self, moto: MotoAws, workdir, api_key: str = "test-api-key", extra_env: dict | None = None) -> None:
+        import os
+        import subprocess
+
+        from support import FLUIDITY, wait_for_port
+
+        self.api_key = api_key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / "control-plane.log"
+        env = {**os.environ, **moto.env, "CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", **(extra_env or {})}
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+        wait_for_port(self.port, process=self.process)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        import subprocess
+
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode

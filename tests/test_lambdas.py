@@ -1,0 +1,245 @@
+"""The wake / status / kill / sleep handlers against moto's ECS, EC2 and CloudWatch."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+
+import pytest
+
+from lambdas import kill, sleep, status, wake
+from lambdas.clients import client
+from lambdas.settings import from_env
+
+
+def api_event(method: str, path: str, **extra) -> dict:
+    event = {"resource": path, "path": path, "httpMethod": method, "headers": {"x-api-key": "k"}, "body": None, "isBase64Encoded": False, "requestContext": {"stage": "prod"}}
+    event.update(extra)
+    return event
+
+
+def call(handler, method: str, path: str, **extra) -> tuple[int, dict]:
+    answer = handler(api_event(method, path, **extra), None)
+    assert answer["headers"]["Content-Type"] == "application/json"
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def scheduled_event() -> dict:
+    return {"version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events", "time": "2026-11-26T12:00:00Z", "resources": [], "detail": {}}
+
+
+def put_metrics(aws, active: float, last_activity: float, when: float | None = None) -> None:
+    stamp = datetime.datetime.fromtimestamp(when or time.time(), datetime.timezone.utc)
+    dims = [{"Name": "ServiceName", "Value": "fluidity-server"}]
+    aws.client("cloudwatch").put_metric_data(
+        Namespace="Fluidity",
+        MetricData=[
+            {"MetricName": "ActiveConnections", "Dimensions": dims, "Timestamp": stamp, "Value": active, "Unit": "Count"},
+            {"MetricName": "LastActivityEpochSeconds", "Dimensions": dims, "Timestamp": stamp, "Value": last_activity, "Unit": "Seconds"},
+        ],
+    )
+
+
+# -- wake / status / kill ------------------------------------------------------------------
+
+
+def test_wake_starts_a_stopped_service_once(aws):
+    service = aws.make_service(desired=0)
+    code, body = call(status.handler, "GET", "/status")
+    assert (code, body["status"], body["desiredCount"], body["publicIp"], body["port"]) == (200, "stopped", 0, None, 8443)
+
+    code, body = call(wake.handler, "POST", "/wake")
+    assert (code, body["status"], body["desiredCount"], body["runningCount"]) == (200, "starting", 1, 0)
+    assert aws.desired_count(service) == 1
+
+    aws.reconcile(service)  # ECS starts the task
+    code, body = call(wake.handler, "POST", "/wake")  # idempotent: nothing changes
+    assert (code, body["status"], body["desiredCount"], body["runningCount"], body["publicIp"]) == (200, "running", 1, 1, "127.0.0.1")
+    assert len(aws.service_tasks(service)) == 1
+
+
+def test_status_reports_the_running_tasks_public_ip(aws, monkeypatch):
+    monkeypatch.setenv("CONTAINER_PORT", "9443")
+    service = aws.make_service(desired=1)
+    aws.reconcile(service, public_ip="127.0.0.9")
+    code, body = call(status.handler, "GET", "/status")
+    assert code == 200
+    assert body["status"] == "running" and body["publicIp"] == "127.0.0.9" and body["port"] == 9443
+    assert body["taskStatus"] == "RUNNING"
+
+
+def test_status_of_a_running_task_without_a_public_ip_is_null(aws):
+    service = aws.make_service(desired=1)
+    aws.reconcile(service, public_ip="")
+    code, body = call(status.handler, "GET", "/status")
+    assert (code, body["status"], body["publicIp"]) == (200, "running", None)
+
+
+def test_kill_sets_desired_count_zero(aws):
+    service = aws.make_service(desired=1)
+    aws.reconcile(service)
+    code, body = call(kill.handler, "POST", "/kill")
+    assert (code, body["desiredCount"]) == (200, 0)
+    assert body["status"] in ("stopping", "stopped")
+    assert aws.desired_count(service) == 0
+    aws.reconcile(service)
+    code, body = call(status.handler, "GET", "/status")
+    assert (body["status"], body["runningCount"], body["publicIp"]) == ("stopped", 0, None)
+    code, body = call(kill.handler, "POST", "/kill")  # again: still fine
+    assert (code, body["status"]) == (200, "stopped")
+
+
+def test_http_api_v2_events_are_understood(aws):
+    aws.make_service(desired=0)
+    event = {"version": "2.0", "rawPath": "/status", "headers": {}, "requestContext": {"http": {"method": "GET", "path": "/status"}}}
+    answer = status.handler(event, None)
+    assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "stopped"
+
+
+@pytest.mark.parametrize(
+    "event, reason",
+    [
+        (None, "got NoneType"),
+        ("POST /wake", "got str"),
+        ([], "got list"),
+        ({}, "no httpMethod"),
+        ({"httpMethod": 7}, "no httpMethod"),
+        ({"httpMethod": "POST", "headers": "x-api-key: k"}, "headers must be an object"),
+        ({"httpMethod": "POST", "body": "{not json"}, "body must be JSON"),
+        ({"httpMethod": "POST", "body": "[1, 2]"}, "JSON object"),
+        ({"httpMethod": "POST", "body": "!!", "isBase64Encoded": True}, "base64"),
+        ({"httpMethod": "POST", "body": 12}, "body must be a string"),
+    ],
+)
+def test_malformed_events_get_400_with_a_reason(aws, event, reason):
+    service = aws.make_service(desired=0)
+    for handler in (wake.handler, kill.handler, status.handler):
+        answer = handler(event, None)
+        assert answer["statusCode"] == 400
+        assert reason in json.loads(answer["body"])["error"]
+    assert aws.desired_count(service) == 0
+
+
+def test_wrong_method_gets_405(aws):
+    service = aws.make_service(desired=0)
+    code, body = call(wake.handler, "GET", "/wake")
+    assert code == 405 and "POST" in body["error"]
+    code, body = call(status.handler, "POST", "/status")
+    assert code == 405
+    assert aws.desired_count(service) == 0
+
+
+def test_a_json_body_is_accepted(aws):
+    aws.make_service(desired=0)
+    code, body = call(wake.handler, "POST", "/wake", body='{"reason": "laptop"}')
+    assert (code, body["desiredCount"]) == (200, 1)
+
+
+@pytest.mark.parametrize("handler, method", [(wake.handler, "POST"), (status.handler, "GET"), (kill.handler, "POST")])
+def test_unknown_service_is_502_with_reason(aws, monkeypatch, handler, method):
+    aws.make_service(desired=0)
+    for cluster, service, expected in (("fluidity", "nope", "'nope' not found"), ("missing-cluster", "fluidity-server", "ClusterNotFoundException")):
+        monkeypatch.setenv("CLUSTER_NAME", cluster)
+        monkeypatch.setenv("SERVICE_NAME", service)
+        code, body = call(handler, method, "/x")
+        assert code == 502, body
+        assert expected in body["error"]
+
+
+def test_unreachable_aws_is_502(aws, monkeypatch):
+    from lambdas import clients
+    from support import free_port
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    clients.forget()
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 502 and "EndpointConnectionError" in body["error"]
+
+
+@pytest.mark.parametrize("name, value, message", [("CONTAINER_PORT", "http", "CONTAINER_PORT must be a number"), ("IDLE_THRESHOLD_MINUTES", "0", "between"), ("CLUSTER_NAME", "", "CLUSTER_NAME must be set")])
+def test_misconfigured_function_is_500_with_reason(aws, monkeypatch, name, value, message):
+    aws.make_service(desired=0)
+    monkeypatch.setenv(name, value)
+    code, body = call(status.handler, "GET", "/status")
+    assert code == 500 and message in body["error"]
+
+
+# -- sleep ---------------------------------------------------------------------------------
+
+
+def woken_service(aws):
+    """A service started through the wake handler, with its task running."""
+    service = aws.make_service(desired=0)
+    assert call(wake.handler, "POST", "/wake")[0] == 200
+    aws.reconcile(service)
+    return service
+
+
+def test_sleep_leaves_a_recently_active_server_alone(aws):
+    service = woken_service(aws)
+    put_metrics(aws, active=0, last_activity=time.time() - 30)
+    decision = sleep.handler(scheduled_event(), None)
+    assert decision["action"] == "none" and "threshold" in decision["reason"], decision
+    assert decision["activeConnectionsMax"] == 0
+    assert aws.desired_count(service) == 1
+
+
+def test_sleep_leaves_a_server_with_an_agent_connected_alone(aws):
+    service = woken_service(aws)
+    put_metrics(aws, active=1, last_activity=time.time() - 3600)  # connected but quiet
+    decision = sleep.handler(scheduled_event(), None)
+    assert decision["action"] == "none" and "agent(s) connected" in decision["reason"]
+    assert aws.desired_count(service) == 1
+
+
+def test_sleep_stops_a_server_idle_past_the_threshold(aws):
+    service = woken_service(aws)
+    # Reported activity is stale; the wake itself is fresh, so look from a moment after
+    # the threshold has passed since it, with the metrics still inside the window.
+    now = time.time() + 6 * 60
+    put_metrics(aws, active=0, last_activity=time.time() - 20 * 60, when=now - 60)
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), now)
+    assert decision["action"] == "stopped", decision
+    assert decision["idleSeconds"] >= 6 * 60 and decision["lastActivityEpochSeconds"] is not None
+    assert aws.desired_count(service) == 0
+
+
+def test_sleep_uses_the_reported_activity_when_it_is_the_newest(aws):
+    service = woken_service(aws)
+    now = time.time() + 6 * 60
+    put_metrics(aws, active=0, last_activity=now - 60, when=now - 30)  # active a minute ago
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), now)
+    assert decision["action"] == "none" and decision["idleSeconds"] == 60, decision
+    assert aws.desired_count(service) == 1
+
+
+def test_sleep_leaves_a_just_woken_server_without_datapoints_alone(aws):
+    service = woken_service(aws)
+    decision = sleep.handler(scheduled_event(), None)
+    assert decision["action"] == "none", decision
+    assert decision["lastActivityEpochSeconds"] is None and decision["activeConnectionsMax"] is None
+    assert aws.desired_count(service) == 1
+
+
+def test_sleep_stops_a_server_that_never_reported_long_after_it_started(aws):
+    service = woken_service(aws)
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), time.time() + 3600)
+    assert decision["action"] == "stopped" and decision["lastActivityEpochSeconds"] is None, decision
+    assert decision["idleSeconds"] >= 3600 - 5
+    assert aws.desired_count(service) == 0
+
+
+def test_sleep_on_a_stopped_service_changes_nothing(aws):
+    service = aws.make_service(desired=0)
+    decision = sleep.handler(scheduled_event(), None)
+    assert decision == {**decision, "action": "none", "reason": "already stopped"}
+    assert aws.desired_count(service) == 0
+
+
+def test_sleep_reports_errors_instead_of_raising(aws, monkeypatch):
+    assert sleep.handler("tick", None)["action"] == "error"
+    monkeypatch.setenv("SERVICE_NAME", "nope")
+    aws.make_service(desired=1)
+    decision = sleep.handler(scheduled_event(), None)
+    assert decision["action"] == "error" and "not found" in decision["reason"]

@@ -1,0 +1,115 @@
+"""The server publishes ActiveConnections and LastActivityEpochSeconds to CloudWatch
+(moto's server), in the shape the sleep Lambda and the seed's CLI queries read, and a
+CloudWatch that never answers changes nothing for the tunnel."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import time
+
+from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
+
+DIMENSIONS = [{"Name": "ServiceName", "Value": "fluidity-server"}]
+METRICS = {"metrics": {"emit_metrics": True, "metrics_interval": "1s", "namespace": "Fluidity", "service_name": "fluidity-server"}}
+QUIET = {"keepalive_interval": "300s"}  # no PINGs: only real traffic counts as activity here
+
+
+def maxima(aws, metric: str, since: float) -> list[float]:
+    """`aws cloudwatch get-metric-statistics --namespace Fluidity --metric-name M
+    --dimensions Name=ServiceName,Value=fluidity-server --statistics Maximum`, from `since`."""
+    utc = datetime.timezone.utc
+    points = aws.client("cloudwatch").get_metric_statistics(
+        Namespace="Fluidity",
+        MetricName=metric,
+        Dimensions=DIMENSIONS,
+        StartTime=datetime.datetime.fromtimestamp(since, utc),
+        EndTime=datetime.datetime.fromtimestamp(time.time() + 60, utc),
+        Period=60,
+        Statistics=["Maximum"],
+    )["Datapoints"]
+    return [p["Maximum"] for p in points]
+
+
+def test_metrics_follow_agents_and_traffic(aws, certs, http_origin, tmp_path):
+    server = start_twistd("server", server_config(certs, **METRICS, **QUIET), tmp_path, env=aws.env)
+    agent = None
+    try:
+        started = time.time()
+        assert wait_until(lambda: maxima(aws, "ActiveConnections", started) == [0.0], 10)
+
+        agent = start_twistd("agent", agent_config(certs, server.port, **QUIET), tmp_path, env=aws.env)
+        wait_connected(agent)
+        connected = time.time()
+        assert wait_until(lambda: maxima(aws, "ActiveConnections", connected) == [1.0], 10)
+
+        # Without traffic the reported activity stays put across ticks ...
+        time.sleep(1.5)
+        quiet_since = time.time()
+        wait_until(lambda: len(maxima(aws, "LastActivityEpochSeconds", quiet_since)) > 0, 10)
+        time.sleep(2.2)
+        before = max(maxima(aws, "LastActivityEpochSeconds", connected))
+        assert maxima(aws, "LastActivityEpochSeconds", quiet_since) == [before]
+        # ... and moves when bytes flow.
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/1000")
+        assert result.returncode == 0, result.stderr
+        moved = wait_until(lambda: max(maxima(aws, "LastActivityEpochSeconds", connected)) > before, 10)
+        assert moved
+        assert max(maxima(aws, "LastActivityEpochSeconds", connected)) >= int(quiet_since)
+
+        assert agent.stop() == 0
+        left = time.time() + 1
+        assert wait_until(lambda: maxima(aws, "ActiveConnections", left) == [0.0], 10)
+    finally:
+        if agent is not None:
+            agent.stop()
+        assert server.stop() == 0
+    log = server.log()
+    assert "publishing CloudWatch metrics to namespace Fluidity as ServiceName=fluidity-server" in log
+    assert "could not publish" not in log
+    server.assert_no_unhandled_errors()
+
+
+def test_a_final_publication_on_clean_stop(aws, certs, tmp_path):
+    slow = {"metrics": {**METRICS["metrics"], "metrics_interval": "5m"}}
+    server = start_twistd("server", server_config(certs, **slow), tmp_path, env=aws.env)
+    started = time.time()
+    assert wait_until(lambda: maxima(aws, "ActiveConnections", started) == [0.0], 10)  # the first tick
+    time.sleep(1.1)
+    stopping = time.time()
+    assert maxima(aws, "ActiveConnections", stopping) == []
+    assert server.stop() == 0
+    assert maxima(aws, "ActiveConnections", stopping) == [0.0]
+    server.assert_no_unhandled_errors()
+
+
+def test_a_silent_cloudwatch_never_touches_the_tunnel(aws, certs, http_origin, tmp_path):
+    # A listener that accepts connections and never answers: every PutMetricData times out.
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    env = {**aws.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{hole.getsockname()[1]}"}
+    server = start_twistd("server", server_config(certs, **METRICS), tmp_path, env=env)
+    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
+    try:
+        wait_connected(agent)
+        deadline = time.monotonic() + 6
+        fetched = 0
+        while time.monotonic() < deadline:
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/100000", timeout=5)
+            assert result.returncode == 0 and len(result.stdout) == 100000, result.stderr
+            fetched += 1
+            time.sleep(0.2)
+        assert fetched >= 10
+        wait_until(lambda: "could not publish CloudWatch metrics" in server.log(), 10)
+        assert agent.stop() == 0
+        stopping = time.monotonic()
+        assert server.stop() == 0
+        assert time.monotonic() - stopping < 10  # the last publication is cut short
+    finally:
+        agent.stop()
+        server.stop()
+        hole.close()
+    log = server.log()
+    assert log.count("could not publish CloudWatch metrics") == 1, log  # once per failure streak
+    server.assert_no_unhandled_errors()

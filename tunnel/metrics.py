@@ -1,0 +1,122 @@
+"""CloudWatch metrics from the server, published off the reactor thread.
+
+Every `metrics_interval` (and once more on a clean stop) the server publishes
+`ActiveConnections` (agents connected now) and `LastActivityEpochSeconds` under one
+dimension `ServiceName`, which is what the sleep Lambda and the seed's
+`aws cloudwatch get-metric-statistics` queries read. The sample is taken on the reactor
+thread (it reads live state); boto3 runs in the reactor's thread pool, bounded by short
+timeouts, so a slow or absent CloudWatch never touches the tunnel. Failures are logged
+once per streak; the next tick simply tries again.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.internet import defer, threads
+from twisted.logger import Logger
+
+log = Logger(namespace="fluidity.metrics")
+
+ACTIVE_CONNECTIONS = "ActiveConnections"
+LAST_ACTIVITY = "LastActivityEpochSeconds"
+FINAL_PUBLISH_TIMEOUT = 5.0
+
+
+def cloudwatch_client(timeout: float):
+    """A CloudWatch client with timeouts shorter than the interval; region and endpoint
+    come from the usual AWS environment (AWS_REGION, AWS_ENDPOINT_URL, the task role)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2, "mode": "standard"})
+    return boto3.session.Session().client("cloudwatch", config=config)
+
+
+def metric_data(service_name: str, agents: int, last_activity: float, now: float) -> list[dict]:
+    """The two data points, in PutMetricData's shape."""
+    dimensions = [{"Name": "ServiceName", "Value": service_name}]
+    timestamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    return [
+        {"MetricName": ACTIVE_CONNECTIONS, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(agents), "Unit": "Count"},
+        {"MetricName": LAST_ACTIVITY, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(int(last_activity)), "Unit": "Seconds"},
+    ]
+
+
+class MetricsPublisher:
+    """Samples the server on the reactor thread and hands the boto3 call to a thread."""
+
+    def __init__(self, reactor, server, namespace: str, service_name: str, interval: float, client_factory: Callable = cloudwatch_client) -> None:
+        self.reactor = reactor
+        self.server = server
+        self.namespace = namespace
+        self.service_name = service_name
+        self.timeout = max(1.0, min(5.0, interval))
+        self._client_factory = client_factory
+        self._client = None
+        self.failures = 0  # length of the current failure streak
+        self.published = 0
+
+    def sample(self) -> list[dict]:
+        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds())
+
+    def publish(self) -> defer.Deferred:
+        """One publication; never fails (the error is logged), so a LoopingCall keeps going."""
+        data = self.sample()
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._put, data)
+        d.addCallbacks(self._sent, self._failed)
+        return d
+
+    def _put(self, data: list[dict]) -> None:  # runs in a pool thread
+        if self._client is None:
+            self._client = self._client_factory(self.timeout)
+        self._client.put_metric_data(Namespace=self.namespace, MetricData=data)
+
+    def _sent(self, _) -> None:
+        if self.failures:
+            log.info("CloudWatch metrics are being published again after {n} failed attempt(s)", n=self.failures)
+        self.failures = 0
+        self.published += 1
+
+    def _failed(self, failure) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log.warn(
+                "could not publish CloudWatch metrics ({error}); the tunnel is unaffected, retrying every interval",
+                error=_describe(failure.value),
+            )
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0][:300]
+
+
+class MetricsService(TimerService):
+    """Publishes every interval while running, and once more, bounded in time, on stop."""
+
+    def __init__(self, publisher: MetricsPublisher, interval: float) -> None:
+        super().__init__(interval, publisher.publish)
+        self.publisher = publisher
+
+    def startService(self) -> None:
+        super().startService()
+        log.info(
+            "publishing CloudWatch metrics to namespace {ns} as ServiceName={name} every {interval}s",
+            ns=self.publisher.namespace,
+            name=self.publisher.service_name,
+            interval=self.step,
+        )
+
+    def stopService(self):
+        """Stop ticking and publish the final state at once; a publication still in flight
+        is not waited for, and the final one is cut off after a few seconds."""
+        if self._loop.running:
+            self._loop.stop()
+        service.Service.stopService(self)
+        final = self.publisher.publish()
+        final.addTimeout(FINAL_PUBLISH_TIMEOUT, self.publisher.reactor, onTimeoutCancel=lambda *_: None)
+        return final
