@@ -38,6 +38,8 @@ class MotoAws:
         self.server.start()
         self.url = f"http://127.0.0.1:{self.port}"
         self._clients: dict = {}
+        for name in ("ecs", "ec2", "cloudwatch"):  # made up front: the scheduler thread shares them
+            self.client(name)
         self.reset()
 
     @property
@@ -177,3 +179,41 @@ class ControlPlaneProc:
                 self.process.kill()
                 self.process.wait(5)
         return self.process.returncode
+
+
+class EcsScheduler:
+    """Runs `reconcile` in a thread, as ECS would: a task starts `start_delay` seconds
+    after desiredCount asks for it (None: never), and stops when scaled to 0."""
+
+    def __init__(self, moto: MotoAws, service: Service, start_delay: float | None = 0.0, public_ip: str = "127.0.0.1") -> None:
+        import threading
+
+        self.moto, self.service, self.start_delay, self.public_ip = moto, service, start_delay, public_ip
+        self._wanted_since: float | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self._tick()
+            except Exception:  # moto is being reset between tests
+                pass
+
+    def _tick(self) -> None:
+        desired = self.moto.desired_count(self.service)
+        running = self.moto.service_tasks(self.service)
+        if desired > len(running):
+            self._wanted_since = self._wanted_since or time.monotonic()
+            if self.start_delay is not None and time.monotonic() - self._wanted_since >= self.start_delay:
+                self.moto.reconcile(self.service, self.public_ip)
+                self._wanted_since = None
+        else:
+            self._wanted_since = None
+            if desired < len(running):
+                self.moto.reconcile(self.service, self.public_ip)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.thread.join(5)

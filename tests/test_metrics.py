@@ -113,3 +113,25 @@ def test_a_silent_cloudwatch_never_touches_the_tunnel(aws, certs, http_origin, t
     log = server.log()
     assert log.count("could not publish CloudWatch metrics") == 1, log  # once per failure streak
     server.assert_no_unhandled_errors()
+
+
+def test_bad_metrics_settings_are_one_clear_line(certs, tmp_path):
+    import pytest
+    import yaml
+
+    from tunnel.taps import ServerOptions
+
+    for metrics, message in (
+        ({"emit_metrics": True, "metrics_interval": "0.5s"}, "at least 1s"),
+        ({"emit_metrics": True, "namespace": "AWS/ECS"}, "not start with AWS/"),
+        ({"emit_metrics": True, "service_name": ""}, "must not be empty"),
+        ({"emit_metrics": "sometimes"}, "expected true or false"),
+        ({"metrics_interval": "soon"}, "expected a duration"),
+    ):
+        path = tmp_path / "server.yaml"
+        path.write_text(yaml.safe_dump(server_config(certs, metrics=metrics)))
+        with pytest.raises(SystemExit) as raised:
+            ServerOptions().parseOptions(["--config", str(path)])
+        assert str(raised.value).startswith("fluidity-server: ") and message in str(raised.value), raised.value
+    path.write_text(yaml.safe_dump(server_config(certs, metrics={"emit_metrics": False, "metrics_interval": "0.5s"})))
+    ServerOptions().parseOptions(["--config", str(path)])  # off: the interval does not matter

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
 
 from .addresses import Destination
 from .agent_front import KnownDestinations, ProxyFactory
 from .config import Config
+from .lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
 from .listening import ListenService, tcp_endpoint
 from .tunnel_client import TunnelClient
+
+log = Logger(namespace="fluidity.agent")
 
 
 class Agent(service.Service):
@@ -22,6 +27,9 @@ class Agent(service.Service):
         self.known = KnownDestinations()
         self.clients = 0
         self.started_at = reactor.seconds()
+        self.lifecycle = settings_from(config)
+        self.control_plane = ControlPlaneClient(reactor, self.lifecycle) if self.lifecycle else None
+        self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
         self.tunnel = TunnelClient(
             reactor,
             tls_options,
@@ -32,6 +40,7 @@ class Agent(service.Service):
             keepalive_timeout=config["keepalive_timeout"],
             reconnect_max_delay=config["reconnect_max_delay"],
             tunnel_wait=config["tunnel_wait"],
+            locator=self.locator,
         )
 
     @property
@@ -53,6 +62,7 @@ class Agent(service.Service):
             "open_streams": self.tunnel.open_streams,
             "clients": self.clients,
             "last_error": self.tunnel.last_error,
+            "server_state": self.locator.describe() if self.locator else None,
         }
 
     def startService(self) -> None:
@@ -61,7 +71,21 @@ class Agent(service.Service):
 
     def stopService(self):
         super().stopService()
-        return self.tunnel.stop()
+        closed = self.tunnel.stop()
+        if not (self.lifecycle and self.lifecycle.kill_on_exit):
+            return closed
+        return closed.addCallback(lambda _: self._kill())
+
+    def _kill(self) -> defer.Deferred:
+        """Stop the server on the way out, bounded in time; a failure is only logged."""
+        log.info("asking the control plane to stop the server (kill_on_exit)")
+        d = self.control_plane.kill(attempts=2)
+        d.addTimeout(KILL_TIMEOUT, self.reactor)
+        d.addCallbacks(
+            lambda status: log.info("server is {status}", status=status.get("status", "?")),
+            lambda failure: log.warn("could not stop the server: {error}", error=failure.getErrorMessage() or "timed out"),
+        )
+        return d
 
 
 def make_agent_service(reactor, config: Config, tls_options) -> service.MultiService:

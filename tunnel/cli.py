@@ -141,6 +141,27 @@ def _control_plane(args) -> int:
     return outcome["status"]
 
 
+def _operate(args) -> int:
+    """start / stop / status of the ECS service, with boto3."""
+    from lambdas.settings import Settings
+
+    from . import operations
+
+    settings = Settings(cluster=args.cluster, service=args.service)
+    try:
+        if args.command == "start":
+            return operations.start(settings, args.timeout, args.poll_interval, args.write_config)
+        if args.command == "stop":
+            return operations.stop(settings, args.timeout, args.poll_interval, not args.no_wait)
+        return operations.status(settings, args.json)
+    except operations.OperatorError as e:
+        print(f"fluidity {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"fluidity {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluidity", description="Fluidity personal tunnel")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -164,7 +185,22 @@ def main(argv: list[str] | None = None) -> int:
     plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
     plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
     plane.add_argument("--container-port", type=int, help="server port reported to agents (default: $CONTAINER_PORT or 8443)")
+    for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
+        op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL.")
+        op.add_argument("--cluster", default="fluidity", help="ECS cluster (default: fluidity)")
+        op.add_argument("--service", default="fluidity-server", help="ECS service (default: fluidity-server)")
+        if name == "status":
+            op.add_argument("--json", action="store_true", help="print JSON for scripts")
+            continue
+        op.add_argument("--timeout", type=float, default=180.0 if name == "start" else 120.0, help="seconds to wait (default: %(default)g)")
+        op.add_argument("--poll-interval", type=float, default=2.0, help="seconds between checks (default: %(default)g)")
+        if name == "start":
+            op.add_argument("--write-config", metavar="AGENT_YAML", help="set server_ip in this agent config, keeping everything else")
+        else:
+            op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")
     args = parser.parse_args(argv)
+    if args.command in ("start", "stop", "status"):
+        return _operate(args)
     if args.command == "certs":
         return _certs(args)
     if args.command == "control-plane":

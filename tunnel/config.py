@@ -96,6 +96,10 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _parse_optional_bool(value: Any) -> bool | None:
+    return None if value is None else _parse_bool(value)
+
+
 PORT = _ranged(0, 65535)
 LOG_LEVELS = _choice("debug", "info", "warn", "error", "critical")
 LOG_FORMATS = _choice("text", "json")
@@ -161,9 +165,11 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
         Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
         Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
-        Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane"),
+        Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane (or env:VAR)"),
         Key("lifecycle.wake_timeout", parse_duration, 90.0, "how long a wake may take"),
         Key("lifecycle.wake_retry_interval", parse_duration, 5.0, "poll interval while waking"),
+        Key("lifecycle.kill_on_exit", _parse_optional_bool, None, "stop the server when the agent stops (default: yes when kill_endpoint is set)"),
+        Key("lifecycle.request_timeout", parse_duration, 10.0, "give up one control-plane request after this long"),
     ]
 )
 

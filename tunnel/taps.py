@@ -12,7 +12,6 @@ import os
 
 from twisted.application import service
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.logger import Logger
 from twisted.python import usage
 
 from . import config as cfg
@@ -20,12 +19,12 @@ from . import logs
 from .agent import make_agent_service
 from .dialer import DirectOpener
 from .egress import policy_from_strings
+from .lifecycle import settings_from
 from .listening import ListenService
 from .metrics import MetricsPublisher, MetricsService
 from .server import TunnelServer
 from .tls import client_options, server_options
 
-_log = Logger(namespace="fluidity")
 
 
 def _options_for(role: str, keys: tuple[cfg.Key, ...]):
@@ -57,8 +56,8 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
                 if config["metrics.emit_metrics"]:
                     _check_metrics(config)
-            elif not config["server_ip"]:
-                raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip)")
+            elif settings_from(config) is None and not config["server_ip"]:
+                raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options
@@ -134,8 +133,6 @@ def make_server(options) -> service.MultiService:
 def make_agent(options) -> service.MultiService:
     from twisted.internet import reactor
 
-    if any(options.config[k] for k in ("lifecycle.wake_endpoint", "lifecycle.kill_endpoint", "lifecycle.status_endpoint")):
-        _log.warn("the lifecycle block is read but not acted on yet (issue 5): the agent dials server_ip as configured")
     top = make_agent_service(reactor, options.config, options.tls)
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     return top

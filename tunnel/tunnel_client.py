@@ -4,6 +4,11 @@ Reconnects with exponential backoff and jitter, replaces a connection the server
 draining without waiting for it to close, and opens CONNECT streams on whichever
 connection is current. A client that arrives while the tunnel is down is held for
 `tunnel_wait`, then told 503 with the last connection error.
+
+With a `locator` (the lifecycle block), the address comes from the control plane: the
+server is woken at start, its address asked again after every failed connection, and
+when it turns out to be stopped (slept) the client stays idle until the next local
+client arrives, which wakes it. Clients are held for up to `wake_timeout` meanwhile.
 """
 
 from __future__ import annotations
@@ -23,10 +28,14 @@ log = Logger(namespace="fluidity.agent")
 class TunnelClient:
     """Owns the connection to the server and hands out streams on it."""
 
-    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float) -> None:
+    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None) -> None:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
+        self.locator = locator
+        self.asleep = False  # the control plane says the server is stopped: wait for a client
+        self._stale = locator is not None  # ask the control plane before dialling
+        self._want_wake = locator is not None
         self.connect_timeout = connect_timeout
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
@@ -44,7 +53,7 @@ class TunnelClient:
 
     @property
     def server(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"{self.host}:{self.port}" if self.host else "(not located yet)"
 
     @property
     def open_streams(self) -> int:
@@ -70,6 +79,9 @@ class TunnelClient:
     def _connect(self) -> None:
         if not self._running or self._attempt is not None:
             return
+        if self.locator is not None and (self._stale or not self.host):
+            self._locate()
+            return
         endpoint = wrapClientTLS(self.tls_options, HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout))
         factory = Factory.forProtocol(
             lambda: TunnelMux(
@@ -87,6 +99,31 @@ class TunnelClient:
         self._attempt = endpoint.connect(factory)
         self._attempt.addTimeout(self.connect_timeout + 1, self.reactor)
         self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
+
+    def _locate(self) -> None:
+        wake = self._want_wake or bool(self._waiters)
+        self.asleep = False
+        self._attempt = self.locator.locate(wake=wake)
+        self._attempt.addCallbacks(self._located, self._locate_failed)
+
+    def _located(self, address) -> None:
+        self._attempt = None
+        if address is None:
+            self.asleep = True
+            log.info("the server is stopped; the next local client will wake it")
+            return
+        if (self.host, self.port) != address:
+            self.host, self.port = address
+        self._stale = self._want_wake = False
+        self._connect()
+
+    def _locate_failed(self, failure) -> None:
+        self._attempt = None
+        if failure.check(defer.CancelledError) and not self._running:
+            return
+        message = failure.getErrorMessage()
+        self._fail_waiters(OpenFailed(503, message))
+        self._note_failure(message)
 
     def _tcp_up(self, mux: TunnelMux) -> None:
         # TLS and the HTTP/2 preface still have to succeed: see _ready / _lost.
@@ -107,6 +144,7 @@ class TunnelClient:
         self._note_failure(failure.getErrorMessage() if not failure.check(defer.TimeoutError, defer.CancelledError) else f"connect to {self.server} timed out")
 
     def _note_failure(self, message: str) -> None:
+        self._stale = self.locator is not None  # the server may have moved or stopped
         if message != self.last_error:
             log.warn("tunnel to {server} failed: {error}", server=self.server, error=message)
         self.last_error = message
@@ -148,6 +186,7 @@ class TunnelClient:
         if mux is self.current:
             self.current = None
             self.connected_since = None
+            self._stale = self.locator is not None
             log.warn("tunnel to {server} lost: {why}", server=self.server, why=_describe(reason))
             self._schedule()
 
@@ -157,12 +196,18 @@ class TunnelClient:
             return defer.succeed(self.current)
         waiter = defer.Deferred()
         self._waiters.append(waiter)
+        locating = self.locator is not None and (self._stale or self.asleep)
 
         def timed_out(result, timeout):
+            if self.locator is not None and self.locator.phase in ("waking", "starting"):
+                raise OpenFailed(503, f"the server is still starting: {self.locator.describe()}")
             raise OpenFailed(503, f"tunnel to {self.server} is down: {self.last_error or 'connecting'}")
 
-        waiter.addTimeout(self.tunnel_wait, self.reactor, onTimeoutCancel=timed_out)
-        if self._failures and self._retry is not None and self._retry.active():
+        waiter.addTimeout(self.locator.settings.wake_timeout if locating else self.tunnel_wait, self.reactor, onTimeoutCancel=timed_out)
+        if self.asleep:
+            self._want_wake = True  # a client wants the server: wake it
+            self._connect()
+        elif self._failures and self._retry is not None and self._retry.active():
             # A client is waiting: try now rather than at the end of the back-off.
             self._retry.cancel()
             self._connect()

@@ -1,0 +1,190 @@
+"""The agent's lifecycle end to end without AWS: moto's ECS behind `fluidity control-plane`,
+a scheduler thread playing ECS, and a real server on loopback at the "public IP" the
+control plane reports. The agent is configured with the lifecycle block only."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+import pytest
+
+from aws import ControlPlaneProc, EcsScheduler
+from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
+
+API_KEY = "lifecycle-secret-key"
+
+
+class World:
+    """Control plane, ECS scheduler and the server that a task 'is'."""
+
+    def __init__(self, aws, certs, tmp_path, start_delay: float | None = 0.0) -> None:
+        self.aws, self.certs, self.tmp_path = aws, certs, tmp_path
+        self.server_config = server_config(certs)
+        self.service = aws.make_service(desired=0, port=self.server_config["port"])
+        self.plane = ControlPlaneProc(aws, tmp_path, API_KEY, {"CONTAINER_PORT": str(self.server_config["port"])})
+        self.scheduler = EcsScheduler(aws, self.service, start_delay)
+        self.server = None
+        self.start_server()
+
+    def start_server(self):
+        self.server = start_twistd("server", self.server_config, self.tmp_path, name=f"server-{time.monotonic_ns()}")
+
+    def agent_config(self, **lifecycle) -> dict:
+        block = {"wake_endpoint": f"{self.plane.url}/wake", "kill_endpoint": f"{self.plane.url}/kill", "api_key": API_KEY, "wake_retry_interval": "0.3s", **lifecycle}
+        # No server_ip, and a wrong port: the address must come from the control plane.
+        return agent_config(self.certs, 1, server_ip="", lifecycle=block, tunnel_wait="3s")
+
+    def close(self) -> None:
+        self.scheduler.stop()
+        if self.server is not None:
+            self.server.stop()
+        self.plane.stop()
+
+
+@pytest.fixture
+def world(aws, certs, tmp_path):
+    w = World(aws, certs, tmp_path)
+    yield w
+    w.close()
+
+
+def health(agent) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5) as r:
+        return json.load(r)
+
+
+def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin, tmp_path):
+    assert world.aws.desired_count(world.service) == 0
+    agent = start_twistd("agent", world.agent_config(), tmp_path)
+    try:
+        wait_connected(agent, 20)
+        assert world.aws.desired_count(world.service) == 1
+        assert health(agent)["server"] == f"127.0.0.1:{world.server_config['port']}"
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+    finally:
+        assert agent.stop() == 0
+    assert world.aws.desired_count(world.service) == 0
+    log = agent.log()
+    assert "waking the server" in log and "server is running at 127.0.0.1" in log
+    assert API_KEY not in log and API_KEY not in world.plane.log()
+    agent.assert_no_unhandled_errors()
+
+
+def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_origin):
+    world = World(aws, certs, tmp_path, start_delay=2.5)
+    try:
+        agent = start_twistd("agent", world.agent_config(), tmp_path)
+        began = time.monotonic()
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        waited = time.monotonic() - began
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+        assert waited >= 2.0  # held until the task ran, not refused
+        assert "server is starting" in agent.log()
+        assert agent.stop() == 0
+        agent.assert_no_unhandled_errors()
+    finally:
+        world.close()
+
+
+def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp_path, http_origin):
+    world = World(aws, certs, tmp_path, start_delay=None)  # ECS never places the task
+    try:
+        agent = start_twistd("agent", world.agent_config(wake_timeout="2s"), tmp_path)
+        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        head = result.stdout.decode(errors="replace")
+        assert head.startswith("HTTP/1.1 503"), head
+        assert "still starting" in head or "not running after 2s" in head, head
+        assert "starting" in head and "for " in head
+        assert health(agent)["connected"] is False
+        assert agent.stop() == 0
+        assert world.aws.desired_count(world.service) == 0  # killed on exit
+        agent.assert_no_unhandled_errors()
+    finally:
+        world.close()
+
+
+def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tmp_path):
+    agent = start_twistd("agent", world.agent_config(), tmp_path)
+    try:
+        wait_connected(agent, 20)
+        # The sleep Lambda stops the idle service: desiredCount 0, the task (our server) goes.
+        world.aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=0)
+        wait_until(lambda: not world.aws.service_tasks(world.service), 5)
+        assert world.server.stop() == 0
+        wait_until(lambda: "the next local client will wake it" in agent.log(), 10)
+        time.sleep(1.5)
+        assert world.aws.desired_count(world.service) == 0  # an idle agent does not wake it
+        world.start_server()
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+        assert world.aws.desired_count(world.service) == 1
+    finally:
+        assert agent.stop() == 0
+    agent.assert_no_unhandled_errors()
+
+
+def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
+    config = world.agent_config(api_key="not-the-key")
+    agent = start_twistd("agent", config, tmp_path)
+    try:
+        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        head = result.stdout.decode(errors="replace")
+        assert head.startswith("HTTP/1.1 503") and "refused the API key (403)" in head, head
+        assert world.aws.desired_count(world.service) == 0
+    finally:
+        assert agent.stop() == 0
+    assert "not-the-key" not in agent.log()
+    agent.assert_no_unhandled_errors()
+
+
+# -- the lifecycle block is checked before anything listens ----------------------------------
+
+
+def _agent_options(certs, tmp_path, **overrides):
+    import yaml
+
+    from tunnel.taps import AgentOptions
+
+    config = agent_config(certs, 8443, **overrides)
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    options = AgentOptions()
+    options.parseOptions(["--config", str(path)])
+    return options
+
+
+@pytest.mark.parametrize(
+    "lifecycle, message",
+    [
+        ({"wake_endpoint": "https://api.example/prod/wake"}, "'lifecycle.api_key' is required"),
+        ({"wake_endpoint": "http://api.example/prod/wake", "api_key": "k"}, "plain http would send the API key in clear"),
+        ({"wake_endpoint": "ftp://api.example/wake", "api_key": "k"}, "expected an http(s) URL"),
+        ({"wake_endpoint": "https://k:secret@api.example/wake", "api_key": "k"}, "not in the URL"),
+        ({"wake_endpoint": "https://api.example/prod/start", "api_key": "k"}, "'lifecycle.status_endpoint' is required"),
+        ({"kill_endpoint": "https://api.example/prod/kill", "api_key": "k"}, "'lifecycle.wake_endpoint' is required"),
+        ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "env:FLUIDITY_TEST_NO_SUCH_VAR"}, "FLUIDITY_TEST_NO_SUCH_VAR is not set"),
+        ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "k", "kill_on_exit": True}, "needs 'lifecycle.kill_endpoint'"),
+        ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "k", "wake_timeout": "0s"}, "wake_timeout"),
+    ],
+)
+def test_bad_lifecycle_blocks_are_one_clear_line(certs, tmp_path, lifecycle, message):
+    with pytest.raises(SystemExit) as raised:
+        _agent_options(certs, tmp_path, server_ip="", lifecycle=lifecycle)
+    assert str(raised.value).startswith("fluidity-agent: ") and message in str(raised.value)
+
+
+def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
+    from tunnel.lifecycle import settings_from
+
+    monkeypatch.setenv("FLUIDITY_TEST_KEY", "from-env")
+    block = {"wake_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/wake", "kill_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/kill", "api_key": "env:FLUIDITY_TEST_KEY"}
+    settings = settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config)
+    assert settings.status_url == "https://abc.execute-api.eu-west-1.amazonaws.com/prod/status"
+    assert settings.api_key == "from-env" and settings.kill_on_exit is True
+    block["kill_on_exit"] = False
+    assert settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config).kill_on_exit is False
+    with pytest.raises(SystemExit, match="'server_ip' is required"):
+        _agent_options(certs, tmp_path, server_ip="")

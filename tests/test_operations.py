@@ -1,0 +1,144 @@
+"""`fluidity start | stop | status` against moto's server, run as the operator runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from aws import EcsScheduler
+from support import FLUIDITY
+
+
+def fluidity(aws, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **aws.env, "AWS_EC2_METADATA_DISABLED": "true", **(env or {})}
+    return subprocess.run([FLUIDITY, *args], capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+@pytest.fixture
+def service(aws):
+    return aws.make_service(desired=0, port=9443)
+
+
+def test_start_waits_for_running_and_prints_the_agent_command(aws, service):
+    scheduler = EcsScheduler(aws, service, start_delay=1.0)
+    try:
+        done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "30")
+    finally:
+        scheduler.stop()
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "asked ECS to run fluidity/fluidity-server (desiredCount 1)" in lines[0]
+    assert any("waiting for ECS to place a task" in line for line in lines)  # progress, not a fixed sleep
+    assert any("RUNNING, public IP 127.0.0.1" in line for line in lines)
+    assert "The server is running at 127.0.0.1:9443." in done.stdout
+    assert "twistd -n fluidity-agent --config configs/agent.yaml --server-ip 127.0.0.1 --server-port 9443" in done.stdout
+    assert aws.desired_count(service) == 1
+
+
+def test_start_writes_server_ip_keeping_every_other_line(aws, service, tmp_path):
+    original = (
+        "# my agent\n"
+        "proxy_port: 8080\n"
+        'server_ip: ""              # the Fargate task\'s public IP\n'
+        "server_port: 8443\n"
+        "lifecycle:\n"
+        "  api_key: \"\"   # secret\n"
+    )
+    config = tmp_path / "agent.yaml"
+    config.write_text(original)
+    scheduler = EcsScheduler(aws, service, start_delay=0)
+    try:
+        done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "30", "--write-config", str(config))
+    finally:
+        scheduler.stop()
+    assert done.returncode == 0, done.stderr
+    assert config.read_text() == original.replace('server_ip: ""', "server_ip: 127.0.0.1")
+    assert f"twistd -n fluidity-agent --config {config}" in done.stdout
+    import yaml
+
+    assert yaml.safe_load(config.read_text())["server_ip"] == "127.0.0.1"
+
+
+def test_start_times_out_saying_where_the_task_was_stuck(aws, service):
+    done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "1.5")  # nothing places the task
+    assert done.returncode == 1
+    assert "timed out after 1.5s: the task was stuck in no task placed" in done.stderr
+    assert "describe-services --cluster fluidity --services fluidity-server" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_stop_waits_until_no_task_runs(aws, service):
+    aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=1)
+    aws.reconcile(service)
+    scheduler = EcsScheduler(aws, service)
+    try:
+        done = fluidity(aws, "stop", "--poll-interval", "0.2", "--timeout", "30")
+    finally:
+        scheduler.stop()
+    assert done.returncode == 0, done.stderr
+    assert "stopped after" in done.stdout and aws.desired_count(service) == 0
+    assert aws.service_tasks(service) == []
+
+
+def test_stop_no_wait_returns_at_once(aws, service):
+    aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=1)
+    aws.reconcile(service)
+    done = fluidity(aws, "stop", "--no-wait")
+    assert done.returncode == 0 and aws.desired_count(service) == 0
+    assert len(aws.service_tasks(service)) == 1  # nobody stopped it yet, and we did not wait
+
+
+def test_status_table_and_json(aws, service):
+    import time
+
+    aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=1)
+    aws.reconcile(service, public_ip="127.0.0.5")
+    from test_lambdas import put_metrics
+
+    put_metrics(aws, active=2, last_activity=time.time() - 90)
+    done = fluidity(aws, "status")
+    assert done.returncode == 0, done.stderr
+    table = dict(line.split("  ", 1) for line in done.stdout.splitlines())
+    table = {k.strip(): v.strip() for k, v in table.items()}
+    assert table["state"] == "running"
+    assert table["desired / running / pending"] == "1 / 1 / 0"
+    assert table["public address"] == "127.0.0.5:9443"
+    assert table["agents connected (last 10 min)"] == "2"
+    assert table["last activity"].endswith("(90s ago)") or table["last activity"].endswith("(91s ago)")
+    assert table["task"].startswith("RUNNING")
+
+    as_json = json.loads(fluidity(aws, "status", "--json").stdout)
+    assert (as_json["status"], as_json["publicIp"], as_json["port"], as_json["connectedAgents"]) == ("running", "127.0.0.5", 9443, 2)
+
+
+def test_status_of_a_stopped_service(aws, service):
+    as_json = json.loads(fluidity(aws, "status", "--json").stdout)
+    assert (as_json["status"], as_json["desiredCount"], as_json["publicIp"], as_json["connectedAgents"]) == ("stopped", 0, None, None)
+
+
+@pytest.mark.parametrize("command", ["start", "stop", "status"])
+def test_unknown_cluster_or_service_is_one_line_and_exit_1(aws, service, command):
+    for flags, expected in ((["--cluster", "nope"], "ClusterNotFoundException"), (["--service", "nope"], "'nope' not found in cluster 'fluidity'")):
+        done = fluidity(aws, command, *flags)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.startswith(f"fluidity {command}: ") and expected in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_no_credentials_is_a_clear_error(aws, tmp_path):
+    env = {name: "" for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"))
+    environment = {k: v for k, v in {**os.environ, **aws.env, **env, "AWS_EC2_METADATA_DISABLED": "true"}.items() if v != ""}
+    done = subprocess.run([FLUIDITY, "status"], capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == 1
+    assert "no AWS credentials found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_region_is_a_clear_error(aws, tmp_path):
+    environment = {k: v for k, v in {**os.environ, **aws.env}.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    environment.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    done = subprocess.run([FLUIDITY, "start"], capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == 1 and "no AWS region" in done.stderr, done.stderr

@@ -1,0 +1,212 @@
+"""`fluidity start | stop | status`: the operator's view of the ECS service, with boto3.
+
+Honours AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL like every AWS tool. The status
+words and the public-IP lookup are the Lambdas' own (`lambdas.ecs_state`), so the CLI,
+the control plane and the agent never disagree about what "running" means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from lambdas import ecs_state
+from lambdas.settings import Settings
+from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
+
+HINTS = """If the task never reaches RUNNING:
+  * the image must exist in ECR: docker push to `pulumi stack output repositoryUrl` (tag latest)
+  * the subnets need a route to an internet gateway, with assignPublicIp ENABLED, to pull it
+  * the service's recent events: aws ecs describe-services --cluster {cluster} --services {service} --query 'services[0].events[:5]'
+  * the container's own log: aws logs tail /fluidity/server --since 15m"""
+
+
+class OperatorError(Exception):
+    """Printed as one line (plus hints) and a non-zero exit."""
+
+
+def _clients():
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import NoRegionError
+
+    session = boto3.session.Session()
+    config = Config(connect_timeout=10, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
+    try:
+        return session.client("ecs", config=config), session.client("ec2", config=config), session.client("cloudwatch", config=config)
+    except NoRegionError:
+        raise OperatorError("no AWS region: set AWS_REGION (or a region in your AWS profile)") from None
+
+
+def _aws_call(fn, *args, **kwargs):
+    """Run a boto3-using function, turning AWS failures into one readable line."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+    try:
+        return fn(*args, **kwargs)
+    except ecs_state.ServiceMissing as e:
+        raise OperatorError(f"{e} (check --cluster/--service, or `pulumi stack output`)") from None
+    except NoCredentialsError:
+        raise OperatorError("no AWS credentials found: set AWS_PROFILE, run `aws configure`, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+    except ClientError as e:
+        err = e.response.get("Error", {})
+        code = err.get("Code", "Error")
+        if code in ("ClusterNotFoundException", "ServiceNotFoundException"):
+            raise OperatorError(f"{code}: {err.get('Message', '')} (check --cluster/--service)") from None
+        raise OperatorError(f"AWS {e.operation_name} failed: {code}: {err.get('Message', '')}") from None
+    except BotoCoreError as e:
+        raise OperatorError(f"AWS call failed: {e}") from None
+
+
+def _with_task_port(ecs, settings: Settings, service: dict) -> Settings:
+    """The port agents dial is the container's, as the task definition says."""
+    try:
+        definition = ecs.describe_task_definition(taskDefinition=service["taskDefinition"])["taskDefinition"]
+        port = definition["containerDefinitions"][0]["portMappings"][0]["containerPort"]
+        return dataclasses.replace(settings, container_port=int(port))
+    except Exception:
+        return settings
+
+
+def _ago(epoch: float | None, now: float) -> str:
+    if epoch is None:
+        return "-"
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    seconds = max(0, int(now - epoch))
+    age = f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+    return f"{stamp} ({age} ago)"
+
+
+def _progress_word(state: dict) -> str:
+    if state["status"] == "running":
+        return f"RUNNING, public IP {state['publicIp']}" if state["publicIp"] else "RUNNING, waiting for its public IP"
+    if state["taskStatus"]:
+        return f"task {state['taskStatus']}"
+    return "waiting for ECS to place a task" if state["desiredCount"] else "no task"
+
+
+def start(settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout) -> int:
+    ecs, ec2, _ = _clients()
+    service = _aws_call(ecs_state.describe_service, ecs, settings)
+    settings = _with_task_port(ecs, settings, service)
+    if int(service.get("desiredCount", 0)) == 0:
+        _aws_call(ecs_state.set_desired, ecs, settings, 1)
+        try:
+            ecs_state.mark_woken(ecs, service)
+        except Exception:
+            pass
+        print(f"asked ECS to run {settings.cluster}/{settings.service} (desiredCount 1)", file=out, flush=True)
+    else:
+        print(f"{settings.cluster}/{settings.service} is already wanted (desiredCount {service['desiredCount']})", file=out, flush=True)
+    began = time.monotonic()
+    shown = None
+    while True:
+        state = _aws_call(ecs_state.state, ecs, ec2, settings)
+        word = _progress_word(state)
+        if word != shown:
+            print(f"  [{round(time.monotonic() - began):>3}s] {word}", file=out, flush=True)
+            shown = word
+        if state["status"] == "running" and state["publicIp"]:
+            break
+        if time.monotonic() - began >= timeout:
+            stuck = state["taskStatus"] or "no task placed"
+            events = _recent_events(ecs, settings)
+            raise OperatorError(
+                f"timed out after {timeout:g}s: the task was stuck in {stuck}\n"
+                + (f"Recent service events:\n{events}\n" if events else "")
+                + HINTS.format(cluster=settings.cluster, service=settings.service)
+            )
+        time.sleep(poll)
+    ip, port = state["publicIp"], state["port"]
+    print(f"\nThe server is running at {ip}:{port}.", file=out)
+    if write_config:
+        set_server_ip(Path(write_config), ip)
+        print(f"wrote server_ip: {ip} to {write_config}", file=out)
+        print(f"Start the agent:\n  twistd -n fluidity-agent --config {write_config}", file=out)
+    else:
+        print(f"Start the agent:\n  twistd -n fluidity-agent --config configs/agent.yaml --server-ip {ip} --server-port {port}", file=out)
+    return 0
+
+
+def _recent_events(ecs, settings: Settings, count: int = 5) -> str:
+    try:
+        service = ecs_state.describe_service(ecs, settings)
+    except Exception:
+        return ""
+    return "\n".join(f"  {e.get('createdAt', '')} {e.get('message', '')}" for e in service.get("events", [])[:count])
+
+
+def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.stdout) -> int:
+    ecs, ec2, _ = _clients()
+    service = _aws_call(ecs_state.describe_service, ecs, settings)
+    if int(service.get("desiredCount", 0)) != 0:
+        _aws_call(ecs_state.set_desired, ecs, settings, 0)
+    print(f"asked ECS to stop {settings.cluster}/{settings.service} (desiredCount 0)", file=out, flush=True)
+    if not wait:
+        return 0
+    began = time.monotonic()
+    while True:
+        state = _aws_call(ecs_state.state, ecs, ec2, settings, with_ip=False)
+        if state["status"] == "stopped":
+            print(f"stopped after {round(time.monotonic() - began)}s: no task runs", file=out)
+            return 0
+        if time.monotonic() - began >= timeout:
+            raise OperatorError(f"timed out after {timeout:g}s: a task is still {state['taskStatus'] or 'running'} (it stops on its own; check again with `fluidity status`)")
+        time.sleep(poll)
+
+
+def status(settings: Settings, as_json: bool, out=sys.stdout) -> int:
+    ecs, ec2, cloudwatch = _clients()
+    settings = _with_task_port(ecs, settings, _aws_call(ecs_state.describe_service, ecs, settings))
+    state = _aws_call(ecs_state.state, ecs, ec2, settings)
+    now = time.time()
+    try:
+        agents = newest_maximum(cloudwatch, settings, ACTIVE_CONNECTIONS, now)
+        activity = newest_maximum(cloudwatch, settings, LAST_ACTIVITY, now)
+    except Exception as e:  # metrics are a nicety: say so, show the rest
+        agents = activity = None
+        state["metricsError"] = str(e).splitlines()[0]
+    state["connectedAgents"] = None if agents is None else int(agents)
+    state["lastActivityEpochSeconds"] = activity
+    if as_json:
+        print(json.dumps(state, indent=2), file=out)
+        return 0
+    rows = [
+        ("service", f"{settings.cluster}/{settings.service}"),
+        ("state", state["status"]),
+        ("desired / running / pending", f"{state['desiredCount']} / {state['runningCount']} / {state['pendingCount']}"),
+        ("task", (state["taskStatus"] or "-") + (f" since {_ago(state['taskStartedAt'], now)}" if state["taskStartedAt"] else "")),
+        ("public address", f"{state['publicIp']}:{state['port']}" if state["publicIp"] else "-"),
+        (f"agents connected (last {settings.lookback_minutes:g} min)", "-" if agents is None else str(int(agents))),
+        ("last activity", _ago(activity, now)),
+    ]
+    if "metricsError" in state:
+        rows.append(("metrics", f"unavailable: {state['metricsError']}"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}", file=out)
+    return 0
+
+
+_SERVER_IP_LINE = re.compile(r"^(server_ip\s*:\s*)(\"[^\"]*\"|'[^']*'|[^\s#]*)(.*)$", re.MULTILINE)
+
+
+def set_server_ip(path: Path, ip: str) -> None:
+    """Replace the top-level `server_ip:` value in place, keeping every other line and
+    comment as they are; add the key when it is missing."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise OperatorError(f"cannot read {path}: {e.strerror}") from None
+    updated, count = _SERVER_IP_LINE.subn(lambda m: f"{m.group(1)}{ip}{m.group(3)}", text, count=1)
+    if count == 0:
+        updated = text + ("" if text.endswith("\n") or not text else "\n") + f"server_ip: {ip}\n"
+    try:
+        path.write_text(updated, encoding="utf-8")
+    except OSError as e:
+        raise OperatorError(f"cannot write {path}: {e.strerror}") from None
