@@ -1,0 +1,136 @@
+"""The control plane: the four Lambdas from `lambdas/`, their roles and log groups, a REST
+API (POST /wake, GET /status, POST /kill) behind an API key and a throttled usage plan,
+and the EventBridge schedules that run sleep and kill."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pulumi
+import pulumi_aws as aws
+
+from . import policies
+from .settings import StackSettings
+
+LAMBDAS = Path(__file__).resolve().parent.parent / "lambdas"
+RUNTIME = "python3.12"
+ROUTES = (("wake", "POST"), ("status", "GET"), ("kill", "POST"))
+STAGE = "prod"
+THROTTLE = {"burst_limit": 10, "rate_limit": 2.0}
+KILL_EVENT = {"httpMethod": "POST", "path": "/kill", "headers": {}, "body": None, "requestContext": {"stage": "schedule"}}
+
+
+@dataclass
+class ControlPlaneArgs:
+    settings: StackSettings
+    cluster_arn: pulumi.Input[str]
+    service_arn: pulumi.Input[str]
+    region: pulumi.Input[str]
+    account_id: pulumi.Input[str]
+
+
+def code_archive() -> pulumi.AssetArchive:
+    """Only the `lambdas/` folder (its .py files), kept under that name: handler `lambdas.wake.handler`."""
+    files = sorted(p for p in LAMBDAS.glob("*.py"))
+    return pulumi.AssetArchive({f"lambdas/{p.name}": pulumi.FileAsset(str(p)) for p in files})
+
+
+def function_environment(s: StackSettings) -> dict[str, str]:
+    return {
+        "CLUSTER_NAME": s.cluster_name,
+        "SERVICE_NAME": s.service_name,
+        "CONTAINER_PORT": str(s.container_port),
+        "METRICS_NAMESPACE": s.metrics_namespace,
+        "IDLE_THRESHOLD_MINUTES": str(s.idle_threshold_minutes),
+        "LOOKBACK_MINUTES": str(s.lookback_minutes),
+    }
+
+
+class ControlPlane(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ControlPlaneArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("fluidity:infra:ControlPlane", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+        archive = code_archive()
+        task_arns = pulumi.Output.all(args.region, args.account_id).apply(lambda a: f"arn:aws:ecs:{a[0]}:{a[1]}:task/{s.cluster_name}/*")
+
+        self.functions: dict[str, aws.lambda_.Function] = {}
+        for role in ("wake", "status", "kill", "sleep"):
+            function_name = f"{s.service_name}-{role}"
+            logs = aws.cloudwatch.LogGroup(f"{name}-{role}-logs", name=f"/aws/lambda/{function_name}", retention_in_days=s.log_retention_days, opts=child)
+            iam_role = aws.iam.Role(f"{name}-{role}-role", assume_role_policy=json.dumps(policies.assume_role("lambda.amazonaws.com")), opts=child)
+            policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn).apply(
+                lambda a, role=role: json.dumps(policies.control_function(role, service_arn=a[0], cluster_arn=a[1], task_arns=a[2], log_group_arn=a[3]))
+            )
+            aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
+            self.functions[role] = aws.lambda_.Function(
+                f"{name}-{role}",
+                name=function_name,
+                runtime=RUNTIME,
+                handler=f"lambdas.{role}.handler",
+                role=iam_role.arn,
+                code=archive,
+                timeout=30,
+                memory_size=128,
+                environment=aws.lambda_.FunctionEnvironmentArgs(variables=function_environment(s)),
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
+            )
+
+        self.api = aws.apigateway.RestApi(f"{name}-api", name=f"{s.service_name}-control", description="Fluidity wake / status / kill", opts=child)
+        methods, integrations = [], []
+        for route, verb in ROUTES:
+            resource = aws.apigateway.Resource(f"{name}-{route}-resource", rest_api=self.api.id, parent_id=self.api.root_resource_id, path_part=route, opts=child)
+            method = aws.apigateway.Method(
+                f"{name}-{route}-method", rest_api=self.api.id, resource_id=resource.id, http_method=verb, authorization="NONE", api_key_required=True, opts=child
+            )
+            integration = aws.apigateway.Integration(
+                f"{name}-{route}-integration",
+                rest_api=self.api.id,
+                resource_id=resource.id,
+                http_method=method.http_method,
+                type="AWS_PROXY",
+                integration_http_method="POST",
+                uri=self.functions[route].invoke_arn,
+                opts=child,
+            )
+            aws.lambda_.Permission(
+                f"{name}-{route}-invoke",
+                action="lambda:InvokeFunction",
+                function=self.functions[route].name,
+                principal="apigateway.amazonaws.com",
+                source_arn=self.api.execution_arn.apply(lambda arn, verb=verb, route=route: f"{arn}/*/{verb}/{route}"),
+                opts=child,
+            )
+            methods.append(method)
+            integrations.append(integration)
+
+        deployment = aws.apigateway.Deployment(
+            f"{name}-deployment",
+            rest_api=self.api.id,
+            triggers={"routes": json.dumps(ROUTES)},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=methods + integrations),
+        )
+        self.stage = aws.apigateway.Stage(f"{name}-stage", rest_api=self.api.id, deployment=deployment.id, stage_name=STAGE, opts=child)
+        self.api_key = aws.apigateway.ApiKey(f"{name}-key", name=f"{s.service_name}-agent", enabled=True, opts=child)
+        plan = aws.apigateway.UsagePlan(
+            f"{name}-plan",
+            name=f"{s.service_name}-plan",
+            api_stages=[aws.apigateway.UsagePlanApiStageArgs(api_id=self.api.id, stage=self.stage.stage_name)],
+            throttle_settings=aws.apigateway.UsagePlanThrottleSettingsArgs(**THROTTLE),
+            opts=child,
+        )
+        aws.apigateway.UsagePlanKey(f"{name}-plan-key", key_id=self.api_key.id, key_type="API_KEY", usage_plan_id=plan.id, opts=child)
+
+        for role, schedule, event in (("sleep", s.sleep_schedule, None), ("kill", s.kill_schedule, KILL_EVENT)):
+            rule = aws.cloudwatch.EventRule(f"{name}-{role}-schedule", name=f"{s.service_name}-{role}", schedule_expression=schedule, description=f"Fluidity {role}", opts=child)
+            aws.cloudwatch.EventTarget(
+                f"{name}-{role}-target", rule=rule.name, arn=self.functions[role].arn, input=json.dumps(event) if event else None, opts=child
+            )
+            aws.lambda_.Permission(
+                f"{name}-{role}-scheduled", action="lambda:InvokeFunction", function=self.functions[role].name, principal="events.amazonaws.com", source_arn=rule.arn, opts=child
+            )
+
+        self.url = pulumi.Output.all(self.api.id, args.region, self.stage.stage_name).apply(lambda a: f"https://{a[0]}.execute-api.{a[1]}.amazonaws.com/{a[2]}")
+        self.register_outputs({"apiUrl": self.url})

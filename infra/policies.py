@@ -1,0 +1,69 @@
+"""IAM policy documents, as plain functions of ARNs so they can be read and tested.
+
+Least privilege: each role can touch only this stack's cluster, service, log groups and
+parameters; the read-only calls that AWS does not scope by resource (ENI lookups,
+metric statistics) are the only `*` resources.
+"""
+
+from __future__ import annotations
+
+
+def assume_role(service: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+    }
+
+
+def read_parameters(parameter_arns: list[str]) -> dict:
+    """The task execution role reads exactly the server's certificate parameters."""
+    return {"Version": "2012-10-17", "Statement": [{"Sid": "ServerCertificates", "Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": sorted(parameter_arns)}]}
+
+
+def put_metrics(namespace: str) -> dict:
+    """The task role may only publish metrics, and only into its namespace."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "PublishFluidityMetrics",
+                "Effect": "Allow",
+                "Action": ["cloudwatch:PutMetricData"],
+                "Resource": "*",
+                "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
+            }
+        ],
+    }
+
+
+def control_function(role: str, *, service_arn: str, cluster_arn: str, task_arns: str, log_group_arn: str) -> dict:
+    """What one control-plane Lambda (`wake`, `status`, `kill` or `sleep`) may do."""
+    changes = role in ("wake", "kill", "sleep")
+    service_actions = ["ecs:DescribeServices"] + (["ecs:UpdateService"] if changes else []) + (["ecs:TagResource"] if role == "wake" else []) + (["ecs:ListTagsForResource"] if role == "sleep" else [])
+    statements = [
+        {"Sid": "OwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        {"Sid": "ThisService", "Effect": "Allow", "Action": service_actions, "Resource": service_arn},
+        {"Sid": "ThisClustersTasks", "Effect": "Allow", "Action": ["ecs:ListTasks"], "Resource": "*", "Condition": {"ArnEquals": {"ecs:cluster": cluster_arn}}},
+        {"Sid": "DescribeThisClustersTasks", "Effect": "Allow", "Action": ["ecs:DescribeTasks"], "Resource": task_arns},
+    ]
+    if role == "sleep":
+        statements.append({"Sid": "ReadMetrics", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": "*"})
+    else:
+        statements.append({"Sid": "FindPublicIp", "Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+ECR_KEEP_IMAGES = 5
+
+
+def ecr_lifecycle(keep: int = ECR_KEEP_IMAGES) -> dict:
+    return {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "description": f"keep the {keep} newest images",
+                "selection": {"tagStatus": "any", "countType": "imageCountMoreThan", "countNumber": keep},
+                "action": {"type": "expire"},
+            }
+        ]
+    }

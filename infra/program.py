@@ -1,0 +1,62 @@
+"""The whole stack, as a function: `__main__.py` calls it, the tests call it under mocks."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from .control_plane import ControlPlane, ControlPlaneArgs
+from .service import CERT_SECRETS, FluidityService, FluidityServiceArgs
+from .settings import SettingsError, from_config
+
+CERT_HELP = "pulumi config set --secret {key} < {path}"
+CERT_PATHS = {"serverCert": "certs/server.pem", "serverKey": "certs/server.key", "caCert": "certs/ca.pem"}
+
+
+def run() -> dict:
+    config = pulumi.Config("fluidity")
+    try:
+        settings = from_config(config)
+    except SettingsError as e:
+        raise pulumi.RunError(str(e)) from None
+    for warning in settings.warnings:
+        pulumi.log.warn(warning)
+    certificates = {}
+    for key, _, _ in CERT_SECRETS:
+        value = config.get_secret(key)
+        if value is None:
+            raise pulumi.RunError(f"fluidity:{key} is not set: {CERT_HELP.format(key=key, path=CERT_PATHS[key])} (make them with `fluidity certs init`)")
+        certificates[key] = value
+
+    region = aws.get_region().region
+    if settings.vpc_id:
+        vpc_id, subnets = settings.vpc_id, settings.public_subnets
+    else:
+        vpc_id = aws.ec2.get_vpc(default=True).id
+        subnets = settings.public_subnets or aws.ec2.get_subnets(
+            filters=[aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]), aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"])]
+        ).ids
+    if not subnets:
+        raise pulumi.RunError(f"no public subnets found in {vpc_id}: set fluidity:publicSubnets")
+
+    service = FluidityService("fluidity", FluidityServiceArgs(settings=settings, vpc_id=vpc_id, subnet_ids=subnets, region=region, certificates=certificates))
+    outputs = {
+        "clusterName": service.cluster.name,
+        "serviceName": service.service.name,
+        "repositoryUrl": service.repository.repository_url,
+        "logGroupName": service.log_group.name,
+        "securityGroupId": service.security_group.id,
+    }
+    if settings.control_plane:
+        account = aws.get_caller_identity().account_id
+        plane = ControlPlane("fluidity-control", ControlPlaneArgs(settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account))
+        outputs.update(
+            apiUrl=plane.url,
+            apiKey=pulumi.Output.secret(plane.api_key.value),
+            wakeUrl=plane.url.apply(lambda u: f"{u}/wake"),
+            statusUrl=plane.url.apply(lambda u: f"{u}/status"),
+            killUrl=plane.url.apply(lambda u: f"{u}/kill"),
+        )
+    for name, value in outputs.items():
+        pulumi.export(name, value)
+    return outputs

@@ -1,0 +1,165 @@
+"""The server side: ECR, ECS cluster + task definition + service, logs, IAM, security
+group, and the server's certificates as SSM SecureString parameters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from . import policies
+from .settings import StackSettings
+
+EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
+SERVER_CONFIG = "/app/configs/server.yaml"
+
+
+@dataclass
+class FluidityServiceArgs:
+    settings: StackSettings
+    vpc_id: pulumi.Input[str]
+    subnet_ids: pulumi.Input[list]
+    region: pulumi.Input[str]
+    certificates: dict  # serverCert / serverKey / caCert -> secret Output[str]
+
+
+def container_definitions(settings: StackSettings, image: str, region: str, secrets: dict[str, str]) -> list[dict]:
+    """The one container, `server`; `secrets` maps environment names to parameter ARNs."""
+    return [
+        {
+            "name": "server",
+            "image": image,
+            "essential": True,
+            "portMappings": [{"containerPort": settings.container_port, "hostPort": settings.container_port, "protocol": "tcp"}],
+            "command": [
+                "twistd", "-n", "--pidfile=", "fluidity-server",
+                "--config", SERVER_CONFIG,
+                "--port", str(settings.container_port),
+                "--metrics-emit-metrics", "true",
+                "--metrics-namespace", settings.metrics_namespace,
+                "--metrics-service-name", settings.service_name,
+            ],
+            "environment": [{"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level}],
+            "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(secrets.items())],
+            "stopTimeout": 30,
+            "logConfiguration": {
+                "logDriver": "awslogs",
+                "options": {"awslogs-group": settings.log_group_name, "awslogs-region": region, "awslogs-stream-prefix": "ecs"},
+            },
+        }
+    ]
+
+
+class FluidityService(pulumi.ComponentResource):
+    def __init__(self, name: str, args: FluidityServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("fluidity:infra:Service", name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.repository = aws.ecr.Repository(
+            f"{name}-repo",
+            name=s.service_name,
+            image_scanning_configuration=aws.ecr.RepositoryImageScanningConfigurationArgs(scan_on_push=True),
+            image_tag_mutability="MUTABLE",
+            force_delete=True,
+            opts=child,
+        )
+        aws.ecr.LifecyclePolicy(f"{name}-repo-lifecycle", repository=self.repository.name, policy=json.dumps(policies.ecr_lifecycle()), opts=child)
+
+        self.cluster = aws.ecs.Cluster(f"{name}-cluster", name=s.cluster_name, opts=child)
+        capacity = None
+        if s.capacity == "FARGATE_SPOT":
+            capacity = aws.ecs.ClusterCapacityProviders(
+                f"{name}-capacity",
+                cluster_name=self.cluster.name,
+                capacity_providers=["FARGATE", "FARGATE_SPOT"],
+                default_capacity_provider_strategies=[aws.ecs.ClusterCapacityProvidersDefaultCapacityProviderStrategyArgs(capacity_provider="FARGATE_SPOT", weight=1)],
+                opts=child,
+            )
+
+        self.log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=s.log_group_name, retention_in_days=s.log_retention_days, opts=child)
+
+        self.parameters = {
+            key: aws.ssm.Parameter(
+                f"{name}-{suffix}",
+                name=f"/{s.cluster_name}/{s.service_name}/{suffix}",
+                type="SecureString",
+                value=args.certificates[key],
+                description=f"Fluidity {suffix} (PEM), injected into the server as {env}",
+                opts=child,
+            )
+            for key, suffix, env in CERT_SECRETS
+        }
+
+        self.execution_role = aws.iam.Role(f"{name}-execution-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
+        aws.iam.RolePolicyAttachment(f"{name}-execution-managed", role=self.execution_role.name, policy_arn=EXECUTION_POLICY, opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-execution-parameters",
+            role=self.execution_role.id,
+            policy=pulumi.Output.all(*(p.arn for p in self.parameters.values())).apply(lambda arns: json.dumps(policies.read_parameters(list(arns)))),
+            opts=child,
+        )
+        self.task_role = aws.iam.Role(f"{name}-task-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
+        aws.iam.RolePolicy(f"{name}-task-metrics", role=self.task_role.id, policy=json.dumps(policies.put_metrics(s.metrics_namespace)), opts=child)
+
+        self.security_group = aws.ec2.SecurityGroup(
+            f"{name}-sg",
+            vpc_id=args.vpc_id,
+            description=f"Fluidity server: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
+            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=s.container_port, to_port=s.container_port, cidr_blocks=[s.allowed_ingress_cidr], description="agents (mTLS)")],
+            egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"], description="onward to the internet")],
+            opts=child,
+        )
+
+        image = pulumi.Output.from_input(s.container_image) if s.container_image else self.repository.repository_url.apply(lambda url: f"{url}:latest")
+        secrets = pulumi.Output.all(**{env: self.parameters[key].arn for key, _, env in CERT_SECRETS})
+        definitions = pulumi.Output.all(image, args.region, secrets).apply(lambda a: json.dumps(container_definitions(s, a[0], a[1], a[2])))
+        self.task_definition = aws.ecs.TaskDefinition(
+            f"{name}-task",
+            family=s.service_name,
+            cpu=str(s.cpu),
+            memory=str(s.memory),
+            network_mode="awsvpc",
+            requires_compatibilities=["FARGATE"],
+            execution_role_arn=self.execution_role.arn,
+            task_role_arn=self.task_role.arn,
+            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(operating_system_family="LINUX", cpu_architecture=s.cpu_architecture),
+            container_definitions=definitions,
+            opts=child,
+        )
+
+        placement = (
+            {"capacity_provider_strategies": [aws.ecs.ServiceCapacityProviderStrategyArgs(capacity_provider="FARGATE_SPOT", weight=1)]}
+            if s.capacity == "FARGATE_SPOT"
+            else {"launch_type": "FARGATE"}
+        )
+        self.service = aws.ecs.Service(
+            f"{name}-service",
+            name=s.service_name,
+            cluster=self.cluster.arn,
+            task_definition=self.task_definition.arn,
+            desired_count=s.desired_count,
+            network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
+                subnets=args.subnet_ids, security_groups=[self.security_group.id], assign_public_ip=s.assign_public_ip == "ENABLED"
+            ),
+            # One task: let a deployment stop the old one before the new one starts.
+            deployment_minimum_healthy_percent=0,
+            deployment_maximum_percent=100,
+            enable_ecs_managed_tags=True,
+            propagate_tags="SERVICE",
+            wait_for_steady_state=False,
+            **placement,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[capacity] if capacity else None),
+        )
+        self.register_outputs(
+            {
+                "clusterName": self.cluster.name,
+                "serviceName": self.service.name,
+                "repositoryUrl": self.repository.repository_url,
+                "logGroupName": self.log_group.name,
+                "securityGroupId": self.security_group.id,
+            }
+        )

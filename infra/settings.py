@@ -1,0 +1,189 @@
+"""Stack settings: every key of the seed's two CloudFormation stacks, with the same
+defaults, read from `pulumi.Config("fluidity")` and checked before any resource exists.
+
+Pure Python (no resources), so a bad value stops `pulumi up` with one clear message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+# Fargate's CPU units and the memory (MiB) each allows.
+FARGATE_MEMORY = {
+    256: [512, 1024, 2048],
+    512: [1024 * n for n in range(1, 5)],
+    1024: [1024 * n for n in range(2, 9)],
+    2048: [1024 * n for n in range(4, 17)],
+    4096: [1024 * n for n in range(8, 31)],
+    8192: [1024 * n for n in range(16, 61, 4)],
+    16384: [1024 * n for n in range(32, 121, 8)],
+}
+LOG_RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+_RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
+_CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+
+
+class SettingsError(ValueError):
+    """A stack config value Fluidity cannot deploy; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    cluster_name: str = "fluidity"
+    service_name: str = "fluidity-server"
+    container_image: str | None = None  # None: the stack's own ECR repository, tag latest
+    container_port: int = 8443
+    cpu: int = 256
+    memory: int = 512
+    desired_count: int = 0
+    vpc_id: str | None = None  # None: the account's default VPC
+    public_subnets: list[str] | None = None  # None: the default VPC's default-for-AZ subnets
+    allowed_ingress_cidr: str = "0.0.0.0/0"
+    assign_public_ip: str = "ENABLED"
+    log_group_name: str = "/fluidity/server"
+    log_retention_days: int = 14
+    idle_threshold_minutes: int = 5
+    sleep_schedule: str = "rate(5 minutes)"
+    kill_schedule: str = "cron(0 23 * * ? *)"
+    control_plane: bool = True
+    capacity: str = "FARGATE"
+    cpu_architecture: str = "X86_64"
+    metrics_namespace: str = "Fluidity"
+    log_level: str = "info"
+    lookback_minutes: int = 10
+    warnings: list[str] = field(default_factory=list, compare=False)
+
+    @property
+    def ingress_open_to_world(self) -> bool:
+        return ipaddress.ip_network(self.allowed_ingress_cidr).prefixlen == 0
+
+
+def _int(config, key: str, default: int, low: int, high: int) -> int:
+    raw = config.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise SettingsError(f"fluidity:{key} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"fluidity:{key} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _choice(config, key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (config.get(key) or default).strip()
+    if value not in choices:
+        raise SettingsError(f"fluidity:{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _bool(config, key: str, default: bool) -> bool:
+    raw = config.get(key)
+    if raw is None or raw == "":
+        return default
+    text = str(raw).strip().lower()
+    if text in ("true", "yes", "1"):
+        return True
+    if text in ("false", "no", "0"):
+        return False
+    raise SettingsError(f"fluidity:{key} must be true or false, got {raw!r}")
+
+
+def _schedule(config, key: str, default: str) -> str:
+    value = (config.get(key) or default).strip()
+    rate = _RATE.match(value)
+    if rate:
+        number, unit = int(rate.group(1)), rate.group(2)
+        if number < 1 or (number == 1) != (not unit.endswith("s")):
+            raise SettingsError(f"fluidity:{key}: {value!r} is not a valid rate (use 'rate(1 minute)' or 'rate(5 minutes)')")
+        return value
+    if _CRON.match(value):
+        fields = value[5:-1].split()
+        if fields[2] != "?" and fields[4] != "?":
+            raise SettingsError(f"fluidity:{key}: {value!r}: EventBridge cron needs '?' in day-of-month or day-of-week")
+        return value
+    raise SettingsError(f"fluidity:{key}: {value!r} is not an EventBridge schedule (expected 'rate(5 minutes)' or 'cron(0 23 * * ? *)')")
+
+
+def _name(config, key: str, default: str) -> str:
+    value = (config.get(key) or default).strip()
+    if not _NAME.match(value):
+        raise SettingsError(f"fluidity:{key} must be letters, digits, '-' or '_' (at most 255), got {value!r}")
+    return value
+
+
+def _subnets(config) -> list[str] | None:
+    raw = config.get_object("publicSubnets") if hasattr(config, "get_object") else config.get("publicSubnets")
+    if raw in (None, "", []):
+        return None
+    if isinstance(raw, str):
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list) or not all(isinstance(s, str) and s.startswith("subnet-") for s in raw):
+        raise SettingsError(f"fluidity:publicSubnets must be a list of subnet ids (subnet-...), got {raw!r}")
+    return raw
+
+
+def from_config(config) -> StackSettings:
+    """Read and check every key; `config` is a `pulumi.Config` (or anything with get)."""
+    cpu = _int(config, "cpu", 256, 256, 16384)
+    memory = _int(config, "memory", 512, 512, 122880)
+    if cpu not in FARGATE_MEMORY:
+        raise SettingsError(f"fluidity:cpu must be one of {', '.join(map(str, FARGATE_MEMORY))} (Fargate CPU units), got {cpu}")
+    if memory not in FARGATE_MEMORY[cpu]:
+        allowed = FARGATE_MEMORY[cpu]
+        raise SettingsError(f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of {', '.join(map(str, allowed))} MiB")
+    cidr = (config.get("allowedIngressCidr") or "0.0.0.0/0").strip()
+    try:
+        network = ipaddress.ip_network(cidr, strict=True)
+    except ValueError as e:
+        raise SettingsError(f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})") from None
+    if network.version != 4:
+        raise SettingsError(f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}")
+    vpc_id = (config.get("vpcId") or "").strip() or None
+    if vpc_id and not vpc_id.startswith("vpc-"):
+        raise SettingsError(f"fluidity:vpcId must look like vpc-..., got {vpc_id!r}")
+    subnets = _subnets(config)
+    if vpc_id and not subnets:
+        raise SettingsError("fluidity:publicSubnets is required when fluidity:vpcId is set (the default VPC's subnets only apply to the default VPC)")
+    log_group = (config.get("logGroupName") or "/fluidity/server").strip()
+    if not re.match(r"^[\w\-./#]{1,512}$", log_group):
+        raise SettingsError(f"fluidity:logGroupName has characters CloudWatch Logs does not allow: {log_group!r}")
+    retention = _int(config, "logRetentionDays", 14, 1, 3653)
+    if retention not in LOG_RETENTION_DAYS:
+        raise SettingsError(f"fluidity:logRetentionDays must be one of {', '.join(map(str, sorted(LOG_RETENTION_DAYS)))}, got {retention}")
+    settings = StackSettings(
+        cluster_name=_name(config, "clusterName", "fluidity"),
+        service_name=_name(config, "serviceName", "fluidity-server"),
+        container_image=(config.get("containerImage") or "").strip() or None,
+        container_port=_int(config, "containerPort", 8443, 1, 65535),
+        cpu=cpu,
+        memory=memory,
+        desired_count=_int(config, "desiredCount", 0, 0, 10),
+        vpc_id=vpc_id,
+        public_subnets=subnets,
+        allowed_ingress_cidr=str(network),
+        assign_public_ip=_choice(config, "assignPublicIp", "ENABLED", ("ENABLED", "DISABLED")),
+        log_group_name=log_group,
+        log_retention_days=retention,
+        idle_threshold_minutes=_int(config, "idleThresholdMinutes", 5, 1, 1440),
+        sleep_schedule=_schedule(config, "sleepSchedule", "rate(5 minutes)"),
+        kill_schedule=_schedule(config, "killSchedule", "cron(0 23 * * ? *)"),
+        control_plane=_bool(config, "controlPlane", True),
+        capacity=_choice(config, "capacity", "FARGATE", ("FARGATE", "FARGATE_SPOT")),
+        cpu_architecture=_choice(config, "cpuArchitecture", "X86_64", ("X86_64", "ARM64")),
+        metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),
+        log_level=_choice(config, "logLevel", "info", ("debug", "info", "warn", "error")),
+        lookback_minutes=_int(config, "lookbackMinutes", 10, 1, 1440),
+    )
+    if settings.ingress_open_to_world:
+        settings.warnings.append(
+            f"fluidity:allowedIngressCidr is {settings.allowed_ingress_cidr}: port {settings.container_port} is open to the whole internet "
+            "(only holders of a client certificate get through, but set your own network with `pulumi config set allowedIngressCidr 203.0.113.0/24`)"
+        )
+    if settings.assign_public_ip == "DISABLED":
+        settings.warnings.append("fluidity:assignPublicIp is DISABLED: the agent cannot reach the task unless your subnets route to it")
+    return settings

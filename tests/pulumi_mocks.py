@@ -1,0 +1,102 @@
+"""Run the Pulumi program under Pulumi's official mocks and keep what it registered.
+
+No CLI, no cloud: `synthesize(config)` returns every resource with the inputs the
+program gave it (secrets unwrapped), plus the stack outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime.config import set_all_config
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+ACCOUNT = "123456789012"
+REGION = "eu-west-1"
+CERTS = {"serverCert": "-----BEGIN CERTIFICATE-----\nserver\n-----END CERTIFICATE-----\n", "serverKey": "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n", "caCert": "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"}
+
+
+@dataclass
+class Registered:
+    type: str
+    name: str
+    inputs: dict
+
+
+@dataclass
+class Stack:
+    resources: list[Registered] = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str, name: str | None = None) -> Registered:
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+
+class RecordingMocks(pulumi_mocks.Mocks):
+    """Answers like AWS would for the few computed properties the program reads."""
+
+    def __init__(self) -> None:
+        self.resources: list[Registered] = []
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
+        state = dict(args.inputs)
+        kind = args.typ.split(":")[1].split("/")[0]
+        resource_id = f"{args.name}-id"
+        state.setdefault("arn", f"arn:aws:{kind}:{REGION}:{ACCOUNT}:{args.name}")
+        if args.typ == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{args.inputs['name']}"
+        if args.typ == "aws:ecs/service:Service":
+            resource_id = f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{args.inputs.get('name')}"
+        if args.typ == "aws:ecs/cluster:Cluster":
+            state["arn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{args.inputs['name']}"
+        if args.typ == "aws:ssm/parameter:Parameter":
+            state["arn"] = f"arn:aws:ssm:{REGION}:{ACCOUNT}:parameter{args.inputs['name']}"
+        if args.typ == "aws:cloudwatch/logGroup:LogGroup":
+            state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{args.inputs['name']}"
+        if args.typ == "aws:lambda/function:Function":
+            state["invokeArn"] = f"arn:aws:apigateway:{REGION}:lambda:path/2015-03-31/functions/{state['arn']}/invocations"
+        if args.typ == "aws:apigateway/restApi:RestApi":
+            resource_id = "abc123"
+            state.update(rootResourceId="root", executionArn=f"arn:aws:execute-api:{REGION}:{ACCOUNT}:abc123")
+        if args.typ == "aws:apigateway/apiKey:ApiKey":
+            state["value"] = "generated-api-key"
+        return resource_id, state
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        if args.token == "aws:index/getRegion:getRegion":
+            return {"name": REGION, "region": REGION, "id": REGION}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/me", "userId": "me", "id": ACCOUNT}
+        if args.token == "aws:ec2/getVpc:getVpc":
+            return {"id": "vpc-default", "cidrBlock": "172.31.0.0/16", "default": True}
+        if args.token == "aws:ec2/getSubnets:getSubnets":
+            return {"ids": ["subnet-a", "subnet-b", "subnet-c"], "id": "x", "filters": args.args.get("filters")}
+        raise AssertionError(f"unexpected invoke {args.token}")
+
+
+def synthesize(config: dict | None = None, certs: dict | None = CERTS) -> Stack:
+    """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises."""
+    from infra import program
+
+    values = {f"fluidity:{k}": v for k, v in {**(certs or {}), **(config or {})}.items()}
+    values["aws:region"] = REGION
+    set_all_config(values, [f"fluidity:{k}" for k in (certs or {})])
+    mocks = RecordingMocks()
+    pulumi.runtime.set_mocks(mocks, project="fluidity", stack="dev", preview=False)
+    outputs: dict = {}
+
+    def program_and_outputs():
+        exported = program.run()
+        return pulumi.Output.all(**exported).apply(outputs.update)
+
+    _sync_await(run_pulumi_func(lambda: _sync_await(pulumi.Output.from_input(program_and_outputs()).future())))
+    return Stack(mocks.resources, outputs)

@@ -1,0 +1,263 @@
+"""The Pulumi program under Pulumi's mocks: every default, the options, the refusals,
+and the generated documents checked by moto's ECS and IAM."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pulumi
+import pytest
+
+from pulumi_mocks import CERTS, REGION, synthesize
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def unwrap(value):
+    """Secret inputs arrive wrapped as {<signature>: ..., "value": v}."""
+    if isinstance(value, dict) and "value" in value and len(value) == 2:
+        return value["value"]
+    return value
+
+
+@pytest.fixture(scope="module")
+def stack():
+    return synthesize()
+
+
+def container(stack) -> dict:
+    return json.loads(stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs["containerDefinitions"])[0]
+
+
+def test_service_side_defaults_equal_the_seeds(stack):
+    cluster = stack.one("aws:ecs/cluster:Cluster").inputs
+    assert cluster["name"] == "fluidity"
+    service = stack.one("aws:ecs/service:Service").inputs
+    assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and service["launchType"] == "FARGATE"
+    assert service["cluster"].endswith(":cluster/fluidity")
+    assert service["networkConfiguration"] == {"assignPublicIp": True, "subnets": ["subnet-a", "subnet-b", "subnet-c"], "securityGroups": ["fluidity-sg-id"]}
+    task = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs
+    assert (task["cpu"], task["memory"], task["networkMode"], task["requiresCompatibilities"]) == ("256", "512", "awsvpc", ["FARGATE"])
+    assert task["runtimePlatform"] == {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
+    assert task["executionRoleArn"].endswith("fluidity-execution-role") and task["taskRoleArn"].endswith("fluidity-task-role")
+
+    server = container(stack)
+    assert server["name"] == "server" and server["essential"] is True
+    assert server["image"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server:latest"
+    assert server["portMappings"] == [{"containerPort": 8443, "hostPort": 8443, "protocol": "tcp"}]
+    assert server["logConfiguration"] == {"logDriver": "awslogs", "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"}}
+    assert {"name": "FLUIDITY_LOG_LEVEL", "value": "info"} in server["environment"]
+    command = server["command"]
+    assert command[command.index("--metrics-emit-metrics") + 1] == "true"
+    assert command[command.index("--metrics-service-name") + 1] == "fluidity-server"
+    assert command[command.index("--metrics-namespace") + 1] == "Fluidity"
+
+    logs = stack.one("aws:cloudwatch/logGroup:LogGroup", "fluidity-logs").inputs
+    assert (logs["name"], logs["retentionInDays"]) == ("/fluidity/server", 14)
+    group = stack.one("aws:ec2/securityGroup:SecurityGroup").inputs
+    assert group["vpcId"] == "vpc-default"
+    assert [(r["protocol"], r["fromPort"], r["toPort"], r["cidrBlocks"]) for r in group["ingress"]] == [("tcp", 8443, 8443, ["0.0.0.0/0"])]
+    repo = stack.one("aws:ecr/repository:Repository").inputs
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+    lifecycle = json.loads(stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
+    assert lifecycle["rules"][0]["selection"]["countNumber"] == 5 and lifecycle["rules"][0]["action"] == {"type": "expire"}
+
+
+def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):
+    parameters = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:ssm/parameter:Parameter")}
+    assert set(parameters) == {"/fluidity/fluidity-server/server-cert", "/fluidity/fluidity-server/server-key", "/fluidity/fluidity-server/ca-cert"}
+    assert all(p["type"] == "SecureString" for p in parameters.values())
+    assert unwrap(parameters["/fluidity/fluidity-server/server-key"]["value"]) == CERTS["serverKey"]
+    secrets = {s["name"]: s["valueFrom"] for s in container(stack)["secrets"]}
+    assert secrets == {
+        "FLUIDITY_SERVER_CERT": f"arn:aws:ssm:{REGION}:123456789012:parameter/fluidity/fluidity-server/server-cert",
+        "FLUIDITY_SERVER_KEY": f"arn:aws:ssm:{REGION}:123456789012:parameter/fluidity/fluidity-server/server-key",
+        "FLUIDITY_CA_CERT": f"arn:aws:ssm:{REGION}:123456789012:parameter/fluidity/fluidity-server/ca-cert",
+    }
+    definitions = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs["containerDefinitions"]
+    assert "BEGIN" not in definitions  # the PEM text itself never reaches the task definition
+    read = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-execution-parameters").inputs["policy"])
+    assert read["Statement"][0]["Action"] == ["ssm:GetParameters"] and sorted(read["Statement"][0]["Resource"]) == sorted(secrets.values())
+    managed = stack.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment").inputs
+    assert managed["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+
+
+def test_task_role_may_only_put_metrics_in_its_namespace(stack):
+    policy = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-task-metrics").inputs["policy"])
+    (statement,) = policy["Statement"]
+    assert statement["Action"] == ["cloudwatch:PutMetricData"]
+    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Fluidity"}}
+
+
+def test_control_plane_defaults(stack):
+    functions = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:lambda/function:Function")}
+    assert set(functions) == {"fluidity-server-wake", "fluidity-server-status", "fluidity-server-kill", "fluidity-server-sleep"}
+    for name, function in functions.items():
+        role = name.rsplit("-", 1)[1]
+        assert function["handler"] == f"lambdas.{role}.handler" and function["runtime"].startswith("python3")
+        assert function["environment"]["variables"] == {
+            "CLUSTER_NAME": "fluidity",
+            "SERVICE_NAME": "fluidity-server",
+            "CONTAINER_PORT": "8443",
+            "METRICS_NAMESPACE": "Fluidity",
+            "IDLE_THRESHOLD_MINUTES": "5",
+            "LOOKBACK_MINUTES": "10",
+        }
+        archive = function["code"]
+        assert isinstance(archive, pulumi.AssetArchive)
+        assert set(archive.assets) == {f"lambdas/{p.name}" for p in (ROOT / "lambdas").glob("*.py")}  # only that folder
+    lambda_logs = [r.inputs for r in stack.of_type("aws:cloudwatch/logGroup:LogGroup") if r.inputs["name"].startswith("/aws/lambda/")]
+    assert sorted(l["name"] for l in lambda_logs) == sorted(f"/aws/lambda/{n}" for n in functions) and all(l["retentionInDays"] == 14 for l in lambda_logs)
+
+    methods = {r.name: r.inputs for r in stack.of_type("aws:apigateway/method:Method")}
+    assert {(m["httpMethod"], m["apiKeyRequired"]) for m in methods.values()} == {("POST", True), ("GET", True)}
+    assert sorted(r.inputs["pathPart"] for r in stack.of_type("aws:apigateway/resource:Resource")) == ["kill", "status", "wake"]
+    assert all(r.inputs["type"] == "AWS_PROXY" for r in stack.of_type("aws:apigateway/integration:Integration"))
+    plan = stack.one("aws:apigateway/usagePlan:UsagePlan").inputs
+    assert plan["throttleSettings"] == {"burstLimit": 10, "rateLimit": 2.0}
+    assert stack.one("aws:apigateway/usagePlanKey:UsagePlanKey").inputs["keyType"] == "API_KEY"
+
+    rules = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:cloudwatch/eventRule:EventRule")}
+    assert rules["fluidity-server-sleep"]["scheduleExpression"] == "rate(5 minutes)"
+    assert rules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 23 * * ? *)"
+    kill_target = stack.one("aws:cloudwatch/eventTarget:EventTarget", "fluidity-control-kill-target").inputs
+    assert json.loads(kill_target["input"])["httpMethod"] == "POST"  # the kill handler takes it as a POST /kill
+    permissions = {r.name: r.inputs for r in stack.of_type("aws:lambda/permission:Permission")}
+    assert permissions["fluidity-control-sleep-scheduled"]["sourceArn"].endswith("fluidity-control-sleep-schedule")  # scoped to its rule
+    assert permissions["fluidity-control-wake-invoke"]["sourceArn"].endswith("/*/POST/wake")
+
+
+def test_outputs(stack):
+    outputs = stack.outputs
+    assert outputs["clusterName"] == "fluidity" and outputs["serviceName"] == "fluidity-server"
+    assert outputs["repositoryUrl"].endswith("/fluidity-server") and outputs["logGroupName"] == "/fluidity/server"
+    assert outputs["securityGroupId"] == "fluidity-sg-id" and outputs["apiKey"] == "generated-api-key"
+    base = f"https://abc123.execute-api.{REGION}.amazonaws.com/prod"
+    assert (outputs["apiUrl"], outputs["wakeUrl"], outputs["statusUrl"], outputs["killUrl"]) == (base, f"{base}/wake", f"{base}/status", f"{base}/kill")
+
+
+def _comparable(stack) -> dict:
+    return {(r.type, r.name): repr(sorted((k, unwrap(v) if not isinstance(v, pulumi.AssetArchive) else sorted(v.assets)) for k, v in r.inputs.items())) for r in stack.resources}
+
+
+def test_changing_desired_count_changes_only_the_services_desired_count(stack):
+    started = synthesize({"desiredCount": "1"})
+    before, after = _comparable(stack), _comparable(started)
+    assert before.keys() == after.keys()
+    changed = [key for key in before if before[key] != after[key]]
+    assert changed == [("aws:ecs/service:Service", "fluidity-service")]
+    assert started.one("aws:ecs/service:Service").inputs["desiredCount"] == 1
+    old = dict(stack.one("aws:ecs/service:Service").inputs, desiredCount=None)
+    new = dict(started.one("aws:ecs/service:Service").inputs, desiredCount=None)
+    assert old == new
+
+
+def test_spot_and_arm64():
+    stack = synthesize({"capacity": "FARGATE_SPOT", "cpuArchitecture": "ARM64"})
+    service = stack.one("aws:ecs/service:Service").inputs
+    assert "launchType" not in service
+    assert service["capacityProviderStrategies"] == [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]
+    providers = stack.one("aws:ecs/clusterCapacityProviders:ClusterCapacityProviders").inputs
+    assert providers["capacityProviders"] == ["FARGATE", "FARGATE_SPOT"]
+    task = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs
+    assert task["runtimePlatform"] == {"cpuArchitecture": "ARM64", "operatingSystemFamily": "LINUX"}
+
+
+def test_own_vpc_image_and_no_control_plane():
+    stack = synthesize({"vpcId": "vpc-mine", "publicSubnets": '["subnet-1", "subnet-2"]', "containerImage": "example.org/fluidity:1.2", "controlPlane": "false", "allowedIngressCidr": "203.0.113.0/24", "containerPort": "9443"})
+    assert stack.one("aws:ec2/securityGroup:SecurityGroup").inputs["vpcId"] == "vpc-mine"
+    assert stack.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"][0]["cidrBlocks"] == ["203.0.113.0/24"]
+    assert stack.one("aws:ecs/service:Service").inputs["networkConfiguration"]["subnets"] == ["subnet-1", "subnet-2"]
+    assert container(stack)["image"] == "example.org/fluidity:1.2"
+    assert container(stack)["portMappings"][0]["containerPort"] == 9443
+    assert stack.of_type("aws:lambda/function:Function") == [] and "wakeUrl" not in stack.outputs
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"cpu": "256", "memory": "4096"}, "Fargate does not offer cpu 256 with memory 4096: with cpu 256, memory must be one of 512, 1024, 2048 MiB"),
+        ({"cpu": "300"}, "fluidity:cpu must be one of 256, 512, 1024"),
+        ({"allowedIngressCidr": "10.0.0.300/8"}, "fluidity:allowedIngressCidr must be a CIDR"),
+        ({"allowedIngressCidr": "10.0.0.1/8"}, "fluidity:allowedIngressCidr must be a CIDR"),
+        ({"sleepSchedule": "every 5 minutes"}, "fluidity:sleepSchedule: 'every 5 minutes' is not an EventBridge schedule"),
+        ({"killSchedule": "cron(0 23 * * *)"}, "is not an EventBridge schedule"),
+        ({"killSchedule": "cron(0 23 * * MON *)"}, "needs '?'"),
+        ({"sleepSchedule": "rate(1 minutes)"}, "not a valid rate"),
+        ({"capacity": "EC2"}, "fluidity:capacity must be one of FARGATE, FARGATE_SPOT"),
+        ({"cpuArchitecture": "arm"}, "fluidity:cpuArchitecture must be one of X86_64, ARM64"),
+        ({"desiredCount": "yes"}, "fluidity:desiredCount must be a whole number"),
+        ({"logRetentionDays": "10"}, "fluidity:logRetentionDays must be one of"),
+        ({"vpcId": "vpc-1"}, "fluidity:publicSubnets is required when fluidity:vpcId is set"),
+        ({"containerPort": "70000"}, "fluidity:containerPort must be between 1 and 65535"),
+    ],
+)
+def test_invalid_values_stop_the_program_with_a_clear_message(config, message):
+    with pytest.raises(pulumi.RunError) as raised:
+        synthesize(config)
+    assert message in str(raised.value)
+
+
+def test_missing_certificates_say_how_to_set_them():
+    with pytest.raises(pulumi.RunError, match=r"fluidity:serverCert is not set: pulumi config set --secret serverCert < certs/server.pem"):
+        synthesize(certs={})
+
+
+# -- what AWS itself would say about the generated documents (moto's ECS and IAM) -------------
+
+
+def test_container_definitions_are_accepted_by_ecs(stack, aws):
+    for config in ({}, {"capacity": "FARGATE_SPOT", "cpuArchitecture": "ARM64"}):
+        task = (stack if not config else synthesize(config)).one("aws:ecs/taskDefinition:TaskDefinition").inputs
+        registered = aws.client("ecs").register_task_definition(
+            family=task["family"],
+            networkMode=task["networkMode"],
+            requiresCompatibilities=task["requiresCompatibilities"],
+            cpu=task["cpu"],
+            memory=task["memory"],
+            executionRoleArn=task["executionRoleArn"],
+            taskRoleArn=task["taskRoleArn"],
+            runtimePlatform=task["runtimePlatform"],
+            containerDefinitions=json.loads(task["containerDefinitions"]),
+        )["taskDefinition"]
+        assert registered["containerDefinitions"][0]["name"] == "server"
+        assert registered["containerDefinitions"][0]["secrets"][0]["valueFrom"].startswith("arn:aws:ssm:")
+
+
+def _statements(document: dict) -> list[dict]:
+    statements = document["Statement"]
+    return statements if isinstance(statements, list) else [statements]
+
+
+def test_every_policy_is_valid_and_nothing_mutating_is_granted_on_star(stack, aws):
+    iam = aws.client("iam")
+    documents = [json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")]
+    trust = [json.loads(r.inputs["assumeRolePolicy"]) for r in stack.of_type("aws:iam/role:Role")]
+    assert len(documents) == 6 and len(trust) == 6
+    for index, document in enumerate(documents):
+        iam.create_policy(PolicyName=f"fluidity-{index}", PolicyDocument=json.dumps(document))  # moto validates the grammar
+    for index, document in enumerate(trust):
+        iam.create_role(RoleName=f"fluidity-{index}", AssumeRolePolicyDocument=json.dumps(document))
+    for document in documents:
+        for statement in _statements(document):
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            if "*" in resources:
+                assert not {"ecs:UpdateService", "ssm:GetParameters", "ecs:TagResource"} & set(actions), statement
+                assert all(a.split(":")[1].startswith(("Describe", "List", "Get", "PutMetricData")) for a in actions), statement
+    by_role = {r.name: json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")}
+    status_actions = {a for s in _statements(by_role["fluidity-control-status-policy"]) for a in s["Action"]}
+    assert "ecs:UpdateService" not in status_actions  # status only reads
+    update = [s for s in _statements(by_role["fluidity-control-wake-policy"]) if "ecs:UpdateService" in s["Action"]]
+    assert update[0]["Resource"] == "arn:aws:ecs:eu-west-1:123456789012:service/fluidity-server"
+
+
+def test_an_open_ingress_cidr_is_warned_about(capfd, caplog):
+    synthesize()
+    default = capfd.readouterr().err + caplog.text
+    assert "fluidity:allowedIngressCidr is 0.0.0.0/0: port 8443 is open to the whole internet" in default
+    caplog.clear()
+    synthesize({"allowedIngressCidr": "203.0.113.0/24"})
+    narrowed = capfd.readouterr().err + caplog.text
+    assert "open to the whole internet" not in narrowed
