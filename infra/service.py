@@ -14,7 +14,6 @@ from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
-SERVER_CONFIG = "/app/configs/server.yaml"
 
 
 @dataclass
@@ -34,15 +33,14 @@ def container_definitions(settings: StackSettings, image: str, region: str, secr
             "image": image,
             "essential": True,
             "portMappings": [{"containerPort": settings.container_port, "hostPort": settings.container_port, "protocol": "tcp"}],
+            # Appended to the image's ENTRYPOINT (twistd -n fluidity-server --config ...).
             "command": [
-                "twistd", "-n", "--pidfile=", "fluidity-server",
-                "--config", SERVER_CONFIG,
                 "--port", str(settings.container_port),
                 "--metrics-emit-metrics", "true",
                 "--metrics-namespace", settings.metrics_namespace,
                 "--metrics-service-name", settings.service_name,
             ],
-            "environment": [{"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level}],
+            "environment": [{"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level}, {"name": "FLUIDITY_PORT", "value": str(settings.container_port)}],
             "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(secrets.items())],
             "stopTimeout": 30,
             "logConfiguration": {

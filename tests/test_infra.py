@@ -48,7 +48,8 @@ def test_service_side_defaults_equal_the_seeds(stack):
     assert server["portMappings"] == [{"containerPort": 8443, "hostPort": 8443, "protocol": "tcp"}]
     assert server["logConfiguration"] == {"logDriver": "awslogs", "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"}}
     assert {"name": "FLUIDITY_LOG_LEVEL", "value": "info"} in server["environment"]
-    command = server["command"]
+    command = server["command"]  # appended to the image's ENTRYPOINT
+    assert command[:2] == ["--port", "8443"] and {"name": "FLUIDITY_PORT", "value": "8443"} in server["environment"]
     assert command[command.index("--metrics-emit-metrics") + 1] == "true"
     assert command[command.index("--metrics-service-name") + 1] == "fluidity-server"
     assert command[command.index("--metrics-namespace") + 1] == "Fluidity"

@@ -115,7 +115,7 @@ class ServerConnection(Protocol):
         if isinstance(self.inner, TunnelMux):
             log.info("agent {peer} disconnected", peer=self.peer_name)
         elif self.inner is None and reason is not None:
-            log.info("TLS handshake from {peer} failed: {why}", peer=getattr(self.transport.getPeer(), "host", "?"), why=reason.getErrorMessage())
+            log.debug("TLS handshake from {peer} failed: {why}", peer=getattr(self.transport.getPeer(), "host", "?"), why=reason.getErrorMessage())
         if self.inner is not None:
             self.inner.connectionLost(reason)
 

@@ -1,0 +1,41 @@
+"""`python -m tunnel.healthcheck [PORT]`: does the server's TLS listener answer?
+
+The container's HEALTHCHECK. It completes a TLS 1.3 handshake with the local listener
+(without a client certificate: the server asks for one only after it has proved itself)
+and checks that a certificate was presented. Exit 0 healthy, 1 not.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import sys
+
+
+def probe(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> str | None:
+    """None when healthy, else what went wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # liveness, not trust: the agent does the real check
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw) as tls:
+            if not tls.getpeercert(binary_form=True):
+                return "no certificate presented"
+    except (OSError, ssl.SSLError) as e:
+        return f"{host}:{port}: {e}"
+    return None
+
+
+def main(argv: list[str]) -> int:
+    port = int(argv[1]) if len(argv) > 1 else int(os.environ.get("FLUIDITY_PORT", "8443"))
+    problem = probe(port)
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
