@@ -7,13 +7,38 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from .addresses import Destination
-from .agent_front import KnownDestinations, ProxyFactory
-from .config import Config
+from .agent_front import KnownDestinations
+from .config import Config, read_pem
 from .lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
 from .listening import ListenService, tcp_endpoint
+from .pac import pac_file
+from .socks_front import ProxyFactory
 from .tunnel_client import TunnelClient
 
 log = Logger(namespace="fluidity.agent")
+
+
+def certificate_name(spec: str) -> str:
+    """Our certificate's CN: the name the server knows this agent by."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(read_pem(spec, "cert_file"))
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else "?"
+    except Exception:  # the TLS options already validated the file; this is only a label
+        return "?"
+
+
+def parse_host_header(value: str) -> str:
+    """The host part of a Host header (`h`, `h:port`, `[v6]:port`), or '' when unusable."""
+    value = value.strip()
+    if value.startswith("["):
+        inner = value[1 : value.find("]")] if "]" in value else ""
+        return inner if inner and all(c in "0123456789abcdefABCDEF:." for c in inner) else ""
+    host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return host if host and all(c.isalnum() or c in ".-" for c in host) else ""
 
 
 class Agent(service.Service):
@@ -27,6 +52,7 @@ class Agent(service.Service):
         self.known = KnownDestinations()
         self.clients = 0
         self.started_at = reactor.seconds()
+        self.identity = certificate_name(config["cert_file"])
         self.lifecycle = settings_from(config)
         self.control_plane = ControlPlaneClient(reactor, self.lifecycle) if self.lifecycle else None
         self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
@@ -41,6 +67,7 @@ class Agent(service.Service):
             reconnect_max_delay=config["reconnect_max_delay"],
             tunnel_wait=config["tunnel_wait"],
             locator=self.locator,
+            upstream_proxy=config["upstream_proxy"],
         )
 
     @property
@@ -50,10 +77,19 @@ class Agent(service.Service):
     def open(self, destination: Destination, protocol):
         return self.tunnel.open(destination, protocol)
 
+    def pac(self, requested_host: str) -> str:
+        """The PAC file, pointing at the address the browser used when we listen widely."""
+        host = self.config["proxy_host"]
+        if host in ("0.0.0.0", "::", ""):
+            host = parse_host_header(requested_host) or "127.0.0.1"
+        address = f"[{host}]" if ":" in host else host
+        return pac_file(f"{address}:{self.config['proxy_port']}", self.config["pac_bypass"])
+
     def health(self) -> dict:
         now = self.reactor.seconds()
         since = self.tunnel.connected_since
         return {
+            "identity": self.identity,
             "connected": self.tunnel.current is not None,
             "server": self.tunnel.server,
             "server_name": self.config["server_name"],

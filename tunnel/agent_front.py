@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import h11
 from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -26,6 +26,7 @@ from .relay import RelayEnd, close, splice
 
 log = Logger(namespace="fluidity.agent")
 
+ALLOWED_STATUSES = (400, 403, 429, 503, 504)  # passed on as they are; anything else is a 502
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
 
 
@@ -190,8 +191,11 @@ class ProxyFront(HttpFront):
         if path == b"/health" and request.method == b"GET":
             body = json.dumps(self.agent.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
+        elif path == b"/proxy.pac" and request.method in (b"GET", b"HEAD"):
+            host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
+            self._answer(200, self.agent.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
         else:
-            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests or CONNECT (GET /health for status)\n", b"text/plain")
+            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET /health for status, GET /proxy.pac for browsers)\n", b"text/plain")
 
     def _answer(self, status: int, body: bytes, content_type: bytes) -> None:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]
@@ -238,7 +242,7 @@ class ProxyFront(HttpFront):
                 close(self.transport)
             return
         self.transport.resumeProducing()
-        self.fail(error.status if error.status in (400, 403, 503, 504) else 502, error.reason)
+        self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
 
     # -- absolute-form http:// -------------------------------------------------------
     def _forward(self, request: h11.Request, destination: Destination, path: str) -> None:
@@ -281,7 +285,7 @@ class ProxyFront(HttpFront):
         if self._response_started:
             self.transport.abortConnection()
         else:
-            self.fail(error.status if error.status in (400, 403, 503, 504) else 502, error.reason)
+            self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
 
     def _origin_events(self, link: OriginLink) -> None:
         if link is not self.link or self.finished:
@@ -369,13 +373,3 @@ def _as_open_failed(failure) -> OpenFailed:
         return failure.value
     log.failure("unexpected error opening a stream", failure)
     return OpenFailed(502, "internal error in the agent")
-
-
-class ProxyFactory(Factory):
-    noisy = False
-
-    def __init__(self, agent) -> None:
-        self.agent = agent
-
-    def buildProtocol(self, addr):
-        return ProxyFront(self.agent)

@@ -77,7 +77,8 @@ def _local(args) -> int:
         print(
             f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port}.\n"
             f"  curl -x http://127.0.0.1:{args.proxy_port} https://example.com\n"
-            f"  curl --socks5-hostname 127.0.0.1:{args.proxy_port} ...   (once SOCKS5 lands)\n"
+            f"  curl --socks5-hostname 127.0.0.1:{args.proxy_port} https://example.com\n"
+            f"  browsers: http://127.0.0.1:{args.proxy_port}/proxy.pac as the automatic proxy configuration URL\n"
             f"  curl http://127.0.0.1:{args.proxy_port}/health\n"
             "Press Ctrl-C to stop both.\n",
             flush=True,

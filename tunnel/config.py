@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 import yaml
 
+from .pac import DEFAULT_BYPASS, check_bypass
+
 
 class ConfigError(Exception):
     """One line a user can act on: which file or key, and what is wrong with it."""
@@ -96,6 +98,10 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def _parse_pac_bypass(value: Any) -> list[str]:
+    return check_bypass(_parse_str_list(value))
+
+
 def _parse_optional_bool(value: Any) -> bool | None:
     return None if value is None else _parse_bool(value)
 
@@ -134,7 +140,8 @@ SERVER_KEYS: tuple[Key, ...] = tuple(
         Key("port", PORT, 8443, "TLS listener port"),
         *_common("server"),
         Key("max_connections", _ranged(1, 100000), 64, "most TLS connections (agents) at once"),
-        Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent"),
+        Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent connection"),
+        Key("max_streams_per_agent", _ranged(0, 1000000), 0, "most concurrent streams one agent identity (certificate CN) may hold across its connections; 0: no limit"),
         Key("dial_timeout", parse_duration, 10.0, "give up dialling a destination after this long (504)"),
         Key("drain_timeout", parse_duration, 20.0, "on stop, how long open streams may finish"),
         Key("keepalive_interval", parse_duration, 30.0, "PING each agent this often"),
@@ -162,6 +169,8 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
         Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
         Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
+        Key("pac_bypass", _parse_pac_bypass, list(DEFAULT_BYPASS), "hosts and networks /proxy.pac sends DIRECT"),
+        Key("upstream_proxy", _parse_str, "", "reach the server through this HTTP proxy (http://user:pass@host:port; default $HTTPS_PROXY)"),
         Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
         Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
         Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),

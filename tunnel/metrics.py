@@ -36,14 +36,22 @@ def cloudwatch_client(timeout: float):
     return boto3.session.Session().client("cloudwatch", config=config)
 
 
-def metric_data(service_name: str, agents: int, last_activity: float, now: float) -> list[dict]:
-    """The two data points, in PutMetricData's shape."""
+MAX_AGENT_SERIES = 100  # per publication: PutMetricData takes 1000 data points
+
+
+def metric_data(service_name: str, agents: int, last_activity: float, now: float, by_agent: dict[str, int] | None = None) -> list[dict]:
+    """The two data points in PutMetricData's shape, plus ActiveConnections per agent
+    (dimensions ServiceName and Agent, the certificate CN) when agents are connected."""
     dimensions = [{"Name": "ServiceName", "Value": service_name}]
     timestamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
-    return [
+    data = [
         {"MetricName": ACTIVE_CONNECTIONS, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(agents), "Unit": "Count"},
         {"MetricName": LAST_ACTIVITY, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(int(last_activity)), "Unit": "Seconds"},
     ]
+    for agent, count in sorted((by_agent or {}).items())[:MAX_AGENT_SERIES]:
+        per_agent = dimensions + [{"Name": "Agent", "Value": agent[:255] or "?"}]
+        data.append({"MetricName": ACTIVE_CONNECTIONS, "Dimensions": per_agent, "Timestamp": timestamp, "Value": float(count), "Unit": "Count"})
+    return data
 
 
 class MetricsPublisher:
@@ -61,7 +69,7 @@ class MetricsPublisher:
         self.published = 0
 
     def sample(self) -> list[dict]:
-        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds())
+        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), self.server.agents_by_identity())
 
     def publish(self) -> defer.Deferred:
         """One publication; never fails (the error is logged), so a LoopingCall keeps going."""

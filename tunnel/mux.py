@@ -273,6 +273,7 @@ class TunnelMux(Protocol):
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self.peer_name = peer_name
+        self.identity = peer_name  # the server sets the peer certificate's CN
         self.streams: dict[int, TunnelStream] = {}
         self.draining = False
         self.closed = False
@@ -460,7 +461,7 @@ class TunnelMux(Protocol):
             stream.ready.callback(stream)
         else:
             reason = _reason_from(headers) or f"server answered {status}"
-            stream.ready.errback(OpenFailed(status if status in (400, 403, 405, 502, 503, 504) else 502, reason))
+            stream.ready.errback(OpenFailed(status if status in (400, 403, 405, 429, 502, 503, 504) else 502, reason))
 
     def _answer(self, sid: int, status: int, reason: str) -> None:
         self.h2.send_headers(sid, [(b":status", str(status).encode()), (b"proxy-status", _proxy_status(reason).encode())], end_stream=True)

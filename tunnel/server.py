@@ -94,11 +94,11 @@ class ServerConnection(Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         cert = self.transport.getPeerCertificate()
-        common_name = cert.get_subject().CN if cert is not None else None
+        common_name = (cert.get_subject().CN if cert is not None else None) or "?"
         address = self.transport.getPeer()
-        self.peer_name = f"{common_name or '?'}@{getattr(address, 'host', '?')}"
+        self.peer_name = f"{common_name}@{getattr(address, 'host', '?')}"
         if self.transport.negotiatedProtocol == ALPN_H2:
-            self.inner = self.server.make_mux(self.peer_name)
+            self.inner = self.server.make_mux(self.peer_name, common_name)
             log.info("agent {peer} connected (h2); {n} connection(s) open", peer=self.peer_name, n=len(self.server.connections))
         else:
             self.inner = ConnectFront(self.server, self.peer_name)
@@ -126,16 +126,24 @@ class ServerConnection(Protocol):
             self.transport.abortConnection()
 
 
+class Refused(Protocol):
+    """A connection the server will not take: dropped at once."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()
+
+
 class TunnelServer(Factory):
     """Builds connections, counts agents against max_connections, drains on stop."""
 
     noisy = False
 
-    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float) -> None:
+    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float, max_streams_per_agent: int = 0) -> None:
         self.reactor = reactor
         self.opener = opener
         self.max_connections = max_connections
         self.max_streams = max_streams
+        self.max_streams_per_agent = max_streams_per_agent
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[ServerConnection] = set()
@@ -144,25 +152,39 @@ class TunnelServer(Factory):
         self.last_activity = reactor.seconds()
 
     def buildProtocol(self, addr):
+        # Under TLS a None here would leave the TLS wrapper without a protocol: refuse explicitly.
         if self.stopping:
-            return None
+            return Refused()
         if len(self.connections) >= self.max_connections:
             log.warn("refusing {host}: max_connections ({n}) reached", host=getattr(addr, "host", "?"), n=self.max_connections)
-            return None
+            return Refused()
         return ServerConnection(self)
 
     @property
     def agents(self) -> int:
         return sum(1 for c in self.connections if isinstance(c.inner, TunnelMux))
 
+    def _muxes(self):
+        return (c.inner for c in self.connections if isinstance(c.inner, TunnelMux))
+
+    def agents_by_identity(self) -> dict[str, int]:
+        """Connected agents per certificate CN: many agents may share one server."""
+        counts: dict[str, int] = {}
+        for mux in self._muxes():
+            counts[mux.identity] = counts.get(mux.identity, 0) + 1
+        return counts
+
+    def streams_of(self, identity: str) -> int:
+        return sum(len(m.streams) for m in self._muxes() if m.identity == identity)
+
     @property
     def activity(self) -> float:
         """When bytes last arrived from an agent, or one connected or opened a stream."""
-        return max([self.last_activity] + [c.inner.last_activity for c in self.connections if isinstance(c.inner, TunnelMux)])
+        return max([self.last_activity] + [m.last_activity for m in self._muxes()])
 
-    def make_mux(self, peer_name: str) -> TunnelMux:
+    def make_mux(self, peer_name: str, identity: str) -> TunnelMux:
         self.last_activity = self.reactor.seconds()
-        return TunnelMux(
+        mux = TunnelMux(
             client_side=False,
             clock=self.reactor,
             on_stream=self._on_stream,
@@ -171,10 +193,17 @@ class TunnelServer(Factory):
             keepalive_timeout=self.keepalive_timeout,
             peer_name=peer_name,
         )
+        mux.identity = identity
+        return mux
 
     def _on_stream(self, stream: TunnelStream) -> None:
         mux = stream.mux
         self.last_activity = self.reactor.seconds()
+        limit = self.max_streams_per_agent
+        if limit and self.streams_of(mux.identity) > limit:  # this stream is already counted
+            log.info("{peer}: refusing a stream, {n} open (max_streams_per_agent)", peer=mux.peer_name, n=limit)
+            mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
+            return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
         upstream = RelayEnd()
 

@@ -23,6 +23,7 @@ from .lifecycle import settings_from
 from .listening import ListenService
 from .metrics import MetricsPublisher, MetricsService
 from .server import TunnelServer
+from .upstream import proxy_for
 from .tls import client_options, server_options
 
 
@@ -56,8 +57,14 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
                 if config["metrics.emit_metrics"]:
                     _check_metrics(config)
-            elif settings_from(config) is None and not config["server_ip"]:
-                raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
+            else:
+                if settings_from(config) is None and not config["server_ip"]:
+                    raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
+                try:
+                    proxy_for(config["upstream_proxy"], config["server_ip"])
+                except ValueError as e:
+                    where = "'upstream_proxy'" if config["upstream_proxy"] else "$HTTPS_PROXY"
+                    raise cfg.ConfigError(f"{config.source}: {where}: {e}") from None
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options
@@ -110,6 +117,7 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
         opener,
         max_connections=config["max_connections"],
         max_streams=config["max_streams"],
+        max_streams_per_agent=config["max_streams_per_agent"],
         keepalive_interval=config["keepalive_interval"],
         keepalive_timeout=config["keepalive_timeout"],
     )

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 
 from .addresses import Destination
 from .mux import OpenFailed, TunnelMux
+from .upstream import HTTPConnectEndpoint, proxy_for
 
 log = Logger(namespace="fluidity.agent")
 
@@ -28,11 +29,13 @@ log = Logger(namespace="fluidity.agent")
 class TunnelClient:
     """Owns the connection to the server and hands out streams on it."""
 
-    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None) -> None:
+    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None, upstream_proxy: str = "") -> None:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
         self.locator = locator
+        self.upstream_proxy = upstream_proxy  # configured URL; else $HTTPS_PROXY
+        self._via = ""
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
         self._want_wake = locator is not None
@@ -82,7 +85,7 @@ class TunnelClient:
         if self.locator is not None and (self._stale or not self.host):
             self._locate()
             return
-        endpoint = wrapClientTLS(self.tls_options, HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout))
+        endpoint = wrapClientTLS(self.tls_options, self._tcp_endpoint())
         factory = Factory.forProtocol(
             lambda: TunnelMux(
                 client_side=True,
@@ -99,6 +102,13 @@ class TunnelClient:
         self._attempt = endpoint.connect(factory)
         self._attempt.addTimeout(self.connect_timeout + 1, self.reactor)
         self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
+
+    def _tcp_endpoint(self):
+        proxy = proxy_for(self.upstream_proxy, self.host)
+        self._via = f" via {proxy.display}" if proxy else ""
+        if proxy is None:
+            return HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout)
+        return HTTPConnectEndpoint(self.reactor, proxy, self.host, self.port, self.connect_timeout)
 
     def _locate(self) -> None:
         wake = self._want_wake or bool(self._waiters)
@@ -165,7 +175,7 @@ class TunnelClient:
         self._failures = 0
         self.last_error = None
         self.connected_since = self.reactor.seconds()
-        log.info("tunnel to {server} is up", server=self.server)
+        log.info("tunnel to {server} is up{via}", server=self.server, via=self._via)
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:

@@ -1,0 +1,94 @@
+"""The agent reaches the server through a corporate HTTP proxy (a real tinyproxy on
+loopback, with Basic authentication), mTLS unchanged inside the CONNECT."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from support import agent_config, curl, free_port, start_twistd, wait_connected, wait_for_port, wait_until
+
+USER, PASSWORD = "fluid", "s3cret-pass"
+
+
+@pytest.fixture(scope="module")
+def tinyproxy(tmp_path_factory):
+    binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+    assert shutil.which(binary), "tinyproxy is needed (apt-get install tinyproxy; .ci/run installs it)"
+    workdir = tmp_path_factory.mktemp("tinyproxy")
+    port = free_port()
+    log = workdir / "tinyproxy.log"
+    config = workdir / "tinyproxy.conf"
+    # In the foreground without a LogFile, tinyproxy logs to stdout: CONNECT lines included.
+    config.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nAllow 127.0.0.1\nBasicAuth {USER} {PASSWORD}\nLogLevel Connect\n")
+    with open(log, "wb") as out:
+        process = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process=process)
+        yield port, log
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_agent_tunnels_through_the_proxy_with_basic_auth(tunnel, tinyproxy, http_origin, tmp_path):
+    port, log = tinyproxy
+    config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:{PASSWORD}@127.0.0.1:{port}")
+    agent = start_twistd("agent", config, tmp_path)
+    try:
+        wait_connected(agent)
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+        assert wait_until(lambda: f"127.0.0.1:{tunnel.server.port}" in log.read_text(), 5)  # it went through the proxy
+    finally:
+        assert agent.stop() == 0
+    text = agent.log()
+    assert f"via http://{USER}@127.0.0.1:{port}" in text and PASSWORD not in text
+    agent.assert_no_unhandled_errors()
+
+
+def test_a_wrong_password_is_a_clear_503(tunnel, tinyproxy, http_origin, tmp_path):
+    port, _ = tinyproxy
+    config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:wrong@127.0.0.1:{port}")
+    agent = start_twistd("agent", config, tmp_path)
+    try:
+        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=20)
+        head = result.stdout.decode(errors="replace")
+        assert head.startswith("HTTP/1.1 503") and "upstream proxy refused CONNECT" in head and ("407" in head or "401 Unauthorized" in head), head  # tinyproxy says 401
+    finally:
+        assert agent.stop() == 0
+    agent.assert_no_unhandled_errors()
+
+
+def test_https_proxy_from_the_environment_and_no_proxy(tunnel, tinyproxy, http_origin, tmp_path):
+    port, log = tinyproxy
+    before = log.read_text().count(f"127.0.0.1:{tunnel.server.port}")
+    env = {"HTTPS_PROXY": f"http://{USER}:{PASSWORD}@127.0.0.1:{port}"}
+    agent = start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port), tmp_path, name="agent-env", env=env)
+    try:
+        wait_connected(agent)
+        assert "via http://fluid@127.0.0.1" in agent.log()
+    finally:
+        assert agent.stop() == 0
+    assert log.read_text().count(f"127.0.0.1:{tunnel.server.port}") > before
+    bypass = {**env, "NO_PROXY": "127.0.0.1"}
+    agent = start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port), tmp_path, name="agent-no-proxy", env=bypass)
+    try:
+        wait_connected(agent)
+        assert " via " not in agent.log()
+    finally:
+        assert agent.stop() == 0
+
+
+@pytest.mark.parametrize("url, message", [("https://proxy:3128", "only http:// upstream proxies"), ("http://proxy:99999", "bad proxy port"), ("http://proxy:3128/path", "no path")])
+def test_bad_proxy_urls_are_one_line(certs, tmp_path, url, message):
+    import yaml
+
+    from tunnel.taps import AgentOptions
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, 8443, upstream_proxy=url)))
+    with pytest.raises(SystemExit, match=message):
+        AgentOptions().parseOptions(["--config", str(path)])

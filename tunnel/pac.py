@@ -1,0 +1,60 @@
+"""`GET /proxy.pac` from the agent: one browser setting sends everything through it.
+
+Everything goes to the agent's proxy except the bypass list: plain host names, host
+patterns (`*.corp.example`, `localhost`) and networks (`10.0.0.0/8`). Networks are only
+matched against IP literals, so the browser never waits on a DNS lookup to decide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+
+DEFAULT_BYPASS = ["localhost", "*.local", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+_PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9.*?-]*$")
+
+
+def check_bypass(entries: list[str]) -> list[str]:
+    """Each entry is an IPv4 network or a host pattern; raises ValueError naming a bad one."""
+    for entry in entries:
+        if "/" in entry or entry.replace(".", "").isdigit():
+            try:
+                if ipaddress.ip_network(entry, strict=False).version != 4:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IPv4 network like 10.0.0.0/8") from None
+        elif not _PATTERN.match(entry):
+            raise ValueError(f"{entry!r} is not a host name or pattern like *.corp.example")
+    return entries
+
+
+def pac_file(proxy: str, bypass: list[str]) -> str:
+    """The PAC script; `proxy` is `host:port` as the browser should reach the agent."""
+    networks, patterns = [], []
+    for entry in bypass:
+        if "/" in entry or entry.replace(".", "").isdigit():
+            net = ipaddress.ip_network(entry, strict=False)
+            networks.append([str(net.network_address), str(net.netmask)])
+        else:
+            patterns.append(entry.lower())
+    return f"""// Fluidity: everything through the agent at {proxy}, except the bypass list.
+function FindProxyForURL(url, host) {{
+  host = host.toLowerCase();
+  if (host.indexOf(":") >= 0) {{  // an IPv6 literal: only loopback and link-local stay local
+    return (host == "::1" || host.indexOf("fe80:") == 0) ? "DIRECT" : "PROXY {proxy}";
+  }}
+  if (isPlainHostName(host)) return "DIRECT";
+  var patterns = {json.dumps(patterns)};
+  for (var i = 0; i < patterns.length; i++) {{
+    if (shExpMatch(host, patterns[i])) return "DIRECT";
+  }}
+  if (/^\\d+\\.\\d+\\.\\d+\\.\\d+$/.test(host)) {{
+    var networks = {json.dumps(networks)};
+    for (var j = 0; j < networks.length; j++) {{
+      if (isInNet(host, networks[j][0], networks[j][1])) return "DIRECT";
+    }}
+  }}
+  return "PROXY {proxy}";
+}}
+"""
