@@ -49,6 +49,7 @@ class Agent(service.Service):
         self.config = config
         self.max_header_bytes = config["max_header_bytes"]
         self.optimistic_connect = config["optimistic_connect"]
+        self.head_timeout = config["head_timeout"]
         self.known = KnownDestinations()
         self.clients = 0
         self.started_at = reactor.seconds()

@@ -133,7 +133,7 @@ class ProxyFront(HttpFront):
     """One local client connection to the agent's proxy port."""
 
     def __init__(self, agent) -> None:
-        super().__init__()
+        super().__init__(agent.reactor, agent.head_timeout)
         self.agent = agent
         self.max_header_bytes = agent.max_header_bytes
         self.link: OriginLink | None = None
@@ -356,6 +356,7 @@ class ProxyFront(HttpFront):
             self.h11.start_next_cycle()
             self._request = None
             self._response_started = False
+            self.await_head()
             self.process()
         elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
             if self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):

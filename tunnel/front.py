@@ -25,6 +25,12 @@ def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] 
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
+def _smuggling(request: h11.Request) -> bool:
+    """Both framings at once (RFC 9112 §6.3): two parsers may disagree on where it ends."""
+    names = {n for n, _ in request.headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
 def _head_size(request: h11.Request) -> int:
     return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
@@ -35,14 +41,36 @@ class HttpFront(Protocol):
 
     max_header_bytes = 65536
 
-    def __init__(self) -> None:
+    def __init__(self, clock=None, head_timeout: float = 0.0) -> None:
         self.h11: h11.Connection | None = None
         self.relay: RelayEnd | None = None
         self.finished = False
+        self.clock = clock
+        self.head_timeout = head_timeout  # 0: none
+        self._head_timer = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_bytes)
+        self.await_head()
+
+    # -- slow clients ----------------------------------------------------------------
+    def await_head(self) -> None:
+        """A request head must arrive within head_timeout (from the connection, or from
+        the end of the previous exchange): slowloris costs a socket for that long only."""
+        self._disarm()
+        if self.head_timeout and self.clock is not None and not self.finished:
+            self._head_timer = self.clock.callLater(self.head_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None and self._head_timer.active():
+            self._head_timer.cancel()
+        self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.relay is None and not self.finished:
+            self.fail(408, f"no complete request head within {self.head_timeout:g}s")
 
     # -- incoming bytes -------------------------------------------------------------
     def dataReceived(self, data: bytes) -> None:
@@ -68,6 +96,7 @@ class HttpFront(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.finished = True
+        self._disarm()
         if self.relay is not None:
             self.relay.connectionLost(reason)
 
@@ -87,10 +116,15 @@ class HttpFront(Protocol):
                 self.finished = True
                 close(self.transport)
                 return
-            if isinstance(event, h11.Request) and _head_size(event) > self.max_header_bytes:
-                # h11 bounds only heads still arriving; one that came whole is measured here.
-                self.fail(431, "request headers too large")
-                return
+            if isinstance(event, h11.Request):
+                self._disarm()
+                if _head_size(event) > self.max_header_bytes:
+                    # h11 bounds only heads still arriving; one that came whole is measured here.
+                    self.fail(431, "request headers too large")
+                    return
+                if _smuggling(event):
+                    self.fail(400, "a request with both Content-Length and Transfer-Encoding is refused (request smuggling)")
+                    return
             self.handle_event(event)
 
     def handle_event(self, event) -> None:
@@ -112,6 +146,7 @@ class HttpFront(Protocol):
         self.start_relay(upstream, upstream_end)
 
     def start_relay(self, upstream: ITransport | None, upstream_end: RelayEnd | None) -> None:
+        self._disarm()
         early, closed = self.h11.trailing_data
         self.relay = RelayEnd()
         self.relay.makeConnection(self.transport)

@@ -40,6 +40,29 @@ MAX_FRAME = 1 << 18
 MAX_HEADER_LIST = 16 << 10
 
 
+class Budget:
+    """At most `limit` events per `window` seconds (fixed windows): what an honest peer
+    never needs, and a flood always exceeds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.start = 0.0
+        self.count = 0
+
+    def spend(self, now: float) -> bool:
+        if now - self.start >= self.window:
+            self.start, self.count = now, 0
+        self.count += 1
+        return self.count <= self.limit
+
+
+# Per connection and 10 seconds. Rapid reset (CVE-2023-44487) opens and resets streams
+# faster than any client closes connections; SETTINGS and PING floods make us write
+# ACKs the peer need not read; empty DATA frames cost work and carry nothing.
+FLOOD_WINDOW = 10.0
+FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000}
+
+
 class OpenFailed(Exception):
     """A destination could not be reached; `status` is the HTTP status a client should see."""
 
@@ -283,6 +306,7 @@ class TunnelMux(Protocol):
         self._paused = False
         self._in_receive = False
         self._ping_ids = itertools.count(1)
+        self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
         self._ping_call = None
         self._ping_deadline = None
         config = h2.config.H2Configuration(client_side=client_side, header_encoding=None, validate_inbound_headers=True)
@@ -319,6 +343,8 @@ class TunnelMux(Protocol):
             events = self.h2.receive_data(data)
             for event in events:
                 self._dispatch(event)
+                if self.terminated:
+                    break
         except h2.exceptions.ProtocolError as e:
             log.warn("HTTP/2 protocol error from {peer}: {error}; closing", peer=self.peer_name, error=str(e) or type(e).__name__)
             self._in_receive = False
@@ -371,7 +397,29 @@ class TunnelMux(Protocol):
         self.transport.abortConnection()
 
     # -- events ---------------------------------------------------------------------
+    def _flooding(self, what: str) -> bool:
+        """Spend from `what`'s budget; when it runs out, GOAWAY ENHANCE_YOUR_CALM and close."""
+        if self._budgets[what].spend(self.clock.seconds()):
+            return False
+        log.warn("closing {peer}: more than {n} {what} in {w:g}s", peer=self.peer_name, n=FLOOD_LIMITS[what], what=what, w=FLOOD_WINDOW)
+        self.terminated = True
+        self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._in_receive = False
+        self._write_out()
+        self.close()
+        return True
+
     def _dispatch(self, event) -> None:
+        if self.terminated:
+            return
+        if isinstance(event, h2.events.StreamReset) and event.remote_reset and self._flooding("stream resets"):
+            return
+        if isinstance(event, h2.events.RemoteSettingsChanged) and self._flooding("SETTINGS frames"):
+            return
+        if isinstance(event, h2.events.PingReceived) and self._flooding("PING frames"):
+            return
+        if isinstance(event, h2.events.DataReceived) and not event.data and not event.stream_ended and self._flooding("empty DATA frames"):
+            return
         if isinstance(event, h2.events.DataReceived):
             stream = self.streams.get(event.stream_id)
             if stream is None:

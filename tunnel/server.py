@@ -19,18 +19,20 @@ from .dialer import DirectOpener
 from .front import HttpFront
 from .mux import OpenFailed, TunnelMux, TunnelStream
 from .relay import RelayEnd, splice
+from .revocation import RevocationList
 from .tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
 
 HANDSHAKE_TIMEOUT = 10.0
+HEAD_TIMEOUT = 30.0  # the one CONNECT of an http/1.1 client
 
 
 class ConnectFront(HttpFront):
     """HTTP/1.1 over TLS: one CONNECT, answered 200/403/502/504, then a byte relay."""
 
     def __init__(self, server: "TunnelServer", peer_name: str) -> None:
-        super().__init__()
+        super().__init__(server.reactor, HEAD_TIMEOUT)
         self.server = server
         self.peer_name = peer_name
         self._dial = None
@@ -84,6 +86,7 @@ class ServerConnection(Protocol):
         self.server = server
         self.inner: Protocol | None = None
         self.peer_name = "?"
+        self.certificate = None
         self._handshake_timer = None
 
     def connectionMade(self) -> None:
@@ -93,10 +96,14 @@ class ServerConnection(Protocol):
     def handshakeCompleted(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
-        cert = self.transport.getPeerCertificate()
+        cert = self.certificate = self.transport.getPeerCertificate()
         common_name = (cert.get_subject().CN if cert is not None else None) or "?"
         address = self.transport.getPeer()
         self.peer_name = f"{common_name}@{getattr(address, 'host', '?')}"
+        if self.server.revocations.revoked(cert):
+            log.warn("refusing {peer}: certificate serial {serial:x} is revoked", peer=self.peer_name, serial=cert.get_serial_number())
+            self.transport.abortConnection()
+            return
         if self.transport.negotiatedProtocol == ALPN_H2:
             self.inner = self.server.make_mux(self.peer_name, common_name)
             log.info("agent {peer} connected (h2); {n} connection(s) open", peer=self.peer_name, n=len(self.server.connections))
@@ -138,12 +145,13 @@ class TunnelServer(Factory):
 
     noisy = False
 
-    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float, max_streams_per_agent: int = 0) -> None:
+    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float, max_streams_per_agent: int = 0, revocations: RevocationList | None = None) -> None:
         self.reactor = reactor
         self.opener = opener
         self.max_connections = max_connections
         self.max_streams = max_streams
         self.max_streams_per_agent = max_streams_per_agent
+        self.revocations = revocations or RevocationList("")
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[ServerConnection] = set()
@@ -163,6 +171,15 @@ class TunnelServer(Factory):
     @property
     def agents(self) -> int:
         return sum(1 for c in self.connections if isinstance(c.inner, TunnelMux))
+
+    def check_revocations(self) -> None:
+        """Re-read the deny list if it changed, and close connections it now names."""
+        if not self.revocations.refresh():
+            return
+        for connection in list(self.connections):
+            if self.revocations.revoked(connection.certificate):
+                log.warn("closing {peer}: its certificate was revoked", peer=connection.peer_name)
+                connection.transport.abortConnection()
 
     def _muxes(self):
         return (c.inner for c in self.connections if isinstance(c.inner, TunnelMux))

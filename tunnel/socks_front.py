@@ -29,10 +29,17 @@ class Socks5Front(Protocol):
         self.relay: RelayEnd | None = None
         self.finished = False
         self._pending = None
+        self._timer = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.agent.clients += 1
+        if self.agent.head_timeout:
+            self._timer = self.agent.reactor.callLater(self.agent.head_timeout, self._close, f"no SOCKS5 request within {self.agent.head_timeout:g}s")
+
+    def _disarm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
 
     def dataReceived(self, data: bytes) -> None:
         if self.relay is not None:
@@ -59,6 +66,7 @@ class Socks5Front(Protocol):
             self._close(str(e))
 
     def _connect(self, destination) -> None:
+        self._disarm()
         self.transport.pauseProducing()
         upstream = RelayEnd()
         self._pending = self.agent.open(destination, upstream)
@@ -104,6 +112,7 @@ class Socks5Front(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         self.finished = True
+        self._disarm()
         self.agent.clients -= 1
         if self.relay is not None:
             self.relay.connectionLost(reason)
@@ -116,10 +125,17 @@ class SniffingFront(Protocol):
 
     def __init__(self, agent) -> None:
         self.agent = agent
+        self._timer = None
+
+    def connectionMade(self) -> None:
+        if self.agent.head_timeout:
+            self._timer = self.agent.reactor.callLater(self.agent.head_timeout, self.transport.abortConnection)
 
     def dataReceived(self, data: bytes) -> None:
         if not data:
             return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
         front = Socks5Front(self.agent) if data[0] == socks.VERSION else ProxyFront(self.agent)
         for name in ("dataReceived", "readConnectionLost", "writeConnectionLost", "connectionLost"):
             setattr(self, name, getattr(front, name))
@@ -133,7 +149,8 @@ class SniffingFront(Protocol):
         pass
 
     def connectionLost(self, reason=None) -> None:
-        pass
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
 
 
 class ProxyFactory(Factory):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from twisted.application import service
+from twisted.application.internet import TimerService
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.python import usage
 
@@ -22,6 +23,7 @@ from .egress import policy_from_strings
 from .lifecycle import settings_from
 from .listening import ListenService
 from .metrics import MetricsPublisher, MetricsService
+from .revocation import RevocationError, RevocationList
 from .server import TunnelServer
 from .upstream import proxy_for
 from .tls import client_options, server_options
@@ -57,6 +59,10 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
                 if config["metrics.emit_metrics"]:
                     _check_metrics(config)
+                try:
+                    config["revocations"] = RevocationList(config["revoked_file"])
+                except RevocationError as e:
+                    raise cfg.ConfigError(f"{config.source}: {e}") from None
             else:
                 if settings_from(config) is None and not config["server_ip"]:
                     raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
@@ -78,6 +84,9 @@ def _check_metrics(config: cfg.Config) -> None:
         raise cfg.ConfigError(f"{config.source}: 'metrics.namespace' must be 1-255 characters and not start with AWS/")
     if not config["metrics.service_name"]:
         raise cfg.ConfigError(f"{config.source}: 'metrics.service_name' must not be empty")
+
+
+REVOCATION_CHECK = 2.0  # seconds between looks at revoked_file
 
 
 ServerOptions = _options_for("server", cfg.SERVER_KEYS)
@@ -118,12 +127,15 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
         max_connections=config["max_connections"],
         max_streams=config["max_streams"],
         max_streams_per_agent=config["max_streams_per_agent"],
+        revocations=config["revocations"],
         keepalive_interval=config["keepalive_interval"],
         keepalive_timeout=config["keepalive_timeout"],
     )
     endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, interface=config["host"])
     ListenService(endpoint, server, "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
     DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
+    if config["revoked_file"]:
+        TimerService(REVOCATION_CHECK, server.check_revocations).setServiceParent(top)
     if config["metrics.emit_metrics"]:
         interval = config["metrics.metrics_interval"]
         publisher = MetricsPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], interval)

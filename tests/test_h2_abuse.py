@@ -1,0 +1,109 @@
+"""HTTP/2 abuse from a peer holding a valid client certificate: each flood costs bounded
+work, closes only the offending connection, and everyone else keeps being served."""
+
+from __future__ import annotations
+
+import pytest
+
+from h2_raw import ContinuationFrame, DataFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from support import agent_config, curl, server_config, start_twistd, wait_connected
+
+ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0xB, 0x3, 0x1
+
+
+@pytest.fixture(scope="module")
+def target(certs, tmp_path_factory, echo, http_origin):
+    workdir = tmp_path_factory.mktemp("h2-abuse")
+    server = start_twistd("server", server_config(certs, max_streams=50, log_level="info"), workdir)
+    agent = start_twistd("agent", agent_config(certs, server.port), workdir)
+    wait_connected(agent)
+    yield server, agent
+    assert agent.stop() == 0
+    assert server.stop() == 0
+    server.assert_no_unhandled_errors()
+
+
+def bystander_is_served(agent, http_origin) -> None:
+    result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+    assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+
+
+def attack(server, certs, build) -> tuple[bool, int | None, int]:
+    before = server.rss_kb()
+    peer = RawH2(server.port, certs)
+    try:
+        build(peer)
+        closed, code = peer.outcome()
+    finally:
+        peer.close()
+    return closed, code, server.rss_kb() - before
+
+
+def test_rapid_reset(target, certs, echo, http_origin):
+    server, agent = target
+
+    def flood(peer):
+        frames = []
+        for n in range(3000):
+            sid = 2 * n + 1
+            frames += [peer.connect_headers(sid, f"127.0.0.1:{echo.port}"), RstStreamFrame(sid, error_code=0x8)]
+        peer.send_frames(frames)
+
+    closed, code, grown = attack(server, certs, flood)
+    assert closed and code == ENHANCE_YOUR_CALM
+    assert "more than 2000 stream resets" in server.log()
+    assert grown < 64 * 1024  # KiB
+    bystander_is_served(agent, http_origin)
+
+
+def test_continuation_flood(target, certs, http_origin):
+    server, agent = target
+
+    def flood(peer):
+        frames = [peer.connect_headers(1, "127.0.0.1:9", end_headers=False)]
+        frames += [ContinuationFrame(1, b"x" * 1024) for _ in range(5000)]
+        peer.send_frames(frames)
+
+    closed, code, grown = attack(server, certs, flood)
+    assert closed and code in (PROTOCOL_ERROR, 0x6, ENHANCE_YOUR_CALM, None)  # 0x6: FRAME_SIZE_ERROR
+    assert grown < 64 * 1024
+    bystander_is_served(agent, http_origin)
+
+
+@pytest.mark.parametrize("what, frame", [("SETTINGS frames", lambda: SettingsFrame(0)), ("PING frames", lambda: PingFrame(0, b"12345678"))])
+def test_settings_and_ping_floods(target, certs, http_origin, what, frame):
+    server, agent = target
+    closed, code, grown = attack(server, certs, lambda peer: peer.send_frames([frame() for _ in range(2000)]))
+    assert closed and code == ENHANCE_YOUR_CALM
+    assert f"more than 100 {what}" in server.log()
+    bystander_is_served(agent, http_origin)
+
+
+def test_more_streams_than_allowed(target, certs, http_origin):
+    server, agent = target
+
+    def flood(peer):
+        peer.send_frames([peer.connect_headers(2 * n + 1, "127.0.0.1:9") for n in range(200)])  # max_streams is 50
+
+    closed, code, _ = attack(server, certs, flood)
+    assert closed and code in (PROTOCOL_ERROR, 0x7)  # 0x7: REFUSED_STREAM as a GOAWAY code
+    bystander_is_served(agent, http_origin)
+
+
+def test_window_overflow(target, certs, http_origin):
+    server, agent = target
+    closed, code, _ = attack(server, certs, lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1) for _ in range(2)]))
+    assert closed and code == FLOW_CONTROL_ERROR
+    bystander_is_served(agent, http_origin)
+
+
+def test_empty_data_flood(target, certs, echo, http_origin):
+    server, agent = target
+
+    def flood(peer):
+        peer.send_frames([peer.connect_headers(1, f"127.0.0.1:{echo.port}")] + [DataFrame(1, b"") for _ in range(5000)])
+
+    closed, code, _ = attack(server, certs, flood)
+    assert closed and code == ENHANCE_YOUR_CALM
+    assert "more than 1000 empty DATA frames" in server.log()
+    bystander_is_served(agent, http_origin)
