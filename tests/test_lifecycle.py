@@ -188,3 +188,17 @@ def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
     assert settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config).kill_on_exit is False
     with pytest.raises(SystemExit, match="'server_ip' is required"):
         _agent_options(certs, tmp_path, server_ip="")
+
+
+def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_origin, tmp_path):
+    agent = start_twistd("agent", world.agent_config(kill_on_exit=False), tmp_path)
+    try:
+        wait_connected(agent, 20)
+        world.plane.stop()  # API Gateway / the Lambdas are down from here on
+        for n in range(5):
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/n{n}")
+            assert result.returncode == 0 and f"/n{n}".encode() in result.stdout
+        assert health(agent)["connected"] is True
+    finally:
+        assert agent.stop() == 0
+    agent.assert_no_unhandled_errors()

@@ -219,6 +219,8 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             raise ConfigError(f"{path}: no such config file") from None
         except OSError as e:
             raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             at = f" at line {mark.line + 1}" if mark else ""

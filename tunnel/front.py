@@ -122,6 +122,9 @@ class HttpFront(Protocol):
                     # h11 bounds only heads still arriving; one that came whole is measured here.
                     self.fail(431, "request headers too large")
                     return
+                if event.http_version not in (b"1.0", b"1.1"):
+                    self.fail(505, f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported; use HTTP/1.1")
+                    return
                 if _smuggling(event):
                     self.fail(400, "a request with both Content-Length and Transfer-Encoding is refused (request smuggling)")
                     return
