@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# CI must not fail on an example nobody has seen before: the same examples every run
+# there. HYPOTHESIS_PROFILE=explore searches afresh (do that locally, now and then).
+settings.register_profile("repeatable", derandomize=True, deadline=None)
+settings.register_profile("explore", deadline=None, max_examples=1000)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 from support import CertSet, EchoServer, Origin, Proc, agent_config, https_context, make_certs, server_config, start_twistd, wait_connected
 

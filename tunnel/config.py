@@ -234,7 +234,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
         if name not in by_name:
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key '{name}'{hint}")
+            raise ConfigError(f"{where}: unknown key {name!r}{hint}")
     config = Config()
     config.source = where
     for key in keys:

@@ -1,0 +1,422 @@
+"""Fluidity against the tools a user would pick instead, all on 127.0.0.1, in one run.
+
+    bench/run [--quick]            (installs what is missing, then runs this)
+
+Paths to one HTTPS origin (nginx with its own CA): direct; Fluidity (agent + server);
+an stunnel mTLS pair (TLS 1.3, client certificates verified) in front of tinyproxy; and
+`ssh -D`. Every scenario runs on every path in the same run, alternating, for several
+rounds; medians are reported with each path's ratio to the stunnel chain, printed and
+written to bench/results.md. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tunnel import pki  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+TICK = os.sysconf("SC_CLK_TCK")
+PATHS = ("direct", "fluidity", "stunnel", "ssh -D")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, process: subprocess.Popen, what: str, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"bench: {what} exited with {process.returncode} (see its log)")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: {what} is not listening on {port}")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Rig:
+    work: Path
+    quick: bool
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str, argv: list[str], port: int | None = None, **kwargs) -> subprocess.Popen:
+        log = open(self.work / f"{name.replace(' ', '_')}.log", "wb")
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
+        self.procs.append(process)
+        self.pids[name] = process.pid
+        if port:
+            wait_port(port, process, name)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.procs):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.procs:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    # -- the pieces ------------------------------------------------------------------
+    def setup(self, size_mb: int) -> None:
+        w = self.work
+        pki.init(w / "certs")
+        pki.init(w / "origin")  # the origin's own CA; its server certificate carries 127.0.0.1
+        www = w / "www"
+        www.mkdir()
+        (www / "1k").write_bytes(os.urandom(1024))
+        with open(www / "big", "wb") as f:
+            f.truncate(size_mb << 20)  # sparse: served from the page cache, no disk in the way
+        self.size = size_mb << 20
+        for name in ("origin", "server", "agent", "stunnel_server", "stunnel_client", "tinyproxy", "sshd", "socks"):
+            self.ports[name] = free_port()
+        self._nginx()
+        self._fluidity()
+        self._stunnel()
+        self._ssh()
+
+    def _nginx(self) -> None:
+        w, port = self.work, self.ports["origin"]
+        (w / "nginx.conf").write_text(
+            f"""daemon off;
+worker_processes 2;
+pid {w}/nginx.pid;
+error_log {w}/nginx-error.log;
+events {{ worker_connections 8192; }}
+http {{
+  access_log off;
+  sendfile on;
+  keepalive_requests 100000;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {w}/origin/server.pem;
+    ssl_certificate_key {w}/origin/server.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    root {w}/www;
+    location = /upload {{ client_max_body_size 0; return 204; }}
+  }}
+}}
+"""
+        )
+        self.start("nginx", ["nginx", "-c", str(w / "nginx.conf")], port)
+
+    def _fluidity(self) -> None:
+        w, certs = self.work, self.work / "certs"
+        server = w / "server.yaml"
+        server.write_text(
+            f"host: 127.0.0.1\nport: {self.ports['server']}\ncert_file: {certs}/server.pem\nkey_file: {certs}/server.key\n"
+            f"ca_file: {certs}/ca.pem\negress_allow: ['127.0.0.0/8']\nlog_level: warn\nmax_streams: 5000\n"
+        )
+        self.start("fluidity server", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-server", "--config", str(server)], self.ports["server"], cwd=w)
+        self.agent_config(self.ports["agent"], self.ports["server"], "agent")
+        self.start("fluidity agent", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(w / "agent.yaml")], self.ports["agent"], cwd=w)
+
+    def agent_config(self, proxy_port: int, server_port: int, name: str) -> Path:
+        certs = self.work / "certs"
+        path = self.work / f"{name}.yaml"
+        path.write_text(
+            f"proxy_port: {proxy_port}\nserver_ip: 127.0.0.1\nserver_port: {server_port}\ncert_file: {certs}/client.pem\n"
+            f"key_file: {certs}/client.key\nca_file: {certs}/ca.pem\nlog_level: warn\n"
+        )
+        return path
+
+    def _stunnel(self) -> None:
+        w, certs, p = self.work, self.work / "certs", self.ports
+        (w / "tinyproxy.conf").write_text(f"Port {p['tinyproxy']}\nListen 127.0.0.1\nTimeout 120\nMaxClients 2000\nAllow 127.0.0.1\nLogLevel Critical\n")
+        self.start("tinyproxy", ["tinyproxy", "-d", "-c", str(w / "tinyproxy.conf")], p["tinyproxy"])
+        common = f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {certs}/ca.pem\nverifyChain = yes\n"
+        (w / "stunnel-server.conf").write_text(
+            common + f"[fluidity]\naccept = 127.0.0.1:{p['stunnel_server']}\nconnect = 127.0.0.1:{p['tinyproxy']}\ncert = {certs}/server.pem\nkey = {certs}/server.key\nrequireCert = yes\n"
+        )
+        self.start("stunnel server", ["stunnel4", str(w / "stunnel-server.conf")], p["stunnel_server"])
+        self.stunnel_client("stunnel client", p["stunnel_client"], p["stunnel_server"])
+
+    def stunnel_client(self, name: str, accept: int, connect: int) -> None:
+        certs = self.work / "certs"
+        path = self.work / f"{name.replace(' ', '-')}.conf"
+        path.write_text(
+            f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {certs}/ca.pem\nverifyChain = yes\n"
+            f"[fluidity]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = {certs}/client.pem\n"
+            f"key = {certs}/client.key\ncheckHost = fluidity-server\n"
+        )
+        self.start(name, ["stunnel4", str(path)], accept)
+
+    def _ssh(self) -> None:
+        w, p = self.work, self.ports
+        ssh = w / "ssh"
+        ssh.mkdir(mode=0o700)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "host")], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(ssh / "user")], check=True)
+        shutil.copy(ssh / "user.pub", ssh / "authorized_keys")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        (ssh / "sshd_config").write_text(
+            f"Port {p['sshd']}\nListenAddress 127.0.0.1\nHostKey {ssh}/host\nAuthorizedKeysFile {ssh}/authorized_keys\n"
+            f"PidFile {ssh}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            "AllowTcpForwarding yes\nMaxStartups 1000\n"
+        )
+        self.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "sshd_config")], p["sshd"])
+        self.ssh_socks("ssh -D", p["socks"], p["sshd"])
+
+    def ssh_socks(self, name: str, socks_port: int, sshd_port: int) -> None:
+        ssh = self.work / "ssh"
+        argv = [
+            "ssh", "-N", "-D", f"127.0.0.1:{socks_port}", "-p", str(sshd_port), "-i", str(ssh / "user"),
+            "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={ssh}/known_hosts", "-o", "BatchMode=yes",
+            "-o", "ExitOnForwardFailure=yes", f"{os.environ.get('USER', 'root')}@127.0.0.1",
+        ]
+        self.start(name, argv, socks_port)
+
+    # -- what each path looks like to a client ----------------------------------------
+    def curl_proxy(self, path: str, ports: dict[str, int] | None = None) -> list[str]:
+        ports = ports or self.ports
+        return {
+            "direct": [],
+            "fluidity": ["-x", f"http://127.0.0.1:{ports['agent']}"],
+            "stunnel": ["-x", f"http://127.0.0.1:{ports['stunnel_client']}"],
+            "ssh -D": ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"],
+        }[path]
+
+    def hey_proxy(self, path: str) -> list[str]:
+        return {
+            "direct": [],
+            "fluidity": ["-x", f"http://127.0.0.1:{self.ports['agent']}"],
+            "stunnel": ["-x", f"http://127.0.0.1:{self.ports['stunnel_client']}"],
+            "ssh -D": ["-x", f"socks5://127.0.0.1:{self.ports['socks']}"],
+        }[path]
+
+    def url(self, name: str) -> str:
+        return f"https://127.0.0.1:{self.ports['origin']}/{name}"
+
+    def curl(self, path: str, *args: str, timeout: float = 600, ports=None) -> str:
+        argv = ["curl", "-fsS", "--cacert", str(self.work / "origin" / "ca.pem"), *self.curl_proxy(path, ports), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise RuntimeError(f"curl via {path} failed: {done.stderr.strip()}")
+        return done.stdout
+
+
+# -- scenarios ---------------------------------------------------------------------------------
+def bulk(rig: Rig, rounds: int) -> dict:
+    """1 GiB down and up with curl; MB/s medians, and Fluidity's CPU seconds per GB."""
+    speeds = {(d, p): [] for d in ("down", "up") for p in PATHS}
+    cpu = {"down": {"agent": [], "server": []}, "up": {"agent": [], "server": []}}
+    gb = rig.size / 1e9
+    for _ in range(rounds):
+        for path in PATHS:
+            for direction in ("down", "up"):
+                before = {k: cpu_seconds(rig.pids[f"fluidity {k}"]) for k in ("agent", "server")}
+                if direction == "down":
+                    out = rig.curl(path, "-o", "/dev/null", "-w", "%{speed_download}", rig.url("big"))
+                else:
+                    out = rig.curl(path, "-o", "/dev/null", "-T", str(rig.work / "www" / "big"), "-w", "%{speed_upload}", rig.url("upload"))
+                speeds[(direction, path)].append(float(out) / 1e6)
+                if path == "fluidity":
+                    for k in ("agent", "server"):
+                        cpu[direction][k].append((cpu_seconds(rig.pids[f"fluidity {k}"]) - before[k]) / gb)
+    return {
+        "speeds": {key: statistics.median(v) for key, v in speeds.items()},
+        "cpu": {d: {k: statistics.median(v) for k, v in by.items()} for d, by in cpu.items()},
+    }
+
+
+def hey(rig: Rig, path: str, *args: str) -> dict:
+    done = subprocess.run(["hey", *args, "-disable-keepalive", *rig.hey_proxy(path), rig.url("1k")], capture_output=True, text=True, timeout=900)
+    text = done.stdout
+    if done.returncode != 0 or "Requests/sec" not in text:
+        raise RuntimeError(f"hey via {path} failed: {done.stderr.strip() or text[-500:]}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p99 = re.search(r"99%+ in ([\d.]+) secs", text)
+    ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", text))
+    errors = re.search(r"Error distribution:(.*)", text, re.S)
+    error_count = sum(int(n) for n in re.findall(r"\[(\d+)\]", errors.group(1))) if errors else 0
+    return {"rps": rps, "p99": float(p99.group(1)) if p99 else float("nan"), "ok": ok, "errors": error_count}
+
+
+def new_connections(rig: Rig, rounds: int, seconds: int) -> dict:
+    results = {p: [] for p in PATHS}
+    for _ in range(rounds):
+        for path in PATHS:
+            results[path].append(hey(rig, path, "-z", f"{seconds}s", "-c", "1")["rps"])
+    return {p: statistics.median(v) for p, v in results.items()}
+
+
+def concurrency(rig: Rig, rounds: int, requests: int) -> dict:
+    results = {p: [] for p in PATHS}
+    for _ in range(rounds):
+        for path in PATHS:
+            results[path].append(hey(rig, path, "-n", str(requests), "-c", "500"))
+    return {p: {"p99": statistics.median(r["p99"] for r in v), "errors": sum(r["errors"] for r in v) + sum(requests - r["ok"] for r in v), "rps": statistics.median(r["rps"] for r in v)} for p, v in results.items()}
+
+
+def round_trips(rig: Rig, rtt_ms: float, samples: int) -> dict:
+    """Time to first byte of the 1 KiB file on a new client connection over an established
+    tunnel, with a delaying relay on each path's long hop; in round trips."""
+    ports = dict(rig.ports)
+    relay = lambda target: (lambda port: (rig.start(f"relay-{port}", [sys.executable, str(ROOT / "bench" / "delay_relay.py"), str(port), str(target), str(rtt_ms)], port), port)[1])(free_port())  # noqa: E731
+    ports["agent"] = free_port()
+    rig.agent_config(ports["agent"], relay(rig.ports["server"]), "agent-far")
+    rig.start("fluidity agent far", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(rig.work / "agent-far.yaml")], ports["agent"], cwd=rig.work)
+    ports["stunnel_client"] = free_port()
+    rig.stunnel_client("stunnel client far", ports["stunnel_client"], relay(rig.ports["stunnel_server"]))
+    ports["socks"] = free_port()
+    rig.ssh_socks("ssh -D far", ports["socks"], relay(rig.ports["sshd"]))
+    time.sleep(3 * rtt_ms / 1000)
+    results = {p: [] for p in PATHS}
+    for path in PATHS:
+        for _ in range(2):
+            rig.curl(path, "-o", "/dev/null", rig.url("1k"), ports=ports)  # the tunnel is up and knows the origin
+    for _ in range(samples):
+        for path in PATHS:
+            out = rig.curl(path, "-o", "/dev/null", "-w", "%{time_starttransfer}", rig.url("1k"), ports=ports)
+            results[path].append(float(out) / (rtt_ms / 1000))
+    return {p: statistics.median(v) for p, v in results.items()}
+
+
+def memory(rig: Rig, streams: int, slow_seconds: int) -> dict:
+    server, agent = rig.pids["fluidity server"], rig.pids["fluidity agent"]
+    base = rss_kb(server)
+    held = []
+    for _ in range(streams):
+        s = socket.create_connection(("127.0.0.1", rig.ports["agent"]), timeout=10)
+        s.sendall(f"CONNECT 127.0.0.1:{rig.ports['origin']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        held.append(s)
+    for s in held:
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+    time.sleep(1)
+    idle_rss = rss_kb(server)
+    for s in held:
+        s.close()
+    time.sleep(1)
+    before = {"agent": rss_kb(agent), "server": rss_kb(server)}
+    peak = dict(before)
+    argv = ["curl", "-sS", "--cacert", str(rig.work / "origin" / "ca.pem"), *rig.curl_proxy("fluidity"), "--limit-rate", "1M", "-m", str(slow_seconds), "-o", "/dev/null", rig.url("big")]
+    slow = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+    while slow.poll() is None:
+        peak = {"agent": max(peak["agent"], rss_kb(agent)), "server": max(peak["server"], rss_kb(server))}
+        time.sleep(0.25)
+    return {
+        "server_rss_idle_streams_mb": idle_rss / 1024,
+        "server_rss_base_mb": base / 1024,
+        "slow_reader_growth_mb": {k: (peak[k] - before[k]) / 1024 for k in peak},
+    }
+
+
+# -- report -------------------------------------------------------------------------------------
+def report(results: dict, args) -> str:
+    b, nc, cc, rt, mem = results["bulk"], results["new"], results["concurrency"], results["rtt"], results["memory"]
+    lines = [
+        f"# Fluidity benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, loopback; rounds: {args.rounds}, file {args.size_mb} MiB)",
+        "",
+        "| scenario | direct | Fluidity | stunnel+tinyproxy | ssh -D | Fluidity / stunnel | target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name, values, fmt, target_text, ratio=None, met=None):
+        cells = [fmt(values[p]) for p in PATHS]
+        ratio_text = f"{ratio:.2f}×" if ratio is not None else ""
+        lines.append(f"| {name} | {' | '.join(cells)} | {ratio_text} | {target_text} | {'yes' if met else 'NO' if met is not None else ''} |")
+
+    for direction, label in (("down", "download MB/s"), ("up", "upload MB/s")):
+        values = {p: b["speeds"][(direction, p)] for p in PATHS}
+        ratio = values["fluidity"] / values["stunnel"]
+        row(label, values, lambda v: f"{v:.0f}", "≥ 0.5×", ratio, ratio >= 0.5)
+    ratio = nc["fluidity"] / nc["stunnel"]
+    row(f"new connections/s (hey -c 1, {args.seconds}s)", nc, lambda v: f"{v:.0f}", "≥ 4×", ratio, ratio >= 4)
+    p99 = {p: cc[p]["p99"] * 1000 for p in PATHS}
+    errors_ok = cc["fluidity"]["errors"] == 0
+    ratio = p99["fluidity"] / p99["stunnel"]
+    row(f"p99 ms (hey -c 500 -n {args.requests})", p99, lambda v: f"{v:.0f}", "≤ ⅓×, 0 errors", ratio, ratio <= 1 / 3 and errors_ok)
+    row("errors (hey -c 500)", {p: cc[p]["errors"] for p in PATHS}, str, "0", None, errors_ok)
+    row(f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)", rt, lambda v: f"{v:.2f}", "≤ 2.2", None, rt["fluidity"] <= 2.2)
+    lines += [
+        "",
+        f"Fluidity CPU seconds per GB: download agent {b['cpu']['down']['agent']:.2f}, server {b['cpu']['down']['server']:.2f}; "
+        f"upload agent {b['cpu']['up']['agent']:.2f}, server {b['cpu']['up']['server']:.2f}.",
+        f"Server RSS with {args.streams} open idle streams: {mem['server_rss_idle_streams_mb']:.1f} MB (target ≤ 96; {mem['server_rss_base_mb']:.1f} MB before).",
+        f"RSS growth while a client reads at 1 MB/s for {args.slow_seconds}s: agent {mem['slow_reader_growth_mb']['agent']:.1f} MB, server {mem['slow_reader_growth_mb']['server']:.1f} MB (target ≤ 32 each).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and short runs, to check the harness")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=1024)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--rtt-ms", type=float, default=100.0)
+    parser.add_argument("--rtt-samples", type=int, default=10)
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--slow-seconds", type=int, default=30)
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.size_mb, args.seconds, args.requests, args.rtt_samples, args.slow_seconds = 1, 128, 3, 2000, 3, 5
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    work = Path(tempfile.mkdtemp(prefix="fluidity-compare-"))
+    work.chmod(0o755)  # nginx's workers run unprivileged and read www/ from here
+    rig = Rig(work, args.quick)
+    try:
+        rig.setup(args.size_mb)
+        for path in PATHS:  # every path works before anything is measured
+            rig.curl(path, "-o", "/dev/null", rig.url("1k"))
+        results = {}
+        print("bulk ...", flush=True)
+        results["bulk"] = bulk(rig, args.rounds)
+        print("new connections ...", flush=True)
+        results["new"] = new_connections(rig, args.rounds, args.seconds)
+        print("concurrency ...", flush=True)
+        results["concurrency"] = concurrency(rig, max(1, args.rounds - 1), args.requests)
+        print("memory ...", flush=True)
+        results["memory"] = memory(rig, args.streams, args.slow_seconds)
+        print("round trips ...", flush=True)
+        results["rtt"] = round_trips(rig, args.rtt_ms, args.rtt_samples)
+        text = report(results, args)
+        print("\n" + text)
+        Path(args.out).write_text(text)
+        print(f"written to {args.out}; logs in {rig.work}")
+    finally:
+        rig.stop()
+
+
+if __name__ == "__main__":
+    main()
