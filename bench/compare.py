@@ -206,20 +206,16 @@ http {{
     # -- what each path looks like to a client ----------------------------------------
     def curl_proxy(self, path: str, ports: dict[str, int] | None = None) -> list[str]:
         ports = ports or self.ports
-        return {
-            "direct": [],
-            "fluidity": ["-x", f"http://127.0.0.1:{ports['agent']}"],
-            "stunnel": ["-x", f"http://127.0.0.1:{ports['stunnel_client']}"],
-            "ssh -D": ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"],
-        }[path]
+        if path == "direct":
+            return []
+        if path == "ssh -D":
+            return ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"]
+        return ["-x", f"http://127.0.0.1:{ports['agent' if path == 'fluidity' else 'stunnel_client']}"]
 
     def hey_proxy(self, path: str) -> list[str]:
-        return {
-            "direct": [],
-            "fluidity": ["-x", f"http://127.0.0.1:{self.ports['agent']}"],
-            "stunnel": ["-x", f"http://127.0.0.1:{self.ports['stunnel_client']}"],
-            "ssh -D": ["-x", f"socks5://127.0.0.1:{self.ports['socks']}"],
-        }[path]
+        if path == "ssh -D":
+            return ["-x", f"socks5://127.0.0.1:{self.ports['socks']}"]  # Go's HTTP client speaks SOCKS5 too
+        return self.curl_proxy(path)  # hey takes -x http://host:port as curl does
 
     def url(self, name: str) -> str:
         return f"https://127.0.0.1:{self.ports['origin']}/{name}"

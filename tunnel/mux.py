@@ -29,8 +29,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import h2_speedups
 from .addresses import BadAddress, Destination, parse_authority
 from .relay import no_delay
+
+h2_speedups.install()
 
 log = Logger(namespace="fluidity.mux")
 
@@ -309,7 +312,10 @@ class TunnelMux(Protocol):
         self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
         self._ping_call = None
         self._ping_deadline = None
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None, validate_inbound_headers=True)
+        # Inbound headers come from the peer and are checked; outbound ones are ours, built well-formed.
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
             client=client_side,
