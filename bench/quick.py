@@ -3,7 +3,7 @@ rate through the agent, each as a ratio to the direct path measured in the same 
 
     .venv/bin/python bench/quick.py [--mb 500] [--connections 300]
 
-Issue 7's harness (stunnel chain, ssh -D, delaying relay) will replace the baseline.
+For Fluidity against stunnel, ssh -D and the direct path, see bench/run (bench/compare.py).
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ class MotoAws:
         running = self.service_tasks(service)
         for _ in range(desired - len(running)):
             self.start_task(service, public_ip)
-        for task in running[desired:] if desired < len(running) else []:
+        for task in running[desired:]:
             self.client("ecs").stop_task(cluster=service.cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment")
 
 
