@@ -137,16 +137,6 @@ class MotoAws:
             self.client("ecs").stop_task(cluster=service.cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment")
 
 
-def wait_for(predicate, seconds: float = 10.0, interval: float = 0.1):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"condition not met within {seconds}s")
-
-
 class ControlPlaneProc:
     """`fluidity control-plane` in its own process, talking to moto."""
 

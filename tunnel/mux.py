@@ -353,6 +353,11 @@ class TunnelMux(Protocol):
                     break
         except h2.exceptions.ProtocolError as e:
             log.warn("HTTP/2 protocol error from {peer}: {error}; closing", peer=self.peer_name, error=str(e) or type(e).__name__)
+            self.terminated = True  # the rest of what this peer sends is not read
+            try:
+                self.h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+            except h2.exceptions.ProtocolError:
+                pass  # h2 already closed the connection (and queued its GOAWAY)
             self._in_receive = False
             self._write_out()
             self.close()
@@ -418,15 +423,9 @@ class TunnelMux(Protocol):
     def _dispatch(self, event) -> None:
         if self.terminated:
             return
-        if isinstance(event, h2.events.StreamReset) and event.remote_reset and self._flooding("stream resets"):
-            return
-        if isinstance(event, h2.events.RemoteSettingsChanged) and self._flooding("SETTINGS frames"):
-            return
-        if isinstance(event, h2.events.PingReceived) and self._flooding("PING frames"):
-            return
-        if isinstance(event, h2.events.DataReceived) and not event.data and not event.stream_ended and self._flooding("empty DATA frames"):
-            return
-        if isinstance(event, h2.events.DataReceived):
+        if isinstance(event, h2.events.DataReceived):  # the hot path first
+            if not event.data and not event.stream_ended and self._flooding("empty DATA frames"):
+                return
             stream = self.streams.get(event.stream_id)
             if stream is None:
                 self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -443,6 +442,8 @@ class TunnelMux(Protocol):
         elif isinstance(event, h2.events.ResponseReceived):
             self._on_response(event)
         elif isinstance(event, h2.events.StreamReset):
+            if event.remote_reset and self._flooding("stream resets"):
+                return
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 code = event.error_code
@@ -459,6 +460,8 @@ class TunnelMux(Protocol):
                 if stream is not None:
                     self._flush_stream(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if self._flooding("SETTINGS frames"):
+                return
             if not self.peer_ready:
                 self.peer_ready = True
                 if self.on_ready is not None:
@@ -469,6 +472,8 @@ class TunnelMux(Protocol):
                 self._start_draining()
             if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
                 self._flush_all()
+        elif isinstance(event, h2.events.PingReceived):
+            self._flooding("PING frames")  # h2 has queued the ACK; a flood closes the connection
         elif isinstance(event, h2.events.PingAckReceived):
             if self._ping_deadline is not None and self._ping_deadline.active():
                 self._ping_deadline.cancel()
@@ -525,6 +530,9 @@ class TunnelMux(Protocol):
     def respond(self, stream: TunnelStream) -> None:
         if stream._closed:
             return
+        if self.terminated or self.closed:  # a GOAWAY went either way: h2 sends nothing more
+            stream._close(Failure(ConnectionLost("tunnel connection is closing")))
+            return
         self.h2.send_headers(stream.stream_id, [(b":status", b"200")])
         stream.ready.callback(stream)
         self._write_out()
@@ -532,6 +540,9 @@ class TunnelMux(Protocol):
 
     def refuse(self, stream: TunnelStream, status: int, reason: str) -> None:
         if stream._closed:
+            return
+        if self.terminated or self.closed:
+            stream._close(Failure(ConnectionDone(reason)))
             return
         self._answer(stream.stream_id, status, reason)
         if not stream._remote_ended:

@@ -225,7 +225,7 @@ class TunnelServer(Factory):
         upstream = RelayEnd()
 
         def connected(_):
-            if stream._closed:
+            if stream._closed or mux.terminated or mux.closed:
                 upstream.transport.loseConnection()
                 return
             here = RelayEnd()
