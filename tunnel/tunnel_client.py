@@ -122,8 +122,7 @@ class TunnelClient:
             self.asleep = True
             log.info("the server is stopped; the next local client will wake it")
             return
-        if (self.host, self.port) != address:
-            self.host, self.port = address
+        self.host, self.port = address
         self._stale = self._want_wake = False
         self._connect()
 
