@@ -386,6 +386,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.size_mb, args.seconds, args.requests, args.rtt_samples, args.slow_seconds = 1, 128, 3, 2000, 3, 5
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every process we started
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     work = Path(tempfile.mkdtemp(prefix="fluidity-compare-"))
