@@ -34,6 +34,8 @@ from tunnel import pki  # noqa: E402
 VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
 PATHS = ("direct", "fluidity", "stunnel", "ssh -D")
+BARE = "bare relay"  # reference for new connections only: see bench/bare_relay.py
+PROXY_PORTS = {"fluidity": "agent", "stunnel": "stunnel_client", BARE: "bare_connect"}
 
 
 def free_port() -> int:
@@ -105,12 +107,13 @@ class Rig:
         with open(www / "big", "wb") as f:
             f.truncate(size_mb << 20)  # sparse: served from the page cache, no disk in the way
         self.size = size_mb << 20
-        for name in ("origin", "server", "agent", "stunnel_server", "stunnel_client", "tinyproxy", "sshd", "socks"):
+        for name in ("origin", "server", "agent", "stunnel_server", "stunnel_client", "tinyproxy", "sshd", "socks", "bare_connect", "bare_forward"):
             self.ports[name] = free_port()
         self._nginx()
         self._fluidity()
         self._stunnel()
         self._ssh()
+        self._bare_relay()
 
     def _nginx(self) -> None:
         w, port = self.work, self.ports["origin"]
@@ -156,6 +159,12 @@ http {{
             f"key_file: {certs}/client.key\nca_file: {certs}/ca.pem\nlog_level: warn\n"
         )
         return path
+
+    def _bare_relay(self) -> None:
+        """The ceiling for two Twisted processes: a CONNECT hop and a port forward, relaying only."""
+        script = str(ROOT / "bench" / "bare_relay.py")
+        self.start("bare forward", [sys.executable, script, "forward", str(self.ports["bare_forward"]), str(self.ports["origin"])], self.ports["bare_forward"])
+        self.start("bare connect", [sys.executable, script, "connect", str(self.ports["bare_connect"]), str(self.ports["bare_forward"])], self.ports["bare_connect"])
 
     def _stunnel(self) -> None:
         w, certs, p = self.work, self.work / "certs", self.ports
@@ -210,7 +219,7 @@ http {{
             return []
         if path == "ssh -D":
             return ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"]
-        return ["-x", f"http://127.0.0.1:{ports['agent' if path == 'fluidity' else 'stunnel_client']}"]
+        return ["-x", f"http://127.0.0.1:{ports[PROXY_PORTS[path]]}"]
 
     def hey_proxy(self, path: str) -> list[str]:
         if path == "ssh -D":
@@ -266,9 +275,9 @@ def hey(rig: Rig, path: str, *args: str) -> dict:
 
 
 def new_connections(rig: Rig, rounds: int, seconds: int) -> dict:
-    results = {p: [] for p in PATHS}
+    results = {p: [] for p in (*PATHS, BARE)}
     for _ in range(rounds):
-        for path in PATHS:
+        for path in results:
             results[path].append(hey(rig, path, "-z", f"{seconds}s", "-c", "1")["rps"])
     return {p: statistics.median(v) for p, v in results.items()}
 
@@ -355,6 +364,11 @@ def report(results: dict, args) -> str:
         row(label, values, lambda v: f"{v:.0f}", "≥ 0.5×", ratio, ratio >= 0.5)
     ratio = nc["fluidity"] / nc["stunnel"]
     row(f"new connections/s (hey -c 1, {args.seconds}s)", nc, lambda v: f"{v:.0f}", "≥ 4×", ratio, ratio >= 4)
+    floor_note = (
+        f"New connections through two bare Twisted relay processes (bench/bare_relay.py: a CONNECT hop and a port forward, "
+        f"no TLS, no HTTP/2): {nc[BARE]:.0f}/s = {nc[BARE] / nc['stunnel']:.2f}× stunnel; Fluidity reaches "
+        f"{nc['fluidity'] / nc[BARE]:.0%} of that ceiling."
+    )
     p99 = {p: cc[p]["p99"] * 1000 for p in PATHS}
     errors_ok = cc["fluidity"]["errors"] == 0
     ratio = p99["fluidity"] / p99["stunnel"]
@@ -363,6 +377,7 @@ def report(results: dict, args) -> str:
     row(f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)", rt, lambda v: f"{v:.2f}", "≤ 2.2", None, rt["fluidity"] <= 2.2)
     lines += [
         "",
+        floor_note,
         f"Fluidity CPU seconds per GB: download agent {b['cpu']['down']['agent']:.2f}, server {b['cpu']['down']['server']:.2f}; "
         f"upload agent {b['cpu']['up']['agent']:.2f}, server {b['cpu']['up']['server']:.2f}.",
         f"Server RSS with {args.streams} open idle streams: {mem['server_rss_idle_streams_mb']:.1f} MB (target ≤ 96; {mem['server_rss_base_mb']:.1f} MB before).",
@@ -394,7 +409,7 @@ def main() -> None:
     rig = Rig(work, args.quick)
     try:
         rig.setup(args.size_mb)
-        for path in PATHS:  # every path works before anything is measured
+        for path in (*PATHS, BARE):  # every path works before anything is measured
             rig.curl(path, "-o", "/dev/null", rig.url("1k"))
         results = {}
         print("bulk ...", flush=True)

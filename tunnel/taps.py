@@ -13,10 +13,11 @@ import os
 from twisted.application import service
 from twisted.application.internet import TimerService
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.logger import Logger
 from twisted.python import usage
 
 from . import config as cfg
-from . import logs
+from . import eager_write, logs
 from .agent import make_agent_service
 from .dialer import DirectOpener
 from .egress import policy_from_strings
@@ -28,6 +29,7 @@ from .server import TunnelServer
 from .upstream import proxy_for
 from .tls import client_options, server_options
 
+log = Logger(namespace="fluidity")
 
 
 def _options_for(role: str, keys: tuple[cfg.Key, ...]):
@@ -144,15 +146,22 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
     return top
 
 
+def _speed_up_writes() -> None:
+    if not eager_write.install():
+        log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
+
+
 def make_server(options) -> service.MultiService:
     from twisted.internet import reactor
 
+    _speed_up_writes()
     return make_server_service(reactor, options.config, options.tls)
 
 
 def make_agent(options) -> service.MultiService:
     from twisted.internet import reactor
 
+    _speed_up_writes()
     top = make_agent_service(reactor, options.config, options.tls)
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     return top

@@ -1,0 +1,146 @@
+"""Eager TCP writes, on real loopback sockets with a reactor of the test's own (turned by hand,
+so "before the reactor turns" can be checked)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from twisted.internet import tcp
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from tunnel import eager_write
+
+
+class Recorder(Protocol):
+    def __init__(self) -> None:
+        self.made = False
+        self.lost = None
+
+    def connectionMade(self) -> None:
+        self.made = True
+
+    def connectionLost(self, reason) -> None:
+        self.lost = reason
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+@pytest.fixture(params=["eager", "twisted"])
+def mode(request, monkeypatch):
+    if request.param == "eager":
+        monkeypatch.setattr(tcp.Connection, "write", eager_write._write)
+    return request.param
+
+
+@pytest.fixture
+def connected(mode):
+    """(reactor, client protocol, raw peer socket): a Twisted TCP client talking to a plain socket."""
+    reactor = EPollReactor()
+    listener = socket.create_server(("127.0.0.1", 0))
+    protocol = Recorder()
+    factory = ClientFactory.forProtocol(lambda: protocol)
+    factory.noisy = False
+    connector = reactor.connectTCP("127.0.0.1", listener.getsockname()[1], factory)
+    deadline = time.monotonic() + 5
+    while not protocol.made and time.monotonic() < deadline:
+        reactor.iterate(0.01)
+    assert protocol.made
+    peer, _ = listener.accept()
+    listener.close()
+    yield reactor, protocol, peer
+    peer.close()
+    connector.disconnect()
+    for _ in range(5):
+        reactor.iterate(0.01)
+    reactor.disconnectAll()
+
+
+def receive(reactor, peer: socket.socket, n: int, seconds: float = 10) -> bytes:
+    """Read n bytes from the peer while turning the reactor (bounded in time)."""
+    peer.setblocking(False)
+    got = bytearray()
+    deadline = time.monotonic() + seconds
+    while len(got) < n and time.monotonic() < deadline:
+        reactor.iterate(0)
+        try:
+            chunk = peer.recv(1 << 20)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def test_a_write_is_on_the_wire_before_the_reactor_turns(connected, mode):
+    reactor, protocol, peer = connected
+    protocol.transport.write(b"hello")
+    peer.settimeout(0.3)
+    try:
+        arrived = peer.recv(16)
+    except socket.timeout:
+        arrived = b""
+    # Twisted's own transport waits for the next reactor turn: the control case.
+    assert arrived == (b"hello" if mode == "eager" else b"")
+
+
+def test_order_and_flow_control_hold_when_the_socket_is_full(connected, mode):
+    reactor, protocol, peer = connected
+    transport = protocol.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    producer = Producer()
+    transport.registerProducer(producer, True)
+    big = bytes(range(256)) * (8 << 10)  # 2 MiB: more than the socket buffers take before the peer reads
+    transport.write(big)
+    assert producer.events == ["pause"]  # what is left is queued, over bufferSize
+    transport.write(b"tail")
+    assert receive(reactor, peer, len(big) + 4) == big + b"tail"
+    assert producer.events[-1] == "resume" and "resume" not in producer.events[:-1]
+
+
+def test_a_write_to_a_reset_connection_is_reported_as_a_lost_connection(connected, mode):
+    reactor, protocol, peer = connected
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    peer.close()  # RST
+    time.sleep(0.05)
+    for _ in range(3):
+        protocol.transport.write(b"x" * 1000)  # must not raise
+    deadline = time.monotonic() + 5
+    while protocol.lost is None and time.monotonic() < deadline:
+        reactor.iterate(0.01)
+    assert protocol.lost is not None
+
+
+def test_non_bytes_are_refused_as_twisted_does(connected, mode):
+    _, protocol, _ = connected
+    with pytest.raises(TypeError):
+        protocol.transport.write("text")
+
+
+def test_installable_on_the_pinned_twisted(monkeypatch):
+    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
+    assert eager_write.install()
+    assert eager_write.installed()
+
+
+def test_not_installed_when_twisted_changed(monkeypatch):
+    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)
+    monkeypatch.delattr(eager_write.abstract.FileDescriptor, "_writeDisconnected")
+    assert not eager_write.install()
+    assert not eager_write.installed()
