@@ -271,6 +271,9 @@ def hey(rig: Rig, path: str, *args: str) -> dict:
     ok = sum(int(n) for n in re.findall(r"\[200\]\s+(\d+) responses", text))
     errors = re.search(r"Error distribution:(.*)", text, re.S)
     error_count = sum(int(n) for n in re.findall(r"\[(\d+)\]", errors.group(1))) if errors else 0
+    if errors:  # kept beside the logs: which error, and from where
+        with open(rig.work / "hey-errors.log", "a") as log:
+            log.write(f"hey {' '.join(args)} via {path}:{errors.group(1)}\n")
     return {"rps": rps, "p99": float(p99.group(1)) if p99 else float("nan"), "ok": ok, "errors": error_count}
 
 

@@ -10,9 +10,15 @@ from twisted.logger import Logger
 log = Logger(namespace="fluidity")
 
 
+# Twisted's default accept queue is 50: a browser or `hey -c 500` opening hundreds of
+# connections at once overflows it, and each dropped SYN costs its client a 1 s (then
+# 3 s, 7 s...) retransmission. The kernel caps this at net.core.somaxconn.
+BACKLOG = 4096
+
+
 def tcp_endpoint(reactor, host: str, port: int):
     endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
-    return endpoint_type(reactor, port, interface=host)
+    return endpoint_type(reactor, port, backlog=BACKLOG, interface=host)
 
 
 class ListenService(StreamServerEndpointService):

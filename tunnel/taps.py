@@ -22,7 +22,7 @@ from .agent import make_agent_service
 from .dialer import DirectOpener
 from .egress import policy_from_strings
 from .lifecycle import settings_from
-from .listening import ListenService
+from .listening import BACKLOG, ListenService
 from .metrics import MetricsPublisher, MetricsService
 from .revocation import RevocationError, RevocationList
 from .server import TunnelServer
@@ -133,7 +133,7 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
         keepalive_interval=config["keepalive_interval"],
         keepalive_timeout=config["keepalive_timeout"],
     )
-    endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, interface=config["host"])
+    endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, backlog=BACKLOG, interface=config["host"])
     ListenService(endpoint, server, "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
     DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
     if config["revoked_file"]:
