@@ -367,7 +367,7 @@ def report(results: dict, args) -> str:
         row(label, values, lambda v: f"{v:.0f}", "≥ 0.5×", ratio, ratio >= 0.5)
     ratio = nc["fluidity"] / nc["stunnel"]
     row(f"new connections/s (hey -c 1, {args.seconds}s)", nc, lambda v: f"{v:.0f}", "≥ 4×", ratio, ratio >= 4)
-    floor_note = (
+    ceiling_note = (
         f"New connections through two bare Twisted relay processes (bench/bare_relay.py: a CONNECT hop and a port forward, "
         f"no TLS, no HTTP/2): {nc[BARE]:.0f}/s = {nc[BARE] / nc['stunnel']:.2f}× stunnel; Fluidity reaches "
         f"{nc['fluidity'] / nc[BARE]:.0%} of that ceiling."
@@ -380,7 +380,7 @@ def report(results: dict, args) -> str:
     row(f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)", rt, lambda v: f"{v:.2f}", "≤ 2.2", None, rt["fluidity"] <= 2.2)
     lines += [
         "",
-        floor_note,
+        ceiling_note,
         f"Fluidity CPU seconds per GB: download agent {b['cpu']['down']['agent']:.2f}, server {b['cpu']['down']['server']:.2f}; "
         f"upload agent {b['cpu']['up']['agent']:.2f}, server {b['cpu']['up']['server']:.2f}.",
         f"Server RSS with {args.streams} open idle streams: {mem['server_rss_idle_streams_mb']:.1f} MB (target ≤ 96; {mem['server_rss_base_mb']:.1f} MB before).",
