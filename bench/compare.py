@@ -170,19 +170,21 @@ http {{
         w, certs, p = self.work, self.work / "certs", self.ports
         (w / "tinyproxy.conf").write_text(f"Port {p['tinyproxy']}\nListen 127.0.0.1\nTimeout 120\nMaxClients 2000\nAllow 127.0.0.1\nLogLevel Critical\n")
         self.start("tinyproxy", ["tinyproxy", "-d", "-c", str(w / "tinyproxy.conf")], p["tinyproxy"])
-        common = f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {certs}/ca.pem\nverifyChain = yes\n"
         (w / "stunnel-server.conf").write_text(
-            common + f"[fluidity]\naccept = 127.0.0.1:{p['stunnel_server']}\nconnect = 127.0.0.1:{p['tinyproxy']}\ncert = {certs}/server.pem\nkey = {certs}/server.key\nrequireCert = yes\n"
+            self.stunnel_common() + f"[fluidity]\naccept = 127.0.0.1:{p['stunnel_server']}\nconnect = 127.0.0.1:{p['tinyproxy']}\ncert = {certs}/server.pem\nkey = {certs}/server.key\nrequireCert = yes\n"
         )
         self.start("stunnel server", ["stunnel4", str(w / "stunnel-server.conf")], p["stunnel_server"])
         self.stunnel_client("stunnel client", p["stunnel_client"], p["stunnel_server"])
+
+    def stunnel_common(self) -> str:
+        """Global stunnel settings for both ends: foreground, TLS 1.3 only, peers checked against our CA."""
+        return f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {self.work / 'certs'}/ca.pem\nverifyChain = yes\n"
 
     def stunnel_client(self, name: str, accept: int, connect: int) -> None:
         certs = self.work / "certs"
         path = self.work / f"{name.replace(' ', '-')}.conf"
         path.write_text(
-            f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {certs}/ca.pem\nverifyChain = yes\n"
-            f"[fluidity]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = {certs}/client.pem\n"
+            self.stunnel_common() + f"[fluidity]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = {certs}/client.pem\n"
             f"key = {certs}/client.key\ncheckHost = fluidity-server\n"
         )
         self.start(name, ["stunnel4", str(path)], accept)
