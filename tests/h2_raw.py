@@ -71,6 +71,35 @@ class RawH2:
                     code = frame.error_code
         return False, code
 
+    def read_until(self, wanted, count: int = 1, seconds: float = 30.0) -> int:
+        """Read frames until `count` of them satisfy `wanted(frame)`; returns how many did."""
+        deadline = time.monotonic() + seconds
+        seen = 0
+        self.sock.settimeout(0.5)
+        while seen < count and time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(65536)
+            except (socket.timeout, TimeoutError):
+                continue
+            except (ConnectionResetError, ssl.SSLError, OSError):
+                break
+            if not data:
+                break
+            self.buffer += data
+            while len(self.buffer) >= 9:
+                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+                if len(self.buffer) < 9 + length:
+                    break
+                frame.parse_body(memoryview(self.buffer[9 : 9 + length]))
+                self.buffer = self.buffer[9 + length :]
+                seen += bool(wanted(frame))
+        return seen
+
+    def sync(self, seconds: float = 60.0) -> bool:
+        """PING and wait for its ACK: the server has then processed everything sent before."""
+        self.send(PingFrame(0, b"syncsync").serialize())
+        return self.read_until(lambda f: isinstance(f, PingFrame) and "ACK" in f.flags and f.opaque_data == b"syncsync", 1, seconds) == 1
+
     def close(self) -> None:
         try:
             self.sock.close()
@@ -78,4 +107,4 @@ class RawH2:
             pass
 
 
-__all__ = ["RawH2", "ContinuationFrame", "DataFrame", "PingFrame", "RstStreamFrame", "SettingsFrame", "WindowUpdateFrame"]
+__all__ = ["RawH2", "ContinuationFrame", "DataFrame", "HeadersFrame", "PingFrame", "RstStreamFrame", "SettingsFrame", "WindowUpdateFrame"]

@@ -3,9 +3,14 @@ work, closes only the offending connection, and everyone else keeps being served
 
 from __future__ import annotations
 
+import os
+import socket
+import threading
+from pathlib import Path
+
 import pytest
 
-from h2_raw import ContinuationFrame, DataFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from h2_raw import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 from support import agent_config, curl, server_config, start_twistd, wait_connected
 
 ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0xB, 0x3, 0x1
@@ -106,4 +111,73 @@ def test_empty_data_flood(target, certs, echo, http_origin):
     closed, code, _ = attack(server, certs, flood)
     assert closed and code == ENHANCE_YOUR_CALM
     assert "more than 1000 empty DATA frames" in server.log()
+    bystander_is_served(agent, http_origin)
+
+
+class HoldingListener:
+    """Accepts connections and keeps them open, saying nothing: streams to it stay open."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4096)
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.sock.close()
+        for s in self.held:
+            s.close()
+
+
+def cpu_seconds(proc) -> float:
+    fields = Path(f"/proc/{proc.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def window_update_cost(server, certs, streams: int, port: int, updates: int) -> float:
+    """Server CPU seconds for `updates` connection-level WINDOW_UPDATEs with `streams` open."""
+    peer = RawH2(server.port, certs, timeout=30)
+    try:
+        if streams:
+            peer.send_frames([peer.connect_headers(2 * n + 1, f"127.0.0.1:{port}") for n in range(streams)])
+            assert peer.read_until(lambda f: isinstance(f, HeadersFrame), streams, 60) == streams
+        assert peer.sync()
+        before = cpu_seconds(server)
+        peer.send_frames([WindowUpdateFrame(0, window_increment=1) for _ in range(updates)], batch=1000)
+        assert peer.sync(), "the server stopped answering"
+        return cpu_seconds(server) - before
+    finally:
+        peer.close()
+
+
+def test_window_update_cost_does_not_grow_with_open_streams(certs, tmp_path):
+    """Before the fix every WINDOW_UPDATE walked and copied every open stream."""
+    holder = HoldingListener()
+    server = start_twistd("server", server_config(certs, log_level="info", dial_timeout="60s"), tmp_path)
+    try:
+        updates = 15000  # under the flood budget: an honest-looking rate
+        idle = window_update_cost(server, certs, 0, holder.port, updates)
+        busy = window_update_cost(server, certs, 2000, holder.port, updates)
+        print(f"server CPU for {updates} WINDOW_UPDATEs: {idle:.2f}s with no stream, {busy:.2f}s with 2000 open")
+        assert busy < 3 * idle + 0.3, (idle, busy)
+    finally:
+        server.stop()
+        holder.close()
+    server.assert_no_unhandled_errors()
+
+
+def test_window_update_flood(target, certs, http_origin):
+    server, agent = target
+    closed, code, _ = attack(server, certs, lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=1) for _ in range(25000)], batch=1000))
+    assert closed and code == ENHANCE_YOUR_CALM
+    assert "more than 20000 WINDOW_UPDATE frames" in server.log()
     bystander_is_served(agent, http_origin)

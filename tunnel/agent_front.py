@@ -22,7 +22,7 @@ from zope.interface import implementer
 from .addresses import BadAddress, Destination, parse_authority, parse_http_url
 from .front import HttpFront
 from .mux import OpenFailed
-from .relay import RelayEnd, close, splice
+from .relay import RelayEnd, close, reader_of, splice
 
 log = Logger(namespace="fluidity.agent")
 
@@ -150,7 +150,7 @@ class ProxyFront(HttpFront):
         super().connectionLost(reason)
         link, self.link = self.link, None
         if link is not None and link.transport is not None and not link.lost:
-            link.transport.loseConnection()
+            close(link.transport)
 
     # -- requests --------------------------------------------------------------------
     def handle_event(self, event) -> None:
@@ -227,7 +227,7 @@ class ProxyFront(HttpFront):
         if early:
             return
         if self.finished:
-            stream.loseConnection()
+            close(stream)
             return
         self.accept_switch(stream, upstream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         self.transport.resumeProducing()
@@ -265,14 +265,14 @@ class ProxyFront(HttpFront):
         link, self.link = self.link, None
         if link.transport is not None:
             link.transport.unregisterProducer()
-            link.transport.loseConnection()
+            close(link.transport)
         self.transport.unregisterProducer()
 
     def _link_connected(self, link: OriginLink) -> None:
         if link is not self.link:
             return
         # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
-        link.transport.registerProducer(self.transport, True)
+        link.transport.registerProducer(reader_of(self.transport), True)
         self.transport.registerProducer(link.transport, True)
         self.transport.resumeProducing()
 

@@ -11,7 +11,7 @@ its send window is exhausted.
 from __future__ import annotations
 
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 import struct
 from typing import Callable
 
@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from . import h2_speedups
 from .addresses import BadAddress, Destination, parse_authority
-from .relay import no_delay
+from .relay import close, no_delay
 
 h2_speedups.install()
 
@@ -63,7 +63,9 @@ class Budget:
 # faster than any client closes connections; SETTINGS and PING floods make us write
 # ACKs the peer need not read; empty DATA frames cost work and carry nothing.
 FLOOD_WINDOW = 10.0
-FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000}
+# WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
+# 16 MiB the connection), a few hundred a second at gigabit rates.
+FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000, "WINDOW_UPDATE frames": 20000}
 
 
 class OpenFailed(Exception):
@@ -125,6 +127,7 @@ class TunnelStream:
         self._producer_paused = False
         self._reader_paused = False
         self._unacked = 0
+        self.delivered = 0  # bytes sent within the peer's window: how a closing stream shows progress
 
     # -- attaching the protocol that consumes this stream --------------------------
     def attach(self, protocol: Protocol) -> None:
@@ -301,6 +304,9 @@ class TunnelMux(Protocol):
         self.peer_name = peer_name
         self.identity = peer_name  # the server sets the peer certificate's CN
         self.streams: dict[int, TunnelStream] = {}
+        # Streams with bytes queued that a window kept back, in round-robin order: a window
+        # opening visits these only, so its cost does not grow with the number of streams.
+        self._waiting: OrderedDict[int, TunnelStream] = OrderedDict()
         self.draining = False
         self.closed = False
         self.terminated = False  # a GOAWAY went either way: h2 accepts nothing more
@@ -379,10 +385,9 @@ class TunnelMux(Protocol):
             self.on_lost(self, reason)
 
     def close(self) -> None:
-        """Close once flushed (the producer goes first, or TLS would wait for it forever)."""
+        """Close once flushed, with a bounded linger if the peer stops reading."""
         if self.transport is not None:
-            self.transport.unregisterProducer()
-            self.transport.loseConnection()
+            close(self.transport, clock=self.clock)
 
     def _write_out(self) -> None:
         if self._in_receive:
@@ -400,9 +405,12 @@ class TunnelMux(Protocol):
         self._flush_all()
 
     def _flush_all(self) -> None:
-        for stream in list(self.streams.values()):
-            if stream._outbox or stream._end_queued:
-                self._flush_stream(stream)
+        """Send what waits, stream by stream, until the transport or the connection window is full."""
+        for _ in range(len(self._waiting)):
+            if self._paused or self.h2.outbound_flow_control_window <= 0 or not self._waiting:
+                return
+            _, stream = self._waiting.popitem(last=False)
+            self._flush_stream(stream)  # puts it back at the end if it still has bytes
 
     def stopProducing(self) -> None:
         self.transport.abortConnection()
@@ -453,6 +461,8 @@ class TunnelMux(Protocol):
                     stream.ready.errback(failure)
                 stream._close(Failure(ConnectionLost(f"stream reset by peer ({name})")))
         elif isinstance(event, h2.events.WindowUpdated):
+            if self._flooding("WINDOW_UPDATE frames"):
+                return
             if event.stream_id == 0:
                 self._flush_all()
             else:
@@ -583,6 +593,7 @@ class TunnelMux(Protocol):
                     chunk = chunk[:n]
                 last = stream._end_queued and not outbox
                 self.h2.send_data(sid, chunk, end_stream=last)
+                stream.delivered += len(chunk)
                 if last:
                     stream._local_end()
             if stream._end_queued and not outbox and not stream._local_ended and not stream._closed:
@@ -592,9 +603,11 @@ class TunnelMux(Protocol):
             log.debug("stream {sid} cannot send: {e}", sid=sid, e=e)
             stream._close(Failure(ConnectionLost(str(e))))
         self._write_out()
-        if stream._outbox:
+        if stream._outbox and not stream._closed:
+            self._waiting[sid] = stream
             stream._pause_producer()
         else:
+            self._waiting.pop(sid, None)
             stream._resume_producer()
 
     def _maybe_cancel(self, stream: TunnelStream) -> None:
@@ -621,6 +634,7 @@ class TunnelMux(Protocol):
 
     def _forget(self, stream: TunnelStream) -> None:
         self.streams.pop(stream.stream_id, None)
+        self._waiting.pop(stream.stream_id, None)
         if self.draining and not self.streams:
             self._finish_drain()
 

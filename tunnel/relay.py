@@ -8,7 +8,11 @@ producer of the other so a slow reader pauses the fast writer, and a half-close
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport, ITransport
+import socket
+import struct
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport, ITransport
+from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
@@ -25,13 +29,152 @@ def no_delay(transport) -> None:
             pass
 
 
-def close(transport: ITransport) -> None:
-    """Close once flushed. A TLS transport waits for its producer to go before it
-    shuts down, so the producer is unregistered first."""
+LINGER = 3.0  # seconds a closing connection may go without its peer taking a byte
+
+
+def close(transport: ITransport, linger: float | None = None, clock=None) -> None:
+    """Close once flushed, but never wait on a peer that has stopped reading.
+
+    `loseConnection` waits until everything queued has been sent, and a peer that
+    accepts and never reads would keep the socket and its buffers forever. So the
+    connection is watched while it closes: as long as the peer keeps taking bytes it
+    may take them all; once it has taken none for `linger` seconds, it is aborted.
+    (A TLS transport waits for its producer to go before it shuts down, so the
+    producer is unregistered first.)"""
     unregister = getattr(transport, "unregisterProducer", None)
     if unregister is not None:
         unregister()
     transport.loseConnection()
+    if clock is None:
+        from twisted.internet import reactor as clock
+    _Linger(transport, LINGER if linger is None else linger, clock)
+
+
+class _Linger:
+    """Aborts a closing transport once its peer stops making progress."""
+
+    def __init__(self, transport, linger: float, clock) -> None:
+        self.transport, self.linger, self.clock = transport, linger, clock
+        self.progress = delivery_progress(transport)
+        if self.progress is not None:
+            clock.callLater(linger, self.check)
+
+    def check(self) -> None:
+        progress = delivery_progress(self.transport)
+        if progress is None:
+            return  # closed in the meantime
+        if progress == self.progress:
+            self.transport.abortConnection()
+            return
+        self.progress = progress
+        self.clock.callLater(self.linger, self.check)
+
+
+def delivery_progress(transport) -> int | None:
+    """A count that grows while the peer takes our bytes; None once the transport is gone.
+
+    A tunnel stream counts what it has sent within the peer's flow-control window; a
+    socket, what the peer has acknowledged (Linux `TCP_INFO`). Where neither can be read
+    it stays constant, so the linger is a plain deadline."""
+    counted = getattr(transport, "delivered", None)
+    if counted is not None:
+        return counted if getattr(transport, "connected", False) else None
+    sock = _socket_under(transport)
+    if sock is None or sock.fileno() < 0:
+        return None
+    return _bytes_acked(sock)
+
+
+def _socket_under(transport) -> socket.socket | None:
+    """The socket under a TCP transport, or under TLS (whose handle is its TLS object)."""
+    for _ in range(4):
+        try:
+            handle = transport.getHandle()
+        except AttributeError:  # no handle, or a TCP transport whose socket is gone
+            handle = None
+        if isinstance(handle, socket.socket):
+            return handle
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return None
+    return None
+
+
+# struct tcp_info (Linux): the state is its first byte, bytes_acked (Linux 4.1+) at 120.
+_TCP_CLOSE = 7
+_TCPI_BYTES_ACKED = struct.Struct("=Q")
+_TCPI_BYTES_ACKED_OFFSET = 120
+
+
+def _tcp_info(sock: socket.socket) -> bytes:
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_INFO", -1), 256)
+    except OSError:  # not Linux, or not TCP
+        return b""
+
+
+def _bytes_acked(sock: socket.socket) -> int:
+    info = _tcp_info(sock)
+    if len(info) < _TCPI_BYTES_ACKED_OFFSET + 8:
+        return 0
+    return _TCPI_BYTES_ACKED.unpack_from(info, _TCPI_BYTES_ACKED_OFFSET)[0]
+
+
+def _was_reset(sock: socket.socket) -> bool:
+    info = _tcp_info(sock)
+    return bool(info) and info[0] == _TCP_CLOSE
+
+
+@implementer(IPushProducer)
+class WatchedReader:
+    """A socket transport as the producer of another transport.
+
+    While it is paused the reactor does not look at its socket at all, so a peer that
+    resets the connection meanwhile (a client aborting an upload to a destination that
+    does not read) would go unnoticed for as long as the pause lasts: forever, if the
+    other side never reads. Paused readers are swept every `LINGER` seconds and one
+    whose peer has reset is aborted, which releases the relay on both sides."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+        _paused.add(self)
+        global _sweep
+        if _sweep is None:  # made on first use: a LoopingCall installs the reactor it finds
+            _sweep = LoopingCall(_sweep_paused)
+        if not _sweep.running:
+            _sweep.start(LINGER, now=False)
+
+    def resumeProducing(self) -> None:
+        _paused.discard(self)
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        _paused.discard(self)
+        self.transport.stopProducing()
+
+
+def _sweep_paused() -> None:
+    for reader in list(_paused):
+        sock = _socket_under(reader.transport)
+        if sock is None or sock.fileno() < 0:
+            _paused.discard(reader)
+        elif _was_reset(sock):
+            _paused.discard(reader)
+            reader.transport.abortConnection()
+    if not _paused and _sweep.running:
+        _sweep.stop()
+
+
+_paused: set[WatchedReader] = set()
+_sweep: LoopingCall | None = None
+
+
+def reader_of(transport):
+    """What to register as `transport`'s producer elsewhere: watched if it is a socket."""
+    return WatchedReader(transport) if _socket_under(transport) is not None else transport
 
 
 def half_close(transport: ITransport) -> None:
@@ -98,7 +241,7 @@ class RelayEnd(Protocol):
 
 def splice(a: ITransport, a_end: RelayEnd, b: ITransport, b_end: RelayEnd) -> None:
     """Join two connected ends: a's reads go to b, b's to a, each pausing the other."""
-    a.registerProducer(b, True)
-    b.registerProducer(a, True)
+    a.registerProducer(reader_of(b), True)
+    b.registerProducer(reader_of(a), True)
     a_end.attach(b)
     b_end.attach(a)

@@ -11,6 +11,7 @@ import h11
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -18,13 +19,16 @@ from .addresses import BadAddress, parse_authority
 from .dialer import DirectOpener
 from .front import HttpFront
 from .mux import OpenFailed, TunnelMux, TunnelStream
+from .preauth import HandshakeBudget
 from .relay import RelayEnd, splice
 from .revocation import RevocationList
 from .tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
 
-HANDSHAKE_TIMEOUT = 10.0
+HANDSHAKE_TIMEOUT = 5.0  # a TLS 1.3 handshake is one round trip; this is generous
+MAX_HANDSHAKES = 256  # unauthenticated connections at once, from anywhere
+MAX_HANDSHAKES_PER_SOURCE = 16  # ... and from one address
 HEAD_TIMEOUT = 30.0  # the one CONNECT of an http/1.1 client
 
 
@@ -87,15 +91,18 @@ class ServerConnection(Protocol):
         self.inner: Protocol | None = None
         self.peer_name = "?"
         self.certificate = None
+        self.authenticated = False  # handshake done, certificate accepted, within max_connections
         self._handshake_timer = None
 
     def connectionMade(self) -> None:
         self.server.connections.add(self)
-        self._handshake_timer = self.server.reactor.callLater(HANDSHAKE_TIMEOUT, self.transport.abortConnection)
+        self.server.admit(self)
+        self._handshake_timer = self.server.reactor.callLater(self.server.handshake_timeout, self.transport.abortConnection)
 
     def handshakeCompleted(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        self.server.handshakes.forget(self)
         cert = self.certificate = self.transport.getPeerCertificate()
         common_name = (cert.get_subject().CN if cert is not None else None) or "?"
         address = self.transport.getPeer()
@@ -104,9 +111,14 @@ class ServerConnection(Protocol):
             log.warn("refusing {peer}: certificate serial {serial:x} is revoked", peer=self.peer_name, serial=cert.get_serial_number())
             self.transport.abortConnection()
             return
+        if self.server.authenticated >= self.server.max_connections:
+            log.warn("refusing {peer}: max_connections ({n}) reached", peer=self.peer_name, n=self.server.max_connections)
+            self.transport.abortConnection()
+            return
+        self.authenticated = True
         if self.transport.negotiatedProtocol == ALPN_H2:
             self.inner = self.server.make_mux(self.peer_name, common_name)
-            log.info("agent {peer} connected (h2); {n} connection(s) open", peer=self.peer_name, n=len(self.server.connections))
+            log.info("agent {peer} connected (h2); {n} agent connection(s) open", peer=self.peer_name, n=self.server.authenticated)
         else:
             self.inner = ConnectFront(self.server, self.peer_name)
         self.inner.makeConnection(self.transport)
@@ -118,6 +130,7 @@ class ServerConnection(Protocol):
     def connectionLost(self, reason=None) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
+        self.server.handshakes.forget(self)
         self.server.forget(self)
         if isinstance(self.inner, TunnelMux):
             log.info("agent {peer} disconnected", peer=self.peer_name)
@@ -140,15 +153,53 @@ class Refused(Protocol):
         self.transport.abortConnection()
 
 
+class SpeakingTLS(TLSMemoryBIOProtocol):
+    """Twisted's TLS protocol, telling the server when a peer sends its first bytes: a
+    connection that never speaks is the first to go when unauthenticated ones crowd in."""
+
+    _spoke = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._spoke and data:
+            self._spoke = True
+            self.factory.wrappedFactory.handshakes.spoke(self.wrappedProtocol)
+        super().dataReceived(data)
+
+
+def tls_factory(tls, server: "TunnelServer") -> TLSMemoryBIOFactory:
+    """What the listener runs: TLS around the tunnel server, noticing first bytes."""
+    factory = TLSMemoryBIOFactory(tls, False, server)
+    factory.protocol = SpeakingTLS
+    factory.noisy = False
+    return factory
+
+
 class TunnelServer(Factory):
-    """Builds connections, counts agents against max_connections, drains on stop."""
+    """Builds connections, bounds those still in their handshake, counts agents against
+    max_connections, drains on stop."""
 
     noisy = False
 
-    def __init__(self, reactor, opener: DirectOpener, *, max_connections: int, max_streams: int, keepalive_interval: float, keepalive_timeout: float, max_streams_per_agent: int = 0, revocations: RevocationList | None = None) -> None:
+    def __init__(
+        self,
+        reactor,
+        opener: DirectOpener,
+        *,
+        max_connections: int,
+        max_streams: int,
+        keepalive_interval: float,
+        keepalive_timeout: float,
+        max_streams_per_agent: int = 0,
+        revocations: RevocationList | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_handshakes: int = MAX_HANDSHAKES,
+        max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
+    ) -> None:
         self.reactor = reactor
         self.opener = opener
         self.max_connections = max_connections
+        self.handshake_timeout = handshake_timeout
+        self.handshakes = HandshakeBudget(max_handshakes, max_handshakes_per_source)
         self.max_streams = max_streams
         self.max_streams_per_agent = max_streams_per_agent
         self.revocations = revocations or RevocationList("")
@@ -163,10 +214,20 @@ class TunnelServer(Factory):
         # Under TLS a None here would leave the TLS wrapper without a protocol: refuse explicitly.
         if self.stopping:
             return Refused()
-        if len(self.connections) >= self.max_connections:
-            log.warn("refusing {host}: max_connections ({n}) reached", host=getattr(addr, "host", "?"), n=self.max_connections)
-            return Refused()
         return ServerConnection(self)
+
+    def admit(self, connection: ServerConnection) -> None:
+        """Count a connection into the handshake budget, dropping the ones it displaces."""
+        source = getattr(connection.transport.getPeer(), "host", "?")
+        for victim in self.handshakes.admit(connection, source):
+            victim.transport.abortConnection()
+        evicted = self.handshakes.evicted
+        if evicted and evicted & (evicted - 1) == 0:  # 1, 2, 4, 8...: a flood is one line per doubling
+            log.warn("{n} connection(s) dropped so far to make room for new handshakes (latest from {source})", n=evicted, source=source)
+
+    @property
+    def authenticated(self) -> int:
+        return sum(1 for c in self.connections if c.authenticated)
 
     @property
     def agents(self) -> int:

@@ -77,7 +77,7 @@ class Socks5Front(Protocol):
         self._pending = None
         self.agent.known.add(destination.authority)
         if self.finished:
-            stream.loseConnection()
+            close(stream)
             return
         self.transport.write(socks.reply(socks.SUCCEEDED))
         self.relay = RelayEnd()

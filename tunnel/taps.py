@@ -12,7 +12,6 @@ import os
 
 from twisted.application import service
 from twisted.application.internet import TimerService
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -22,10 +21,10 @@ from .agent import make_agent_service
 from .dialer import DirectOpener
 from .egress import policy_from_strings
 from .lifecycle import settings_from
-from .listening import BACKLOG, ListenService
+from .listening import ListenService, tcp_endpoint
 from .metrics import MetricsPublisher, MetricsService
 from .revocation import RevocationError, RevocationList
-from .server import TunnelServer
+from .server import TunnelServer, tls_factory
 from .upstream import proxy_for
 from .tls import client_options, server_options
 
@@ -132,9 +131,12 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
         revocations=config["revocations"],
         keepalive_interval=config["keepalive_interval"],
         keepalive_timeout=config["keepalive_timeout"],
+        handshake_timeout=config["handshake_timeout"],
+        max_handshakes=config["max_handshakes"],
+        max_handshakes_per_source=config["max_handshakes_per_source"],
     )
-    endpoint = SSL4ServerEndpoint(reactor, config["port"], tls, backlog=BACKLOG, interface=config["host"])
-    ListenService(endpoint, server, "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
+    endpoint = tcp_endpoint(reactor, config["host"], config["port"])
+    ListenService(endpoint, tls_factory(tls, server), "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
     DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
     if config["revoked_file"]:
         TimerService(REVOCATION_CHECK, server.check_revocations).setServiceParent(top)

@@ -1,0 +1,157 @@
+"""Once one side of a relay is gone, the other gets a bounded linger (issue 14, item 2).
+
+A peer that accepts and never reads must not keep a socket and its buffers forever,
+on the server (the destination) or on the agent (the local client); a peer that is
+still reading must still get every byte.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from support import agent_config, pattern, proxy_connect, server_config, start_twistd, wait_connected, wait_until
+
+ESTABLISHED = 1
+
+
+def tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+class Listener:
+    """Accepts on loopback and hands each connection to `serve` in a thread."""
+
+    def __init__(self, serve) -> None:
+        self.serve = serve
+        self.accepted: list[socket.socket] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # inherited: fills fast
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def never_read(conn: socket.socket) -> None:
+    pass
+
+
+def firehose(total: int):
+    def serve(conn: socket.socket) -> None:
+        try:
+            conn.sendall(pattern(total))
+        except OSError:
+            pass
+
+    return serve
+
+
+def fill(sock: socket.socket, seconds: float = 2.0, limit: int = 64 << 20) -> int:
+    """Write until the path stops taking bytes (or a bound is reached); returns bytes sent."""
+    sock.setblocking(False)
+    chunk = b"u" * 65536
+    sent, deadline, stalled_since = 0, time.monotonic() + seconds, None
+    while sent < limit and time.monotonic() < deadline:
+        try:
+            sent += sock.send(chunk)
+            stalled_since = None
+        except BlockingIOError:
+            stalled_since = stalled_since or time.monotonic()
+            if time.monotonic() - stalled_since > 0.5:
+                break
+            time.sleep(0.01)
+    return sent
+
+
+def reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.fixture
+def pair(certs, tmp_path):
+    server = start_twistd("server", server_config(certs), tmp_path)
+    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
+    wait_connected(agent)
+    yield server, agent
+    agent.stop()
+    server.stop()
+
+
+def test_aborted_upload_to_a_destination_that_never_reads_is_released(pair):
+    server, agent = pair
+    sink = Listener(never_read)
+    try:
+        for _ in range(3):
+            client, head = proxy_connect(agent.port, f"127.0.0.1:{sink.port}")
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert fill(client) > 1 << 20  # megabytes queued on the way to a reader that never reads
+            reset(client)  # the upload is aborted
+        wait_until(lambda: len(sink.accepted) == 3, 5)
+        # The server lets go of every destination socket (before the fix it kept each forever).
+        wait_until(lambda: all(tcp_state(c) != ESTABLISHED for c in sink.accepted), 20, 0.2)
+    finally:
+        sink.close()
+    for proc in pair:
+        proc.assert_no_unhandled_errors()
+
+
+def test_local_client_that_never_reads_is_released_when_the_tunnel_drops(pair):
+    server, agent = pair
+    origin = Listener(firehose(32 << 20))
+    try:
+        client, head = proxy_connect(agent.port, f"127.0.0.1:{origin.port}")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        time.sleep(1.0)  # the agent now holds bytes this client does not read
+        server.process.kill()
+        server.process.wait(5)
+        wait_until(lambda: tcp_state(client) != ESTABLISHED, 20, 0.2)
+        client.close()
+    finally:
+        origin.close()
+    agent.assert_no_unhandled_errors()
+
+
+def test_a_slow_reader_still_gets_every_byte_after_the_tunnel_drops(pair):
+    server, agent = pair
+    size = 6 << 20
+    origin = Listener(firehose(size))
+    try:
+        client, head = proxy_connect(agent.port, f"127.0.0.1:{origin.port}")
+        assert head.startswith(b"HTTP/1.1 200"), head
+        time.sleep(1.0)  # everything has reached the agent (the stream window is 8 MiB)
+        server.process.kill()
+        server.process.wait(5)
+        received = bytearray()
+        client.settimeout(10)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:  # ~0.75 MiB/s: slower than the linger, never stalled
+            data = client.recv(49152)
+            if not data:
+                break
+            received += data
+            time.sleep(0.05)
+        client.close()
+        assert len(received) == size and received == pattern(size)
+    finally:
+        origin.close()
