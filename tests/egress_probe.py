@@ -59,6 +59,17 @@ def main(certs_dir: str, workdir: str) -> None:
         "[::ffff:169.254.169.254]:80",
         f"[::ffff:127.0.0.1]:{canary_port}",
         "[fe80::1%25lo]:80",
+        # IPv6 forms that carry an IPv4 address, as literals and as what a name resolves to
+        # (the namespace's /etc/hosts, see test_egress.py).
+        f"[::127.0.0.1]:{canary_port}",
+        f"[::ffff:0:127.0.0.1]:{canary_port}",
+        f"[64:ff9b:1::7f00:1]:{canary_port}",
+        f"[64:ff9b::7f00:1]:{canary_port}",
+        "[fec0::1]:80",
+        f"v4-compatible.fluidity.test:{canary_port}",
+        f"v4-translated.fluidity.test:{canary_port}",
+        f"nat64-local.fluidity.test:{canary_port}",
+        "site-local.fluidity.test:80",
     ]
     results = {"h2": {}, "http/1.1": {}}
     for target in targets:

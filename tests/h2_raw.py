@@ -107,4 +107,4 @@ class RawH2:
             pass
 
 
-__all__ = ["RawH2", "ContinuationFrame", "DataFrame", "HeadersFrame", "PingFrame", "RstStreamFrame", "SettingsFrame", "WindowUpdateFrame"]
+__all__ = ["RawH2", "ContinuationFrame", "DataFrame", "GoAwayFrame", "HeadersFrame", "PingFrame", "RstStreamFrame", "SettingsFrame", "WindowUpdateFrame"]

@@ -6,6 +6,8 @@ import json
 import socket
 import urllib.request
 
+import pytest
+
 from support import curl, proxy_connect
 
 
@@ -123,3 +125,45 @@ def test_agent_survives_bad_input_and_keeps_serving(tunnel, http_origin):
         _raw(tunnel.agent.port, junk)
     result = curl("-x", tunnel.proxy, f"http://127.0.0.1:{http_origin.port}/still-alive")
     assert result.stdout.startswith(b"hello from http-origin /still-alive")
+
+
+def raw_request(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+@pytest.mark.parametrize("path", ["/health", "/proxy.pac", "/anything"])
+@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1.nip.io:{port}", "localhost.evil.example", "", None])
+def test_own_endpoints_refuse_a_foreign_host(tunnel, path, host):
+    """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own name."""
+    port = tunnel.agent.port
+    header = "" if host is None else f"Host: {host.format(port=port)}\r\n"
+    version = "1.0" if host is None else "1.1"
+    answer = raw_request(port, f"GET {path} HTTP/{version}\r\n{header}Connection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 403 "), answer
+    assert b"identity" not in answer and b"FindProxyForURL" not in answer
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LOCALHOST", "localhost.", "[::1]:{port}", "[::1]"])
+def test_own_endpoints_answer_loopback_hosts(tunnel, host):
+    port = tunnel.agent.port
+    for path in ("/health", "/proxy.pac"):
+        answer = raw_request(port, f"GET {path} HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 200 "), (path, answer)
+
+
+def test_absolute_form_request_carries_the_urls_host(tunnel, http_origin):
+    """RFC 9112 §3.2.2: a proxy replaces Host with the authority of the request target."""
+    url = f"http://127.0.0.1:{http_origin.port}/which-host"
+    result = curl("-x", tunnel.proxy, "-H", "Host: other.example", url)
+    assert result.returncode == 0, result.stderr
+    assert f"host=127.0.0.1:{http_origin.port} ".encode() in result.stdout, result.stdout
+    answer = raw_request(tunnel.agent.port, f"GET {url} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 "), answer

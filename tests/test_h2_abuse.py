@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from h2_raw import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from h2_raw import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
 from support import agent_config, curl, server_config, start_twistd, wait_connected
 
 ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0xB, 0x3, 0x1
@@ -181,3 +181,26 @@ def test_window_update_flood(target, certs, http_origin):
     assert closed and code == ENHANCE_YOUR_CALM
     assert "more than 20000 WINDOW_UPDATE frames" in server.log()
     bystander_is_served(agent, http_origin)
+
+
+def test_a_protocol_error_sends_one_goaway(target, certs):
+    server, _ = target
+    peer = RawH2(server.port, certs)
+    try:
+        peer.send_frames([peer.connect_headers(2, "127.0.0.1:9")])  # even stream id from a client
+        assert peer.read_until(lambda f: isinstance(f, GoAwayFrame), 2, 3) == 1
+    finally:
+        peer.close()
+
+
+def test_repeated_refusals_are_summarised_in_the_log(certs, tmp_path):
+    server = start_twistd("server", server_config(certs, egress_allow=["127.0.0.1:1"]), tmp_path)
+    peer = RawH2(server.port, certs)
+    try:
+        peer.send_frames([peer.connect_headers(2 * n + 1, "127.0.0.1:9") for n in range(500)])
+        assert peer.read_until(lambda f: isinstance(f, HeadersFrame), 500, 30) == 500
+    finally:
+        peer.close()
+        server.stop()
+    refused = [line for line in server.log().splitlines() if "egress refused" in line]
+    assert 1 <= len(refused) <= 20, len(refused)

@@ -61,3 +61,38 @@ def test_http11_egress_refusal_is_403(tunnel):
         "-p", "http://169.254.169.254/latest/meta-data/", timeout=10,
     )
     assert b"403" in result.stderr + result.stdout, result
+
+
+def test_client_leaving_before_the_dial_completes_is_ordinary(certs, tmp_path):
+    """An http/1.1 CONNECT whose client closes while the server still dials: no error logged."""
+    import socket
+    import ssl
+    import time
+
+    from support import server_config, start_twistd
+
+    full = socket.socket()  # a listener whose accept queue is full: SYNs to it go unanswered
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(full.getsockname())
+        fillers.append(s)
+    server = start_twistd("server", server_config(certs, dial_timeout="30s"), tmp_path)
+    try:
+        context = ssl.create_default_context(cafile=certs.path("ca.pem"))
+        context.load_cert_chain(certs.path("client.pem"), certs.path("client.key"))
+        context.set_alpn_protocols(["http/1.1"])
+        for _ in range(5):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, context.wrap_socket(raw, server_hostname="fluidity-server") as tls:
+                tls.sendall(f"CONNECT 127.0.0.1:{full.getsockname()[1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                time.sleep(0.3)
+        time.sleep(0.5)
+    finally:
+        server.stop()
+        for s in fillers + [full]:
+            s.close()
+    assert "dial failed unexpectedly" not in server.log()
+    server.assert_no_unhandled_errors()

@@ -78,6 +78,7 @@ def parse_authority(text: str | bytes) -> Destination:
 class HttpTarget:
     destination: Destination
     path: str  # origin-form: path plus query, never empty
+    host: str  # the URL's authority without userinfo: what the Host header must say (RFC 9112 §3.2.2)
 
 
 def parse_http_url(text: str | bytes) -> HttpTarget:
@@ -105,4 +106,6 @@ def parse_http_url(text: str | bytes) -> HttpTarget:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return HttpTarget(Destination(_check_host(host), port), path)
+    destination = Destination(_check_host(host), port)
+    shown = f"[{destination.host}]" if ":" in destination.host else destination.host
+    return HttpTarget(destination, path, shown + (f":{port_text}" if port_text else ""))

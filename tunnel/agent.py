@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -41,6 +43,22 @@ def parse_host_header(value: str) -> str:
     return host if host and all(c.isalnum() or c in ".-" for c in host) else ""
 
 
+def is_own_host(value: str, proxy_host: str) -> bool:
+    """Whether a Host header addresses this agent: `localhost`, a loopback address, the
+    configured proxy_host, or (when that is a wildcard) any address literal. Never another
+    name: DNS rebinding points a name at 127.0.0.1, and the browser still sends the name."""
+    host = parse_host_header(value).lower().rstrip(".")
+    if not host:
+        return False
+    if host == "localhost" or host == proxy_host.lower().strip("[]"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or proxy_host in ("0.0.0.0", "::", "")
+
+
 class Agent(service.Service):
     """Starts the tunnel with the service and stops it (closing streams) on shutdown."""
 
@@ -77,6 +95,9 @@ class Agent(service.Service):
 
     def open(self, destination: Destination, protocol):
         return self.tunnel.open(destination, protocol)
+
+    def serves_host(self, host_header: str) -> bool:
+        return is_own_host(host_header, self.config["proxy_host"])
 
     def pac(self, requested_host: str) -> str:
         """The PAC file, pointing at the address the browser used when we listen widely."""

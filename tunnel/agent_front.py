@@ -19,12 +19,14 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .addresses import BadAddress, Destination, parse_authority, parse_http_url
+from .addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from .front import HttpFront
+from .logs import Throttle, more
 from .mux import OpenFailed
 from .relay import RelayEnd, close, reader_of, splice
 
 log = Logger(namespace="fluidity.agent")
+refusals = Throttle()  # shared by the agent's fronts
 
 ALLOWED_STATUSES = (400, 403, 429, 503, 504)  # passed on as they are; anything else is a 502
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
@@ -183,11 +185,16 @@ class ProxyFront(HttpFront):
             except BadAddress as e:
                 self.fail(400, str(e))
                 return
-            self._forward(request, url.destination, url.path)
+            self._forward(request, url)
 
     def _local(self, request: h11.Request) -> None:
         """Requests addressed to the agent itself, not to be proxied."""
         path = request.target.split(b"?", 1)[0]
+        host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
+        if not self.agent.serves_host(host):
+            # A web page that rebinds its own name to 127.0.0.1 still sends that name.
+            self._answer(403, b"this agent answers only requests addressed to it by a loopback name or address (Host)\n", b"text/plain")
+            return
         if path == b"/health" and request.method == b"GET":
             body = json.dumps(self.agent.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
@@ -235,7 +242,9 @@ class ProxyFront(HttpFront):
     def _connect_failed(self, failure, destination: Destination, early: bool) -> None:
         error = _as_open_failed(failure)
         self.agent.known.discard(destination.authority)
-        log.info("CONNECT {dest} failed: {status} {reason}", dest=destination.authority, status=error.status, reason=error.reason)
+        suppressed = refusals(f"{error.status} {destination.authority}")
+        if suppressed is not None:
+            log.info("CONNECT {dest} failed: {status} {reason}{more}", dest=destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
         if early:
             if not self.finished:
                 self.finished = True
@@ -245,7 +254,8 @@ class ProxyFront(HttpFront):
         self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
 
     # -- absolute-form http:// -------------------------------------------------------
-    def _forward(self, request: h11.Request, destination: Destination, path: str) -> None:
+    def _forward(self, request: h11.Request, url: HttpTarget) -> None:
+        destination = url.destination
         link = self.link
         if link is None or link.destination != destination or not link.reusable:
             if link is not None:
@@ -255,11 +265,10 @@ class ProxyFront(HttpFront):
             if link.transport is None:
                 self.transport.pauseProducing()  # hold the body until the tunnel takes it
         upgrade = wants_upgrade(request)
-        headers = forwardable(request.headers, keep_upgrade=upgrade)
-        if not any(n == b"host" for n, _ in headers):
-            headers.insert(0, (b"host", destination.authority.encode()))
+        # The origin sees the Host the URL names, whatever Host the client sent (RFC 9112 §3.2.2).
+        headers = [(b"host", url.host.encode())] + [(n, v) for n, v in forwardable(request.headers, keep_upgrade=upgrade) if n != b"host"]
         log.debug("{method} {dest}", method=request.method.decode("ascii", "replace"), dest=destination.authority)
-        link.send(h11.Request(method=request.method, target=path.encode(), headers=headers))
+        link.send(h11.Request(method=request.method, target=url.path.encode(), headers=headers))
 
     def _drop_link(self) -> None:
         link, self.link = self.link, None
@@ -280,7 +289,9 @@ class ProxyFront(HttpFront):
         if link is not self.link:
             return
         error = _as_open_failed(failure)
-        log.info("request to {dest} failed: {status} {reason}", dest=link.destination.authority, status=error.status, reason=error.reason)
+        suppressed = refusals(f"{error.status} {link.destination.authority}")
+        if suppressed is not None:
+            log.info("request to {dest} failed: {status} {reason}{more}", dest=link.destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
         self.link = None
         if self._response_started:
             self.transport.abortConnection()

@@ -13,16 +13,18 @@ from typing import Callable
 
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from .addresses import Destination
 from .egress import EgressDenied, EgressPolicy, IPAddress
+from .logs import Throttle, more
 from .mux import OpenFailed
 from .relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")
+_refusals = Throttle()
 
 Connect = Callable[[str, int, Protocol, float], defer.Deferred]
 
@@ -76,7 +78,9 @@ class DirectOpener:
         try:
             self.policy.check_all(addresses, port)
         except EgressDenied as e:
-            log.info("egress refused {host}:{port}: {reason}", host=host, port=port, reason=str(e))
+            suppressed = _refusals("egress")
+            if suppressed is not None:
+                log.info("egress refused {host}:{port}: {reason}{more}", host=host, port=port, reason=str(e), more=more(suppressed))
             raise OpenFailed(403, f"egress policy refuses {destination.authority}: {e}")
         deadline = self.reactor.seconds() + self.dial_timeout
         last_error = "no address"
@@ -93,6 +97,8 @@ class DirectOpener:
                 last_error = "timeout"
             except ConnectionRefusedError:
                 last_error = "connection refused"
+            except ConnectingCancelledError:
+                raise defer.CancelledError() from None  # the client left: an ordinary event
             except ConnectError as e:
                 last_error = str(e).rstrip(".")
         if last_error == "timeout" or self.reactor.seconds() >= deadline:

@@ -1,7 +1,8 @@
 """Log observers for twistd: readable text for people, one JSON object a line for CloudWatch.
 
 twistd builds its logger from the `logger` option after our options are parsed, so
-the role's Options hand it one of these factories (see `taps.attach_logger`).
+the role's Options hand it one of these factories (see `_options_for` in `taps.py`).
+`Throttle` keeps a peer that repeats one refused request from writing a line each time.
 """
 
 from __future__ import annotations
@@ -67,3 +68,34 @@ def choose(fmt: str, level: str) -> str:
 
 def configured_observer() -> ILogObserver:
     return observer_factory(_chosen["format"], _chosen["level"])()
+
+
+class Throttle:
+    """At most `burst` lines per `window` seconds for each kind of repeated event.
+
+    A peer can ask for a refused destination thousands of times a second; each refusal
+    is one line only while they are few. Past that they are counted, and the count rides
+    on the next line let through (`suppressed`), so nothing is silently lost."""
+
+    def __init__(self, burst: int = 20, window: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.window, self.clock = burst, window, clock
+        self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (start, lines, suppressed)
+
+    def __call__(self, key: str) -> int | None:
+        """None: do not log this one. Otherwise log it, noting the number suppressed before it."""
+        now = self.clock()
+        start, lines, suppressed = self._windows.get(key, (now, 0, 0))
+        if now - start >= self.window:
+            start, lines = now, 0
+        if lines >= self.burst:
+            self._windows[key] = (start, lines, suppressed + 1)
+            return None
+        self._windows[key] = (start, lines + 1, 0)
+        if len(self._windows) > 1024:  # keys are few in practice; never let them grow without bound
+            self._windows = {key: self._windows[key]}
+        return suppressed
+
+
+def more(suppressed: int) -> str:
+    """The tail a throttled line carries."""
+    return f" ({suppressed} more like it not logged)" if suppressed else ""

@@ -360,10 +360,13 @@ class TunnelMux(Protocol):
         except h2.exceptions.ProtocolError as e:
             log.warn("HTTP/2 protocol error from {peer}: {error}; closing", peer=self.peer_name, error=str(e) or type(e).__name__)
             self.terminated = True  # the rest of what this peer sends is not read
-            try:
-                self.h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
-            except h2.exceptions.ProtocolError:
-                pass  # h2 already closed the connection (and queued its GOAWAY)
+            # h2 queues its own GOAWAY for errors in what it received: one is enough.
+            state = getattr(getattr(self.h2, "state_machine", None), "state", None)
+            if state is not h2.connection.ConnectionState.CLOSED:
+                try:
+                    self.h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+                except h2.exceptions.ProtocolError:
+                    pass
             self._in_receive = False
             self._write_out()
             self.close()

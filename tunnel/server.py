@@ -18,6 +18,7 @@ from zope.interface import implementer
 from .addresses import BadAddress, parse_authority
 from .dialer import DirectOpener
 from .front import HttpFront
+from .logs import Throttle, more
 from .mux import OpenFailed, TunnelMux, TunnelStream
 from .preauth import HandshakeBudget
 from .relay import RelayEnd, splice
@@ -25,6 +26,7 @@ from .revocation import RevocationList
 from .tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
+_refusals = Throttle()
 
 HANDSHAKE_TIMEOUT = 5.0  # a TLS 1.3 handshake is one round trip; this is generous
 MAX_HANDSHAKES = 256  # unauthenticated connections at once, from anywhere
@@ -112,7 +114,9 @@ class ServerConnection(Protocol):
             self.transport.abortConnection()
             return
         if self.server.authenticated >= self.server.max_connections:
-            log.warn("refusing {peer}: max_connections ({n}) reached", peer=self.peer_name, n=self.server.max_connections)
+            suppressed = _refusals("max_connections")
+            if suppressed is not None:
+                log.warn("refusing {peer}: max_connections ({n}) reached{more}", peer=self.peer_name, n=self.server.max_connections, more=more(suppressed))
             self.transport.abortConnection()
             return
         self.authenticated = True
@@ -279,7 +283,9 @@ class TunnelServer(Factory):
         self.last_activity = self.reactor.seconds()
         limit = self.max_streams_per_agent
         if limit and self.streams_of(mux.identity) > limit:  # this stream is already counted
-            log.info("{peer}: refusing a stream, {n} open (max_streams_per_agent)", peer=mux.peer_name, n=limit)
+            suppressed = _refusals(f"streams of {mux.identity}")
+            if suppressed is not None:
+                log.info("{peer}: refusing a stream, {n} open (max_streams_per_agent){more}", peer=mux.peer_name, n=limit, more=more(suppressed))
             mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
             return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)

@@ -13,7 +13,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from . import socks
-from .agent_front import ProxyFront, _as_open_failed
+from .agent_front import ProxyFront, _as_open_failed, refusals
+from .logs import more
 from .relay import RelayEnd, close, no_delay, splice
 
 log = Logger(namespace="fluidity.agent")
@@ -90,7 +91,9 @@ class Socks5Front(Protocol):
     def _refused(self, failure, destination) -> None:
         self._pending = None
         error = _as_open_failed(failure)
-        log.info("SOCKS5 CONNECT {dest} failed: {status} {reason}", dest=destination.authority, status=error.status, reason=error.reason)
+        suppressed = refusals(f"{error.status} {destination.authority}")
+        if suppressed is not None:
+            log.info("SOCKS5 CONNECT {dest} failed: {status} {reason}{more}", dest=destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
         if not self.finished:
             self.transport.write(socks.reply(socks.reply_for_status(error.status)))
             self._close(error.reason)
