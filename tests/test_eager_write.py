@@ -42,8 +42,9 @@ class Producer:
 
 @pytest.fixture(params=["eager", "twisted"])
 def mode(request, monkeypatch):
+    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
     if request.param == "eager":
-        monkeypatch.setattr(tcp.Connection, "write", eager_write._write)
+        assert eager_write.install()
     return request.param
 
 
@@ -133,6 +134,49 @@ def test_non_bytes_are_refused_as_twisted_does(connected, mode):
         protocol.transport.write("text")
 
 
+START_TLS_PROBE = """
+import socket, ssl, sys, threading
+from cryptography.hazmat.primitives import serialization
+from twisted.internet import reactor, ssl as twisted_ssl
+from twisted.internet.protocol import Factory, Protocol
+from tunnel import eager_write, pki
+if sys.argv[1] == "eager":
+    assert eager_write.install()
+ca_cert, ca_key = pki.make_ca("eager-write test CA")
+cert, key = pki.issue(ca_cert, ca_key, "server", server=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",))
+pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+options = twisted_ssl.PrivateCertificate.loadPEM(pem).options()
+class StartsTls(Protocol):
+    def connectionMade(self):
+        self.transport.startTLS(options)
+        self.transport.write(b"secret")
+port = reactor.listenTCP(0, Factory.forProtocol(StartsTls), interface="127.0.0.1")
+got = []
+def client():
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            got.append(tls.recv(64).decode())
+    except Exception as e:
+        got.append(repr(e))
+    reactor.callFromThread(reactor.stop)
+reactor.callWhenRunning(lambda: threading.Thread(target=client, daemon=True).start())
+reactor.callLater(10, reactor.stop)
+reactor.run()
+print(got)
+"""
+
+
+def test_start_tls_is_honoured(mode):
+    """A transport that starts TLS must send TLS records, never the plaintext it is given."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", START_TLS_PROBE, mode], capture_output=True, timeout=30)
+    assert done.stdout.decode().strip() == "['secret']", done.stdout + done.stderr
+
+
 def test_installable_on_the_pinned_twisted(monkeypatch):
     monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
     assert eager_write.install()
@@ -144,3 +188,13 @@ def test_not_installed_when_twisted_changed(monkeypatch):
     monkeypatch.delattr(eager_write.abstract.FileDescriptor, "_writeDisconnected")
     assert not eager_write.install()
     assert not eager_write.installed()
+
+
+def test_not_installed_over_another_write_method(monkeypatch):
+    def write(self, data):  # a Twisted whose write is not the one eager writes were made for
+        abstract_write(self, data)
+
+    abstract_write = eager_write.abstract.FileDescriptor.write
+    monkeypatch.setattr(tcp.Connection, "write", write)
+    assert not eager_write.install()
+    assert tcp.Connection.write is write

@@ -202,3 +202,15 @@ def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_orig
     finally:
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
+
+
+def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
+    """The pool's factory class is private to Twisted: without it the pool is used as it is."""
+    from twisted.internet import reactor
+    from twisted.web import client
+
+    from tunnel.lifecycle import _quiet_pool
+
+    assert _quiet_pool(reactor)._factory.noisy is False
+    monkeypatch.delattr(client.HTTPConnectionPool, "_factory")
+    assert isinstance(_quiet_pool(reactor), client.HTTPConnectionPool)

@@ -7,8 +7,10 @@ still reading must still get every byte.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
+import termios
 import threading
 import time
 
@@ -55,10 +57,18 @@ def never_read(conn: socket.socket) -> None:
     pass
 
 
-def firehose(total: int):
+def firehose(total: int, taken: threading.Event | None = None):
+    """Send `total` bytes; set `taken` once the peer (the server) has acknowledged them all."""
+
     def serve(conn: socket.socket) -> None:
         try:
             conn.sendall(pattern(total))
+            deadline = time.monotonic() + 30
+            while taken is not None and time.monotonic() < deadline:
+                if fcntl.ioctl(conn.fileno(), termios.TIOCOUTQ, b"\0\0\0\0") == b"\0\0\0\0":
+                    taken.set()
+                    return
+                time.sleep(0.02)
         except OSError:
             pass
 
@@ -134,19 +144,21 @@ def test_local_client_that_never_reads_is_released_when_the_tunnel_drops(pair):
 
 def test_a_slow_reader_still_gets_every_byte_after_the_tunnel_drops(pair):
     server, agent = pair
-    size = 6 << 20
-    origin = Listener(firehose(size))
+    size = 3 << 20
+    taken = threading.Event()
+    origin = Listener(firehose(size, taken))
     try:
         client, head = proxy_connect(agent.port, f"127.0.0.1:{origin.port}")
         assert head.startswith(b"HTTP/1.1 200"), head
-        time.sleep(1.0)  # everything has reached the agent (the stream window is 8 MiB)
+        assert taken.wait(30)  # the server has every byte, and sends on at once (the stream window is 8 MiB)
+        time.sleep(1.0)  # ... so the agent has them all: what it then holds is what the client must get
         server.process.kill()
         server.process.wait(5)
         received = bytearray()
         client.settimeout(10)
         deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:  # ~0.75 MiB/s: slower than the linger, never stalled
-            data = client.recv(49152)
+        while time.monotonic() < deadline:  # ~0.3 MiB/s: slower than the linger, never stalled
+            data = client.recv(16384)
             if not data:
                 break
             received += data

@@ -78,6 +78,9 @@ class StubAgent:
     def pac(self, host: str) -> str:
         return "function FindProxyForURL(u, h) { return 'DIRECT'; }"
 
+    def serves_host(self, host: str) -> bool:
+        return host.startswith("127.0.0.1")
+
 
 class SocketLikeTransport(StringTransport):
     """As a TCP transport: unregistering no producer is allowed, half-close is offered."""

@@ -128,3 +128,18 @@ def test_json_log_format(certs, tmp_path):
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert any(r["message"].startswith("tunnel (TLS) listening on 127.0.0.1:") for r in records)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_exit_zero_on_stop_leaves_a_reactor_without_exit_signal_alone():
+    """`_exitSignal` is twistd's private attribute: where it is missing nothing breaks."""
+    from tunnel.taps import ExitZeroOnRequestedStop
+
+    class Reactor:
+        pass
+
+    reactor = Reactor()
+    ExitZeroOnRequestedStop(reactor).stopService()
+    assert not hasattr(reactor, "_exitSignal")
+    reactor._exitSignal = 15
+    ExitZeroOnRequestedStop(reactor).stopService()
+    assert reactor._exitSignal is None

@@ -43,14 +43,15 @@ def parse_host_header(value: str) -> str:
     return host if host and all(c.isalnum() or c in ".-" for c in host) else ""
 
 
-def is_own_host(value: str, proxy_host: str) -> bool:
+def is_own_host(value: str, proxy_host: str, local_names: tuple[str, ...] = ()) -> bool:
     """Whether a Host header addresses this agent: `localhost`, a loopback address, the
-    configured proxy_host, or (when that is a wildcard) any address literal. Never another
-    name: DNS rebinding points a name at 127.0.0.1, and the browser still sends the name."""
+    configured proxy_host or local_names, or (when proxy_host is a wildcard) any address
+    literal. Never another name: DNS rebinding points a name at 127.0.0.1, and the
+    browser still sends the name."""
     host = parse_host_header(value).lower().rstrip(".")
     if not host:
         return False
-    if host == "localhost" or host == proxy_host.lower().strip("[]"):
+    if host == "localhost" or host == proxy_host.lower().strip("[]") or host in local_names:
         return True
     try:
         address = ipaddress.ip_address(host)
@@ -69,6 +70,7 @@ class Agent(service.Service):
         self.optimistic_connect = config["optimistic_connect"]
         self.head_timeout = config["head_timeout"]
         self.known = KnownDestinations()
+        self.local_names = tuple(name.lower().rstrip(".") for name in config["local_names"])
         self.clients = 0
         self.started_at = reactor.seconds()
         self.identity = certificate_name(config["cert_file"])
@@ -97,7 +99,7 @@ class Agent(service.Service):
         return self.tunnel.open(destination, protocol)
 
     def serves_host(self, host_header: str) -> bool:
-        return is_own_host(host_header, self.config["proxy_host"])
+        return is_own_host(host_header, self.config["proxy_host"], self.local_names)
 
     def pac(self, requested_host: str) -> str:
         """The PAC file, pointing at the address the browser used when we listen widely."""

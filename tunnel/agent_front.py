@@ -262,7 +262,7 @@ class ProxyFront(HttpFront):
                 self._drop_link()
             link = self.link = OriginLink(self, destination)
             self.agent.open(destination, link).addErrback(self._link_failed, link)
-            if link.transport is None:
+            if link.transport is None and not self.finished:
                 self.transport.pauseProducing()  # hold the body until the tunnel takes it
         upgrade = wants_upgrade(request)
         # The origin sees the Host the URL names, whatever Host the client sent (RFC 9112 §3.2.2).

@@ -162,6 +162,7 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
     [
         Key("proxy_host", _parse_str, "127.0.0.1", "address the local proxy binds (0.0.0.0 must be explicit)"),
         Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
+        Key("local_names", _parse_str_list, [], "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when proxy_host is 0.0.0.0); any other Host gets 403"),
         Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
         Key("server_port", PORT, 8443, "the server's TLS port"),
         Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),

@@ -6,9 +6,16 @@ socket writable. Every relayed chunk then costs one more reactor iteration, two
 is about eight such writes in each of agent and server; sending at once measured +15%
 new connections per second (bench/run) and shortens every hop.
 
-Only the easy case changes: an empty queue and a socket that takes all the bytes.
-Anything else (a partial send, EAGAIN, an error) continues on Twisted's own path with
-what is left, so ordering, producer flow control and error reporting stay Twisted's.
+Only the easy case changes: a plain (not TLS) transport, an empty queue and a socket
+that takes all the bytes. Anything else goes to the method this replaced: TLS started
+with `startTLS()` is routed through the TLS layer as before, and a partial send, EAGAIN
+or an error continues on Twisted's own path with what is left, so ordering, producer
+flow control and error reporting stay Twisted's.
+
+This replaces a method of Twisted's for the whole process, so it fails closed: it
+installs only over the exact method it was written against (by name and by what that
+method does), and only where the queue attributes it reads exist. Otherwise Twisted is
+left alone. (Offered upstream as an option of Twisted's TCP transport; see the README.)
 """
 
 from __future__ import annotations
@@ -16,9 +23,17 @@ from __future__ import annotations
 from twisted.internet import abstract, tcp
 
 _queued_write = abstract.FileDescriptor.write
+_replaced = None  # tcp.Connection.write as it was before install()
+
+# What tcp.Connection.write was when this was written (Twisted 24.7 to 26.10): send
+# through the TLS layer when TLS is on, else FileDescriptor.write.
+_WRITTEN_AGAINST = "twisted.internet._newtls.ConnectionMixin.write"
+_IT_USES = {"TLS", "connected", "protocol", "write", "FileDescriptor"}
 
 
 def _write(self, data) -> None:
+    if self.TLS:
+        return _replaced(self, data)
     if type(data) is bytes and data and self.connected and not self._writeDisconnected and not self._tempDataLen and self.offset == len(self.dataBuffer):
         try:
             sent = self.socket.send(data)
@@ -30,18 +45,33 @@ def _write(self, data) -> None:
     _queued_write(self, data)
 
 
+def _is_expected(method) -> bool:
+    code = getattr(method, "__code__", None)
+    name = f"{getattr(method, '__module__', '')}.{getattr(method, '__qualname__', '')}"
+    return name == _WRITTEN_AGAINST and code is not None and _IT_USES <= set(code.co_names)
+
+
 def installable() -> bool:
-    """The attributes this relies on are Twisted's internals: check they are still there."""
-    return all(hasattr(abstract.FileDescriptor, name) for name in ("dataBuffer", "offset", "_writeDisconnected")) and (
-        "_tempDataLen" in abstract.FileDescriptor.__init__.__code__.co_names
+    """The method replaced, and the queue attributes read, are the ones this was written against."""
+    current = tcp.Connection.write
+    if current is _write:
+        return True
+    return (
+        _is_expected(current)
+        and hasattr(tcp.Connection, "TLS")
+        and all(hasattr(abstract.FileDescriptor, name) for name in ("dataBuffer", "offset", "_writeDisconnected"))
+        and "_tempDataLen" in abstract.FileDescriptor.__init__.__code__.co_names
     )
 
 
 def install() -> bool:
     """Use eager writes for every TCP connection of this process; False if Twisted changed."""
+    global _replaced
     if not installable():
         return False
-    tcp.Connection.write = _write
+    if tcp.Connection.write is not _write:
+        _replaced = tcp.Connection.write
+        tcp.Connection.write = _write
     return True
 
 

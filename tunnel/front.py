@@ -18,7 +18,10 @@ from .relay import RelayEnd, close, no_delay, splice
 
 def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A complete `Connection: close` answer whose body is the one-line reason."""
-    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
     body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
     head = [f"HTTP/1.1 {status} {phrase}", "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}", "Connection: close"]
     head += [f"{k}: {v}" for k, v in extra]

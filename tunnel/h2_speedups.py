@@ -4,7 +4,12 @@ h2 builds `repr(frame)` for a trace log line on every frame it receives, even wh
 logger listens, and hyperframe's repr of a DATA frame hex-encodes the whole payload
 before keeping the first 20 hex digits. On a bulk transfer that was a seventh of the
 agent's CPU. `_raw_data_repr` below returns exactly the same text from the first 11
-bytes. (To go upstream: h2 should format lazily, hyperframe slice before hexlify.)
+bytes. (Offered upstream: h2 should format lazily, hyperframe slice before hexlify;
+see the README.)
+
+It replaces a private function of hyperframe's, so it fails closed: it installs only
+when that function exists and gives the same text as this one on sample payloads.
+Otherwise hyperframe is left as it is and everything works, a little slower.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import binascii
 
 import hyperframe.frame
 
-_original = hyperframe.frame._raw_data_repr
+_replaced = None  # hyperframe's own function, once install() has replaced it
+_SAMPLES = (b"", b"\x00", bytes(range(10)), bytes(range(11)), bytes(range(12)), bytes(range(256)) * 4)
 
 
 def _raw_data_repr(data) -> str:
@@ -25,5 +31,24 @@ def _raw_data_repr(data) -> str:
     return "<hex:" + r + ">"
 
 
-def install() -> None:
-    hyperframe.frame._raw_data_repr = _raw_data_repr
+def installable() -> bool:
+    original = getattr(hyperframe.frame, "_raw_data_repr", None)
+    if original is _raw_data_repr:
+        return True
+    if not callable(original):
+        return False
+    try:
+        return all(original(sample) == _raw_data_repr(sample) and original(memoryview(sample)) == _raw_data_repr(memoryview(sample)) for sample in _SAMPLES)
+    except Exception:
+        return False
+
+
+def install() -> bool:
+    """Replace hyperframe's payload repr; False (and hyperframe untouched) if it changed."""
+    global _replaced
+    if not installable():
+        return False
+    if hyperframe.frame._raw_data_repr is not _raw_data_repr:
+        _replaced = hyperframe.frame._raw_data_repr
+        hyperframe.frame._raw_data_repr = _raw_data_repr
+    return True

@@ -164,9 +164,14 @@ class ControlPlaneClient:
 
 
 def _quiet_pool(reactor) -> HTTPConnectionPool:
-    """A pool without keep-alive whose factories do not log every start and stop."""
+    """A pool without keep-alive whose factories do not log every start and stop.
+
+    Twisted offers no public switch for that; the pool's factory class is private. Where
+    it is not what this expects, the pool is used as it is (two log lines a request)."""
     pool = HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = type("QuietHTTP11ClientFactory", (pool._factory,), {"noisy": False})
+    factory = getattr(pool, "_factory", None)
+    if isinstance(factory, type) and hasattr(factory, "noisy"):
+        pool._factory = type("QuietHTTP11ClientFactory", (factory,), {"noisy": False})
     return pool
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 log = Logger(namespace="fluidity")
 
@@ -21,23 +22,41 @@ def tcp_endpoint(reactor, host: str, port: int):
     return endpoint_type(reactor, port, backlog=BACKLOG, interface=host)
 
 
-class ListenService(StreamServerEndpointService):
-    """Listen at start-up; a busy port is a clear non-zero exit, not a traceback."""
-
-    _raiseSynchronously = True
+class ListenService(service.Service):
+    """Listen at start-up (as root, before twistd drops privileges, where it does); a busy
+    port is a clear non-zero exit, not a traceback; say where it listens once it does."""
 
     def __init__(self, endpoint, factory, what: str, host: str, port: int) -> None:
-        super().__init__(endpoint, factory)
+        self.endpoint, self.factory = endpoint, factory
         self.what, self.host, self.port = what, host, port
+        self.listening = None  # the IListeningPort
 
     def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as e:
-            raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {e.socketError}") from None
-        self._waitingForPort.addCallback(self._announce)
+        super().privilegedStartService()
+        self._listen()
 
-    def _announce(self, port):
-        address = port.getHost()
+    def startService(self) -> None:
+        super().startService()
+        if self.listening is None:
+            self._listen()
+
+    def _listen(self) -> None:
+        outcome = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)  # TCP endpoints answer at once
+        result = outcome[0] if outcome else None
+        if isinstance(result, Failure):
+            error = result.value
+            if isinstance(error, CannotListenError):
+                raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {error.socketError}") from None
+            result.raiseException()
+        if result is None:
+            raise SystemExit(f"fluidity: {self.what}: the endpoint did not listen at once")
+        self.listening = result
+        address = result.getHost()
         log.info("{what} listening on {host}:{port}", what=self.what, host=address.host, port=address.port)
-        return port
+
+    def stopService(self):
+        super().stopService()
+        listening, self.listening = self.listening, None
+        if listening is not None:
+            return listening.stopListening()

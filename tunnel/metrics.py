@@ -15,8 +15,9 @@ import datetime
 from typing import Callable
 
 from twisted.application import service
-from twisted.application.internet import TimerService
+
 from twisted.internet import defer, threads
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 log = Logger(namespace="fluidity.metrics")
@@ -103,12 +104,17 @@ def _describe(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
-class MetricsService(TimerService):
-    """Publishes every interval while running, and once more, bounded in time, on stop."""
+class MetricsService(service.Service):
+    """Publishes every interval while running, and once more, bounded in time, on stop.
+
+    A LoopingCall of its own rather than TimerService: on stop, TimerService waits for a
+    publication still in flight, and the final one must not wait behind a slow CloudWatch."""
 
     def __init__(self, publisher: MetricsPublisher, interval: float) -> None:
-        super().__init__(interval, publisher.publish)
         self.publisher = publisher
+        self.step = interval
+        self.loop = LoopingCall(publisher.publish)
+        self.loop.clock = publisher.reactor
 
     def startService(self) -> None:
         super().startService()
@@ -118,13 +124,14 @@ class MetricsService(TimerService):
             name=self.publisher.service_name,
             interval=self.step,
         )
+        self.loop.start(self.step, now=True).addErrback(lambda f: log.failure("metrics loop stopped", f))
 
     def stopService(self):
         """Stop ticking and publish the final state at once; a publication still in flight
         is not waited for, and the final one is cut off after a few seconds."""
-        if self._loop.running:
-            self._loop.stop()
-        service.Service.stopService(self)
+        if self.loop.running:
+            self.loop.stop()
+        super().stopService()
         final = self.publisher.publish()
         final.addTimeout(FINAL_PUBLISH_TIMEOUT, self.publisher.reactor, onTimeoutCancel=lambda *_: None)
         return final

@@ -33,7 +33,7 @@ from . import h2_speedups
 from .addresses import BadAddress, Destination, parse_authority
 from .relay import close, no_delay
 
-h2_speedups.install()
+h2_speedups.install()  # a no-op (and still correct) if hyperframe changed
 
 log = Logger(namespace="fluidity.mux")
 
