@@ -2,21 +2,25 @@
 #
 #   docker build -t fluidity-server .                                    # from PyPI and python:3.11-slim
 #   docker build --build-arg BASE_IMAGE=fluidity-base:bookworm -t ... .  # a locally made base (scripts/container-test)
-# With wheels in ./wheels (pip wheel -w wheels .) the build installs only from there.
+# With wheels in ./wheels (scripts/container-test makes them from requirements.lock) the
+# build installs only from there.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY tunnel ./tunnel
 COPY lambdas ./lambdas
 COPY twisted ./twisted
 COPY wheels ./wheels
+# Dependencies exactly as locked, hashes checked (scripts/lock); then Fluidity without deps.
 RUN python3 -m venv /opt/fluidity \
  && if ls wheels/*.whl >/dev/null 2>&1; then \
-      /opt/fluidity/bin/pip install --no-cache-dir --no-index --find-links wheels fluidity; \
+      /opt/fluidity/bin/pip install --no-cache-dir --no-index --find-links wheels --require-hashes -r requirements.lock \
+      && /opt/fluidity/bin/pip install --no-cache-dir --no-index --find-links wheels --no-deps fluidity; \
     else \
-      /opt/fluidity/bin/pip install --no-cache-dir . ; \
+      /opt/fluidity/bin/pip install --no-cache-dir --require-hashes -r requirements.lock \
+      && /opt/fluidity/bin/pip install --no-cache-dir --no-deps . ; \
     fi \
  && /opt/fluidity/bin/twistd --help | grep -q fluidity-server \
  && find /opt/fluidity -name '__pycache__' -prune -exec rm -rf {} + \
