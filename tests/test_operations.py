@@ -142,3 +142,28 @@ def test_no_region_is_a_clear_error(aws, tmp_path):
     environment.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
     done = subprocess.run([FLUIDITY, "start"], capture_output=True, text=True, timeout=60, env=environment)
     assert done.returncode == 1 and "no AWS region" in done.stderr, done.stderr
+
+
+def _without_regions(aws, tmp_path) -> dict:
+    environment = {k: v for k, v in {**os.environ, **aws.env}.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    environment.update(AWS_CONFIG_FILE=str(tmp_path / "none"), AWS_EC2_METADATA_DISABLED="true")
+    return environment
+
+
+@pytest.mark.parametrize("how", ["AWS_REGION", "AWS_DEFAULT_REGION", "--region"])
+def test_the_region_may_come_from_either_variable_or_the_flag(aws, service, tmp_path, how):
+    environment = _without_regions(aws, tmp_path)
+    args = [FLUIDITY, "status", "--json"]
+    if how == "--region":
+        args += ["--region", aws.env["AWS_DEFAULT_REGION"]]
+    else:
+        environment[how] = aws.env["AWS_DEFAULT_REGION"]  # only this one is set
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60, env=environment)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["desiredCount"] == 0
+
+
+def test_an_unknown_profile_is_a_clear_error(aws, tmp_path):
+    done = subprocess.run([FLUIDITY, "status", "--profile", "no-such-profile"], capture_output=True, text=True, timeout=60, env=_without_regions(aws, tmp_path))
+    assert done.returncode == 1
+    assert "no AWS profile named 'no-such-profile'" in done.stderr and "Traceback" not in done.stderr

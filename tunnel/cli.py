@@ -149,12 +149,13 @@ def _operate(args) -> int:
     from . import operations
 
     settings = Settings(cluster=args.cluster, service=args.service)
+    aws = operations.AwsTarget(region=args.region, profile=args.profile)
     try:
         if args.command == "start":
-            return operations.start(settings, args.timeout, args.poll_interval, args.write_config)
+            return operations.start(settings, args.timeout, args.poll_interval, args.write_config, aws=aws)
         if args.command == "stop":
-            return operations.stop(settings, args.timeout, args.poll_interval, not args.no_wait)
-        return operations.status(settings, args.json)
+            return operations.stop(settings, args.timeout, args.poll_interval, not args.no_wait, aws=aws)
+        return operations.status(settings, args.json, aws=aws)
     except operations.OperatorError as e:
         print(f"fluidity {args.command}: {e}", file=sys.stderr)
         return 1
@@ -187,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
     plane.add_argument("--container-port", type=int, help="server port reported to agents (default: $CONTAINER_PORT or 8443)")
     for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
-        op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL.")
+        op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.")
+        op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")
+        op.add_argument("--profile", help="AWS profile (default: $AWS_PROFILE)")
         op.add_argument("--cluster", default="fluidity", help="ECS cluster (default: fluidity)")
         op.add_argument("--service", default="fluidity-server", help="ECS service (default: fluidity-server)")
         if name == "status":

@@ -1,6 +1,7 @@
 """`fluidity start | stop | status`: the operator's view of the ECS service, with boto3.
 
-Honours AWS_PROFILE, AWS_REGION and AWS_ENDPOINT_URL like every AWS tool. The status
+Honours AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL like every
+AWS tool, and `--region` / `--profile`. The status
 words and the public-IP lookup are the Lambdas' own (`lambdas.ecs_state`), so the CLI,
 the control plane and the agent never disagree about what "running" means.
 """
@@ -8,11 +9,13 @@ the control plane and the agent never disagree about what "running" means.
 from __future__ import annotations
 
 import dataclasses
+import os
 import datetime
 import json
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from lambdas import ecs_state
@@ -30,17 +33,35 @@ class OperatorError(Exception):
     """Printed as one line (plus hints) and a non-zero exit."""
 
 
-def _clients():
+@dataclass(frozen=True)
+class AwsTarget:
+    """Where the commands act: `--region` / `--profile`, else the environment and profile.
+
+    AWS_REGION is honoured as well as AWS_DEFAULT_REGION (botocore reads only the latter,
+    while most AWS tools and SDKs read the former)."""
+
+    region: str | None = None
+    profile: str | None = None
+
+    @property
+    def resolved_region(self) -> str | None:
+        return self.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
+
+
+def _clients(target: AwsTarget = AwsTarget()):
     import boto3
     from botocore.config import Config
-    from botocore.exceptions import NoRegionError
+    from botocore.exceptions import NoRegionError, ProfileNotFound
 
-    session = boto3.session.Session()
+    try:
+        session = boto3.session.Session(profile_name=target.profile or None, region_name=target.resolved_region)
+    except ProfileNotFound:
+        raise OperatorError(f"no AWS profile named {target.profile!r} (see `aws configure list-profiles`)") from None
     config = Config(connect_timeout=10, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
     try:
         return session.client("ecs", config=config), session.client("ec2", config=config), session.client("cloudwatch", config=config)
     except NoRegionError:
-        raise OperatorError("no AWS region: set AWS_REGION (or a region in your AWS profile)") from None
+        raise OperatorError("no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)") from None
 
 
 def _aws_call(fn, *args, **kwargs):
@@ -90,8 +111,8 @@ def _progress_word(state: dict) -> str:
     return "waiting for ECS to place a task" if state["desiredCount"] else "no task"
 
 
-def start(settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout) -> int:
-    ecs, ec2, _ = _clients()
+def start(settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout, aws: AwsTarget = AwsTarget()) -> int:
+    ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     settings = _with_task_port(ecs, settings, service)
     if int(service.get("desiredCount", 0)) == 0:
@@ -141,8 +162,8 @@ def _recent_events(ecs, settings: Settings, count: int = 5) -> str:
     return "\n".join(f"  {e.get('createdAt', '')} {e.get('message', '')}" for e in service.get("events", [])[:count])
 
 
-def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.stdout) -> int:
-    ecs, ec2, _ = _clients()
+def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.stdout, aws: AwsTarget = AwsTarget()) -> int:
+    ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     if int(service.get("desiredCount", 0)) != 0:
         _aws_call(ecs_state.set_desired, ecs, settings, 0)
@@ -160,8 +181,8 @@ def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.st
         time.sleep(poll)
 
 
-def status(settings: Settings, as_json: bool, out=sys.stdout) -> int:
-    ecs, ec2, cloudwatch = _clients()
+def status(settings: Settings, as_json: bool, out=sys.stdout, aws: AwsTarget = AwsTarget()) -> int:
+    ecs, ec2, cloudwatch = _clients(aws)
     settings = _with_task_port(ecs, settings, _aws_call(ecs_state.describe_service, ecs, settings))
     state = _aws_call(ecs_state.state, ecs, ec2, settings)
     now = time.time()
