@@ -13,6 +13,7 @@ from . import policies
 from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
+HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.healthcheck"]
 CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
 
 
@@ -42,6 +43,10 @@ def container_definitions(settings: StackSettings, image: str, region: str, secr
             ],
             "environment": [{"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level}, {"name": "FLUIDITY_PORT", "value": str(settings.container_port)}],
             "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(secrets.items())],
+            # ECS ignores the image's HEALTHCHECK: the same TLS handshake check, declared here.
+            # Every 5 s (the shortest ECS allows: a wake is reported ready soon after the
+            # listener is), with a start period for a cold start on a quarter of a vCPU.
+            "healthCheck": {"command": HEALTH_CHECK_COMMAND, "interval": 5, "timeout": 4, "retries": 3, "startPeriod": 60},
             "stopTimeout": 30,
             "logConfiguration": {
                 "logDriver": "awslogs",

@@ -1,7 +1,8 @@
 """What the ECS service is doing, in the words the agent and the CLI use.
 
 `status` is `stopped`, `starting`, `running` or `stopping`, derived from desiredCount and
-the service's own tasks (not from the service's counters, which lag); `publicIp` is the
+the service's own tasks (not from the service's counters, which lag); a task is `running`
+only once ECS's health check says HEALTHY; `publicIp` is the
 running task's public IPv4, read from its network interface, so the agent can find a
 server whose address changes at every start.
 """
@@ -66,26 +67,56 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
     service = describe_service(ecs, settings)
     tasks = service_tasks(ecs, settings)
     live = [t for t in tasks if t.get("lastStatus") != "STOPPED"]
-    running = [t for t in live if t.get("lastStatus") == "RUNNING" and t.get("desiredStatus") == "RUNNING"]
+    up = [t for t in live if t.get("lastStatus") == "RUNNING" and t.get("desiredStatus") == "RUNNING"]
+    running = [t for t in up if healthy(ecs, t)]  # what ECS itself would route to
     pending = [t for t in live if t.get("lastStatus") in PENDING_STATES and t.get("desiredStatus") == "RUNNING"]
     desired = int(service.get("desiredCount", 0))
     if desired > 0:
         status = "running" if running else "starting"
     else:
         status = "stopping" if live else "stopped"
-    newest = (running or live or [None])[0]
+    newest = (running or up or live or [None])[0]
     return {
         "status": status,
         "desiredCount": desired,
         "runningCount": len(running),
-        "pendingCount": len(pending),
+        "pendingCount": len(pending) + len(up) - len(running),
         "publicIp": public_ip(ec2, running[0]) if (with_ip and running) else None,
         "port": settings.container_port,
         "taskStatus": newest.get("lastStatus") if newest else None,
+        "health": (newest.get("healthStatus") or _containers_health(newest)) if newest else None,
         "taskStartedAt": _epoch(newest.get("startedAt") or newest.get("createdAt")) if newest else None,
         "cluster": settings.cluster,
         "service": settings.service,
     }
+
+
+_HEALTH_CHECKED: dict[str, bool] = {}  # task definition ARN -> defines a container health check
+
+
+def healthy(ecs, task: dict) -> bool:
+    """A RUNNING task is up when ECS says HEALTHY, or, if its task definition has no health
+    check (ECS then says UNKNOWN for ever), as soon as it runs."""
+    health = task.get("healthStatus") or _containers_health(task)
+    if health != "UNKNOWN":
+        return health == "HEALTHY"
+    arn = task.get("taskDefinitionArn")
+    if arn not in _HEALTH_CHECKED:
+        try:
+            containers = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].get("containerDefinitions", [])
+        except Exception:  # cannot tell: UNKNOWN is then not yet healthy
+            return False
+        _HEALTH_CHECKED[arn] = any(c.get("healthCheck") for c in containers)
+    return not _HEALTH_CHECKED[arn]
+
+
+def _containers_health(task: dict) -> str:
+    """The task's health from its containers' (what ECS derives the task's own from)."""
+    states = {c.get("healthStatus") or "UNKNOWN" for c in task.get("containers", [])}
+    for word in ("UNHEALTHY", "UNKNOWN"):
+        if word in states:
+            return word
+    return "HEALTHY" if states else "UNKNOWN"
 
 
 def set_desired(ecs, settings: Settings, count: int) -> None:

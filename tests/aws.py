@@ -74,7 +74,18 @@ class MotoAws:
         self.server.stop()
 
     # -- ECS ---------------------------------------------------------------------------------
-    def make_service(self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443) -> Service:
+    def set_health(self, service: Service, health: str) -> None:
+        """What ECS's health check concludes, on the service's running tasks (moto has no
+        health checks of its own: it reports every container HEALTHY)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.ecs.models import ecs_backends
+
+        tasks = ecs_backends[DEFAULT_ACCOUNT_ID][REGION].tasks.get(service.cluster, {})
+        for task in tasks.values():
+            for container in task.containers:
+                container.health_status = health
+
+    def make_service(self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443, health_check: bool = False) -> Service:
         ec2, ecs = self.client("ec2"), self.client("ecs")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as in a default VPC
@@ -87,7 +98,10 @@ class MotoAws:
             requiresCompatibilities=["FARGATE"],
             cpu="256",
             memory="512",
-            containerDefinitions=[{"name": "server", "image": "fluidity:latest", "cpu": 256, "memory": 512, "portMappings": [{"containerPort": port}]}],
+            containerDefinitions=[
+                {"name": "server", "image": "fluidity:latest", "cpu": 256, "memory": 512, "portMappings": [{"containerPort": port}]}
+                | ({"healthCheck": {"command": ["CMD", "python3", "-m", "tunnel.healthcheck"], "interval": 5}} if health_check else {})
+            ],
         )
         ecs.create_service(
             cluster=cluster,

@@ -262,3 +262,15 @@ def test_an_open_ingress_cidr_is_warned_about(capfd, caplog):
     synthesize({"allowedIngressCidr": "203.0.113.0/24"})
     narrowed = capfd.readouterr().err + caplog.text
     assert "open to the whole internet" not in narrowed
+
+
+def test_the_task_declares_the_images_own_health_check(stack):
+    """ECS ignores an image's HEALTHCHECK: the task definition carries the same command."""
+    import re
+    from pathlib import Path
+
+    declared = container(stack)["healthCheck"]
+    dockerfile = (Path(__file__).parent.parent / "Dockerfile").read_text()
+    image_command = json.loads(re.search(r"^HEALTHCHECK .* CMD (\[.*\])$", dockerfile, re.M).group(1))
+    assert declared["command"] == ["CMD", *image_command]
+    assert declared["interval"] >= 5 and declared["startPeriod"] >= 30 and declared["retries"] >= 1

@@ -69,6 +69,16 @@ def test_status_reports_the_running_tasks_public_ip(aws, monkeypatch):
     assert body["taskStatus"] == "RUNNING"
 
 
+def test_a_task_is_running_only_once_ecs_finds_it_healthy(aws):
+    service = aws.make_service(desired=1, health_check=True)
+    aws.reconcile(service)
+    for health, expected in (("UNKNOWN", "starting"), ("UNHEALTHY", "starting"), ("HEALTHY", "running")):
+        aws.set_health(service, health)
+        code, body = call(status.handler, "GET", "/status")
+        assert (code, body["status"], body["health"]) == (200, expected, health), body
+        assert (body["publicIp"] is None) == (expected != "running")
+
+
 def test_status_of_a_running_task_without_a_public_ip_is_null(aws):
     service = aws.make_service(desired=1)
     aws.reconcile(service, public_ip="")
