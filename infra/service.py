@@ -10,6 +10,8 @@ import pulumi
 import pulumi_aws as aws
 
 from . import policies
+from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
+
 from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
@@ -144,7 +146,11 @@ class FluidityService(pulumi.ComponentResource):
             name=s.service_name,
             cluster=self.cluster.arn,
             task_definition=self.task_definition.arn,
-            desired_count=s.desired_count,
+            # One owner for desiredCount: the stack config when it sets one, else the
+            # control plane (created at 0, later changes ignored by Pulumi). The tag tells
+            # the Lambdas and `fluidity start/stop` which it is.
+            desired_count=s.desired_count if s.desired_count is not None else 0,
+            tags={OWNER_TAG: PULUMI_OWNS if s.desired_count is not None else "control-plane"},
             network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
                 subnets=args.subnet_ids, security_groups=[self.security_group.id], assign_public_ip=s.assign_public_ip == "ENABLED"
             ),
@@ -155,7 +161,9 @@ class FluidityService(pulumi.ComponentResource):
             propagate_tags="SERVICE",
             wait_for_steady_state=False,
             **placement,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[capacity] if capacity else None),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[capacity] if capacity else None, ignore_changes=[] if s.desired_count is not None else ["desiredCount"]
+            ),
         )
         self.register_outputs(
             {

@@ -38,7 +38,7 @@ class StackSettings:
     container_port: int = 8443
     cpu: int = 256
     memory: int = 512
-    desired_count: int = 0
+    desired_count: int | None = None  # None: not in the stack config, the control plane owns it
     vpc_id: str | None = None  # None: the account's default VPC
     public_subnets: list[str] | None = None  # None: the default VPC's default-for-AZ subnets
     allowed_ingress_cidr: str = "0.0.0.0/0"
@@ -162,7 +162,7 @@ def from_config(config) -> StackSettings:
         container_port=_int(config, "containerPort", 8443, 1, 65535),
         cpu=cpu,
         memory=memory,
-        desired_count=_int(config, "desiredCount", 0, 0, 10),
+        desired_count=_int(config, "desiredCount", None, 0, 10),
         vpc_id=vpc_id,
         public_subnets=subnets,
         allowed_ingress_cidr=str(network),

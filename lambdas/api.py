@@ -13,7 +13,7 @@ import json
 import logging
 from typing import Callable
 
-from .ecs_state import ServiceMissing
+from .ecs_state import OwnedByPulumi, ServiceMissing
 from .settings import SettingsError
 
 log = logging.getLogger("fluidity.lambdas")
@@ -99,6 +99,8 @@ def respond(event, allowed: str, action: Callable[[], tuple[int, dict]]) -> dict
         return error(500, f"control plane misconfigured: {e}")
     except ServiceMissing as e:
         return error(502, str(e))
+    except OwnedByPulumi as e:
+        return error(409, str(e))
     except Exception as e:
         from botocore.exceptions import BotoCoreError, ClientError
 

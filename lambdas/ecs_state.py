@@ -17,6 +17,21 @@ from .settings import Settings
 PENDING_STATES = {"PROVISIONING", "PENDING", "ACTIVATING"}
 STOPPING_STATES = {"DEACTIVATING", "STOPPING", "DEPROVISIONING"}
 WAKE_TAG = "fluidity:last-wake"
+# Who sets desiredCount: "pulumi" when the stack config sets it (the control plane and
+# `fluidity start/stop` then leave it alone), "control-plane" otherwise. Set by infra/.
+OWNER_TAG = "fluidity:desired-count-owner"
+PULUMI_OWNS = "pulumi"
+
+
+class OwnedByPulumi(Exception):
+    """desiredCount is the stack config's to set: changing it here would be undone."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(
+            f"the stack config sets desiredCount for {settings.cluster}/{settings.service}: start or stop it with "
+            "`pulumi config set desiredCount 1` (or 0) and `pulumi up`, or hand it to the control plane with "
+            "`pulumi config rm desiredCount` and `pulumi up`"
+        )
 
 
 class ServiceMissing(LookupError):
@@ -24,7 +39,7 @@ class ServiceMissing(LookupError):
 
 
 def describe_service(ecs, settings: Settings) -> dict:
-    answer = ecs.describe_services(cluster=settings.cluster, services=[settings.service])
+    answer = ecs.describe_services(cluster=settings.cluster, services=[settings.service], include=["TAGS"])
     found = [s for s in answer.get("services", []) if s.get("status") != "INACTIVE"]
     if not found:
         raise ServiceMissing(f"ECS service {settings.service!r} not found in cluster {settings.cluster!r}")
@@ -88,6 +103,7 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
         "taskStartedAt": _epoch(newest.get("startedAt") or newest.get("createdAt")) if newest else None,
         "cluster": settings.cluster,
         "service": settings.service,
+        "desiredCountOwner": owner(ecs, service),
     }
 
 
@@ -119,7 +135,22 @@ def _containers_health(task: dict) -> str:
     return "HEALTHY" if states else "UNKNOWN"
 
 
-def set_desired(ecs, settings: Settings, count: int) -> None:
+def owner(ecs, service: dict) -> str:
+    """Who sets desiredCount (the service's OWNER_TAG; untagged services: the control plane)."""
+    tags = service.get("tags")
+    if tags is None:
+        try:
+            tags = ecs.list_tags_for_resource(resourceArn=service["serviceArn"]).get("tags", [])
+        except Exception:
+            tags = []
+    return next((t.get("value") for t in tags if t.get("key") == OWNER_TAG), None) or "control-plane"
+
+
+def set_desired(ecs, settings: Settings, count: int, service: dict | None = None) -> None:
+    """Change desiredCount, unless the stack config owns it (OwnedByPulumi)."""
+    service = service or describe_service(ecs, settings)
+    if owner(ecs, service) == PULUMI_OWNS:
+        raise OwnedByPulumi(settings)
     ecs.update_service(cluster=settings.cluster, service=settings.service, desiredCount=count)
 
 

@@ -11,8 +11,9 @@ from .settings import from_env
 def kill() -> tuple[int, dict]:
     settings = from_env()
     ecs = client("ecs")
-    if int(ecs_state.describe_service(ecs, settings).get("desiredCount", 0)) != 0:
-        ecs_state.set_desired(ecs, settings, 0)
+    service = ecs_state.describe_service(ecs, settings)
+    if int(service.get("desiredCount", 0)) != 0:
+        ecs_state.set_desired(ecs, settings, 0, service)
     return 200, ecs_state.state(ecs, client("ec2"), settings)
 
 

@@ -48,6 +48,8 @@ def decide(ecs, cloudwatch, settings: Settings, now: float) -> dict:
     figures = {"desiredCount": desired, "idleThresholdSeconds": settings.idle_threshold_minutes * 60, "lookbackMinutes": settings.lookback_minutes}
     if desired == 0:
         return {"action": "none", "reason": "already stopped", **figures}
+    if ecs_state.owner(ecs, service) == ecs_state.PULUMI_OWNS:
+        return {"action": "none", "reason": "desiredCount is set by the stack config (Pulumi owns it)", **figures}
     tasks = ecs_state.service_tasks(ecs, settings)
     active = newest_maximum(cloudwatch, settings, ACTIVE_CONNECTIONS, now)
     reported = newest_maximum(cloudwatch, settings, LAST_ACTIVITY, now)
@@ -64,7 +66,7 @@ def decide(ecs, cloudwatch, settings: Settings, now: float) -> dict:
         return {"action": "none", "reason": f"{int(active)} agent(s) connected within the last {settings.lookback_minutes:g} minutes", **figures}
     if last is not None and now - last < settings.idle_threshold_minutes * 60:
         return {"action": "none", "reason": f"active {round(now - last)}s ago, under the {settings.idle_threshold_minutes:g}-minute threshold", **figures}
-    ecs_state.set_desired(ecs, settings, 0)
+    ecs_state.set_desired(ecs, settings, 0, service)
     why = "no activity or start time on record" if last is None else f"idle for {round(now - last)}s"
     return {"action": "stopped", "reason": why, **figures}
 

@@ -13,7 +13,7 @@ def wake() -> tuple[int, dict]:
     ecs = client("ecs")
     service = ecs_state.describe_service(ecs, settings)
     if int(service.get("desiredCount", 0)) == 0:
-        ecs_state.set_desired(ecs, settings, 1)
+        ecs_state.set_desired(ecs, settings, 1, service)
         try:
             ecs_state.mark_woken(ecs, service)
         except Exception:  # a missing tag only makes sleep rely on task times

@@ -24,6 +24,7 @@ class Registered:
     type: str
     name: str
     inputs: dict
+    ignore_changes: list[str] = field(default_factory=list)  # as the SDK sent it to the engine
 
 
 @dataclass
@@ -83,6 +84,23 @@ class RecordingMocks(pulumi_mocks.Mocks):
         raise AssertionError(f"unexpected invoke {args.token}")
 
 
+def _record_ignore_changes(mocks: RecordingMocks) -> None:
+    """The mocks see inputs only; the registration request the SDK sends also carries the
+    resource options the engine acts on, such as ignoreChanges: keep those too."""
+    monitor = pulumi.runtime.settings.get_monitor()
+    register = monitor.RegisterResource
+
+    def recording(request):
+        answer = register(request)
+        for resource in reversed(mocks.resources):
+            if resource.name == request.name and resource.type == request.type:
+                resource.ignore_changes = list(request.ignoreChanges)
+                break
+        return answer
+
+    monitor.RegisterResource = recording
+
+
 def synthesize(config: dict | None = None, certs: dict | None = CERTS) -> Stack:
     """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises."""
     from infra import program
@@ -92,6 +110,7 @@ def synthesize(config: dict | None = None, certs: dict | None = CERTS) -> Stack:
     set_all_config(values, [f"fluidity:{k}" for k in (certs or {})])
     mocks = RecordingMocks()
     pulumi.runtime.set_mocks(mocks, project="fluidity", stack="dev", preview=False)
+    _record_ignore_changes(mocks)
     outputs: dict = {}
 
     def program_and_outputs():

@@ -142,7 +142,8 @@ def _comparable(stack) -> dict:
     return {(r.type, r.name): repr(sorted((k, unwrap(v) if not isinstance(v, pulumi.AssetArchive) else sorted(v.assets)) for k, v in r.inputs.items())) for r in stack.resources}
 
 
-def test_changing_desired_count_changes_only_the_services_desired_count(stack):
+def test_changing_desired_count_changes_only_the_services_desired_count():
+    stack = synthesize({"desiredCount": "0"})
     started = synthesize({"desiredCount": "1"})
     before, after = _comparable(stack), _comparable(started)
     assert before.keys() == after.keys()
@@ -274,3 +275,17 @@ def test_the_task_declares_the_images_own_health_check(stack):
     image_command = json.loads(re.search(r"^HEALTHCHECK .* CMD (\[.*\])$", dockerfile, re.M).group(1))
     assert declared["command"] == ["CMD", *image_command]
     assert declared["interval"] >= 5 and declared["startPeriod"] >= 30 and declared["retries"] >= 1
+
+
+def test_desired_count_has_one_owner():
+    """Unset: created at 0, the tag names the control plane and Pulumi ignores later changes
+    (a `pulumi up --refresh` after an agent woke the server leaves it running). Set: Pulumi's."""
+    service = synthesize().one("aws:ecs/service:Service")
+    assert service.inputs["desiredCount"] == 0
+    assert service.inputs["tags"]["fluidity:desired-count-owner"] == "control-plane"
+    assert "desiredCount" in service.ignore_changes
+    for count in ("0", "1"):
+        owned = synthesize({"desiredCount": count}).one("aws:ecs/service:Service")
+        assert owned.inputs["desiredCount"] == int(count)
+        assert owned.inputs["tags"]["fluidity:desired-count-owner"] == "pulumi"
+        assert "desiredCount" not in owned.ignore_changes

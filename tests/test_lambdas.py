@@ -253,3 +253,22 @@ def test_sleep_reports_errors_instead_of_raising(aws, monkeypatch):
     aws.make_service(desired=1)
     decision = sleep.handler(scheduled_event(), None)
     assert decision["action"] == "error" and "not found" in decision["reason"]
+
+
+def test_a_service_whose_desired_count_pulumi_owns_is_left_alone(aws):
+    """The stack config sets desiredCount: wake and kill answer 409 saying so, sleep does nothing."""
+    service = aws.make_service(desired=1)
+    ecs = aws.client("ecs")
+    arn = ecs.describe_services(cluster=service.cluster, services=[service.name])["services"][0]["serviceArn"]
+    ecs.tag_resource(resourceArn=arn, tags=[{"key": "fluidity:desired-count-owner", "value": "pulumi"}])
+    for handler in (kill.handler,):
+        code, body = call(handler, "POST", "/kill")
+        assert code == 409 and "pulumi config set desiredCount" in body["error"], body
+    assert aws.desired_count(service) == 1
+    code, body = call(status.handler, "GET", "/status")
+    assert body["desiredCountOwner"] == "pulumi"
+    decision = sleep.decide(ecs, aws.client("cloudwatch"), from_env(), time.time() + 86400)
+    assert decision["action"] == "none" and "Pulumi" in decision["reason"]
+    ecs.update_service(cluster=service.cluster, service=service.name, desiredCount=0)
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 409 and aws.desired_count(service) == 0

@@ -167,3 +167,13 @@ def test_an_unknown_profile_is_a_clear_error(aws, tmp_path):
     done = subprocess.run([FLUIDITY, "status", "--profile", "no-such-profile"], capture_output=True, text=True, timeout=60, env=_without_regions(aws, tmp_path))
     assert done.returncode == 1
     assert "no AWS profile named 'no-such-profile'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_start_refuses_a_service_whose_desired_count_pulumi_owns(aws, service):
+    ecs = aws.client("ecs")
+    arn = ecs.describe_services(cluster=service.cluster, services=[service.name])["services"][0]["serviceArn"]
+    ecs.tag_resource(resourceArn=arn, tags=[{"key": "fluidity:desired-count-owner", "value": "pulumi"}])
+    done = fluidity(aws, "start", "--timeout", "5")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "pulumi config set desiredCount 1" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert aws.desired_count(service) == 0

@@ -72,6 +72,8 @@ def _aws_call(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ecs_state.ServiceMissing as e:
         raise OperatorError(f"{e} (check --cluster/--service, or `pulumi stack output`)") from None
+    except ecs_state.OwnedByPulumi as e:
+        raise OperatorError(str(e)) from None
     except NoCredentialsError:
         raise OperatorError("no AWS credentials found: set AWS_PROFILE, run `aws configure`, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
     except ClientError as e:
