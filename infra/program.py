@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pulumi
 import pulumi_aws as aws
 
@@ -39,11 +41,15 @@ def run() -> dict:
     if not subnets:
         raise pulumi.RunError(f"no public subnets found in {vpc_id}: set fluidity:publicSubnets")
 
-    service = FluidityService("fluidity", FluidityServiceArgs(settings=settings, vpc_id=vpc_id, subnet_ids=subnets, region=region, certificates=certificates))
+    repository = str(Path(__file__).resolve().parent.parent)  # the Dockerfile's context
+    service = FluidityService(
+        "fluidity", FluidityServiceArgs(settings=settings, vpc_id=vpc_id, subnet_ids=subnets, region=region, certificates=certificates, build_context=repository)
+    )
     outputs = {
         "clusterName": service.cluster.name,
         "serviceName": service.service.name,
         "repositoryUrl": service.repository.repository_url,
+        "image": service.image_ref,
         "logGroupName": service.log_group.name,
         "securityGroupId": service.security_group.id,
     }

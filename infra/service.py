@@ -4,10 +4,12 @@ group, and the server's certificates as SSM SecureString parameters."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_docker_build as docker_build
 
 from . import policies
 from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
@@ -19,6 +21,10 @@ HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.healthcheck"]
 CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
 
 
+PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}  # cpuArchitecture -> the image's platform
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
 @dataclass
 class FluidityServiceArgs:
     settings: StackSettings
@@ -26,6 +32,15 @@ class FluidityServiceArgs:
     subnet_ids: pulumi.Input[list]
     region: pulumi.Input[str]
     certificates: dict  # serverCert / serverKey / caCert -> secret Output[str]
+    build_context: str = "."  # the repository: its Dockerfile builds the server image
+
+
+def pinned_image(repository_url: str, digest: str | None) -> str:
+    """`repository@sha256:...`: a new image is a new task definition revision, and ECS
+    runs exactly what was built (a tag is resolved once per deployment)."""
+    if not digest or not _DIGEST.match(digest):
+        raise pulumi.RunError(f"the server image was pushed to {repository_url} but its digest cannot be read ({digest!r}); see the build output above")
+    return f"{repository_url}@{digest}"
 
 
 def container_definitions(settings: StackSettings, image: str, region: str, secrets: dict[str, str]) -> list[dict]:
@@ -119,7 +134,11 @@ class FluidityService(pulumi.ComponentResource):
             opts=child,
         )
 
-        image = pulumi.Output.from_input(s.container_image) if s.container_image else self.repository.repository_url.apply(lambda url: f"{url}:latest")
+        if s.container_image:
+            image = pulumi.Output.from_input(s.container_image)
+        else:
+            image = self._build_image(name, s, args.build_context, child)
+        self.image_ref = image
         secrets = pulumi.Output.all(**{env: self.parameters[key].arn for key, _, env in CERT_SECRETS})
         definitions = pulumi.Output.all(image, args.region, secrets).apply(lambda a: json.dumps(container_definitions(s, a[0], a[1], a[2])))
         self.task_definition = aws.ecs.TaskDefinition(
@@ -167,6 +186,7 @@ class FluidityService(pulumi.ComponentResource):
         )
         self.register_outputs(
             {
+                "image": image,
                 "clusterName": self.cluster.name,
                 "serviceName": self.service.name,
                 "repositoryUrl": self.repository.repository_url,
@@ -174,3 +194,23 @@ class FluidityService(pulumi.ComponentResource):
                 "securityGroupId": self.security_group.id,
             }
         )
+
+    def _build_image(self, name: str, s: StackSettings, context: str, child: pulumi.ResourceOptions) -> pulumi.Output:
+        """Build the server image from the repository's Dockerfile for the task's CPU
+        architecture and push it to the stack's repository; the task names it by digest."""
+        token = aws.ecr.get_authorization_token_output(registry_id=self.repository.registry_id)
+        self.image = docker_build.Image(
+            f"{name}-image",
+            context=docker_build.BuildContextArgs(location=context),
+            dockerfile=docker_build.DockerfileArgs(location=f"{context}/Dockerfile"),
+            platforms=[PLATFORMS[s.cpu_architecture]],
+            push=True,
+            tags=[self.repository.repository_url.apply(lambda url: f"{url}:latest")],
+            registries=[
+                docker_build.RegistryArgs(
+                    address=self.repository.repository_url.apply(lambda url: url.split("/", 1)[0]), username=token.user_name, password=token.password
+                )
+            ],
+            opts=child,
+        )
+        return pulumi.Output.all(self.repository.repository_url, self.image.digest).apply(lambda a: pinned_image(a[0], a[1]))

@@ -44,8 +44,9 @@ class Stack:
 class RecordingMocks(pulumi_mocks.Mocks):
     """Answers like AWS would for the few computed properties the program reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_digest: str = "sha256:" + "ab" * 32) -> None:
         self.resources: list[Registered] = []
+        self.image_digest = image_digest  # what the registry answers for the pushed image
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         self.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
@@ -70,6 +71,10 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state.update(rootResourceId="root", executionArn=f"arn:aws:execute-api:{REGION}:{ACCOUNT}:abc123")
         if args.typ == "aws:apigateway/apiKey:ApiKey":
             state["value"] = "generated-api-key"
+        if args.typ == "aws:ecr/repository:Repository":
+            state["registryId"] = ACCOUNT
+        if args.typ == "docker-build:index:Image":
+            state["digest"] = self.image_digest
         return resource_id, state
 
     def call(self, args: pulumi_mocks.MockCallArgs):
@@ -77,6 +82,8 @@ class RecordingMocks(pulumi_mocks.Mocks):
             return {"name": REGION, "region": REGION, "id": REGION}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/me", "userId": "me", "id": ACCOUNT}
+        if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            return {"userName": "AWS", "password": "ecr-token", "authorizationToken": "QVdTOmVjci10b2tlbg==", "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com", "id": ACCOUNT}
         if args.token == "aws:ec2/getVpc:getVpc":
             return {"id": "vpc-default", "cidrBlock": "172.31.0.0/16", "default": True}
         if args.token == "aws:ec2/getSubnets:getSubnets":
@@ -101,14 +108,14 @@ def _record_ignore_changes(mocks: RecordingMocks) -> None:
     monitor.RegisterResource = recording
 
 
-def synthesize(config: dict | None = None, certs: dict | None = CERTS) -> Stack:
+def synthesize(config: dict | None = None, certs: dict | None = CERTS, image_digest: str = "sha256:" + "ab" * 32) -> Stack:
     """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises."""
     from infra import program
 
     values = {f"fluidity:{k}": v for k, v in {**(certs or {}), **(config or {})}.items()}
     values["aws:region"] = REGION
     set_all_config(values, [f"fluidity:{k}" for k in (certs or {})])
-    mocks = RecordingMocks()
+    mocks = RecordingMocks(image_digest)
     pulumi.runtime.set_mocks(mocks, project="fluidity", stack="dev", preview=False)
     _record_ignore_changes(mocks)
     outputs: dict = {}

@@ -44,7 +44,7 @@ def test_service_side_defaults_equal_the_seeds(stack):
 
     server = container(stack)
     assert server["name"] == "server" and server["essential"] is True
-    assert server["image"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server:latest"
+    assert server["image"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server@sha256:" + "ab" * 32
     assert server["portMappings"] == [{"containerPort": 8443, "hostPort": 8443, "protocol": "tcp"}]
     assert server["logConfiguration"] == {"logDriver": "awslogs", "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"}}
     assert {"name": "FLUIDITY_LOG_LEVEL", "value": "info"} in server["environment"]
@@ -289,3 +289,41 @@ def test_desired_count_has_one_owner():
         assert owned.inputs["desiredCount"] == int(count)
         assert owned.inputs["tags"]["fluidity:desired-count-owner"] == "pulumi"
         assert "desiredCount" not in owned.ignore_changes
+
+
+@pytest.mark.parametrize("architecture, platform", [("X86_64", "linux/amd64"), ("ARM64", "linux/arm64")])
+def test_pulumi_up_builds_and_pushes_the_image_and_the_task_names_it_by_digest(architecture, platform):
+    from pathlib import Path
+
+    stack = synthesize({"cpuArchitecture": architecture}, image_digest="sha256:" + "12" * 32)
+    image = stack.one("docker-build:index:Image")
+    root = str(Path(__file__).resolve().parent.parent)
+    assert unwrap(image.inputs["context"]) == {"location": root}
+    assert unwrap(image.inputs["dockerfile"]) == {"location": f"{root}/Dockerfile"}
+    assert (Path(root) / "Dockerfile").is_file()
+    assert image.inputs["platforms"] == [platform] and image.inputs["push"] is True
+    registry = unwrap(image.inputs["registries"])[0]
+    assert registry["address"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com" and registry["username"] == "AWS" and registry["password"] == "ecr-token"
+    repository = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server"
+    assert image.inputs["tags"] == [f"{repository}:latest"]
+    assert container(stack)["image"] == f"{repository}@sha256:" + "12" * 32
+    assert stack.outputs["image"] == f"{repository}@sha256:" + "12" * 32
+    rebuilt = synthesize({"cpuArchitecture": architecture}, image_digest="sha256:" + "34" * 32)
+    before = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs["containerDefinitions"]
+    after = rebuilt.one("aws:ecs/taskDefinition:TaskDefinition").inputs["containerDefinitions"]
+    assert before != after  # a new image is a new task definition revision
+
+
+def test_container_image_overrides_the_build():
+    stack = synthesize({"containerImage": "public.ecr.aws/example/fluidity:1.2"})
+    assert stack.of_type("docker-build:index:Image") == []
+    assert container(stack)["image"] == "public.ecr.aws/example/fluidity:1.2"
+
+
+@pytest.mark.parametrize("digest", ["", "latest", "sha256:xyz"])
+def test_an_unreadable_digest_stops_the_program_in_one_line(digest):
+    with pytest.raises(Exception) as raised:
+        synthesize(image_digest=digest)
+    cause = [line for line in str(raised.value).splitlines() if "digest cannot be read" in line]
+    assert len(cause) == 1 and "fluidity-server" in cause[0], str(raised.value)  # one line names the cause
+    assert "Traceback" not in str(raised.value)
