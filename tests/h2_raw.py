@@ -46,10 +46,11 @@ class RawH2:
         frame.flags.add("END_HEADERS") if end_headers else None
         return frame
 
-    def outcome(self, seconds: float = 10.0) -> tuple[bool, int | None]:
-        """(closed, GOAWAY error code or None): read until the server closes, or give up."""
+    def frames(self, seconds: float):
+        """Frames as they arrive, for at most `seconds`; then, or when the server closes,
+        a final None (`self.closed` tells which)."""
         deadline = time.monotonic() + seconds
-        code = None
+        self.closed = False
         self.sock.settimeout(0.5)
         while time.monotonic() < deadline:
             try:
@@ -57,9 +58,10 @@ class RawH2:
             except (socket.timeout, TimeoutError):
                 continue
             except (ConnectionResetError, ssl.SSLError, OSError):
-                return True, code
+                data = b""
             if not data:
-                return True, code
+                self.closed = True
+                break
             self.buffer += data
             while len(self.buffer) >= 9:
                 frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
@@ -67,32 +69,25 @@ class RawH2:
                     break
                 frame.parse_body(memoryview(self.buffer[9 : 9 + length]))
                 self.buffer = self.buffer[9 + length :]
-                if isinstance(frame, GoAwayFrame):
-                    code = frame.error_code
-        return False, code
+                yield frame
+        yield None
+
+    def outcome(self, seconds: float = 10.0) -> tuple[bool, int | None]:
+        """(closed, GOAWAY error code or None): read until the server closes, or give up."""
+        code = None
+        for frame in self.frames(seconds):
+            if isinstance(frame, GoAwayFrame):
+                code = frame.error_code
+        return self.closed, code
 
     def read_until(self, wanted, count: int = 1, seconds: float = 30.0) -> int:
         """Read frames until `count` of them satisfy `wanted(frame)`; returns how many did."""
-        deadline = time.monotonic() + seconds
         seen = 0
-        self.sock.settimeout(0.5)
-        while seen < count and time.monotonic() < deadline:
-            try:
-                data = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
-                continue
-            except (ConnectionResetError, ssl.SSLError, OSError):
-                break
-            if not data:
-                break
-            self.buffer += data
-            while len(self.buffer) >= 9:
-                frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
-                if len(self.buffer) < 9 + length:
+        for frame in self.frames(seconds):
+            if frame is not None and wanted(frame):
+                seen += 1
+                if seen == count:
                     break
-                frame.parse_body(memoryview(self.buffer[9 : 9 + length]))
-                self.buffer = self.buffer[9 + length :]
-                seen += bool(wanted(frame))
         return seen
 
     def sync(self, seconds: float = 60.0) -> bool:

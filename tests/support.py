@@ -338,17 +338,22 @@ def curl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return run(["curl", "-sS", "--max-time", str(int(timeout)), *args], timeout=timeout + 5)
 
 
-def proxy_connect(proxy_port: int, authority: str, timeout: float = 10.0) -> tuple[socket.socket, bytes]:
-    """Open a CONNECT tunnel through the agent; returns the socket and the proxy's answer head."""
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
-    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+def read_head(sock: socket.socket) -> bytes:
+    """What arrives up to the end of an HTTP head (or until the peer closes)."""
     head = b""
     while b"\r\n\r\n" not in head:
         data = sock.recv(4096)
         if not data:
             break
         head += data
-    return sock, head
+    return head
+
+
+def proxy_connect(proxy_port: int, authority: str, timeout: float = 10.0) -> tuple[socket.socket, bytes]:
+    """Open a CONNECT tunnel through the agent; returns the socket and the proxy's answer head."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    return sock, read_head(sock)
 
 
 def env_without_proxies() -> dict:

@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from support import curl, proxy_connect
+from support import curl, proxy_connect, read_head
 
 
 def test_connect_to_https_origin_with_its_own_ca(tunnel, https_origin):
@@ -130,13 +130,7 @@ def test_agent_survives_bad_input_and_keeps_serving(tunnel, http_origin):
 def raw_request(port: int, request: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(request)
-        answer = b""
-        while b"\r\n\r\n" not in answer:
-            data = sock.recv(65536)
-            if not data:
-                break
-            answer += data
-        return answer
+        return read_head(sock)
 
 
 @pytest.mark.parametrize("path", ["/health", "/proxy.pac", "/anything"])
