@@ -1,3 +1,4 @@
+"""Log helpers: the throttle that keeps repeated refusals from flooding the log."""
 
 
 def test_throttle_lets_a_burst_through_then_counts_and_reports():
