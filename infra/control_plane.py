@@ -29,6 +29,7 @@ class ControlPlaneArgs:
     service_arn: pulumi.Input[str]
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
+    security_group_id: pulumi.Input[str] = ""  # the server's, opened to wakers when the stack names no CIDR
 
 
 def code_archive() -> pulumi.AssetArchive:
@@ -37,8 +38,9 @@ def code_archive() -> pulumi.AssetArchive:
     return pulumi.AssetArchive({f"lambdas/{p.name}": pulumi.FileAsset(str(p)) for p in files})
 
 
-def function_environment(s: StackSettings) -> dict[str, str]:
-    return {
+def function_environment(s: StackSettings, security_group_id: str = "") -> dict[str, str]:
+    ingress = {"INGRESS_GROUP_ID": security_group_id} if s.ingress_for_wakers and security_group_id else {}
+    return ingress | {
         "CLUSTER_NAME": s.cluster_name,
         "SERVICE_NAME": s.service_name,
         "CONTAINER_PORT": str(s.container_port),
@@ -61,8 +63,13 @@ class ControlPlane(pulumi.ComponentResource):
             function_name = f"{s.service_name}-{role}"
             logs = aws.cloudwatch.LogGroup(f"{name}-{role}-logs", name=f"/aws/lambda/{function_name}", retention_in_days=s.log_retention_days, opts=child)
             iam_role = aws.iam.Role(f"{name}-{role}-role", assume_role_policy=json.dumps(policies.assume_role("lambda.amazonaws.com")), opts=child)
-            policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn).apply(
-                lambda a, role=role: json.dumps(policies.control_function(role, service_arn=a[0], cluster_arn=a[1], task_arns=a[2], log_group_arn=a[3]))
+            group_arn = pulumi.Output.all(args.region, args.account_id, args.security_group_id).apply(
+                lambda a: f"arn:aws:ec2:{a[0]}:{a[1]}:security-group/{a[2]}" if s.ingress_for_wakers and a[2] else None
+            )
+            policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn).apply(
+                lambda a, role=role: json.dumps(
+                    policies.control_function(role, service_arn=a[0], cluster_arn=a[1], task_arns=a[2], log_group_arn=a[3], security_group_arn=a[4])
+                )
             )
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
             self.functions[role] = aws.lambda_.Function(
@@ -74,7 +81,9 @@ class ControlPlane(pulumi.ComponentResource):
                 code=archive,
                 timeout=30,
                 memory_size=128,
-                environment=aws.lambda_.FunctionEnvironmentArgs(variables=function_environment(s)),
+                environment=aws.lambda_.FunctionEnvironmentArgs(
+                    variables=pulumi.Output.from_input(args.security_group_id).apply(lambda group: function_environment(s, group))
+                ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
             )
 

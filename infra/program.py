@@ -55,7 +55,12 @@ def run() -> dict:
     }
     if settings.control_plane:
         account = aws.get_caller_identity().account_id
-        plane = ControlPlane("fluidity-control", ControlPlaneArgs(settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account))
+        plane = ControlPlane(
+            "fluidity-control",
+            ControlPlaneArgs(
+                settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account, security_group_id=service.security_group.id
+            ),
+        )
         outputs.update(
             apiUrl=plane.url,
             apiKey=pulumi.Output.secret(plane.api_key.value),

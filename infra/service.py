@@ -13,6 +13,7 @@ import pulumi_docker_build as docker_build
 
 from . import policies
 from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
+from lambdas.ingress import INGRESS_TAG
 
 from .settings import StackSettings
 
@@ -125,13 +126,25 @@ class FluidityService(pulumi.ComponentResource):
         self.task_role = aws.iam.Role(f"{name}-task-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
         aws.iam.RolePolicy(f"{name}-task-metrics", role=self.task_role.id, policy=json.dumps(policies.put_metrics(s.metrics_namespace)), opts=child)
 
+        # With allowedIngressCidr, one fixed rule. Without it (the default), no rule at all:
+        # the control plane opens the port to each agent that wakes the server and closes
+        # it when the server stops, so Pulumi leaves the ingress rules to it.
+        if s.ingress_for_wakers:
+            ingress_args = {"description": f"Fluidity server: {s.container_port}/tcp from the agents that woke it"}
+            sg_opts = pulumi.ResourceOptions(parent=self, ignore_changes=["ingress"])
+        else:
+            ingress_args = {
+                "description": f"Fluidity server: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
+                "ingress": [aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=s.container_port, to_port=s.container_port, cidr_blocks=[s.allowed_ingress_cidr], description="agents (mTLS)")],
+            }
+            sg_opts = child
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=args.vpc_id,
-            description=f"Fluidity server: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
-            ingress=[aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=s.container_port, to_port=s.container_port, cidr_blocks=[s.allowed_ingress_cidr], description="agents (mTLS)")],
             egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"], description="onward to the internet")],
-            opts=child,
+            tags={INGRESS_TAG: "wakers" if s.ingress_for_wakers else "cidr"},
+            opts=sg_opts,
+            **ingress_args,
         )
 
         if s.container_image:

@@ -41,7 +41,7 @@ class StackSettings:
     desired_count: int | None = None  # None: not in the stack config, the control plane owns it
     vpc_id: str | None = None  # None: the account's default VPC
     public_subnets: list[str] | None = None  # None: the default VPC's default-for-AZ subnets
-    allowed_ingress_cidr: str = "0.0.0.0/0"
+    allowed_ingress_cidr: str | None = None  # None: open only to the addresses that woke the server
     assign_public_ip: str = "ENABLED"
     log_group_name: str = "/fluidity/server"
     log_retention_days: int = 14
@@ -58,7 +58,11 @@ class StackSettings:
 
     @property
     def ingress_open_to_world(self) -> bool:
-        return ipaddress.ip_network(self.allowed_ingress_cidr).prefixlen == 0
+        return self.allowed_ingress_cidr is not None and ipaddress.ip_network(self.allowed_ingress_cidr).prefixlen == 0
+
+    @property
+    def ingress_for_wakers(self) -> bool:
+        return self.allowed_ingress_cidr is None
 
 
 def _int(config, key: str, default: int, low: int, high: int) -> int:
@@ -136,13 +140,15 @@ def from_config(config) -> StackSettings:
     if memory not in FARGATE_MEMORY[cpu]:
         allowed = FARGATE_MEMORY[cpu]
         raise SettingsError(f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of {', '.join(map(str, allowed))} MiB")
-    cidr = (config.get("allowedIngressCidr") or "0.0.0.0/0").strip()
-    try:
-        network = ipaddress.ip_network(cidr, strict=True)
-    except ValueError as e:
-        raise SettingsError(f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})") from None
-    if network.version != 4:
-        raise SettingsError(f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}")
+    cidr = (config.get("allowedIngressCidr") or "").strip()
+    network = None
+    if cidr:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as e:
+            raise SettingsError(f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})") from None
+        if network.version != 4:
+            raise SettingsError(f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}")
     vpc_id = (config.get("vpcId") or "").strip() or None
     if vpc_id and not vpc_id.startswith("vpc-"):
         raise SettingsError(f"fluidity:vpcId must look like vpc-..., got {vpc_id!r}")
@@ -165,7 +171,7 @@ def from_config(config) -> StackSettings:
         desired_count=_int(config, "desiredCount", None, 0, 10),
         vpc_id=vpc_id,
         public_subnets=subnets,
-        allowed_ingress_cidr=str(network),
+        allowed_ingress_cidr=str(network) if network is not None else None,
         assign_public_ip=_choice(config, "assignPublicIp", "ENABLED", ("ENABLED", "DISABLED")),
         log_group_name=log_group,
         log_retention_days=retention,

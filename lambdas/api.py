@@ -83,8 +83,8 @@ def aws_reason(e: Exception) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def respond(event, allowed: str, action: Callable[[], tuple[int, dict]]) -> dict:
-    """Check the event, run `action` (which talks to AWS), map every failure to an answer."""
+def respond(event, allowed: str, action: Callable[..., tuple[int, dict]]) -> dict:
+    """Check the event, run `action(event)` (which talks to AWS), map every failure to an answer."""
     try:
         method = method_of(event)
     except BadEvent as e:
@@ -92,7 +92,7 @@ def respond(event, allowed: str, action: Callable[[], tuple[int, dict]]) -> dict
     if method != allowed:
         return error(405, f"use {allowed}", {"Allow": allowed})
     try:
-        status, body = action()
+        status, body = action(event)
         return response(status, body)
     except SettingsError as e:
         log.error("misconfigured: %s", e)

@@ -1,20 +1,23 @@
-"""POST /kill: stop the server (desiredCount 0)."""
+"""POST /kill: stop the server (desiredCount 0) and close its port to every waker."""
 
 from __future__ import annotations
 
-from . import ecs_state
+from . import ecs_state, ingress
 from .api import respond
 from .clients import client
 from .settings import from_env
 
 
-def kill() -> tuple[int, dict]:
+def kill(event=None) -> tuple[int, dict]:
     settings = from_env()
-    ecs = client("ecs")
+    ecs, ec2 = client("ecs"), client("ec2")
     service = ecs_state.describe_service(ecs, settings)
     if int(service.get("desiredCount", 0)) != 0:
         ecs_state.set_desired(ecs, settings, 0, service)
-    return 200, ecs_state.state(ecs, client("ec2"), settings)
+    closed = ingress.close_all(ec2, settings.ingress) if settings.ingress is not None else 0
+    body = ecs_state.state(ecs, ec2, settings)
+    body["ingressRulesRemoved"] = closed
+    return 200, body
 
 
 def handler(event, context=None) -> dict:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .ingress import IngressSettings
+
 
 class SettingsError(ValueError):
     """The function is deployed with a missing or malformed environment variable."""
@@ -18,6 +20,7 @@ class Settings:
     namespace: str = "Fluidity"
     idle_threshold_minutes: float = 5
     lookback_minutes: float = 10
+    ingress: IngressSettings | None = None  # None: the stack opens the port to a fixed CIDR
 
 
 def _number(env, name: str, default, cast, low, high):
@@ -45,4 +48,19 @@ def from_env(env=None) -> Settings:
         namespace=env.get("METRICS_NAMESPACE", "").strip() or "Fluidity",
         idle_threshold_minutes=_number(env, "IDLE_THRESHOLD_MINUTES", 5, float, 1, 24 * 60),
         lookback_minutes=_number(env, "LOOKBACK_MINUTES", 10, float, 1, 24 * 60),
+        ingress=_ingress(env),
+    )
+
+
+def _ingress(env) -> IngressSettings | None:
+    group = env.get("INGRESS_GROUP_ID", "").strip()
+    if not group:
+        return None
+    if not group.startswith("sg-"):
+        raise SettingsError(f"INGRESS_GROUP_ID must be a security group id (sg-...), got {group!r}")
+    return IngressSettings(
+        group_id=group,
+        port=_number(env, "CONTAINER_PORT", 8443, int, 1, 65535),
+        max_rules=_number(env, "INGRESS_MAX_RULES", 50, int, 1, 55),
+        ttl_hours=_number(env, "INGRESS_TTL_HOURS", 24, float, 1, 24 * 30),
     )

@@ -14,7 +14,7 @@ import datetime
 import json
 import time
 
-from . import ecs_state
+from . import ecs_state, ingress
 from .api import aws_reason, log
 from .clients import client
 from .settings import Settings, SettingsError, from_env
@@ -41,7 +41,7 @@ def newest_maximum(cloudwatch, settings: Settings, metric: str, now: float) -> f
     return max(values) if values else None
 
 
-def decide(ecs, cloudwatch, settings: Settings, now: float) -> dict:
+def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
     """Look, decide, and act; returns the decision and its figures."""
     service = ecs_state.describe_service(ecs, settings)
     desired = int(service.get("desiredCount", 0))
@@ -68,6 +68,8 @@ def decide(ecs, cloudwatch, settings: Settings, now: float) -> dict:
         return {"action": "none", "reason": f"active {round(now - last)}s ago, under the {settings.idle_threshold_minutes:g}-minute threshold", **figures}
     ecs_state.set_desired(ecs, settings, 0, service)
     why = "no activity or start time on record" if last is None else f"idle for {round(now - last)}s"
+    if settings.ingress is not None and ec2 is not None:
+        figures["ingressRulesRemoved"] = ingress.close_all(ec2, settings.ingress)
     return {"action": "stopped", "reason": why, **figures}
 
 
@@ -77,7 +79,7 @@ def handler(event, context=None) -> dict:
         decision = {"action": "error", "reason": f"expected an EventBridge event (a JSON object), got {type(event).__name__}"}
     else:
         try:
-            decision = decide(client("ecs"), client("cloudwatch"), from_env(), time.time())
+            decision = decide(client("ecs"), client("cloudwatch"), from_env(), time.time(), client("ec2"))
         except (SettingsError, ecs_state.ServiceMissing) as e:
             decision = {"action": "error", "reason": str(e)}
         except Exception as e:

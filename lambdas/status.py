@@ -1,15 +1,18 @@
-"""GET /status: what the server is doing and where it is."""
+"""GET /status: what the server is doing and where it is, and the caller's address as the
+API sees it (`callerIp`: what `fluidity start` opens the port to)."""
 
 from __future__ import annotations
 
-from . import ecs_state
+from . import ecs_state, ingress
 from .api import respond
 from .clients import client
 from .settings import from_env
 
 
-def status() -> tuple[int, dict]:
-    return 200, ecs_state.state(client("ecs"), client("ec2"), from_env())
+def status(event) -> tuple[int, dict]:
+    body = ecs_state.state(client("ecs"), client("ec2"), from_env())
+    body["callerIp"] = ingress.source_ipv4(event)
+    return 200, body
 
 
 def handler(event, context=None) -> dict:

@@ -1,16 +1,19 @@
-"""POST /wake: start the server (desiredCount 1) when it is stopped; idempotent."""
+"""POST /wake: start the server (desiredCount 1) when it is stopped, and open its port to
+the caller's address; idempotent."""
 
 from __future__ import annotations
 
-from . import ecs_state
-from .api import respond
+import time
+
+from . import ecs_state, ingress
+from .api import log, respond
 from .clients import client
 from .settings import from_env
 
 
-def wake() -> tuple[int, dict]:
+def wake(event) -> tuple[int, dict]:
     settings = from_env()
-    ecs = client("ecs")
+    ecs, ec2 = client("ecs"), client("ec2")
     service = ecs_state.describe_service(ecs, settings)
     if int(service.get("desiredCount", 0)) == 0:
         ecs_state.set_desired(ecs, settings, 1, service)
@@ -18,7 +21,18 @@ def wake() -> tuple[int, dict]:
             ecs_state.mark_woken(ecs, service)
         except Exception:  # a missing tag only makes sleep rely on task times
             pass
-    return 200, ecs_state.state(ecs, client("ec2"), settings)
+    opened = None
+    if settings.ingress is not None:
+        caller = ingress.source_ipv4(event)
+        if caller is None:
+            log.warning("wake: no public IPv4 source address in the event; the port was not opened to the caller")
+        else:
+            opened = ingress.allow(ec2, settings.ingress, caller, time.time())
+            log.info("wake: port %d open to %s (%d stale rule(s) pruned)", settings.ingress.port, opened["allowed"], opened["pruned"])
+    body = ecs_state.state(ecs, ec2, settings)
+    body["ingress"] = opened["allowed"] if opened else None
+    body["callerIp"] = ingress.source_ipv4(event)
+    return 200, body
 
 
 def handler(event, context=None) -> dict:

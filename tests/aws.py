@@ -85,12 +85,18 @@ class MotoAws:
             for container in task.containers:
                 container.health_status = health
 
-    def make_service(self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443, health_check: bool = False) -> Service:
+    def make_service(
+        self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443, health_check: bool = False, wakers: bool = False
+    ) -> Service:
+        """`wakers`: the security group is tagged as the Pulumi program tags it when the
+        control plane opens the port to the agents that wake the server."""
         ec2, ecs = self.client("ec2"), self.client("ecs")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as in a default VPC
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         group = ec2.create_security_group(GroupName=f"{name}-sg", Description="fluidity", VpcId=vpc)["GroupId"]
+        if wakers:
+            ec2.create_tags(Resources=[group], Tags=[{"Key": "fluidity:ingress", "Value": "wakers"}])
         ecs.create_cluster(clusterName=cluster)
         ecs.register_task_definition(
             family=name,

@@ -272,3 +272,90 @@ def test_a_service_whose_desired_count_pulumi_owns_is_left_alone(aws):
     ecs.update_service(cluster=service.cluster, service=service.name, desiredCount=0)
     code, body = call(wake.handler, "POST", "/wake")
     assert code == 409 and aws.desired_count(service) == 0
+
+
+# -- ingress for the agents that woke the server ----------------------------------------------
+
+
+@pytest.fixture
+def wakers(aws, monkeypatch):
+    """A service whose security group the control plane opens to its wakers."""
+    service = aws.make_service(desired=0)
+    monkeypatch.setenv("INGRESS_GROUP_ID", service.security_group)
+    monkeypatch.setenv("INGRESS_MAX_RULES", "3")
+    return service
+
+
+def v1_event(method: str, path: str, source_ip: str) -> dict:
+    """What API Gateway's REST API (proxy integration) sends."""
+    return {"resource": path, "path": path, "httpMethod": method, "headers": {"x-api-key": "k"}, "body": None, "isBase64Encoded": False,
+            "requestContext": {"stage": "prod", "httpMethod": method, "identity": {"sourceIp": source_ip, "userAgent": "fluidity"}}}
+
+
+def v2_event(method: str, path: str, source_ip: str) -> dict:
+    """What an HTTP API (payload 2.0) sends."""
+    return {"version": "2.0", "rawPath": path, "headers": {}, "isBase64Encoded": False,
+            "requestContext": {"http": {"method": method, "path": path, "sourceIp": source_ip}, "stage": "$default"}}
+
+
+def open_to(aws, service) -> dict[str, str]:
+    group = aws.client("ec2").describe_security_groups(GroupIds=[service.security_group])["SecurityGroups"][0]
+    return {r["CidrIp"]: r.get("Description", "") for p in group["IpPermissions"] if p.get("FromPort") == 8443 for r in p.get("IpRanges", [])}
+
+
+def invoke(handler, event) -> tuple[int, dict]:
+    answer = handler(event)
+    return answer["statusCode"], json.loads(answer["body"])
+
+
+def test_wake_opens_the_port_to_the_caller_only(aws, wakers):
+    code, body = invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
+    assert code == 200 and body["ingress"] == "203.0.113.7/32" and body["callerIp"] == "203.0.113.7"
+    rules = open_to(aws, wakers)
+    assert list(rules) == ["203.0.113.7/32"] and rules["203.0.113.7/32"].startswith("fluidity waker 20")
+    code, body = invoke(wake.handler, v2_event("POST", "/wake", "198.51.100.9"))  # a second agent, HTTP API shape
+    assert code == 200 and set(open_to(aws, wakers)) == {"203.0.113.7/32", "198.51.100.9/32"}
+    code, body = invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))  # again: refreshed, not duplicated
+    assert code == 200 and len(open_to(aws, wakers)) == 2
+    code, body = invoke(status.handler, v1_event("GET", "/status", "192.0.2.44"))
+    assert body["callerIp"] == "192.0.2.44" and "192.0.2.44/32" not in open_to(aws, wakers)  # status only tells
+
+
+def test_stopping_closes_the_port_and_leaves_other_rules_alone(aws, wakers):
+    ec2 = aws.client("ec2")
+    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "office (by hand)"}]}])
+    invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
+    code, body = invoke(kill.handler, v1_event("POST", "/kill", "203.0.113.7"))
+    assert code == 200 and body["ingressRulesRemoved"] == 1
+    assert open_to(aws, wakers) == {"192.0.2.0/24": "office (by hand)"}
+
+
+def test_sleep_closes_the_port_when_it_stops_the_server(aws, wakers):
+    invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
+    aws.reconcile(wakers)
+    decision = sleep.decide(aws.client("ecs"), aws.client("cloudwatch"), from_env(), time.time() + 86400, aws.client("ec2"))
+    assert decision["action"] == "stopped" and decision["ingressRulesRemoved"] == 1
+    assert open_to(aws, wakers) == {}
+
+
+def test_many_wakers_stay_within_the_limit_and_stale_rules_are_pruned(aws, wakers, monkeypatch):
+    from lambdas import ingress
+
+    ec2 = aws.client("ec2")
+    old = time.time() - 3 * 86400
+    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": ingress.label(old)}]}])
+    for n in range(2, 8):  # max 3 rules: each new waker pushes out the oldest
+        code, _ = invoke(wake.handler, v1_event("POST", "/wake", f"203.0.113.{n}"))
+        assert code == 200
+        rules = open_to(aws, wakers)
+        assert len(rules) <= 3 and f"203.0.113.{n}/32" in rules
+        assert "192.0.2.1/32" not in rules  # stale (three days old): pruned at the first wake
+        time.sleep(1.05)  # labels have one-second resolution: keep the order unambiguous
+    assert set(open_to(aws, wakers)) == {"203.0.113.5/32", "203.0.113.6/32", "203.0.113.7/32"}
+
+
+def test_a_wake_without_a_source_address_still_wakes(aws, wakers):
+    event = v1_event("POST", "/wake", "")
+    code, body = invoke(wake.handler, event)
+    assert code == 200 and body["ingress"] is None and aws.desired_count(wakers) == 1
+    assert open_to(aws, wakers) == {}

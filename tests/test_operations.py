@@ -177,3 +177,38 @@ def test_start_refuses_a_service_whose_desired_count_pulumi_owns(aws, service):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "pulumi config set desiredCount 1" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert aws.desired_count(service) == 0
+
+
+def _open_to(aws, service, port: int) -> set[str]:
+    group = aws.client("ec2").describe_security_groups(GroupIds=[service.security_group])["SecurityGroups"][0]
+    return {r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == port for r in p.get("IpRanges", [])}
+
+
+def test_start_opens_the_port_to_the_operator_and_stop_closes_it(aws, tmp_path):
+    from aws import ControlPlaneProc
+
+    service = aws.make_service(desired=0, port=9443, wakers=True)
+    plane = ControlPlaneProc(aws, tmp_path, extra_env={"CONTAINER_PORT": "9443"})
+    scheduler = EcsScheduler(aws, service, start_delay=0.2)
+    try:
+        done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "30", "--allow-ip", "auto", "--status-url", f"{plane.url}/status", "--api-key", plane.api_key)
+        assert done.returncode == 0, done.stderr
+        assert "opened port 9443 to 127.0.0.1/32" in done.stdout  # the address the control plane saw
+        assert _open_to(aws, service, 9443) == {"127.0.0.1/32"}
+        again = fluidity(aws, "start", "--timeout", "5", "--allow-ip", "203.0.113.8")
+        assert again.returncode == 0 and _open_to(aws, service, 9443) == {"127.0.0.1/32", "203.0.113.8/32"}
+        stopped = fluidity(aws, "stop", "--no-wait")
+        assert stopped.returncode == 0 and "closed the server's port to 2 waker address(es)" in stopped.stdout
+        assert _open_to(aws, service, 9443) == set()
+    finally:
+        scheduler.stop()
+        plane.stop()
+
+
+def test_start_without_allow_ip_says_how_to_open_the_port(aws):
+    service = aws.make_service(desired=1, wakers=True)
+    aws.reconcile(service)
+    done = fluidity(aws, "start", "--timeout", "5")
+    assert done.returncode == 0 and "--allow-ip" in done.stdout
+    bad = fluidity(aws, "start", "--timeout", "5", "--allow-ip", "not-an-ip")
+    assert bad.returncode == 1 and "--allow-ip takes an IPv4 address or auto" in bad.stderr

@@ -4,6 +4,8 @@ local control plane."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import os
 import shutil
 import signal
 import socket
@@ -152,7 +154,17 @@ def _operate(args) -> int:
     aws = operations.AwsTarget(region=args.region, profile=args.profile)
     try:
         if args.command == "start":
-            return operations.start(settings, args.timeout, args.poll_interval, args.write_config, aws=aws)
+            allow_ip = args.allow_ip
+            if allow_ip == "auto":
+                if not args.status_url or not args.api_key:
+                    raise operations.OperatorError("--allow-ip auto needs --status-url and --api-key (or FLUIDITY_STATUS_URL and FLUIDITY_API_KEY)")
+                allow_ip = operations.my_address(args.status_url, args.api_key)
+            elif allow_ip is not None:
+                try:
+                    allow_ip = str(ipaddress.IPv4Address(allow_ip))
+                except ValueError:
+                    raise operations.OperatorError(f"--allow-ip takes an IPv4 address or auto, got {args.allow_ip!r}") from None
+            return operations.start(settings, args.timeout, args.poll_interval, args.write_config, aws=aws, allow_ip=allow_ip)
         if args.command == "stop":
             return operations.stop(settings, args.timeout, args.poll_interval, not args.no_wait, aws=aws)
         return operations.status(settings, args.json, aws=aws)
@@ -200,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         op.add_argument("--poll-interval", type=float, default=2.0, help="seconds between checks (default: %(default)g)")
         if name == "start":
             op.add_argument("--write-config", metavar="AGENT_YAML", help="set server_ip in this agent config, keeping everything else")
+            op.add_argument("--allow-ip", metavar="IP|auto", help="open the server's port to this IPv4 (auto: the address the control plane's status endpoint sees)")
+            op.add_argument("--status-url", default=os.environ.get("FLUIDITY_STATUS_URL"), help="the control plane's status URL, for --allow-ip auto (default: $FLUIDITY_STATUS_URL)")
+            op.add_argument("--api-key", default=os.environ.get("FLUIDITY_API_KEY"), help="its x-api-key (default: $FLUIDITY_API_KEY)")
         else:
             op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")
     args = parser.parse_args(argv)

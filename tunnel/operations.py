@@ -15,10 +15,11 @@ import json
 import re
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdas import ecs_state
+from lambdas import ecs_state, ingress
 from lambdas.settings import Settings
 from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
 
@@ -113,10 +114,48 @@ def _progress_word(state: dict) -> str:
     return "waiting for ECS to place a task" if state["desiredCount"] else "no task"
 
 
-def start(settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout, aws: AwsTarget = AwsTarget()) -> int:
+def _waker_ingress(ec2, service: dict, port: int):
+    """The server's security group when the control plane manages its port for wakers
+    (tagged so by the Pulumi program), else None (a fixed CIDR, or not ours)."""
+    groups = ((service.get("networkConfiguration") or {}).get("awsvpcConfiguration") or {}).get("securityGroups") or []
+    for group in ec2.describe_security_groups(GroupIds=groups[:1]).get("SecurityGroups", []) if groups else []:
+        if any(t.get("Key") == ingress.INGRESS_TAG and t.get("Value") == "wakers" for t in group.get("Tags", [])):
+            return ingress.IngressSettings(group_id=group["GroupId"], port=port)
+    return None
+
+
+def my_address(status_url: str, api_key: str, timeout: float = 10.0) -> str:
+    """This machine's address as the control plane sees it (its status endpoint's `callerIp`)."""
+    request = urllib.request.Request(status_url, headers={"x-api-key": api_key, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            caller = json.load(answer).get("callerIp")
+    except (OSError, ValueError) as e:
+        raise OperatorError(f"cannot ask {status_url} for this machine's address: {e}") from None
+    if not caller:
+        raise OperatorError(f"{status_url} did not say which address it sees (callerIp); pass --allow-ip with your public IPv4")
+    return caller
+
+
+def start(
+    settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout, aws: AwsTarget = AwsTarget(), allow_ip: str | None = None
+) -> int:
+    """`allow_ip`: an address to open the server's port to (where the control plane opens
+    it only to wakers), or None."""
     ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     settings = _with_task_port(ecs, settings, service)
+    wakers = _aws_call(_waker_ingress, ec2, service, settings.container_port)
+    if wakers is not None and allow_ip:
+        opened = _aws_call(ingress.allow, ec2, wakers, allow_ip, time.time())
+        print(f"opened port {settings.container_port} to {opened['allowed']}", file=out, flush=True)
+    elif wakers is not None:
+        print(
+            f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a lifecycle block add "
+            "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL --api-key KEY",
+            file=out,
+            flush=True,
+        )
     if int(service.get("desiredCount", 0)) == 0:
         _aws_call(ecs_state.set_desired, ecs, settings, 1)
         try:
@@ -170,6 +209,10 @@ def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.st
     if int(service.get("desiredCount", 0)) != 0:
         _aws_call(ecs_state.set_desired, ecs, settings, 0)
     print(f"asked ECS to stop {settings.cluster}/{settings.service} (desiredCount 0)", file=out, flush=True)
+    wakers = _aws_call(_waker_ingress, ec2, service, _with_task_port(ecs, settings, service).container_port)
+    if wakers is not None:
+        closed = _aws_call(ingress.close_all, ec2, wakers)
+        print(f"closed the server's port to {closed} waker address(es)", file=out, flush=True)
     if not wait:
         return 0
     began = time.monotonic()
