@@ -1,6 +1,7 @@
 """The control plane: the four Lambdas from `lambdas/`, their roles and log groups, a REST
 API (POST /wake, GET /status, POST /kill) behind an API key and a throttled usage plan,
-and the EventBridge schedules that run sleep and kill."""
+its access logs, and the EventBridge Scheduler schedules that run sleep, kill and an
+optional wake in the stack's time zone."""
 
 from __future__ import annotations
 
@@ -16,10 +17,23 @@ from .settings import StackSettings
 
 LAMBDAS = Path(__file__).resolve().parent.parent / "lambdas"
 RUNTIME = "python3.12"
+APIGATEWAY_LOGS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
 ROUTES = (("wake", "POST"), ("status", "GET"), ("kill", "POST"))
 STAGE = "prod"
-THROTTLE = {"burst_limit": 10, "rate_limit": 2.0}
 KILL_EVENT = {"httpMethod": "POST", "path": "/kill", "headers": {}, "body": None, "requestContext": {"stage": "schedule"}}
+WAKE_EVENT = {"httpMethod": "POST", "path": "/wake", "headers": {}, "body": None, "requestContext": {"stage": "schedule"}}
+ACCESS_LOG_FORMAT = json.dumps(
+    {
+        "requestId": "$context.requestId",
+        "ip": "$context.identity.sourceIp",
+        "time": "$context.requestTime",
+        "method": "$context.httpMethod",
+        "path": "$context.resourcePath",
+        "status": "$context.status",
+        "latencyMs": "$context.responseLatency",
+        "error": "$context.error.message",
+    }
+)
 
 
 @dataclass
@@ -59,9 +73,12 @@ class ControlPlane(pulumi.ComponentResource):
         task_arns = pulumi.Output.all(args.region, args.account_id).apply(lambda a: f"arn:aws:ecs:{a[0]}:{a[1]}:task/{s.cluster_name}/*")
 
         self.functions: dict[str, aws.lambda_.Function] = {}
+        roles: dict[str, aws.iam.Role] = {}
+        self.log_groups: dict[str, pulumi.Output] = {}
         for role in ("wake", "status", "kill", "sleep"):
             function_name = f"{s.service_name}-{role}"
             logs = aws.cloudwatch.LogGroup(f"{name}-{role}-logs", name=f"/aws/lambda/{function_name}", retention_in_days=s.log_retention_days, opts=child)
+            self.log_groups[role] = logs.name
             iam_role = aws.iam.Role(f"{name}-{role}-role", assume_role_policy=json.dumps(policies.assume_role("lambda.amazonaws.com")), opts=child)
             group_arn = pulumi.Output.all(args.region, args.account_id, args.security_group_id).apply(
                 lambda a: f"arn:aws:ec2:{a[0]}:{a[1]}:security-group/{a[2]}" if s.ingress_for_wakers and a[2] else None
@@ -72,6 +89,7 @@ class ControlPlane(pulumi.ComponentResource):
                 )
             )
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
+            roles[role] = iam_role
             self.functions[role] = aws.lambda_.Function(
                 f"{name}-{role}",
                 name=function_name,
@@ -121,25 +139,57 @@ class ControlPlane(pulumi.ComponentResource):
             triggers={"routes": json.dumps(ROUTES)},
             opts=pulumi.ResourceOptions(parent=self, depends_on=methods + integrations),
         )
-        self.stage = aws.apigateway.Stage(f"{name}-stage", rest_api=self.api.id, deployment=deployment.id, stage_name=STAGE, opts=child)
+        # Access logs in a group of their own (API Gateway writes them with the account's
+        # CloudWatch role, which aws.apigateway.Account sets: one per account and region).
+        self.access_logs = aws.cloudwatch.LogGroup(f"{name}-access-logs", name=f"/aws/apigateway/{s.service_name}-control", retention_in_days=s.log_retention_days, opts=child)
+        push_role = aws.iam.Role(f"{name}-apigateway-logs-role", assume_role_policy=json.dumps(policies.assume_role("apigateway.amazonaws.com")), opts=child)
+        aws.iam.RolePolicyAttachment(f"{name}-apigateway-logs", role=push_role.name, policy_arn=APIGATEWAY_LOGS_POLICY, opts=child)
+        account = aws.apigateway.Account(f"{name}-apigateway-account", cloudwatch_role_arn=push_role.arn, opts=child)
+        self.stage = aws.apigateway.Stage(
+            f"{name}-stage",
+            rest_api=self.api.id,
+            deployment=deployment.id,
+            stage_name=STAGE,
+            access_log_settings=aws.apigateway.StageAccessLogSettingsArgs(destination_arn=self.access_logs.arn, format=ACCESS_LOG_FORMAT),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
+        )
         self.api_key = aws.apigateway.ApiKey(f"{name}-key", name=f"{s.service_name}-agent", enabled=True, opts=child)
         plan = aws.apigateway.UsagePlan(
             f"{name}-plan",
             name=f"{s.service_name}-plan",
             api_stages=[aws.apigateway.UsagePlanApiStageArgs(api_id=self.api.id, stage=self.stage.stage_name)],
-            throttle_settings=aws.apigateway.UsagePlanThrottleSettingsArgs(**THROTTLE),
+            throttle_settings=aws.apigateway.UsagePlanThrottleSettingsArgs(burst_limit=s.api_burst_limit, rate_limit=s.api_rate_limit),
+            quota_settings=aws.apigateway.UsagePlanQuotaSettingsArgs(limit=s.api_monthly_quota, period="MONTH"),
             opts=child,
         )
         aws.apigateway.UsagePlanKey(f"{name}-plan-key", key_id=self.api_key.id, key_type="API_KEY", usage_plan_id=plan.id, opts=child)
 
-        for role, schedule, event in (("sleep", s.sleep_schedule, None), ("kill", s.kill_schedule, KILL_EVENT)):
-            rule = aws.cloudwatch.EventRule(f"{name}-{role}-schedule", name=f"{s.service_name}-{role}", schedule_expression=schedule, description=f"Fluidity {role}", opts=child)
-            aws.cloudwatch.EventTarget(
-                f"{name}-{role}-target", rule=rule.name, arn=self.functions[role].arn, input=json.dumps(event) if event else None, opts=child
+        # EventBridge Scheduler: the same expressions, in the stack's own time zone. The
+        # scheduled wake goes through the wake handler like an agent's (without a source
+        # address, so it opens the port to nobody); sleep then stops an idle server as usual.
+        scheduler_role = aws.iam.Role(f"{name}-scheduler-role", assume_role_policy=json.dumps(policies.assume_role("scheduler.amazonaws.com")), opts=child)
+        scheduled = [("sleep", s.sleep_schedule, {"source": "fluidity.schedule"}), ("kill", s.kill_schedule, KILL_EVENT)]
+        if s.wake_schedule:
+            scheduled.append(("wake", s.wake_schedule, WAKE_EVENT))
+        aws.iam.RolePolicy(
+            f"{name}-scheduler-policy",
+            role=scheduler_role.id,
+            policy=pulumi.Output.all(*(self.functions[role].arn for role, _, _ in scheduled)).apply(lambda arns: json.dumps(policies.invoke_functions(list(arns)))),
+            opts=child,
+        )
+        self.schedules = {}
+        for role, expression, event in scheduled:
+            self.schedules[role] = aws.scheduler.Schedule(
+                f"{name}-{role}-schedule",
+                name=f"{s.service_name}-{role}",
+                description=f"Fluidity {role}",
+                schedule_expression=expression,
+                schedule_expression_timezone=s.schedule_timezone,
+                flexible_time_window=aws.scheduler.ScheduleFlexibleTimeWindowArgs(mode="OFF"),
+                target=aws.scheduler.ScheduleTargetArgs(arn=self.functions[role].arn, role_arn=scheduler_role.arn, input=json.dumps(event)),
+                opts=child,
             )
-            aws.lambda_.Permission(
-                f"{name}-{role}-scheduled", action="lambda:InvokeFunction", function=self.functions[role].name, principal="events.amazonaws.com", source_arn=rule.arn, opts=child
-            )
+        self.roles = roles
 
         self.url = pulumi.Output.all(self.api.id, args.region, self.stage.stage_name).apply(lambda a: f"https://{a[0]}.execute-api.{a[1]}.amazonaws.com/{a[2]}")
         self.register_outputs({"apiUrl": self.url})

@@ -60,6 +60,11 @@ def control_function(role: str, *, service_arn: str, cluster_arn: str, task_arns
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def invoke_functions(function_arns: list[str]) -> dict:
+    """EventBridge Scheduler's role: invoke exactly the scheduled functions."""
+    return {"Version": "2012-10-17", "Statement": [{"Sid": "RunSchedules", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": sorted(function_arns)}]}
+
+
 ECR_KEEP_IMAGES = 5
 
 

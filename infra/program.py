@@ -7,12 +7,24 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
-from .control_plane import ControlPlane, ControlPlaneArgs
+from .control_plane import STAGE, ControlPlane, ControlPlaneArgs
+from .monitoring import Monitoring, MonitoringArgs
 from .service import CERT_SECRETS, FluidityService, FluidityServiceArgs
 from .settings import SettingsError, from_config
 
 CERT_HELP = "pulumi config set --secret {key} < {path}"
 CERT_PATHS = {"serverCert": "certs/server.pem", "serverKey": "certs/server.key", "caCert": "certs/ca.pem"}
+
+
+def public_ip_command(settings, region: str) -> str:
+    """The seed's GetPublicIPCommand: the running task's public IP with the AWS CLI alone."""
+    aws_cli = f"aws --region {region}"
+    return (
+        f"{aws_cli} ecs list-tasks --cluster {settings.cluster_name} --service-name {settings.service_name} --desired-status RUNNING --query 'taskArns[0]' --output text"
+        f" | xargs -I{{}} {aws_cli} ecs describe-tasks --cluster {settings.cluster_name} --tasks {{}}"
+        " --query \"tasks[0].attachments[0].details[?name=='networkInterfaceId'].value\" --output text"
+        f" | xargs -I{{}} {aws_cli} ec2 describe-network-interfaces --network-interface-ids {{}} --query 'NetworkInterfaces[0].Association.PublicIp' --output text"
+    )
 
 
 def run() -> dict:
@@ -52,6 +64,11 @@ def run() -> dict:
         "image": service.image_ref,
         "logGroupName": service.log_group.name,
         "securityGroupId": service.security_group.id,
+        "clusterArn": service.cluster.arn,
+        "taskDefinitionArn": service.task_definition.arn,
+        "executionRoleArn": service.execution_role.arn,
+        "taskRoleArn": service.task_role.arn,
+        "publicIpCommand": public_ip_command(settings, region),
     }
     if settings.control_plane:
         account = aws.get_caller_identity().account_id
@@ -61,7 +78,21 @@ def run() -> dict:
                 settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account, security_group_id=service.security_group.id
             ),
         )
+        monitoring = Monitoring(
+            "fluidity-monitoring",
+            MonitoringArgs(
+                settings=settings,
+                region=region,
+                function_names={role: f.name for role, f in plane.functions.items()},
+                log_groups=plane.log_groups,
+                api_name=plane.api.name,
+                stage=STAGE,
+            ),
+        )
         outputs.update(
+            alarmTopicArn=monitoring.topic.arn,
+            dashboardName=monitoring.dashboard.dashboard_name,
+            **{f"{role}RoleArn": r.arn for role, r in plane.roles.items()},
             apiUrl=plane.url,
             apiKey=pulumi.Output.secret(plane.api_key.value),
             wakeUrl=plane.url.apply(lambda u: f"{u}/wake"),

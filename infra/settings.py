@@ -54,6 +54,12 @@ class StackSettings:
     metrics_namespace: str = "Fluidity"
     log_level: str = "info"
     lookback_minutes: int = 10
+    schedule_timezone: str = "UTC"  # for sleepSchedule, killSchedule and wakeSchedule
+    wake_schedule: str | None = None  # e.g. cron(0 8 ? * MON-FRI *): start for working hours
+    alarm_email: str | None = None  # subscribed to the alarm topic (AWS mails a confirmation)
+    api_rate_limit: float = 2.0  # requests per second, steady
+    api_burst_limit: int = 10
+    api_monthly_quota: int = 20000  # requests per month; an agent makes a few per wake
     warnings: list[str] = field(default_factory=list, compare=False)
 
     @property
@@ -97,8 +103,44 @@ def _bool(config, key: str, default: bool) -> bool:
     raise SettingsError(f"fluidity:{key} must be true or false, got {raw!r}")
 
 
-def _schedule(config, key: str, default: str) -> str:
-    value = (config.get(key) or default).strip()
+def _timezone(config, key: str) -> str:
+    """An IANA time zone name, as EventBridge Scheduler takes it."""
+    import zoneinfo
+
+    value = (config.get(key) or "UTC").strip()
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"fluidity:{key} must be an IANA time zone such as Europe/Berlin or America/New_York, got {value!r}") from None
+    return value
+
+
+def _email(config, key: str) -> str | None:
+    value = (config.get(key) or "").strip()
+    if not value:
+        return None
+    if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+        raise SettingsError(f"fluidity:{key} must be an e-mail address, got {value!r}")
+    return value
+
+
+def _float(config, key: str, default: float, low: float, high: float) -> float:
+    raw = config.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise SettingsError(f"fluidity:{key} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"fluidity:{key} must be between {low:g} and {high:g}, got {value:g}")
+    return value
+
+
+def _schedule(config, key: str, default: str | None) -> str | None:
+    value = (config.get(key) or default or "").strip()
+    if not value:
+        return None
     rate = _RATE.match(value)
     if rate:
         number, unit = int(rate.group(1)), rate.group(2)
@@ -184,6 +226,12 @@ def from_config(config) -> StackSettings:
         metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),
         log_level=_choice(config, "logLevel", "info", ("debug", "info", "warn", "error")),
         lookback_minutes=_int(config, "lookbackMinutes", 10, 1, 1440),
+        schedule_timezone=_timezone(config, "scheduleTimezone"),
+        wake_schedule=_schedule(config, "wakeSchedule", None),
+        alarm_email=_email(config, "alarmEmail"),
+        api_rate_limit=_float(config, "apiRateLimit", 2.0, 0.1, 10000.0),
+        api_burst_limit=_int(config, "apiBurstLimit", 10, 1, 5000),
+        api_monthly_quota=_int(config, "apiMonthlyQuota", 20000, 100, 10**9),
     )
     if settings.ingress_open_to_world:
         settings.warnings.append(

@@ -17,10 +17,8 @@ import time
 from . import ecs_state, ingress
 from .api import aws_reason, log
 from .clients import client
+from .metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
 from .settings import Settings, SettingsError, from_env
-
-ACTIVE_CONNECTIONS = "ActiveConnections"
-LAST_ACTIVITY = "LastActivityEpochSeconds"
 
 
 def newest_maximum(cloudwatch, settings: Settings, metric: str, now: float) -> float | None:

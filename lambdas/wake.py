@@ -3,6 +3,7 @@ the caller's address; idempotent."""
 
 from __future__ import annotations
 
+import json
 import time
 
 from . import ecs_state, ingress
@@ -15,7 +16,8 @@ def wake(event) -> tuple[int, dict]:
     settings = from_env()
     ecs, ec2 = client("ecs"), client("ec2")
     service = ecs_state.describe_service(ecs, settings)
-    if int(service.get("desiredCount", 0)) == 0:
+    started = int(service.get("desiredCount", 0)) == 0
+    if started:
         ecs_state.set_desired(ecs, settings, 1, service)
         try:
             ecs_state.mark_woken(ecs, service)
@@ -32,6 +34,7 @@ def wake(event) -> tuple[int, dict]:
     body = ecs_state.state(ecs, ec2, settings)
     body["ingress"] = opened["allowed"] if opened else None
     body["callerIp"] = ingress.source_ipv4(event)
+    log.info("wake decision: %s", json.dumps({"action": "started" if started else "none", "status": body["status"], "ingress": body["ingress"]}))
     return 200, body
 
 

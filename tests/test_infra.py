@@ -82,7 +82,7 @@ def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):
     assert "BEGIN" not in definitions  # the PEM text itself never reaches the task definition
     read = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-execution-parameters").inputs["policy"])
     assert read["Statement"][0]["Action"] == ["ssm:GetParameters"] and sorted(read["Statement"][0]["Resource"]) == sorted(secrets.values())
-    managed = stack.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment").inputs
+    managed = stack.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "fluidity-execution-managed").inputs
     assert managed["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 
 
@@ -120,15 +120,21 @@ def test_control_plane_defaults(stack):
     assert all(r.inputs["type"] == "AWS_PROXY" for r in stack.of_type("aws:apigateway/integration:Integration"))
     plan = stack.one("aws:apigateway/usagePlan:UsagePlan").inputs
     assert plan["throttleSettings"] == {"burstLimit": 10, "rateLimit": 2.0}
+    assert plan["quotaSettings"] == {"limit": 20000, "period": "MONTH"}
     assert stack.one("aws:apigateway/usagePlanKey:UsagePlanKey").inputs["keyType"] == "API_KEY"
 
-    rules = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:cloudwatch/eventRule:EventRule")}
-    assert rules["fluidity-server-sleep"]["scheduleExpression"] == "rate(5 minutes)"
-    assert rules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 23 * * ? *)"
-    kill_target = stack.one("aws:cloudwatch/eventTarget:EventTarget", "fluidity-control-kill-target").inputs
+    schedules = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:scheduler/schedule:Schedule")}
+    assert set(schedules) == {"fluidity-server-sleep", "fluidity-server-kill"}  # no wake schedule unless asked
+    assert schedules["fluidity-server-sleep"]["scheduleExpression"] == "rate(5 minutes)"
+    assert schedules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 23 * * ? *)"
+    assert all(s["scheduleExpressionTimezone"] == "UTC" and s["flexibleTimeWindow"] == {"mode": "OFF"} for s in schedules.values())
+    kill_target = schedules["fluidity-server-kill"]["target"]
     assert json.loads(kill_target["input"])["httpMethod"] == "POST"  # the kill handler takes it as a POST /kill
+    assert kill_target["arn"].endswith(":fluidity-control-kill") and kill_target["roleArn"].endswith(":fluidity-control-scheduler-role")
+    scheduler = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"])
+    assert scheduler["Statement"][0]["Action"] == ["lambda:InvokeFunction"]
+    assert sorted(scheduler["Statement"][0]["Resource"]) == sorted(s["target"]["arn"] for s in schedules.values())  # exactly what runs
     permissions = {r.name: r.inputs for r in stack.of_type("aws:lambda/permission:Permission")}
-    assert permissions["fluidity-control-sleep-scheduled"]["sourceArn"].endswith("fluidity-control-sleep-schedule")  # scoped to its rule
     assert permissions["fluidity-control-wake-invoke"]["sourceArn"].endswith("/*/POST/wake")
 
 
@@ -239,7 +245,7 @@ def test_every_policy_is_valid_and_nothing_mutating_is_granted_on_star(stack, aw
     iam = aws.client("iam")
     documents = [json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")]
     trust = [json.loads(r.inputs["assumeRolePolicy"]) for r in stack.of_type("aws:iam/role:Role")]
-    assert len(documents) == 6 and len(trust) == 6
+    assert len(documents) == 7 and len(trust) == 8  # the scheduler's role; API Gateway's logging role has a managed policy
     for index, document in enumerate(documents):
         iam.create_policy(PolicyName=f"fluidity-{index}", PolicyDocument=json.dumps(document))  # moto validates the grammar
     for index, document in enumerate(trust):
@@ -362,3 +368,96 @@ def test_ingress_for_wakers_is_the_default_and_a_cidr_replaces_it():
     assert group.inputs["tags"] == {"fluidity:ingress": "cidr"} and "ingress" not in group.ignore_changes
     for function in fixed.of_type("aws:lambda/function:Function"):
         assert "INGRESS_GROUP_ID" not in function.inputs["environment"]["variables"]
+
+
+# -- operations: alarms, dashboard, access logs, schedules in a time zone, outputs (issue 20) --
+
+
+def test_alarms_on_every_lambda_and_the_api_go_to_the_topic(stack):
+    topic = stack.one("aws:sns/topic:Topic").inputs
+    assert topic["name"] == "fluidity-server-alarms"
+    assert stack.of_type("aws:sns/topicSubscription:TopicSubscription") == []  # no e-mail unless asked
+    alarms = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
+    expected = {f"fluidity-server-{role}-{m}" for role in ("wake", "status", "kill", "sleep") for m in ("errors", "throttles")} | {"fluidity-server-control-5xx"}
+    assert set(alarms) == expected
+    for name, alarm in alarms.items():
+        assert (alarm["statistic"], alarm["threshold"], alarm["comparisonOperator"], alarm["period"]) == ("Sum", 1, "GreaterThanOrEqualToThreshold", 300)
+        assert alarm["treatMissingData"] == "notBreaching" and len(alarm["alarmActions"]) == 1 and alarm["alarmActions"][0].endswith("fluidity-monitoring-alarms")
+        if name.endswith("5xx"):
+            assert (alarm["namespace"], alarm["metricName"], alarm["dimensions"]) == ("AWS/ApiGateway", "5XXError", {"ApiName": "fluidity-server-control", "Stage": "prod"})
+        else:
+            function = name.rsplit("-", 1)[0]
+            assert alarm["namespace"] == "AWS/Lambda" and alarm["dimensions"] == {"FunctionName": function}
+            assert alarm["metricName"] == ("Errors" if name.endswith("errors") else "Throttles")
+    api = stack.one("aws:apigateway/restApi:RestApi").inputs["name"]
+    assert api == "fluidity-server-control"  # what the 5xx alarm's ApiName dimension names
+    emailed = synthesize({"alarmEmail": "ops@example.com"}).one("aws:sns/topicSubscription:TopicSubscription").inputs
+    assert (emailed["protocol"], emailed["endpoint"]) == ("email", "ops@example.com")
+
+
+def test_dashboard_shows_the_servers_metrics_decisions_errors_and_calls(stack):
+    from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+
+    dashboard = stack.one("aws:cloudwatch/dashboard:Dashboard").inputs
+    body = json.loads(dashboard["dashboardBody"])
+    flat = json.dumps(body)
+    assert dashboard["dashboardName"] == "fluidity-server"
+    assert ["Fluidity", ACTIVE_CONNECTIONS, "ServiceName", "fluidity-server"] in body["widgets"][0]["properties"]["metrics"]
+    assert LAST_ACTIVITY in flat and "EPOCH(m1) - m1" in flat
+    query = next(w for w in body["widgets"] if w["type"] == "log")["properties"]["query"]
+    for role in ("wake", "kill", "sleep"):
+        assert f"'/aws/lambda/fluidity-server-{role}'" in query
+    assert '"Errors", "FunctionName", "fluidity-server-wake"' in flat and '"Count", "ApiName", "fluidity-server-control"' in flat
+
+
+def test_api_access_logs_throttle_and_quota():
+    stack = synthesize({"apiRateLimit": "5", "apiBurstLimit": "20", "apiMonthlyQuota": "5000", "logRetentionDays": "30"})
+    group = stack.one("aws:cloudwatch/logGroup:LogGroup", "fluidity-control-access-logs").inputs
+    assert (group["name"], group["retentionInDays"]) == ("/aws/apigateway/fluidity-server-control", 30)
+    stage = stack.one("aws:apigateway/stage:Stage").inputs["accessLogSettings"]
+    assert stage["destinationArn"].endswith(":log-group:/aws/apigateway/fluidity-server-control")
+    assert {"requestId", "ip", "status", "path"} <= set(json.loads(stage["format"]))
+    plan = stack.one("aws:apigateway/usagePlan:UsagePlan").inputs
+    assert plan["throttleSettings"] == {"burstLimit": 20, "rateLimit": 5.0} and plan["quotaSettings"] == {"limit": 5000, "period": "MONTH"}
+
+
+def test_schedules_in_the_users_time_zone_and_a_working_hours_wake():
+    stack = synthesize({"scheduleTimezone": "Europe/Berlin", "wakeSchedule": "cron(0 8 ? * MON-FRI *)", "killSchedule": "cron(0 19 ? * MON-FRI *)"})
+    schedules = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:scheduler/schedule:Schedule")}
+    assert set(schedules) == {"fluidity-server-sleep", "fluidity-server-kill", "fluidity-server-wake"}
+    assert {s["scheduleExpressionTimezone"] for s in schedules.values()} == {"Europe/Berlin"}
+    wake = schedules["fluidity-server-wake"]
+    assert wake["scheduleExpression"] == "cron(0 8 ? * MON-FRI *)" and wake["target"]["arn"].endswith(":fluidity-control-wake")
+    event = json.loads(wake["target"]["input"])
+    assert (event["httpMethod"], event["path"]) == ("POST", "/wake")  # the same path as an agent's wake
+    assert schedules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 19 ? * MON-FRI *)"
+    policy = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"])
+    assert any(arn.endswith(":fluidity-control-wake") for arn in policy["Statement"][0]["Resource"])
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"scheduleTimezone": "Mars/Olympus"}, "fluidity:scheduleTimezone must be an IANA time zone"),
+        ({"wakeSchedule": "every morning"}, "fluidity:wakeSchedule"),
+        ({"alarmEmail": "not-an-address"}, "fluidity:alarmEmail must be an e-mail address"),
+        ({"apiMonthlyQuota": "lots"}, "fluidity:apiMonthlyQuota must be a whole number"),
+    ],
+)
+def test_bad_operations_settings_stop_the_program_naming_the_key(config, message):
+    with pytest.raises(Exception) as raised:
+        synthesize(config)
+    assert message in str(raised.value) and len(str(raised.value).strip().splitlines()) == 1, str(raised.value)
+
+
+def test_the_seeds_outputs(stack):
+    outputs = stack.outputs
+    assert outputs["clusterArn"] == "arn:aws:ecs:eu-west-1:123456789012:cluster/fluidity"
+    assert outputs["taskDefinitionArn"].endswith(":fluidity-task")
+    assert outputs["executionRoleArn"].endswith(":fluidity-execution-role") and outputs["taskRoleArn"].endswith(":fluidity-task-role")
+    for role in ("wake", "status", "kill", "sleep"):
+        assert outputs[f"{role}RoleArn"].endswith(f":fluidity-control-{role}-role")
+    assert outputs["alarmTopicArn"].endswith("fluidity-monitoring-alarms") and outputs["dashboardName"] == "fluidity-server"
+    command = outputs["publicIpCommand"]
+    assert command.startswith("aws --region eu-west-1 ecs list-tasks --cluster fluidity --service-name fluidity-server")
+    assert "describe-network-interfaces" in command and "Association.PublicIp" in command

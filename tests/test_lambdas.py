@@ -359,3 +359,22 @@ def test_a_wake_without_a_source_address_still_wakes(aws, wakers):
     code, body = invoke(wake.handler, event)
     assert code == 200 and body["ingress"] is None and aws.desired_count(wakers) == 1
     assert open_to(aws, wakers) == {}
+
+
+def test_wake_kill_and_sleep_log_their_decisions_for_the_dashboard(aws, caplog):
+    """The dashboard's Logs Insights widget shows lines matching /decision:/ from these functions."""
+    import logging
+
+    service = aws.make_service(desired=0)
+    caplog.set_level(logging.INFO, logger="fluidity.lambdas")
+    call(wake.handler, "POST", "/wake")
+    call(kill.handler, "POST", "/kill")
+    sleep.handler({"source": "fluidity.schedule"})
+    decisions = {}
+    for record in caplog.records:
+        text = record.getMessage()
+        if "decision: " in text:
+            role, _, payload = text.partition(" decision: ")
+            decisions[role] = json.loads(payload)
+    assert decisions["wake"]["action"] == "started" and decisions["kill"]["action"] == "stopped"
+    assert decisions["sleep"]["action"] == "none" and aws.desired_count(service) == 0

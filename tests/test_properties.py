@@ -14,6 +14,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from lambdas.api import BadEvent, body_of, method_of, respond
+from lambdas.ingress import source_ipv4
 from tunnel import socks
 from tunnel.agent_front import KnownDestinations, ProxyFront
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load
@@ -174,6 +175,15 @@ def test_lambda_event_parsing_is_a_bad_event_or_a_method(event):
 @SETTINGS
 @given(json_values | st.fixed_dictionaries({"httpMethod": st.sampled_from(["GET", "POST", "get", ""])}, optional={"body": json_values, "headers": json_values, "isBase64Encoded": st.booleans()}))
 def test_handlers_always_return_a_proxy_response(event):
-    answer = respond(event, "POST", lambda: (200, {"status": "stopped"}))
+    answer = respond(event, "POST", lambda event: (200, {"status": "stopped", "callerIp": source_ipv4(event)}))
     assert answer["statusCode"] in (200, 400, 405)
     assert isinstance(json.loads(answer["body"]), dict)
+
+
+@SETTINGS
+@given(json_values | st.fixed_dictionaries({"requestContext": json_values | st.fixed_dictionaries({"identity": json_values, "http": json_values})}))
+def test_the_callers_address_is_an_ipv4_or_none_whatever_the_event(event):
+    import ipaddress
+
+    address = source_ipv4(event)
+    assert address is None or ipaddress.ip_address(address).version == 4

@@ -20,10 +20,10 @@ from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+
 log = Logger(namespace="fluidity.metrics")
 
-ACTIVE_CONNECTIONS = "ActiveConnections"
-LAST_ACTIVITY = "LastActivityEpochSeconds"
 FINAL_PUBLISH_TIMEOUT = 5.0
 
 
