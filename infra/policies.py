@@ -65,7 +65,7 @@ def invoke_functions(function_arns: list[str]) -> dict:
     return {"Version": "2012-10-17", "Statement": [{"Sid": "RunSchedules", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": sorted(function_arns)}]}
 
 
-ECR_KEEP_IMAGES = 5
+ECR_KEEP_IMAGES = 2  # the running image and the one before it, for a rollback
 
 
 def ecr_lifecycle(keep: int = ECR_KEEP_IMAGES) -> dict:

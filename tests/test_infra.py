@@ -64,7 +64,7 @@ def test_service_side_defaults_equal_the_seeds(stack):
     repo = stack.one("aws:ecr/repository:Repository").inputs
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
     lifecycle = json.loads(stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
-    assert lifecycle["rules"][0]["selection"]["countNumber"] == 5 and lifecycle["rules"][0]["action"] == {"type": "expire"}
+    assert lifecycle["rules"][0]["selection"]["countNumber"] == 2 and lifecycle["rules"][0]["action"] == {"type": "expire"}
 
 
 def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):

@@ -176,6 +176,28 @@ def _operate(args) -> int:
         return 130
 
 
+def _cost(args) -> int:
+    from pathlib import Path
+
+    from . import costs
+
+    if args.stack:
+        stack = Path(args.stack)
+    else:
+        found = sorted(Path(".").glob("Pulumi.*.yaml"))
+        stack = found[0] if len(found) == 1 else Path("Pulumi.dev.yaml")
+    if args.hours_per_month < 0 or args.hours_per_month > 744 or args.agents < 0 or args.wakes_per_month < 0:
+        print("fluidity cost: --hours-per-month must lie in 0-744, --agents and --wakes-per-month must not be negative", file=sys.stderr)
+        return 2
+    usage = costs.Usage(hours_per_month=args.hours_per_month, agents=args.agents, wakes_per_month=args.wakes_per_month)
+    try:
+        print(costs.main(stack, usage, args.region, args.json))
+    except ValueError as e:
+        print(f"fluidity cost: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fluidity", description="Fluidity personal tunnel")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -217,7 +239,16 @@ def main(argv: list[str] | None = None) -> int:
             op.add_argument("--api-key", default=os.environ.get("FLUIDITY_API_KEY"), help="its x-api-key (default: $FLUIDITY_API_KEY)")
         else:
             op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")
+    cost = commands.add_parser("cost", help="what a month of the stack costs, line by line", description="What a month of the stack costs, line by line, at list price and after the free tiers.")
+    cost.add_argument("--stack", metavar="FILE", help="the stack's settings (default: the one Pulumi.<stack>.yaml here, else Pulumi.dev.yaml)")
+    cost.add_argument("--hours-per-month", type=float, default=40.0, help="hours the server runs (default: %(default)g)")
+    cost.add_argument("--agents", type=int, default=1, help="agent identities connected (default: %(default)d)")
+    cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
+    cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
+    cost.add_argument("--json", action="store_true", help="print JSON for scripts")
     args = parser.parse_args(argv)
+    if args.command == "cost":
+        return _cost(args)
     if args.command in ("start", "stop", "status"):
         return _operate(args)
     if args.command == "certs":

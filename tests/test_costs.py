@@ -1,0 +1,93 @@
+"""`fluidity cost`: two worked examples recomputed by hand from the rates, and the command
+as a user runs it on a stack file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from support import FLUIDITY
+from tunnel import costs, rates
+
+
+def by_item(lines, start: str):
+    return next(line for line in lines if line.item.startswith(start))
+
+
+def estimate_for(values: dict, usage: costs.Usage):
+    from infra.settings import from_config
+
+    return costs.estimate(from_config(costs._Config(values)), usage, "us-east-1")
+
+
+def test_worked_example_defaults_forty_hours_one_agent():
+    est = estimate_for({}, costs.Usage(hours_per_month=40, agents=1))
+    fargate = by_item(est.running, "Fargate")
+    assert fargate.low == fargate.high == round(40 * (0.25 * 0.04048 + 0.5 * 0.004445), 4) == 0.4937
+    assert by_item(est.running, "public IPv4").high == 0.20
+    metrics = by_item(est.running, "CloudWatch custom metrics")
+    assert metrics.high == round(3 * 0.30 * 40 / 730, 4) and metrics.free == 0  # three series, 40 of 730 hours
+    assert by_item(est.running, "PutMetricData").high == round(40 * 60 / 1000 * 0.01, 4)  # one request a minute
+    ecr = by_item(est.stopped, "ECR")
+    assert ecr.high == round(costs.IMAGE_MB / 1024 * 2 * 0.10, 4)  # the lifecycle rule keeps two images
+    assert by_item(est.stopped, "alarms").high == 0.90 and by_item(est.stopped, "dashboard").high == 3.00
+
+
+def test_worked_example_arm64_spot_hundred_hours_three_agents():
+    est = estimate_for({"cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT", "cpu": "512", "memory": "1024"}, costs.Usage(hours_per_month=100, agents=3))
+    fargate = by_item(est.running, "Fargate")
+    on_demand = 100 * (0.5 * 0.03238 + 1.0 * 0.00356)  # 1.975
+    assert (fargate.low, fargate.high) == (round(on_demand * 0.30, 4), round(on_demand * 0.50, 4))  # 50-70% off
+    assert by_item(est.running, "public IPv4").high == 0.50
+    assert by_item(est.running, "CloudWatch custom metrics").high == round(5 * 0.30 * 100 / 730, 4)  # 2 + one per agent
+
+
+def test_the_targets_and_the_settings_that_reach_them(tmp_path):
+    """40 hours a month, one agent: at most $0.40 a month all in and $0.02 while stopped
+    (after the free tiers) with ARM64 on Spot; the defaults cost more."""
+    cheap = tmp_path / "Pulumi.cheap.yaml"
+    cheap.write_text("config:\n  aws:region: us-east-1\n  fluidity:cpuArchitecture: ARM64\n  fluidity:capacity: FARGATE_SPOT\n")
+    done = subprocess.run([FLUIDITY, "cost", "--stack", str(cheap), "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["month_total"]["free"] <= 0.40 and figures["stopped_total"]["free"] <= 0.02, figures
+    assert figures["rates_taken"] == rates.TAKEN and figures["region"] == rates.REGION
+    defaults = tmp_path / "Pulumi.defaults.yaml"
+    defaults.write_text("config:\n  aws:region: us-east-1\n")
+    dearer = json.loads(subprocess.run([FLUIDITY, "cost", "--stack", str(defaults), "--json"], capture_output=True, text=True, timeout=60).stdout)
+    assert dearer["month_total"]["free"] > 0.40  # x86 on demand: the defaults the seed had
+
+
+def test_the_table_a_person_reads(tmp_path):
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_text("config:\n  aws:region: eu-west-1\n")
+    done = subprocess.run([FLUIDITY, "cost", "--stack", str(stack), "--hours-per-month", "10"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert "for 10 hours a month" in text and "While it runs:" in text and "Always (also while stopped):" in text
+    assert "after free tier" in text and "public IPv4" in text and "A month:" in text
+    assert "rates are us-east-1's" in text  # another region is said, not hidden
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("config:\n  fluidity:cpu: '300'\n", "fluidity:cpu must be one of"),
+        ("config: [1, 2]\n", "'config' must be a mapping"),
+        ("config: {\n", "not valid YAML"),
+    ],
+)
+def test_a_bad_stack_file_is_one_line(tmp_path, content, message):
+    stack = tmp_path / "Pulumi.bad.yaml"
+    stack.write_text(content)
+    done = subprocess.run([FLUIDITY, "cost", "--stack", str(stack)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_missing_stack_file_and_bad_flags(tmp_path):
+    done = subprocess.run([FLUIDITY, "cost", "--stack", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "cannot read" in done.stderr
+    done = subprocess.run([FLUIDITY, "cost", "--hours-per-month", "-3"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--hours-per-month" in done.stderr

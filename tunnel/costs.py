@@ -1,0 +1,193 @@
+"""`fluidity cost`: what a month of the stack costs, line by line, for a given use.
+
+Reads the stack's settings the way the Pulumi program does (`infra.settings`, from
+`Pulumi.<stack>.yaml`), applies the prices in `rates.py`, and shows each line at list
+price and after the free tiers AWS names (free tiers are per account: other use of the
+same account shares them). Fargate Spot is a range, not a promise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import rates
+
+METRICS_INTERVAL = 60.0  # seconds: the server's default (configs/server.yaml)
+IMAGE_MB = 230.0  # the server image as pushed (scripts/container-test prints it)
+POLLS_PER_WAKE = 20  # one wake, then status every 5 s while the task starts (about 90 s)
+LAMBDA_SECONDS = 0.5  # a control-plane invocation, billed at 128 MB
+
+
+@dataclass(frozen=True)
+class Usage:
+    hours_per_month: float = 40.0
+    agents: int = 1
+    wakes_per_month: int = 30
+    log_mb_per_hour: float = 0.5  # the server's JSON log at info level, with a connected agent
+    image_mb: float = IMAGE_MB
+
+
+@dataclass
+class Line:
+    item: str
+    low: float  # list price, cheapest case (Spot's largest discount)
+    high: float  # list price, dearest case
+    free: float  # after the free tier (the high figure)
+    note: str = ""
+
+
+@dataclass
+class Estimate:
+    region: str
+    rates_taken: str
+    running: list[Line] = field(default_factory=list)
+    stopped: list[Line] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def total(self, lines: list[Line], what: str) -> float:
+        return round(sum(getattr(line, what) for line in lines), 4)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        for part in ("running", "stopped"):
+            out[f"{part}_total"] = {what: self.total(getattr(self, part), what) for what in ("low", "high", "free")}
+        out["month_total"] = {what: round(out["running_total"][what] + out["stopped_total"][what], 4) for what in ("low", "high", "free")}
+        return out
+
+
+def read_stack(path: Path) -> tuple[dict, str | None]:
+    """`fluidity:*` values (without the prefix) and aws:region from a stack file."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or 'cannot parse'}") from None
+    config = data.get("config") if isinstance(data, dict) else None
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: 'config' must be a mapping")
+    values = {k.split(":", 1)[1]: v for k, v in config.items() if isinstance(k, str) and k.startswith("fluidity:") and not isinstance(v, dict)}
+    region = config.get("aws:region")
+    return values, str(region) if region else None
+
+
+class _Config(dict):
+    """What `infra.settings.from_config` reads: `get(key)` like pulumi.Config."""
+
+    def get(self, key, default=None):
+        value = super().get(key, default)
+        return None if value is None else str(value)
+
+
+def _runs_per_month(expression: str | None) -> float:
+    """How often a schedule fires in a month: rate() exactly, cron() as daily unless it
+    names weekdays (about 22 a month)."""
+    if not expression:
+        return 0.0
+    rate = re.match(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$", expression)
+    if rate:
+        minutes = int(rate.group(1)) * {"m": 1, "h": 60, "d": 1440}[rate.group(2)[0]]
+        return rates.HOURS_PER_MONTH * 60 / minutes
+    return 22.0 if "MON-FRI" in expression.upper() else 30.0
+
+
+def estimate(settings, usage: Usage, region: str | None) -> Estimate:
+    s, u = settings, usage
+    hours = u.hours_per_month
+    est = Estimate(region=rates.REGION, rates_taken=rates.TAKEN)
+    if region and region != rates.REGION:
+        est.warnings.append(f"the rates are {rates.REGION}'s (taken {rates.TAKEN}); {region} differs by a few per cent")
+
+    price = rates.FARGATE[s.cpu_architecture]
+    compute = hours * (s.cpu / 1024 * price["vcpu_hour"] + s.memory / 1024 * price["gb_hour"])
+    if s.capacity == "FARGATE_SPOT":
+        low, high = compute * (1 - rates.SPOT_DISCOUNT[1]), compute * (1 - rates.SPOT_DISCOUNT[0])
+        note = f"Spot: {int(rates.SPOT_DISCOUNT[0] * 100)}-{int(rates.SPOT_DISCOUNT[1] * 100)}% off on-demand, may be interrupted"
+    else:
+        low = high = compute
+        note = "on-demand"
+    run = est.running
+    run.append(Line(f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h", low, high, high, note))
+    ipv4 = hours * rates.PUBLIC_IPV4_HOUR
+    run.append(Line("public IPv4 address while the task runs", ipv4, ipv4, ipv4, "$0.005 an hour"))
+    series = 2 + u.agents  # ActiveConnections, LastActivityEpochSeconds, and one per agent identity
+    metrics = series * rates.CUSTOM_METRIC_MONTH * hours / rates.HOURS_PER_MONTH
+    run.append(Line(f"CloudWatch custom metrics: {series} series, {hours:g} h", metrics, metrics, 0.0, "prorated by the hour; free tier: " + rates.FREE_TIER["custom metrics"]))
+    puts = hours * 3600 / METRICS_INTERVAL
+    run.append(Line(f"PutMetricData: {puts:,.0f} requests", puts / 1000 * rates.CLOUDWATCH_API_PER_1000, puts / 1000 * rates.CLOUDWATCH_API_PER_1000, 0.0, "one a minute"))
+    ingest_gb = hours * u.log_mb_per_hour / 1024
+    stored = ingest_gb * min(s.log_retention_days, 3653) / 30 * rates.LOGS_STORE_GB_MONTH
+    logs = ingest_gb * rates.LOGS_INGEST_GB + stored
+    run.append(Line(f"server logs: {ingest_gb * 1024:.0f} MB, kept {s.log_retention_days} days", logs, logs, 0.0, "free tier: " + rates.FREE_TIER["log ingestion"]))
+    if s.control_plane:
+        calls = u.wakes_per_month * POLLS_PER_WAKE
+        api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
+        run.append(Line(f"control plane: {calls} API calls ({u.wakes_per_month} wakes)", api, api, 0.0, "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"]))
+
+    idle = est.stopped
+    keep = _images_kept()
+    ecr = u.image_mb / 1024 * keep * rates.ECR_STORE_GB_MONTH
+    idle.append(Line(f"ECR: {keep} images of {u.image_mb:.0f} MB", ecr, ecr, ecr if u.image_mb * keep > 500 else 0.0, "free tier: " + rates.FREE_TIER["ECR storage"]))
+    idle.append(Line("SSM SecureString parameters (3, standard tier)", 0.0, 0.0, 0.0, rates.FREE_TIER["SSM parameters"]))
+    if s.control_plane:
+        sleeps = _runs_per_month(s.sleep_schedule)
+        others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
+        invocations = sleeps + others
+        lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
+        scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
+        reads = sleeps * 2 / 1000 * rates.CLOUDWATCH_API_PER_1000  # GetMetricStatistics, two metrics a run
+        idle.append(Line(f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})", lambda_cost + scheduler, lambda_cost + scheduler, 0.0,
+                         "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"]))
+        idle.append(Line(f"sleep's metric reads: {sleeps * 2:,.0f} GetMetricStatistics", reads, reads, 0.0, "free tier: " + rates.FREE_TIER["CloudWatch API requests"]))
+        alarms = 9 * rates.ALARM_MONTH
+        idle.append(Line("alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)", alarms, alarms, 0.0, "free tier: " + rates.FREE_TIER["alarms"]))
+        idle.append(Line("dashboard: 1", rates.DASHBOARD_MONTH, rates.DASHBOARD_MONTH, 0.0, "free tier: " + rates.FREE_TIER["dashboards"]))
+    for line in run + idle:
+        line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
+    return est
+
+
+def _images_kept() -> int:
+    from infra.policies import ECR_KEEP_IMAGES
+
+    return ECR_KEEP_IMAGES
+
+
+def render(est: Estimate, usage: Usage) -> str:
+    def money(low: float, high: float) -> str:
+        return f"${low:,.2f}" if abs(high - low) < 0.005 else f"${low:,.2f}-{high:,.2f}"
+
+    out = [f"Fluidity on AWS for {usage.hours_per_month:g} hours a month, {usage.agents} agent(s) (rates: {est.region}, {est.rates_taken})", ""]
+    for title, lines in (("While it runs", est.running), ("Always (also while stopped)", est.stopped)):
+        out.append(f"{title}:")
+        width = max(len(line.item) for line in lines)
+        for line in lines:
+            out.append(f"  {line.item:<{width}}  {money(line.low, line.high):>12}  after free tier {money(line.free, line.free):>7}   {line.note}")
+        out.append(f"  {'total':<{width}}  {money(est.total(lines, 'low'), est.total(lines, 'high')):>12}  after free tier {money(est.total(lines, 'free'), est.total(lines, 'free')):>7}")
+        out.append("")
+    month = est.as_dict()["month_total"]
+    stopped = est.as_dict()["stopped_total"]
+    out.append(f"A month: {money(month['low'], month['high'])} at list price, {money(month['free'], month['free'])} after the free tiers; stopped: {money(stopped['low'], stopped['high'])} ({money(stopped['free'], stopped['free'])}).")
+    out += [f"note: {w}" for w in est.warnings]
+    return "\n".join(out)
+
+
+def main(stack_file: Path, usage: Usage, region: str | None, as_json: bool) -> str:
+    from infra.settings import SettingsError, from_config
+
+    values, stack_region = read_stack(stack_file)
+    try:
+        settings = from_config(_Config(values))
+    except SettingsError as e:
+        raise ValueError(f"{stack_file}: {e}") from None
+    est = estimate(settings, usage, region or stack_region)
+    return json.dumps(est.as_dict(), indent=2) if as_json else render(est, usage)

@@ -1,0 +1,46 @@
+"""AWS list prices the cost estimate uses: one table, with the date and region it was
+taken for. Prices change and differ by region; `fluidity cost` says which table it used.
+
+Figures are USD, us-east-1, on-demand list prices as published on the services' pricing
+pages (taken 2026-11-27). Free tiers are named so the estimate can show the figure with
+and without them.
+"""
+
+from __future__ import annotations
+
+TAKEN = "2026-11-27"
+REGION = "us-east-1"
+HOURS_PER_MONTH = 730
+
+FARGATE = {  # per vCPU-hour, per GB-hour
+    "X86_64": {"vcpu_hour": 0.04048, "gb_hour": 0.004445},
+    "ARM64": {"vcpu_hour": 0.03238, "gb_hour": 0.00356},
+}
+# Fargate Spot is priced by the market: AWS quotes "up to 70% off"; seen 50-70% off.
+SPOT_DISCOUNT = (0.50, 0.70)
+
+PUBLIC_IPV4_HOUR = 0.005  # every public IPv4 address, while attached
+CUSTOM_METRIC_MONTH = 0.30  # per metric series (first 10,000), prorated by the hour it is published
+CLOUDWATCH_API_PER_1000 = 0.01  # PutMetricData, GetMetricStatistics
+ALARM_MONTH = 0.10  # standard resolution
+DASHBOARD_MONTH = 3.00
+LOGS_INGEST_GB = 0.50
+LOGS_STORE_GB_MONTH = 0.03
+ECR_STORE_GB_MONTH = 0.10
+LAMBDA_PER_MILLION = 0.20
+LAMBDA_GB_SECOND = 0.0000166667
+API_GATEWAY_REST_PER_MILLION = 3.50
+SCHEDULER_PER_MILLION = 1.00
+
+FREE_TIER = {  # per month; "12 months" ones only for a new account's first year
+    "custom metrics": "10 metric series",
+    "CloudWatch API requests": "1,000,000 requests",
+    "alarms": "10 alarms",
+    "dashboards": "3 dashboards",
+    "log ingestion": "5 GB (with storage)",
+    "ECR storage": "500 MB (12 months)",
+    "Lambda": "1,000,000 requests and 400,000 GB-seconds",
+    "API Gateway": "1,000,000 REST calls (12 months)",
+    "EventBridge Scheduler": "14,000,000 invocations",
+    "SSM parameters": "standard parameters and standard throughput are free",
+}
