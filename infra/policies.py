@@ -20,22 +20,6 @@ def read_parameters(parameter_arns: list[str]) -> dict:
     return {"Version": "2012-10-17", "Statement": [{"Sid": "ServerCertificates", "Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": sorted(parameter_arns)}]}
 
 
-def put_metrics(namespace: str) -> dict:
-    """The task role may only publish metrics, and only into its namespace."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "PublishFluidityMetrics",
-                "Effect": "Allow",
-                "Action": ["cloudwatch:PutMetricData"],
-                "Resource": "*",
-                "Condition": {"StringEquals": {"cloudwatch:namespace": namespace}},
-            }
-        ],
-    }
-
-
 def control_function(role: str, *, service_arn: str, cluster_arn: str, task_arns: str, log_group_arn: str, security_group_arn: str | None = None) -> dict:
     """What one control-plane Lambda (`wake`, `status`, `kill` or `sleep`) may do."""
     changes = role in ("wake", "kill", "sleep")

@@ -78,20 +78,20 @@ def run() -> dict:
                 settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account, security_group_id=service.security_group.id
             ),
         )
-        monitoring = Monitoring(
-            "fluidity-monitoring",
-            MonitoringArgs(
-                settings=settings,
-                region=region,
-                function_names={role: f.name for role, f in plane.functions.items()},
-                log_groups=plane.log_groups,
-                api_name=plane.api.name,
-                stage=STAGE,
-            ),
-        )
+        if settings.monitoring:
+            monitoring = Monitoring(
+                "fluidity-monitoring",
+                MonitoringArgs(
+                    settings=settings,
+                    region=region,
+                    function_names={role: f.name for role, f in plane.functions.items()},
+                    log_groups=plane.log_groups,
+                    api_name=plane.api.name,
+                    stage=STAGE,
+                ),
+            )
+            outputs.update(alarmTopicArn=monitoring.topic.arn, dashboardName=monitoring.dashboard.dashboard_name)
         outputs.update(
-            alarmTopicArn=monitoring.topic.arn,
-            dashboardName=monitoring.dashboard.dashboard_name,
             **{f"{role}RoleArn": r.arn for role, r in plane.roles.items()},
             apiUrl=plane.url,
             apiKey=pulumi.Output.secret(plane.api_key.value),

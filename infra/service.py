@@ -56,6 +56,9 @@ def container_definitions(settings: StackSettings, image: str, region: str, secr
             "command": [
                 "--port", str(settings.container_port),
                 "--metrics-emit-metrics", "true",
+                # Embedded metric format on stdout: the awslogs driver carries it to CloudWatch
+                # Logs, which makes the metrics; no PutMetricData calls, no AWS SDK in the image.
+                "--metrics-transport", "emf",
                 "--metrics-namespace", settings.metrics_namespace,
                 "--metrics-service-name", settings.service_name,
             ],
@@ -123,8 +126,9 @@ class FluidityService(pulumi.ComponentResource):
             policy=pulumi.Output.all(*(p.arn for p in self.parameters.values())).apply(lambda arns: json.dumps(policies.read_parameters(list(arns)))),
             opts=child,
         )
+        # The server itself calls no AWS API (its metrics are EMF log lines): a role with no
+        # permissions, kept so the task has an identity of its own and nothing more.
         self.task_role = aws.iam.Role(f"{name}-task-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
-        aws.iam.RolePolicy(f"{name}-task-metrics", role=self.task_role.id, policy=json.dumps(policies.put_metrics(s.metrics_namespace)), opts=child)
 
         # With allowedIngressCidr, one fixed rule. Without it (the default), no rule at all:
         # the control plane opens the port to each agent that wakes the server and closes

@@ -49,6 +49,7 @@ class StackSettings:
     sleep_schedule: str = "rate(5 minutes)"
     kill_schedule: str = "cron(0 23 * * ? *)"
     control_plane: bool = True
+    monitoring: bool = True  # alarms, topic and dashboard (with the control plane)
     capacity: str = "FARGATE"
     cpu_architecture: str = "X86_64"
     metrics_namespace: str = "Fluidity"
@@ -221,6 +222,7 @@ def from_config(config) -> StackSettings:
         sleep_schedule=_schedule(config, "sleepSchedule", "rate(5 minutes)"),
         kill_schedule=_schedule(config, "killSchedule", "cron(0 23 * * ? *)"),
         control_plane=_bool(config, "controlPlane", True),
+        monitoring=_bool(config, "monitoring", True),
         capacity=_choice(config, "capacity", "FARGATE", ("FARGATE", "FARGATE_SPOT")),
         cpu_architecture=_choice(config, "cpuArchitecture", "X86_64", ("X86_64", "ARM64")),
         metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),

@@ -28,15 +28,15 @@ def test_worked_example_defaults_forty_hours_one_agent():
     assert fargate.low == fargate.high == round(40 * (0.25 * 0.04048 + 0.5 * 0.004445), 4) == 0.4937
     assert by_item(est.running, "public IPv4").high == 0.20
     metrics = by_item(est.running, "CloudWatch custom metrics")
-    assert metrics.high == round(3 * 0.30 * 40 / 730, 4) and metrics.free == 0  # three series, 40 of 730 hours
-    assert by_item(est.running, "PutMetricData").high == round(40 * 60 / 1000 * 0.01, 4)  # one request a minute
+    assert metrics.high == round(2 * 0.30 * 40 / 730, 4) and metrics.free == 0  # two series, 40 of 730 hours
+    assert not [line for line in est.running if "PutMetricData" in line.item]  # EMF lines: no API requests
     ecr = by_item(est.stopped, "ECR")
     assert ecr.high == round(costs.IMAGE_MB / 1024 * 2 * 0.10, 4)  # the lifecycle rule keeps two images
     assert by_item(est.stopped, "alarms").high == 0.90 and by_item(est.stopped, "dashboard").high == 3.00
 
 
 def test_worked_example_arm64_spot_hundred_hours_three_agents():
-    est = estimate_for({"cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT", "cpu": "512", "memory": "1024"}, costs.Usage(hours_per_month=100, agents=3))
+    est = estimate_for({"cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT", "cpu": "512", "memory": "1024"}, costs.Usage(hours_per_month=100, agents=3, per_agent_series=True))
     fargate = by_item(est.running, "Fargate")
     on_demand = 100 * (0.5 * 0.03238 + 1.0 * 0.00356)  # 1.975
     assert (fargate.low, fargate.high) == (round(on_demand * 0.30, 4), round(on_demand * 0.50, 4))  # 50-70% off
@@ -91,3 +91,11 @@ def test_a_missing_stack_file_and_bad_flags(tmp_path):
     assert done.returncode == 1 and "cannot read" in done.stderr
     done = subprocess.run([FLUIDITY, "cost", "--hours-per-month", "-3"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--hours-per-month" in done.stderr
+
+
+def test_leaving_monitoring_out_is_what_keeps_a_stopped_month_under_two_cents_at_list_price():
+    with_monitoring = estimate_for({}, costs.Usage())
+    without = estimate_for({"monitoring": "false"}, costs.Usage())
+    dropped = with_monitoring.total(with_monitoring.stopped, "high") - without.total(without.stopped, "high")
+    assert round(dropped, 2) == 3.90  # nine alarms and one dashboard
+    assert not [line for line in without.stopped if line.item.startswith(("alarms", "dashboard"))]

@@ -86,11 +86,12 @@ def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):
     assert managed["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 
 
-def test_task_role_may_only_put_metrics_in_its_namespace(stack):
-    policy = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-task-metrics").inputs["policy"])
-    (statement,) = policy["Statement"]
-    assert statement["Action"] == ["cloudwatch:PutMetricData"]
-    assert statement["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Fluidity"}}
+def test_the_task_calls_no_aws_api_its_metrics_are_emf_lines(stack):
+    command = container(stack)["command"]
+    assert command[command.index("--metrics-transport") + 1] == "emf"
+    task_role = stack.one("aws:iam/role:Role", "fluidity-task-role").name
+    attached = [r for r in stack.of_type("aws:iam/rolePolicy:RolePolicy") + stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "task-role" in json.dumps(r.inputs.get("role", ""))]
+    assert task_role and attached == []  # no permission at all: not even cloudwatch:PutMetricData
 
 
 def test_control_plane_defaults(stack):
@@ -245,7 +246,7 @@ def test_every_policy_is_valid_and_nothing_mutating_is_granted_on_star(stack, aw
     iam = aws.client("iam")
     documents = [json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")]
     trust = [json.loads(r.inputs["assumeRolePolicy"]) for r in stack.of_type("aws:iam/role:Role")]
-    assert len(documents) == 7 and len(trust) == 8  # the scheduler's role; API Gateway's logging role has a managed policy
+    assert len(documents) == 6 and len(trust) == 8  # + the scheduler's; API Gateway's logging role has a managed policy; the task role none
     for index, document in enumerate(documents):
         iam.create_policy(PolicyName=f"fluidity-{index}", PolicyDocument=json.dumps(document))  # moto validates the grammar
     for index, document in enumerate(trust):
@@ -461,3 +462,11 @@ def test_the_seeds_outputs(stack):
     command = outputs["publicIpCommand"]
     assert command.startswith("aws --region eu-west-1 ecs list-tasks --cluster fluidity --service-name fluidity-server")
     assert "describe-network-interfaces" in command and "Association.PublicIp" in command
+
+
+def test_monitoring_can_be_left_out_for_the_cheapest_stack():
+    """Alarms and the dashboard cost $3.90 a month at list price beyond the free tier."""
+    stack = synthesize({"monitoring": "false"})
+    for kind in ("aws:cloudwatch/metricAlarm:MetricAlarm", "aws:cloudwatch/dashboard:Dashboard", "aws:sns/topic:Topic"):
+        assert stack.of_type(kind) == []
+    assert "alarmTopicArn" not in stack.outputs and stack.outputs["wakeUrl"].endswith("/wake")

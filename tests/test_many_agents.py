@@ -10,7 +10,7 @@ import urllib.request
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
 from test_metrics import DIMENSIONS, maxima
 
-LIMITS = {"max_connections": 2, "max_streams_per_agent": 2, "metrics": {"emit_metrics": True, "metrics_interval": "1s"}}
+LIMITS = {"max_connections": 2, "max_streams_per_agent": 2, "metrics": {"emit_metrics": True, "metrics_interval": "1s", "per_agent": True}}
 
 
 def per_agent(aws, agent: str, since: float) -> list[float]:

@@ -118,6 +118,11 @@ def _control_plane(args) -> int:
     if not api_key:
         print("fluidity control-plane: give --api-key or set FLUIDITY_API_KEY", file=sys.stderr)
         return 2
+    try:
+        import boto3  # noqa: F401  (the handlers talk to AWS)
+    except ImportError:
+        print("fluidity control-plane: needs boto3: pip install 'fluidity[aws]'", file=sys.stderr)
+        return 2
     for name, value in (("CLUSTER_NAME", args.cluster), ("SERVICE_NAME", args.service), ("CONTAINER_PORT", args.container_port)):
         if value is not None:
             os.environ[name] = str(value)

@@ -155,6 +155,8 @@ SERVER_KEYS: tuple[Key, ...] = tuple(
         Key("metrics.metrics_interval", parse_duration, 60.0, "seconds between metric publications"),
         Key("metrics.namespace", _parse_str, "Fluidity", "CloudWatch namespace"),
         Key("metrics.service_name", _parse_str, "fluidity-server", "ServiceName dimension"),
+        Key("metrics.transport", _choice("api", "emf"), "api", "api: PutMetricData calls (boto3); emf: embedded-metric-format lines on stdout, for CloudWatch Logs to turn into metrics"),
+        Key("metrics.per_agent", _parse_bool, False, "also publish ActiveConnections per agent identity (one more series, and monthly charge, per agent)"),
     ]
 )
 

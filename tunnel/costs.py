@@ -16,7 +16,8 @@ from pathlib import Path
 from . import rates
 
 METRICS_INTERVAL = 60.0  # seconds: the server's default (configs/server.yaml)
-IMAGE_MB = 230.0  # the server image as pushed (scripts/container-test prints it)
+EMF_LINE_BYTES = 330  # one metrics line a minute (tunnel/emf.py)
+IMAGE_MB = 93.0  # the server image compressed, as ECR stores it (measured: `docker save | gzip`, 2026-11-27)
 POLLS_PER_WAKE = 20  # one wake, then status every 5 s while the task starts (about 90 s)
 LAMBDA_SECONDS = 0.5  # a control-plane invocation, billed at 128 MB
 
@@ -28,6 +29,7 @@ class Usage:
     wakes_per_month: int = 30
     log_mb_per_hour: float = 0.5  # the server's JSON log at info level, with a connected agent
     image_mb: float = IMAGE_MB
+    per_agent_series: bool = False
 
 
 @dataclass
@@ -119,12 +121,13 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     run.append(Line(f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h", low, high, high, note))
     ipv4 = hours * rates.PUBLIC_IPV4_HOUR
     run.append(Line("public IPv4 address while the task runs", ipv4, ipv4, ipv4, "$0.005 an hour"))
-    series = 2 + u.agents  # ActiveConnections, LastActivityEpochSeconds, and one per agent identity
+    # ActiveConnections and LastActivityEpochSeconds; per-agent series are opt-in
+    # (metrics.per_agent, one more series each) and the task does not turn them on.
+    series = 2 + (u.agents if u.per_agent_series else 0)
     metrics = series * rates.CUSTOM_METRIC_MONTH * hours / rates.HOURS_PER_MONTH
-    run.append(Line(f"CloudWatch custom metrics: {series} series, {hours:g} h", metrics, metrics, 0.0, "prorated by the hour; free tier: " + rates.FREE_TIER["custom metrics"]))
-    puts = hours * 3600 / METRICS_INTERVAL
-    run.append(Line(f"PutMetricData: {puts:,.0f} requests", puts / 1000 * rates.CLOUDWATCH_API_PER_1000, puts / 1000 * rates.CLOUDWATCH_API_PER_1000, 0.0, "one a minute"))
-    ingest_gb = hours * u.log_mb_per_hour / 1024
+    run.append(Line(f"CloudWatch custom metrics: {series} series, {hours:g} h", metrics, metrics, 0.0, "prorated by the hour, from EMF log lines (no PutMetricData calls); free tier: " + rates.FREE_TIER["custom metrics"]))
+    emf_mb = hours * 3600 / METRICS_INTERVAL * EMF_LINE_BYTES / 2**20
+    ingest_gb = (hours * u.log_mb_per_hour + emf_mb) / 1024
     stored = ingest_gb * min(s.log_retention_days, 3653) / 30 * rates.LOGS_STORE_GB_MONTH
     logs = ingest_gb * rates.LOGS_INGEST_GB + stored
     run.append(Line(f"server logs: {ingest_gb * 1024:.0f} MB, kept {s.log_retention_days} days", logs, logs, 0.0, "free tier: " + rates.FREE_TIER["log ingestion"]))
@@ -144,13 +147,16 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         invocations = sleeps + others
         lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
         scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
-        reads = sleeps * 2 / 1000 * rates.CLOUDWATCH_API_PER_1000  # GetMetricStatistics, two metrics a run
+        # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first).
+        running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
+        reads = running_sleeps * 2 / 1000 * rates.CLOUDWATCH_API_PER_1000
         idle.append(Line(f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})", lambda_cost + scheduler, lambda_cost + scheduler, 0.0,
                          "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"]))
-        idle.append(Line(f"sleep's metric reads: {sleeps * 2:,.0f} GetMetricStatistics", reads, reads, 0.0, "free tier: " + rates.FREE_TIER["CloudWatch API requests"]))
-        alarms = 9 * rates.ALARM_MONTH
-        idle.append(Line("alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)", alarms, alarms, 0.0, "free tier: " + rates.FREE_TIER["alarms"]))
-        idle.append(Line("dashboard: 1", rates.DASHBOARD_MONTH, rates.DASHBOARD_MONTH, 0.0, "free tier: " + rates.FREE_TIER["dashboards"]))
+        run.append(Line(f"sleep's metric reads: {running_sleeps * 2:,.0f} GetMetricStatistics", reads, reads, 0.0, "free tier: " + rates.FREE_TIER["CloudWatch API requests"]))
+        if s.monitoring:
+            alarms = 9 * rates.ALARM_MONTH
+            idle.append(Line("alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)", alarms, alarms, 0.0, "free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops them"))
+            idle.append(Line("dashboard: 1", rates.DASHBOARD_MONTH, rates.DASHBOARD_MONTH, 0.0, "free tier: " + rates.FREE_TIER["dashboards"] + "; monitoring: false drops it"))
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est

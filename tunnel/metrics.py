@@ -58,8 +58,11 @@ def metric_data(service_name: str, agents: int, last_activity: float, now: float
 class MetricsPublisher:
     """Samples the server on the reactor thread and hands the boto3 call to a thread."""
 
-    def __init__(self, reactor, server, namespace: str, service_name: str, interval: float, client_factory: Callable = cloudwatch_client) -> None:
+    def __init__(
+        self, reactor, server, namespace: str, service_name: str, interval: float, client_factory: Callable = cloudwatch_client, per_agent: bool = False
+    ) -> None:
         self.reactor = reactor
+        self.per_agent = per_agent  # one more series per agent identity: each is a monthly charge
         self.server = server
         self.namespace = namespace
         self.service_name = service_name
@@ -70,7 +73,8 @@ class MetricsPublisher:
         self.published = 0
 
     def sample(self) -> list[dict]:
-        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), self.server.agents_by_identity())
+        by_agent = self.server.agents_by_identity() if self.per_agent else None
+        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), by_agent)
 
     def publish(self) -> defer.Deferred:
         """One publication; never fails (the error is logged), so a LoopingCall keeps going."""

@@ -50,7 +50,10 @@ class AwsTarget:
 
 
 def _clients(target: AwsTarget = AwsTarget()):
-    import boto3
+    try:
+        import boto3
+    except ImportError:
+        raise OperatorError("this command talks to AWS and needs boto3: pip install 'fluidity[aws]'") from None
     from botocore.config import Config
     from botocore.exceptions import NoRegionError, ProfileNotFound
 

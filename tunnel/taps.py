@@ -22,6 +22,7 @@ from .dialer import DirectOpener
 from .egress import policy_from_strings
 from .lifecycle import settings_from
 from .listening import ListenService, tcp_endpoint
+from .emf import EmfPublisher
 from .metrics import MetricsPublisher, MetricsService
 from .revocation import RevocationError, RevocationList
 from .server import TunnelServer, tls_factory
@@ -85,6 +86,11 @@ def _check_metrics(config: cfg.Config) -> None:
         raise cfg.ConfigError(f"{config.source}: 'metrics.namespace' must be 1-255 characters and not start with AWS/")
     if not config["metrics.service_name"]:
         raise cfg.ConfigError(f"{config.source}: 'metrics.service_name' must not be empty")
+    if config["metrics.transport"] == "api":
+        try:
+            import boto3  # noqa: F401
+        except ImportError:
+            raise cfg.ConfigError(f"{config.source}: 'metrics.transport' api needs boto3 (pip install 'fluidity[aws]'), or use emf") from None
 
 
 REVOCATION_CHECK = 2.0  # seconds between looks at revoked_file
@@ -142,7 +148,10 @@ def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiServic
         TimerService(REVOCATION_CHECK, server.check_revocations).setServiceParent(top)
     if config["metrics.emit_metrics"]:
         interval = config["metrics.metrics_interval"]
-        publisher = MetricsPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], interval)
+        if config["metrics.transport"] == "emf":
+            publisher = EmfPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], config["metrics.per_agent"])
+        else:
+            publisher = MetricsPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], interval, per_agent=config["metrics.per_agent"])
         MetricsService(publisher, interval).setServiceParent(top)
     top.tunnel_server = server
     return top
