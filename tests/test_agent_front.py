@@ -161,3 +161,11 @@ def test_absolute_form_request_carries_the_urls_host(tunnel, http_origin):
     assert f"host=127.0.0.1:{http_origin.port} ".encode() in result.stdout, result.stdout
     answer = raw_request(tunnel.agent.port, f"GET {url} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n".encode())
     assert answer.startswith(b"HTTP/1.1 "), answer
+
+
+@pytest.mark.parametrize("path, status", [("/health", b"200 OK"), ("/nothing-here", b"400 Bad Request")])
+def test_the_agents_own_answers_carry_reason_phrases(tunnel, path, status):
+    answer = raw_request(tunnel.agent.port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer[:60]
+    refused = raw_request(tunnel.agent.port, b"GET /health HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+    assert refused.startswith(b"HTTP/1.1 403 Forbidden\r\n"), refused[:60]

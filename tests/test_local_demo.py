@@ -6,6 +6,8 @@ import shutil
 import signal
 import subprocess
 import time
+
+import pytest
 from pathlib import Path
 
 from support import FLUIDITY, curl, free_port, wait_until
@@ -36,3 +38,52 @@ def test_local_demo_serves_and_stops_on_ctrl_c(tmp_path, http_origin):
     assert time.monotonic() - started < 10
     assert f"curl -x http://127.0.0.1:{proxy_port} https://example.com" in out
     assert "Traceback" not in out
+
+
+def _start(tmp_path, server_port: int, proxy_port: int) -> subprocess.Popen:
+    if not (tmp_path / "configs").exists():
+        shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    return subprocess.Popen(
+        [FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "SIGKILL"])
+def test_closing_the_terminal_or_killing_it_stops_both(tmp_path, how):
+    server_port, proxy_port = free_port(), free_port()
+    process = _start(tmp_path, server_port, proxy_port)
+    try:
+        wait_until(lambda: _listening(server_port) and _listening(proxy_port), 30, interval=0.3)
+    finally:
+        process.send_signal(getattr(signal, how))
+        process.communicate(timeout=40)
+    # Neither the server nor the agent is left holding its port (before: "Address already in use" next time).
+    wait_until(lambda: not _listening(server_port) and not _listening(proxy_port), 30, interval=0.3)
+
+
+def test_a_port_in_use_is_reported_before_anything_claims_to_run(tmp_path):
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    busy = holder.getsockname()[1]
+    try:
+        process = _start(tmp_path, busy, free_port())
+        out = process.communicate(timeout=60)[0].decode()
+    finally:
+        holder.close()
+    assert process.returncode == 1
+    assert f"port {busy} on 127.0.0.1 (server) is already in use" in out
+    assert "Fluidity is running" not in out

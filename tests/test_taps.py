@@ -7,9 +7,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
-from support import TWISTD, agent_config, free_port, server_config
+from support import FLUIDITY, TWISTD, agent_config, free_port, server_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -143,3 +144,26 @@ def test_exit_zero_on_stop_leaves_a_reactor_without_exit_signal_alone():
     reactor._exitSignal = 15
     ExitZeroOnRequestedStop(reactor).stopService()
     assert reactor._exitSignal is None
+
+
+@pytest.mark.parametrize("role, typo, meant", [("agent", "--sever-ip", "--server-ip"), ("server", "--max-conections", "--max-connections")])
+def test_a_mistyped_flag_is_one_line_with_a_suggestion(role, typo, meant):
+    done = subprocess.run([TWISTD, "-n", f"fluidity-{role}", typo, "1"], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and f"did you mean {meant}?" in lines[0], lines
+
+
+def test_version_everywhere():
+    done = subprocess.run([FLUIDITY, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("fluidity 0.")
+    for role in ("agent", "server"):
+        done = subprocess.run([TWISTD, f"fluidity-{role}", "--version"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and f"fluidity-{role} 0." in done.stdout
+
+
+def test_a_mistyped_command_or_flag_of_fluidity_is_one_line():
+    done = subprocess.run([FLUIDITY, "stauts"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean status?" in done.stderr
+    done = subprocess.run([FLUIDITY, "cost", "--hours", "3", "--agnets", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean --agents?" in done.stderr, done.stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from http import HTTPStatus
 
 import h11
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -206,7 +207,7 @@ class ProxyFront(HttpFront):
 
     def _answer(self, status: int, body: bytes, content_type: bytes) -> None:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]
-        self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers)))
+        self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode())))
         self.transport.write(self.h11.send(h11.Data(data=body)))
         self.transport.write(self.h11.send(h11.EndOfMessage()))
         self._maybe_next_cycle()

@@ -51,9 +51,34 @@ def _wait_listening(port: int, process: subprocess.Popen, seconds: float) -> boo
     return False
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: on Linux, get SIGTERM when `fluidity local` dies, however it
+    dies (SIGKILL included), so no server or agent is left holding the demo's ports."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: SIGHUP, SIGINT and SIGTERM still stop both
+
+
 def _local(args) -> int:
-    """Run server and agent from the `*.local.yaml` configs until Ctrl-C."""
+    """Run server and agent from the `*.local.yaml` configs until Ctrl-C (or SIGTERM, or
+    the terminal closing), and never leave them running after."""
     configs = Path(args.configs)
+    for what, port in (("server", args.server_port), ("proxy", args.proxy_port)):
+        if not _port_free(port):
+            print(f"fluidity: port {port} on 127.0.0.1 ({what}) is already in use; stop what holds it (another `fluidity local`?) or pass --{'server' if what == 'server' else 'proxy'}-port", file=sys.stderr)
+            return 1
     if pki.ensure_dev_set(Path(args.certs)):
         print(f"made a development CA and certificates in {args.certs}/")
     twistd = _twistd()
@@ -64,14 +89,14 @@ def _local(args) -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, stop)
     roles = (("server", args.server_port, ["--port", str(args.server_port)]), ("agent", args.proxy_port, ["--proxy-port", str(args.proxy_port), "--server-port", str(args.server_port)]))
     status = 0
     try:
         for role, port, flags in roles:
             command = [twistd, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(configs / f"{role}.local.yaml"), *flags]
-            child = subprocess.Popen(command, start_new_session=True)
+            child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
             children.append(child)
             if not _wait_listening(port, child, 20):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
@@ -203,8 +228,39 @@ def _cost(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A mistyped command or flag is one line with a suggestion, not the usage text."""
+
+    def error(self, message: str):
+        import difflib
+        import re
+
+        known = list(self._option_string_actions)
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                known += list(action.choices)
+                for sub in action.choices.values():
+                    known += list(sub._option_string_actions)
+        hint = ""
+        named = re.search(r"(?:arguments?: |choice: ')(--?[\w-]+|[\w-]+)", message)
+        if named:
+            close = difflib.get_close_matches(named.group(1), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+        self.exit(2, f"{self.prog}: {message}{hint} (see --help)\n")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fluidity")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fluidity", description="Fluidity personal tunnel")
+    parser = OneLineParser(prog="fluidity", description="Fluidity personal tunnel")
+    parser.add_argument("--version", action="version", version=f"fluidity {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     certs = commands.add_parser("certs", help="make the private CA and certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)

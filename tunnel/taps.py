@@ -39,6 +39,20 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
             [k.flag, None, None, f"{k.help} [{k.name}, default {k.default!r}]"] for k in keys
         ]
 
+        def opt_version(self) -> None:
+            """Print Fluidity's version and exit."""
+            from .cli import _version
+
+            print(f"fluidity-{role} {_version()}")
+            raise SystemExit(0)
+
+        def parseOptions(self, options=None) -> None:
+            """A mistyped flag is one line with a suggestion, not the whole usage."""
+            try:
+                super().parseOptions(options)
+            except usage.UsageError as e:
+                raise SystemExit(f"fluidity-{role}: {e}{_suggestion(str(e), ['--' + name.rstrip('=') for name in self.longOpt])} (see --help)") from None
+
         def postOptions(self) -> None:
             overrides = {k.name: self[k.flag] for k in keys if self[k.flag] is not None}
             if role == "server" and os.environ.get("FLUIDITY_LOG_LEVEL") and "log_level" not in overrides:
@@ -76,6 +90,18 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options
+
+
+def _suggestion(message: str, known: list[str]) -> str:
+    """` (did you mean --x?)` for the option a usage error names, when one is close."""
+    import difflib
+    import re
+
+    named = re.search(r"(--?[\w-]+)", message)
+    if not named:
+        return ""
+    close = difflib.get_close_matches(named.group(1), known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_metrics(config: cfg.Config) -> None:
