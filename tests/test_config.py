@@ -83,3 +83,84 @@ def test_pem_from_env(monkeypatch):
     monkeypatch.delenv("SOME_PEM")
     with pytest.raises(ConfigError, match="SOME_PEM is not set"):
         read_pem("env:SOME_PEM", "cert_file")
+
+
+# -- config where users look for it, and the seed's layout (issue 18, item 2) ------------------
+
+
+def test_the_seeds_server_yaml_loads_as_written(tmp_path):
+    from tunnel import config as cfg
+
+    path = tmp_path / "server.yaml"
+    path.write_text("server:\n  host: 127.0.0.1\n  port: 9443\nmetrics:\n  emit_metrics: true\n  metrics_interval: 60s\n  namespace: Fluidity\n  service_name: fluidity-server\n")
+    loaded = cfg.load(cfg.SERVER_KEYS, str(path))
+    assert (loaded["host"], loaded["port"], loaded["metrics.emit_metrics"]) == ("127.0.0.1", 9443, True)
+
+
+def test_the_seeds_agent_yaml_loads_as_written(tmp_path):
+    from tunnel import config as cfg
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("agent:\n  proxy_port: 8080\n  server_ip: 203.0.113.7\n  server_port: 8443\nlifecycle:\n  wake_endpoint: https://x.example/wake\n  api_key: k\n  wake_timeout: 90s\n  wake_retry_interval: 5s\n")
+    loaded = cfg.load(cfg.AGENT_KEYS, str(path))
+    assert (loaded["proxy_port"], loaded["server_ip"], loaded["lifecycle.wake_timeout"]) == (8080, "203.0.113.7", 90.0)
+
+
+def test_a_key_both_in_and_out_of_the_section_is_one_line(tmp_path):
+    from tunnel import config as cfg
+
+    path = tmp_path / "agent.yaml"
+    path.write_text("proxy_port: 8081\nagent:\n  proxy_port: 8080\n")
+    with pytest.raises(cfg.ConfigError) as raised:
+        cfg.load(cfg.AGENT_KEYS, str(path))
+    assert "'proxy_port' is given both at the top level and under 'agent:'" in str(raised.value)
+
+
+def test_relative_certificate_paths_are_relative_to_the_config_file(tmp_path):
+    from tunnel import config as cfg
+
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "agent.yaml"
+    path.write_text("server_ip: 127.0.0.1\ncert_file: certs/me.pem\nkey_file: /abs/me.key\nca_file: env:CA\n")
+    loaded = cfg.load(cfg.AGENT_KEYS, str(path))
+    assert loaded["cert_file"] == str(tmp_path / "conf" / "certs" / "me.pem")
+    assert loaded["key_file"] == "/abs/me.key" and loaded["ca_file"] == "env:CA"
+
+
+def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
+    """No --config: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml, with certificates
+    next to it, whatever the working directory."""
+    import os
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from support import TWISTD, Proc, free_port, server_config, start_twistd, wait_connected, wait_for_port
+
+    home = tmp_path / "home"
+    folder = home / ".config" / "fluidity"
+    (folder / "certs").mkdir(parents=True)
+    for name in ("client.pem", "client.key", "ca.pem"):
+        shutil.copy(certs.path(name), folder / "certs" / name)
+    os.chmod(folder / "certs" / "client.key", 0o600)
+    server = start_twistd("server", server_config(certs), tmp_path)
+    proxy_port = free_port()
+    (folder / "agent.yaml").write_text(yaml.safe_dump({
+        "agent": {"proxy_port": proxy_port, "server_ip": "127.0.0.1", "server_port": server.port},
+        "cert_file": "certs/client.pem", "key_file": "certs/client.key", "ca_file": "certs/ca.pem", "log_level": "debug",
+    }))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("FLUIDITY_CONFIG", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(home)
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-agent"], cwd=elsewhere, env=env, stdout=out, stderr=subprocess.STDOUT)
+    agent = Proc("agent", process, log, proxy_port)
+    try:
+        wait_for_port(proxy_port, process=process)
+        assert wait_connected(agent)["connected"]
+    finally:
+        agent.stop()
+        server.stop()

@@ -249,6 +249,53 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}{hint} (see --help)\n")
 
 
+def _words(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, argparse.ArgumentParser]]:
+    options = [o for o in parser._option_string_actions if o.startswith("--")]
+    subcommands: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            subcommands.update(action.choices)
+            options += [choice for choice in action.choices]
+        elif action.choices and not action.option_strings:
+            options += list(action.choices)  # positional choices (completion's shell)
+    return sorted(set(options)), subcommands
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """Bash completion from the parser itself (commands, sub-commands, flags); zsh runs it
+    through bashcompinit, so both always match the CLI."""
+    cases = []
+
+    def walk(p: argparse.ArgumentParser, path: str) -> None:
+        words, subs = _words(p)
+        cases.append(f'    "{path}") words="{" ".join(words)}" ;;')
+        for name, sub in subs.items():
+            walk(sub, f"{path} {name}".strip())
+
+    walk(parser, "")
+    body = "\n".join(cases)
+    bash = f"""_fluidity() {{
+  local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" i words
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    case "${{COMP_WORDS[i]}}" in -*) ;; *) case " $(_fluidity_path "${{path:+$path }}${{COMP_WORDS[i]}}") " in " 1 ") path="${{path:+$path }}${{COMP_WORDS[i]}}" ;; esac ;; esac
+  done
+  case "$path" in
+{body}
+  esac
+  COMPREPLY=($(compgen -W "$words" -- "$cur"))
+}}
+_fluidity_path() {{
+  case "$1" in
+{chr(10).join(f'    "{c.split(chr(34))[1]}") echo 1 ;;' for c in cases)}
+    *) echo 0 ;;
+  esac
+}}
+complete -F _fluidity fluidity"""
+    if shell == "zsh":
+        return "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -u }\nautoload -U +X bashcompinit && bashcompinit\n" + bash
+    return bash
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -307,7 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
+                                     description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, or `zsh` in ~/.zshrc.")
+    completion.add_argument("shell", choices=("bash", "zsh"))
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        print(completion_script(parser, args.shell))
+        return 0
     if args.command == "cost":
         return _cost(args)
     if args.command in ("start", "stop", "status"):

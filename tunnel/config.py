@@ -210,6 +210,33 @@ def _flatten(data: dict, prefix: str, out: dict[str, Any], known_blocks: set[str
             out[name] = value
 
 
+PATH_KEYS = {"cert_file", "key_file", "ca_file", "revoked_file"}
+
+
+def _lift_role_section(data: dict, role: str, where: str) -> dict:
+    """The seed's layout: `server:` (host, port) or `agent:` (proxy_port, server_ip, ...)
+    as a section beside `metrics:` / `lifecycle:`; its keys count as top-level ones."""
+    section = data.get(role)
+    if not isinstance(section, dict):
+        return data
+    lifted = {k: v for k, v in data.items() if k != role}
+    for key, value in section.items():
+        if key in lifted:
+            raise ConfigError(f"{where}: '{key}' is given both at the top level and under '{role}:'")
+        lifted[key] = value
+    return lifted
+
+
+def default_agent_config() -> str | None:
+    """Where users keep their agent's config: $FLUIDITY_CONFIG, else
+    $XDG_CONFIG_HOME/fluidity/agent.yaml (~/.config/fluidity/agent.yaml) when it exists."""
+    if os.environ.get("FLUIDITY_CONFIG"):
+        return os.environ["FLUIDITY_CONFIG"]
+    home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    candidate = os.path.join(home, "fluidity", "agent.yaml")
+    return candidate if os.path.isfile(candidate) else None
+
+
 def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | None = None) -> Config:
     """Defaults, then the YAML file, then command-line overrides; each value parsed by its key."""
     by_name = {k.name: k for k in keys}
@@ -235,6 +262,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+        data = _lift_role_section(data, "agent" if "proxy_port" in by_name else "server", path)
         _flatten(data, "", raw, blocks, path)
     for name in raw:
         if name not in by_name:
@@ -245,6 +273,14 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
     config.source = where
     for key in keys:
         config[key.name] = key.default
+    if path:  # a relative path in a config file is relative to that file, not to the working directory
+        base = os.path.dirname(os.path.abspath(path))
+        for name in PATH_KEYS & raw.keys():
+            value = raw[name]
+            if isinstance(value, str) and value and not value.startswith("env:") and not os.path.isabs(os.path.expanduser(value)):
+                raw[name] = os.path.join(base, value)
+            elif isinstance(value, str) and value.startswith("~"):
+                raw[name] = os.path.expanduser(value)
     for origin, values in ((where, raw), ("command line", overrides or {})):
         for name, value in values.items():
             key = by_name[name]

@@ -35,7 +35,9 @@ log = Logger(namespace="fluidity")
 def _options_for(role: str, keys: tuple[cfg.Key, ...]):
     class Options(usage.Options):
         synopsis = f"[options]  (twistd -n fluidity-{role} --config configs/{role}.yaml)"
-        optParameters = [["config", "c", os.environ.get("FLUIDITY_CONFIG"), "YAML config file (default: $FLUIDITY_CONFIG)"]] + [
+        default_config = cfg.default_agent_config() if role == "agent" else os.environ.get("FLUIDITY_CONFIG")
+        where = "$FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml" if role == "agent" else "$FLUIDITY_CONFIG"
+        optParameters = [["config", "c", default_config, f"YAML config file (default: {where})"]] + [
             [k.flag, None, None, f"{k.help} [{k.name}, default {k.default!r}]"] for k in keys
         ]
 
