@@ -167,3 +167,28 @@ def test_a_mistyped_command_or_flag_of_fluidity_is_one_line():
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean status?" in done.stderr
     done = subprocess.run([FLUIDITY, "cost", "--hours", "3", "--agnets", "2"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean --agents?" in done.stderr, done.stderr
+
+
+def test_fluidity_agent_and_server_run_the_same_services_as_twistd(certs, tmp_path):
+    """`fluidity server` / `fluidity agent` with the twistd flags, no twistd knowledge needed."""
+    from support import Proc, wait_connected, wait_for_port
+
+    procs = []
+    try:
+        for role, config in (("server", server_config(certs)), ("agent", None)):
+            if role == "agent":
+                config = agent_config(certs, procs[0].port)
+            path = tmp_path / f"{role}.yaml"
+            path.write_text(yaml.safe_dump(config))
+            log = tmp_path / f"{role}.log"
+            port = config["port"] if role == "server" else config["proxy_port"]
+            with open(log, "wb") as out:
+                process = subprocess.Popen([FLUIDITY, role, "--config", str(path), "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT)
+            procs.append(Proc(role, process, log, port))
+            wait_for_port(port, process=process)
+        assert wait_connected(procs[1])["connected"]
+    finally:
+        codes = [p.stop() for p in reversed(procs)]
+    assert codes == [0, 0]
+    for p in procs:
+        p.assert_no_unhandled_errors()  # stop() sent SIGTERM: both exited 0, as under twistd

@@ -296,6 +296,35 @@ complete -F _fluidity fluidity"""
     return bash
 
 
+def _agent_service(action: str, rest: list[str]) -> int:
+    """`fluidity agent install-service [--config FILE] [--no-start]` / `uninstall-service`."""
+    from . import config as cfg
+    from .service_install import ServiceError, install, uninstall
+
+    parser = OneLineParser(prog=f"fluidity agent {action}")
+    if action == "install-service":
+        parser.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
+        parser.add_argument("--no-start", action="store_true", help="only write the unit (or launchd agent)")
+    args = parser.parse_args(rest)
+    try:
+        if action == "uninstall-service":
+            lines = uninstall()
+        else:
+            config = args.config or cfg.default_agent_config()
+            if not config:
+                raise ServiceError("no agent config: pass --config FILE, or put it at ~/.config/fluidity/agent.yaml")
+            try:
+                cfg.load(cfg.AGENT_KEYS, config)  # refuse to install a service that cannot start
+            except cfg.ConfigError as e:
+                raise ServiceError(str(e)) from None
+            lines = install(_twistd(), Path(config), start=not args.no_start)
+    except ServiceError as e:
+        print(f"fluidity agent {action}: {e}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    return 0
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -317,11 +346,14 @@ def main(argv: list[str] | None = None) -> int:
     for p in (init, client):
         p.add_argument("--dir", default="certs", help="where the files live (default: certs)")
         p.add_argument("--force", action="store_true", help="replace existing files")
-    local = commands.add_parser("local", help="run server and agent on loopback (the demo)")
-    local.add_argument("--certs", default="certs")
-    local.add_argument("--configs", default="configs")
-    local.add_argument("--server-port", type=int, default=8443)
-    local.add_argument("--proxy-port", type=int, default=8080)
+    local = commands.add_parser("local", help="run server and agent on loopback (the demo)", description="Run a server and an agent on loopback with development certificates until Ctrl-C.")
+    local.add_argument("--certs", default="certs", help="where the development CA and certificates live; made when missing (default: %(default)s)")
+    local.add_argument("--configs", default="configs", help="the folder holding server.local.yaml and agent.local.yaml (default: %(default)s)")
+    local.add_argument("--server-port", type=int, default=8443, help="the server's TLS port on 127.0.0.1 (default: %(default)d)")
+    local.add_argument("--proxy-port", type=int, default=8080, help="the agent's HTTP/SOCKS5 proxy port on 127.0.0.1 (default: %(default)d)")
+    for role in ("agent", "server"):
+        run = commands.add_parser(role, help=f"run the {role} in the foreground (what `twistd -n fluidity-{role}` runs, with the same flags)", add_help=False)
+        run.add_argument("flags", nargs=argparse.REMAINDER, help=f"flags of `twistd fluidity-{role}` (--help lists them)")
     plane = commands.add_parser("control-plane", help="serve wake/status/kill locally (API Gateway stand-in)")
     plane.add_argument("--api-key", help="required x-api-key (default: $FLUIDITY_API_KEY)")
     plane.add_argument("--host", default="127.0.0.1")
@@ -357,6 +389,12 @@ def main(argv: list[str] | None = None) -> int:
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
                                      description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, or `zsh` in ~/.zshrc.")
     completion.add_argument("shell", choices=("bash", "zsh"))
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"] and argv[1:2] in (["install-service"], ["uninstall-service"]):
+        return _agent_service(argv[1], argv[2:])
+    if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
+        twistd = _twistd()
+        os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
     args = parser.parse_args(argv)
     if args.command == "completion":
         print(completion_script(parser, args.shell))

@@ -8,6 +8,7 @@ the role's Options hand it one of these factories (see `_options_for` in `taps.p
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Callable
@@ -57,17 +58,22 @@ def observer_factory(fmt: str, level: str, stream=None) -> Callable[[], ILogObse
     return make
 
 
-_chosen: dict[str, str] = {"format": "text", "level": "info"}
+_chosen: dict[str, str | None] = {"format": "text", "level": "info", "path": None}
 
 
-def choose(fmt: str, level: str) -> str:
-    """Remember the format and level; returns the dotted name twistd's `logger` option wants."""
-    _chosen.update(format=fmt, level=level)
+def choose(fmt: str, level: str, path: str | None = None) -> str:
+    """Remember the format, level and file (None: stdout); returns the dotted name twistd's
+    `logger` option wants."""
+    _chosen.update(format=fmt, level=level, path=os.path.abspath(path) if path else None)
     return f"{__name__}.configured_observer"
 
 
 def configured_observer() -> ILogObserver:
-    return observer_factory(_chosen["format"], _chosen["level"])()
+    """Made before twistd daemonises: the file stays open (and relative paths mean what
+    they meant) after it does."""
+    path = _chosen["path"]
+    stream = open(path, "a", buffering=1, encoding="utf-8") if path else None
+    return observer_factory(_chosen["format"], _chosen["level"], stream)()
 
 
 class Throttle:

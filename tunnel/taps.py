@@ -67,7 +67,12 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 raise SystemExit(f"fluidity-{role}: {e}") from None
             parent = getattr(self, "parent", None)
             if parent is not None:  # twistd reads its `logger` option after ours are parsed
-                parent["logger"] = logs.choose(self.config["log_format"], self.config["log_level"])
+                # Our observer replaces twistd's, so it honours --logfile itself; a daemon
+                # without one writes where twistd would, twistd.log (before: nowhere).
+                logfile = parent.get("logfile")
+                if logfile in (None, "-") and not parent.get("nodaemon"):
+                    logfile = "twistd.log"
+                parent["logger"] = logs.choose(self.config["log_format"], self.config["log_level"], None if logfile in (None, "-") else logfile)
 
         def validate(self, config: cfg.Config) -> None:
             if role == "server":

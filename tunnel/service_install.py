@@ -1,0 +1,125 @@
+"""`fluidity agent install-service` / `uninstall-service`: the agent as a login service.
+
+Linux: a systemd *user* unit (no root), started at login and restarted on failure.
+macOS: a launchd agent in ~/Library/LaunchAgents with the same behaviour. Both run the
+same command as `twistd -n fluidity-agent --config <file>`, with absolute paths, so the
+service does not depend on the shell's PATH or working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+UNIT = "fluidity-agent.service"
+LABEL = "io.fluidity.agent"
+
+
+class ServiceError(Exception):
+    """One line for the user."""
+
+
+def _config_home() -> Path:
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+
+
+def unit_path() -> Path:
+    return _config_home() / "systemd" / "user" / UNIT
+
+
+def plist_path() -> Path:
+    return Path.home() / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+
+
+def command(twistd: str, config: Path) -> list[str]:
+    return [twistd, "-n", "--pidfile=", "fluidity-agent", "--config", str(config)]
+
+
+def unit_text(twistd: str, config: Path) -> str:
+    quoted = " ".join(f'"{part}"' if " " in part else part for part in command(twistd, config))
+    return f"""[Unit]
+Description=Fluidity agent: a local proxy through the tunnel
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+ExecStart={quoted}
+Restart=on-failure
+RestartSec=5
+# SIGTERM stops it cleanly (exit 0); the agent then asks the control plane to stop the server if it is set to.
+KillSignal=SIGTERM
+TimeoutStopSec=30
+
+[Install]
+WantedBy=default.target
+"""
+
+
+def plist_text(twistd: str, config: Path, log: Path) -> bytes:
+    return plistlib.dumps(
+        {
+            "Label": LABEL,
+            "ProgramArguments": command(twistd, config),
+            "RunAtLoad": True,
+            "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not when stopped
+            "StandardOutPath": str(log),
+            "StandardErrorPath": str(log),
+            "ProcessType": "Interactive",
+        }
+    )
+
+
+def _run(args: list[str]) -> tuple[bool, str]:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    return done.returncode == 0, (done.stderr or done.stdout).strip()
+
+
+def install(twistd: str, config: Path, platform: str = sys.platform, start: bool = True) -> list[str]:
+    """Write the unit or plist; enable and start it when `start`. Returns lines to print."""
+    config = config.resolve()
+    if platform == "darwin":
+        path, log = plist_path(), Path.home() / "Library" / "Logs" / "fluidity-agent.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(plist_text(twistd, config, log))
+        steps = [["launchctl", "load", "-w", str(path)]]
+    elif platform.startswith("linux"):
+        path = unit_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(unit_text(twistd, config))
+        steps = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT]]
+    else:
+        raise ServiceError(f"no service manager known for {platform}: run `fluidity agent --config {config}` from your login items")
+    out = [f"wrote {path}"]
+    if not start:
+        return out + ["start it with: " + " && ".join(" ".join(step) for step in steps)]
+    for step in steps:
+        ok, said = _run(step) if shutil.which(step[0]) else (False, f"{step[0]} not found")
+        if not ok:
+            return out + [f"could not run `{' '.join(step)}` ({said.splitlines()[0] if said else 'failed'}); run: " + " && ".join(" ".join(s) for s in steps)]
+    return out + ["the agent starts at login and restarts if it fails; it is running now"]
+
+
+def uninstall(platform: str = sys.platform) -> list[str]:
+    if platform == "darwin":
+        path = plist_path()
+        if path.exists() and shutil.which("launchctl"):
+            _run(["launchctl", "unload", "-w", str(path)])
+    else:
+        path = unit_path()
+        if path.exists() and shutil.which("systemctl"):
+            _run(["systemctl", "--user", "disable", "--now", UNIT])
+    if not path.exists():
+        return [f"nothing to remove: {path} does not exist"]
+    path.unlink()
+    if platform != "darwin" and shutil.which("systemctl"):
+        _run(["systemctl", "--user", "daemon-reload"])
+    return [f"removed {path}"]
