@@ -92,3 +92,21 @@ def test_bad_proxy_urls_are_one_line(certs, tmp_path, url, message):
     path.write_text(yaml.safe_dump(agent_config(certs, 8443, upstream_proxy=url)))
     with pytest.raises(SystemExit, match=message):
         AgentOptions().parseOptions(["--config", str(path)])
+
+
+def test_doctor_checks_the_upstream_proxy(tunnel, tinyproxy, tmp_path):
+    """`fluidity doctor` tries CONNECT to the server through the proxy, with its credentials."""
+    import os
+
+    import yaml
+
+    from support import FLUIDITY
+
+    port, _ = tinyproxy
+    for n, (password, expected) in enumerate(((PASSWORD, "ok    upstream proxy"), ("wrong", "FAIL  upstream proxy"))):
+        path = tmp_path / f"agent-{n}.yaml"
+        path.write_text(yaml.safe_dump(agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:{password}@127.0.0.1:{port}")))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        done = subprocess.run([FLUIDITY, "doctor", "--config", str(path)], capture_output=True, text=True, timeout=60, env={**env, "HOME": str(tmp_path)})
+        line = next(line for line in done.stdout.splitlines() if "  upstream proxy:" in line)
+        assert line.startswith(expected) and PASSWORD not in done.stdout, done.stdout

@@ -386,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
+    doctor = commands.add_parser("doctor", help="check the agent's set-up: config, certificates, the server, proxy, AWS", description="Check the agent's set-up end to end, one line a check with the fix; non-zero exit when something fails.")
+    doctor.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
                                      description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, or `zsh` in ~/.zshrc.")
     completion.add_argument("shell", choices=("bash", "zsh"))
@@ -396,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
         twistd = _twistd()
         os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        from . import doctor as doctor_checks
+
+        return doctor_checks.main(args.config)
     if args.command == "completion":
         print(completion_script(parser, args.shell))
         return 0

@@ -1,0 +1,229 @@
+"""`fluidity doctor`: check an agent's set-up end to end, one line a check, with the fix.
+
+Each check says `ok`, `warn` or `FAIL`; the exit status is non-zero when any fails. The
+checks go in the order a problem would show up: the config, the certificates, the server's
+name and CA, a real TLS handshake with ALPN, the upstream proxy, then AWS and the control
+plane when they are configured.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import ssl
+import stat
+import urllib.request
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import config as cfg
+
+EXPIRY_WARNING_DAYS = 30
+
+
+@dataclass
+class Check:
+    name: str
+    state: str  # ok | warn | FAIL
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        return f"{self.state:<4}  {self.name}: {self.detail}" + (f"  -> {self.fix}" if self.fix else "")
+
+
+def _pem_file(spec: str) -> bytes:
+    return cfg.read_pem(spec, spec)
+
+
+def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        config = cfg.load(cfg.AGENT_KEYS, config_path)
+    except cfg.ConfigError as e:
+        return [Check("config", "FAIL", str(e), "fix the file or the flag it names")]
+    checks.append(Check("config", "ok", f"{config.source} is valid"))
+
+    material = _certificates(config, checks)
+    if material is None:
+        return checks
+    cert_pem, key_pem, ca_pem = material
+    host, port = _server_address(config, checks, timeout)
+    if host:
+        _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout)
+    _upstream(config, host, port, checks, timeout)
+    _aws(checks)
+    return checks
+
+
+def _certificates(config, checks: list[Check]):
+    try:
+        cert_pem, key_pem, ca_pem = (_pem_file(config[k]) for k in ("cert_file", "key_file", "ca_file"))
+    except cfg.ConfigError as e:
+        checks.append(Check("certificates", "FAIL", str(e), "run `fluidity certs init` or fix the path"))
+        return None
+    key_spec = config["key_file"]
+    if not key_spec.startswith("env:"):
+        mode = stat.S_IMODE(os.stat(key_spec).st_mode)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            checks.append(Check("key permissions", "FAIL", f"{key_spec} is readable by others (mode {mode:o})", f"chmod 600 {key_spec}"))
+        else:
+            checks.append(Check("key permissions", "ok", f"{key_spec} is private (mode {mode:o})"))
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except ValueError as e:
+        checks.append(Check("certificates", "FAIL", f"cannot read the PEM files: {e}", "make them again with `fluidity certs client NAME`"))
+        return None
+    same = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    checks.append(Check("certificate and key", "ok" if same else "FAIL", "match" if same else f"{config['key_file']} is not the key of {config['cert_file']}", "" if same else "use the key issued with this certificate"))
+    try:
+        cert.verify_directly_issued_by(ca)
+        checks.append(Check("client certificate and CA", "ok", f"{config['cert_file']} is issued by {config['ca_file']}"))
+    except (ValueError, TypeError, Exception) as e:  # InvalidSignature and friends
+        checks.append(Check("client certificate and CA", "FAIL", f"{config['cert_file']} was not issued by {config['ca_file']} ({type(e).__name__})", "use the CA that issued both the server's and your certificate"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for what, c in (("client certificate", cert), ("CA certificate", ca)):
+        left = (c.not_valid_after_utc - now).days
+        if left < 0:
+            checks.append(Check(f"{what} expiry", "FAIL", f"expired on {c.not_valid_after_utc:%Y-%m-%d}", "issue a new one (`fluidity certs client NAME`)"))
+        elif left < EXPIRY_WARNING_DAYS:
+            checks.append(Check(f"{what} expiry", "warn", f"expires in {left} days ({c.not_valid_after_utc:%Y-%m-%d})", "issue a new one soon (`fluidity certs client NAME`)"))
+        else:
+            checks.append(Check(f"{what} expiry", "ok", f"valid until {c.not_valid_after_utc:%Y-%m-%d}"))
+    if not same:
+        return None
+    return cert_pem, key_pem, ca_pem
+
+
+def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, int]:
+    port = config["server_port"]
+    if config["server_ip"]:
+        return config["server_ip"], port
+    status_url = config["lifecycle.status_endpoint"] or (config["lifecycle.wake_endpoint"].rsplit("/", 1)[0] + "/status" if config["lifecycle.wake_endpoint"] else "")
+    if not status_url:
+        checks.append(Check("server address", "FAIL", "no server_ip and no lifecycle block", "set server_ip, or the control plane's URLs and API key"))
+        return "", port
+    status = _status(config, status_url, checks, timeout)
+    if status and status.get("publicIp"):
+        return status["publicIp"], int(status.get("port") or port)
+    checks.append(Check("server address", "warn", f"the server is {status.get('status', 'unknown') if status else 'unknown'}: nothing to shake hands with", "start it: `fluidity start`, or start the agent (it wakes the server)"))
+    return "", port
+
+
+def _status(config, url: str, checks: list[Check], timeout: float) -> dict | None:
+    key = config["lifecycle.api_key"]
+    if key.startswith("env:"):
+        key = os.environ.get(key[4:], "")
+    request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            status = json.load(answer)
+    except urllib.error.HTTPError as e:
+        fix = "check lifecycle.api_key (`pulumi stack output apiKey --show-secrets`)" if e.code == 403 else "see the control plane's logs"
+        checks.append(Check("control plane", "FAIL", f"{url} answered {e.code}", fix))
+        return None
+    except (OSError, ValueError) as e:
+        checks.append(Check("control plane", "FAIL", f"cannot reach {url}: {getattr(e, 'reason', e)}", "check the URL (`pulumi stack output statusUrl`) and your network"))
+        return None
+    checks.append(Check("control plane", "ok", f"{url} answers: the server is {status.get('status', '?')}"))
+    return status
+
+
+def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, checks: list[Check], timeout: float) -> None:
+    import tempfile
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    context.load_verify_locations(cadata=ca_pem.decode())
+    context.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as folder:  # ssl loads a client key only from files
+        cert_path, key_path = os.path.join(folder, "c.pem"), os.path.join(folder, "c.key")
+        with open(cert_path, "wb") as f:
+            f.write(cert_pem)
+        with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(key_pem)
+        context.load_cert_chain(cert_path, key_path)
+    where = f"{host}:{port}"
+    if config["upstream_proxy"] or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        checks.append(Check("TLS handshake", "warn", f"not tried directly: {where} is reached through the upstream proxy", ""))
+        return
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=config["server_name"]) as tls:
+            tls.settimeout(timeout)
+            try:
+                tls.recv(1)  # TLS 1.3: a refused client certificate shows up on the first read
+            except (socket.timeout, TimeoutError):
+                pass
+            alpn = tls.selected_alpn_protocol()
+    except ssl.SSLCertVerificationError as e:
+        checks.append(Check("server name and CA", "FAIL", f"{where}: {e.verify_message}", f"server_name must be a name in the server's certificate ({config['server_name']!r}), and ca_file the CA that issued it"))
+        return
+    except (ssl.SSLError, OSError) as e:
+        reason = getattr(e, "reason", None) or e.__class__.__name__
+        hint = "the server refused this client certificate (another CA, or revoked)" if "CERTIFICATE" in str(reason).upper() or "ALERT" in str(reason).upper() else str(e)
+        checks.append(Check("TLS handshake", "FAIL", f"{where}: {hint}", "check server_ip/server_port, that the server runs, and that it trusts your CA"))
+        return
+    checks.append(Check("server name and CA", "ok", f"{where} proved it is {config['server_name']!r}, issued by your CA"))
+    state = "ok" if alpn == "h2" else "FAIL"
+    checks.append(Check("TLS handshake", state, f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}", "" if alpn == "h2" else "the server must offer h2"))
+
+
+def _upstream(config, host: str, port: int, checks: list[Check], timeout: float) -> None:
+    from .upstream import proxy_for
+
+    try:
+        proxy = proxy_for(config["upstream_proxy"], host or config["server_ip"])
+    except ValueError as e:
+        checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
+        return
+    if proxy is None:
+        return
+    target = f"{host}:{port}" if host else ""
+    try:
+        with socket.create_connection((proxy.host, proxy.port), timeout=timeout) as sock:
+            if not target:
+                checks.append(Check("upstream proxy", "ok", f"{proxy.display} accepts connections"))
+                return
+            auth = proxy.authorization()
+            request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n" + (f"Proxy-Authorization: {auth.decode()}\r\n" if auth else "") + "\r\n"
+            sock.sendall(request.encode())
+            sock.settimeout(timeout)
+            head = sock.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
+    except OSError as e:
+        checks.append(Check("upstream proxy", "FAIL", f"cannot reach {proxy.display}: {e}", "check upstream_proxy / $HTTPS_PROXY"))
+        return
+    ok = " 200" in head
+    checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} answered {head!r} to CONNECT {target}", "" if ok else "check the proxy's credentials and that it allows CONNECT to this port"))
+
+
+def _aws(checks: list[Check]) -> None:
+    """Only when AWS is in reach of this machine's set-up (a profile, keys or a region)."""
+    if not any(os.environ.get(v) for v in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION")) and not os.path.exists(os.path.expanduser("~/.aws")):
+        return
+    try:
+        import boto3
+    except ImportError:
+        checks.append(Check("AWS", "warn", "boto3 is not installed: fluidity start/stop/status cannot run", "pip install 'fluidity[aws]'"))
+        return
+    session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
+    region = session.region_name
+    checks.append(Check("AWS region", "ok" if region else "FAIL", region or "none set", "" if region else "set AWS_REGION or pass --region"))
+    credentials = session.get_credentials()
+    checks.append(Check("AWS credentials", "ok" if credentials else "FAIL", f"found ({credentials.method})" if credentials else "none found", "" if credentials else "aws configure, or AWS_PROFILE"))
+
+
+def main(config_path: str | None) -> int:
+    checks = run(config_path or cfg.default_agent_config())
+    for check in checks:
+        print(check.line())
+    failed = [c for c in checks if c.state == "FAIL"]
+    print(f"\n{len(failed)} problem(s) found." if failed else "\nall good.")
+    return 1 if failed else 0
