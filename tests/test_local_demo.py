@@ -87,3 +87,11 @@ def test_a_port_in_use_is_reported_before_anything_claims_to_run(tmp_path):
     assert process.returncode == 1
     assert f"port {busy} on 127.0.0.1 (server) is already in use" in out
     assert "Fluidity is running" not in out
+
+
+def test_help_describes_every_option_of_local():
+    done = subprocess.run([FLUIDITY, "local", "--help"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for option, words in (("--certs", "development CA"), ("--configs", "server.local.yaml"), ("--server-port", "TLS port"), ("--proxy-port", "proxy port")):
+        assert option in text and words in text, (option, text)
