@@ -68,6 +68,17 @@ class CertSet:
         return str(self.directory / name)
 
 
+def user_home(certs: CertSet, directory: Path) -> Path:
+    """A user's HOME whose ~/.config/fluidity/certs holds the agent's certificates."""
+    home = directory / "home"
+    folder = home / ".config" / "fluidity" / "certs"
+    folder.mkdir(parents=True)
+    for name in ("client.pem", "client.key", "ca.pem"):
+        (folder / name).write_bytes((certs.directory / name).read_bytes())
+    os.chmod(folder / "client.key", 0o600)
+    return home
+
+
 def make_certs(directory: Path) -> CertSet:
     pki.init(directory)
     pki.issue_client(directory, "alice")

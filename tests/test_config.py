@@ -131,19 +131,14 @@ def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
     """No --config: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml, with certificates
     next to it, whatever the working directory."""
     import os
-    import shutil
     import subprocess
 
     import yaml
 
-    from support import TWISTD, Proc, free_port, server_config, start_twistd, wait_connected, wait_for_port
+    from support import TWISTD, Proc, free_port, server_config, start_twistd, user_home, wait_connected, wait_for_port
 
-    home = tmp_path / "home"
+    home = user_home(certs, tmp_path)
     folder = home / ".config" / "fluidity"
-    (folder / "certs").mkdir(parents=True)
-    for name in ("client.pem", "client.key", "ca.pem"):
-        shutil.copy(certs.path(name), folder / "certs" / name)
-    os.chmod(folder / "certs" / "client.key", 0o600)
     server = start_twistd("server", server_config(certs), tmp_path)
     proxy_port = free_port()
     (folder / "agent.yaml").write_text(yaml.safe_dump({

@@ -13,19 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import FLUIDITY, Proc, free_port, server_config, start_twistd, wait_connected, wait_for_port
+from support import FLUIDITY, Proc, free_port, server_config, start_twistd, user_home, wait_connected, wait_for_port
 
 
 @pytest.fixture
 def home(certs, tmp_path):
-    """A user's HOME with an agent config in ~/.config/fluidity and the certificates beside it."""
-    home = tmp_path / "home"
-    folder = home / ".config" / "fluidity"
-    (folder / "certs").mkdir(parents=True)
-    for name in ("client.pem", "client.key", "ca.pem"):
-        shutil.copy(certs.path(name), folder / "certs" / name)
-    os.chmod(folder / "certs" / "client.key", 0o600)
-    return home
+    return user_home(certs, tmp_path)
 
 
 def user_env(home: Path) -> dict:

@@ -210,6 +210,13 @@ def _flatten(data: dict, prefix: str, out: dict[str, Any], known_blocks: set[str
             out[name] = value
 
 
+def yaml_problem(error: Exception) -> str:
+    """`not valid YAML at line N: <problem>`: one line, whatever the parser raised."""
+    mark = getattr(error, "problem_mark", None)
+    at = f" at line {mark.line + 1}" if mark else ""
+    return f"not valid YAML{at}: {getattr(error, 'problem', None) or 'cannot parse'}"
+
+
 PATH_KEYS = {"cert_file", "key_file", "ca_file", "revoked_file"}
 
 
@@ -255,9 +262,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+            raise ConfigError(f"{path}: {yaml_problem(e)}") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):

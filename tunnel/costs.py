@@ -69,9 +69,9 @@ def read_stack(path: Path) -> tuple[dict, str | None]:
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark else ""
-        raise ValueError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', None) or 'cannot parse'}") from None
+        from .config import yaml_problem
+
+        raise ValueError(f"{path}: {yaml_problem(e)}") from None
     config = data.get("config") if isinstance(data, dict) else None
     if config is None:
         config = {}
