@@ -31,8 +31,10 @@ class Service:
 
 
 class MotoAws:
-    def __init__(self) -> None:
+    def __init__(self, region: str = REGION) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.region = region
+        self.credentials = ("testing", "testing")  # until `use_credentials` names an IAM user
         self.port = free_port()
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
         self.server.start()
@@ -50,16 +52,21 @@ class MotoAws:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_SESSION_TOKEN": "testing",
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
         }
 
     def client(self, name: str):
         if name not in self._clients:
             self._clients[name] = boto3.session.Session().client(
-                name, endpoint_url=self.url, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing"
+                name, endpoint_url=self.url, region_name=self.region, aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1]
             )
         return self._clients[name]
+
+    def use_credentials(self, key_id: str, secret: str) -> None:
+        """Sign every later call as this IAM identity (needed once moto enforces IAM)."""
+        self.credentials = (key_id, secret)
+        self._clients = {}
 
     def reset(self) -> None:
         self._post("/moto-api/reset", b"")
@@ -80,7 +87,7 @@ class MotoAws:
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.ecs.models import ecs_backends
 
-        tasks = ecs_backends[DEFAULT_ACCOUNT_ID][REGION].tasks.get(service.cluster, {})
+        tasks = ecs_backends[DEFAULT_ACCOUNT_ID][self.region].tasks.get(service.cluster, {})
         for task in tasks.values():
             for container in task.containers:
                 container.health_status = health
@@ -131,11 +138,11 @@ class MotoAws:
         tasks = ecs.describe_tasks(cluster=service.cluster, tasks=arns)["tasks"]
         return [t for t in tasks if t.get("group") == f"service:{service.name}"]
 
-    def start_task(self, service: Service, public_ip: str = "127.0.0.1") -> dict:
+    def start_task(self, service: Service, public_ip: str = "127.0.0.1", task_definition: str | None = None) -> dict:
         ecs, ec2 = self.client("ecs"), self.client("ec2")
         task = ecs.run_task(
             cluster=service.cluster,
-            taskDefinition=service.name,
+            taskDefinition=task_definition or service.name,
             launchType="FARGATE",
             group=f"service:{service.name}",
             startedBy="ecs-svc/1234567890",

@@ -25,6 +25,8 @@ class Registered:
     name: str
     inputs: dict
     ignore_changes: list[str] = field(default_factory=list)  # as the SDK sent it to the engine
+    id: str = ""  # what the mocks answered
+    state: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -49,7 +51,12 @@ class RecordingMocks(pulumi_mocks.Mocks):
         self.image_digest = image_digest  # what the registry answers for the pushed image
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
-        self.resources.append(Registered(args.typ, args.name, dict(args.inputs)))
+        resource_id, state = self.answer(args)
+        self.resources.append(Registered(args.typ, args.name, dict(args.inputs), id=resource_id, state=state))
+        return resource_id, state
+
+    def answer(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict]:
+        """The id and state AWS would give this resource."""
         state = dict(args.inputs)
         kind = args.typ.split(":")[1].split("/")[0]
         resource_id = f"{args.name}-id"
@@ -108,14 +115,15 @@ def _record_ignore_changes(mocks: RecordingMocks) -> None:
     monitor.RegisterResource = recording
 
 
-def synthesize(config: dict | None = None, certs: dict | None = CERTS, image_digest: str = "sha256:" + "ab" * 32) -> Stack:
-    """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises."""
+def synthesize(config: dict | None = None, certs: dict | None = CERTS, image_digest: str = "sha256:" + "ab" * 32, mocks: RecordingMocks | None = None, region: str = REGION) -> Stack:
+    """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises.
+    `mocks`: another answerer (the cloud rehearsal's creates each resource in moto)."""
     from infra import program
 
     values = {f"fluidity:{k}": v for k, v in {**(certs or {}), **(config or {})}.items()}
-    values["aws:region"] = REGION
+    values["aws:region"] = region
     set_all_config(values, [f"fluidity:{k}" for k in (certs or {})])
-    mocks = RecordingMocks(image_digest)
+    mocks = mocks or RecordingMocks(image_digest)
     pulumi.runtime.set_mocks(mocks, project="fluidity", stack="dev", preview=False)
     _record_ignore_changes(mocks)
     outputs: dict = {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -14,7 +15,6 @@ from aws import ControlPlaneProc, EcsScheduler
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 
 API_KEY = "lifecycle-secret-key"
-
 
 class World:
     """Control plane, ECS scheduler and the server that a task 'is'."""
@@ -42,18 +42,15 @@ class World:
             self.server.stop()
         self.plane.stop()
 
-
 @pytest.fixture
 def world(aws, certs, tmp_path):
     w = World(aws, certs, tmp_path)
     yield w
     w.close()
 
-
 def health(agent) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5) as r:
         return json.load(r)
-
 
 def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin, tmp_path):
     assert world.aws.desired_count(world.service) == 0
@@ -72,7 +69,6 @@ def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin
     assert API_KEY not in log and API_KEY not in world.plane.log()
     agent.assert_no_unhandled_errors()
 
-
 def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=2.5)
     try:
@@ -87,7 +83,6 @@ def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_ori
         agent.assert_no_unhandled_errors()
     finally:
         world.close()
-
 
 def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=None)  # ECS never places the task
@@ -104,7 +99,6 @@ def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp
         agent.assert_no_unhandled_errors()
     finally:
         world.close()
-
 
 def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(), tmp_path)
@@ -125,7 +119,6 @@ def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tm
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
 
-
 def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     config = world.agent_config(api_key="not-the-key")
     agent = start_twistd("agent", config, tmp_path)
@@ -139,9 +132,7 @@ def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     assert "not-the-key" not in agent.log()
     agent.assert_no_unhandled_errors()
 
-
 # -- the lifecycle block is checked before anything listens ----------------------------------
-
 
 def _agent_options(certs, tmp_path, **overrides):
     import yaml
@@ -154,7 +145,6 @@ def _agent_options(certs, tmp_path, **overrides):
     options = AgentOptions()
     options.parseOptions(["--config", str(path)])
     return options
-
 
 @pytest.mark.parametrize(
     "lifecycle, message",
@@ -175,7 +165,6 @@ def test_bad_lifecycle_blocks_are_one_clear_line(certs, tmp_path, lifecycle, mes
         _agent_options(certs, tmp_path, server_ip="", lifecycle=lifecycle)
     assert str(raised.value).startswith("fluidity-agent: ") and message in str(raised.value)
 
-
 def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
     from tunnel.lifecycle import settings_from
 
@@ -188,7 +177,6 @@ def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
     assert settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config).kill_on_exit is False
     with pytest.raises(SystemExit, match="'server_ip' is required"):
         _agent_options(certs, tmp_path, server_ip="")
-
 
 def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(kill_on_exit=False), tmp_path)
@@ -203,7 +191,6 @@ def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_orig
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
 
-
 def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
     """The pool's factory class is private to Twisted: without it the pool is used as it is."""
     from twisted.internet import reactor
@@ -214,3 +201,67 @@ def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
     assert _quiet_pool(reactor)._factory.noisy is False
     monkeypatch.delattr(client.HTTPConnectionPool, "_factory")
     assert isinstance(_quiet_pool(reactor), client.HTTPConnectionPool)
+
+class SlowStatus:
+    """In front of the control plane: GET /status answers `delay` seconds late; counts them."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        import http.server
+        import threading
+
+        front = self
+        self.pending = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                if self.command == "GET":
+                    front.pending += 1
+                    time.sleep(delay)
+                request = urllib.request.Request(upstream + self.path, method=self.command, headers={"x-api-key": self.headers.get("x-api-key", "")}, data=b"" if self.command == "POST" else None)
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as answer:
+                        status, body = answer.status, answer.read()
+                except urllib.error.HTTPError as e:
+                    status, body = e.code, e.read()
+                if self.command == "GET":
+                    front.pending -= 1
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(world, http_origin, tmp_path):
+    """Found by the cloud rehearsal: the tunnel drops, the agent asks for the status, and a
+    client arrives before the answer ("stopped"). That client must wake the server, not wait
+    for wake_timeout and get a 503."""
+
+    front = SlowStatus(world.plane.url, delay=2.0)
+    agent = start_twistd("agent", world.agent_config(status_endpoint=f"{front.url}/status", wake_endpoint=f"{front.url}/wake", kill_endpoint=f"{front.url}/kill", wake_timeout="20s"), tmp_path)
+    try:
+        wait_connected(agent, 20)
+        world.aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=0)
+        wait_until(lambda: not world.aws.service_tasks(world.service), 5)
+        world.server.process.kill()  # gone without a goodbye, like a task that was stopped
+        world.server.process.wait(5)
+        wait_until(lambda: front.pending > 0, 10)  # the agent is asking where the server went
+        world.start_server()
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr + agent.log().encode()[-2000:]
+        assert world.aws.desired_count(world.service) == 1
+    finally:
+        assert agent.stop() == 0
+        front.close()
+    agent.assert_no_unhandled_errors()

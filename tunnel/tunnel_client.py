@@ -120,6 +120,10 @@ class TunnelClient:
         self._attempt = None
         if address is None:
             self.asleep = True
+            if self._waiters:  # a client came while we asked: it is the one that wakes it
+                self._want_wake = True
+                self._connect()
+                return
             log.info("the server is stopped; the next local client will wake it")
             return
         self.host, self.port = address

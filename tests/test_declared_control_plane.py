@@ -1,0 +1,130 @@
+"""The control plane built only from what the Pulumi program declares, in moto with IAM
+enforced: the fast half of the cloud rehearsal (no Docker). Each seam the rehearsal
+crosses is broken once here, the way a change to the program could break it, and the
+declared API must then fail the way AWS would."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from support import make_certs
+
+
+@pytest.fixture
+def plane(tmp_path, monkeypatch):
+    """Deploys on demand (a test may first break the program), then serves the declared API."""
+    from aws import MotoAws
+    from control_front import ApiGateway, LambdaRuntime
+    from moto_stack import deploy, enforce_iam
+    from pulumi_mocks import REGION
+
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    aws = MotoAws(region=REGION)
+    certs = make_certs(tmp_path / "certs")
+    pem = {key: Path(certs.path(name)).read_text() for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))}
+    running = []
+
+    def start():
+        deployment = deploy(aws, {"idleThresholdMinutes": "1"}, pem)
+        runtime = LambdaRuntime(deployment.declared, deployment.credentials, aws.env, tmp_path)
+        running.append(runtime)
+        gateway = ApiGateway(deployment.declared, runtime)
+        running.append(gateway)
+        return aws, deployment.declared, gateway
+
+    yield start
+    for thing in reversed(running):
+        thing.stop()
+    enforce_iam(aws, False)  # moto's setting, for this whole process (the next test resets moto)
+    aws.stop()
+
+
+def call(gateway, url: str, method: str, key: str | None) -> tuple[int, dict]:
+    request = urllib.request.Request(gateway.local(url), method=method, data=b"" if method == "POST" else None, headers={"x-api-key": key} if key else {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def desired(aws, declared) -> int:
+    outputs = declared.outputs
+    return aws.client("ecs").describe_services(cluster=outputs["clusterName"], services=[outputs["serviceName"]])["services"][0]["desiredCount"]
+
+
+def test_the_declared_api_wakes_reports_and_kills_with_each_roles_own_rights(plane):
+    aws, declared, gateway = plane()
+    outputs, key = declared.outputs, declared.outputs["apiKey"]
+    status, body = call(gateway, outputs["statusUrl"], "GET", key)
+    assert status == 200 and body["status"] == "stopped" and body["port"] == 8443, body
+    status, body = call(gateway, outputs["wakeUrl"], "POST", key)
+    assert status == 200 and body["status"] == "starting", body
+    assert desired(aws, declared) == 1
+    group = aws.client("ec2").describe_security_groups(GroupIds=[outputs["securityGroupId"]])["SecurityGroups"][0]
+    assert [r["IpRanges"][0]["CidrIp"] for r in group["IpPermissions"]] == ["127.0.0.1/32"]
+    status, body = call(gateway, outputs["killUrl"], "POST", key)
+    assert status == 200 and desired(aws, declared) == 0, body
+    # What the declared API itself refuses, as API Gateway would.
+    assert call(gateway, outputs["wakeUrl"], "POST", "not-the-key") == (403, {"message": "Forbidden"})
+    assert call(gateway, outputs["wakeUrl"], "POST", None) == (403, {"message": "Forbidden"})
+    assert call(gateway, outputs["wakeUrl"], "GET", key) == (403, {"message": "Missing Authentication Token"})
+    assert call(gateway, outputs["apiUrl"] + "/sleep", "POST", key) == (403, {"message": "Missing Authentication Token"})
+
+
+def test_a_role_without_a_permission_its_lambda_uses_fails_the_call(plane, monkeypatch):
+    from infra import policies
+
+    declared_policy = policies.control_function
+
+    def without_update_service(role, **kw):
+        document = declared_policy(role, **kw)
+        for statement in document["Statement"]:
+            statement["Action"] = [a for a in statement["Action"] if a != "ecs:UpdateService"] if isinstance(statement["Action"], list) else statement["Action"]
+        return document
+
+    monkeypatch.setattr(policies, "control_function", without_update_service)
+    aws, declared, gateway = plane()
+    status, body = call(gateway, declared.outputs["wakeUrl"], "POST", declared.outputs["apiKey"])
+    assert status == 502 and "UpdateService" in body["error"] and "AccessDenied" in body["error"], body
+    assert desired(aws, declared) == 0
+
+
+def test_an_environment_name_the_lambdas_do_not_read_fails_the_call(plane, monkeypatch):
+    from infra import control_plane
+
+    declared_environment = control_plane.function_environment
+    monkeypatch.setattr(control_plane, "function_environment", lambda s, group="": {("ECS_CLUSTER" if k == "CLUSTER_NAME" else k): v for k, v in declared_environment(s, group).items()})
+    _, declared, gateway = plane()
+    status, body = call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"])
+    assert status == 500 and "CLUSTER_NAME must be set" in body["error"], body
+
+
+def test_a_code_archive_missing_a_module_fails_the_call(plane, monkeypatch):
+    import pulumi
+
+    from infra import control_plane
+
+    whole = control_plane.code_archive
+    monkeypatch.setattr(control_plane, "code_archive", lambda: pulumi.AssetArchive({k: v for k, v in whole().assets.items() if k != "lambdas/ecs_state.py"}))
+    _, declared, gateway = plane()
+    assert call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"]) == (502, {"message": "Internal server error"})
+
+
+def test_a_route_api_gateway_may_not_invoke_is_an_internal_error(plane, monkeypatch):
+    import pulumi_aws as aws_sdk
+
+    real = aws_sdk.lambda_.Permission
+
+    def wrong_source(name, **kw):  # a permission for another stage than the one deployed
+        kw["source_arn"] = kw["source_arn"].apply(lambda arn: arn.replace("/*/", "/test/"))
+        return real(name, **kw)
+
+    monkeypatch.setattr(aws_sdk.lambda_, "Permission", wrong_source)
+    _, declared, gateway = plane()
+    assert call(gateway, declared.outputs["wakeUrl"], "POST", declared.outputs["apiKey"]) == (500, {"message": "Internal server error"})
