@@ -35,6 +35,7 @@ VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
 PATHS = ("direct", "fluidity", "stunnel", "ssh -D")
 BARE = "bare relay"  # reference for new connections only: see bench/bare_relay.py
+SOCKS = "fluidity socks5"  # the agent's SOCKS5 front, for round trips
 PROXY_PORTS = {"fluidity": "agent", "stunnel": "stunnel_client", BARE: "bare_connect"}
 
 
@@ -221,6 +222,8 @@ http {{
             return []
         if path == "ssh -D":
             return ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"]
+        if path == SOCKS:
+            return ["--socks5-hostname", f"127.0.0.1:{ports['agent']}"]
         return ["-x", f"http://127.0.0.1:{ports[PROXY_PORTS[path]]}"]
 
     def hey_proxy(self, path: str) -> list[str]:
@@ -308,12 +311,12 @@ def round_trips(rig: Rig, rtt_ms: float, samples: int) -> dict:
     ports["socks"] = free_port()
     rig.ssh_socks("ssh -D far", ports["socks"], relay(rig.ports["sshd"]))
     time.sleep(3 * rtt_ms / 1000)
-    results = {p: [] for p in PATHS}
-    for path in PATHS:
+    results = {p: [] for p in (*PATHS, SOCKS)}
+    for path in results:
         for _ in range(2):
             rig.curl(path, "-o", "/dev/null", rig.url("1k"), ports=ports)  # the tunnel is up and knows the origin
     for _ in range(samples):
-        for path in PATHS:
+        for path in results:
             out = rig.curl(path, "-o", "/dev/null", "-w", "%{time_starttransfer}", rig.url("1k"), ports=ports)
             results[path].append(float(out) / (rtt_ms / 1000))
     return {p: statistics.median(v) for p, v in results.items()}
@@ -380,6 +383,7 @@ def report(results: dict, args) -> str:
     row(f"p99 ms (hey -c 500 -n {args.requests})", p99, lambda v: f"{v:.0f}", "≤ ⅓×, 0 errors", ratio, ratio <= 1 / 3 and errors_ok)
     row("errors (hey -c 500)", {p: cc[p]["errors"] for p in PATHS}, str, "0", None, errors_ok)
     row(f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)", rt, lambda v: f"{v:.2f}", "≤ 2.2", None, rt["fluidity"] <= 2.2)
+    row(f"the same through the agent's SOCKS5 front (Fluidity column; ssh -D is SOCKS5 too)", {p: rt[SOCKS] if p == "fluidity" else rt[p] for p in PATHS}, lambda v: f"{v:.2f}", "≤ 2.2", None, rt[SOCKS] <= 2.2)
     lines += [
         "",
         ceiling_note,
@@ -403,6 +407,7 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=30)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
+    parser.add_argument("--round-trips-only", action="store_true", help="measure only time to first byte in round trips, print it, write nothing")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.size_mb, args.seconds, args.requests, args.rtt_samples, args.slow_seconds = 1, 128, 3, 2000, 3, 5
@@ -416,6 +421,10 @@ def main() -> None:
         rig.setup(args.size_mb)
         for path in (*PATHS, BARE):  # every path works before anything is measured
             rig.curl(path, "-o", "/dev/null", rig.url("1k"))
+        if args.round_trips_only:
+            for path, value in round_trips(rig, args.rtt_ms, args.rtt_samples).items():
+                print(f"time to first byte, {path}: {value:.2f} round trips ({args.rtt_ms:g} ms RTT)")
+            return
         results = {}
         print("bulk ...", flush=True)
         results["bulk"] = bulk(rig, args.rounds)

@@ -16,10 +16,10 @@ from twisted.internet.testing import StringTransport
 from lambdas.api import BadEvent, body_of, method_of, respond
 from lambdas.ingress import source_ipv4
 from tunnel import socks
-from tunnel.agent_front import KnownDestinations, ProxyFront
+from tunnel.agent_front import ProxyFront, ProxySite
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load
 from tunnel.egress import parse_allow_rule
-from tunnel.mux import OpenFailed
+from tunnel.opener import OpenFailed
 from tunnel.revocation import RevocationError, parse
 
 SETTINGS = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -58,21 +58,19 @@ def test_config_loader_survives_arbitrary_file_bytes(tmp_path_factory, raw):
 
 
 # -- the agent's HTTP/1.1 front, sans network ------------------------------------------------
-class StubAgent:
-    """What ProxyFront needs from the agent; every tunnel stream is refused (503)."""
+class RefusingOpener:
+    """Every destination refused (503): no tunnel in this test."""
 
-    def __init__(self) -> None:
-        self.reactor = Clock()
-        self.head_timeout = 5.0
-        self.max_header_bytes = 4096
-        self.optimistic_connect = True
-        self.tunnel_up = False
-        self.known = KnownDestinations()
-        self.clients = 0
+    name = "none"
+
+    def answers_early(self, destination) -> bool:
+        return False
 
     def open(self, destination, protocol):
         return defer.fail(OpenFailed(503, "no tunnel in this test"))
 
+
+class StubPages:
     def health(self) -> dict:
         return {"connected": False}
 
@@ -81,6 +79,10 @@ class StubAgent:
 
     def serves_host(self, host: str) -> bool:
         return host.startswith("127.0.0.1")
+
+
+def stub_site() -> ProxySite:
+    return ProxySite(Clock(), RefusingOpener(), StubPages(), head_timeout=5.0, max_header_bytes=4096)
 
 
 class SocketLikeTransport(StringTransport):
@@ -108,14 +110,14 @@ http_like = st.one_of(
 @SETTINGS
 @given(st.lists(http_like, min_size=1, max_size=3))
 def test_http_front_answers_or_closes_never_raises(chunks):
-    agent = StubAgent()
+    agent = stub_site()
     front = ProxyFront(agent)
     transport = SocketLikeTransport()
     front.makeConnection(transport)
     for chunk in chunks:
         front.dataReceived(chunk)
     front.readConnectionLost()
-    agent.reactor.advance(10)  # any head timer fires
+    agent.clock.advance(10)  # any head timer fires
     out = transport.value()
     assert out == b"" or out.startswith(b"HTTP/1.1 "), out[:80]
     front.connectionLost(None)

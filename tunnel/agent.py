@@ -8,8 +8,8 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .addresses import Destination
-from .agent_front import KnownDestinations
+from .agent_front import ProxySite
+from .agent_opener import AgentOpener
 from .config import Config, read_pem
 from .lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
 from .listening import ListenService, tcp_endpoint
@@ -66,12 +66,7 @@ class Agent(service.Service):
     def __init__(self, reactor, config: Config, tls_options) -> None:
         self.reactor = reactor
         self.config = config
-        self.max_header_bytes = config["max_header_bytes"]
-        self.optimistic_connect = config["optimistic_connect"]
-        self.head_timeout = config["head_timeout"]
-        self.known = KnownDestinations()
         self.local_names = tuple(name.lower().rstrip(".") for name in config["local_names"])
-        self.clients = 0
         self.started_at = reactor.seconds()
         self.identity = certificate_name(config["cert_file"])
         self.lifecycle = settings_from(config)
@@ -90,13 +85,8 @@ class Agent(service.Service):
             locator=self.locator,
             upstream_proxy=config["upstream_proxy"],
         )
-
-    @property
-    def tunnel_up(self) -> bool:
-        return self.tunnel.current is not None and not self.tunnel.current.draining
-
-    def open(self, destination: Destination, protocol):
-        return self.tunnel.open(destination, protocol)
+        self.opener = AgentOpener(self.tunnel, optimistic=config["optimistic_connect"])
+        self.site = ProxySite(reactor, self.opener, self, config["head_timeout"], config["max_header_bytes"])
 
     def serves_host(self, host_header: str) -> bool:
         return is_own_host(host_header, self.config["proxy_host"], self.local_names)
@@ -120,7 +110,7 @@ class Agent(service.Service):
             "uptime": round(now - self.started_at, 3),
             "tunnel_uptime": round(now - since, 3) if since is not None else None,
             "open_streams": self.tunnel.open_streams,
-            "clients": self.clients,
+            "clients": self.site.clients,
             "last_error": self.tunnel.last_error,
             "server_state": self.locator.describe() if self.locator else None,
         }
@@ -153,5 +143,5 @@ def make_agent_service(reactor, config: Config, tls_options) -> service.MultiSer
     agent = Agent(reactor, config, tls_options)
     agent.setServiceParent(top)
     host, port = config["proxy_host"], config["proxy_port"]
-    ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent), "local proxy", host, port).setServiceParent(top)
+    ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent.site), "local proxy", host, port).setServiceParent(top)
     return top

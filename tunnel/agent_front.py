@@ -1,17 +1,17 @@
 """The agent's local HTTP proxy: CONNECT, absolute-form `http://` requests, WebSocket
 upgrades and `GET /health`, each tunnelled through one HTTP/2 stream.
 
-Round trips are what a cloud tunnel costs, so none is added: a CONNECT to a
-destination reached before is answered at once and the client's first bytes ride
-right behind the HTTP/2 HEADERS; a first-time destination waits for the server's
-answer so a refusal arrives as a readable 403/502/504. Absolute-form requests are
-sent with the CONNECT and never wait for it.
+A CONNECT goes through `opener.bridge` like every front's (answered early where the
+agent's opener says so); absolute-form requests are sent with their CONNECT and never
+wait for it. The front knows the agent only through a `ProxySite`: the opener, the clock
+and limits, and the agent's own pages (/health, /proxy.pac).
 """
 
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
+import typing
+from dataclasses import dataclass
 from http import HTTPStatus
 
 import h11
@@ -22,12 +22,10 @@ from zope.interface import implementer
 
 from .addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from .front import HttpFront
-from .logs import Throttle, more
-from .mux import OpenFailed
-from .relay import RelayEnd, close, reader_of, splice
+from .opener import IOpener, as_open_failed, bridge
+from .relay import RelayEnd, close, reader_of
 
 log = Logger(namespace="fluidity.agent")
-refusals = Throttle()  # shared by the agent's fronts
 
 ALLOWED_STATUSES = (400, 403, 429, 503, 504)  # passed on as they are; anything else is a 502
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
@@ -55,35 +53,24 @@ def wants_upgrade(request: h11.Request) -> bool:
     return b"upgrade" in _connection_tokens(request.headers) and any(n == b"upgrade" for n, _ in request.headers)
 
 
-class KnownDestinations:
-    """Destinations the server reached recently: their CONNECTs are answered at once."""
+class AgentPages(typing.Protocol):
+    """What the agent answers itself; `Agent` implements it."""
 
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._seen: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, authority: str) -> bool:
-        return authority in self._seen
-
-    def add(self, authority: str) -> None:
-        self._seen[authority] = None
-        self._seen.move_to_end(authority)
-        while len(self._seen) > self.size:
-            self._seen.popitem(last=False)
-
-    def discard(self, authority: str) -> None:
-        self._seen.pop(authority, None)
+    def serves_host(self, host_header: str) -> bool: ...
+    def health(self) -> dict: ...
+    def pac(self, requested_host: str) -> str: ...
 
 
-class UpstreamEnd(RelayEnd):
-    """The stream side of a CONNECT; tells the front when the stream exists."""
+@dataclass
+class ProxySite:
+    """Everything the agent's fronts use: they never see the Agent itself."""
 
-    def __init__(self, on_connected) -> None:
-        super().__init__()
-        self._on_connected = on_connected
-
-    def connectionMade(self) -> None:
-        self._on_connected(self)
+    clock: object
+    opener: IOpener
+    pages: AgentPages
+    head_timeout: float = 60.0
+    max_header_bytes: int = 65536
+    clients: int = 0  # local client connections open now
 
 
 @implementer(IHalfCloseableProtocol)
@@ -135,10 +122,10 @@ class OriginLink(Protocol):
 class ProxyFront(HttpFront):
     """One local client connection to the agent's proxy port."""
 
-    def __init__(self, agent) -> None:
-        super().__init__(agent.reactor, agent.head_timeout)
-        self.agent = agent
-        self.max_header_bytes = agent.max_header_bytes
+    def __init__(self, site: ProxySite) -> None:
+        super().__init__(site.clock, site.head_timeout)
+        self.site = site
+        self.max_header_bytes = site.max_header_bytes
         self.link: OriginLink | None = None
         self._request: h11.Request | None = None
         self._response_started = False
@@ -146,10 +133,10 @@ class ProxyFront(HttpFront):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.agent.clients += 1
+        self.site.clients += 1
 
     def connectionLost(self, reason=None) -> None:
-        self.agent.clients -= 1
+        self.site.clients -= 1
         super().connectionLost(reason)
         link, self.link = self.link, None
         if link is not None and link.transport is not None and not link.lost:
@@ -192,16 +179,16 @@ class ProxyFront(HttpFront):
         """Requests addressed to the agent itself, not to be proxied."""
         path = request.target.split(b"?", 1)[0]
         host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
-        if not self.agent.serves_host(host):
+        if not self.site.pages.serves_host(host):
             # A web page that rebinds its own name to 127.0.0.1 still sends that name.
             self._answer(403, b"this agent answers only requests addressed to it by a loopback name or address (Host)\n", b"text/plain")
             return
         if path == b"/health" and request.method == b"GET":
-            body = json.dumps(self.agent.health()).encode() + b"\n"
+            body = json.dumps(self.site.pages.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
         elif path == b"/proxy.pac" and request.method in (b"GET", b"HEAD"):
             host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
-            self._answer(200, self.agent.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
+            self._answer(200, self.site.pages.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
         else:
             self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET /health for status, GET /proxy.pac for browsers)\n", b"text/plain")
 
@@ -214,44 +201,14 @@ class ProxyFront(HttpFront):
 
     # -- CONNECT ---------------------------------------------------------------------
     def _connect(self, destination: Destination) -> None:
-        agent = self.agent
-        early = agent.optimistic_connect and agent.tunnel_up and destination.authority in agent.known
-        if early:
-            # Answer now; the relay holds the client's first bytes until the stream exists.
-            self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        else:
-            self.transport.pauseProducing()
-        upstream = UpstreamEnd(lambda end: self._connect_stream_up(end, early))
-        self._pending = agent.open(destination, upstream)
-        self._pending.addCallbacks(self._connect_ok, self._connect_failed, callbackArgs=(destination, upstream, early), errbackArgs=(destination, early))
-        log.debug("CONNECT {dest}{early}", dest=destination.authority, early=" (early)" if early else "")
+        self._pending = bridge(self.site.opener, destination, self.transport, self._accept_connect, self._refuse_connect, lambda: self.finished)
+        log.debug("CONNECT {dest}", dest=destination.authority)
 
-    def _connect_stream_up(self, upstream: UpstreamEnd, early: bool) -> None:
-        if early and not self.finished:
-            splice(self.transport, self.relay, upstream.transport, upstream)
+    def _accept_connect(self) -> RelayEnd:
+        self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        return self.relay
 
-    def _connect_ok(self, stream, destination: Destination, upstream: UpstreamEnd, early: bool) -> None:
-        self.agent.known.add(destination.authority)
-        if early:
-            return
-        if self.finished:
-            close(stream)
-            return
-        self.accept_switch(stream, upstream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        self.transport.resumeProducing()
-
-    def _connect_failed(self, failure, destination: Destination, early: bool) -> None:
-        error = _as_open_failed(failure)
-        self.agent.known.discard(destination.authority)
-        suppressed = refusals(f"{error.status} {destination.authority}")
-        if suppressed is not None:
-            log.info("CONNECT {dest} failed: {status} {reason}{more}", dest=destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
-        if early:
-            if not self.finished:
-                self.finished = True
-                close(self.transport)
-            return
-        self.transport.resumeProducing()
+    def _refuse_connect(self, error) -> None:
         self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
 
     # -- absolute-form http:// -------------------------------------------------------
@@ -262,7 +219,7 @@ class ProxyFront(HttpFront):
             if link is not None:
                 self._drop_link()
             link = self.link = OriginLink(self, destination)
-            self.agent.open(destination, link).addErrback(self._link_failed, link)
+            self.site.opener.open(destination, link).addErrback(self._link_failed, link)
             if link.transport is None and not self.finished:
                 self.transport.pauseProducing()  # hold the body until the tunnel takes it
         upgrade = wants_upgrade(request)
@@ -289,10 +246,9 @@ class ProxyFront(HttpFront):
     def _link_failed(self, failure, link: OriginLink) -> None:
         if link is not self.link:
             return
-        error = _as_open_failed(failure)
-        suppressed = refusals(f"{error.status} {link.destination.authority}")
-        if suppressed is not None:
-            log.info("request to {dest} failed: {status} {reason}{more}", dest=link.destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
+        error = as_open_failed(failure)
+        if error is None:
+            return
         self.link = None
         if self._response_started:
             self.transport.abortConnection()
@@ -338,8 +294,7 @@ class ProxyFront(HttpFront):
         stream.unregisterProducer()
         self.transport.unregisterProducer()
         upstream = RelayEnd()
-        stream.protocol = upstream
-        upstream.makeConnection(stream)
+        stream.attach(upstream)  # the stream's bytes now go to the relay, not the link
         self.accept_switch(stream, upstream, h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason))
         if leftover:
             self.transport.write(leftover)
@@ -379,10 +334,3 @@ class ProxyFront(HttpFront):
 def _response_headers(headers) -> list[tuple[bytes, bytes]]:
     """Hop-by-hop headers go; h11 re-frames the body (chunked when the origin closed to end it)."""
     return [(n, v) for n, v in forwardable(headers, False) if n != b"transfer-encoding"]
-
-
-def _as_open_failed(failure) -> OpenFailed:
-    if isinstance(failure.value, OpenFailed):
-        return failure.value
-    log.failure("unexpected error opening a stream", failure)
-    return OpenFailed(502, "internal error in the agent")

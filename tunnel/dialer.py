@@ -2,41 +2,27 @@
 
 The connection goes to the address that was checked, never to a name resolved a
 second time, so a DNS answer cannot change between the check and the dial.
-`connect` is injectable so tests can put a recording, loopback-only dialer here.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Callable
-
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TimeoutError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .addresses import Destination
 from .egress import EgressDenied, EgressPolicy, IPAddress
 from .logs import Throttle, more
-from .mux import OpenFailed
+from .opener import IOpener, OpenFailed
 from .relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")
 _refusals = Throttle()
-
-Connect = Callable[[str, int, Protocol, float], defer.Deferred]
-
-
-def tcp_connect(reactor) -> Connect:
-    def connect(ip: str, port: int, protocol: Protocol, timeout: float) -> defer.Deferred:
-        endpoint_type = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
-        factory = Factory.forProtocol(lambda: protocol)
-        factory.noisy = False
-        return endpoint_type(reactor, ip, port, timeout=max(timeout, 0.1)).connect(factory)
-
-    return connect
 
 
 def _literal(host: str) -> IPAddress | None:
@@ -46,17 +32,27 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
+@implementer(IOpener)
 class DirectOpener:
     """Opens TCP connections from the server to destinations the policy allows."""
 
-    def __init__(self, reactor, policy: EgressPolicy, dial_timeout: float, connect: Connect | None = None, resolve=None) -> None:
+    name = "direct"
+
+    def __init__(self, reactor, policy: EgressPolicy, dial_timeout: float) -> None:
         self.reactor = reactor
         self.policy = policy
         self.dial_timeout = dial_timeout
-        self.connect = connect or tcp_connect(reactor)
-        self.resolve = resolve or self._getaddrinfo
 
-    def _getaddrinfo(self, host: str, port: int) -> defer.Deferred:
+    def answers_early(self, destination: Destination) -> bool:
+        return False  # the agent is told only what the destination said
+
+    def connect(self, ip: str, port: int, protocol: Protocol, timeout: float) -> defer.Deferred:
+        endpoint_type = TCP6ClientEndpoint if ":" in ip else TCP4ClientEndpoint
+        factory = Factory.forProtocol(lambda: protocol)
+        factory.noisy = False
+        return endpoint_type(self.reactor, ip, port, timeout=max(timeout, 0.1)).connect(factory)
+
+    def resolve(self, host: str, port: int) -> defer.Deferred:
         def lookup() -> list[str]:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             return list(dict.fromkeys(info[4][0] for info in infos))

@@ -9,10 +9,9 @@ from __future__ import annotations
 from http import HTTPStatus
 
 import h11
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
-from twisted.internet.protocol import Protocol
-from zope.interface import implementer
+from twisted.internet.interfaces import ITransport
 
+from .handover import HandsOver
 from .relay import RelayEnd, close, no_delay, splice
 
 
@@ -38,9 +37,8 @@ def _head_size(request: h11.Request) -> int:
     return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
-@implementer(IHalfCloseableProtocol)
-class HttpFront(Protocol):
-    """Parses requests with h11 until `start_relay`, then forwards raw bytes both ways."""
+class HttpFront(HandsOver):
+    """Parses requests with h11 until `start_relay` hands the connection to a relay."""
 
     max_header_bytes = 65536
 
@@ -75,33 +73,21 @@ class HttpFront(Protocol):
         if self.relay is None and not self.finished:
             self.fail(408, f"no complete request head within {self.head_timeout:g}s")
 
-    # -- incoming bytes -------------------------------------------------------------
-    def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.dataReceived(data)
-            return
+    # -- incoming bytes, until the connection is handed over -------------------------
+    def received(self, data: bytes) -> None:
         if self.finished:
             return
         self.h11.receive_data(data)
         self.process()
 
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.readConnectionLost()
-            return
+    def read_ended(self) -> None:
         if not self.finished:
             self.h11.receive_data(b"")
             self.process()
 
-    def writeConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.writeConnectionLost()
-
-    def connectionLost(self, reason=None) -> None:
+    def lost(self, reason) -> None:
         self.finished = True
         self._disarm()
-        if self.relay is not None:
-            self.relay.connectionLost(reason)
 
     def process(self) -> None:
         """Feed h11 events to `handle_event` until h11 needs more bytes or pauses."""
@@ -156,6 +142,7 @@ class HttpFront(Protocol):
         early, closed = self.h11.trailing_data
         self.relay = RelayEnd()
         self.relay.makeConnection(self.transport)
+        self.hand_over(self.relay)
         if early:
             self.relay.dataReceived(early)
         if upstream is not None:

@@ -31,6 +31,7 @@ from zope.interface import implementer
 
 from . import h2_speedups
 from .addresses import BadAddress, Destination, parse_authority
+from .opener import OpenFailed
 from .relay import close, no_delay
 
 h2_speedups.install()  # a no-op (and still correct) if hyperframe changed
@@ -66,15 +67,6 @@ FLOOD_WINDOW = 10.0
 # WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
 # 16 MiB the connection), a few hundred a second at gigabit rates.
 FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000, "WINDOW_UPDATE frames": 20000}
-
-
-class OpenFailed(Exception):
-    """A destination could not be reached; `status` is the HTTP status a client should see."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
 
 
 class _Address:

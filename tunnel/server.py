@@ -19,9 +19,10 @@ from .addresses import BadAddress, parse_authority
 from .dialer import DirectOpener
 from .front import HttpFront
 from .logs import Throttle, more
-from .mux import OpenFailed, TunnelMux, TunnelStream
+from .mux import TunnelMux, TunnelStream
+from .opener import bridge
 from .preauth import HandshakeBudget
-from .relay import RelayEnd, splice
+from .relay import RelayEnd
 from .revocation import RevocationList
 from .tls import ALPN_H2
 
@@ -53,29 +54,14 @@ class ConnectFront(HttpFront):
             except BadAddress as e:
                 self.fail(400, str(e))
                 return
-            self.transport.pauseProducing()  # nothing more is read until the destination answers
-            upstream = RelayEnd()
-            self._dial = self.server.opener.open(destination, upstream)
-            self._dial.addCallbacks(self._connected, self._refused, callbackArgs=(upstream,))
+            self._dial = bridge(self.server.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
             log.debug("{peer} CONNECT {dest} (http/1.1)", peer=self.peer_name, dest=destination.authority)
 
-    def _connected(self, _, upstream: RelayEnd) -> None:
-        self._dial = None
-        if self.finished:
-            upstream.transport.loseConnection()
-            return
-        self.accept_switch(upstream.transport, upstream, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        self.transport.resumeProducing()
+    def _accept(self) -> RelayEnd:
+        self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
+        return self.relay
 
-    def _refused(self, failure) -> None:
-        self._dial = None
-        if failure.check(defer.CancelledError):
-            return  # the client left while we dialled
-        error = failure.value
-        if not isinstance(error, OpenFailed):
-            log.failure("dial failed unexpectedly", failure)
-            error = OpenFailed(502, "internal error while dialling")
-        self.transport.resumeProducing()
+    def _refuse(self, error) -> None:
         self.fail(error.status, error.reason)
 
     def connectionLost(self, reason=None) -> None:
@@ -289,25 +275,14 @@ class TunnelServer(Factory):
             mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
             return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
-        upstream = RelayEnd()
 
-        def connected(_):
-            if stream._closed or mux.terminated or mux.closed:
-                upstream.transport.loseConnection()
-                return
+        def accept() -> RelayEnd:
             here = RelayEnd()
-            stream.attach(here)
-            splice(stream, here, upstream.transport, upstream)
+            stream.attach(here)  # what the agent sent while we dialled waits in `here`
             mux.respond(stream)
+            return here
 
-        def refused(failure):
-            error = failure.value
-            if not isinstance(error, OpenFailed):
-                log.failure("dial failed unexpectedly", failure)
-                error = OpenFailed(502, "internal error while dialling")
-            mux.refuse(stream, error.status, error.reason)
-
-        self.opener.open(stream.destination, upstream).addCallbacks(connected, refused)
+        bridge(self.opener, stream.destination, stream, accept, lambda error: mux.refuse(stream, error.status, error.reason), lambda: stream._closed or mux.terminated or mux.closed)
 
     def forget(self, connection: ServerConnection) -> None:
         if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone

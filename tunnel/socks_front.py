@@ -7,25 +7,23 @@ listener serves `curl -x http://...`, `curl --socks5-hostname ...`, git and ssh'
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from . import socks
-from .agent_front import ProxyFront, _as_open_failed, refusals
-from .logs import more
-from .relay import RelayEnd, close, no_delay, splice
+from .agent_front import ProxyFront, ProxySite
+from .handover import HandsOver
+from .opener import bridge
+from .relay import RelayEnd, close, no_delay
 
 log = Logger(namespace="fluidity.agent")
 
 
-@implementer(IHalfCloseableProtocol)
-class Socks5Front(Protocol):
-    """One SOCKS5 client: greeting, CONNECT through the tunnel, then a byte relay."""
+class Socks5Front(HandsOver):
+    """One SOCKS5 client: greeting, CONNECT through the opener, then a byte relay."""
 
-    def __init__(self, agent) -> None:
-        self.agent = agent
+    def __init__(self, site: ProxySite) -> None:
+        self.site = site
         self.parser = socks.Socks5Server()
         self.relay: RelayEnd | None = None
         self.finished = False
@@ -34,18 +32,15 @@ class Socks5Front(Protocol):
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
-        self.agent.clients += 1
-        if self.agent.head_timeout:
-            self._timer = self.agent.reactor.callLater(self.agent.head_timeout, self._close, f"no SOCKS5 request within {self.agent.head_timeout:g}s")
+        self.site.clients += 1
+        if self.site.head_timeout:
+            self._timer = self.site.clock.callLater(self.site.head_timeout, self._close, f"no SOCKS5 request within {self.site.head_timeout:g}s")
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 
-    def dataReceived(self, data: bytes) -> None:
-        if self.relay is not None:
-            self.relay.dataReceived(data)
-            return
+    def received(self, data: bytes) -> None:
         if self.finished:
             return
         try:
@@ -56,7 +51,7 @@ class Socks5Front(Protocol):
                     if answer[1] == socks.NO_ACCEPTABLE_METHOD:
                         self._close("SOCKS5 client offers no method we accept (only no-authentication)")
                         return
-                    self.dataReceived(b"")  # a request sent with the greeting
+                    self.received(b"")  # a request sent with the greeting
                     return
                 if isinstance(event, socks.Connect):
                     self._connect(event.destination)
@@ -68,90 +63,61 @@ class Socks5Front(Protocol):
 
     def _connect(self, destination) -> None:
         self._disarm()
-        self.transport.pauseProducing()
-        upstream = RelayEnd()
-        self._pending = self.agent.open(destination, upstream)
-        self._pending.addCallbacks(self._opened, self._refused, callbackArgs=(destination, upstream), errbackArgs=(destination,))
+        self._pending = bridge(self.site.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
         log.debug("SOCKS5 CONNECT {dest}", dest=destination.authority)
 
-    def _opened(self, stream, destination, upstream: RelayEnd) -> None:
-        self._pending = None
-        self.agent.known.add(destination.authority)
-        if self.finished:
-            close(stream)
-            return
+    def _accept(self) -> RelayEnd:
         self.transport.write(socks.reply(socks.SUCCEEDED))
         self.relay = RelayEnd()
         self.relay.makeConnection(self.transport)
+        self.hand_over(self.relay)
         if self.parser.trailing:
             self.relay.dataReceived(self.parser.trailing)
-        splice(self.transport, self.relay, stream, upstream)
-        self.transport.resumeProducing()
+        return self.relay
 
-    def _refused(self, failure, destination) -> None:
-        self._pending = None
-        error = _as_open_failed(failure)
-        suppressed = refusals(f"{error.status} {destination.authority}")
-        if suppressed is not None:
-            log.info("SOCKS5 CONNECT {dest} failed: {status} {reason}{more}", dest=destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
-        if not self.finished:
-            self.transport.write(socks.reply(socks.reply_for_status(error.status)))
-            self._close(error.reason)
+    def _refuse(self, error) -> None:
+        self.transport.write(socks.reply(socks.reply_for_status(error.status)))
+        self._close(error.reason)
 
     def _close(self, why: str) -> None:
         log.debug("SOCKS5 client closed: {why}", why=why)
         self.finished = True
         close(self.transport)
 
-    def readConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.readConnectionLost()
-        elif not self.finished and self._pending is None:
+    def read_ended(self) -> None:
+        if not self.finished and self._pending is None:
             self._close("client closed before a request")
 
-    def writeConnectionLost(self) -> None:
-        if self.relay is not None:
-            self.relay.writeConnectionLost()
-
-    def connectionLost(self, reason=None) -> None:
+    def lost(self, reason) -> None:
         self.finished = True
         self._disarm()
-        self.agent.clients -= 1
-        if self.relay is not None:
-            self.relay.connectionLost(reason)
+        self.site.clients -= 1
 
 
-@implementer(IHalfCloseableProtocol)
-class SniffingFront(Protocol):
-    """Waits for the first byte, then becomes the SOCKS5 or the HTTP front for good:
-    the chosen front's methods replace these, so no byte pays for the indirection."""
+class SniffingFront(HandsOver):
+    """Waits for the first byte, then hands the connection to the SOCKS5 or the HTTP front."""
 
-    def __init__(self, agent) -> None:
-        self.agent = agent
+    def __init__(self, site: ProxySite) -> None:
+        self.site = site
         self._timer = None
 
     def connectionMade(self) -> None:
-        if self.agent.head_timeout:
-            self._timer = self.agent.reactor.callLater(self.agent.head_timeout, self.transport.abortConnection)
+        if self.site.head_timeout:
+            self._timer = self.site.clock.callLater(self.site.head_timeout, self.transport.abortConnection)
 
-    def dataReceived(self, data: bytes) -> None:
+    def received(self, data: bytes) -> None:
         if not data:
             return
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        front = Socks5Front(self.agent) if data[0] == socks.VERSION else ProxyFront(self.agent)
-        for name in ("dataReceived", "readConnectionLost", "writeConnectionLost", "connectionLost"):
-            setattr(self, name, getattr(front, name))
+        front = Socks5Front(self.site) if data[0] == socks.VERSION else ProxyFront(self.site)
         front.makeConnection(self.transport)
+        self.hand_over(front)
         front.dataReceived(data)
 
-    def readConnectionLost(self) -> None:
-        self.transport.loseConnection()  # closed before saying anything
+    # read_ended (inherited): closed before saying anything, so close.
 
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason=None) -> None:
+    def lost(self, reason) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
 
@@ -159,8 +125,8 @@ class SniffingFront(Protocol):
 class ProxyFactory(Factory):
     noisy = False
 
-    def __init__(self, agent) -> None:
-        self.agent = agent
+    def __init__(self, site: ProxySite) -> None:
+        self.site = site
 
     def buildProtocol(self, addr):
-        return SniffingFront(self.agent)
+        return SniffingFront(self.site)

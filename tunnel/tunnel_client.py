@@ -20,7 +20,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from .addresses import Destination
-from .mux import OpenFailed, TunnelMux
+from .mux import TunnelMux
+from .opener import OpenFailed
 from .upstream import HTTPConnectEndpoint, proxy_for
 
 log = Logger(namespace="fluidity.agent")

@@ -1,0 +1,124 @@
+"""The opener seam: both openers keep the one contract, and every agent front answers early
+for a destination the server reached before (the tunnel adds no round trip), through
+real sockets. A frozen server (SIGSTOP) cannot answer anything: an answer the client gets
+while it is frozen can only be the agent's early one."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import struct
+
+import pytest
+from zope.interface.verify import verifyObject
+
+from support import agent_config, read_head, server_config, start_twistd, wait_connected
+
+
+@pytest.fixture
+def pair(certs, tmp_path):
+    server = start_twistd("server", server_config(certs), tmp_path)
+    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
+    wait_connected(agent)
+    yield server, agent
+    server.process.send_signal(signal.SIGCONT)
+    assert agent.stop() == 0
+    assert server.stop() == 0
+    agent.assert_no_unhandled_errors()
+
+
+def socks_connect(port: int, target_port: int, host: str = "127.0.0.1") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton(host) + struct.pack(">H", target_port))
+    assert s.recv(2) == b"\x05\x00"
+    return s
+
+
+def http_connect(port: int, target_port: int, host: str = "127.0.0.1") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(f"CONNECT {host}:{target_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
+def socks_reply(s: socket.socket) -> bytes:
+    reply = b""
+    while len(reply) < 10:
+        chunk = s.recv(10 - len(reply))
+        if not chunk:
+            break
+        reply += chunk
+    return reply
+
+
+def echo_once(s: socket.socket, data: bytes) -> bytes:
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize("front", ["socks5", "connect"])
+def test_a_destination_reached_before_is_answered_without_the_server(pair, echo, front):
+    server, agent = pair
+    opening = socks_connect if front == "socks5" else http_connect
+    first = opening(agent.port, echo.port)  # the server reaches it once: now known
+    head = socks_reply(first) if front == "socks5" else read_head(first)
+    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head
+    assert echo_once(first, b"hello") == b"hello"
+    first.close()
+
+    server.process.send_signal(signal.SIGSTOP)  # from here on the server answers nothing
+    second = opening(agent.port, echo.port)
+    second.settimeout(3)
+    head = socks_reply(second) if front == "socks5" else read_head(second)
+    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head  # the agent's own answer
+    second.sendall(b"first bytes ride behind the request")
+    server.process.send_signal(signal.SIGCONT)
+    second.settimeout(10)
+    got = b""
+    while len(got) < len(b"first bytes ride behind the request"):
+        got += second.recv(65536)
+    assert got == b"first bytes ride behind the request"
+    second.close()
+
+
+@pytest.mark.parametrize("front", ["socks5", "connect"])
+def test_a_first_time_destination_waits_for_the_servers_answer(pair, echo, front):
+    server, agent = pair
+    server.process.send_signal(signal.SIGSTOP)
+    opening = socks_connect if front == "socks5" else http_connect
+    s = opening(agent.port, echo.port)
+    s.settimeout(1.5)
+    with pytest.raises(socket.timeout):  # no answer the server did not give
+        s.recv(1)
+    server.process.send_signal(signal.SIGCONT)
+    s.settimeout(10)
+    head = socks_reply(s) if front == "socks5" else read_head(s)
+    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head
+    s.close()
+
+
+def test_a_refusal_of_a_first_time_destination_is_readable_on_each_front(pair):
+    _, agent = pair
+    # The metadata address: refused by the server's egress policy before any packet is sent.
+    for _ in range(2):  # a refusal is never remembered as reachable
+        s = socks_connect(agent.port, 80, "169.254.169.254")
+        assert socks_reply(s)[:2] == b"\x05\x02"  # connection not allowed by ruleset
+        s = http_connect(agent.port, 80, "169.254.169.254")
+        assert read_head(s).startswith(b"HTTP/1.1 403")
+
+
+def test_both_openers_provide_the_interface():
+    from twisted.internet import reactor
+
+    from tunnel.agent_opener import AgentOpener
+    from tunnel.dialer import DirectOpener
+    from tunnel.egress import EgressPolicy
+    from tunnel.opener import IOpener
+
+    assert verifyObject(IOpener, DirectOpener(reactor, EgressPolicy(), 5.0))
+    assert verifyObject(IOpener, AgentOpener(tunnel=None))

@@ -1,0 +1,62 @@
+"""The one way a connection changes hands mid-stream.
+
+A front parses a request, then gives the connection to a relay that copies bytes; the
+proxy port's sniffer reads one byte, then gives the connection to the front it chose.
+Each does it the same way: `hand_over(successor)`, after which every event the
+transport delivers goes to the successor. Until then the subclass's own `received`,
+`read_ended`, `write_ended` and `lost` see them. (Twisted offers no public way to swap
+a transport's protocol, so the first protocol stays and forwards: one method call per
+read.)
+"""
+
+from __future__ import annotations
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from zope.interface import implementer
+
+
+@implementer(IHalfCloseableProtocol)
+class HandsOver(Protocol):
+    successor: Protocol | None = None
+
+    def hand_over(self, successor: Protocol) -> None:
+        """From now on `successor` (already connected to the transport) gets every event."""
+        self.successor = successor
+
+    # What the subclass does while it still holds the connection.
+    def received(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def read_ended(self) -> None:
+        self.transport.loseConnection()
+
+    def write_ended(self) -> None:
+        pass
+
+    def lost(self, reason) -> None:
+        pass
+
+    # Twisted's side: forwarded once handed over.
+    def dataReceived(self, data: bytes) -> None:
+        if self.successor is not None:
+            self.successor.dataReceived(data)
+        else:
+            self.received(data)
+
+    def readConnectionLost(self) -> None:
+        if self.successor is not None:
+            self.successor.readConnectionLost()
+        else:
+            self.read_ended()
+
+    def writeConnectionLost(self) -> None:
+        if self.successor is not None:
+            self.successor.writeConnectionLost()
+        else:
+            self.write_ended()
+
+    def connectionLost(self, reason=None) -> None:
+        self.lost(reason)
+        if self.successor is not None:
+            self.successor.connectionLost(reason)

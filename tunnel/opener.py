@@ -1,0 +1,122 @@
+"""The seam of the design: a front accepts a client, an opener reaches the destination.
+
+Two openers exist: the agent's (`AgentOpener`: a stream through the tunnel) and the
+server's (`dialer.DirectOpener`: a TCP connection, after the egress policy). Four fronts
+use them: the agent's HTTP proxy and SOCKS5 front, and the server's HTTP/2 streams and
+http/1.1 CONNECT front. Each front only says how it accepts (a 200, a SOCKS5 success
+reply, an HTTP/2 200) and how it refuses (a status, a SOCKS5 reply code, a refused
+stream); `bridge` does the rest the same way for all four: open, answer, splice, or map
+the failure.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import ITransport
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface
+
+from .addresses import Destination
+from .relay import RelayEnd, close, splice
+
+log = Logger(namespace="fluidity")
+
+
+class OpenFailed(Exception):
+    """The destination cannot be reached: `status` is the HTTP status a front passes on."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+
+
+class IOpener(Interface):
+    """Reaches destinations for a front."""
+
+    name = Attribute("what the open goes through, for log lines")
+
+    def open(destination: Destination, protocol) -> defer.Deferred:
+        """Start reaching `destination`; `protocol` is connected to the byte stream when
+        it exists (the tunnel's at once, bytes written meanwhile wait; a dial's once
+        connected). Fires when the destination has answered; fails with OpenFailed, or
+        CancelledError when cancelled."""
+
+    def answers_early(destination: Destination) -> bool:
+        """Whether a front may tell its client "connected" before `open` fires: only
+        where a refusal is unlikely (the tunnel is up and reached it recently)."""
+
+
+def as_open_failed(failure) -> OpenFailed | None:
+    """The refusal to pass on, or None when the open was cancelled (the client left)."""
+    if failure.check(defer.CancelledError):
+        return None
+    if isinstance(failure.value, OpenFailed):
+        return failure.value
+    log.failure("unexpected error opening a connection", failure)
+    return OpenFailed(502, "internal error opening the connection")
+
+
+class _StreamEnd(RelayEnd):
+    """The destination side of a bridge: tells the bridge when its stream exists."""
+
+    def __init__(self, connected: Callable[["_StreamEnd"], None]) -> None:
+        super().__init__()
+        self._connected = connected
+
+    def connectionMade(self) -> None:
+        self._connected(self)
+
+
+def bridge(
+    opener: IOpener,
+    destination: Destination,
+    client: ITransport,
+    accept: Callable[[], RelayEnd],
+    refuse: Callable[[OpenFailed], None],
+    gone: Callable[[], bool],
+) -> defer.Deferred:
+    """Open `destination` for a client whose request was parsed, then join the two.
+
+    `accept()` sends the front's success answer and returns the RelayEnd reading the
+    client (with any bytes the client sent after its request already fed to it);
+    `refuse(error)` answers the front's way and closes; `gone()` says whether the client
+    has left. When the opener answers early, the client is accepted at once and its first
+    bytes wait in its RelayEnd until the stream exists (a failure can then only close the
+    client); otherwise the client is not read until the destination has answered.
+    Returns the open's Deferred (already handled): cancel it when the client leaves."""
+    early = opener.answers_early(destination)
+    client_end: RelayEnd | None = accept() if early else None
+    if not early:
+        client.pauseProducing()
+
+    def stream_exists(end: _StreamEnd) -> None:
+        if early and not gone():
+            splice(client, client_end, end.transport, end)
+
+    upstream = _StreamEnd(stream_exists)
+
+    def opened(_):
+        if early:
+            return
+        if gone():
+            close(upstream.transport)
+            return
+        splice(client, accept(), upstream.transport, upstream)
+        client.resumeProducing()
+
+    def failed(failure):
+        error = as_open_failed(failure)
+        if error is None or gone():
+            return
+        if early:
+            close(client)  # it was told "connected": nothing readable can be said now
+            return
+        client.resumeProducing()
+        refuse(error)
+
+    d = opener.open(destination, upstream)
+    d.addCallbacks(opened, failed)
+    return d
