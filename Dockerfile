@@ -45,7 +45,7 @@ USER 10001:10001
 EXPOSE 8443
 # SIGTERM is a graceful drain: open streams get drain_timeout (20 s) to finish, then exit 0.
 STOPSIGNAL SIGTERM
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["python3", "-m", "tunnel.healthcheck"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 CMD ["python3", "-m", "tunnel.server.healthcheck"]
 # Certificates come from FLUIDITY_SERVER_CERT / FLUIDITY_SERVER_KEY / FLUIDITY_CA_CERT (PEM
 # text; the Fargate task injects them from SSM), or mount files and pass --cert-file etc.
 # Extra flags (`docker run IMAGE --port 9443`, the task definition's command) are appended.

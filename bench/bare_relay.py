@@ -4,7 +4,7 @@ server, doing nothing but relaying (no TLS, no HTTP/2, no checks).
     bare_relay.py connect PORT NEXT_PORT   # HTTP CONNECT hop: answers 200 at once, relays to NEXT_PORT
     bare_relay.py forward PORT TARGET_PORT # plain port forward (twisted.protocols.portforward)
 
-Both use tunnel/eager_write.py, as Fluidity does (BARE_RELAY_WRITES=twisted: Twisted's own).
+Both use tunnel/wire/eager_write.py, as Fluidity does (BARE_RELAY_WRITES=twisted: Twisted's own).
 
 bench/compare.py chains them (client → connect hop → forward hop → origin) to show what
 any design built from two Twisted processes can reach on this machine at best. Loopback only.
@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.protocols import portforward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tunnel import eager_write  # noqa: E402  (the same write path as Fluidity: a fair ceiling)
+from tunnel.wire import eager_write  # noqa: E402  (the same write path as Fluidity: a fair ceiling)
 
 
 class ConnectHop(portforward.ProxyServer):

@@ -18,7 +18,7 @@ from lambdas.ingress import INGRESS_TAG
 from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
-HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.healthcheck"]
+HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.server.healthcheck"]
 CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
 
 

@@ -1,5 +1,5 @@
 """The server's CloudWatch metric names, defined once: the server publishes them
-(`tunnel/metrics.py`), the sleep Lambda reads them, the dashboard shows them."""
+(`tunnel/server/metrics.py`), the sleep Lambda reads them, the dashboard shows them."""
 
 ACTIVE_CONNECTIONS = "ActiveConnections"  # agents connected now (dimension ServiceName, and Agent per identity)
 LAST_ACTIVITY = "LastActivityEpochSeconds"  # when an agent last sent a byte, connected or opened a stream

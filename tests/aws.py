@@ -113,7 +113,7 @@ class MotoAws:
             memory="512",
             containerDefinitions=[
                 {"name": "server", "image": "fluidity:latest", "cpu": 256, "memory": 512, "portMappings": [{"containerPort": port}]}
-                | ({"healthCheck": {"command": ["CMD", "python3", "-m", "tunnel.healthcheck"], "interval": 5}} if health_check else {})
+                | ({"healthCheck": {"command": ["CMD", "python3", "-m", "tunnel.server.healthcheck"], "interval": 5}} if health_check else {})
             ],
         )
         ecs.create_service(

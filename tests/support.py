@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from tunnel import pki
+from tunnel.wire import pki
 
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 FLUIDITY = str(Path(sys.executable).with_name("fluidity"))

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from support import FLUIDITY
-from tunnel import costs, rates
+from tunnel.ops import costs, rates
 
 
 def by_item(lines, start: str):

@@ -12,7 +12,7 @@ import subprocess
 import yaml
 
 from support import FLUIDITY, agent_config, server_config, start_twistd
-from tunnel import pki
+from tunnel.wire import pki
 
 
 def doctor(config: dict, tmp_path, name: str = "agent.yaml", env: dict | None = None) -> tuple[int, str]:

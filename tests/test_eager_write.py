@@ -11,7 +11,7 @@ from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from tunnel import eager_write
+from tunnel.wire import eager_write
 
 
 class Recorder(Protocol):
@@ -139,7 +139,7 @@ import socket, ssl, sys, threading
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor, ssl as twisted_ssl
 from twisted.internet.protocol import Factory, Protocol
-from tunnel import eager_write, pki
+from tunnel.wire import eager_write, pki
 if sys.argv[1] == "eager":
     assert eager_write.install()
 ca_cert, ca_key = pki.make_ca("eager-write test CA")

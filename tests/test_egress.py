@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel.egress import DENIED_NETWORKS, EgressDenied, EgressPolicy, parse_allow_rule, policy_from_strings, unwrap
+from tunnel.server.egress import DENIED_NETWORKS, EgressDenied, EgressPolicy, parse_allow_rule, policy_from_strings, unwrap
 
 DEFAULT = EgressPolicy()
 

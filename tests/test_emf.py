@@ -11,7 +11,7 @@ import json
 import time
 
 from support import agent_config, server_config, start_twistd, wait_connected, wait_until
-from tunnel import emf
+from tunnel.server import emf
 
 EMF = {"metrics": {"emit_metrics": True, "metrics_interval": "1s", "transport": "emf", "namespace": "Fluidity", "service_name": "fluidity-server"}}
 

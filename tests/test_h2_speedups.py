@@ -4,11 +4,11 @@ import hyperframe.frame
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tunnel import h2_speedups
+from tunnel.wire import h2_speedups
 
 @given(st.binary(max_size=64))
 def test_same_text_as_the_original(data):
-    import tunnel.mux  # noqa: F401  (installs it, keeping hyperframe's own in _replaced)
+    import tunnel.wire.mux  # noqa: F401  (installs it, keeping hyperframe's own in _replaced)
 
     original = h2_speedups._replaced
     assert h2_speedups._raw_data_repr(data) == original(data)
@@ -16,7 +16,7 @@ def test_same_text_as_the_original(data):
 
 
 def test_installed_by_the_mux():
-    import tunnel.mux  # noqa: F401
+    import tunnel.wire.mux  # noqa: F401
 
     assert hyperframe.frame._raw_data_repr is h2_speedups._raw_data_repr
     assert "<hex:" + "00" * 10 + "...>" in repr(hyperframe.frame.DataFrame(1, b"\x00" * 100_000))
@@ -42,6 +42,6 @@ def test_the_server_starts_when_hyperframe_changed(tmp_path):
     import subprocess
     import sys
 
-    code = "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.mux; print('imported')"
+    code = "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.wire.mux; print('imported')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.stdout.strip() == b"imported", done.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from support import free_port
-from tunnel.healthcheck import main, probe
+from tunnel.server.healthcheck import main, probe
 
 
 def test_a_running_server_is_healthy(tunnel):

@@ -166,7 +166,7 @@ def test_bad_lifecycle_blocks_are_one_clear_line(certs, tmp_path, lifecycle, mes
     assert str(raised.value).startswith("fluidity-agent: ") and message in str(raised.value)
 
 def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
-    from tunnel.lifecycle import settings_from
+    from tunnel.agent.lifecycle import settings_from
 
     monkeypatch.setenv("FLUIDITY_TEST_KEY", "from-env")
     block = {"wake_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/wake", "kill_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/kill", "api_key": "env:FLUIDITY_TEST_KEY"}
@@ -196,7 +196,7 @@ def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
     from twisted.internet import reactor
     from twisted.web import client
 
-    from tunnel.lifecycle import _quiet_pool
+    from tunnel.agent.lifecycle import _quiet_pool
 
     assert _quiet_pool(reactor)._factory.noisy is False
     monkeypatch.delattr(client.HTTPConnectionPool, "_factory")

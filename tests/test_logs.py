@@ -2,7 +2,7 @@
 
 
 def test_throttle_lets_a_burst_through_then_counts_and_reports():
-    from tunnel.logs import Throttle, more
+    from tunnel.wire.logs import Throttle, more
 
     now = [0.0]
     throttle = Throttle(burst=3, window=10.0, clock=lambda: now[0])

@@ -115,9 +115,9 @@ def test_a_refusal_of_a_first_time_destination_is_readable_on_each_front(pair):
 def test_both_openers_provide_the_interface():
     from twisted.internet import reactor
 
-    from tunnel.agent_opener import AgentOpener
-    from tunnel.dialer import DirectOpener
-    from tunnel.egress import EgressPolicy
+    from tunnel.agent.opener import AgentOpener
+    from tunnel.server.dialer import DirectOpener
+    from tunnel.server.egress import EgressPolicy
     from tunnel.opener import IOpener
 
     assert verifyObject(IOpener, DirectOpener(reactor, EgressPolicy(), 5.0))

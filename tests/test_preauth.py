@@ -15,8 +15,8 @@ import time
 import pytest
 
 from support import agent_config, server_config, start_twistd, wait_connected
-from tunnel.healthcheck import probe
-from tunnel.preauth import HandshakeBudget
+from tunnel.server.healthcheck import probe
+from tunnel.server.preauth import HandshakeBudget
 
 
 class Flood:

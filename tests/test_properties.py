@@ -15,12 +15,12 @@ from twisted.internet.testing import StringTransport
 
 from lambdas.api import BadEvent, body_of, method_of, respond
 from lambdas.ingress import source_ipv4
-from tunnel import socks
-from tunnel.agent_front import ProxyFront, ProxySite
+from tunnel.agent import socks
+from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load
-from tunnel.egress import parse_allow_rule
+from tunnel.server.egress import parse_allow_rule
 from tunnel.opener import OpenFailed
-from tunnel.revocation import RevocationError, parse
+from tunnel.server.revocation import RevocationError, parse
 
 SETTINGS = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

@@ -42,7 +42,7 @@ def test_a_broken_pem_is_named_but_never_echoed(certs, tmp_path):
 
 
 def test_metrics_carry_names_and_numbers_only():
-    from tunnel.metrics import metric_data
+    from tunnel.server.metrics import metric_data
 
     data = metric_data("fluidity-server", 2, 1_700_000_000.9, 1_700_000_100.0, {"alice": 1, "client": 1})
     text = repr(data)

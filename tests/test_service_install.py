@@ -66,7 +66,7 @@ def test_the_unit_is_valid_and_its_command_runs_the_agent(certs, home, tmp_path)
 
 
 def test_a_launchd_agent_on_macos(home, monkeypatch):
-    from tunnel import service_install
+    from tunnel.ops import service_install
 
     monkeypatch.setenv("HOME", str(home))
     config = write_config(home, 8443, 8080)

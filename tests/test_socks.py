@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from support import curl, free_port
-from tunnel import socks
+from tunnel.agent import socks
 
 
 def socks_open(port: int, request: bytes, methods: bytes = b"\x00", timeout: float = 10) -> tuple[socket.socket, bytes, bytes]:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
-from tunnel import pki
+from tunnel.wire import pki
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .pac import DEFAULT_BYPASS, check_bypass
+from tunnel.agent.pac import DEFAULT_BYPASS, check_bypass
 
 
 class ConfigError(Exception):

@@ -18,8 +18,8 @@ from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from .addresses import Destination
-from .relay import RelayEnd, close, splice
+from tunnel.wire.addresses import Destination
+from tunnel.wire.relay import RelayEnd, close, splice
 
 log = Logger(namespace="fluidity")
 

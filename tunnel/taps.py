@@ -15,19 +15,20 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from . import config as cfg
-from . import eager_write, logs
-from .agent import make_agent_service
-from .dialer import DirectOpener
-from .egress import policy_from_strings
-from .lifecycle import settings_from
-from .listening import ListenService, tcp_endpoint
-from .emf import EmfPublisher
-from .metrics import MetricsPublisher, MetricsService
-from .revocation import RevocationError, RevocationList
-from .server import TunnelServer, tls_factory
-from .upstream import proxy_for
-from .tls import client_options, server_options
+from tunnel import config as cfg
+from tunnel.wire import eager_write
+from tunnel.wire import logs
+from tunnel.agent.service import make_agent_service
+from tunnel.server.dialer import DirectOpener
+from tunnel.server.egress import policy_from_strings
+from tunnel.agent.lifecycle import settings_from
+from tunnel.wire.listening import ListenService, tcp_endpoint
+from tunnel.server.emf import EmfPublisher
+from tunnel.server.metrics import MetricsPublisher, MetricsService
+from tunnel.server.revocation import RevocationError, RevocationList
+from tunnel.server.service import TunnelServer, tls_factory
+from tunnel.agent.upstream import proxy_for
+from tunnel.wire.tls import client_options, server_options
 
 log = Logger(namespace="fluidity")
 
@@ -43,7 +44,7 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
 
         def opt_version(self) -> None:
             """Print Fluidity's version and exit."""
-            from .cli import _version
+            from tunnel.ops.cli import _version
 
             print(f"fluidity-{role} {_version()}")
             raise SystemExit(0)

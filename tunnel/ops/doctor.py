@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from . import config as cfg
+from tunnel import config as cfg
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -177,7 +177,7 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
 
 
 def _upstream(config, host: str, port: int, checks: list[Check], timeout: float) -> None:
-    from .upstream import proxy_for
+    from tunnel.agent.upstream import proxy_for
 
     try:
         proxy = proxy_for(config["upstream_proxy"], host or config["server_ip"])

@@ -15,11 +15,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .addresses import Destination
-from .egress import EgressDenied, EgressPolicy, IPAddress
-from .logs import Throttle, more
-from .opener import IOpener, OpenFailed
-from .relay import no_delay
+from tunnel.wire.addresses import Destination
+from tunnel.server.egress import EgressDenied, EgressPolicy, IPAddress
+from tunnel.wire.logs import Throttle, more
+from tunnel.opener import IOpener, OpenFailed
+from tunnel.wire.relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")
 _refusals = Throttle()

@@ -13,7 +13,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
-from .addresses import BadAddress, Destination, parse_authority
+from tunnel.wire.addresses import BadAddress, Destination, parse_authority
 
 VERSION = 5
 NO_AUTH = 0x00

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from .config import Config, ConfigError
+from tunnel.config import Config, ConfigError
 
 log = Logger(namespace="fluidity.lifecycle")
 

@@ -20,10 +20,10 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
-from .front import HttpFront
-from .opener import IOpener, as_open_failed, bridge
-from .relay import RelayEnd, close, reader_of
+from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
+from tunnel.wire.http_front import HttpFront
+from tunnel.opener import IOpener, as_open_failed, bridge
+from tunnel.wire.relay import RelayEnd, close, reader_of
 
 log = Logger(namespace="fluidity.agent")
 

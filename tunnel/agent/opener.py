@@ -15,9 +15,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .addresses import Destination
-from .logs import Throttle, more
-from .opener import IOpener, as_open_failed
+from tunnel.wire.addresses import Destination
+from tunnel.wire.logs import Throttle, more
+from tunnel.opener import IOpener, as_open_failed
 
 log = Logger(namespace="fluidity.agent")
 refusals = Throttle()  # one budget for every front's refusals

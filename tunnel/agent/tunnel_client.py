@@ -19,10 +19,10 @@ from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
-from .addresses import Destination
-from .mux import TunnelMux
-from .opener import OpenFailed
-from .upstream import HTTPConnectEndpoint, proxy_for
+from tunnel.wire.addresses import Destination
+from tunnel.wire.mux import TunnelMux
+from tunnel.opener import OpenFailed
+from tunnel.agent.upstream import HTTPConnectEndpoint, proxy_for
 
 log = Logger(namespace="fluidity.agent")
 

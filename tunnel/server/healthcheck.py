@@ -1,4 +1,4 @@
-"""`python -m tunnel.healthcheck [PORT]`: does the server's TLS listener answer?
+"""`python -m tunnel.server.healthcheck [PORT]`: does the server's TLS listener answer?
 
 The container's HEALTHCHECK. It completes a TLS 1.3 handshake with the local listener
 (without a client certificate: the server asks for one only after it has proved itself)

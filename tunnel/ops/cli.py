@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import pki
+from tunnel.wire import pki
 
 
 def _certs(args) -> int:
@@ -137,7 +137,7 @@ def _control_plane(args) -> int:
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from .control_plane import make_site
+    from tunnel.ops.control_plane import make_site
 
     api_key = args.api_key or os.environ.get("FLUIDITY_API_KEY", "")
     if not api_key:
@@ -178,7 +178,7 @@ def _operate(args) -> int:
     """start / stop / status of the ECS service, with boto3."""
     from lambdas.settings import Settings
 
-    from . import operations
+    from tunnel.ops import operations
 
     settings = Settings(cluster=args.cluster, service=args.service)
     aws = operations.AwsTarget(region=args.region, profile=args.profile)
@@ -209,7 +209,7 @@ def _operate(args) -> int:
 def _cost(args) -> int:
     from pathlib import Path
 
-    from . import costs
+    from tunnel.ops import costs
 
     if args.stack:
         stack = Path(args.stack)
@@ -298,8 +298,8 @@ complete -F _fluidity fluidity"""
 
 def _agent_service(action: str, rest: list[str]) -> int:
     """`fluidity agent install-service [--config FILE] [--no-start]` / `uninstall-service`."""
-    from . import config as cfg
-    from .service_install import ServiceError, install, uninstall
+    from tunnel import config as cfg
+    from tunnel.ops.service_install import ServiceError, install, uninstall
 
     parser = OneLineParser(prog=f"fluidity agent {action}")
     if action == "install-service":
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        from . import doctor as doctor_checks
+        from tunnel.ops import doctor as doctor_checks
 
         return doctor_checks.main(args.config)
     if args.command == "completion":

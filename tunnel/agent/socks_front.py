@@ -10,11 +10,11 @@ from __future__ import annotations
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from . import socks
-from .agent_front import ProxyFront, ProxySite
-from .handover import HandsOver
-from .opener import bridge
-from .relay import RelayEnd, close, no_delay
+from tunnel.agent import socks
+from tunnel.agent.http_front import ProxyFront, ProxySite
+from tunnel.wire.handover import HandsOver
+from tunnel.opener import bridge
+from tunnel.wire.relay import RelayEnd, close, no_delay
 
 log = Logger(namespace="fluidity.agent")
 

@@ -11,8 +11,8 @@ from http import HTTPStatus
 import h11
 from twisted.internet.interfaces import ITransport
 
-from .handover import HandsOver
-from .relay import RelayEnd, close, no_delay, splice
+from tunnel.wire.handover import HandsOver
+from tunnel.wire.relay import RelayEnd, close, no_delay, splice
 
 
 def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:

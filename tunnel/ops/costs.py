@@ -13,10 +13,10 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import rates
+from tunnel.ops import rates
 
 METRICS_INTERVAL = 60.0  # seconds: the server's default (configs/server.yaml)
-EMF_LINE_BYTES = 330  # one metrics line a minute (tunnel/emf.py)
+EMF_LINE_BYTES = 330  # one metrics line a minute (tunnel/server/emf.py)
 IMAGE_MB = 93.0  # the server image compressed, as ECR stores it (measured: `docker save | gzip`, 2026-11-27)
 POLLS_PER_WAKE = 20  # one wake, then status every 5 s while the task starts (about 90 s)
 LAMBDA_SECONDS = 0.5  # a control-plane invocation, billed at 128 MB
@@ -69,7 +69,7 @@ def read_stack(path: Path) -> tuple[dict, str | None]:
     except OSError as e:
         raise ValueError(f"{path}: cannot read: {e.strerror}") from None
     except yaml.YAMLError as e:
-        from .config import yaml_problem
+        from tunnel.config import yaml_problem
 
         raise ValueError(f"{path}: {yaml_problem(e)}") from None
     config = data.get("config") if isinstance(data, dict) else None

@@ -8,14 +8,14 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from .agent_front import ProxySite
-from .agent_opener import AgentOpener
-from .config import Config, read_pem
-from .lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
-from .listening import ListenService, tcp_endpoint
-from .pac import pac_file
-from .socks_front import ProxyFactory
-from .tunnel_client import TunnelClient
+from tunnel.agent.http_front import ProxySite
+from tunnel.agent.opener import AgentOpener
+from tunnel.config import Config, read_pem
+from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
+from tunnel.wire.listening import ListenService, tcp_endpoint
+from tunnel.agent.pac import pac_file
+from tunnel.agent.socks_front import ProxyFactory
+from tunnel.agent.tunnel_client import TunnelClient
 
 log = Logger(namespace="fluidity.agent")
 

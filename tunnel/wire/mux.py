@@ -29,10 +29,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import h2_speedups
-from .addresses import BadAddress, Destination, parse_authority
-from .opener import OpenFailed
-from .relay import close, no_delay
+from tunnel.wire import h2_speedups
+from tunnel.wire.addresses import BadAddress, Destination, parse_authority
+from tunnel.opener import OpenFailed
+from tunnel.wire.relay import close, no_delay
 
 h2_speedups.install()  # a no-op (and still correct) if hyperframe changed
 

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
-from .addresses import format_authority
+from tunnel.wire.addresses import format_authority
 
 MAX_ANSWER_HEAD = 16 * 1024
 

@@ -15,16 +15,16 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .addresses import BadAddress, parse_authority
-from .dialer import DirectOpener
-from .front import HttpFront
-from .logs import Throttle, more
-from .mux import TunnelMux, TunnelStream
-from .opener import bridge
-from .preauth import HandshakeBudget
-from .relay import RelayEnd
-from .revocation import RevocationList
-from .tls import ALPN_H2
+from tunnel.wire.addresses import BadAddress, parse_authority
+from tunnel.server.dialer import DirectOpener
+from tunnel.wire.http_front import HttpFront
+from tunnel.wire.logs import Throttle, more
+from tunnel.wire.mux import TunnelMux, TunnelStream
+from tunnel.opener import bridge
+from tunnel.server.preauth import HandshakeBudget
+from tunnel.wire.relay import RelayEnd
+from tunnel.server.revocation import RevocationList
+from tunnel.wire.tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
 _refusals = Throttle()

@@ -18,7 +18,7 @@ from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-from .config import Config, ConfigError, read_pem
+from tunnel.config import Config, ConfigError, read_pem
 
 ALPN_H2 = b"h2"
 ALPN_HTTP11 = b"http/1.1"

@@ -1,0 +1,40 @@
+"""The README's layout table names every module, in the row of its folder, and points
+nowhere outside the repository."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def layout_rows() -> dict[str, str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 2 and cells[1].startswith("`"):
+            rows[cells[1]] = cells[2]
+    return rows
+
+
+def test_every_tunnel_module_is_in_the_layout_table():
+    rows = layout_rows()
+    missing = []
+    for module in sorted((ROOT / "tunnel").rglob("*.py")):
+        if module.name == "__init__.py" or "__pycache__" in module.parts:
+            continue
+        folder = module.parent.relative_to(ROOT).as_posix()
+        row = next((text for path, text in rows.items() if f"`{folder}/`" == path), None)
+        listed_alone = any(f"`{module.relative_to(ROOT).as_posix()}`" in path or f"`{module.name}`" in path for path in rows)
+        if not listed_alone and (row is None or f"`{module.stem}`" not in row):
+            missing.append(module.relative_to(ROOT).as_posix())
+    assert not missing, f"not in README's layout table: {missing}"
+
+
+def test_the_readme_points_nowhere_outside_the_repository():
+    readme = (ROOT / "README.md").read_text()
+    assert "../" not in readme
+    assert not re.search(r"\bissue \d+", readme, re.I), "a reader of a clone cannot open an issue"

@@ -1,0 +1,1 @@
+"""What both sides share: the wire (HTTP/2 CONNECT streams, TLS, relays) and its plumbing."""
