@@ -17,17 +17,17 @@ def write(tmp_path, text: str) -> str:
 
 def test_defaults_match_the_seed(tmp_path):
     server = load(SERVER_KEYS, None)
-    assert (server["port"], server["metrics.namespace"], server["metrics.service_name"], server["metrics.metrics_interval"]) == (8443, "Fluidity", "fluidity-server", 60.0)
+    assert (server.port, server.metrics.namespace, server.metrics.service_name, server.metrics.metrics_interval) == (8443, "Fluidity", "fluidity-server", 60.0)
     agent = load(AGENT_KEYS, None)
-    assert (agent["proxy_host"], agent["proxy_port"], agent["server_port"], agent["lifecycle.wake_timeout"]) == ("127.0.0.1", 8080, 8443, 90.0)
+    assert (agent.proxy_host, agent.proxy_port, agent.server_port, agent.lifecycle.wake_timeout) == ("127.0.0.1", 8080, 8443, 90.0)
 
 
 def test_yaml_then_overrides(tmp_path):
     path = write(tmp_path, "port: 9443\nmetrics:\n  metrics_interval: 5m\n  emit_metrics: true\n")
     config = load(SERVER_KEYS, path, {"port": "10443"})
-    assert config["port"] == 10443
-    assert config["metrics.metrics_interval"] == 300.0
-    assert config["metrics.emit_metrics"] is True
+    assert config.port == 10443
+    assert config.metrics.metrics_interval == 300.0
+    assert config.metrics.emit_metrics is True
 
 
 @pytest.mark.parametrize(
@@ -94,7 +94,7 @@ def test_the_seeds_server_yaml_loads_as_written(tmp_path):
     path = tmp_path / "server.yaml"
     path.write_text("server:\n  host: 127.0.0.1\n  port: 9443\nmetrics:\n  emit_metrics: true\n  metrics_interval: 60s\n  namespace: Fluidity\n  service_name: fluidity-server\n")
     loaded = cfg.load(cfg.SERVER_KEYS, str(path))
-    assert (loaded["host"], loaded["port"], loaded["metrics.emit_metrics"]) == ("127.0.0.1", 9443, True)
+    assert (loaded.host, loaded.port, loaded.metrics.emit_metrics) == ("127.0.0.1", 9443, True)
 
 
 def test_the_seeds_agent_yaml_loads_as_written(tmp_path):
@@ -103,7 +103,7 @@ def test_the_seeds_agent_yaml_loads_as_written(tmp_path):
     path = tmp_path / "agent.yaml"
     path.write_text("agent:\n  proxy_port: 8080\n  server_ip: 203.0.113.7\n  server_port: 8443\nlifecycle:\n  wake_endpoint: https://x.example/wake\n  api_key: k\n  wake_timeout: 90s\n  wake_retry_interval: 5s\n")
     loaded = cfg.load(cfg.AGENT_KEYS, str(path))
-    assert (loaded["proxy_port"], loaded["server_ip"], loaded["lifecycle.wake_timeout"]) == (8080, "203.0.113.7", 90.0)
+    assert (loaded.proxy_port, loaded.server_ip, loaded.lifecycle.wake_timeout) == (8080, "203.0.113.7", 90.0)
 
 
 def test_a_key_both_in_and_out_of_the_section_is_one_line(tmp_path):
@@ -123,8 +123,8 @@ def test_relative_certificate_paths_are_relative_to_the_config_file(tmp_path):
     path = tmp_path / "conf" / "agent.yaml"
     path.write_text("server_ip: 127.0.0.1\ncert_file: certs/me.pem\nkey_file: /abs/me.key\nca_file: env:CA\n")
     loaded = cfg.load(cfg.AGENT_KEYS, str(path))
-    assert loaded["cert_file"] == str(tmp_path / "conf" / "certs" / "me.pem")
-    assert loaded["key_file"] == "/abs/me.key" and loaded["ca_file"] == "env:CA"
+    assert loaded.cert_file == str(tmp_path / "conf" / "certs" / "me.pem")
+    assert loaded.key_file == "/abs/me.key" and loaded.ca_file == "env:CA"
 
 
 def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
@@ -159,3 +159,34 @@ def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
     finally:
         agent.stop()
         server.stop()
+
+
+def test_settings_are_typed_frozen_and_hold_every_key_of_the_schema(tmp_path):
+    import dataclasses
+
+    from tunnel.config import AgentSettings, ServerSettings, flat_names
+
+    assert flat_names(ServerSettings) == [k.name for k in SERVER_KEYS]  # one field per key, in order
+    assert flat_names(AgentSettings) == [k.name for k in AGENT_KEYS]
+    server = load(SERVER_KEYS, write(tmp_path, "egress_allow: [127.0.0.0/8]\n"))
+    assert isinstance(server, ServerSettings) and server.egress_allow == ("127.0.0.0/8",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        server.port = 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        server.metrics.namespace = "x"
+    agent = load(AGENT_KEYS, None)
+    assert isinstance(agent, AgentSettings) and agent.lifecycle.wake_timeout == 90.0 and agent.source == "defaults"
+
+
+def test_the_server_keeps_what_it_builds_out_of_its_settings(certs, tmp_path):
+    """The egress policy and the revocation list are objects of the running server, not settings."""
+    import yaml
+
+    from tunnel.taps import ServerOptions
+
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump({"cert_file": certs.path("server.pem"), "key_file": certs.path("server.key"), "ca_file": certs.path("ca.pem"), "egress_allow": ["127.0.0.0/8"]}))
+    options = ServerOptions()
+    options.parseOptions(["--config", str(path)])
+    assert options.egress_policy.allow and options.revocations is not None
+    assert not hasattr(options.config, "egress_policy") and not hasattr(options.config, "revocations")

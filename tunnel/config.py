@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Callable
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Callable, Union
 
 import yaml
 
@@ -191,10 +192,115 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
 )
 
 
-class Config(dict):
-    """Flat mapping of dotted key -> parsed value, with `source` naming where it came from."""
+# -- typed, frozen settings: what `load` returns --------------------------------------------
+# One field per Key above (blocks as nested dataclasses); test_config checks the two agree,
+# so the schema stays the one place that says what a key means, its default and its flag.
+@dataclass(frozen=True)
+class MetricsSettings:
+    emit_metrics: bool
+    metrics_interval: float
+    namespace: str
+    service_name: str
+    transport: str
+    per_agent: bool
 
-    source: str = "defaults"
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str
+    port: int
+    cert_file: str
+    key_file: str
+    ca_file: str
+    log_level: str
+    log_format: str
+    max_connections: int
+    handshake_timeout: float
+    max_handshakes: int
+    max_handshakes_per_source: int
+    max_streams: int
+    revoked_file: str
+    max_streams_per_agent: int
+    dial_timeout: float
+    drain_timeout: float
+    keepalive_interval: float
+    keepalive_timeout: float
+    egress_allow: tuple[str, ...]
+    metrics: MetricsSettings
+    source: str = field(default="defaults", compare=False)  # the file it came from, for error lines
+
+
+@dataclass(frozen=True)
+class LifecycleSettingsBlock:
+    """The `lifecycle:` block as written; `agent.lifecycle.settings_from` checks and derives it."""
+
+    wake_endpoint: str
+    kill_endpoint: str
+    status_endpoint: str
+    api_key: str
+    wake_timeout: float
+    wake_retry_interval: float
+    kill_on_exit: bool | None
+    request_timeout: float
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    proxy_host: str
+    proxy_port: int
+    local_names: tuple[str, ...]
+    server_ip: str
+    server_port: int
+    server_name: str
+    cert_file: str
+    key_file: str
+    ca_file: str
+    log_level: str
+    log_format: str
+    connect_timeout: float
+    keepalive_interval: float
+    keepalive_timeout: float
+    reconnect_max_delay: float
+    tunnel_wait: float
+    optimistic_connect: bool
+    max_header_bytes: int
+    head_timeout: float
+    pac_bypass: tuple[str, ...]
+    upstream_proxy: str
+    lifecycle: LifecycleSettingsBlock
+    source: str = field(default="defaults", compare=False)
+
+
+Settings = Union[ServerSettings, AgentSettings]
+SETTINGS_CLASS = {id(SERVER_KEYS): ServerSettings, id(AGENT_KEYS): AgentSettings}
+
+
+def flat_names(cls, prefix: str = "") -> list[str]:
+    """The dotted key names a settings class holds, in field order."""
+    names = []
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name == "source":
+            continue
+        if is_dataclass(hints[f.name]):
+            names += flat_names(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            names.append(prefix + f.name)
+    return names
+
+
+def _build(cls, values: dict[str, Any], prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name == "source":
+            continue
+        if is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values, f"{prefix}{f.name}.")
+        else:
+            value = values[prefix + f.name]
+            kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**kwargs)
 
 
 def _flatten(data: dict, prefix: str, out: dict[str, Any], known_blocks: set[str], where: str) -> None:
@@ -244,8 +350,9 @@ def default_agent_config() -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
-def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file, then command-line overrides; each value parsed by its key."""
+def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Defaults, then the YAML file, then command-line overrides, each value parsed by its
+    key: the frozen ServerSettings (SERVER_KEYS) or AgentSettings (AGENT_KEYS), built once."""
     by_name = {k.name: k for k in keys}
     blocks = {k.name.rsplit(".", 1)[0] for k in keys if "." in k.name}
     raw: dict[str, Any] = {}
@@ -274,8 +381,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             close = difflib.get_close_matches(name, list(by_name), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise ConfigError(f"{where}: unknown key {name!r}{hint}")
-    config = Config()
-    config.source = where
+    config: dict[str, Any] = {}
     for key in keys:
         config[key.name] = key.default
     if path:  # a relative path in a config file is relative to that file, not to the working directory
@@ -294,7 +400,9 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             except ValueError as e:
                 flag = f" (--{key.flag})" if origin == "command line" else ""
                 raise ConfigError(f"{origin}: '{name}'{flag}: {e}") from None
-    return config
+    settings = _build(SETTINGS_CLASS[id(keys)], config)
+    object.__setattr__(settings, "source", where)
+    return settings
 
 
 def read_pem(spec: str, what: str) -> bytes:

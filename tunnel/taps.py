@@ -62,6 +62,7 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 overrides["log_level"] = os.environ["FLUIDITY_LOG_LEVEL"]
             try:
                 self.config = cfg.load(keys, self["config"], overrides)
+                self.egress_policy = self.revocations = None  # what the server builds from it, once
                 self.validate(self.config)
                 self.tls = server_options(self.config) if role == "server" else client_options(self.config)
             except cfg.ConfigError as e:
@@ -73,27 +74,27 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 logfile = parent.get("logfile")
                 if logfile in (None, "-") and not parent.get("nodaemon"):
                     logfile = "twistd.log"
-                parent["logger"] = logs.choose(self.config["log_format"], self.config["log_level"], None if logfile in (None, "-") else logfile)
+                parent["logger"] = logs.choose(self.config.log_format, self.config.log_level, None if logfile in (None, "-") else logfile)
 
-        def validate(self, config: cfg.Config) -> None:
+        def validate(self, config: cfg.Settings) -> None:
             if role == "server":
                 try:
-                    config["egress_policy"] = policy_from_strings(config["egress_allow"])
+                    self.egress_policy = policy_from_strings(config.egress_allow)
                 except ValueError as e:
                     raise cfg.ConfigError(f"{config.source}: 'egress_allow': {e}") from None
-                if config["metrics.emit_metrics"]:
+                if config.metrics.emit_metrics:
                     _check_metrics(config)
                 try:
-                    config["revocations"] = RevocationList(config["revoked_file"])
+                    self.revocations = RevocationList(config.revoked_file)
                 except RevocationError as e:
                     raise cfg.ConfigError(f"{config.source}: {e}") from None
             else:
-                if settings_from(config) is None and not config["server_ip"]:
+                if settings_from(config) is None and not config.server_ip:
                     raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
                 try:
-                    proxy_for(config["upstream_proxy"], config["server_ip"])
+                    proxy_for(config.upstream_proxy, config.server_ip)
                 except ValueError as e:
-                    where = "'upstream_proxy'" if config["upstream_proxy"] else "$HTTPS_PROXY"
+                    where = "'upstream_proxy'" if config.upstream_proxy else "$HTTPS_PROXY"
                     raise cfg.ConfigError(f"{config.source}: {where}: {e}") from None
 
     Options.__name__ = f"{role.capitalize()}Options"
@@ -112,15 +113,15 @@ def _suggestion(message: str, known: list[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _check_metrics(config: cfg.Config) -> None:
-    if config["metrics.metrics_interval"] < 1:
+def _check_metrics(config: cfg.Settings) -> None:
+    if config.metrics.metrics_interval < 1:
         raise cfg.ConfigError(f"{config.source}: 'metrics.metrics_interval' must be at least 1s")
-    namespace = config["metrics.namespace"]
+    namespace = config.metrics.namespace
     if not namespace or namespace.startswith("AWS/") or len(namespace) > 255:
         raise cfg.ConfigError(f"{config.source}: 'metrics.namespace' must be 1-255 characters and not start with AWS/")
-    if not config["metrics.service_name"]:
+    if not config.metrics.service_name:
         raise cfg.ConfigError(f"{config.source}: 'metrics.service_name' must not be empty")
-    if config["metrics.transport"] == "api":
+    if config.metrics.transport == "api":
         try:
             import boto3  # noqa: F401
         except ImportError:
@@ -158,34 +159,34 @@ class ExitZeroOnRequestedStop(service.Service):
             self.reactor._exitSignal = None
 
 
-def make_server_service(reactor, config: cfg.Config, tls) -> service.MultiService:
+def make_server_service(reactor, config: cfg.ServerSettings, tls, egress_policy, revocations: RevocationList) -> service.MultiService:
     top = service.MultiService()
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
-    opener = DirectOpener(reactor, config["egress_policy"], config["dial_timeout"])
+    opener = DirectOpener(reactor, egress_policy, config.dial_timeout)
     server = TunnelServer(
         reactor,
         opener,
-        max_connections=config["max_connections"],
-        max_streams=config["max_streams"],
-        max_streams_per_agent=config["max_streams_per_agent"],
-        revocations=config["revocations"],
-        keepalive_interval=config["keepalive_interval"],
-        keepalive_timeout=config["keepalive_timeout"],
-        handshake_timeout=config["handshake_timeout"],
-        max_handshakes=config["max_handshakes"],
-        max_handshakes_per_source=config["max_handshakes_per_source"],
+        max_connections=config.max_connections,
+        max_streams=config.max_streams,
+        max_streams_per_agent=config.max_streams_per_agent,
+        revocations=revocations,
+        keepalive_interval=config.keepalive_interval,
+        keepalive_timeout=config.keepalive_timeout,
+        handshake_timeout=config.handshake_timeout,
+        max_handshakes=config.max_handshakes,
+        max_handshakes_per_source=config.max_handshakes_per_source,
     )
-    endpoint = tcp_endpoint(reactor, config["host"], config["port"])
-    ListenService(endpoint, tls_factory(tls, server), "tunnel (TLS)", config["host"], config["port"]).setServiceParent(top)
-    DrainOnStop(server, config["drain_timeout"]).setServiceParent(top)
-    if config["revoked_file"]:
+    endpoint = tcp_endpoint(reactor, config.host, config.port)
+    ListenService(endpoint, tls_factory(tls, server), "tunnel (TLS)", config.host, config.port).setServiceParent(top)
+    DrainOnStop(server, config.drain_timeout).setServiceParent(top)
+    if config.revoked_file:
         TimerService(REVOCATION_CHECK, server.check_revocations).setServiceParent(top)
-    if config["metrics.emit_metrics"]:
-        interval = config["metrics.metrics_interval"]
-        if config["metrics.transport"] == "emf":
-            publisher = EmfPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], config["metrics.per_agent"])
+    if config.metrics.emit_metrics:
+        interval = config.metrics.metrics_interval
+        if config.metrics.transport == "emf":
+            publisher = EmfPublisher(reactor, server, config.metrics.namespace, config.metrics.service_name, config.metrics.per_agent)
         else:
-            publisher = MetricsPublisher(reactor, server, config["metrics.namespace"], config["metrics.service_name"], interval, per_agent=config["metrics.per_agent"])
+            publisher = MetricsPublisher(reactor, server, config.metrics.namespace, config.metrics.service_name, interval, per_agent=config.metrics.per_agent)
         MetricsService(publisher, interval).setServiceParent(top)
     top.tunnel_server = server
     return top
@@ -200,7 +201,7 @@ def make_server(options) -> service.MultiService:
     from twisted.internet import reactor
 
     _speed_up_writes()
-    return make_server_service(reactor, options.config, options.tls)
+    return make_server_service(reactor, options.config, options.tls, options.egress_policy, options.revocations)
 
 
 def make_agent(options) -> service.MultiService:

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from tunnel.config import Config, ConfigError
+from tunnel.config import Settings, ConfigError
 
 log = Logger(namespace="fluidity.lifecycle")
 
@@ -41,9 +41,10 @@ class LifecycleSettings:
     kill_on_exit: bool
 
 
-def settings_from(config: Config) -> LifecycleSettings | None:
+def settings_from(config: Settings) -> LifecycleSettings | None:
     """The checked lifecycle block, or None when the agent dials `server_ip` as configured."""
-    wake, status, kill = (config[f"lifecycle.{k}_endpoint"].strip() for k in ("wake", "status", "kill"))
+    block = config.lifecycle
+    wake, status, kill = (block.wake_endpoint.strip(), block.status_endpoint.strip(), block.kill_endpoint.strip())
     if not (wake or status or kill):
         return None
     where = config.source
@@ -57,16 +58,16 @@ def settings_from(config: Config) -> LifecycleSettings | None:
         if not parts.path.rstrip("/").endswith("/wake"):
             raise ConfigError(f"{where}: 'lifecycle.status_endpoint' is required (it cannot be derived from a wake_endpoint that does not end in /wake)")
         status = urlunsplit(parts._replace(path=parts.path.rstrip("/")[: -len("wake")] + "status"))
-    key = config["lifecycle.api_key"]
+    key = config.lifecycle.api_key
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
         if not key:
-            raise ConfigError(f"{where}: 'lifecycle.api_key': environment variable {config['lifecycle.api_key'][4:]} is not set or empty")
+            raise ConfigError(f"{where}: 'lifecycle.api_key': environment variable {config.lifecycle.api_key[4:]} is not set or empty")
     if not key:
         raise ConfigError(f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)")
-    if config["lifecycle.wake_timeout"] < 1 or config["lifecycle.wake_retry_interval"] <= 0 or config["lifecycle.request_timeout"] <= 0:
+    if config.lifecycle.wake_timeout < 1 or config.lifecycle.wake_retry_interval <= 0 or config.lifecycle.request_timeout <= 0:
         raise ConfigError(f"{where}: 'lifecycle.wake_timeout' must be at least 1s and the intervals above 0")
-    kill_on_exit = config["lifecycle.kill_on_exit"]
+    kill_on_exit = config.lifecycle.kill_on_exit
     if kill_on_exit is None:
         kill_on_exit = bool(kill)
     elif kill_on_exit and not kill:
@@ -76,9 +77,9 @@ def settings_from(config: Config) -> LifecycleSettings | None:
         status_url=status,
         kill_url=kill,
         api_key=key,
-        wake_timeout=config["lifecycle.wake_timeout"],
-        retry_interval=config["lifecycle.wake_retry_interval"],
-        request_timeout=config["lifecycle.request_timeout"],
+        wake_timeout=config.lifecycle.wake_timeout,
+        retry_interval=config.lifecycle.wake_retry_interval,
+        request_timeout=config.lifecycle.request_timeout,
         kill_on_exit=kill_on_exit,
     )
 

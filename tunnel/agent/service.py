@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from tunnel.agent.http_front import ProxySite
 from tunnel.agent.opener import AgentOpener
-from tunnel.config import Config, read_pem
+from tunnel.config import Settings, read_pem
 from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
 from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.agent.pac import pac_file
@@ -63,41 +63,41 @@ def is_own_host(value: str, proxy_host: str, local_names: tuple[str, ...] = ()) 
 class Agent(service.Service):
     """Starts the tunnel with the service and stops it (closing streams) on shutdown."""
 
-    def __init__(self, reactor, config: Config, tls_options) -> None:
+    def __init__(self, reactor, config: Settings, tls_options) -> None:
         self.reactor = reactor
         self.config = config
-        self.local_names = tuple(name.lower().rstrip(".") for name in config["local_names"])
+        self.local_names = tuple(name.lower().rstrip(".") for name in config.local_names)
         self.started_at = reactor.seconds()
-        self.identity = certificate_name(config["cert_file"])
+        self.identity = certificate_name(config.cert_file)
         self.lifecycle = settings_from(config)
         self.control_plane = ControlPlaneClient(reactor, self.lifecycle) if self.lifecycle else None
         self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
         self.tunnel = TunnelClient(
             reactor,
             tls_options,
-            host=config["server_ip"],
-            port=config["server_port"],
-            connect_timeout=config["connect_timeout"],
-            keepalive_interval=config["keepalive_interval"],
-            keepalive_timeout=config["keepalive_timeout"],
-            reconnect_max_delay=config["reconnect_max_delay"],
-            tunnel_wait=config["tunnel_wait"],
+            host=config.server_ip,
+            port=config.server_port,
+            connect_timeout=config.connect_timeout,
+            keepalive_interval=config.keepalive_interval,
+            keepalive_timeout=config.keepalive_timeout,
+            reconnect_max_delay=config.reconnect_max_delay,
+            tunnel_wait=config.tunnel_wait,
             locator=self.locator,
-            upstream_proxy=config["upstream_proxy"],
+            upstream_proxy=config.upstream_proxy,
         )
-        self.opener = AgentOpener(self.tunnel, optimistic=config["optimistic_connect"])
-        self.site = ProxySite(reactor, self.opener, self, config["head_timeout"], config["max_header_bytes"])
+        self.opener = AgentOpener(self.tunnel, optimistic=config.optimistic_connect)
+        self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes)
 
     def serves_host(self, host_header: str) -> bool:
-        return is_own_host(host_header, self.config["proxy_host"], self.local_names)
+        return is_own_host(host_header, self.config.proxy_host, self.local_names)
 
     def pac(self, requested_host: str) -> str:
         """The PAC file, pointing at the address the browser used when we listen widely."""
-        host = self.config["proxy_host"]
+        host = self.config.proxy_host
         if host in ("0.0.0.0", "::", ""):
             host = parse_host_header(requested_host) or "127.0.0.1"
         address = f"[{host}]" if ":" in host else host
-        return pac_file(f"{address}:{self.config['proxy_port']}", self.config["pac_bypass"])
+        return pac_file(f"{address}:{self.config.proxy_port}", self.config.pac_bypass)
 
     def health(self) -> dict:
         now = self.reactor.seconds()
@@ -106,7 +106,7 @@ class Agent(service.Service):
             "identity": self.identity,
             "connected": self.tunnel.current is not None,
             "server": self.tunnel.server,
-            "server_name": self.config["server_name"],
+            "server_name": self.config.server_name,
             "uptime": round(now - self.started_at, 3),
             "tunnel_uptime": round(now - since, 3) if since is not None else None,
             "open_streams": self.tunnel.open_streams,
@@ -138,10 +138,10 @@ class Agent(service.Service):
         return d
 
 
-def make_agent_service(reactor, config: Config, tls_options) -> service.MultiService:
+def make_agent_service(reactor, config: Settings, tls_options) -> service.MultiService:
     top = service.MultiService()
     agent = Agent(reactor, config, tls_options)
     agent.setServiceParent(top)
-    host, port = config["proxy_host"], config["proxy_port"]
+    host, port = config.proxy_host, config.proxy_port
     ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent.site), "local proxy", host, port).setServiceParent(top)
     return top

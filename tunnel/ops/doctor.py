@@ -62,11 +62,11 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
 
 def _certificates(config, checks: list[Check]):
     try:
-        cert_pem, key_pem, ca_pem = (_pem_file(config[k]) for k in ("cert_file", "key_file", "ca_file"))
+        cert_pem, key_pem, ca_pem = (_pem_file(getattr(config, k)) for k in ("cert_file", "key_file", "ca_file"))
     except cfg.ConfigError as e:
         checks.append(Check("certificates", "FAIL", str(e), "run `fluidity certs init` or fix the path"))
         return None
-    key_spec = config["key_file"]
+    key_spec = config.key_file
     if not key_spec.startswith("env:"):
         mode = stat.S_IMODE(os.stat(key_spec).st_mode)
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -83,12 +83,12 @@ def _certificates(config, checks: list[Check]):
     same = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    checks.append(Check("certificate and key", "ok" if same else "FAIL", "match" if same else f"{config['key_file']} is not the key of {config['cert_file']}", "" if same else "use the key issued with this certificate"))
+    checks.append(Check("certificate and key", "ok" if same else "FAIL", "match" if same else f"{config.key_file} is not the key of {config.cert_file}", "" if same else "use the key issued with this certificate"))
     try:
         cert.verify_directly_issued_by(ca)
-        checks.append(Check("client certificate and CA", "ok", f"{config['cert_file']} is issued by {config['ca_file']}"))
+        checks.append(Check("client certificate and CA", "ok", f"{config.cert_file} is issued by {config.ca_file}"))
     except (ValueError, TypeError, Exception) as e:  # InvalidSignature and friends
-        checks.append(Check("client certificate and CA", "FAIL", f"{config['cert_file']} was not issued by {config['ca_file']} ({type(e).__name__})", "use the CA that issued both the server's and your certificate"))
+        checks.append(Check("client certificate and CA", "FAIL", f"{config.cert_file} was not issued by {config.ca_file} ({type(e).__name__})", "use the CA that issued both the server's and your certificate"))
     now = datetime.datetime.now(datetime.timezone.utc)
     for what, c in (("client certificate", cert), ("CA certificate", ca)):
         left = (c.not_valid_after_utc - now).days
@@ -104,10 +104,10 @@ def _certificates(config, checks: list[Check]):
 
 
 def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, int]:
-    port = config["server_port"]
-    if config["server_ip"]:
-        return config["server_ip"], port
-    status_url = config["lifecycle.status_endpoint"] or (config["lifecycle.wake_endpoint"].rsplit("/", 1)[0] + "/status" if config["lifecycle.wake_endpoint"] else "")
+    port = config.server_port
+    if config.server_ip:
+        return config.server_ip, port
+    status_url = config.lifecycle.status_endpoint or (config.lifecycle.wake_endpoint.rsplit("/", 1)[0] + "/status" if config.lifecycle.wake_endpoint else "")
     if not status_url:
         checks.append(Check("server address", "FAIL", "no server_ip and no lifecycle block", "set server_ip, or the control plane's URLs and API key"))
         return "", port
@@ -119,7 +119,7 @@ def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, i
 
 
 def _status(config, url: str, checks: list[Check], timeout: float) -> dict | None:
-    key = config["lifecycle.api_key"]
+    key = config.lifecycle.api_key
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
@@ -152,11 +152,11 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
             f.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
     where = f"{host}:{port}"
-    if config["upstream_proxy"] or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+    if config.upstream_proxy or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
         checks.append(Check("TLS handshake", "warn", f"not tried directly: {where} is reached through the upstream proxy", ""))
         return
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=config["server_name"]) as tls:
+        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=config.server_name) as tls:
             tls.settimeout(timeout)
             try:
                 tls.recv(1)  # TLS 1.3: a refused client certificate shows up on the first read
@@ -164,14 +164,14 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
                 pass
             alpn = tls.selected_alpn_protocol()
     except ssl.SSLCertVerificationError as e:
-        checks.append(Check("server name and CA", "FAIL", f"{where}: {e.verify_message}", f"server_name must be a name in the server's certificate ({config['server_name']!r}), and ca_file the CA that issued it"))
+        checks.append(Check("server name and CA", "FAIL", f"{where}: {e.verify_message}", f"server_name must be a name in the server's certificate ({config.server_name!r}), and ca_file the CA that issued it"))
         return
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
         hint = "the server refused this client certificate (another CA, or revoked)" if "CERTIFICATE" in str(reason).upper() or "ALERT" in str(reason).upper() else str(e)
         checks.append(Check("TLS handshake", "FAIL", f"{where}: {hint}", "check server_ip/server_port, that the server runs, and that it trusts your CA"))
         return
-    checks.append(Check("server name and CA", "ok", f"{where} proved it is {config['server_name']!r}, issued by your CA"))
+    checks.append(Check("server name and CA", "ok", f"{where} proved it is {config.server_name!r}, issued by your CA"))
     state = "ok" if alpn == "h2" else "FAIL"
     checks.append(Check("TLS handshake", state, f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}", "" if alpn == "h2" else "the server must offer h2"))
 
@@ -180,7 +180,7 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float)
     from tunnel.agent.upstream import proxy_for
 
     try:
-        proxy = proxy_for(config["upstream_proxy"], host or config["server_ip"])
+        proxy = proxy_for(config.upstream_proxy, host or config.server_ip)
     except ValueError as e:
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
         return

@@ -18,7 +18,7 @@ from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-from tunnel.config import Config, ConfigError, read_pem
+from tunnel.config import Settings, ConfigError, read_pem
 
 ALPN_H2 = b"h2"
 ALPN_HTTP11 = b"http/1.1"
@@ -48,25 +48,25 @@ def _certificate(pem: bytes, what: str, source: str) -> x509.Certificate:
     return cert
 
 
-def _material(config: Config) -> tuple[ssl.PrivateCertificate, ssl.Certificate]:
-    cert_pem = read_pem(config["cert_file"], "cert_file")
-    _check_key_file_mode(config["key_file"], "key_file")
-    key_pem = read_pem(config["key_file"], "key_file")
-    ca_pem = read_pem(config["ca_file"], "ca_file")
-    _certificate(cert_pem, "cert_file", config["cert_file"])
-    _certificate(ca_pem, "ca_file", config["ca_file"])
+def _material(config: Settings) -> tuple[ssl.PrivateCertificate, ssl.Certificate]:
+    cert_pem = read_pem(config.cert_file, "cert_file")
+    _check_key_file_mode(config.key_file, "key_file")
+    key_pem = read_pem(config.key_file, "key_file")
+    ca_pem = read_pem(config.ca_file, "ca_file")
+    _certificate(cert_pem, "cert_file", config.cert_file)
+    _certificate(ca_pem, "ca_file", config.ca_file)
     try:
         mine = ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem)
     except Exception as e:  # pyOpenSSL raises its own error types for bad PEM
-        raise ConfigError(f"key_file: cannot load {config['key_file']} with {config['cert_file']}: {e}") from None
+        raise ConfigError(f"key_file: cannot load {config.key_file} with {config.cert_file}: {e}") from None
     try:
         ca = ssl.Certificate.loadPEM(ca_pem)
     except Exception as e:
-        raise ConfigError(f"ca_file: cannot load {config['ca_file']}: {e}") from None
+        raise ConfigError(f"ca_file: cannot load {config.ca_file}: {e}") from None
     return mine, ca
 
 
-def server_options(config: Config) -> ssl.CertificateOptions:
+def server_options(config: Settings) -> ssl.CertificateOptions:
     """Context factory for the server's listener; built (and so checked) before listening."""
     mine, ca = _material(config)
     with _mismatch_is_config_error(config):
@@ -83,12 +83,12 @@ def server_options(config: Config) -> ssl.CertificateOptions:
     return options
 
 
-def client_options(config: Config) -> IOpenSSLClientConnectionCreator:
+def client_options(config: Settings) -> IOpenSSLClientConnectionCreator:
     """Connection creator for the agent: verifies CA and `server_name`, offers only h2."""
     mine, ca = _material(config)
     with _mismatch_is_config_error(config):
         return ssl.optionsForClientTLS(
-            config["server_name"],
+            config.server_name,
             trustRoot=ca,
             clientCertificate=mine,
             acceptableProtocols=[ALPN_H2],
@@ -97,9 +97,9 @@ def client_options(config: Config) -> IOpenSSLClientConnectionCreator:
 
 
 @contextlib.contextmanager
-def _mismatch_is_config_error(config: Config):
+def _mismatch_is_config_error(config: Settings):
     """OpenSSL builds the context eagerly: a key that does not match its cert fails here, not at first use."""
     try:
         yield
     except SSL.Error as e:
-        raise ConfigError(f"key_file: {config['key_file']} does not match {config['cert_file']} ({e})") from None
+        raise ConfigError(f"key_file: {config.key_file} does not match {config.cert_file} ({e})") from None
