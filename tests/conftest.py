@@ -82,6 +82,20 @@ def tunnel(certs, tmp_path_factory) -> Tunnel:
         proc.assert_no_unhandled_errors()
 
 
+@pytest.fixture
+def pair(certs, tmp_path):
+    """A server and an agent of this test's own: it may freeze, kill or flood them."""
+    import signal
+
+    server = start_twistd("server", server_config(certs), tmp_path)
+    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
+    wait_connected(agent)
+    yield server, agent
+    server.process.send_signal(signal.SIGCONT)  # a test may have frozen it
+    agent.stop()
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     from aws import MotoAws

@@ -88,6 +88,22 @@ def allow_fargate_task_memory() -> bool:
     return True
 
 
+def register_task_definition(ecs, inputs: dict) -> dict:
+    """RegisterTaskDefinition with a declared TaskDefinition's inputs, containers verbatim."""
+    platform = inputs.get("runtimePlatform") or {}
+    return ecs.register_task_definition(
+        family=inputs["family"],
+        cpu=inputs["cpu"],
+        memory=inputs["memory"],
+        networkMode=inputs["networkMode"],
+        requiresCompatibilities=inputs["requiresCompatibilities"],
+        executionRoleArn=inputs["executionRoleArn"],
+        taskRoleArn=inputs["taskRoleArn"],
+        runtimePlatform={"operatingSystemFamily": platform["operatingSystemFamily"], "cpuArchitecture": platform["cpuArchitecture"]},
+        containerDefinitions=json.loads(inputs["containerDefinitions"]),
+    )["taskDefinition"]
+
+
 class MotoMocks(RecordingMocks):
     """Creates what it can in moto; answers the program's lookups from moto too."""
 
@@ -168,18 +184,7 @@ class MotoMocks(RecordingMocks):
         return group, {"arn": f"arn:aws:ec2:{self.region}:{ACCOUNT}:security-group/{group}"}
 
     def _taskdefinition(self, name: str, inputs: dict):
-        platform = inputs.get("runtimePlatform") or {}
-        answer = self.aws.client("ecs").register_task_definition(
-            family=inputs["family"],
-            cpu=inputs["cpu"],
-            memory=inputs["memory"],
-            networkMode=inputs["networkMode"],
-            requiresCompatibilities=inputs["requiresCompatibilities"],
-            executionRoleArn=inputs["executionRoleArn"],
-            taskRoleArn=inputs["taskRoleArn"],
-            runtimePlatform={"operatingSystemFamily": platform["operatingSystemFamily"], "cpuArchitecture": platform["cpuArchitecture"]},
-            containerDefinitions=json.loads(inputs["containerDefinitions"]),
-        )["taskDefinition"]
+        answer = register_task_definition(self.aws.client("ecs"), inputs)
         return inputs["family"], {"arn": answer["taskDefinitionArn"], "revision": answer["revision"]}
 
     def _service(self, name: str, inputs: dict):

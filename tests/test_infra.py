@@ -221,18 +221,10 @@ def test_missing_certificates_say_how_to_set_them():
 
 def test_container_definitions_are_accepted_by_ecs(stack, aws):
     for config in ({}, {"capacity": "FARGATE_SPOT", "cpuArchitecture": "ARM64"}):
+        from moto_stack import register_task_definition
+
         task = (stack if not config else synthesize(config)).one("aws:ecs/taskDefinition:TaskDefinition").inputs
-        registered = aws.client("ecs").register_task_definition(
-            family=task["family"],
-            networkMode=task["networkMode"],
-            requiresCompatibilities=task["requiresCompatibilities"],
-            cpu=task["cpu"],
-            memory=task["memory"],
-            executionRoleArn=task["executionRoleArn"],
-            taskRoleArn=task["taskRoleArn"],
-            runtimePlatform=task["runtimePlatform"],
-            containerDefinitions=json.loads(task["containerDefinitions"]),
-        )["taskDefinition"]
+        registered = register_task_definition(aws.client("ecs"), task)
         assert registered["containerDefinitions"][0]["name"] == "server"
         assert registered["containerDefinitions"][0]["secrets"][0]["valueFrom"].startswith("arn:aws:ssm:")
 

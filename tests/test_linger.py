@@ -14,9 +14,7 @@ import termios
 import threading
 import time
 
-import pytest
-
-from support import agent_config, pattern, proxy_connect, server_config, start_twistd, wait_connected, wait_until
+from support import pattern, proxy_connect, wait_until
 
 ESTABLISHED = 1
 
@@ -95,16 +93,6 @@ def fill(sock: socket.socket, seconds: float = 2.0, limit: int = 64 << 20) -> in
 def reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-@pytest.fixture
-def pair(certs, tmp_path):
-    server = start_twistd("server", server_config(certs), tmp_path)
-    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
-    wait_connected(agent)
-    yield server, agent
-    agent.stop()
-    server.stop()
 
 
 def test_aborted_upload_to_a_destination_that_never_reads_is_released(pair):

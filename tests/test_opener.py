@@ -12,19 +12,7 @@ import struct
 import pytest
 from zope.interface.verify import verifyObject
 
-from support import agent_config, read_head, server_config, start_twistd, wait_connected
-
-
-@pytest.fixture
-def pair(certs, tmp_path):
-    server = start_twistd("server", server_config(certs), tmp_path)
-    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
-    wait_connected(agent)
-    yield server, agent
-    server.process.send_signal(signal.SIGCONT)
-    assert agent.stop() == 0
-    assert server.stop() == 0
-    agent.assert_no_unhandled_errors()
+from support import read_head
 
 
 def socks_connect(port: int, target_port: int, host: str = "127.0.0.1") -> socket.socket:
@@ -84,6 +72,7 @@ def test_a_destination_reached_before_is_answered_without_the_server(pair, echo,
         got += second.recv(65536)
     assert got == b"first bytes ride behind the request"
     second.close()
+    agent.assert_no_unhandled_errors()
 
 
 @pytest.mark.parametrize("front", ["socks5", "connect"])
