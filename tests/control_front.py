@@ -110,6 +110,16 @@ class LambdaFunction:
             cwd=code,
         )
         self._lock = threading.Lock()
+        # What Lambda does with the function's output: its log group, /aws/lambda/<name>,
+        # written with the function's own role (a missing logs permission fails here).
+        import boto3
+
+        self._logs = boto3.session.Session(
+            aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"], aws_session_token=credentials["SessionToken"], region_name=aws_env["AWS_REGION"]
+        ).client("logs", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+        self._shipped = 0
+        self._stream: str | None = None
+        self.errors: list[str] = []  # what Lambda itself could not do for this function
 
     def invoke(self, event: dict, timeout: float | None = None) -> dict:
         """The handler's answer; raises RuntimeError with the runtime's report when it failed."""
@@ -119,12 +129,30 @@ class LambdaFunction:
             self.process.stdin.write((json.dumps(event) + "\n").encode())
             self.process.stdin.flush()
             line = _read_line(self.process.stdout, timeout)
+            try:
+                self._ship_logs()
+            except Exception as e:  # Lambda drops such logs silently; the rehearsal does not
+                self.errors.append(f"{self.name}: writing to /aws/lambda/{self.name}: {type(e).__name__}: {e}")
         if line is None:
             raise RuntimeError(f"{self.name}: no answer within the declared timeout of {timeout:g}s")
         answer = json.loads(line)
         if "errorType" in answer:
             raise RuntimeError(f"{self.name}: {answer['errorType']}: {answer['errorMessage']}")
         return answer["result"]
+
+    def _ship_logs(self) -> None:
+        self._log.flush()
+        text = self.log_path.read_bytes()[self._shipped :]
+        if not text:
+            return
+        self._shipped += len(text)
+        group = f"/aws/lambda/{self.name}"
+        if self._stream is None:
+            self._stream = f"rehearsal/[$LATEST]{self.process.pid}"
+            self._logs.create_log_stream(logGroupName=group, logStreamName=self._stream)
+        now = int(time.time() * 1000)
+        lines = [line for line in text.decode(errors="replace").splitlines() if line.strip()]
+        self._logs.put_log_events(logGroupName=group, logStreamName=self._stream, logEvents=[{"timestamp": now, "message": line} for line in lines])
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -159,6 +187,10 @@ class LambdaRuntime:
 
     def invoke(self, name: str, event: dict) -> dict:
         return self.functions[name].invoke(event)
+
+    @property
+    def errors(self) -> list[str]:
+        return [e for f in self.functions.values() for e in f.errors]
 
     def stop(self) -> None:
         for function in self.functions.values():

@@ -35,6 +35,7 @@ def plane(tmp_path, monkeypatch):
         running.append(runtime)
         gateway = ApiGateway(deployment.declared, runtime)
         running.append(gateway)
+        gateway.runtime = runtime
         return aws, deployment.declared, gateway
 
     yield start
@@ -75,6 +76,29 @@ def test_the_declared_api_wakes_reports_and_kills_with_each_roles_own_rights(pla
     assert call(gateway, outputs["wakeUrl"], "POST", None) == (403, {"message": "Forbidden"})
     assert call(gateway, outputs["wakeUrl"], "GET", key) == (403, {"message": "Missing Authentication Token"})
     assert call(gateway, outputs["apiUrl"] + "/sleep", "POST", key) == (403, {"message": "Missing Authentication Token"})
+    # Each function's output reached its own log group, written with its own role.
+    assert gateway.runtime.errors == []
+    logs = aws.client("logs")
+    for function in ("wake", "status", "kill"):
+        events = logs.filter_log_events(logGroupName=f"/aws/lambda/{outputs['serviceName']}-{function}")["events"]
+        assert any("decision" in e["message"] or "botocore" in e["message"] for e in events), function
+
+
+def test_a_role_that_may_not_write_its_logs_is_caught(plane, monkeypatch):
+    from infra import policies
+
+    declared_policy = policies.control_function
+
+    def without_logs(role, **kw):
+        document = declared_policy(role, **kw)
+        document["Statement"] = [s for s in document["Statement"] if s.get("Sid") != "OwnLogs"]
+        return document
+
+    monkeypatch.setattr(policies, "control_function", without_logs)
+    _, declared, gateway = plane()
+    status, _ = call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"])
+    assert status == 200  # Lambda answers anyway and drops the logs...
+    assert any("AccessDenied" in e and "CreateLogStream" in e for e in gateway.runtime.errors), gateway.runtime.errors  # ...which the rehearsal does not
 
 
 def test_a_role_without_a_permission_its_lambda_uses_fails_the_call(plane, monkeypatch):

@@ -188,6 +188,7 @@ def test_the_whole_loop(cloud, tmp_path):
         t("killed", "desired count 0, container stopped, port closed")
 
         assert cloud.fargate.errors == [], cloud.fargate.errors
+        assert cloud.runtime.errors == [], cloud.runtime.errors
         events = cloud.aws.client("logs").filter_log_events(logGroupName=outputs["logGroupName"])["events"]
         assert events, "nothing reached the server's log group"
         print(f"\nrehearsal: {len(events)} server log lines in {outputs['logGroupName']}, {cloud.fargate.metrics_put} metric data points, "
