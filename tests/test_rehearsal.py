@@ -103,8 +103,11 @@ def active_connections(cloud) -> list[float]:
     import datetime
 
     now = datetime.datetime.now(datetime.timezone.utc)
+    from lambdas.metric_names import ACTIVE_CONNECTIONS
+
+    namespace = cloud.declared.function(cloud.outputs["serviceName"] + "-sleep").inputs["environment"]["variables"]["METRICS_NAMESPACE"]
     answer = cloud.aws.client("cloudwatch").get_metric_statistics(
-        Namespace="Fluidity", MetricName="ActiveConnections", Dimensions=[{"Name": "ServiceName", "Value": cloud.outputs["serviceName"]}],
+        Namespace=namespace, MetricName=ACTIVE_CONNECTIONS, Dimensions=[{"Name": "ServiceName", "Value": cloud.outputs["serviceName"]}],
         StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1), Period=60, Statistics=["Maximum"],
     )
     return [p["Maximum"] for p in answer["Datapoints"]]
