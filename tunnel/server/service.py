@@ -282,7 +282,7 @@ class TunnelServer(Factory):
             mux.respond(stream)
             return here
 
-        bridge(self.opener, stream.destination, stream, accept, lambda error: mux.refuse(stream, error.status, error.reason), lambda: stream._closed or mux.terminated or mux.closed)
+        bridge(self.opener, stream.destination, stream, accept, lambda error: mux.refuse(stream, error.status, error.reason), lambda: stream.closed or mux.terminated or mux.closed)
 
     def forget(self, connection: ServerConnection) -> None:
         if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone

@@ -1,0 +1,141 @@
+"""The sans-IO tunnel core, bytes in and bytes out: no sockets, no reactor, no clock but
+the numbers passed in. An agent-side and a server-side TunnelConnection talk by handing
+each other `data_to_send()`."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+
+from tunnel.wire import connection as core
+from tunnel.wire.addresses import parse_authority
+
+DEST = parse_authority("example.test:443")
+
+
+class Pair:
+    def __init__(self, keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0) -> None:
+        self.agent = core.TunnelConnection(client_side=True, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout)
+        self.server = core.TunnelConnection(client_side=False, max_streams=10)
+        self.agent.start(0.0)
+        self.server.start(0.0)
+        self.events = {"agent": [], "server": []}
+        self.pump()
+
+    def pump(self, now: float = 0.0, rounds: int = 20) -> None:
+        for _ in range(rounds):  # bounded: each round moves what both sides queued
+            to_server, to_agent = self.agent.data_to_send(), self.server.data_to_send()
+            if not to_server and not to_agent:
+                return
+            if to_server:
+                self.events["server"] += self.server.receive(to_server, now)
+            if to_agent:
+                self.events["agent"] += self.agent.receive(to_agent, now)
+
+    def of(self, side: str, kind) -> list:
+        return [e for e in self.events[side] if isinstance(e, kind)]
+
+
+def test_a_connect_is_requested_answered_and_carries_bytes_both_ways_then_closes_cleanly():
+    p = Pair()
+    assert p.of("agent", core.PeerReady) and p.of("server", core.PeerReady)
+    sid = p.agent.open_stream(DEST)
+    p.agent.send(sid, b"early bytes")  # allowed before the 200
+    p.pump()
+    [requested] = p.of("server", core.StreamRequested)
+    assert requested.stream.destination.authority == "example.test:443"
+    assert b"".join(e.data for e in p.of("server", core.DataReceived)) == b"early bytes"
+    p.server.respond(sid)
+    p.server.send(sid, b"reply")
+    p.pump()
+    assert [e.sid for e in p.of("agent", core.StreamAnswered)] == [sid]
+    assert b"".join(e.data for e in p.of("agent", core.DataReceived)) == b"reply"
+    p.agent.end(sid)
+    p.pump()
+    assert p.agent.streams[sid].state is core.StreamState.LOCAL_ENDED
+    assert p.server.streams[sid].state is core.StreamState.REMOTE_ENDED
+    p.events["server"] += p.server.end(sid)
+    p.pump()
+    assert sid not in p.agent.streams and sid not in p.server.streams
+    assert [e.clean for e in p.of("agent", core.StreamClosed)] == [True]
+    assert [e.clean for e in p.of("server", core.StreamClosed)] == [True]
+
+
+def test_a_refusal_carries_its_status_and_reason_to_the_agent():
+    p = Pair()
+    sid = p.agent.open_stream(DEST)
+    p.pump()
+    p.server.refuse(sid, 403, 'egress policy refuses "example.test:443"')
+    p.pump()
+    [refused] = p.of("agent", core.StreamRefused)
+    assert refused.error.status == 403 and refused.error.reason == 'egress policy refuses "example.test:443"'
+
+
+def test_bytes_wait_for_the_window_and_go_once_the_agent_has_taken_what_it_got():
+    p = Pair()
+    sid = p.agent.open_stream(DEST)
+    p.pump()
+    p.server.respond(sid)
+    blocked = p.server.send(sid, b"x" * (core.STREAM_WINDOW + 1000))
+    p.pump()
+    assert any(isinstance(e, core.SendBlocked) for e in blocked)
+    received = sum(len(e.data) for e in p.of("agent", core.DataReceived))
+    assert received == core.STREAM_WINDOW  # not a byte more than the window
+    p.agent.acknowledge(sid)  # the consumer took it: the window opens again
+    p.pump()
+    assert sum(len(e.data) for e in p.of("agent", core.DataReceived)) == core.STREAM_WINDOW + 1000
+    assert any(isinstance(e, core.SendUnblocked) for e in p.events["server"])
+
+
+def test_a_ping_flood_ends_the_connection_with_enhance_your_calm():
+    flooder = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    flooder.initiate_connection()
+    server = core.TunnelConnection(client_side=False)
+    server.start(0.0)
+    server.receive(flooder.data_to_send(), 0.0)
+    events = []
+    for n in range(core.FLOOD_LIMITS["PING frames"] + 1):
+        flooder.ping(n.to_bytes(8, "big"))
+        events += server.receive(flooder.data_to_send(), 1.0)
+    finished = [e for e in events if isinstance(e, core.Finished)]
+    assert finished and finished[0].alarming and "PING frames" in finished[0].reason
+    answer = flooder.receive_data(server.data_to_send())
+    goaway = [e for e in answer if type(e).__name__ == "ConnectionTerminated"]
+    assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_a_ping_is_sent_on_time_and_an_unanswered_one_is_overdue():
+    p = Pair(keepalive_interval=15.0, keepalive_timeout=10.0)
+    assert p.agent.next_deadline() == 15.0
+    assert p.agent.tick(14.9) == [] and p.agent.data_to_send() == b""
+    assert p.agent.tick(15.0) == []
+    ping = p.agent.data_to_send()
+    assert ping  # a PING frame
+    assert p.agent.next_deadline() == 25.0
+    p.server.receive(ping, 15.0)
+    p.agent.receive(p.server.data_to_send(), 15.1)  # the ACK
+    assert p.agent.tick(25.0) == []  # answered: not overdue; the next PING is due instead
+    p.agent.data_to_send()
+    assert p.agent.tick(40.0) == [] and p.agent.next_deadline() == 40.0 + 10.0  # sent at 40, unanswered
+    assert p.agent.tick(50.0) == [core.PingOverdue()]
+
+
+def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_done():
+    p = Pair()
+    sid = p.agent.open_stream(DEST)
+    p.pump()
+    p.server.respond(sid)
+    p.events["server"] += p.server.begin_drain()
+    p.pump()
+    assert p.of("agent", core.Draining) and p.agent.draining
+    assert not p.of("server", core.Finished)  # a stream is still open
+    try:
+        p.agent.open_stream(DEST)
+        raise AssertionError("a draining connection took a new stream")
+    except core.OpenFailed as e:
+        assert e.status == 503
+    p.agent.end(sid)
+    p.events["server"] += p.server.end(sid)
+    p.pump()
+    assert p.of("server", core.Finished) == [core.Finished()]  # orderly: nothing to warn about

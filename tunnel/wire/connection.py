@@ -1,0 +1,584 @@
+"""The tunnel's protocol core, sans-IO: one HTTP/2 connection carrying CONNECT streams.
+
+Like `h2` and `h11` it does no I/O and reads no clock. It is fed the peer's bytes and the
+current time (`receive`, `tick`) and told what the local side wants (`open_stream`,
+`respond`, `refuse`, `send`, `end`, `acknowledge`, `reset`, `begin_drain`); it answers
+with events, and with the bytes to send (`data_to_send`). It keeps the stream table and
+each stream's state, the send queues and flow control (a stream's bytes go out only within
+the peer's windows; received bytes are acknowledged only when the local side says they
+were taken), the flood budgets, the PING deadline and the drain. `mux.TunnelMux` is the
+thin Twisted protocol around it: socket I/O, one timer, and each stream as a transport.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import struct
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from tunnel.opener import OpenFailed
+from tunnel.wire import h2_speedups
+from tunnel.wire.addresses import BadAddress, Destination, parse_authority
+
+h2_speedups.install()  # a no-op (and still correct) if hyperframe changed
+
+STREAM_WINDOW = 8 << 20  # per stream: enough for ~80 Mbit/s at 100 ms without stalling
+CONNECTION_WINDOW = 32 << 20  # shared by all streams of one agent
+MAX_FRAME = 1 << 18
+MAX_HEADER_LIST = 16 << 10
+
+# Per connection and 10 seconds. Rapid reset (CVE-2023-44487) opens and resets streams
+# faster than any client closes connections; SETTINGS and PING floods make us write
+# ACKs the peer need not read; empty DATA frames cost work and carry nothing.
+FLOOD_WINDOW = 10.0
+# WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
+# 16 MiB the connection), a few hundred a second at gigabit rates.
+FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000, "WINDOW_UPDATE frames": 20000}
+PASSED_ON = (400, 403, 405, 429, 502, 503, 504)  # refusal statuses the agent passes on as they are
+
+
+class Budget:
+    """At most `limit` events per `window` seconds (fixed windows): what an honest peer
+    never needs, and a flood always exceeds."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.start = 0.0
+        self.count = 0
+
+    def spend(self, now: float) -> bool:
+        if now - self.start >= self.window:
+            self.start, self.count = now, 0
+        self.count += 1
+        return self.count <= self.limit
+
+
+class StreamState(enum.Enum):
+    """Where a stream is in its life; END_STREAM each way, then closed."""
+
+    OPEN = "open"
+    LOCAL_ENDED = "local ended"  # our END_STREAM is out; the peer may still send
+    REMOTE_ENDED = "remote ended"  # the peer's END_STREAM arrived; we may still send
+    CLOSED = "closed"
+
+
+@dataclass
+class Stream:
+    sid: int
+    destination: Destination
+    state: StreamState = StreamState.OPEN
+    outbox: deque = field(default_factory=deque)  # chunks as written: sent without copying when they fit
+    end_queued: bool = False  # END_STREAM waits behind the outbox
+    unacked: int = 0  # received, not yet acknowledged (the consumer has not taken it)
+    delivered: int = 0  # bytes sent within the peer's window: how a closing stream shows progress
+    answered: bool = False  # the CONNECT was answered 200
+
+    @property
+    def local_ended(self) -> bool:
+        return self.state in (StreamState.LOCAL_ENDED, StreamState.CLOSED)
+
+    @property
+    def remote_ended(self) -> bool:
+        return self.state in (StreamState.REMOTE_ENDED, StreamState.CLOSED)
+
+
+# -- events: what the core tells the side that does I/O ----------------------------------------
+@dataclass(frozen=True)
+class StreamRequested:  # server: a valid CONNECT; answer with respond() or refuse()
+    sid: int
+    stream: Stream  # the record itself: later events of the same batch may already close it
+
+
+@dataclass(frozen=True)
+class StreamAnswered:  # agent: the server answered 200
+    sid: int
+
+
+@dataclass(frozen=True)
+class StreamRefused:  # agent: the CONNECT will not be carried
+    sid: int
+    error: OpenFailed
+
+
+@dataclass(frozen=True)
+class DataReceived:
+    sid: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RemoteEnded:  # the peer half-closed
+    sid: int
+
+
+@dataclass(frozen=True)
+class LocalEnded:  # our END_STREAM went out
+    sid: int
+
+
+@dataclass(frozen=True)
+class StreamClosed:  # gone from the table; `clean` when both ends finished
+    sid: int
+    reason: str
+    clean: bool
+
+
+@dataclass(frozen=True)
+class SendBlocked:  # bytes wait for a window: pause whoever writes into this stream
+    sid: int
+
+
+@dataclass(frozen=True)
+class SendUnblocked:
+    sid: int
+
+
+@dataclass(frozen=True)
+class PeerReady:  # the peer's SETTINGS arrived: TLS and HTTP/2 both work
+    pass
+
+
+@dataclass(frozen=True)
+class Draining:  # no new streams on this connection
+    pass
+
+
+@dataclass(frozen=True)
+class Finished:  # the GOAWAY is queued: close the connection once it is sent
+    reason: str = ""  # what to log: empty for an orderly end
+    alarming: bool = False  # the peer misbehaved (a warning), rather than said goodbye
+
+
+@dataclass(frozen=True)
+class PingOverdue:  # the peer did not answer a PING in time: abort the connection
+    pass
+
+
+def proxy_status(reason: str) -> str:
+    """RFC 9209 Proxy-Status value carrying our one-line reason."""
+    detail = reason.replace("\\", "\\\\").replace('"', '\\"')
+    return f'fluidity; details="{detail}"'
+
+
+def reason_from(headers: dict[bytes, bytes]) -> str:
+    value = headers.get(b"proxy-status", b"").decode("utf-8", "replace")
+    start = value.find('details="')
+    if start < 0:
+        return ""
+    text = value[start + 9 :]
+    return text[: text.rfind('"')].replace('\\"', '"').replace("\\\\", "\\") if '"' in text else text
+
+
+class TunnelConnection:
+    """One HTTP/2 CONNECT connection's state; `client_side` for the agent."""
+
+    def __init__(self, *, client_side: bool, max_streams: int = 2000, keepalive_interval: float = 15.0, keepalive_timeout: float = 10.0) -> None:
+        self.client_side = client_side
+        self.keepalive_interval, self.keepalive_timeout = keepalive_interval, keepalive_timeout
+        self.streams: dict[int, Stream] = {}
+        # Streams with bytes queued that a window kept back, in round-robin order: a window
+        # opening visits these only, so its cost does not grow with the number of streams.
+        self._waiting: OrderedDict[int, Stream] = OrderedDict()
+        self.peer_ready = False
+        self.draining = False
+        self.terminated = False  # a GOAWAY went either way: h2 accepts nothing more
+        self.paused = False  # the transport is full: stream data waits
+        self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
+        self._ping_ids = itertools.count(1)
+        self._ping_at: float | None = None
+        self._ping_deadline: float | None = None
+        # Inbound headers come from the peer and are checked; outbound ones are ours, built well-formed.
+        config = h2.config.H2Configuration(
+            client_side=client_side, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False
+        )
+        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2.local_settings = h2.settings.Settings(
+            client=client_side,
+            initial_values={
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams if not client_side else 0,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        # Settings given before the preface count as already in force; h2 only syncs this on ACK.
+        self.h2.max_inbound_frame_size = MAX_FRAME
+
+    # -- the connection ------------------------------------------------------------------
+    def start(self, now: float) -> None:
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        if self.keepalive_interval > 0:
+            self._ping_at = now + self.keepalive_interval
+
+    def data_to_send(self) -> bytes:
+        return self.h2.data_to_send()
+
+    def receive(self, data: bytes, now: float) -> list:
+        """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
+        if self.terminated:
+            return []
+        out: list = []
+        try:
+            for event in self.h2.receive_data(data):
+                self._dispatch(event, now, out)
+                if self.terminated:
+                    break
+        except h2.exceptions.ProtocolError as e:
+            self.terminated = True  # the rest of what this peer sends is not read
+            # h2 queues its own GOAWAY for errors in what it received: one is enough.
+            state = getattr(getattr(self.h2, "state_machine", None), "state", None)
+            if state is not h2.connection.ConnectionState.CLOSED:
+                try:
+                    self.h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+                except h2.exceptions.ProtocolError:
+                    pass
+            out.append(Finished(f"HTTP/2 protocol error: {str(e) or type(e).__name__}", alarming=True))
+        return out
+
+    def next_deadline(self) -> float | None:
+        """When `tick` next has something to do."""
+        times = [t for t in (self._ping_at, self._ping_deadline) if t is not None]
+        return min(times) if times else None
+
+    def tick(self, now: float) -> list:
+        """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
+        if self._ping_deadline is not None and now >= self._ping_deadline:
+            self._ping_deadline = self._ping_at = None
+            return [PingOverdue()]
+        if self._ping_at is not None and now >= self._ping_at:
+            self._ping_at = now + self.keepalive_interval
+            if self._ping_deadline is None and not self.terminated:
+                try:
+                    self.h2.ping(struct.pack(">Q", next(self._ping_ids)))
+                except h2.exceptions.ProtocolError:
+                    self._ping_at = None  # the connection is closing; nothing to keep alive
+                    return []
+                self._ping_deadline = now + self.keepalive_timeout
+        return []
+
+    def stop_timers(self) -> None:
+        self._ping_at = self._ping_deadline = None
+
+    def set_paused(self, paused: bool) -> list:
+        self.paused = paused
+        return [] if paused else self.flush_all()
+
+    def begin_drain(self) -> list:
+        """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
+        if self.draining or self.terminated:
+            return []
+        self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+        return self._start_draining()
+
+    def _start_draining(self) -> list:
+        self.draining = True
+        return [Draining()] + (self._finish_drain() if not self.streams else [])
+
+    def _finish_drain(self) -> list:
+        if self.terminated:
+            return []
+        self.terminated = True
+        try:
+            self.h2.close_connection()
+        except h2.exceptions.ProtocolError:
+            pass
+        return [Finished()]
+
+    def _flooding(self, what: str, now: float, out: list) -> bool:
+        """Spend from `what`'s budget; when it runs out, GOAWAY ENHANCE_YOUR_CALM."""
+        if self._budgets[what].spend(now):
+            return False
+        self.terminated = True
+        self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        out.append(Finished(f"more than {FLOOD_LIMITS[what]} {what} in {FLOOD_WINDOW:g}s", alarming=True))
+        return True
+
+    # -- what the peer sent ----------------------------------------------------------------
+    def _dispatch(self, event, now: float, out: list) -> None:
+        if isinstance(event, h2.events.DataReceived):  # the hot path first
+            if not event.data and not event.stream_ended and self._flooding("empty DATA frames", now, out):
+                return
+            stream = self.streams.get(event.stream_id)
+            if stream is None:
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            else:
+                stream.unacked += event.flow_controlled_length
+                out.append(DataReceived(stream.sid, event.data))
+                if event.stream_ended:
+                    self._remote_end(stream, out)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and not stream.remote_ended:
+                self._remote_end(stream, out)
+        elif isinstance(event, h2.events.RequestReceived):
+            self._on_request(event, out)
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._on_response(event, out)
+        elif isinstance(event, h2.events.StreamReset):
+            if event.remote_reset and self._flooding("stream resets", now, out):
+                return
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                code = event.error_code
+                name = getattr(code, "name", str(code))
+                if not stream.answered and self.client_side:
+                    error = OpenFailed(503, "server refused the stream (draining); retry") if code == h2.errors.ErrorCodes.REFUSED_STREAM else OpenFailed(502, f"stream reset by peer ({name})")
+                    out.append(StreamRefused(stream.sid, error))
+                self._close(stream, f"stream reset by peer ({name})", False, out)
+        elif isinstance(event, h2.events.WindowUpdated):
+            if self._flooding("WINDOW_UPDATE frames", now, out):
+                return
+            if event.stream_id == 0:
+                out.extend(self.flush_all())
+            else:
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    out.extend(self.flush(stream.sid))
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if self._flooding("SETTINGS frames", now, out):
+                return
+            if not self.peer_ready:
+                self.peer_ready = True
+                out.append(PeerReady())
+            changed = event.changed_settings
+            limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+            if self.client_side and limit is not None and limit.new_value == 0 and not self.draining:
+                out.extend(self._start_draining())
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+                out.extend(self.flush_all())
+        elif isinstance(event, h2.events.PingReceived):
+            self._flooding("PING frames", now, out)  # h2 has queued the ACK; a flood closes the connection
+        elif isinstance(event, h2.events.PingAckReceived):
+            self._ping_deadline = None
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self.terminated = True
+            out.append(Finished(f"the peer closed the tunnel connection ({getattr(event.error_code, 'name', event.error_code)})"))
+
+    def _on_request(self, event: h2.events.RequestReceived, out: list) -> None:
+        sid = event.stream_id
+        headers = dict(event.headers)
+        if self.client_side:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
+        if self.draining:
+            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if headers.get(b":method") != b"CONNECT" or b":protocol" in headers:
+            self._answer(sid, 405, "only CONNECT is supported")
+            return
+        try:
+            destination = parse_authority(headers.get(b":authority", b""))
+        except BadAddress as e:
+            self._answer(sid, 400, str(e))
+            return
+        stream = self.streams[sid] = Stream(sid, destination)
+        if event.stream_ended:
+            stream.state = StreamState.REMOTE_ENDED
+        out.append(StreamRequested(sid, stream))
+
+    def _on_response(self, event: h2.events.ResponseReceived, out: list) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.answered:
+            return
+        headers = dict(event.headers)
+        try:
+            status = int(headers.get(b":status", b"0"))
+        except ValueError:
+            status = 0
+        if status == 200:
+            stream.answered = True
+            out.append(StreamAnswered(stream.sid))
+        else:
+            reason = reason_from(headers) or f"server answered {status}"
+            stream.answered = True  # answered, with a refusal: the stream ends as the server closes it
+            out.append(StreamRefused(stream.sid, OpenFailed(status if status in PASSED_ON else 502, reason)))
+
+    def _answer(self, sid: int, status: int, reason: str) -> None:
+        self.h2.send_headers(sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True)
+
+    # -- what the local side wants -------------------------------------------------------------
+    def open_stream(self, destination: Destination) -> int:
+        """Agent: send CONNECT; bytes may be sent on it before the 200 arrives."""
+        if self.draining or self.terminated:
+            raise OpenFailed(503, "tunnel connection is closing")
+        sid = self.h2.get_next_available_stream_id()
+        try:
+            self.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", destination.authority.encode())])
+        except h2.exceptions.TooManyStreamsError:
+            raise OpenFailed(503, "the server's stream limit is reached") from None
+        self.streams[sid] = Stream(sid, destination)
+        return sid
+
+    def respond(self, sid: int) -> list:
+        """Server: the destination answered: 200, then whatever waits to be sent."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.state is StreamState.CLOSED:
+            return []
+        if self.terminated:  # a GOAWAY went either way: h2 sends nothing more
+            out: list = []
+            self._close(stream, "tunnel connection is closing", False, out)
+            return out
+        self.h2.send_headers(sid, [(b":status", b"200")])
+        stream.answered = True
+        return self.flush(sid)
+
+    def refuse(self, sid: int, status: int, reason: str) -> list:
+        """Server: answer the CONNECT with `status` and a Proxy-Status reason."""
+        out: list = []
+        stream = self.streams.get(sid)
+        if stream is None or stream.state is StreamState.CLOSED:
+            return out
+        if not self.terminated:
+            self._answer(sid, status, reason)
+            if not stream.remote_ended:
+                self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
+        self._close(stream, reason, True, out)
+        return out
+
+    def send(self, sid: int, data: bytes) -> list:
+        stream = self.streams.get(sid)
+        if stream is None or stream.state is StreamState.CLOSED or stream.end_queued or not data:
+            return []
+        stream.outbox.append(bytes(data))
+        return self.flush(sid)
+
+    def end(self, sid: int) -> list:
+        """Half-close: END_STREAM once the queued bytes have gone."""
+        stream = self.streams.get(sid)
+        if stream is None or stream.state is StreamState.CLOSED or stream.end_queued:
+            return []
+        stream.end_queued = True
+        return self.flush(sid)
+
+    def cancel_if_ended(self, sid: int) -> list:
+        """After a full close: once our END_STREAM is out, stop the peer's direction too."""
+        out: list = []
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state is StreamState.LOCAL_ENDED:
+            self._reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
+            self._close(stream, "", True, out)
+        return out
+
+    def reset(self, sid: int, reason: str) -> list:
+        """Abort a stream (RST_STREAM CANCEL)."""
+        out: list = []
+        stream = self.streams.get(sid)
+        if stream is not None and stream.state is not StreamState.CLOSED:
+            self._reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
+            self._close(stream, reason, False, out)
+        return out
+
+    def close_stream(self, sid: int, reason: str) -> list:
+        """Forget a stream without telling the peer (its connection is going)."""
+        out: list = []
+        stream = self.streams.get(sid)
+        if stream is not None:
+            self._close(stream, reason, False, out)
+        return out
+
+    def acknowledge(self, sid: int) -> None:
+        """The consumer took what arrived on `sid`: let the peer send as much again."""
+        stream = self.streams.get(sid)
+        if stream is not None and stream.unacked and stream.state is not StreamState.CLOSED:
+            n, stream.unacked = stream.unacked, 0
+            self._acknowledge(sid, n)
+
+    def _acknowledge(self, sid: int, n: int) -> None:
+        if self.terminated:
+            return
+        try:
+            self.h2.acknowledge_received_data(n, sid)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    def _reset_quietly(self, sid: int, code) -> None:
+        try:
+            self.h2.reset_stream(sid, code)
+        except h2.exceptions.ProtocolError:
+            pass
+
+    # -- sending within the windows --------------------------------------------------------------
+    def flush(self, sid: int) -> list:
+        out: list = []
+        stream = self.streams.get(sid)
+        if stream is None or stream.state is StreamState.CLOSED:
+            return out
+        outbox = stream.outbox
+        try:
+            while outbox and not self.paused:
+                window = self.h2.local_flow_control_window(sid)
+                if window <= 0:
+                    break
+                n = min(window, self.h2.max_outbound_frame_size)
+                chunk = outbox.popleft()
+                if len(chunk) > n:
+                    outbox.appendleft(chunk[n:])
+                    chunk = chunk[:n]
+                last = stream.end_queued and not outbox
+                self.h2.send_data(sid, chunk, end_stream=last)
+                stream.delivered += len(chunk)
+                if last:
+                    self._local_end(stream, out)
+            if stream.end_queued and not outbox and not stream.local_ended and stream.state is not StreamState.CLOSED:
+                self.h2.end_stream(sid)
+                self._local_end(stream, out)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
+            self._close(stream, str(e), False, out)
+        if stream.outbox and stream.state is not StreamState.CLOSED:
+            self._waiting[sid] = stream
+            out.append(SendBlocked(sid))
+        else:
+            self._waiting.pop(sid, None)
+            out.append(SendUnblocked(sid))
+        return out
+
+    def flush_all(self) -> list:
+        """Send what waits, stream by stream, until the transport or the connection window is full."""
+        out: list = []
+        for _ in range(len(self._waiting)):
+            if self.paused or self.h2.outbound_flow_control_window <= 0 or not self._waiting:
+                break
+            sid, _ = self._waiting.popitem(last=False)
+            out.extend(self.flush(sid))  # puts it back at the end if it still has bytes
+        return out
+
+    # -- stream life -------------------------------------------------------------------------------
+    def _remote_end(self, stream: Stream, out: list) -> None:
+        stream.state = StreamState.CLOSED if stream.state is StreamState.LOCAL_ENDED else StreamState.REMOTE_ENDED
+        out.append(RemoteEnded(stream.sid))
+        if stream.state is StreamState.CLOSED:
+            self._close(stream, "", True, out, already=True)
+
+    def _local_end(self, stream: Stream, out: list) -> None:
+        stream.state = StreamState.CLOSED if stream.state is StreamState.REMOTE_ENDED else StreamState.LOCAL_ENDED
+        out.append(LocalEnded(stream.sid))
+        if stream.state is StreamState.CLOSED:
+            self._close(stream, "", True, out, already=True)
+
+    def _close(self, stream: Stream, reason: str, clean: bool, out: list, already: bool = False) -> None:
+        if stream.state is StreamState.CLOSED and not already:
+            return
+        if self.streams.get(stream.sid) is not stream:
+            return
+        stream.state = StreamState.CLOSED
+        stream.outbox.clear()
+        # Bytes never acknowledged still count against the connection window.
+        if stream.unacked:
+            n, stream.unacked = stream.unacked, 0
+            self._acknowledge(stream.sid, n)
+        del self.streams[stream.sid]
+        self._waiting.pop(stream.sid, None)
+        out.append(StreamClosed(stream.sid, reason, clean))
+        if self.draining and not self.streams:
+            out.extend(self._finish_drain())
