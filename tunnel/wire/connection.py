@@ -81,6 +81,7 @@ class Stream:
     unacked: int = 0  # received, not yet acknowledged (the consumer has not taken it)
     delivered: int = 0  # bytes sent within the peer's window: how a closing stream shows progress
     answered: bool = False  # the CONNECT was answered 200
+    blocked: bool = False  # bytes wait for a window (SendBlocked said, SendUnblocked not yet)
 
     @property
     def local_ended(self) -> bool:
@@ -92,73 +93,73 @@ class Stream:
 
 
 # -- events: what the core tells the side that does I/O ----------------------------------------
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamRequested:  # server: a valid CONNECT; answer with respond() or refuse()
     sid: int
     stream: Stream  # the record itself: later events of the same batch may already close it
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamAnswered:  # agent: the server answered 200
     sid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamRefused:  # agent: the CONNECT will not be carried
     sid: int
     error: OpenFailed
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DataReceived:
     sid: int
     data: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RemoteEnded:  # the peer half-closed
     sid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class LocalEnded:  # our END_STREAM went out
     sid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StreamClosed:  # gone from the table; `clean` when both ends finished
     sid: int
     reason: str
     clean: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendBlocked:  # bytes wait for a window: pause whoever writes into this stream
     sid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SendUnblocked:
     sid: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PeerReady:  # the peer's SETTINGS arrived: TLS and HTTP/2 both work
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Draining:  # no new streams on this connection
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Finished:  # the GOAWAY is queued: close the connection once it is sent
     reason: str = ""  # what to log: empty for an orderly end
     alarming: bool = False  # the peer misbehaved (a warning), rather than said goodbye
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class PingOverdue:  # the peer did not answer a PING in time: abort the connection
     pass
 
@@ -537,10 +538,14 @@ class TunnelConnection:
             self._close(stream, str(e), False, out)
         if stream.outbox and stream.state is not StreamState.CLOSED:
             self._waiting[sid] = stream
-            out.append(SendBlocked(sid))
+            if not stream.blocked:
+                stream.blocked = True
+                out.append(SendBlocked(sid))
         else:
             self._waiting.pop(sid, None)
-            out.append(SendUnblocked(sid))
+            if stream.blocked:
+                stream.blocked = False
+                out.append(SendUnblocked(sid))
         return out
 
     def flush_all(self) -> list:
