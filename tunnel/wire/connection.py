@@ -71,7 +71,7 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass
+@dataclass(slots=True)
 class Stream:
     sid: int
     destination: Destination
