@@ -146,14 +146,21 @@ def test_a_slow_reader_still_gets_every_byte_after_the_tunnel_drops(pair):
         client.settimeout(10)
         started = time.monotonic()
         deadline = started + 40
+        how = "hang"
         while time.monotonic() < deadline:  # ~0.3 MiB/s: slower than the linger, never stalled
-            data = client.recv(16384)
+            try:
+                data = client.recv(16384)
+            except ConnectionResetError:
+                how = "reset"
+                break
             if not data:
+                how = "eof"
                 break
             received += data
             time.sleep(0.05)
         client.close()
         assert time.monotonic() - started > 3 * 3.0  # read for well over the linger, and never cut off
-        assert len(received) == size and received == pattern(size)  # every byte, in order, then EOF
+        assert len(received) == size and received == pattern(size)  # every byte, in order ...
+        assert how == "reset"  # ... then a reset: the origin never ended, the tunnel was cut (issue 24)
     finally:
         origin.close()

@@ -102,3 +102,46 @@ def test_a_bad_revoked_file_is_one_line_at_start(certs, tmp_path):
     path.write_text(yaml.safe_dump(server_config(certs, revoked_file=str(tmp_path / "missing.txt"))))
     with pytest.raises(SystemExit, match="revoked_file"):
         ServerOptions().parseOptions(["--config", str(path)])
+
+
+@pytest.mark.parametrize("first", ["", "# nobody revoked yet\n"])
+def test_a_list_that_starts_empty_is_still_watched(certs, tmp_path, first):
+    """Issue 24, item 2: the first revocation ever written cuts the agent's open streams
+    within the reload interval, and its reconnects are refused; a garbled edit keeps it out."""
+    import socket
+
+    from cryptography import x509
+
+    from test_relay import Destination, ending, open_through, stream_forever
+
+    client = x509.load_pem_x509_certificate(open(certs.path("client.pem"), "rb").read())
+    deny = tmp_path / "revoked.txt"
+    deny.write_text(first)
+    server = start_twistd("server", server_config(certs, revoked_file=str(deny)), tmp_path)
+    agent = start_twistd("agent", agent_config(certs, server.port, reconnect_max_delay="0.5s"), tmp_path)
+    dest = Destination(stream_forever)
+    try:
+        wait_connected(agent)
+        sock = open_through("connect", agent.port, dest.authority)
+        with sock:
+            sock.recv(65536)
+            deny.write_text(f"{first}{client.serial_number:x}\n")
+            revoked_at = time.monotonic()
+            total, how = ending(sock, 15)
+            cut_after = time.monotonic() - revoked_at
+        assert how == "reset", (total, how)
+        assert cut_after < 2.0 + 2.0, cut_after  # REVOCATION_CHECK, and a margin
+        assert "its certificate was revoked" in server.log()
+        deny.write_text("garbled!\n")
+        wait_until(lambda: "could not be reloaded" in server.log(), 10)
+        time.sleep(2)  # several reconnect attempts (reconnect_max_delay 0.5 s)
+        with pytest.raises((ConnectionError, socket.timeout, AssertionError)):
+            sock = open_through("connect", agent.port, dest.authority)
+            sock.settimeout(3)
+            assert sock.recv(1)
+        assert server.log().count("is revoked") >= 2  # reconnects were refused, not let in
+    finally:
+        dest.close()
+        agent.stop()
+        server.stop()
+    server.assert_no_unhandled_errors()

@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from tunnel.wire.addresses import Destination
-from tunnel.wire.relay import RelayEnd, close, splice
+from tunnel.wire.relay import RelayEnd, abort, splice
 
 log = Logger(namespace="fluidity")
 
@@ -102,7 +102,7 @@ def bridge(
         if early:
             return
         if gone():
-            close(upstream.transport)
+            abort(upstream.transport)  # the client left before anything was relayed
             return
         splice(client, accept(), upstream.transport, upstream)
         client.resumeProducing()
@@ -112,7 +112,7 @@ def bridge(
         if error is None or gone():
             return
         if early:
-            close(client)  # it was told "connected": nothing readable can be said now
+            abort(client)  # it was told "connected": a reset is all that can say it failed
             return
         client.resumeProducing()
         refuse(error)

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.http_front import HttpFront
 from tunnel.opener import IOpener, as_open_failed, bridge
-from tunnel.wire.relay import RelayEnd, close, reader_of
+from tunnel.wire.relay import RelayEnd, abort, arm, close, ended_cleanly, reader_of
 
 log = Logger(namespace="fluidity.agent")
 
@@ -140,7 +140,10 @@ class ProxyFront(HttpFront):
         super().connectionLost(reason)
         link, self.link = self.link, None
         if link is not None and link.transport is not None and not link.lost:
-            close(link.transport)
+            if ended_cleanly(reason) and link.reusable:
+                close(link.transport)
+            else:  # the client reset, or left mid-exchange: the origin must not see an end
+                abort(link.transport)
 
     # -- requests --------------------------------------------------------------------
     def handle_event(self, event) -> None:
@@ -238,6 +241,7 @@ class ProxyFront(HttpFront):
     def _link_connected(self, link: OriginLink) -> None:
         if link is not self.link:
             return
+        arm(self.transport)  # from here a cut (even this process dying) must not look like an end
         # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
         link.transport.registerProducer(reader_of(self.transport), True)
         self.transport.registerProducer(link.transport, True)
@@ -251,7 +255,7 @@ class ProxyFront(HttpFront):
             return
         self.link = None
         if self._response_started:
-            self.transport.abortConnection()
+            abort(self.transport)
         else:
             self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
 
@@ -305,7 +309,7 @@ class ProxyFront(HttpFront):
         if link.transport is not None:
             link.transport.abortConnection()
         if self._response_started:
-            self.transport.abortConnection()
+            abort(self.transport)
         else:
             self.fail(502, reason)
 
@@ -316,7 +320,7 @@ class ProxyFront(HttpFront):
         if self._request is not None and self.h11.our_state is h11.SEND_RESPONSE and not self._response_started:
             self.fail(502, f"{link.destination.authority} closed the connection without answering")
         elif self.h11.our_state is h11.SEND_BODY:
-            self.transport.abortConnection()  # a truncated body must not look complete
+            abort(self.transport)  # a truncated body must not look complete
 
     def _maybe_next_cycle(self) -> None:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:

@@ -192,7 +192,8 @@ class TunnelServer(Factory):
         self.handshakes = HandshakeBudget(max_handshakes, max_handshakes_per_source)
         self.max_streams = max_streams
         self.max_streams_per_agent = max_streams_per_agent
-        self.revocations = revocations or RevocationList("")
+        # Not `revocations or ...`: an empty list (every operator's first) is still the file to watch.
+        self.revocations = revocations if revocations is not None else RevocationList("")
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
         self.connections: set[ServerConnection] = set()

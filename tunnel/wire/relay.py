@@ -4,6 +4,12 @@ In the spirit of `twisted.protocols.portforward`, in a screenful: each end write
 what it reads into the other end's transport, each transport is registered as the
 producer of the other so a slow reader pauses the fast writer, and a half-close
 (EOF / END_STREAM) travels across as a half-close.
+
+Endings carry their kind: only a clean end becomes a FIN (or END_STREAM) on the far side;
+an abort (a reset, a lost tunnel, TLS cut without close_notify) becomes a TCP reset (or
+RST_STREAM), so a truncated stream never looks complete. A relayed socket is armed to
+reset (SO_LINGER 0) while it carries data, so even this process dying under it resets
+the peer; a clean close disarms it first.
 """
 
 from __future__ import annotations
@@ -11,9 +17,17 @@ from __future__ import annotations
 import socket
 import struct
 
+try:  # POSIX: how much a socket still holds for its peer
+    import fcntl
+    import termios
+except ImportError:  # Windows
+    fcntl = termios = None
+
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport, ITransport
 from twisted.internet.task import LoopingCall
 from twisted.internet.protocol import Protocol
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 
@@ -31,6 +45,109 @@ def no_delay(transport) -> None:
 
 LINGER = 3.0  # seconds a closing connection may go without its peer taking a byte
 
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)
+_FIN_ON_CLOSE = struct.pack("ii", 0, 0)
+
+
+def _set_linger(transport, value: bytes) -> None:
+    sock = _socket_under(transport)
+    if sock is not None and sock.fileno() >= 0:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+        except OSError:
+            pass
+
+
+def arm(transport) -> None:
+    """From now on, closing the socket under `transport` without `close` (an abort, or this
+    process dying) resets the peer instead of sending a FIN that would look like an end."""
+    _set_linger(transport, _RESET_ON_CLOSE)
+
+
+def abort(transport, clock=None) -> None:
+    """End abnormally: RST_STREAM for a tunnel stream; for a socket (also under TLS: no
+    close_notify), a TCP reset once what is already queued for its peer has reached it,
+    so a slow reader still gets every byte that got this far, then learns it was cut."""
+    arm(transport)
+    sock = _socket_under(transport)
+    if sock is None or _undelivered(transport, sock) == 0:
+        _abort_now(transport)
+        return
+    unregister = getattr(transport, "unregisterProducer", None)
+    if unregister is not None:
+        unregister()
+    transport.pauseProducing()  # nothing more is read: it would have nowhere to go
+    if clock is None:
+        from twisted.internet import reactor as clock
+    _ResetWhenDelivered(transport, sock, clock)
+
+
+def _abort_now(transport) -> None:
+    # Twisted's TLS abortConnection sends close_notify first, which reads as a clean end:
+    # a TLS connection is cut by aborting the TCP connection under it.
+    if isinstance(transport, TLSMemoryBIOProtocol) and transport.transport is not None:
+        transport = transport.transport
+    transport.abortConnection()
+
+
+DELIVERY_POLL = 0.05  # seconds between looks at what an aborting socket still holds
+
+
+class _ResetWhenDelivered:
+    """Resets a socket once its peer has acknowledged every byte queued for it, or once
+    the peer has taken nothing for LINGER seconds."""
+
+    def __init__(self, transport, sock: socket.socket, clock) -> None:
+        self.transport, self.sock, self.clock = transport, sock, clock
+        self.progress = delivery_progress(transport)
+        self.stalled_since = clock.seconds()
+        clock.callLater(DELIVERY_POLL, self.check)
+
+    def check(self) -> None:
+        progress = delivery_progress(self.transport)
+        if progress is None:
+            return  # gone in the meantime
+        now = self.clock.seconds()
+        if progress != self.progress:
+            self.progress, self.stalled_since = progress, now
+        if _undelivered(self.transport, self.sock) == 0 or now - self.stalled_since >= LINGER:
+            _abort_now(self.transport)
+            return
+        self.clock.callLater(DELIVERY_POLL, self.check)
+
+
+def _queued_in_process(transport) -> int:
+    """Bytes Twisted still holds for the peer: a TLS layer's and its TCP transport's queues."""
+    queued = 0
+    for _ in range(4):
+        queued += sum(len(b) for b in getattr(transport, "_appSendBuffer", ()) or ())
+        buffer = getattr(transport, "dataBuffer", b"")
+        if isinstance(buffer, (bytes, bytearray, memoryview)):
+            queued += len(buffer) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            break
+    return queued
+
+
+_SIOCOUTQ = getattr(termios, "TIOCOUTQ", None) if termios is not None else None  # Linux: sent but not acknowledged, plus unsent
+
+
+def _undelivered(transport, sock: socket.socket) -> int:
+    """Bytes queued for the peer that it has not acknowledged (0 where that cannot be read)."""
+    queued = _queued_in_process(transport)
+    if _SIOCOUTQ is not None and sock.fileno() >= 0:
+        try:
+            queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            pass
+    return queued
+
+
+def ended_cleanly(reason) -> bool:
+    """Whether a connectionLost reason is an orderly end (both sides finished)."""
+    return reason is None or reason.check(ConnectionDone) is not None
+
 
 def close(transport: ITransport, linger: float | None = None, clock=None) -> None:
     """Close once flushed, but never wait on a peer that has stopped reading.
@@ -41,6 +158,7 @@ def close(transport: ITransport, linger: float | None = None, clock=None) -> Non
     may take them all; once it has taken none for `linger` seconds, it is aborted.
     (A TLS transport waits for its producer to go before it shuts down, so the
     producer is unregistered first.)"""
+    _set_linger(transport, _FIN_ON_CLOSE)
     unregister = getattr(transport, "unregisterProducer", None)
     if unregister is not None:
         unregister()
@@ -152,8 +270,9 @@ class WatchedReader:
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
+        # The consumer is gone. How this side ends (FIN or reset) is the relay's decision,
+        # made from the way the consumer ended: closing here would always look clean.
         _paused.discard(self)
-        self.transport.stopProducing()
 
 
 def _sweep_paused() -> None:
@@ -186,6 +305,7 @@ def half_close(transport: ITransport) -> None:
         return
     lose_write = getattr(transport, "loseWriteConnection", None)
     if lose_write is not None and not ISSLTransport.providedBy(transport):
+        _set_linger(transport, _FIN_ON_CLOSE)
         lose_write()
     else:
         close(transport)
@@ -235,12 +355,18 @@ class RelayEnd(Protocol):
 
     def connectionLost(self, reason=None) -> None:
         sink, self.sink = self.sink, None
-        if sink is not None:
+        if sink is None:
+            return
+        if ended_cleanly(reason):
             close(sink)
+        else:
+            abort(sink)
 
 
 def splice(a: ITransport, a_end: RelayEnd, b: ITransport, b_end: RelayEnd) -> None:
     """Join two connected ends: a's reads go to b, b's to a, each pausing the other."""
+    arm(a)
+    arm(b)
     a.registerProducer(reader_of(b), True)
     b.registerProducer(reader_of(a), True)
     a_end.attach(b)

@@ -1,0 +1,381 @@
+"""A relayed connection ends the way it really ended (issue 24, item 1).
+
+A clean EOF on one side is a FIN on the far side; an abort (a destination's or client's
+TCP reset, a process killed with SIGKILL, the tunnel lost) is a TCP reset on the far side,
+never a FIN that would make a truncated download or upload look complete. Every front
+(CONNECT, SOCKS5, WebSocket, the server's http/1.1 CONNECT) and both directions.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import ssl
+import struct
+import threading
+import time
+
+import pytest
+
+from support import pattern, wait_until
+from test_socks import connect_request, socks_open
+
+CHUNK = 64 * 1024
+
+
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), the way a crashing peer's kernel may."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def ending(sock: socket.socket, seconds: float = 15.0) -> tuple[int, str]:
+    """Read to the end: (bytes read, 'eof' | 'reset' | 'hang')."""
+    sock.settimeout(seconds)
+    total = 0
+    try:
+        while True:
+            data = sock.recv(1 << 20)
+            if not data:
+                return total, "eof"
+            total += len(data)
+    except (ConnectionResetError, ssl.SSLEOFError):
+        return total, "reset"
+    except (socket.timeout, TimeoutError):
+        return total, "hang"
+
+
+class Destination:
+    """A loopback TCP listener whose connections behave as `serve` says, in threads."""
+
+    def __init__(self, serve) -> None:
+        self.serve = serve
+        self.endings: queue.Queue = queue.Queue()
+        self.received = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.authority = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(self, conn), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def send_then_reset(size: int):
+    def serve(dest: Destination, conn: socket.socket) -> None:
+        try:
+            conn.sendall(pattern(size))
+            time.sleep(0.3)
+        except OSError:
+            pass
+        reset(conn)
+
+    return serve
+
+
+def stream_forever(dest: Destination, conn: socket.socket) -> None:
+    conn.settimeout(30)
+    block = pattern(CHUNK)
+    try:
+        for _ in range(100000):  # bounded: at most 6.4 GB, far beyond what a test reads
+            conn.sendall(block)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def record_ending(dest: Destination, conn: socket.socket) -> None:
+    """Read everything; report how the connection ended."""
+    def count(n: int) -> None:
+        dest.received += n
+
+    with conn:
+        conn.settimeout(30)
+        total = 0
+        try:
+            while True:
+                data = conn.recv(1 << 20)
+                if not data:
+                    dest.endings.put(("eof", total))
+                    return
+                total += len(data)
+                count(len(data))
+        except ConnectionResetError:
+            dest.endings.put(("reset", total))
+        except OSError:
+            dest.endings.put(("hang", total))
+
+
+@pytest.fixture
+def destinations():
+    made: list[Destination] = []
+
+    def make(serve) -> Destination:
+        made.append(Destination(serve))
+        return made[-1]
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def open_through(front: str, agent_port: int, authority: str) -> socket.socket:
+    host, port = authority.rsplit(":", 1)
+    if front == "connect":
+        sock = socket.create_connection(("127.0.0.1", agent_port), timeout=10)
+        sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:  # a byte at a time: what follows the head is the test's
+            data = sock.recv(1)
+            assert data, head
+            head += data
+        assert head.startswith(b"HTTP/1.1 200"), head
+        return sock
+    sock, choice, answer = socks_open(agent_port, connect_request(host, int(port)))
+    assert answer[:2] == b"\x05\x00", answer
+    return sock
+
+
+FRONTS = ["connect", "socks5"]
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_destination_reset_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
+    server, agent = pair
+    dest = destinations(send_then_reset(4 << 20))
+    for attempt in range(2):  # the second time the destination is known: answered early
+        sock = open_through(front, agent.port, dest.authority)
+        with sock:
+            total, how = ending(sock)
+        assert how == "reset", (attempt, total, how)
+        assert total <= 4 << 20
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_the_server_killed_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
+    server, agent = pair
+    dest = destinations(stream_forever)
+    sock = open_through(front, agent.port, dest.authority)
+    with sock:
+        got = 0
+        while got < 2 << 20:
+            got += len(sock.recv(1 << 20))
+        server.process.kill()
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_the_agent_killed_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
+    server, agent = pair
+    dest = destinations(stream_forever)
+    sock = open_through(front, agent.port, dest.authority)
+    with sock:
+        got = 0
+        while got < 2 << 20:
+            got += len(sock.recv(1 << 20))
+        agent.process.kill()
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+def upload(sock: socket.socket, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        block = pattern(CHUNK)
+        try:
+            for _ in range(100000):
+                if stop.is_set():
+                    return
+                sock.sendall(block)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("front", FRONTS)
+def test_a_client_reset_mid_upload_reaches_the_destination_as_a_reset(pair, destinations, front):
+    server, agent = pair
+    dest = destinations(record_ending)
+    for attempt in range(2):
+        sock = open_through(front, agent.port, dest.authority)
+        sock.sendall(pattern(1 << 20))
+        before = dest.received
+        wait_until(lambda: dest.received >= before + (1 << 20) or not dest.endings.empty(), 10)
+        reset(sock)
+        how, total = dest.endings.get(timeout=15)
+        assert how == "reset", (attempt, how, total)
+
+
+@pytest.mark.parametrize("who", ["agent", "server"])
+def test_a_process_killed_mid_upload_reaches_the_destination_as_a_reset(pair, destinations, who):
+    server, agent = pair
+    dest = destinations(record_ending)
+    sock = open_through("connect", agent.port, dest.authority)
+    stop = threading.Event()
+    sender = upload(sock, stop)
+    try:
+        wait_until(lambda: dest.received >= 2 << 20, 10)
+        (agent if who == "agent" else server).process.kill()
+        how, total = dest.endings.get(timeout=15)
+    finally:
+        stop.set()
+        sock.close()
+        sender.join(5)
+    assert how == "reset", (how, total)
+
+
+def test_clean_endings_stay_clean_both_ways(pair, destinations):
+    """The control: a complete download ends in EOF, a complete upload in EOF."""
+    server, agent = pair
+
+    def send_then_close(dest: Destination, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(pattern(3 << 20))
+
+    down = destinations(send_then_close)
+    for front in FRONTS:
+        sock = open_through(front, agent.port, down.authority)
+        with sock:
+            assert ending(sock) == (3 << 20, "eof")
+    up = destinations(record_ending)
+    for front in FRONTS:
+        sock = open_through(front, agent.port, up.authority)
+        sock.sendall(pattern(1 << 20))
+        sock.shutdown(socket.SHUT_WR)
+        assert up.endings.get(timeout=15) == ("eof", 1 << 20)
+        assert ending(sock)[1] == "eof"
+        sock.close()
+
+
+# -- the server's http/1.1 CONNECT front: any HTTPS-proxy client ------------------------------
+
+
+def tls_to_server(certs, server) -> ssl.SSLSocket:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(certs.path("ca.pem"))
+    context.load_cert_chain(certs.path("client.pem"), certs.path("client.key"))
+    context.set_alpn_protocols(["http/1.1"])
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="fluidity-server", suppress_ragged_eofs=False)
+
+
+def connect_over_tls(sock: ssl.SSLSocket, authority: str) -> None:
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(1)
+        assert data, head
+        head += data
+    assert head.startswith(b"HTTP/1.1 200"), head
+
+
+def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(pair, certs, destinations):
+    server, agent = pair
+    dest = destinations(send_then_reset(2 << 20))
+    sock = tls_to_server(certs, server)
+    with sock:
+        connect_over_tls(sock, dest.authority)
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+def test_server_http11_front_passes_a_client_abort_on_as_a_reset(pair, certs, destinations):
+    server, agent = pair
+    dest = destinations(record_ending)
+    sock = tls_to_server(certs, server)
+    connect_over_tls(sock, dest.authority)
+    sock.sendall(pattern(1 << 20))
+    wait_until(lambda: dest.received >= 1 << 20, 10)
+    reset(sock)  # TCP reset under TLS: no close_notify
+    how, total = dest.endings.get(timeout=15)
+    assert how == "reset", (how, total)
+
+
+# -- WebSocket: an absolute-form ws:// upgrade relayed raw -------------------------------------
+
+
+def upgrade_then(serve_after):
+    def serve(dest: Destination, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(4096)
+            if not data:
+                conn.close()
+                return
+            head += data
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+        serve_after(dest, conn)
+
+    return serve
+
+
+def ws_upgrade(agent_port: int, authority: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", agent_port), timeout=10)
+    sock.sendall(
+        f"GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(1)
+        assert data, head
+        head += data
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def test_websocket_destination_reset_reaches_the_client_as_a_reset(pair, destinations):
+    server, agent = pair
+    dest = destinations(upgrade_then(send_then_reset(1 << 20)))
+    sock = ws_upgrade(agent.port, dest.authority)
+    with sock:
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+def test_websocket_client_reset_reaches_the_destination_as_a_reset(pair, destinations):
+    server, agent = pair
+    dest = destinations(upgrade_then(record_ending))
+    sock = ws_upgrade(agent.port, dest.authority)
+    sock.sendall(pattern(256 << 10))
+    wait_until(lambda: dest.received >= 256 << 10, 10)
+    reset(sock)
+    how, total = dest.endings.get(timeout=15)
+    assert how == "reset", (how, total)
+
+
+def test_the_server_stopping_cleanly_still_aborts_streams_it_cuts(certs, tmp_path, destinations):
+    """A drain that times out cuts what is left: the client must see that as a reset."""
+    from support import agent_config, server_config, start_twistd, wait_connected
+
+    server = start_twistd("server", server_config(certs, drain_timeout="1s"), tmp_path)
+    agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
+    try:
+        wait_connected(agent)
+        dest = destinations(stream_forever)
+        sock = open_through("connect", agent.port, dest.authority)
+        with sock:
+            got = 0
+            while got < 1 << 20:
+                got += len(sock.recv(1 << 20))
+            server.process.send_signal(signal.SIGTERM)
+            total, how = ending(sock, 20)
+        assert how == "reset", (total, how)
+    finally:
+        agent.stop()
+        server.stop()
