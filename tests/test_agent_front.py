@@ -169,3 +169,117 @@ def test_the_agents_own_answers_carry_reason_phrases(tunnel, path, status):
     assert answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer[:60]
     refused = raw_request(tunnel.agent.port, b"GET /health HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 403 Forbidden\r\n"), refused[:60]
+
+
+# -- a hostile origin (issue 24, item 3): one bad response costs one stream, never the tunnel --
+
+HOSTILE = {
+    # RFC 9112 §6.1: Transfer-Encoding overrides Content-Length, whatever the latter says.
+    "chunked and a longer Content-Length": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "200 hello"),
+    "chunked and a shorter Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "200 hello"),
+    "101 nobody asked for": (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw", "502"),
+    "two Content-Lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", "502"),
+    "not HTTP at all": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "502"),
+    "a broken chunk after the head": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", "cut"),
+    "a body longer than it said, then more": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhello HTTP/1.1 999 \x00\r\n\r\n", "200 he"),
+}
+
+
+class HostileOrigin:
+    """Answers every request head with the same canned bytes, then holds the connection a moment."""
+
+    def __init__(self, answer: bytes) -> None:
+        import threading
+
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+        import time
+
+        def one(conn: socket.socket) -> None:
+            with conn:
+                conn.settimeout(10)
+                try:
+                    read_head(conn)
+                    conn.sendall(self.answer)
+                    time.sleep(1.0)
+                except OSError:
+                    pass
+
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _dechunk(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out, body = out + body[:size], body[size + 2 :]
+
+
+def _http_get(proxy_port: int, port: int) -> str:
+    """What a client sees: 'STATUS body' for a framed answer, or 'cut' when it is reset."""
+    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=10)
+    with sock:
+        sock.sendall(f"GET http://127.0.0.1:{port}/x HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        data = b""
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                if b"content-length: " in head.lower():
+                    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                    if len(rest) >= length:
+                        return f"{head.split()[1].decode()} {rest[:length].decode()}"
+                elif b"transfer-encoding: chunked" in head.lower() and rest.endswith(b"0\r\n\r\n"):
+                    return f"{head.split()[1].decode()} {_dechunk(rest).decode()}"
+        except ConnectionResetError:
+            return "cut"
+        return f"eof after {data[:60]!r}"
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_hostile_origin_costs_one_stream_never_the_tunnel(pair, echo, case):
+    import time
+
+    server, agent = pair
+    answer, expected = HOSTILE[case]
+    origin = HostileOrigin(answer)
+    bystander, head = proxy_connect(agent.port, f"127.0.0.1:{echo.port}")  # another client's stream
+    try:
+        assert head.startswith(b"HTTP/1.1 200")
+        uptime = json.load(urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5))["tunnel_uptime"]
+        seen = _http_get(agent.port, origin.port)
+        assert seen.split(" ", 1)[0] == expected if expected == "502" else seen == expected
+        bystander.sendall(b"still carried")
+        got = b""
+        while len(got) < 13:
+            got += bystander.recv(64)
+        assert got == b"still carried"
+        time.sleep(0.2)
+        health = json.load(urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5))
+        assert health["connected"] and health["tunnel_uptime"] > uptime  # the same tunnel connection
+        assert server.log().count("connected (h2)") == 1
+    finally:
+        bystander.close()
+        origin.close()
+    agent.assert_no_unhandled_errors()

@@ -262,6 +262,12 @@ class ProxyFront(HttpFront):
     def _origin_events(self, link: OriginLink) -> None:
         if link is not self.link or self.finished:
             return
+        try:
+            self._pass_on_response(link)
+        except h11.LocalProtocolError as e:  # a response the client's side cannot carry as framed
+            self._origin_broke(link, f"bad response from {link.destination.authority}: {e}")
+
+    def _pass_on_response(self, link: OriginLink) -> None:
         while True:
             try:
                 event = link.h11.next_event()
@@ -273,8 +279,11 @@ class ProxyFront(HttpFront):
             if isinstance(event, h11.ConnectionClosed):
                 return
             if isinstance(event, h11.InformationalResponse):
-                if event.status_code == 101 and self._request is not None and wants_upgrade(self._request):
-                    self._upgrade(link, event)
+                if event.status_code == 101:
+                    if self._request is not None and wants_upgrade(self._request):
+                        self._upgrade(link, event)
+                    else:
+                        self._origin_broke(link, f"{link.destination.authority} switched protocols (101) without being asked to")
                     return
                 self.transport.write(self.h11.send(h11.InformationalResponse(status_code=event.status_code, headers=forwardable(event.headers, False), reason=event.reason)))
             elif isinstance(event, h11.Response):
@@ -336,5 +345,8 @@ class ProxyFront(HttpFront):
 
 
 def _response_headers(headers) -> list[tuple[bytes, bytes]]:
-    """Hop-by-hop headers go; h11 re-frames the body (chunked when the origin closed to end it)."""
-    return [(n, v) for n, v in forwardable(headers, False) if n != b"transfer-encoding"]
+    """Hop-by-hop headers go; h11 re-frames the body (chunked when the origin closed to end it).
+    A Transfer-Encoding overrides a Content-Length (RFC 9112 §6.1): the body was read chunked,
+    so its length is unknown here and the Content-Length is not passed on."""
+    chunked = any(n == b"transfer-encoding" for n, _ in headers)
+    return [(n, v) for n, v in forwardable(headers, False) if n != b"transfer-encoding" and not (chunked and n == b"content-length")]

@@ -305,57 +305,78 @@ class TunnelMux(Protocol):
 
     # -- events ---------------------------------------------------------------------
     def _handle(self, events: list) -> None:
+        """Turn the core's events into calls on streams. An exception while handling one
+        stream resets that stream (and is logged once); it never reaches the connection
+        that carries the others."""
         for event in events:
-            kind = type(event)
-            stream = self.streams.get(getattr(event, "sid", -1))
-            if kind is core.DataReceived:  # the hot path first
-                if stream is not None:
-                    stream._receive(event.data)
-            elif kind is core.SendBlocked:
-                if stream is not None:
-                    stream._pause_producer()
-            elif kind is core.SendUnblocked:
-                if stream is not None:
-                    stream._resume_producer()
-            elif kind is core.RemoteEnded:
-                if stream is not None:
-                    stream._deliver_eof()
-            elif kind is core.LocalEnded:
-                if stream is not None:
-                    stream._local_end()
-            elif kind is core.StreamClosed:
-                if stream is not None:
-                    del self.streams[event.sid]
-                    failure = Failure(ConnectionDone(event.reason) if event.clean else ConnectionLost(event.reason or "stream closed"))
-                    stream._closed(failure)
-            elif kind is core.StreamRequested:
-                stream = self.streams[event.sid] = TunnelStream(self, event.stream)
-                stream.ready.addErrback(lambda f: None)
-                self.on_stream(stream)
-            elif kind is core.StreamAnswered:
-                if stream is not None and not stream.ready.called:
-                    stream.ready.callback(stream)
-            elif kind is core.StreamRefused:
-                if stream is not None and not stream.ready.called:
-                    stream.ready.errback(event.error)
-            elif kind is core.PeerReady:
-                if self.on_ready is not None:
-                    self.on_ready(self)
-            elif kind is core.Draining:
-                if self.on_drain is not None:
-                    self.on_drain(self)
-            elif kind is core.Finished:
-                if event.alarming:
-                    log.warn("closing {peer}: {reason}", peer=self.peer_name, reason=event.reason)
-                elif event.reason:
-                    log.info("{peer}: {reason}", peer=self.peer_name, reason=event.reason)
-                if not self.closed:
-                    self._in_receive = False
-                    self._write_out()
-                    self.close()
-            elif kind is core.PingOverdue:
-                log.warn("no PING answer from {peer} in {t}s; dropping the connection", peer=self.peer_name, t=self.keepalive_timeout)
-                self.transport.abortConnection()
+            try:
+                kind = type(event)
+                stream = self.streams.get(getattr(event, "sid", -1))
+                if kind is core.DataReceived:  # the hot path first
+                    if stream is not None:
+                        stream._receive(event.data)
+                elif kind is core.SendBlocked:
+                    if stream is not None:
+                        stream._pause_producer()
+                elif kind is core.SendUnblocked:
+                    if stream is not None:
+                        stream._resume_producer()
+                elif kind is core.RemoteEnded:
+                    if stream is not None:
+                        stream._deliver_eof()
+                elif kind is core.LocalEnded:
+                    if stream is not None:
+                        stream._local_end()
+                elif kind is core.StreamClosed:
+                    if stream is not None:
+                        del self.streams[event.sid]
+                        failure = Failure(ConnectionDone(event.reason) if event.clean else ConnectionLost(event.reason or "stream closed"))
+                        stream._closed(failure)
+                elif kind is core.StreamRequested:
+                    stream = self.streams[event.sid] = TunnelStream(self, event.stream)
+                    stream.ready.addErrback(lambda f: None)
+                    self.on_stream(stream)
+                elif kind is core.StreamAnswered:
+                    if stream is not None and not stream.ready.called:
+                        stream.ready.callback(stream)
+                elif kind is core.StreamRefused:
+                    if stream is not None and not stream.ready.called:
+                        stream.ready.errback(event.error)
+                elif kind is core.PeerReady:
+                    if self.on_ready is not None:
+                        self.on_ready(self)
+                elif kind is core.Draining:
+                    if self.on_drain is not None:
+                        self.on_drain(self)
+                elif kind is core.Finished:
+                    if event.alarming:
+                        log.warn("closing {peer}: {reason}", peer=self.peer_name, reason=event.reason)
+                    elif event.reason:
+                        log.info("{peer}: {reason}", peer=self.peer_name, reason=event.reason)
+                    if not self.closed:
+                        self._in_receive = False
+                        self._write_out()
+                        self.close()
+                elif kind is core.PingOverdue:
+                    log.warn("no PING answer from {peer} in {t}s; dropping the connection", peer=self.peer_name, t=self.keepalive_timeout)
+                    self.transport.abortConnection()
+            except Exception:
+                self._stream_failed(stream, Failure())
+
+    def _stream_failed(self, stream: TunnelStream | None, failure: Failure) -> None:
+        """One line naming the error and where it was raised; then reset that stream."""
+        where = failure.frames[-1] if failure.frames else None
+        at = f" (at {where[1].rsplit('/', 1)[-1]}:{where[2]} in {where[0]})" if where else ""
+        error = f"{failure.type.__name__}: {failure.getErrorMessage()}{at}"
+        if stream is None:
+            log.error("{peer}: error handling the tunnel connection's event: {error}; ignored", peer=self.peer_name, error=error)
+            return
+        log.error(
+            "{peer}: error handling the stream to {dest}: {error}; that stream is reset, the others carry on",
+            peer=self.peer_name, dest=stream.destination.authority, error=error,
+        )
+        if not stream.closed:
+            stream.abortConnection()
 
     def _acknowledge(self, stream: TunnelStream) -> None:
         if self.closed:
