@@ -283,3 +283,16 @@ def test_a_hostile_origin_costs_one_stream_never_the_tunnel(pair, echo, case):
         bystander.close()
         origin.close()
     agent.assert_no_unhandled_errors()
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+def test_a_connect_with_content_is_400(tunnel, echo, framing):
+    """RFC 9110 §9.3.6 (issue 24, item 6): nothing is swallowed, nothing is relayed."""
+    before = echo.connections
+    sock = socket.create_connection(("127.0.0.1", tunnel.agent.port), timeout=10)
+    with sock:
+        sock.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: 127.0.0.1:{echo.port}\r\n".encode() + framing)
+        head = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 400"), head
+    assert b"no content" in head
+    assert echo.connections == before

@@ -96,3 +96,22 @@ def test_client_leaving_before_the_dial_completes_is_ordinary(certs, tmp_path):
             s.close()
     assert "dial failed unexpectedly" not in server.log()
     server.assert_no_unhandled_errors()
+
+
+def test_http11_connect_with_content_is_400(tunnel, echo):
+    """RFC 9110 §9.3.6 (issue 24, item 6), on the server's own http/1.1 front."""
+    from test_relay import tls_to_server
+
+    before = echo.connections
+    for framing in (b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"):
+        sock = tls_to_server(tunnel.certs, tunnel.server)
+        with sock:
+            sock.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n".encode() + framing)
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert echo.connections == before

@@ -33,6 +33,17 @@ def _smuggling(request: h11.Request) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
+def _connect_with_content(request: h11.Request) -> bool:
+    """A CONNECT has no content (RFC 9110 §9.3.6): bytes framed as its body would reach the
+    destination as something other than what a front-end in line saw."""
+    if request.method != b"CONNECT":
+        return False
+    for name, value in request.headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
 def _head_size(request: h11.Request) -> int:
     return len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
@@ -116,6 +127,9 @@ class HttpFront(HandsOver):
                     return
                 if _smuggling(event):
                     self.fail(400, "a request with both Content-Length and Transfer-Encoding is refused (request smuggling)")
+                    return
+                if _connect_with_content(event):
+                    self.fail(400, "a CONNECT request has no content (RFC 9110 §9.3.6): send no Content-Length or Transfer-Encoding")
                     return
             self.handle_event(event)
 

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 import sys
 import time
 from typing import Callable
 
 from twisted.logger import (
+    FileLogObserver,
     FilteringLogObserver,
     ILogObserver,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
-    textFileLogObserver,
+    formatEventAsClassicLogText,
 )
 from zope.interface import implementer
 
@@ -48,10 +51,65 @@ class JsonLineObserver:
         self.stream.flush()
 
 
+# What a terminal acts on: C0 controls (CR rewrites the line, ESC starts a sequence), DEL,
+# C1 controls (0x9b is a one-byte CSI), and the Unicode line and paragraph separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """Control characters as visible escapes (`\\r`, `\\x1b`, `\\u2028`), the rest unchanged."""
+    return _UNSAFE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match) -> str:
+    c = match.group()
+    return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+class _EscapingFormatter(string.Formatter):
+    """Formats a log line's fields, each escaped: a peer's header value is one of them."""
+
+    def format_field(self, value, format_spec: str) -> str:
+        return escape(super().format_field(value, format_spec))
+
+
+_formatter = _EscapingFormatter()
+
+
+def safe_text(event: dict) -> str:
+    """The event's message with every interpolated field escaped, and its traceback (whose
+    exception messages may quote a peer too) escaped line by line."""
+    fmt = event.get("log_format")
+    try:
+        text = _formatter.vformat(fmt, (), event) if fmt is not None else escape(formatEvent(event))
+    except Exception:  # a field it cannot format: Twisted's own text, escaped whole
+        text = escape(formatEvent(event))
+    failure = event.get("log_failure")
+    if failure is not None:
+        try:
+            trace = failure.getTraceback()
+        except Exception:
+            trace = "(the traceback could not be formatted)"
+        text += "\n" + "\n".join(escape(line) for line in trace.rstrip("\n").split("\n"))
+    return text
+
+
+def _classic_safe_text(event: dict) -> str | None:
+    shown = {k: v for k, v in event.items() if k not in ("log_failure", "log_format", "log_text", "message")}
+    shown["log_format"] = "{fluidity_text}"
+    shown["fluidity_text"] = safe_text(event)
+    return formatEventAsClassicLogText(shown)
+
+
+def text_observer(out) -> ILogObserver:
+    """Twisted's classic text lines, with what a peer controls unable to forge or rewrite one."""
+    return FileLogObserver(out, _classic_safe_text)
+
+
 def observer_factory(fmt: str, level: str, stream=None) -> Callable[[], ILogObserver]:
     def make() -> ILogObserver:
         out = stream or sys.stdout
-        base = JsonLineObserver(out) if fmt == "json" else textFileLogObserver(out)
+        base = JsonLineObserver(out) if fmt == "json" else text_observer(out)
         predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
         return FilteringLogObserver(base, [predicate])
 
