@@ -379,3 +379,41 @@ def test_the_server_stopping_cleanly_still_aborts_streams_it_cuts(certs, tmp_pat
     finally:
         agent.stop()
         server.stop()
+
+
+def answer_then_record(dest: Destination, conn: socket.socket) -> None:
+    """An HTTP origin: one answer, then how the connection ended (keep-alive: the proxy ends it)."""
+    with conn:
+        conn.settimeout(30)
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head:
+                data = conn.recv(4096)
+                if not data:
+                    dest.endings.put(("eof before a request", 0))
+                    return
+                head += data
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            while conn.recv(4096):
+                pass
+            dest.endings.put(("eof", 0))
+        except ConnectionResetError:
+            dest.endings.put(("reset", 0))
+
+
+def test_a_complete_exchange_never_resets_the_origin(pair, destinations):
+    """The control for the other direction: curl's http:// request and a CONNECT whose
+    client simply closes end at the origin in a FIN, never a reset."""
+    from support import curl
+
+    server, agent = pair
+    dest = destinations(answer_then_record)
+    result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://{dest.authority}/x")
+    assert result.stdout == b"ok\n", result
+    assert dest.endings.get(timeout=15)[0] == "eof"
+    for front in FRONTS:
+        sock = open_through(front, agent.port, dest.authority)
+        sock.sendall(f"GET /x HTTP/1.1\r\nHost: {dest.authority}\r\n\r\n".encode())
+        assert sock.recv(4096).endswith(b"ok\n")
+        sock.close()
+        assert dest.endings.get(timeout=15)[0] == "eof", front

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import eager_write
+from tunnel.wire import descriptors, eager_write
 from tunnel.wire import logs
 from tunnel.agent.service import make_agent_service
 from tunnel.server.dialer import DirectOpener
@@ -192,6 +192,12 @@ def make_server_service(reactor, config: cfg.ServerSettings, tls, egress_policy,
     return top
 
 
+def _use_the_descriptors_allowed() -> None:
+    limit = descriptors.raise_open_file_limit()
+    if limit is not None:
+        log.info("open-file limit {n}", n=limit)
+
+
 def _speed_up_writes() -> None:
     if not eager_write.install():
         log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
@@ -201,6 +207,7 @@ def make_server(options) -> service.MultiService:
     from twisted.internet import reactor
 
     _speed_up_writes()
+    _use_the_descriptors_allowed()
     return make_server_service(reactor, options.config, options.tls, options.egress_policy, options.revocations)
 
 
@@ -208,6 +215,7 @@ def make_agent(options) -> service.MultiService:
     from twisted.internet import reactor
 
     _speed_up_writes()
+    _use_the_descriptors_allowed()
     top = make_agent_service(reactor, options.config, options.tls)
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     return top

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 
 import h11
@@ -20,6 +20,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.http_front import HttpFront
 from tunnel.opener import IOpener, as_open_failed, bridge
@@ -70,7 +71,8 @@ class ProxySite:
     pages: AgentPages
     head_timeout: float = 60.0
     max_header_bytes: int = 65536
-    clients: int = 0  # local client connections open now
+    clients: int = 0  # local client connections open now, past the first byte
+    local: LocalConnections = field(default_factory=lambda: LocalConnections(1 << 20))
 
 
 @implementer(IHalfCloseableProtocol)
@@ -158,6 +160,7 @@ class ProxyFront(HttpFront):
                 self._maybe_next_cycle()
 
     def _on_request(self, request: h11.Request) -> None:
+        self.site.local.busy(self.transport)
         self._request = request
         self._response_started = False
         target = request.target
@@ -336,6 +339,7 @@ class ProxyFront(HttpFront):
             self.h11.start_next_cycle()
             self._request = None
             self._response_started = False
+            self.site.local.idle(self.transport)
             self.await_head()
             self.process()
         elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:

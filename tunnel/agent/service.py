@@ -16,8 +16,10 @@ from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.agent.pac import pac_file
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.tunnel_client import TunnelClient
+from tunnel.wire import descriptors
 
 log = Logger(namespace="fluidity.agent")
+LOCAL_RESERVE = 128  # descriptors no local client can take
 
 
 def certificate_name(spec: str) -> str:
@@ -86,7 +88,10 @@ class Agent(service.Service):
             upstream_proxy=config.upstream_proxy,
         )
         self.opener = AgentOpener(self.tunnel, optimistic=config.optimistic_connect)
-        self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes)
+        total = descriptors.capacity(reactor)
+        # Kept back for the tunnel, its reconnects, the control plane, logs and the listeners.
+        budget = total - descriptors.reserve_for(total, LOCAL_RESERVE)
+        self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes, local=descriptors.LocalConnections(budget))
 
     def serves_host(self, host_header: str) -> bool:
         return is_own_host(host_header, self.config.proxy_host, self.local_names)
@@ -111,6 +116,7 @@ class Agent(service.Service):
             "tunnel_uptime": round(now - since, 3) if since is not None else None,
             "open_streams": self.tunnel.open_streams,
             "clients": self.site.clients,
+            "local_connections": {"open": self.site.local.open, "limit": self.site.local.budget, "idle_dropped": self.site.local.dropped, "refused": self.site.local.refused},
             "last_error": self.tunnel.last_error,
             "server_state": self.locator.describe() if self.locator else None,
         }

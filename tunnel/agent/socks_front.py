@@ -13,10 +13,12 @@ from twisted.logger import Logger
 from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.wire.handover import HandsOver
+from tunnel.wire.logs import Throttle, more
 from tunnel.opener import bridge
 from tunnel.wire.relay import RelayEnd, close, no_delay
 
 log = Logger(namespace="fluidity.agent")
+_refusals = Throttle()
 
 
 class Socks5Front(HandsOver):
@@ -63,6 +65,7 @@ class Socks5Front(HandsOver):
 
     def _connect(self, destination) -> None:
         self._disarm()
+        self.site.local.busy(self.transport)
         self._pending = bridge(self.site.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
         log.debug("SOCKS5 CONNECT {dest}", dest=destination.authority)
 
@@ -100,8 +103,17 @@ class SniffingFront(HandsOver):
     def __init__(self, site: ProxySite) -> None:
         self.site = site
         self._timer = None
+        self._counted = False
 
     def connectionMade(self) -> None:
+        # Counted from the first moment: idle connections are what exhausts descriptors.
+        if not self.site.local.opened(self.transport):
+            suppressed = _refusals("local connections")
+            if suppressed is not None:
+                log.warn("refusing a local connection: {n} are open, all busy (the descriptor limit less a reserve){more}", n=self.site.local.open, more=more(suppressed))
+            self.transport.abortConnection()
+            return
+        self._counted = True
         if self.site.head_timeout:
             self._timer = self.site.clock.callLater(self.site.head_timeout, self.transport.abortConnection)
 
@@ -120,6 +132,8 @@ class SniffingFront(HandsOver):
     def lost(self, reason) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
+        if self._counted:
+            self.site.local.closed(self.transport)
 
 
 class ProxyFactory(Factory):

@@ -24,6 +24,7 @@ from tunnel.opener import bridge
 from tunnel.server.preauth import HandshakeBudget
 from tunnel.wire.relay import RelayEnd
 from tunnel.server.revocation import RevocationList
+from tunnel.wire import descriptors
 from tunnel.wire.tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
@@ -53,6 +54,10 @@ class ConnectFront(HttpFront):
                 destination = parse_authority(event.target)
             except BadAddress as e:
                 self.fail(400, str(e))
+                return
+            full = self.server.out_of_descriptors()
+            if full:
+                self.fail(503, full)
                 return
             self._dial = bridge(self.server.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
             log.debug("{peer} CONNECT {dest} (http/1.1)", peer=self.peer_name, dest=destination.authority)
@@ -200,6 +205,10 @@ class TunnelServer(Factory):
         self.stopping = False
         self._drained: defer.Deferred | None = None
         self.last_activity = reactor.seconds()
+        total = descriptors.capacity(reactor)
+        # Kept back for handshakes, agents' connections, the listener and logs: streams
+        # (one dial each) never take the descriptors that let agents in.
+        self.descriptor_budget = total - descriptors.reserve_for(total, 64 + max_handshakes)
 
     def buildProtocol(self, addr):
         # Under TLS a None here would leave the TLS wrapper without a protocol: refuse explicitly.
@@ -243,6 +252,13 @@ class TunnelServer(Factory):
             counts[mux.identity] = counts.get(mux.identity, 0) + 1
         return counts
 
+    def out_of_descriptors(self) -> str:
+        """Why a new dial must be refused for want of descriptors, or '' while there are enough."""
+        in_use = 2 * len(self.connections) + sum(len(m.streams) for m in self._muxes())
+        if in_use < self.descriptor_budget:
+            return ""
+        return f"the server is at its open-file budget ({self.descriptor_budget} of its descriptor limit); retry later"
+
     def streams_of(self, identity: str) -> int:
         return sum(len(m.streams) for m in self._muxes() if m.identity == identity)
 
@@ -274,6 +290,13 @@ class TunnelServer(Factory):
             if suppressed is not None:
                 log.info("{peer}: refusing a stream, {n} open (max_streams_per_agent){more}", peer=mux.peer_name, n=limit, more=more(suppressed))
             mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
+            return
+        full = self.out_of_descriptors()
+        if full:
+            suppressed = _refusals("descriptors")
+            if suppressed is not None:
+                log.warn("{peer}: refusing a stream: {why}{more}", peer=mux.peer_name, why=full, more=more(suppressed))
+            mux.refuse(stream, 503, full)
             return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
 

@@ -336,7 +336,10 @@ class TunnelConnection:
                 if not stream.answered and self.client_side:
                     error = OpenFailed(503, "server refused the stream (draining); retry") if code == h2.errors.ErrorCodes.REFUSED_STREAM else OpenFailed(502, f"stream reset by peer ({name})")
                     out.append(StreamRefused(stream.sid, error))
-                self._close(stream, f"stream reset by peer ({name})", False, out)
+                # RFC 9113 §8.1: NO_ERROR after the peer's END_STREAM only asks us to stop
+                # sending: the stream ended cleanly. Any other reset is an abort.
+                clean = code == h2.errors.ErrorCodes.NO_ERROR and stream.remote_ended
+                self._close(stream, "" if clean else f"stream reset by peer ({name})", clean, out)
         elif isinstance(event, h2.events.WindowUpdated):
             if self._flooding("WINDOW_UPDATE frames", now, out):
                 return
@@ -463,11 +466,12 @@ class TunnelConnection:
         return self.flush(sid)
 
     def cancel_if_ended(self, sid: int) -> list:
-        """After a full close: once our END_STREAM is out, stop the peer's direction too."""
+        """After a full close: once our END_STREAM is out, stop the peer's direction too
+        (RST_STREAM NO_ERROR: an orderly end, not an abort)."""
         out: list = []
         stream = self.streams.get(sid)
         if stream is not None and stream.state is StreamState.LOCAL_ENDED:
-            self._reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
+            self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
             self._close(stream, "", True, out)
         return out
 
