@@ -1,0 +1,251 @@
+"""Throughput and completion on a lossy tunnel hop (not a test; issue 24, item 4).
+
+    .venv/bin/python bench/loss.py [--loss 3] [--streams 40] [--mb 10] [--seconds 120]
+
+Runs inside a network namespace of its own (`unshare -n`, as root: it re-executes itself
+there), so nothing leaves the machine: only its loopback exists. nftables drops `--loss`
+percent of the packets to and from the server's port (both directions, at random), and
+the same share on a second port that carries the baseline: one plain TCP connection
+moving `--streams` x `--mb` MB over the same lossy path. Then `--streams` parallel
+downloads of `--mb` MB each go through the agent (CONNECT), and it prints how many
+finished, the total MB/s, and the ratio to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from support import agent_config, free_port, make_certs, pattern, server_config, start_twistd, wait_connected  # noqa: E402
+
+BLOCK = pattern(1 << 20)
+
+
+def in_own_namespace() -> bool:
+    return os.environ.get("FLUIDITY_LOSS_NETNS") == "1"
+
+
+def reexec_in_namespace() -> int:
+    """Run this script again inside a new network namespace holding only a loopback."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        raise SystemExit("bench/loss.py needs root and unshare(1): it makes a network namespace of its own")
+    env = {**os.environ, "FLUIDITY_LOSS_NETNS": "1"}
+    return subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env)
+
+
+def packet_counts() -> tuple[int, int]:
+    """(packets seen on the lossy ports, packets dropped) so far."""
+    text = subprocess.run(["nft", "list", "table", "inet", "fluidity_loss"], capture_output=True, text=True).stdout
+    seen = dropped = 0
+    for line in text.splitlines():
+        if "counter packets" not in line:
+            continue
+        n = int(line.split("counter packets")[1].split()[0])
+        if line.strip().endswith("drop"):
+            dropped += n
+        else:
+            seen += n
+    return seen, dropped
+
+
+def lossy(ports: list[int], percent: float) -> None:
+    """Drop `percent` of the packets to and from these ports (this namespace only). On the
+    input hook: there a packet is one segment, where output still sees 64 KiB GSO bursts."""
+    # A real link's packet size, not loopback's 64 KiB: loss then costs what it costs on a network.
+    subprocess.run(["ip", "link", "set", "lo", "mtu", "1500", "up"], check=True)
+    if shutil.which("ethtool"):  # one packet per segment, so a drop loses one segment, as on a wire
+        subprocess.run(["ethtool", "-K", "lo", "tso", "off", "gso", "off", "gro", "off"], capture_output=True)
+    if shutil.which("nft") is None:
+        raise SystemExit("bench/loss.py needs nft (Debian's nftables)")
+    listed = ", ".join(str(p) for p in ports)
+    per_mille = int(round(percent * 10))
+    rules = f"""
+table inet fluidity_loss {{
+  chain arriving {{
+    type filter hook input priority 0; policy accept;
+    tcp dport {{ {listed} }} counter
+    tcp sport {{ {listed} }} counter
+    tcp dport {{ {listed} }} numgen random mod 1000 < {per_mille} counter drop
+    tcp sport {{ {listed} }} numgen random mod 1000 < {per_mille} counter drop
+  }}
+}}
+"""
+    subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
+
+
+class Source:
+    """Sends `size` bytes to every connection, then closes it cleanly."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+
+    def _send(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                sent = 0
+                while sent < self.size:
+                    chunk = BLOCK[: min(len(BLOCK), self.size - sent)]
+                    conn.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass
+
+
+def receive(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
+    """(bytes received, intact and complete) by the deadline."""
+    digest, total = hashlib.sha256(), 0
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            data = sock.recv(1 << 20)
+            if not data:
+                break
+            digest.update(data)
+            total += len(data)
+    except OSError:
+        pass
+    expected = hashlib.sha256()
+    for start in range(0, size, len(BLOCK)):
+        expected.update(BLOCK[: min(len(BLOCK), size - start)])
+    return total, total == size and digest.digest() == expected.digest()
+
+
+def baseline(port: int, size: int, seconds: float) -> dict:
+    """One plain TCP connection through the lossy port: a relay-free path of the same loss."""
+    source = Source(size)
+    relay = socket.socket()
+    relay.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    relay.bind(("127.0.0.1", port))
+    relay.listen(1)
+
+    def forward() -> None:  # the lossy hop is port -> this forwarder; the source is local
+        conn, _ = relay.accept()
+        with conn, socket.create_connection(("127.0.0.1", source.port)) as up:
+            while True:
+                data = up.recv(1 << 20)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    threading.Thread(target=forward, daemon=True).start()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        total, ok = receive(sock, size, started + seconds)
+    elapsed = time.monotonic() - started
+    return {"mb": total / 1e6, "seconds": elapsed, "complete": ok, "mb_s": total / 1e6 / elapsed}
+
+
+def through_tunnel(agent_port: int, source: Source, streams: int, size: int, seconds: float) -> dict:
+    results: list[tuple[int, bool, float]] = []
+    lock = threading.Lock()
+    started = time.monotonic()
+    deadline = started + seconds
+
+    def one() -> None:
+        total, ok = 0, False
+        try:
+            with socket.create_connection(("127.0.0.1", agent_port), timeout=10) as sock:
+                sock.sendall(f"CONNECT 127.0.0.1:{source.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = sock.recv(1)
+                    if not data:
+                        break
+                    head += data
+                if head.startswith(b"HTTP/1.1 200"):
+                    total, ok = receive(sock, size, deadline)
+        except OSError:
+            pass
+        with lock:
+            results.append((total, ok, time.monotonic() - started))
+
+    threads = [threading.Thread(target=one, daemon=True) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.1, deadline - time.monotonic() + 5))
+    elapsed = max((r[2] for r in results), default=seconds)
+    moved = sum(r[0] for r in results)
+    return {
+        "streams": streams,
+        "finished": sum(1 for r in results if r[1]),
+        "mb": moved / 1e6,
+        "seconds": elapsed,
+        "mb_s": moved / 1e6 / elapsed if elapsed else 0.0,
+        "slowest_s": max((r[2] for r in results if r[1]), default=None),
+    }
+
+
+def run(loss: float, streams: int, mb: float, seconds: float) -> dict:
+    size = int(mb * (1 << 20))
+    work = Path(tempfile.mkdtemp(prefix="fluidity-loss-"))
+    certs = make_certs(work / "certs")
+    server_port, baseline_port = free_port(), free_port()
+    lossy([server_port, baseline_port], loss)
+    plain = baseline(baseline_port, streams * size, seconds)
+    plain["packets"], plain["dropped"] = packet_counts()
+    source = Source(size)
+    server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work)
+    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work)
+    try:
+        wait_connected(agent, 30)
+        before = packet_counts()
+        tunnel = through_tunnel(agent.port, source, streams, size, seconds)
+        after = packet_counts()
+        tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
+        reconnects = agent.log().count("tunnel to ") - 1
+    finally:
+        agent.stop()
+        server.stop()
+    return {"loss_percent": loss, "baseline": plain, "tunnel": tunnel, "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None, "agent_log_lines_about_the_tunnel": reconnects}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loss", type=float, default=3.0, help="percent of packets dropped each way")
+    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--mb", type=float, default=10.0, help="MB per stream")
+    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if not in_own_namespace():
+        return reexec_in_namespace()
+    result = run(args.loss, args.streams, args.mb, args.seconds)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    t, b = result["tunnel"], result["baseline"]
+    print(f"{args.loss:g}% loss each way on the tunnel's hop")
+    print(f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} of {b['packets']} packets dropped)")
+    print(f"  {t['streams']} streams x {args.mb:g} MB through Fluidity: {t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s ({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
