@@ -60,7 +60,7 @@ def packet_counts() -> tuple[int, int]:
     return seen, dropped
 
 
-def lossy(ports: list[int], percent: float) -> None:
+def lossy(ports: list[int], percent: float, hook: str = "input") -> None:
     """Drop `percent` of the packets to and from these ports (this namespace only). On the
     input hook: there a packet is one segment, where output still sees 64 KiB GSO bursts."""
     # A real link's packet size, not loopback's 64 KiB: loss then costs what it costs on a network.
@@ -73,8 +73,8 @@ def lossy(ports: list[int], percent: float) -> None:
     per_mille = int(round(percent * 10))
     rules = f"""
 table inet fluidity_loss {{
-  chain arriving {{
-    type filter hook input priority 0; policy accept;
+  chain lossy {{
+    type filter hook {hook} priority 0; policy accept;
     tcp dport {{ {listed} }} counter
     tcp sport {{ {listed} }} counter
     tcp dport {{ {listed} }} numgen random mod 1000 < {per_mille} counter drop
@@ -117,6 +117,70 @@ class Source:
                 pass
 
 
+class Sink:
+    """Reads each connection to its end, then answers with the count and SHA-256 it read."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        with conn:
+            digest, total = hashlib.sha256(), 0
+            try:
+                while True:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        break
+                    digest.update(data)
+                    total += len(data)
+                conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
+            except OSError:
+                pass
+
+
+def expected_digest(size: int) -> str:
+    expected = hashlib.sha256()
+    for start in range(0, size, len(BLOCK)):
+        expected.update(BLOCK[: min(len(BLOCK), size - start)])
+    return expected.hexdigest()
+
+
+def send(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
+    """Upload `size` bytes, half-close, and read the sink's count: (bytes it got, intact)."""
+    try:
+        sent = 0
+        while sent < size and time.monotonic() < deadline:
+            sock.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = BLOCK[: min(len(BLOCK), size - sent)]
+            sock.sendall(chunk)
+            sent += len(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        answer = b""
+        while not answer.endswith(b"\n"):
+            data = sock.recv(256)
+            if not data:
+                break
+            answer += data
+        count, digest = answer.decode().split()
+        return int(count), int(count) == size and digest == expected_digest(size)
+    except (OSError, ValueError):
+        return 0, False
+
+
 def receive(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
     """(bytes received, intact and complete) by the deadline."""
     digest, total = hashlib.sha256(), 0
@@ -130,10 +194,7 @@ def receive(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]
             total += len(data)
     except OSError:
         pass
-    expected = hashlib.sha256()
-    for start in range(0, size, len(BLOCK)):
-        expected.update(BLOCK[: min(len(BLOCK), size - start)])
-    return total, total == size and digest.digest() == expected.digest()
+    return total, total == size and digest.hexdigest() == expected_digest(size)
 
 
 def baseline(port: int, size: int, seconds: float) -> dict:
@@ -161,7 +222,9 @@ def baseline(port: int, size: int, seconds: float) -> dict:
     return {"mb": total / 1e6, "seconds": elapsed, "complete": ok, "mb_s": total / 1e6 / elapsed}
 
 
-def through_tunnel(agent_port: int, source: Source, streams: int, size: int, seconds: float) -> dict:
+def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: float) -> dict:
+    """`streams` parallel CONNECTs: downloads from a Source, or uploads to a Sink."""
+    upload = isinstance(target, Sink)
     results: list[tuple[int, bool, float]] = []
     lock = threading.Lock()
     started = time.monotonic()
@@ -171,7 +234,7 @@ def through_tunnel(agent_port: int, source: Source, streams: int, size: int, sec
         total, ok = 0, False
         try:
             with socket.create_connection(("127.0.0.1", agent_port), timeout=10) as sock:
-                sock.sendall(f"CONNECT 127.0.0.1:{source.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                sock.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 head = b""
                 while b"\r\n\r\n" not in head:
                     data = sock.recv(1)
@@ -179,7 +242,7 @@ def through_tunnel(agent_port: int, source: Source, streams: int, size: int, sec
                         break
                     head += data
                 if head.startswith(b"HTTP/1.1 200"):
-                    total, ok = receive(sock, size, deadline)
+                    total, ok = send(sock, size, deadline) if upload else receive(sock, size, deadline)
         except OSError:
             pass
         with lock:
@@ -198,32 +261,33 @@ def through_tunnel(agent_port: int, source: Source, streams: int, size: int, sec
         "mb": moved / 1e6,
         "seconds": elapsed,
         "mb_s": moved / 1e6 / elapsed if elapsed else 0.0,
+        "fastest_s": min((r[2] for r in results if r[1]), default=None),
         "slowest_s": max((r[2] for r in results if r[1]), default=None),
     }
 
 
-def run(loss: float, streams: int, mb: float, seconds: float) -> dict:
+def run(loss: float, streams: int, mb: float, seconds: float, hook: str = "input", direction: str = "down") -> dict:
     size = int(mb * (1 << 20))
     work = Path(tempfile.mkdtemp(prefix="fluidity-loss-"))
     certs = make_certs(work / "certs")
     server_port, baseline_port = free_port(), free_port()
-    lossy([server_port, baseline_port], loss)
+    lossy([server_port, baseline_port], loss, hook)
     plain = baseline(baseline_port, streams * size, seconds)
     plain["packets"], plain["dropped"] = packet_counts()
-    source = Source(size)
+    target = Sink() if direction == "up" else Source(size)
     server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work)
     agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work)
     try:
         wait_connected(agent, 30)
         before = packet_counts()
-        tunnel = through_tunnel(agent.port, source, streams, size, seconds)
+        tunnel = through_tunnel(agent.port, target, streams, size, seconds)
         after = packet_counts()
         tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
-        reconnects = agent.log().count("tunnel to ") - 1
+        reconnects = agent.log().count(" is up") - 1  # "tunnel to ... is up": once, unless it reconnected
     finally:
         agent.stop()
         server.stop()
-    return {"loss_percent": loss, "baseline": plain, "tunnel": tunnel, "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None, "agent_log_lines_about_the_tunnel": reconnects}
+    return {"loss_percent": loss, "direction": direction, "baseline": plain, "tunnel": tunnel, "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None, "reconnects": reconnects}
 
 
 def main() -> int:
@@ -232,18 +296,22 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--mb", type=float, default=10.0, help="MB per stream")
     parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--hook", choices=("input", "output"), default="input", help="where packets are dropped: input sees one segment a packet, output 64 KiB GSO bursts")
+    parser.add_argument("--direction", choices=("down", "up"), default="down", help="downloads (destination to client) or uploads")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not in_own_namespace():
         return reexec_in_namespace()
-    result = run(args.loss, args.streams, args.mb, args.seconds)
+    result = run(args.loss, args.streams, args.mb, args.seconds, args.hook, args.direction)
     if args.json:
         print(json.dumps(result))
         return 0
     t, b = result["tunnel"], result["baseline"]
     print(f"{args.loss:g}% loss each way on the tunnel's hop")
     print(f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} of {b['packets']} packets dropped)")
-    print(f"  {t['streams']} streams x {args.mb:g} MB through Fluidity: {t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s ({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)")
+    print(f"  {t['streams']} {'uploads' if args.direction == 'up' else 'downloads'} x {args.mb:g} MB through Fluidity: {t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s ({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)")
+    if t["finished"]:
+        print(f"  streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
     return 0
 
 
