@@ -417,3 +417,17 @@ def test_a_complete_exchange_never_resets_the_origin(pair, destinations):
         assert sock.recv(4096).endswith(b"ok\n")
         sock.close()
         assert dest.endings.get(timeout=15)[0] == "eof", front
+
+
+def test_server_http11_front_reads_tls_ending_without_close_notify_as_an_abort(pair, certs, destinations):
+    """A truncation: TCP EOF under TLS with no close_notify is not a clean end."""
+    server, agent = pair
+    dest = destinations(record_ending)
+    sock = tls_to_server(certs, server)
+    connect_over_tls(sock, dest.authority)
+    sock.sendall(pattern(256 << 10))
+    wait_until(lambda: dest.received >= 256 << 10, 10)
+    sock.shutdown(socket.SHUT_WR)  # SSLSocket.shutdown: a bare TCP FIN, no close_notify
+    how, total = dest.endings.get(timeout=15)
+    sock.close()
+    assert how == "reset", (how, total)
