@@ -265,3 +265,43 @@ def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(wo
         assert agent.stop() == 0
         front.close()
     agent.assert_no_unhandled_errors()
+
+
+def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
+    """Issue 25, item 2: wake, status and kill go through the same proxy as the tunnel, by
+    CONNECT with the control plane's name left to the proxy (real tinyproxy, Basic auth)."""
+    import shutil
+    import subprocess
+
+    from support import free_port, wait_for_port
+
+    binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+    assert shutil.which(binary), "tinyproxy is needed (apt-get install tinyproxy; .ci/run installs it)"
+    port = free_port()
+    conf = tmp_path / "tinyproxy.conf"
+    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 32\nAllow 127.0.0.1\nBasicAuth corp pw-1\nLogLevel Connect\n")
+    proxy_log = tmp_path / "tinyproxy.log"
+    with open(proxy_log, "wb") as out:
+        proxy = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, process=proxy)
+        named = world.plane.url.replace("127.0.0.1", "localhost")  # a name, for the proxy to resolve
+        config = world.agent_config(wake_endpoint=f"{named}/wake", kill_endpoint=f"{named}/kill")
+        config["upstream_proxy"] = f"http://corp:pw-1@127.0.0.1:{port}"
+        agent = start_twistd("agent", config, tmp_path)
+        try:
+            wait_connected(agent, 20)
+            plane_port = world.plane.url.rsplit(":", 1)[1]
+            seen = proxy_log.read_text()
+            assert f"localhost:{plane_port}" in seen, seen  # wake and status went through the proxy, by name
+            assert f"127.0.0.1:{world.server_config['port']}" in seen  # and so did the tunnel
+            before = seen.count(f"localhost:{plane_port}")
+        finally:
+            assert agent.stop() == 0
+        assert world.aws.desired_count(world.service) == 0  # the kill arrived ...
+        assert proxy_log.read_text().count(f"localhost:{plane_port}") > before  # ... through the proxy
+        assert "pw-1" not in agent.log()
+        agent.assert_no_unhandled_errors()
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

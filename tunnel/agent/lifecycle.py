@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
+from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import Settings, ConfigError
 
 log = Logger(namespace="fluidity.lifecycle")
@@ -39,6 +40,7 @@ class LifecycleSettings:
     retry_interval: float
     request_timeout: float
     kill_on_exit: bool
+    upstream_proxy: str = ""  # the tunnel's proxy setting: every request the agent makes takes it
 
 
 def settings_from(config: Settings) -> LifecycleSettings | None:
@@ -81,6 +83,7 @@ def settings_from(config: Settings) -> LifecycleSettings | None:
         retry_interval=config.lifecycle.wake_retry_interval,
         request_timeout=config.lifecycle.request_timeout,
         kill_on_exit=kill_on_exit,
+        upstream_proxy=config.upstream_proxy,
     )
 
 
@@ -117,7 +120,9 @@ class ControlPlaneClient:
     def __init__(self, reactor, settings: LifecycleSettings, http_agent=None) -> None:
         self.reactor = reactor
         self.settings = settings
-        self.http = http_agent or Agent(reactor, connectTimeout=settings.request_timeout, pool=_quiet_pool(reactor))
+        # The same proxy choice and CONNECT as the tunnel, the name left to the proxy.
+        endpoints = ProxiedEndpoints(reactor, settings.upstream_proxy, settings.request_timeout)
+        self.http = http_agent or Agent.usingEndpointFactory(reactor, endpoints, pool=_quiet_pool(reactor))
 
     def wake(self) -> defer.Deferred:
         return self._call(b"POST", self.settings.wake_url, "wake")
@@ -182,10 +187,24 @@ def _safe(url: str) -> str:
 
 
 def _short(error: BaseException) -> str:
+    """A connection failure in words (Twisted's own strings are often reprs)."""
+    from twisted.internet import error as e
+
     reasons = getattr(error, "reasons", None)  # twisted.web's ResponseNeverReceived & co.
     if reasons:
-        return "; ".join(r.getErrorMessage() for r in reasons)
-    return str(error) or type(error).__name__
+        return "; ".join(_short(r.value) for r in reasons)
+    if isinstance(error, e.DNSLookupError):
+        return "its name does not resolve here (behind a proxy, set upstream_proxy or $HTTPS_PROXY: the proxy resolves it)"
+    if isinstance(error, (e.TimeoutError, e.ConnectingCancelledError, defer.TimeoutError)):
+        return "timed out connecting"
+    if isinstance(error, e.ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, e.ConnectError) and error.osError is not None:
+        return str(error.osError)
+    text = str(error)
+    if not text or text.startswith(("(", "HostnameAddress", "<")):
+        return type(error).__name__
+    return text
 
 
 class ServerLocator:

@@ -139,7 +139,7 @@ class Agent(service.Service):
         d.addTimeout(KILL_TIMEOUT, self.reactor)
         d.addCallbacks(
             lambda status: log.info("server is {status}", status=status.get("status", "?")),
-            lambda failure: log.warn("could not stop the server: {error}", error=failure.getErrorMessage() or "timed out"),
+            lambda failure: log.warn("could not stop the server: {error}", error=f"no answer within {KILL_TIMEOUT:g}s" if failure.check(defer.TimeoutError) else failure.getErrorMessage()),
         )
         return d
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from tunnel.wire.addresses import Destination
 from tunnel.wire.mux import TunnelMux
 from tunnel.opener import OpenFailed
-from tunnel.agent.upstream import HTTPConnectEndpoint, proxy_for
+from tunnel.agent.upstream import route
 
 log = Logger(namespace="fluidity.agent")
 
@@ -105,11 +105,9 @@ class TunnelClient:
         self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
 
     def _tcp_endpoint(self):
-        proxy = proxy_for(self.upstream_proxy, self.host)
+        endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout)
         self._via = f" via {proxy.display}" if proxy else ""
-        if proxy is None:
-            return HostnameEndpoint(self.reactor, self.host, self.port, timeout=self.connect_timeout)
-        return HTTPConnectEndpoint(self.reactor, proxy, self.host, self.port, self.connect_timeout)
+        return endpoint
 
     def _locate(self) -> None:
         wake = self._want_wake or bool(self._waiters)

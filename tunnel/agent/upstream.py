@@ -1,6 +1,12 @@
 """Reaching the server through a corporate HTTP proxy: `CONNECT server:8443`, then the
 same mutually-authenticated TLS inside, exactly as without the proxy.
 
+`route` is the one way the agent reaches any host, the tunnel and the control plane
+alike: through the same proxy choice (configured, else $HTTPS_PROXY unless $NO_PROXY
+covers the host), by CONNECT with the host's name left to the proxy, since such laptops
+often cannot resolve names themselves. `ProxiedEndpoints` gives Twisted's HTTP client
+that route for every URL.
+
 `HTTPConnectEndpoint` is an `IStreamClientEndpoint`, so the tunnel client wraps it with
 `wrapClientTLS` like any other endpoint. The proxy's answer is parsed with h11; anything
 but a 2xx fails the connection attempt with the proxy's status and reason.
@@ -15,8 +21,10 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory
 from twisted.internet.protocol import Factory, Protocol
 from zope.interface import implementer
 
@@ -155,3 +163,27 @@ class HTTPConnectEndpoint:
         connecting.addErrback(lambda f: done.errback(f) if not done.called else None)
         done.chainDeferred(result)
         return result
+
+
+def route(reactor, configured: str, host: str, port: int, timeout: float, environ=os.environ) -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
+    """How the agent reaches host:port, and the proxy it goes through (None: direct)."""
+    proxy = proxy_for(configured, host, environ)
+    if proxy is None:
+        return HostnameEndpoint(reactor, host, port, timeout=timeout), None
+    return HTTPConnectEndpoint(reactor, proxy, host, port, timeout), proxy
+
+
+@implementer(IAgentEndpointFactory)
+class ProxiedEndpoints:
+    """For twisted.web's Agent: each request's connection takes `route`, then TLS for https."""
+
+    def __init__(self, reactor, configured: str, timeout: float, tls_policy=None, environ=os.environ) -> None:
+        self.reactor, self.configured, self.timeout, self.environ = reactor, configured, timeout, environ
+        self.tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri):
+        host = uri.host.decode("ascii")
+        endpoint, _ = route(self.reactor, self.configured, host, uri.port, self.timeout, self.environ)
+        if uri.scheme == b"https":
+            endpoint = wrapClientTLS(self.tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint

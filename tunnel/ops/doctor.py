@@ -123,8 +123,10 @@ def _status(config, url: str, checks: list[Check], timeout: float) -> dict | Non
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
+    # The agent's own route: the configured proxy, else $HTTPS_PROXY / $NO_PROXY (urllib's default).
+    handlers = [urllib.request.ProxyHandler({"http": config.upstream_proxy, "https": config.upstream_proxy})] if config.upstream_proxy else []
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
             status = json.load(answer)
     except urllib.error.HTTPError as e:
         fix = "check lifecycle.api_key (`pulumi stack output apiKey --show-secrets`)" if e.code == 403 else "see the control plane's logs"
