@@ -431,3 +431,66 @@ def test_server_http11_front_reads_tls_ending_without_close_notify_as_an_abort(p
     how, total = dest.endings.get(timeout=15)
     sock.close()
     assert how == "reset", (how, total)
+
+
+# -- absolute-form http://: the request and the response bodies ---------------------------------
+
+
+def head_then_reset(dest: Destination, conn: socket.socket) -> None:
+    """An origin that starts a long response and resets partway through it."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = conn.recv(4096)
+        if not data:
+            conn.close()
+            return
+        head += data
+    try:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + pattern(1 << 20))
+        time.sleep(0.3)
+    except OSError:
+        pass
+    reset(conn)
+
+
+def http_get(agent_port: int, authority: str, version: str = "1.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", agent_port), timeout=10)
+    sock.sendall(f"GET http://{authority}/big HTTP/{version}\r\nHost: {authority}\r\n\r\n".encode())
+    return sock
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+def test_an_http_origin_reset_mid_body_reaches_the_client_as_a_reset(pair, destinations, version):
+    server, agent = pair
+    dest = destinations(head_then_reset)
+    with http_get(agent.port, dest.authority, version) as sock:
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+def test_the_agent_killed_mid_http_body_reaches_the_client_as_a_reset(pair, destinations):
+    server, agent = pair
+    def answer_forever(dest: Destination, conn: socket.socket) -> None:
+        conn.recv(4096)
+        conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+        stream_forever(dest, conn)
+
+    dest = destinations(answer_forever)
+    with http_get(agent.port, dest.authority, "1.0") as sock:  # close-delimited: only the ending tells
+        got = 0
+        while got < 1 << 20:
+            got += len(sock.recv(1 << 20))
+        agent.process.kill()
+        total, how = ending(sock)
+    assert how == "reset", (total, how)
+
+
+def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, destinations):
+    server, agent = pair
+    dest = destinations(record_ending)
+    sock = socket.create_connection(("127.0.0.1", agent.port), timeout=10)
+    sock.sendall(f"POST http://{dest.authority}/up HTTP/1.1\r\nHost: {dest.authority}\r\nContent-Length: 100000000\r\n\r\n".encode() + pattern(1 << 20))
+    wait_until(lambda: dest.received >= 1 << 20, 10)
+    reset(sock)
+    how, total = dest.endings.get(timeout=15)
+    assert how == "reset", (how, total)
