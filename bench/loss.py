@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support import agent_config, free_port, make_certs, pattern, server_config, start_twistd, wait_connected  # noqa: E402
+from support import Listener, agent_config, free_port, make_certs, pattern, read_head_exactly, server_config, start_twistd, wait_connected  # noqa: E402
 
 BLOCK = pattern(1 << 20)
 
@@ -85,25 +85,12 @@ table inet fluidity_loss {{
     subprocess.run(["nft", "-f", "-"], input=rules.encode(), check=True)
 
 
-class Source:
+class Source(Listener):
     """Sends `size` bytes to every connection, then closes it cleanly."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._send, args=(conn,), daemon=True).start()
+        super().__init__(self._send)
 
     def _send(self, conn: socket.socket) -> None:
         with conn:
@@ -117,24 +104,11 @@ class Source:
                 pass
 
 
-class Sink:
+class Sink(Listener):
     """Reads each connection to its end, then answers with the count and SHA-256 it read."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(256)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+        super().__init__(self._read)
 
     def _read(self, conn: socket.socket) -> None:
         with conn:
@@ -235,13 +209,7 @@ def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: fl
         try:
             with socket.create_connection(("127.0.0.1", agent_port), timeout=10) as sock:
                 sock.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                head = b""
-                while b"\r\n\r\n" not in head:
-                    data = sock.recv(1)
-                    if not data:
-                        break
-                    head += data
-                if head.startswith(b"HTTP/1.1 200"):
+                if read_head_exactly(sock).startswith(b"HTTP/1.1 200"):
                     total, ok = send(sock, size, deadline) if upload else receive(sock, size, deadline)
         except OSError:
             pass

@@ -300,6 +300,48 @@ def https_context(directory: Path) -> tuple[ssl.SSLContext, str]:
     return context, str(directory / "origin-ca.pem")
 
 
+class Listener:
+    """Accepts on 127.0.0.1 and hands each connection to `serve(conn)` in a thread of its own."""
+
+    def __init__(self, serve, receive_buffer: int | None = None, backlog: int = 256) -> None:
+        self.serve = serve
+        self.accepted: list[socket.socket] = []
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if receive_buffer is not None:  # inherited by accepted sockets
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.authority = f"127.0.0.1:{self.port}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def read_head_exactly(sock: socket.socket) -> bytes:
+    """An HTTP head read a byte at a time: what follows it stays in the socket for the caller."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(1)
+        if not data:
+            break
+        head += data
+    return head
+
+
 class EchoServer:
     """Plain TCP echo: what goes in comes back, until the client half-closes."""
 

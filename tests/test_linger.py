@@ -14,6 +14,7 @@ import termios
 import threading
 import time
 
+import support
 from support import pattern, proxy_connect, wait_until
 
 ESTABLISHED = 1
@@ -23,32 +24,8 @@ def tcp_state(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
 
 
-class Listener:
-    """Accepts on loopback and hands each connection to `serve` in a thread."""
-
-    def __init__(self, serve) -> None:
-        self.serve = serve
-        self.accepted: list[socket.socket] = []
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)  # inherited: fills fast
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted.append(conn)
-            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.accepted:
-            conn.close()
+def Listener(serve) -> support.Listener:
+    return support.Listener(serve, receive_buffer=16384, backlog=16)  # a small buffer fills fast
 
 
 def never_read(conn: socket.socket) -> None:

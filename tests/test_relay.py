@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from support import pattern, wait_until
+from support import Listener, pattern, read_head, read_head_exactly, wait_until
 from test_socks import connect_request, socks_open
 
 CHUNK = 64 * 1024
@@ -46,30 +46,14 @@ def ending(sock: socket.socket, seconds: float = 15.0) -> tuple[int, str]:
         return total, "hang"
 
 
-class Destination:
-    """A loopback TCP listener whose connections behave as `serve` says, in threads."""
+class Destination(Listener):
+    """A loopback TCP listener whose connections behave as `serve(dest, conn)` says; what
+    they saw is kept in `endings` and `received`."""
 
     def __init__(self, serve) -> None:
-        self.serve = serve
         self.endings: queue.Queue = queue.Queue()
         self.received = 0
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.authority = f"127.0.0.1:{self.port}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.serve, args=(self, conn), daemon=True).start()
-
-    def close(self) -> None:
-        self.sock.close()
+        super().__init__(lambda conn: serve(self, conn), backlog=16)
 
 
 def send_then_reset(size: int):
@@ -98,9 +82,6 @@ def stream_forever(dest: Destination, conn: socket.socket) -> None:
 
 def record_ending(dest: Destination, conn: socket.socket) -> None:
     """Read everything; report how the connection ended."""
-    def count(n: int) -> None:
-        dest.received += n
-
     with conn:
         conn.settimeout(30)
         total = 0
@@ -111,7 +92,7 @@ def record_ending(dest: Destination, conn: socket.socket) -> None:
                     dest.endings.put(("eof", total))
                     return
                 total += len(data)
-                count(len(data))
+                dest.received += len(data)
         except ConnectionResetError:
             dest.endings.put(("reset", total))
         except OSError:
@@ -136,11 +117,7 @@ def open_through(front: str, agent_port: int, authority: str) -> socket.socket:
     if front == "connect":
         sock = socket.create_connection(("127.0.0.1", agent_port), timeout=10)
         sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-        head = b""
-        while b"\r\n\r\n" not in head:  # a byte at a time: what follows the head is the test's
-            data = sock.recv(1)
-            assert data, head
-            head += data
+        head = read_head_exactly(sock)  # what follows the head is the test's
         assert head.startswith(b"HTTP/1.1 200"), head
         return sock
     sock, choice, answer = socks_open(agent_port, connect_request(host, int(port)))
@@ -163,8 +140,9 @@ def test_a_destination_reset_mid_download_reaches_the_client_as_a_reset(pair, de
         assert total <= 4 << 20
 
 
+@pytest.mark.parametrize("who", ["server", "agent"])
 @pytest.mark.parametrize("front", FRONTS)
-def test_the_server_killed_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
+def test_a_process_killed_mid_download_reaches_the_client_as_a_reset(pair, destinations, front, who):
     server, agent = pair
     dest = destinations(stream_forever)
     sock = open_through(front, agent.port, dest.authority)
@@ -172,21 +150,7 @@ def test_the_server_killed_mid_download_reaches_the_client_as_a_reset(pair, dest
         got = 0
         while got < 2 << 20:
             got += len(sock.recv(1 << 20))
-        server.process.kill()
-        total, how = ending(sock)
-    assert how == "reset", (total, how)
-
-
-@pytest.mark.parametrize("front", FRONTS)
-def test_the_agent_killed_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
-    server, agent = pair
-    dest = destinations(stream_forever)
-    sock = open_through(front, agent.port, dest.authority)
-    with sock:
-        got = 0
-        while got < 2 << 20:
-            got += len(sock.recv(1 << 20))
-        agent.process.kill()
+        (agent if who == "agent" else server).process.kill()
         total, how = ending(sock)
     assert how == "reset", (total, how)
 
@@ -276,11 +240,7 @@ def tls_to_server(certs, server) -> ssl.SSLSocket:
 
 def connect_over_tls(sock: ssl.SSLSocket, authority: str) -> None:
     sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(1)
-        assert data, head
-        head += data
+    head = read_head_exactly(sock)
     assert head.startswith(b"HTTP/1.1 200"), head
 
 
@@ -311,13 +271,9 @@ def test_server_http11_front_passes_a_client_abort_on_as_a_reset(pair, certs, de
 
 def upgrade_then(serve_after):
     def serve(dest: Destination, conn: socket.socket) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = conn.recv(4096)
-            if not data:
-                conn.close()
-                return
-            head += data
+        if b"\r\n\r\n" not in read_head(conn):
+            conn.close()
+            return
         conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
         serve_after(dest, conn)
 
@@ -330,11 +286,7 @@ def ws_upgrade(agent_port: int, authority: str) -> socket.socket:
         f"GET http://{authority}/ws HTTP/1.1\r\nHost: {authority}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
     )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(1)
-        assert data, head
-        head += data
+    head = read_head_exactly(sock)
     assert head.startswith(b"HTTP/1.1 101"), head
     return sock
 
@@ -385,14 +337,10 @@ def answer_then_record(dest: Destination, conn: socket.socket) -> None:
     """An HTTP origin: one answer, then how the connection ended (keep-alive: the proxy ends it)."""
     with conn:
         conn.settimeout(30)
-        head = b""
         try:
-            while b"\r\n\r\n" not in head:
-                data = conn.recv(4096)
-                if not data:
-                    dest.endings.put(("eof before a request", 0))
-                    return
-                head += data
+            if b"\r\n\r\n" not in read_head(conn):
+                dest.endings.put(("eof before a request", 0))
+                return
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
             while conn.recv(4096):
                 pass
@@ -438,13 +386,9 @@ def test_server_http11_front_reads_tls_ending_without_close_notify_as_an_abort(p
 
 def head_then_reset(dest: Destination, conn: socket.socket) -> None:
     """An origin that starts a long response and resets partway through it."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = conn.recv(4096)
-        if not data:
-            conn.close()
-            return
-        head += data
+    if b"\r\n\r\n" not in read_head(conn):
+        conn.close()
+        return
     try:
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + pattern(1 << 20))
         time.sleep(0.3)
