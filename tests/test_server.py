@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from support import curl
+from support import curl, read_head
 
 
 def _via_server(tunnel, https_origin, cert: str | None, key: str | None, proxy_host: str = "127.0.0.1", extra=()):
@@ -107,11 +107,6 @@ def test_http11_connect_with_content_is_400(tunnel, echo):
         sock = tls_to_server(tunnel.certs, tunnel.server)
         with sock:
             sock.sendall(f"CONNECT 127.0.0.1:{echo.port} HTTP/1.1\r\nHost: x\r\n".encode() + framing)
-            answer = b""
-            while b"\r\n\r\n" not in answer:
-                data = sock.recv(4096)
-                if not data:
-                    break
-                answer += data
+            answer = read_head(sock)
         assert answer.startswith(b"HTTP/1.1 400"), answer
     assert echo.connections == before
