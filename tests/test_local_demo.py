@@ -95,3 +95,23 @@ def test_help_describes_every_option_of_local():
     text = " ".join(done.stdout.split())
     for option, words in (("--certs", "development CA"), ("--configs", "server.local.yaml"), ("--server-port", "TLS port"), ("--proxy-port", "proxy port")):
         assert option in text and words in text, (option, text)
+
+
+def test_it_restarts_at_once_on_the_same_ports(tmp_path, http_origin):
+    """Issue 26, item 2: connections left in TIME_WAIT by the last run are not 'in use'."""
+    server_port, proxy_port = free_port(), free_port()
+    for run in range(2):
+        process = _start(tmp_path, server_port, proxy_port)
+        try:
+            def proxied():
+                r = curl("-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/again", timeout=5)
+                return r.stdout.startswith(b"hello from http-origin /again")
+
+            wait_until(proxied, 20, interval=0.3)
+            for _ in range(5):  # the agent closes these itself: TIME_WAIT on its own port
+                curl(f"http://127.0.0.1:{proxy_port}/health", timeout=5)
+        finally:
+            process.send_signal(signal.SIGINT)
+            out = process.communicate(timeout=40)[0].decode()
+        assert process.returncode == 0, (run, out)
+        assert "already in use" not in out
