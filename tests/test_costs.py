@@ -99,3 +99,12 @@ def test_leaving_monitoring_out_is_what_keeps_a_stopped_month_under_two_cents_at
     dropped = with_monitoring.total(with_monitoring.stopped, "high") - without.total(without.stopped, "high")
     assert round(dropped, 2) == 3.90  # nine alarms and one dashboard
     assert not [line for line in without.stopped if line.item.startswith(("alarms", "dashboard"))]
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`fluidity cost --json | head -c 20` (issue 26, item 7): no BrokenPipeError traceback."""
+    stack = tmp_path / "Pulumi.mine.yaml"
+    stack.write_text("config:\n  aws:region: eu-west-1\n")
+    done = subprocess.run(f"'{FLUIDITY}' cost --stack '{stack}' --json | head -c 20", shell=True, capture_output=True, text=True, timeout=60)
+    assert len(done.stdout) == 20
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from support import curl, read_head
 
 
@@ -46,12 +48,19 @@ def test_client_that_expects_another_name_refuses_the_server(tunnel, https_origi
     assert ok.returncode == 0, ok.stderr
 
 
-def test_non_connect_method_is_405(tunnel):
+@pytest.mark.parametrize("version", ["--http2", "--http1.1"])
+def test_non_connect_method_is_405(tunnel, version):
     result = curl(
-        "-w", "%{http_code}", "--cacert", tunnel.certs.path("ca.pem"), "--cert", tunnel.certs.path("client.pem"), "--key", tunnel.certs.path("client.key"),
+        "-i", version, "--cacert", tunnel.certs.path("ca.pem"), "--cert", tunnel.certs.path("client.pem"), "--key", tunnel.certs.path("client.key"),
         f"https://127.0.0.1:{tunnel.server.port}/", timeout=10,
     )
-    assert result.stdout.endswith(b"405"), result
+    assert b" 405" in result.stdout.split(b"\r\n", 1)[0], result
+    assert b"--proxytunnel" in result.stdout  # it says how to use it (issue 26, item 7): body or Proxy-Status
+
+
+def test_an_egress_refusal_names_the_setting_that_opens_it(tunnel):
+    result = curl("-x", tunnel.proxy, "http://169.254.169.254/latest/meta-data/", timeout=10)
+    assert b"egress policy refuses 169.254.169.254:80" in result.stdout and b"egress_allow" in result.stdout, result
 
 
 def test_http11_egress_refusal_is_403(tunnel):

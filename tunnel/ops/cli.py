@@ -339,6 +339,17 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`fluidity ...`; a reader that stops early (`fluidity cost --json | head`) is no error."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     parser = OneLineParser(prog="fluidity", description="Fluidity personal tunnel")
     parser.add_argument("--version", action="version", version=f"fluidity {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -77,7 +77,7 @@ class DirectOpener:
             suppressed = _refusals("egress")
             if suppressed is not None:
                 log.info("egress refused {host}:{port}: {reason}{more}", host=host, port=port, reason=str(e), more=more(suppressed))
-            raise OpenFailed(403, f"egress policy refuses {destination.authority}: {e}")
+            raise OpenFailed(403, f"egress policy refuses {destination.authority}: {e} (the server's egress_allow setting opens chosen ranges)")
         deadline = self.reactor.seconds() + self.dial_timeout
         last_error = "no address"
         for text in texts:

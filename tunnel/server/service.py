@@ -48,7 +48,7 @@ class ConnectFront(HttpFront):
     def handle_event(self, event) -> None:
         if isinstance(event, h11.Request):
             if event.method != b"CONNECT":
-                self.fail(405, "this server only tunnels CONNECT requests", (("Allow", "CONNECT"),))
+                self.fail(405, "this server only tunnels CONNECT requests: use it as a proxy that tunnels (curl --proxy https://SERVER --proxytunnel, or any HTTPS-proxy client)", (("Allow", "CONNECT"),))
                 return
             try:
                 destination = parse_authority(event.target)

@@ -379,7 +379,7 @@ class TunnelConnection:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if headers.get(b":method") != b"CONNECT" or b":protocol" in headers:
-            self._answer(sid, 405, "only CONNECT is supported")
+            self._answer(sid, 405, "only CONNECT is supported: use this server as a proxy that tunnels (curl --proxy https://SERVER --proxytunnel)")
             return
         try:
             destination = parse_authority(headers.get(b":authority", b""))
