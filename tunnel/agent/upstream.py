@@ -14,7 +14,6 @@ but a 2xx fails the connection attempt with the proxy's status and reason.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -26,11 +25,14 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from tunnel.agent.proxy_auth import MAX_ROUNDS, ProxyAuthenticator, ProxyAuthError
 from tunnel.wire.addresses import format_authority
 
 MAX_ANSWER_HEAD = 16 * 1024
+log = Logger(namespace="fluidity.agent")
 
 
 class UpstreamProxyError(Exception):
@@ -50,10 +52,6 @@ class UpstreamProxy:
         user = f"{self.username}@" if self.username else ""
         return f"http://{user}{format_authority(self.host, self.port)}"
 
-    def authorization(self) -> bytes | None:
-        if not self.username:
-            return None
-        return b"Basic " + base64.b64encode(f"{self.username}:{self.password}".encode())
 
 
 def parse_proxy_url(url: str) -> UpstreamProxy:
@@ -90,53 +88,139 @@ def proxy_for(configured: str, server_host: str, environ=os.environ) -> Upstream
 
 
 class _ConnectHandshake(Protocol):
-    """Sends CONNECT, reads the answer, then hands the connection to the real protocol."""
+    """Sends CONNECT, answers the proxy's authentication challenges (on this connection
+    while the proxy keeps it, else on a new one), then hands the connection to the real
+    protocol once the proxy says 2xx."""
 
-    def __init__(self, factory: Factory, target: str, authorization: bytes | None, done: defer.Deferred) -> None:
-        self.wrapped_factory = factory  # (`factory` is set by Factory.buildProtocol)
-        self.target = target
+    def __init__(self, attempt: "_Attempt", authorization: str | None) -> None:
+        self.attempt = attempt
         self.authorization = authorization
-        self.done = done
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEAD)
         self.inner: Protocol | None = None
+        self._refusal: h11.Response | None = None
+        self._handed_on = False  # it asked for a new connection: its close is expected
 
     def connectionMade(self) -> None:
-        headers = [(b"host", self.target.encode()), (b"user-agent", b"fluidity-agent")]
+        self._send_connect()
+
+    def _send_connect(self) -> None:
+        target = self.attempt.target
+        headers = [(b"host", target.encode()), (b"user-agent", b"fluidity-agent")]
         if self.authorization:
-            headers.append((b"proxy-authorization", self.authorization))
-        self.transport.write(self.h11.send(h11.Request(method=b"CONNECT", target=self.target.encode(), headers=headers)))
+            headers.append((b"proxy-authorization", self.authorization.encode()))
+        self.transport.write(self.h11.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers)))
+        self.h11.send(h11.EndOfMessage())
 
     def dataReceived(self, data: bytes) -> None:
         self.h11.receive_data(data)
-        try:
-            event = self.h11.next_event()
-        except h11.RemoteProtocolError as e:
-            return self._fail(f"bad answer from the upstream proxy: {e}")
-        if event is h11.NEED_DATA:
-            return
-        if not isinstance(event, h11.Response) or not 200 <= event.status_code < 300:
-            status = getattr(event, "status_code", "?")
-            reason = getattr(event, "reason", b"").decode("latin-1", "replace")
-            return self._fail(f"upstream proxy refused CONNECT {self.target}: {status} {reason}".rstrip())
+        self._process()
+
+    def _process(self) -> None:
+        while self.inner is None and not self._handed_on:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                return self._fail(f"bad answer from the upstream proxy: {e}")
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Response) and 200 <= event.status_code < 300:
+                return self._connected()
+            if isinstance(event, h11.Response):
+                self._refusal = event
+            elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                return self._refused(self._refusal)
+
+    def _connected(self) -> None:
         leftover, _ = self.h11.trailing_data
-        self.inner = self.wrapped_factory.buildProtocol(self.transport.getPeer())
+        self.inner = self.attempt.factory.buildProtocol(self.transport.getPeer())
         # From now on the socket's events go straight to the TLS layer.
         self.dataReceived = self.inner.dataReceived
         self.connectionLost = self.inner.connectionLost
         self.inner.makeConnection(self.transport)
-        if not self.done.called:
-            self.done.callback(self.inner)
+        auth = self.attempt.auth
+        if self.authorization and auth.scheme:
+            log.info("authenticated to the upstream proxy with {scheme} as {user}", scheme={"ntlm": "NTLM"}.get(auth.scheme, auth.scheme.capitalize()), user=auth.username or "the logged-in user")
+        self.attempt.succeeded(self.inner)
         if leftover:
             self.inner.dataReceived(leftover)
 
+    def _refused(self, response: h11.Response | None) -> None:
+        status = getattr(response, "status_code", "?")
+        reason = getattr(response, "reason", b"").decode("latin-1", "replace")
+        refused = f"upstream proxy refused CONNECT {self.attempt.target}: {status} {reason}".rstrip()
+        challenges = [v.decode("latin-1") for n, v in (response.headers if response is not None else []) if n == b"proxy-authenticate"]
+        if status not in (401, 407) or not challenges:
+            return self._fail(refused + port_hint(status, self.attempt.port))
+        try:
+            header = self.attempt.auth.answer(challenges, "CONNECT", self.attempt.target)
+        except ProxyAuthError as e:
+            return self._fail(f"{refused}: {e}")
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()  # the proxy keeps the connection: answer on it
+            self._refusal = None
+            self.authorization = header
+            self._send_connect()
+            return
+        self.attempt.auth.restart()
+        if self.attempt.auth.scheme is None:  # a connection-bound handshake begins again there
+            try:
+                header = self.attempt.auth.answer(challenges, "CONNECT", self.attempt.target)
+            except ProxyAuthError as e:
+                return self._fail(f"{refused}: {e}")
+        self._handed_on = True
+        self.attempt.again(header)
+        self.transport.loseConnection()
+
     def _fail(self, message: str) -> None:
-        if not self.done.called:
-            self.done.errback(UpstreamProxyError(message))
+        self.attempt.failed(UpstreamProxyError(message))
         self.transport.abortConnection()
 
     def connectionLost(self, reason=None) -> None:
+        if self._refusal is not None and not self._handed_on:  # a refusal whose body ends with the connection
+            self.h11.receive_data(b"")
+            self._process()
+        if not self._handed_on:
+            self.attempt.failed(UpstreamProxyError("the upstream proxy closed the connection during CONNECT"))
+
+
+def port_hint(status, port: int) -> str:
+    """A proxy refusing a CONNECT to any port but 443 is a stock squid's rule (SSL_ports)."""
+    if status in (403, 405) and port != 443:
+        return (f"; many proxies (a stock squid among them) allow CONNECT to port 443 only: run the server on 443"
+                f" (`pulumi config set containerPort 443`, then server_port: 443 in the agent's config)")
+    return ""
+
+
+class _Attempt:
+    """One CONNECT through the proxy, over as many proxy connections as authentication needs."""
+
+    def __init__(self, endpoint: "HTTPConnectEndpoint", factory: Factory) -> None:
+        self.endpoint, self.factory = endpoint, factory
+        self.target, self.port = endpoint.target, endpoint.port
+        self.auth = ProxyAuthenticator(endpoint.proxy.username, endpoint.proxy.password, endpoint.proxy.host)
+        self.done: defer.Deferred = defer.Deferred()
+        self.connecting: defer.Deferred | None = None
+        self._connections = 0
+
+    def start(self, authorization: str | None) -> None:
+        self._connections += 1
+        if self._connections > MAX_ROUNDS + 1:
+            return self.failed(UpstreamProxyError(f"upstream proxy kept closing the connection during authentication for CONNECT {self.target}"))
+        to_proxy = HostnameEndpoint(self.endpoint.reactor, self.endpoint.proxy.host, self.endpoint.proxy.port, timeout=self.endpoint.timeout)
+        self.connecting = to_proxy.connect(Factory.forProtocol(lambda: _ConnectHandshake(self, authorization)))
+        self.connecting.addErrback(self.failed)
+
+    def again(self, authorization: str) -> None:
+        """Authenticate on a new connection (the proxy closes this one)."""
+        self.endpoint.reactor.callLater(0, lambda: None if self.done.called else self.start(authorization))
+
+    def succeeded(self, protocol) -> None:
         if not self.done.called:
-            self.done.errback(UpstreamProxyError("the upstream proxy closed the connection during CONNECT"))
+            self.done.callback(protocol)
+
+    def failed(self, failure) -> None:
+        if not self.done.called:
+            self.done.errback(failure)
 
 
 @implementer(IStreamClientEndpoint)
@@ -145,23 +229,22 @@ class HTTPConnectEndpoint:
         self.reactor = reactor
         self.proxy = proxy
         self.target = format_authority(host, port)
+        self.port = port
         self.timeout = timeout
 
     def connect(self, factory: Factory) -> defer.Deferred:
-        done: defer.Deferred = defer.Deferred()
-        to_proxy = HostnameEndpoint(self.reactor, self.proxy.host, self.proxy.port, timeout=self.timeout)
-        handshake = Factory.forProtocol(lambda: _ConnectHandshake(factory, self.target, self.proxy.authorization(), done))
-        connecting = to_proxy.connect(handshake)
+        attempt = _Attempt(self, factory)
+        attempt.start(None)  # challenge-driven: credentials go only in answer to what the proxy asks
 
         def cancel(_):
-            connecting.cancel()
-            connecting.addCallback(lambda p: p.transport.abortConnection())
-            if not done.called:
-                done.errback(defer.CancelledError())
+            if attempt.connecting is not None:
+                attempt.connecting.cancel()
+                attempt.connecting.addCallback(lambda p: p.transport.abortConnection())
+            if not attempt.done.called:
+                attempt.done.errback(defer.CancelledError())
 
         result = defer.Deferred(cancel)
-        connecting.addErrback(lambda f: done.errback(f) if not done.called else None)
-        done.chainDeferred(result)
+        attempt.done.chainDeferred(result)
         return result
 
 

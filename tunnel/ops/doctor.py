@@ -179,7 +179,8 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
 
 
 def _upstream(config, host: str, port: int, checks: list[Check], timeout: float) -> None:
-    from tunnel.agent.upstream import proxy_for
+    from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
+    from tunnel.agent.upstream import port_hint, proxy_for
 
     try:
         proxy = proxy_for(config.upstream_proxy, host or config.server_ip)
@@ -188,22 +189,64 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float)
         return
     if proxy is None:
         return
+    why = "upstream_proxy" if config.upstream_proxy else "$HTTPS_PROXY"
     target = f"{host}:{port}" if host else ""
+    auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
     try:
+        status, head = _connect_through(proxy, target, auth, timeout)
+    except ProxyAuthError as e:
+        checks.append(Check("upstream proxy", "FAIL", f"{proxy.display} (from {why}): {e}", "check the proxy's user name and password in upstream_proxy"))
+        return
+    except OSError as e:
+        checks.append(Check("upstream proxy", "FAIL", f"cannot reach {proxy.display} (from {why}): {e}", "check upstream_proxy / $HTTPS_PROXY"))
+        return
+    if not target:
+        checks.append(Check("upstream proxy", "ok", f"{proxy.display} (from {why}) accepts connections"))
+        return
+    ok = status is not None and 200 <= status < 300
+    how = f", authenticated with {auth.scheme.upper() if auth.scheme == 'ntlm' else auth.scheme.capitalize()}" if ok and auth.scheme else ""
+    fix = "" if ok else "check that the proxy allows CONNECT to this port"
+    checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} (from {why}) answered {head!r} to CONNECT {target}{how}" + ("" if ok else port_hint(status, port)), fix))
+
+
+def _connect_through(proxy, target: str, auth, timeout: float) -> tuple[int | None, str]:
+    """CONNECT as the agent does: challenge-driven authentication, on one connection while
+    the proxy keeps it. Returns the final status and status line."""
+    import h11
+
+    from tunnel.agent.proxy_auth import MAX_ROUNDS
+
+    header = None
+    for _ in range(MAX_ROUNDS + 1):
         with socket.create_connection((proxy.host, proxy.port), timeout=timeout) as sock:
             if not target:
-                checks.append(Check("upstream proxy", "ok", f"{proxy.display} accepts connections"))
-                return
-            auth = proxy.authorization()
-            request = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n" + (f"Proxy-Authorization: {auth.decode()}\r\n" if auth else "") + "\r\n"
-            sock.sendall(request.encode())
-            sock.settimeout(timeout)
-            head = sock.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
-    except OSError as e:
-        checks.append(Check("upstream proxy", "FAIL", f"cannot reach {proxy.display}: {e}", "check upstream_proxy / $HTTPS_PROXY"))
-        return
-    ok = " 200" in head
-    checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} answered {head!r} to CONNECT {target}", "" if ok else "check the proxy's credentials and that it allows CONNECT to this port"))
+                return None, ""
+            conn = h11.Connection(h11.CLIENT)
+            while True:
+                headers = [(b"host", target.encode())] + ([(b"proxy-authorization", header.encode())] if header else [])
+                sock.sendall(conn.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers)) + conn.send(h11.EndOfMessage()))
+                response, event = None, None
+                while not isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        conn.receive_data(sock.recv(65536))
+                    elif isinstance(event, h11.Response):
+                        response = event
+                        if 200 <= event.status_code < 300:
+                            return event.status_code, f"HTTP/1.1 {event.status_code} {event.reason.decode('latin-1')}"
+                line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
+                challenges = [v.decode("latin-1") for n, v in response.headers if n == b"proxy-authenticate"]
+                if response.status_code not in (401, 407) or not challenges:
+                    return response.status_code, line
+                header = auth.answer(challenges, "CONNECT", target)
+                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                    conn.start_next_cycle()
+                    continue
+                auth.restart()
+                if auth.scheme is None:
+                    header = auth.answer(challenges, "CONNECT", target)
+                break  # the proxy closed: answer on a new connection
+    return None, "no answer after authentication"
 
 
 def _aws(checks: list[Check]) -> None:
