@@ -18,7 +18,7 @@ def through_squid(tunnel, tmp_path, squid: Squid, user: str, password: str, name
     from urllib.parse import quote
 
     proxy = f"http://{quote(user)}:{quote(password)}@127.0.0.1:{squid.port}" if user else f"http://127.0.0.1:{squid.port}"
-    return start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=proxy), tmp_path, name=name)
+    return start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=proxy, tunnel_wait="1s"), tmp_path, name=name)
 
 
 @pytest.mark.parametrize("schemes, expect", [(("basic",), "Basic"), (("digest",), "Digest"), (("ntlm",), "NTLM"), (("ntlm", "digest", "basic"), "NTLM"), (("digest", "basic"), "Digest")])
