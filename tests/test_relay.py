@@ -438,3 +438,26 @@ def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, dest
     reset(sock)
     how, total = dest.endings.get(timeout=15)
     assert how == "reset", (how, total)
+
+
+def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(pair, destinations):
+    """Both sides ended cleanly, but this client stopped reading: once the linger gives up
+    on it (3 s without progress), what it then reads must end in a reset: bytes were dropped."""
+    server, agent = pair
+
+    def send_then_close(dest: Destination, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(pattern(6 << 20))  # within the stream's window: all of it reaches the agent
+
+    dest = destinations(send_then_close)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # before connecting: a small window
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", agent.port))
+    with sock:
+        sock.sendall(f"CONNECT {dest.authority} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert read_head_exactly(sock).startswith(b"HTTP/1.1 200")
+        sock.shutdown(socket.SHUT_WR)  # this side is done too: the relay closes once both are
+        time.sleep(9)  # two lingers and more, reading nothing
+        total, how = ending(sock)
+    assert (how, total < 6 << 20) == ("reset", True), (total, how)
