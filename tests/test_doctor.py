@@ -90,3 +90,9 @@ def test_aws_credentials_and_region_are_checked_when_aws_is_in_use(certs, aws, t
     without_region = {k: v for k, v in aws.env.items() if "REGION" not in k}
     code, out = doctor(agent_config(certs, 1), tmp_path, "noregion.yaml", env=without_region)
     assert "FAIL  AWS region: none set" in out and "AWS_REGION" in out
+
+
+def test_a_port_that_does_not_speak_tls_is_named_so(certs, tmp_path, http_origin):
+    """Issue 26, item 7: not a raw WRONG_VERSION_NUMBER."""
+    code, out = doctor(agent_config(certs, http_origin.port), tmp_path, "plain.yaml")
+    assert code == 1 and "not with TLS" in out and "WRONG_VERSION_NUMBER" not in out, out

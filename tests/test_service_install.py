@@ -98,3 +98,17 @@ def test_a_daemonised_agent_writes_its_log_where_logfile_says(certs, tmp_path):
     finally:
         if pidfile.exists():
             os.kill(int(pidfile.read_text()), 15)
+
+
+def test_a_service_manager_that_fails_is_a_failure(home, tmp_path):
+    """Issue 26, item 7: a systemctl that cannot reach the user's manager (no session bus,
+    as over ssh or in a container) makes install-service exit 1 saying what to run."""
+    write_config(home, 1, free_port())
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho 'Failed to connect to bus: No medium found' >&2\nexit 1\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    env = {**user_env(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    done = subprocess.run([FLUIDITY, "agent", "install-service"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 1, done
+    assert "could not run `systemctl --user daemon-reload` (Failed to connect to bus" in done.stderr and "run: systemctl --user" in done.stderr

@@ -192,3 +192,12 @@ def test_fluidity_agent_and_server_run_the_same_services_as_twistd(certs, tmp_pa
     assert codes == [0, 0]
     for p in procs:
         p.assert_no_unhandled_errors()  # stop() sent SIGTERM: both exited 0, as under twistd
+
+
+def test_an_agent_with_no_config_anywhere_says_where_it_looked(tmp_path):
+    """Issue 26, item 7: not `defaults: 'server_ip' is required`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("FLUIDITY_CONFIG", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    assert f"{tmp_path}/.config/fluidity/agent.yaml (missing)" in done.stderr and "$FLUIDITY_CONFIG (unset)" in done.stderr and "--config" in done.stderr, done.stderr

@@ -90,6 +90,12 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: {e}") from None
             else:
                 if settings_from(config) is None and not config.server_ip:
+                    if config.source == "defaults":  # no config file anywhere
+                        home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+                        raise cfg.ConfigError(
+                            f"no agent config: looked at $FLUIDITY_CONFIG (unset) and {os.path.join(home, 'fluidity', 'agent.yaml')} (missing). "
+                            "Pass --config FILE, or copy configs/agent.yaml there and set server_ip (or a lifecycle block)"
+                        )
                     raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
                 try:
                     proxy_for(config.upstream_proxy, config.server_ip)

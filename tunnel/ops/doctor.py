@@ -170,7 +170,13 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
         return
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
-        hint = "the server refused this client certificate (another CA, or revoked)" if "CERTIFICATE" in str(reason).upper() or "ALERT" in str(reason).upper() else str(e)
+        text = str(reason).upper()
+        if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH_TOO_LONG" in text:
+            hint = "something answers on this port, but not with TLS (a plain HTTP port, or another service): is server_port the Fluidity server's?"
+        elif "CERTIFICATE" in text or "ALERT" in text:
+            hint = "the server refused this client certificate (another CA, or revoked)"
+        else:
+            hint = str(e)
         checks.append(Check("TLS handshake", "FAIL", f"{where}: {hint}", "check server_ip/server_port, that the server runs, and that it trusts your CA"))
         return
     checks.append(Check("server name and CA", "ok", f"{where} proved it is {config.server_name!r}, issued by your CA"))

@@ -103,8 +103,8 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
         return out + ["start it with: " + " && ".join(" ".join(step) for step in steps)]
     for step in steps:
         ok, said = _run(step) if shutil.which(step[0]) else (False, f"{step[0]} not found")
-        if not ok:
-            return out + [f"could not run `{' '.join(step)}` ({said.splitlines()[0] if said else 'failed'}); run: " + " && ".join(" ".join(s) for s in steps)]
+        if not ok:  # written but not running: say so, and exit non-zero
+            raise ServiceError(f"wrote {path}, but could not run `{' '.join(step)}` ({said.splitlines()[0] if said else 'failed'}); run: " + " && ".join(" ".join(s) for s in steps))
     return out + ["the agent starts at login and restarts if it fails; it is running now"]
 
 
