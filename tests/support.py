@@ -333,13 +333,7 @@ class Listener:
 
 def read_head_exactly(sock: socket.socket) -> bytes:
     """An HTTP head read a byte at a time: what follows it stays in the socket for the caller."""
-    head = b""
-    while b"\r\n\r\n" not in head:
-        data = sock.recv(1)
-        if not data:
-            break
-        head += data
-    return head
+    return read_head(sock, chunk=1)
 
 
 class EchoServer:
@@ -391,11 +385,11 @@ def curl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return run(["curl", "-sS", "--max-time", str(int(timeout)), *args], timeout=timeout + 5)
 
 
-def read_head(sock: socket.socket) -> bytes:
+def read_head(sock: socket.socket, chunk: int = 4096) -> bytes:
     """What arrives up to the end of an HTTP head (or until the peer closes)."""
     head = b""
     while b"\r\n\r\n" not in head:
-        data = sock.recv(4096)
+        data = sock.recv(chunk)
         if not data:
             break
         head += data
