@@ -10,6 +10,8 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from lambdas.server_port import SERVER_PORT
+
 # Fargate's CPU units and the memory (MiB) each allows.
 FARGATE_MEMORY = {
     256: [512, 1024, 2048],
@@ -35,7 +37,7 @@ class StackSettings:
     cluster_name: str = "fluidity"
     service_name: str = "fluidity-server"
     container_image: str | None = None  # None: the stack's own ECR repository, tag latest
-    container_port: int = 8443
+    container_port: int = SERVER_PORT
     cpu: int = 256
     memory: int = 512
     desired_count: int | None = None  # None: not in the stack config, the control plane owns it
@@ -208,7 +210,7 @@ def from_config(config) -> StackSettings:
         cluster_name=_name(config, "clusterName", "fluidity"),
         service_name=_name(config, "serviceName", "fluidity-server"),
         container_image=(config.get("containerImage") or "").strip() or None,
-        container_port=_int(config, "containerPort", 8443, 1, 65535),
+        container_port=_int(config, "containerPort", SERVER_PORT, 1, 65535),
         cpu=cpu,
         memory=memory,
         desired_count=_int(config, "desiredCount", None, 0, 10),

@@ -4,7 +4,9 @@
 the service's own tasks (not from the service's counters, which lag); a task is `running`
 only once ECS's health check says HEALTHY; `publicIp` is the
 running task's public IPv4, read from its network interface, so the agent can find a
-server whose address changes at every start.
+server whose address changes at every start, and `publicDnsName` that interface's public
+DNS name (a VPC with DNS host names gives one), which an agent behind a proxy that refuses
+CONNECTs to raw addresses dials instead.
 """
 
 from __future__ import annotations
@@ -60,8 +62,8 @@ def service_tasks(ecs, settings: Settings) -> list[dict]:
     return sorted(mine, key=lambda t: _epoch(t.get("createdAt")) or 0, reverse=True)
 
 
-def public_ip(ec2, task: dict) -> str | None:
-    """The public IPv4 on the task's ENI, or None (not yet attached, or no public IP)."""
+def public_address(ec2, task: dict) -> tuple[str | None, str | None]:
+    """(public IPv4, public DNS name) of the task's ENI; None where it has none."""
     for attachment in task.get("attachments", []):
         if attachment.get("type") != "ElasticNetworkInterface":
             continue
@@ -71,10 +73,10 @@ def public_ip(ec2, task: dict) -> str | None:
             continue
         interfaces = ec2.describe_network_interfaces(NetworkInterfaceIds=[eni]).get("NetworkInterfaces", [])
         for interface in interfaces:
-            address = (interface.get("Association") or {}).get("PublicIp")
-            if address:
-                return address
-    return None
+            association = interface.get("Association") or {}
+            if association.get("PublicIp"):
+                return association["PublicIp"], association.get("PublicDnsName") or None
+    return None, None
 
 
 def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
@@ -91,12 +93,14 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
     else:
         status = "stopping" if live else "stopped"
     newest = (running or up or live or [None])[0]
+    ip, dns_name = public_address(ec2, running[0]) if (with_ip and running) else (None, None)
     return {
         "status": status,
         "desiredCount": desired,
         "runningCount": len(running),
         "pendingCount": len(pending) + len(up) - len(running),
-        "publicIp": public_ip(ec2, running[0]) if (with_ip and running) else None,
+        "publicIp": ip,
+        "publicDnsName": dns_name,
         "port": settings.container_port,
         "taskStatus": newest.get("lastStatus") if newest else None,
         "health": (newest.get("healthStatus") or _containers_health(newest)) if newest else None,

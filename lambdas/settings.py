@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from .ingress import IngressSettings
+from .server_port import SERVER_PORT
 
 
 class SettingsError(ValueError):
@@ -16,7 +17,7 @@ class SettingsError(ValueError):
 class Settings:
     cluster: str
     service: str
-    container_port: int = 8443
+    container_port: int = SERVER_PORT
     namespace: str = "Fluidity"
     idle_threshold_minutes: float = 5
     lookback_minutes: float = 10
@@ -44,7 +45,7 @@ def from_env(env=None) -> Settings:
     return Settings(
         cluster=env["CLUSTER_NAME"].strip(),
         service=env["SERVICE_NAME"].strip(),
-        container_port=_number(env, "CONTAINER_PORT", 8443, int, 1, 65535),
+        container_port=_number(env, "CONTAINER_PORT", SERVER_PORT, int, 1, 65535),
         namespace=env.get("METRICS_NAMESPACE", "").strip() or "Fluidity",
         idle_threshold_minutes=_number(env, "IDLE_THRESHOLD_MINUTES", 5, float, 1, 24 * 60),
         lookback_minutes=_number(env, "LOOKBACK_MINUTES", 10, float, 1, 24 * 60),
@@ -60,7 +61,7 @@ def _ingress(env) -> IngressSettings | None:
         raise SettingsError(f"INGRESS_GROUP_ID must be a security group id (sg-...), got {group!r}")
     return IngressSettings(
         group_id=group,
-        port=_number(env, "CONTAINER_PORT", 8443, int, 1, 65535),
+        port=_number(env, "CONTAINER_PORT", SERVER_PORT, int, 1, 65535),
         max_rules=_number(env, "INGRESS_MAX_RULES", 50, int, 1, 55),
         ttl_hours=_number(env, "INGRESS_TTL_HOURS", 24, float, 1, 24 * 30),
     )

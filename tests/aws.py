@@ -93,7 +93,7 @@ class MotoAws:
                 container.health_status = health
 
     def make_service(
-        self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 8443, health_check: bool = False, wakers: bool = False
+        self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 443, health_check: bool = False, wakers: bool = False
     ) -> Service:
         """`wakers`: the security group is tagged as the Pulumi program tags it when the
         control plane opens the port to the agents that wake the server."""

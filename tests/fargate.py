@@ -138,6 +138,10 @@ class Fargate:
         self.aws.set_health(self.service, "UNKNOWN")
         self._follow_logs(container["logConfiguration"], self.task_arn.rsplit("/", 1)[-1])
 
+    def container_uid(self) -> str:
+        """Who the server runs as: the image's USER, unless the task definition names one."""
+        return subprocess.run(["docker", "exec", self.container, "id", "-u"], capture_output=True, text=True, timeout=30).stdout.strip()
+
     def _secrets(self, secrets: list[dict]) -> dict[str, str]:
         """What the ECS agent does with the execution role: SSM parameters by ARN."""
         if not secrets:

@@ -2,7 +2,9 @@
 
 Squid runs as its `proxy` user, so its folder is one it can write and its helpers' files
 are ones it can read. CONNECT is refused to ports outside `SSL_ports` as in the stock
-configuration; `ssl_ports` adds the test's own server port to that list.
+configuration; `ssl_ports` adds the test's own server port to that list. `hosts` is what
+squid resolves (its `hosts_file`: the lab has no DNS); `refuse_raw_ips` adds the category
+filter's rule that refuses a CONNECT to a bare IPv4 address.
 """
 
 from __future__ import annotations
@@ -33,13 +35,18 @@ def auth_block(scheme: str, folder: Path, users: dict[str, str]) -> str:
 
 
 class Squid:
-    def __init__(self, schemes: tuple[str, ...], users: dict[str, str], ssl_ports: tuple[int, ...] = ()) -> None:
+    def __init__(self, schemes: tuple[str, ...], users: dict[str, str], ssl_ports: tuple[int, ...] = (), hosts: dict[str, str] | None = None, refuse_raw_ips: bool = False) -> None:
         binary = shutil.which("squid") or "/usr/sbin/squid"
         assert os.path.exists(binary), "squid is needed (apt-get install squid; .ci/run installs it)"
         self.folder = Path(tempfile.mkdtemp(prefix="fluidity-squid-"))
         os.chmod(self.folder, 0o777)  # squid drops to its `proxy` user
         self.port = free_port()
         blocks = "".join(auth_block(s, self.folder, users) for s in schemes)
+        if hosts is not None:
+            (self.folder / "hosts").write_text("".join(f"{ip} {name}\n" for name, ip in hosts.items()))
+            blocks += f"hosts_file {self.folder}/hosts\n"
+        if refuse_raw_ips:
+            blocks += "acl raw_ip dstdom_regex -n ^[0-9.]+$\nhttp_access deny CONNECT raw_ip\n"
         for f in self.folder.iterdir():
             os.chmod(f, 0o644)
         auth = "acl authenticated proxy_auth REQUIRED\nhttp_access allow authenticated\n" if schemes else "http_access allow localhost\n"

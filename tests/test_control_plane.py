@@ -33,7 +33,7 @@ def test_wake_status_kill_through_the_front(aws, plane):
     assert (code, body["status"], body["desiredCount"]) == (200, "starting", 1)
     aws.reconcile(service)
     code, body = request(plane, "GET", "/status")
-    assert (code, body["status"], body["publicIp"], body["port"]) == (200, "running", "127.0.0.1", 8443)
+    assert (code, body["status"], body["publicIp"], body["port"]) == (200, "running", "127.0.0.1", 443)
     code, body = request(plane, "POST", "/kill")
     assert (code, body["desiredCount"]) == (200, 0)
     assert aws.desired_count(service) == 0

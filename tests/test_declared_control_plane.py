@@ -63,7 +63,7 @@ def test_the_declared_api_wakes_reports_and_kills_with_each_roles_own_rights(pla
     aws, declared, gateway = plane()
     outputs, key = declared.outputs, declared.outputs["apiKey"]
     status, body = call(gateway, outputs["statusUrl"], "GET", key)
-    assert status == 200 and body["status"] == "stopped" and body["port"] == 8443, body
+    assert status == 200 and body["status"] == "stopped" and body["port"] == 443, body
     status, body = call(gateway, outputs["wakeUrl"], "POST", key)
     assert status == 200 and body["status"] == "starting", body
     assert desired(aws, declared) == 1

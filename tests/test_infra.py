@@ -45,11 +45,11 @@ def test_service_side_defaults_equal_the_seeds(stack):
     server = container(stack)
     assert server["name"] == "server" and server["essential"] is True
     assert server["image"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server@sha256:" + "ab" * 32
-    assert server["portMappings"] == [{"containerPort": 8443, "hostPort": 8443, "protocol": "tcp"}]
+    assert server["portMappings"] == [{"containerPort": 443, "hostPort": 443, "protocol": "tcp"}]
     assert server["logConfiguration"] == {"logDriver": "awslogs", "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"}}
     assert {"name": "FLUIDITY_LOG_LEVEL", "value": "info"} in server["environment"]
     command = server["command"]  # appended to the image's ENTRYPOINT
-    assert command[:2] == ["--port", "8443"] and {"name": "FLUIDITY_PORT", "value": "8443"} in server["environment"]
+    assert command[:2] == ["--port", "443"] and {"name": "FLUIDITY_PORT", "value": "443"} in server["environment"]
     assert command[command.index("--metrics-emit-metrics") + 1] == "true"
     assert command[command.index("--metrics-service-name") + 1] == "fluidity-server"
     assert command[command.index("--metrics-namespace") + 1] == "Fluidity"
@@ -103,7 +103,7 @@ def test_control_plane_defaults(stack):
         assert function["environment"]["variables"] == {
             "CLUSTER_NAME": "fluidity",
             "SERVICE_NAME": "fluidity-server",
-            "CONTAINER_PORT": "8443",
+            "CONTAINER_PORT": "443",
             "METRICS_NAMESPACE": "Fluidity",
             "IDLE_THRESHOLD_MINUTES": "5",
             "LOOKBACK_MINUTES": "10",
@@ -264,7 +264,7 @@ def test_an_open_ingress_cidr_is_warned_about(capfd, caplog):
     caplog.clear()
     synthesize({"allowedIngressCidr": "0.0.0.0/0"})
     opened = capfd.readouterr().err + caplog.text
-    assert "fluidity:allowedIngressCidr is 0.0.0.0/0: port 8443 is open to the whole internet" in opened
+    assert "fluidity:allowedIngressCidr is 0.0.0.0/0: port 443 is open to the whole internet" in opened
     caplog.clear()
     synthesize({"allowedIngressCidr": "203.0.113.0/24"})
     narrowed = capfd.readouterr().err + caplog.text
@@ -357,7 +357,7 @@ def test_ingress_for_wakers_is_the_default_and_a_cidr_replaces_it():
 
     fixed = synthesize({"allowedIngressCidr": "203.0.113.0/24"})
     group = fixed.one("aws:ec2/securityGroup:SecurityGroup")
-    assert [(r["fromPort"], r["cidrBlocks"]) for r in group.inputs["ingress"]] == [(8443, ["203.0.113.0/24"])]
+    assert [(r["fromPort"], r["cidrBlocks"]) for r in group.inputs["ingress"]] == [(443, ["203.0.113.0/24"])]
     assert group.inputs["tags"] == {"fluidity:ingress": "cidr"} and "ingress" not in group.ignore_changes
     for function in fixed.of_type("aws:lambda/function:Function"):
         assert "INGRESS_GROUP_ID" not in function.inputs["environment"]["variables"]

@@ -47,7 +47,7 @@ def put_metrics(aws, active: float, last_activity: float, when: float | None = N
 def test_wake_starts_a_stopped_service_once(aws):
     service = aws.make_service(desired=0)
     code, body = call(status.handler, "GET", "/status")
-    assert (code, body["status"], body["desiredCount"], body["publicIp"], body["port"]) == (200, "stopped", 0, None, 8443)
+    assert (code, body["status"], body["desiredCount"], body["publicIp"], body["port"]) == (200, "stopped", 0, None, 443)
 
     code, body = call(wake.handler, "POST", "/wake")
     assert (code, body["status"], body["desiredCount"], body["runningCount"]) == (200, "starting", 1, 0)
@@ -66,6 +66,7 @@ def test_status_reports_the_running_tasks_public_ip(aws, monkeypatch):
     code, body = call(status.handler, "GET", "/status")
     assert code == 200
     assert body["status"] == "running" and body["publicIp"] == "127.0.0.9" and body["port"] == 9443
+    assert body["publicDnsName"] == "ip-127-0-0-9.ec2.internal"  # the ENI's, as moto names it
     assert body["taskStatus"] == "RUNNING"
 
 
@@ -300,7 +301,7 @@ def v2_event(method: str, path: str, source_ip: str) -> dict:
 
 def open_to(aws, service) -> dict[str, str]:
     group = aws.client("ec2").describe_security_groups(GroupIds=[service.security_group])["SecurityGroups"][0]
-    return {r["CidrIp"]: r.get("Description", "") for p in group["IpPermissions"] if p.get("FromPort") == 8443 for r in p.get("IpRanges", [])}
+    return {r["CidrIp"]: r.get("Description", "") for p in group["IpPermissions"] if p.get("FromPort") == 443 for r in p.get("IpRanges", [])}
 
 
 def invoke(handler, event) -> tuple[int, dict]:
@@ -323,7 +324,7 @@ def test_wake_opens_the_port_to_the_caller_only(aws, wakers):
 
 def test_stopping_closes_the_port_and_leaves_other_rules_alone(aws, wakers):
     ec2 = aws.client("ec2")
-    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "office (by hand)"}]}])
+    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "office (by hand)"}]}])
     invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
     code, body = invoke(kill.handler, v1_event("POST", "/kill", "203.0.113.7"))
     assert code == 200 and body["ingressRulesRemoved"] == 1
@@ -343,7 +344,7 @@ def test_many_wakers_stay_within_the_limit_and_stale_rules_are_pruned(aws, waker
 
     ec2 = aws.client("ec2")
     old = time.time() - 3 * 86400
-    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 8443, "ToPort": 8443, "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": ingress.label(old)}]}])
+    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": ingress.label(old)}]}])
     for n in range(2, 8):  # max 3 rules: each new waker pushes out the oldest
         code, _ = invoke(wake.handler, v1_event("POST", "/wake", f"203.0.113.{n}"))
         assert code == 200

@@ -294,7 +294,9 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
             plane_port = world.plane.url.rsplit(":", 1)[1]
             seen = proxy_log.read_text()
             assert f"localhost:{plane_port}" in seen, seen  # wake and status went through the proxy, by name
-            assert f"127.0.0.1:{world.server_config['port']}" in seen  # and so did the tunnel
+            # and so did the tunnel: by the server's DNS name first, which tinyproxy cannot
+            # resolve here, then by its address
+            assert f"ip-127-0-0-1.ec2.internal:{world.server_config['port']}" in seen and f"127.0.0.1:{world.server_config['port']}" in seen, seen
             before = seen.count(f"localhost:{plane_port}")
         finally:
             assert agent.stop() == 0
@@ -305,3 +307,50 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
     finally:
         proxy.terminate()
         proxy.wait(10)
+
+
+def test_behind_a_proxy_that_refuses_raw_addresses_the_agent_dials_the_servers_dns_name(world, http_origin, tmp_path):
+    """Issue 25, item 6: the control plane reports the task's public DNS name beside its IP
+    (moto names 127.0.0.1 `ip-127-0-0-1.ec2.internal`, as a VPC with DNS host names does),
+    and the agent asks the proxy for that name; a real squid refuses CONNECTs to bare IPs
+    and resolves names from its own hosts file (the laptop resolves nothing itself)."""
+    from squid import Squid
+
+    name = "ip-127-0-0-1.ec2.internal"
+    plane_port = int(world.plane.url.rsplit(":", 1)[1])
+    squid = Squid((), {}, ssl_ports=(world.server_config["port"], plane_port), hosts={name: "127.0.0.1", "localhost": "127.0.0.1"}, refuse_raw_ips=True)
+    try:
+        named = world.plane.url.replace("127.0.0.1", "localhost")
+        config = world.agent_config(wake_endpoint=f"{named}/wake", kill_endpoint=f"{named}/kill")
+        config["upstream_proxy"] = f"http://127.0.0.1:{squid.port}"
+        agent = start_twistd("agent", config, tmp_path)
+        try:
+            wait_connected(agent, 30)
+            assert health(agent)["server_dns_name"] == name
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+            assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+        finally:
+            assert agent.stop() == 0
+        seen = squid.access_log()
+        assert f"CONNECT {name}:{world.server_config['port']}" in seen, seen
+        assert "TCP_DENIED" not in seen, seen  # nothing was asked by bare address
+        assert f"server is running at 127.0.0.1:{world.server_config['port']} ({name})" in agent.log()
+        agent.assert_no_unhandled_errors()
+    finally:
+        squid.stop()
+
+
+def test_a_raw_ip_refusing_proxy_refuses_what_the_agent_would_dial_without_a_name(tmp_path):
+    """The lab's filter is real: squid refuses CONNECT to a bare address (so the test above
+    proves the name was used, not that this squid lets anything through)."""
+    import socket
+
+    from squid import Squid
+
+    squid = Squid((), {}, ssl_ports=(9,), refuse_raw_ips=True)
+    try:
+        with socket.create_connection(("127.0.0.1", squid.port), timeout=10) as s:
+            s.sendall(b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 403"), "squid let a bare address through"
+    finally:
+        squid.stop()

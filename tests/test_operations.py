@@ -33,7 +33,7 @@ def test_start_waits_for_running_and_prints_the_agent_command(aws, service):
     assert "asked ECS to run fluidity/fluidity-server (desiredCount 1)" in lines[0]
     assert any("waiting for ECS to place a task" in line for line in lines)  # progress, not a fixed sleep
     assert any("RUNNING, public IP 127.0.0.1" in line for line in lines)
-    assert "The server is running at 127.0.0.1:9443." in done.stdout
+    assert "The server is running at 127.0.0.1:9443 (public DNS name ip-127-0-0-1.ec2.internal: give that as server_ip behind a proxy" in done.stdout
     assert "twistd -n fluidity-agent --config configs/agent.yaml --server-ip 127.0.0.1 --server-port 9443" in done.stdout
     assert aws.desired_count(service) == 1
 
@@ -105,7 +105,7 @@ def test_status_table_and_json(aws, service):
     table = {k.strip(): v.strip() for k, v in table.items()}
     assert table["state"] == "running"
     assert table["desired / running / pending"] == "1 / 1 / 0"
-    assert table["public address"] == "127.0.0.5:9443"
+    assert table["public address"] == "127.0.0.5:9443 (ip-127-0-0-5.ec2.internal)"
     assert table["agents connected (last 10 min)"] == "2"
     assert table["last activity"].endswith("(90s ago)") or table["last activity"].endswith("(91s ago)")
     assert table["task"].startswith("RUNNING")

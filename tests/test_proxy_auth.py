@@ -81,7 +81,7 @@ def test_a_proxy_that_allows_only_443_says_how_to_move_the_server(tunnel, http_o
         agent = through_squid(tunnel, tmp_path, squid, "", "")
         try:
             result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/x", timeout=20)
-            assert b"403" in result.stdout and b"allow CONNECT to port 443 only" in result.stdout and b"containerPort 443" in result.stdout, result
+            assert b"403" in result.stdout and b"allows CONNECT to port 443 only" in result.stdout and b"containerPort 443" in result.stdout, result
         finally:
             agent.stop()
     finally:

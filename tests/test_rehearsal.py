@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lambdas.server_port import SERVER_PORT
 from support import Origin, curl, free_port, https_context, make_certs, start_twistd, wait_until
 
 pytestmark = pytest.mark.rehearsal
@@ -43,11 +45,25 @@ class Timeline:
         return next(t for t, w, _ in self.marks if w == what)
 
 
-def stack_config(port: int) -> dict:
-    """The sample stack (Pulumi.dev.yaml), with a free port and the shortest idle threshold."""
+def stack_config() -> dict:
+    """The sample stack (Pulumi.dev.yaml) with the shortest idle threshold, on the stack's
+    default port (443) unless something on this machine holds it (then a free port, said)."""
     sample = yaml.safe_load((ROOT / "Pulumi.dev.yaml").read_text())["config"]
     config = {k.split(":", 1)[1]: str(v) for k, v in sample.items() if k.startswith("fluidity:")}
-    return config | {"containerPort": str(port), "idleThresholdMinutes": "1", "lookbackMinutes": "1"}
+    config |= {"idleThresholdMinutes": "1", "lookbackMinutes": "1"}
+    if "containerPort" not in config and not _port_free(SERVER_PORT):
+        print(f"  port {SERVER_PORT} is in use on this machine: the rehearsal's server takes another", flush=True)
+        config["containerPort"] = str(free_port())
+    return config
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 @pytest.fixture
@@ -69,7 +85,7 @@ def cloud(tmp_path):
     try:
         certs = make_certs(tmp_path / "certs")
         pem = {key: Path(certs.path(name)).read_text() for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))}
-        deployment = deploy(aws, stack_config(free_port()), pem, image_id)
+        deployment = deploy(aws, stack_config(), pem, image_id)
         declared, credentials = deployment.declared, deployment.credentials
         timeline("stack declared and created in moto", f"{len(declared.resources)} resources; IAM enforced from here")
         task_definition = declared.one("aws:ecs/taskDefinition:TaskDefinition")
@@ -153,6 +169,9 @@ def test_the_whole_loop(cloud, tmp_path):
         assert [r["FromPort"] for r in waker_rules(cloud)] == [int(stack_port(cloud))], "wake did not open the server's port to the agent"
 
         until(cloud, lambda: cloud.fargate.health == "HEALTHY", 90)
+        port, floor, uid = int(stack_port(cloud)), unprivileged_port_start(), cloud.fargate.container_uid()
+        assert uid not in ("", "0"), f"the server runs as uid {uid!r} on port {port}"
+        t("healthy", f"port {port} as uid {uid}; this network namespace keeps ip_unprivileged_port_start at {floor}")
         got = curl("-sS", "--max-time", "150", "--cacert", origin_ca, "-x", f"http://{proxy}", url, timeout=160)
         assert got.returncode == 0 and len(got.stdout) == PAYLOAD, got.stderr
         t("first byte", f"HTTPS through CONNECT, {PAYLOAD} bytes")
@@ -201,6 +220,11 @@ def test_the_whole_loop(cloud, tmp_path):
             os.kill(agent.process.pid, signal.SIGCONT)
             agent.stop()
         origin.close()
+
+
+def unprivileged_port_start() -> int:
+    """The container shares this network namespace (--network host), so this is its value too."""
+    return int(Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
 
 
 def stack_port(cloud) -> int:

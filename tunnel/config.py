@@ -17,6 +17,7 @@ from typing import Any, Callable, Union
 import yaml
 
 from tunnel.agent.pac import DEFAULT_BYPASS, check_bypass
+from lambdas.server_port import SERVER_PORT
 
 
 class ConfigError(Exception):
@@ -138,7 +139,7 @@ def _common(role: str) -> list[Key]:
 SERVER_KEYS: tuple[Key, ...] = tuple(
     [
         Key("host", _parse_str, "0.0.0.0", "address the TLS listener binds"),
-        Key("port", PORT, 8443, "TLS listener port"),
+        Key("port", PORT, SERVER_PORT, "TLS listener port (443: what corporate proxies let through; below 1024 needs CAP_NET_BIND_SERVICE, which the server image grants)"),
         *_common("server"),
         Key("max_connections", _ranged(1, 100000), 64, "most authenticated agent connections at once"),
         Key("handshake_timeout", parse_duration, 5.0, "a connection must finish its TLS handshake (client certificate included) this soon"),
@@ -167,7 +168,7 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
         Key("local_names", _parse_str_list, [], "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when proxy_host is 0.0.0.0); any other Host gets 403"),
         Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
-        Key("server_port", PORT, 8443, "the server's TLS port"),
+        Key("server_port", PORT, SERVER_PORT, "the server's TLS port"),
         Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),
         *_common("client"),
         Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import os
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from twisted.internet import defer, task
@@ -22,7 +23,9 @@ from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
 from tunnel.agent.upstream import ProxiedEndpoints
+from tunnel.wire.addresses import BadAddress, check_host
 from tunnel.config import Settings, ConfigError
+from lambdas.server_port import SERVER_PORT
 
 log = Logger(namespace="fluidity.lifecycle")
 
@@ -227,7 +230,7 @@ class ServerLocator:
 
     @defer.inlineCallbacks
     def locate(self, wake: bool):
-        """Fires with (host, port) of a running server, or None when it is stopped and
+        """Fires with the ServerAddress of a running server, or None when it is stopped and
         `wake` is false; fails with ControlPlaneError when the control plane cannot be
         used or the server is not running within wake_timeout. Cancellable."""
         if wake:
@@ -244,7 +247,7 @@ class ServerLocator:
             address = _address(status)
             if state == "running" and address:
                 if self.since is not None:
-                    log.info("server is running at {host}:{port} after {n}s", host=address[0], port=address[1], n=round(self.reactor.seconds() - self.since))
+                    log.info("server is running at {host}:{port}{name} after {n}s", host=address.ip, port=address.port, name=f" ({address.dns_name})" if address.dns_name else "", n=round(self.reactor.seconds() - self.since))
                 self.phase, self.since = "running", None
                 return address
             if state in ("stopped", "stopping") and not wake:
@@ -264,12 +267,25 @@ class ServerLocator:
             status = yield (self.client.wake() if state in ("stopped", "stopping") else self.client.status())
 
 
-def _address(status: dict) -> tuple[str, int] | None:
-    ip, port = status.get("publicIp"), status.get("port")
+class ServerAddress(NamedTuple):
+    """Where the control plane says the server is: its IP, its port, and its public DNS
+    name when the task has one ("" otherwise), for proxies that refuse raw addresses."""
+
+    ip: str
+    port: int
+    dns_name: str = ""
+
+
+def _address(status: dict) -> ServerAddress | None:
+    ip, port, name = status.get("publicIp"), status.get("port"), status.get("publicDnsName")
     if not isinstance(ip, str) or not ip:
         return None
     try:
         ipaddress.ip_address(ip)
     except ValueError:
         return None
-    return ip, port if isinstance(port, int) and 0 < port < 65536 else 8443
+    try:
+        name = check_host(name) if isinstance(name, str) and name and ":" not in name else ""
+    except BadAddress:
+        name = ""  # a name that is not one: the IP still works
+    return ServerAddress(ip, port if isinstance(port, int) and 0 < port < 65536 else SERVER_PORT, name)

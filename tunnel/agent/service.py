@@ -111,6 +111,7 @@ class Agent(service.Service):
             "identity": self.identity,
             "connected": self.tunnel.current is not None,
             "server": self.tunnel.server,
+            "server_dns_name": self.tunnel.dns_name or None,  # the control plane's; what a proxy is asked to CONNECT to
             "server_name": self.config.server_name,
             "uptime": round(now - self.started_at, 3),
             "tunnel_uptime": round(now - since, 3) if since is not None else None,

@@ -34,6 +34,7 @@ class TunnelClient:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
+        self.dns_name = ""  # the server's public DNS name, from the control plane: dialled through a proxy
         self.locator = locator
         self.upstream_proxy = upstream_proxy  # configured URL; else $HTTPS_PROXY
         self._via = ""
@@ -105,8 +106,8 @@ class TunnelClient:
         self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
 
     def _tcp_endpoint(self):
-        endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout)
-        self._via = f" via {proxy.display}" if proxy else ""
+        endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout, name=self.dns_name)
+        self._via = f" via {proxy.display}" + (f", asked for {self.dns_name} first" if self.dns_name else "") if proxy else ""
         return endpoint
 
     def _locate(self) -> None:
@@ -125,7 +126,7 @@ class TunnelClient:
                 return
             log.info("the server is stopped; the next local client will wake it")
             return
-        self.host, self.port = address
+        self.host, self.port, self.dns_name = address
         self._stale = self._want_wake = False
         self._connect()
 

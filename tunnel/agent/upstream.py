@@ -1,4 +1,4 @@
-"""Reaching the server through a corporate HTTP proxy: `CONNECT server:8443`, then the
+"""Reaching the server through a corporate HTTP proxy: `CONNECT server:443`, then the
 same mutually-authenticated TLS inside, exactly as without the proxy.
 
 `route` is the one way the agent reaches any host, the tunnel and the control plane
@@ -186,8 +186,9 @@ class _ConnectHandshake(Protocol):
 def port_hint(status, port: int) -> str:
     """A proxy refusing a CONNECT to any port but 443 is a stock squid's rule (SSL_ports)."""
     if status in (403, 405) and port != 443:
-        return (f"; many proxies (a stock squid among them) allow CONNECT to port 443 only: run the server on 443"
-                f" (`pulumi config set containerPort 443`, then server_port: 443 in the agent's config)")
+        return (f"; this proxy most likely allows CONNECT to port 443 only (a stock squid's SSL_ports rule), not {port}:"
+                " move the server to 443, the stack's default (`pulumi config set containerPort 443`, `pulumi up`),"
+                " and set server_port: 443 in the agent's config")
     return ""
 
 
@@ -232,6 +233,9 @@ class HTTPConnectEndpoint:
         self.port = port
         self.timeout = timeout
 
+    def __repr__(self) -> str:
+        return f"CONNECT {self.target} through {self.proxy.display}"
+
     def connect(self, factory: Factory) -> defer.Deferred:
         attempt = _Attempt(self, factory)
         attempt.start(None)  # challenge-driven: credentials go only in answer to what the proxy asks
@@ -248,12 +252,51 @@ class HTTPConnectEndpoint:
         return result
 
 
-def route(reactor, configured: str, host: str, port: int, timeout: float, environ=os.environ) -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
-    """How the agent reaches host:port, and the proxy it goes through (None: direct)."""
+def route(reactor, configured: str, host: str, port: int, timeout: float, environ=os.environ, name: str = "") -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
+    """How the agent reaches host:port, and the proxy it goes through (None: direct).
+
+    `name`, when given, is host's DNS name: a proxy is asked to CONNECT to it rather than
+    to the bare address (category filters refuse or flag raw IPs, and the proxy resolves
+    names for laptops that cannot), while a direct dial keeps the address and needs no DNS.
+    $NO_PROXY covering either one means direct."""
     proxy = proxy_for(configured, host, environ)
+    if proxy is not None and name and not configured and proxy_for(configured, name, environ) is None:
+        proxy = None
     if proxy is None:
         return HostnameEndpoint(reactor, host, port, timeout=timeout), None
-    return HTTPConnectEndpoint(reactor, proxy, host, port, timeout), proxy
+    by_address = HTTPConnectEndpoint(reactor, proxy, host, port, timeout)
+    if not name or name == host:
+        return by_address, proxy
+    # A proxy that cannot resolve the name (a split-horizon resolver) may still take the address.
+    return FirstThatConnects([HTTPConnectEndpoint(reactor, proxy, name, port, timeout), by_address]), proxy
+
+
+@implementer(IStreamClientEndpoint)
+class FirstThatConnects:
+    """Each endpoint in turn until one connects; the last one's failure says why, after the others'."""
+
+    def __init__(self, endpoints: list) -> None:
+        self.endpoints = endpoints
+
+    def connect(self, factory):
+        reasons: list[str] = []
+
+        def attempt(index: int):
+            d = self.endpoints[index].connect(factory)
+            if index + 1 < len(self.endpoints):
+                d.addErrback(next_one, index)
+            elif reasons:
+                d.addErrback(lambda failure: defer.fail(UpstreamProxyError(f"{'; '.join(reasons)}; then {failure.getErrorMessage()}")) if not failure.check(defer.CancelledError) else failure)
+            return d
+
+        def next_one(failure, index: int):
+            if failure.check(defer.CancelledError):
+                return failure
+            reasons.append(failure.getErrorMessage())
+            log.info("{why}; trying {next}", why=reasons[-1], next=self.endpoints[index + 1])
+            return attempt(index + 1)
+
+        return attempt(0)
 
 
 @implementer(IAgentEndpointFactory)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tunnel.wire import pki
+from lambdas.server_port import SERVER_PORT
 
 
 def _certs(args) -> int:
@@ -155,7 +156,7 @@ def _control_plane(args) -> int:
     for name, value in (("CLUSTER_NAME", args.cluster), ("SERVICE_NAME", args.service), ("CONTAINER_PORT", args.container_port)):
         if value is not None:
             os.environ[name] = str(value)
-        os.environ.setdefault(name, {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": "8443"}[name])
+        os.environ.setdefault(name, {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": str(SERVER_PORT)}[name])
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     outcome = {"status": 0}
 
@@ -375,7 +376,7 @@ def _main(argv: list[str] | None) -> int:
     plane.add_argument("--port", type=int, default=8000)
     plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
     plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
-    plane.add_argument("--container-port", type=int, help="server port reported to agents (default: $CONTAINER_PORT or 8443)")
+    plane.add_argument("--container-port", type=int, help=f"server port reported to agents (default: $CONTAINER_PORT or {SERVER_PORT})")
     for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
         op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.")
         op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")

@@ -52,10 +52,10 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
     if material is None:
         return checks
     cert_pem, key_pem, ca_pem = material
-    host, port = _server_address(config, checks, timeout)
+    host, port, dns_name = _server_address(config, checks, timeout)
     if host:
         _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout)
-    _upstream(config, host, port, checks, timeout)
+    _upstream(config, host, port, checks, timeout, dns_name)
     _aws(checks)
     return checks
 
@@ -103,19 +103,24 @@ def _certificates(config, checks: list[Check]):
     return cert_pem, key_pem, ca_pem
 
 
-def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, int]:
+def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, int, str]:
+    """(address, port, public DNS name or "")."""
     port = config.server_port
     if config.server_ip:
-        return config.server_ip, port
+        return config.server_ip, port, ""
     status_url = config.lifecycle.status_endpoint or (config.lifecycle.wake_endpoint.rsplit("/", 1)[0] + "/status" if config.lifecycle.wake_endpoint else "")
     if not status_url:
         checks.append(Check("server address", "FAIL", "no server_ip and no lifecycle block", "set server_ip, or the control plane's URLs and API key"))
-        return "", port
+        return "", port, ""
     status = _status(config, status_url, checks, timeout)
     if status and status.get("publicIp"):
-        return status["publicIp"], int(status.get("port") or port)
+        name = status.get("publicDnsName")
+        if isinstance(name, str) and name:
+            checks.append(Check("server address", "ok", f"{status['publicIp']}, public DNS name {name} (what a proxy is asked to CONNECT to)"))
+            return status["publicIp"], int(status.get("port") or port), name
+        return status["publicIp"], int(status.get("port") or port), ""
     checks.append(Check("server address", "warn", f"the server is {status.get('status', 'unknown') if status else 'unknown'}: nothing to shake hands with", "start it: `fluidity start`, or start the agent (it wakes the server)"))
-    return "", port
+    return "", port, ""
 
 
 def _status(config, url: str, checks: list[Check], timeout: float) -> dict | None:
@@ -184,7 +189,7 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
     checks.append(Check("TLS handshake", state, f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}", "" if alpn == "h2" else "the server must offer h2"))
 
 
-def _upstream(config, host: str, port: int, checks: list[Check], timeout: float) -> None:
+def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, dns_name: str = "") -> None:
     from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
     from tunnel.agent.upstream import port_hint, proxy_for
 
@@ -196,10 +201,15 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float)
     if proxy is None:
         return
     why = "upstream_proxy" if config.upstream_proxy else "$HTTPS_PROXY"
-    target = f"{host}:{port}" if host else ""
+    target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
     auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
     try:
         status, head = _connect_through(proxy, target, auth, timeout)
+        if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
+            checks.append(Check("upstream proxy", "warn", f"{proxy.display} answered {head!r} to CONNECT {target}; trying the address"))
+            target = f"{host}:{port}"
+            auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
+            status, head = _connect_through(proxy, target, auth, timeout)
     except ProxyAuthError as e:
         checks.append(Check("upstream proxy", "FAIL", f"{proxy.display} (from {why}): {e}", "check the proxy's user name and password in upstream_proxy"))
         return

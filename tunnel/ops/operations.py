@@ -188,7 +188,8 @@ def start(
             )
         time.sleep(poll)
     ip, port = state["publicIp"], state["port"]
-    print(f"\nThe server is running at {ip}:{port}.", file=out)
+    named = f" (public DNS name {state['publicDnsName']}: give that as server_ip behind a proxy that refuses bare addresses)" if state.get("publicDnsName") else ""
+    print(f"\nThe server is running at {ip}:{port}{named}.", file=out)
     if write_config:
         set_server_ip(Path(write_config), ip)
         print(f"wrote server_ip: {ip} to {write_config}", file=out)
@@ -250,7 +251,7 @@ def status(settings: Settings, as_json: bool, out=sys.stdout, aws: AwsTarget = A
         ("state", state["status"]),
         ("desired / running / pending", f"{state['desiredCount']} / {state['runningCount']} / {state['pendingCount']}"),
         ("task", (state["taskStatus"] or "-") + (f" since {_ago(state['taskStartedAt'], now)}" if state["taskStartedAt"] else "")),
-        ("public address", f"{state['publicIp']}:{state['port']}" if state["publicIp"] else "-"),
+        ("public address", f"{state['publicIp']}:{state['port']}" + (f" ({state['publicDnsName']})" if state.get("publicDnsName") else "") if state["publicIp"] else "-"),
         (f"agents connected (last {settings.lookback_minutes:g} min)", "-" if agents is None else str(int(agents))),
         ("last activity", _ago(activity, now)),
     ]

@@ -12,6 +12,8 @@ import socket
 import ssl
 import sys
 
+from lambdas.server_port import SERVER_PORT
+
 
 def probe(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> str | None:
     """None when healthy, else what went wrong."""
@@ -29,7 +31,7 @@ def probe(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> str | Non
 
 
 def main(argv: list[str]) -> int:
-    port = int(argv[1]) if len(argv) > 1 else int(os.environ.get("FLUIDITY_PORT", "8443"))
+    port = int(argv[1]) if len(argv) > 1 else int(os.environ.get("FLUIDITY_PORT", str(SERVER_PORT)))
     problem = probe(port)
     if problem:
         print(f"unhealthy: {problem}", file=sys.stderr)

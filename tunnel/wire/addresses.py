@@ -42,7 +42,8 @@ def _check_port(text: str) -> int:
     return port
 
 
-def _check_host(host: str) -> str:
+def check_host(host: str) -> str:
+    """A host name or IP literal as given, lower-cased; BadAddress says why it is not one."""
     if not host:
         raise BadAddress("empty host")
     if ":" in host:  # only an IPv6 literal may hold colons
@@ -67,11 +68,11 @@ def parse_authority(text: str | bytes) -> Destination:
         end = text.find("]")
         if end < 0 or text[end + 1 : end + 2] != ":":
             raise BadAddress(f"bad authority {text!r} (want [ipv6]:port)")
-        return Destination(_check_host(text[1:end]), _check_port(text[end + 2 :]))
+        return Destination(check_host(text[1:end]), _check_port(text[end + 2 :]))
     host, sep, port = text.rpartition(":")
     if not sep:
         raise BadAddress(f"authority {text!r} has no port")
-    return Destination(_check_host(host), _check_port(port))
+    return Destination(check_host(host), _check_port(port))
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,6 @@ def parse_http_url(text: str | bytes) -> HttpTarget:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    destination = Destination(_check_host(host), port)
+    destination = Destination(check_host(host), port)
     shown = f"[{destination.host}]" if ":" in destination.host else destination.host
     return HttpTarget(destination, path, shown + (f":{port_text}" if port_text else ""))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+
 from twisted.application import service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
@@ -20,6 +23,23 @@ BACKLOG = 4096
 def tcp_endpoint(reactor, host: str, port: int):
     endpoint_type = TCP6ServerEndpoint if ":" in host else TCP4ServerEndpoint
     return endpoint_type(reactor, port, backlog=BACKLOG, interface=host)
+
+
+def privileged_port_hint(port: int, error) -> str:
+    """Why a port below 1024 was refused, and the ways out, for a process that is not root."""
+    if getattr(error, "errno", None) != errno.EACCES or port >= _unprivileged_port_start():
+        return ""
+    return (f" (ports below {_unprivileged_port_start()} need CAP_NET_BIND_SERVICE, which uid {os.getuid()} does not hold here;"
+            " the server image grants it to its interpreter, so a runtime dropping it (--cap-drop, no-new-privileges) takes it away:"
+            f" keep the capability, lower net.ipv4.ip_unprivileged_port_start to {port}, or choose a port from 1024 up)")
+
+
+def _unprivileged_port_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1024
 
 
 class ListenService(service.Service):
@@ -47,7 +67,7 @@ class ListenService(service.Service):
         if isinstance(result, Failure):
             error = result.value
             if isinstance(error, CannotListenError):
-                raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {error.socketError}") from None
+                raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {error.socketError}{privileged_port_hint(self.port, error.socketError)}") from None
             result.raiseException()
         if result is None:
             raise SystemExit(f"fluidity: {self.what}: the endpoint did not listen at once")
