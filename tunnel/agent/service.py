@@ -17,6 +17,7 @@ from tunnel.agent.pac import pac_file
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.tunnel_client import TunnelClient
 from tunnel.wire import descriptors
+from tunnel.wire.tls import ca_certificate
 
 log = Logger(namespace="fluidity.agent")
 LOCAL_RESERVE = 128  # descriptors no local client can take
@@ -86,6 +87,7 @@ class Agent(service.Service):
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,
             upstream_proxy=config.upstream_proxy,
+            ca_certificate=ca_certificate(config),
         )
         self.opener = AgentOpener(self.tunnel, optimistic=config.optimistic_connect)
         total = descriptors.capacity(reactor)

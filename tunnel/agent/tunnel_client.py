@@ -20,6 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from tunnel.wire.addresses import Destination
+from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.mux import TunnelMux
 from tunnel.opener import OpenFailed
 from tunnel.agent.upstream import route
@@ -30,13 +31,14 @@ log = Logger(namespace="fluidity.agent")
 class TunnelClient:
     """Owns the connection to the server and hands out streams on it."""
 
-    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None, upstream_proxy: str = "") -> None:
+    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None, upstream_proxy: str = "", ca_certificate=None) -> None:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
         self.dns_name = ""  # the server's public DNS name, from the control plane: dialled through a proxy
         self.locator = locator
         self.upstream_proxy = upstream_proxy  # configured URL; else $HTTPS_PROXY
+        self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
@@ -194,7 +196,7 @@ class TunnelClient:
     def _lost(self, mux: TunnelMux, reason) -> None:
         self._all.discard(mux)
         if not mux.peer_ready:
-            self._note_failure(_describe(reason))
+            self._note_failure(self._interception(mux) or _describe(reason))
             return
         if mux is self.current:
             self.current = None
@@ -202,6 +204,20 @@ class TunnelClient:
             self._stale = self.locator is not None
             log.warn("tunnel to {server} lost: {why}", server=self.server, why=_describe(reason))
             self._schedule()
+
+    def _interception(self, mux: TunnelMux) -> str | None:
+        """When the handshake failed on a certificate our CA did not issue, say who did."""
+        if self.ca_certificate is None:
+            return None
+        try:
+            chain = mux.transport.getHandle().get_peer_cert_chain() or []
+            presented = [c.to_cryptography() for c in chain]
+        except Exception:  # no TLS handle, nothing presented: the usual description applies
+            return None
+        issuer = intercepted_by(presented, self.ca_certificate)
+        if issuer is None:
+            return None
+        return interception_message(issuer, self.server, self._via.removeprefix(" via "))
 
     # -- streams ----------------------------------------------------------------------
     def when_connected(self) -> defer.Deferred:

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
+from tunnel.wire.interception import intercepted_by, interception_message
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -53,9 +54,9 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
         return checks
     cert_pem, key_pem, ca_pem = material
     host, port, dns_name = _server_address(config, checks, timeout)
-    if host:
-        _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout)
-    _upstream(config, host, port, checks, timeout, dns_name)
+    dial = _upstream(config, host, port, checks, timeout, dns_name)
+    if host and dial is not None:
+        _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout, dial)
     _aws(checks)
     return checks
 
@@ -144,7 +145,9 @@ def _status(config, url: str, checks: list[Check], timeout: float) -> dict | Non
     return status
 
 
-def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, checks: list[Check], timeout: float) -> None:
+def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, checks: list[Check], timeout: float, dial) -> None:
+    """The agent's real handshake (TLS 1.3, client certificate, h2), over `dial()`: direct,
+    or through the proxy. A certificate our CA did not issue is named as interception."""
     import tempfile
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -158,12 +161,10 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
         with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
             f.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
-    where = f"{host}:{port}"
-    if config.upstream_proxy or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        checks.append(Check("TLS handshake", "warn", f"not tried directly: {where} is reached through the upstream proxy", ""))
-        return
+    via = getattr(dial, "via", "")
+    where = f"{host}:{port}" + (f" (through {via})" if via else "")
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw, context.wrap_socket(raw, server_hostname=config.server_name) as tls:
+        with dial() as raw, context.wrap_socket(raw, server_hostname=config.server_name) as tls:
             tls.settimeout(timeout)
             try:
                 tls.recv(1)  # TLS 1.3: a refused client certificate shows up on the first read
@@ -171,6 +172,10 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
                 pass
             alpn = tls.selected_alpn_protocol()
     except ssl.SSLCertVerificationError as e:
+        issuer = _presented_issuer(dial, config.server_name, ca_pem, timeout)
+        if issuer is not None:
+            checks.append(Check("TLS interception", "FAIL", interception_message(issuer, f"{host}:{port}", via), f"ask for a TLS-inspection bypass for {host}:{port}"))
+            return
         checks.append(Check("server name and CA", "FAIL", f"{where}: {e.verify_message}", f"server_name must be a name in the server's certificate ({config.server_name!r}), and ca_file the CA that issued it"))
         return
     except (ssl.SSLError, OSError) as e:
@@ -189,7 +194,24 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
     checks.append(Check("TLS handshake", state, f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}", "" if alpn == "h2" else "the server must offer h2"))
 
 
-def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, dns_name: str = "") -> None:
+def _presented_issuer(dial, server_name: str, ca_pem: bytes, timeout: float) -> str | None:
+    """Who issued what the server's address presents, when our CA did not: a second
+    handshake that only looks (no client certificate, nothing sent after it)."""
+    look = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    look.check_hostname, look.verify_mode = False, ssl.CERT_NONE
+    try:
+        with dial() as raw, look.wrap_socket(raw, server_hostname=server_name) as tls:
+            presented = tls.getpeercert(binary_form=True)
+    except (ssl.SSLError, OSError):
+        return None
+    if not presented:
+        return None
+    return intercepted_by([x509.load_der_x509_certificate(presented)], x509.load_pem_x509_certificate(ca_pem))
+
+
+def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, dns_name: str = ""):
+    """Checks the proxy the agent would use; returns how to open a connection to the server
+    (direct, or a CONNECT through that proxy), or None when the proxy refuses."""
     from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
     from tunnel.agent.upstream import port_hint, proxy_for
 
@@ -197,9 +219,9 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
         proxy = proxy_for(config.upstream_proxy, host or config.server_ip)
     except ValueError as e:
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
-        return
+        return None
     if proxy is None:
-        return
+        return lambda: socket.create_connection((host, port), timeout=timeout)
     why = "upstream_proxy" if config.upstream_proxy else "$HTTPS_PROXY"
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
     auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
@@ -212,22 +234,35 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
             status, head = _connect_through(proxy, target, auth, timeout)
     except ProxyAuthError as e:
         checks.append(Check("upstream proxy", "FAIL", f"{proxy.display} (from {why}): {e}", "check the proxy's user name and password in upstream_proxy"))
-        return
+        return None
     except OSError as e:
         checks.append(Check("upstream proxy", "FAIL", f"cannot reach {proxy.display} (from {why}): {e}", "check upstream_proxy / $HTTPS_PROXY"))
-        return
+        return None
     if not target:
         checks.append(Check("upstream proxy", "ok", f"{proxy.display} (from {why}) accepts connections"))
-        return
+        return None
     ok = status is not None and 200 <= status < 300
     how = f", authenticated with {auth.scheme.upper() if auth.scheme == 'ntlm' else auth.scheme.capitalize()}" if ok and auth.scheme else ""
     fix = "" if ok else "check that the proxy allows CONNECT to this port"
     checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} (from {why}) answered {head!r} to CONNECT {target}{how}" + ("" if ok else port_hint(status, port)), fix))
+    if not ok:
+        return None
+
+    def through_proxy() -> socket.socket:
+        kept: list = []
+        status, head = _connect_through(proxy, target, ProxyAuthenticator(proxy.username, proxy.password, proxy.host), timeout, kept)
+        if not kept:
+            raise OSError(f"{proxy.display} answered {head!r} to CONNECT {target}")
+        return kept[0]
+
+    through_proxy.via = proxy.display
+    return through_proxy
 
 
-def _connect_through(proxy, target: str, auth, timeout: float) -> tuple[int | None, str]:
+def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None = None) -> tuple[int | None, str]:
     """CONNECT as the agent does: challenge-driven authentication, on one connection while
-    the proxy keeps it. Returns the final status and status line."""
+    the proxy keeps it. Returns the final status and status line; after a 2xx the open
+    connection is appended to `keep` when one is given (the caller closes it)."""
     import h11
 
     from tunnel.agent.proxy_auth import MAX_ROUNDS
@@ -249,6 +284,8 @@ def _connect_through(proxy, target: str, auth, timeout: float) -> tuple[int | No
                     elif isinstance(event, h11.Response):
                         response = event
                         if 200 <= event.status_code < 300:
+                            if keep is not None:
+                                keep.append(sock.dup())
                             return event.status_code, f"HTTP/1.1 {event.status_code} {event.reason.decode('latin-1')}"
                 line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
                 challenges = [v.decode("latin-1") for n, v in response.headers if n == b"proxy-authenticate"]

@@ -83,6 +83,11 @@ def server_options(config: Settings) -> ssl.CertificateOptions:
     return options
 
 
+def ca_certificate(config: Settings) -> x509.Certificate:
+    """The CA that must have issued the peer's certificate (to name an impostor when it did not)."""
+    return x509.load_pem_x509_certificate(read_pem(config.ca_file, "ca_file"))
+
+
 def client_options(config: Settings) -> IOpenSSLClientConnectionCreator:
     """Connection creator for the agent: verifies CA and `server_name`, offers only h2."""
     mine, ca = _material(config)
