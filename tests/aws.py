@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import boto3
 from moto.server import ThreadedMotoServer
 
-from support import free_port
+from support import free_port, stop_process
 
 REGION = "us-east-1"
 
@@ -186,16 +186,7 @@ class ControlPlaneProc:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> int:
-        import subprocess
-
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
+        return stop_process(self.process)
 
 
 class EcsScheduler:

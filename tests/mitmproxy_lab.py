@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from support import free_port, wait_for_port
+from support import free_port, stop_process, wait_for_port
 
 MITMDUMP = os.environ.get("FLUIDITY_MITMDUMP", "/opt/fluidity-mitmproxy/bin/mitmdump")
 
@@ -40,11 +40,5 @@ class Mitmproxy:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        stop_process(self.process)
         shutil.rmtree(self.folder, ignore_errors=True)
