@@ -26,6 +26,9 @@ from test_agent_front import _raw
         (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n", b"431"),
         (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"400"),
         (b"GET http://127.0.0.1:{port}/ HTTP/9.9\r\nHost: x\r\n\r\n", b"505"),
+        # URLs the standard library's parser itself refuses (found by test_properties).
+        (b"GET http://[::1/ HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
+        (b"GET http://[not-an-ip]:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
     ],
 )
 def test_malformed_framing_is_refused(tunnel, http_origin, request_bytes, status):

@@ -152,6 +152,8 @@ def _agent_options(certs, tmp_path, **overrides):
         ({"wake_endpoint": "https://api.example/prod/wake"}, "'lifecycle.api_key' is required"),
         ({"wake_endpoint": "http://api.example/prod/wake", "api_key": "k"}, "plain http would send the API key in clear"),
         ({"wake_endpoint": "ftp://api.example/wake", "api_key": "k"}, "expected an http(s) URL"),
+        ({"wake_endpoint": "https://[api.example/wake", "api_key": "k"}, "bad URL"),
+        ({"wake_endpoint": "https://api.example:99999/wake", "api_key": "k"}, "bad URL"),
         ({"wake_endpoint": "https://k:secret@api.example/wake", "api_key": "k"}, "not in the URL"),
         ({"wake_endpoint": "https://api.example/prod/start", "api_key": "k"}, "'lifecycle.status_endpoint' is required"),
         ({"kill_endpoint": "https://api.example/prod/kill", "api_key": "k"}, "'lifecycle.wake_endpoint' is required"),

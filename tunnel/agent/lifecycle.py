@@ -91,7 +91,11 @@ def settings_from(config: Settings) -> LifecycleSettings | None:
 
 
 def _check_url(url: str, what: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises for a port out of range)
+    except ValueError as e:
+        raise ConfigError(f"{what}: bad URL {url!r}: {e}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{what}: expected an http(s) URL, got {url!r}")
     if parts.username or parts.password or parts.query:

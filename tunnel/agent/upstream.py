@@ -56,7 +56,10 @@ class UpstreamProxy:
 
 def parse_proxy_url(url: str) -> UpstreamProxy:
     """`http://[user:pass@]host[:port]` (port 3128 by default); ValueError otherwise."""
-    parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    try:
+        parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
+    except ValueError as e:  # unbalanced brackets, a bracketed host that is no IP
+        raise ValueError(f"bad proxy URL {url!r}: {e}") from None
     if parts.scheme != "http":
         raise ValueError(f"only http:// upstream proxies are supported, got {parts.scheme}://")
     if not parts.hostname:

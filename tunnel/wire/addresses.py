@@ -89,7 +89,10 @@ def parse_http_url(text: str | bytes) -> HttpTarget:
             text = text.decode("ascii")
         except UnicodeDecodeError:
             raise BadAddress("URL is not ASCII") from None
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError as e:  # unbalanced brackets, a bracketed host that is no IP
+        raise BadAddress(f"bad URL: {e}") from None
     if parts.scheme.lower() != "http":
         raise BadAddress(f"unsupported scheme {parts.scheme!r} (only http:// in absolute form; use CONNECT for https)")
     netloc = parts.netloc.rpartition("@")[2]  # userinfo is never forwarded
