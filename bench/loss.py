@@ -41,7 +41,7 @@ def in_own_namespace() -> bool:
 def reexec_in_namespace() -> int:
     """Run this script again inside a new network namespace holding only a loopback."""
     if os.geteuid() != 0 or shutil.which("unshare") is None:
-        raise SystemExit("bench/loss.py needs root and unshare(1): it makes a network namespace of its own")
+        raise SystemExit(f"{sys.argv[0]} needs root and unshare(1): it makes a network namespace of its own")
     env = {**os.environ, "FLUIDITY_LOSS_NETNS": "1"}
     return subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env)
 

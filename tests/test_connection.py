@@ -118,7 +118,7 @@ def test_a_ping_is_sent_on_time_and_an_unanswered_one_is_overdue():
     assert p.agent.tick(25.0) == []  # answered: not overdue; the next PING is due instead
     p.agent.data_to_send()
     assert p.agent.tick(40.0) == [] and p.agent.next_deadline() == 40.0 + 10.0  # sent at 40, unanswered
-    assert p.agent.tick(50.0) == [core.PingOverdue()]
+    assert p.agent.tick(50.0) == [core.PingOverdue(10.0)]
 
 
 def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_done():
@@ -139,3 +139,32 @@ def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_
     p.events["server"] += p.server.end(sid)
     p.pump()
     assert p.of("server", core.Finished) == [core.Finished()]  # orderly: nothing to warn about
+
+
+def test_a_stream_opened_after_a_quiet_spell_probes_the_connection():
+    """Issue 25, item 7: a middlebox that forgot the flow drops what we send silently; the
+    stream that finds the connection quiet sends a PING with it, due within the probe
+    timeout rather than at the next keepalive (15 s) plus its timeout (10 s)."""
+    p = Pair(keepalive_interval=15.0, keepalive_timeout=10.0)
+    sid = p.agent.open_stream(parse_authority("example.com:443"))
+    p.agent.probe(0.5, 3.0)  # heard from the server 0.5 s ago (the preface): not quiet yet
+    assert p.agent.next_deadline() == 15.0
+    p.agent.probe(2.0, 3.0)  # quiet for 2 s: PING now, due by 5.0
+    assert p.agent.next_deadline() == 5.0
+    sent = p.agent.data_to_send()
+    assert b"\x00\x00\x08\x06\x00" in sent  # a PING frame (length 8, type 6, no flags) went out
+    assert p.agent.tick(4.9) == [] and p.agent.tick(5.0) == [core.PingOverdue(3.0)]
+    assert sid in p.agent.streams
+
+
+def test_a_probe_answered_keeps_the_connection_and_shortens_an_outstanding_ping():
+    p = Pair(keepalive_interval=15.0, keepalive_timeout=10.0)
+    p.agent.tick(15.0)  # the keepalive PING, due by 25.0
+    ping = p.agent.data_to_send()
+    p.agent.probe(20.0, 3.0)  # quiet since the preface: the outstanding PING is due by 23.0 now
+    assert p.agent.next_deadline() == 23.0 and p.agent.data_to_send() == b""  # no second PING
+    p.server.receive(ping, 21.0)
+    p.agent.receive(p.server.data_to_send(), 21.5)  # the ACK
+    assert p.agent.tick(23.0) == [] and p.agent.next_deadline() == 30.0  # alive: next keepalive only
+    p.agent.probe(21.6, 3.0)  # heard 0.1 s ago: nothing to prove
+    assert p.agent.data_to_send() == b"" and p.agent.next_deadline() == 30.0

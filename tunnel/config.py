@@ -174,6 +174,7 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),
         Key("keepalive_interval", parse_duration, 15.0, "PING the server this often"),
         Key("keepalive_timeout", parse_duration, 10.0, "reconnect when a PING gets no answer this long"),
+        Key("probe_timeout", parse_duration, 3.0, "a stream opened after a second's silence from the server sends a PING with it; no answer this soon and the connection is replaced (a middlebox forgot the flow), the stream opened again on the new one"),
         Key("reconnect_max_delay", parse_duration, 5.0, "longest wait between reconnection attempts"),
         Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
         Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
@@ -261,6 +262,7 @@ class AgentSettings:
     connect_timeout: float
     keepalive_interval: float
     keepalive_timeout: float
+    probe_timeout: float
     reconnect_max_delay: float
     tunnel_wait: float
     optimistic_connect: bool

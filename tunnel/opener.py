@@ -40,8 +40,9 @@ class IOpener(Interface):
 
     def open(destination: Destination, protocol) -> defer.Deferred:
         """Start reaching `destination`; `protocol` is connected to the byte stream when
-        it exists (the tunnel's at once, bytes written meanwhile wait; a dial's once
-        connected). Fires when the destination has answered; fails with OpenFailed, or
+        it exists (the tunnel's at once where `answers_early` said yes, bytes written
+        meanwhile wait; otherwise, like a dial's, once the destination has answered).
+        Fires when the destination has answered; fails with OpenFailed, or
         CancelledError when cancelled."""
 
     def answers_early(destination: Destination) -> bool:

@@ -59,7 +59,9 @@ class AgentOpener:
         return self.optimistic and current is not None and not current.draining and destination.authority in self.known
 
     def open(self, destination: Destination, protocol):
-        d = self.tunnel.open(destination, protocol)
+        # A client told "connected" may be writing: its stream takes the protocol at once.
+        # Otherwise it waits for the answer, and a connection found dead meanwhile is retried.
+        d = self.tunnel.open(destination, protocol, attach_at_once=self.answers_early(destination))
         d.addCallbacks(self._reached, self._refused, callbackArgs=(destination,), errbackArgs=(destination,))
         return d
 

@@ -83,6 +83,7 @@ class Agent(service.Service):
             connect_timeout=config.connect_timeout,
             keepalive_interval=config.keepalive_interval,
             keepalive_timeout=config.keepalive_timeout,
+            probe_timeout=config.probe_timeout,
             reconnect_max_delay=config.reconnect_max_delay,
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,

@@ -31,7 +31,7 @@ log = Logger(namespace="fluidity.agent")
 class TunnelClient:
     """Owns the connection to the server and hands out streams on it."""
 
-    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, tunnel_wait: float, locator=None, upstream_proxy: str = "", ca_certificate=None) -> None:
+    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, probe_timeout: float = 3.0, tunnel_wait: float, locator=None, upstream_proxy: str = "", ca_certificate=None) -> None:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
@@ -46,6 +46,7 @@ class TunnelClient:
         self.connect_timeout = connect_timeout
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        self.probe_timeout = probe_timeout
         self.tunnel_wait = tunnel_wait
         self.current: TunnelMux | None = None
         self.last_error: str | None = None
@@ -96,6 +97,7 @@ class TunnelClient:
                 clock=self.reactor,
                 keepalive_interval=self.keepalive_interval,
                 keepalive_timeout=self.keepalive_timeout,
+                probe_timeout=self.probe_timeout,
                 on_ready=self._ready,
                 on_drain=self._draining,
                 on_lost=self._lost,
@@ -221,7 +223,7 @@ class TunnelClient:
 
     # -- streams ----------------------------------------------------------------------
     def when_connected(self) -> defer.Deferred:
-        if self.current is not None:
+        if self.current is not None and not self.current.closed:
             return defer.succeed(self.current)
         waiter = defer.Deferred()
         self._waiters.append(waiter)
@@ -242,8 +244,13 @@ class TunnelClient:
             self._connect()
         return waiter
 
-    def open(self, destination: Destination, protocol: Protocol) -> defer.Deferred:
-        """Fires when the server answers 200; `protocol` is connected as soon as the stream exists."""
+    def open(self, destination: Destination, protocol: Protocol, attach_at_once: bool = True) -> defer.Deferred:
+        """Fires when the server answers 200. With `attach_at_once`, `protocol` is connected
+        as soon as the stream exists (its client was told "connected" and may be writing);
+        otherwise only once the server answers, so a connection that dies before the answer
+        costs nothing but time: the stream is opened once more on the next connection."""
+        if not attach_at_once:
+            return _OpenWhenAnswered(self, destination, protocol).start()
         if self.current is not None and not self.current.draining:
             try:
                 return self.current.open_stream(destination, protocol).ready
@@ -256,6 +263,69 @@ class TunnelClient:
         for waiter in waiters:
             if not waiter.called:
                 waiter.errback(error)
+
+
+class _OpenWhenAnswered:
+    """A stream whose protocol is attached when the server answers. When the connection
+    carrying it dies first (a probe found it dead, the server went away), nothing of the
+    client's has been sent yet, so it is opened again on the next connection, once."""
+
+    def __init__(self, tunnel: TunnelClient, destination: Destination, protocol: Protocol, retries: int = 1) -> None:
+        self.tunnel, self.destination, self.protocol, self.retries = tunnel, destination, protocol, retries
+        self.result: defer.Deferred = defer.Deferred(self._cancel)
+        self._waiting: defer.Deferred | None = None  # for a connection
+        self._stream = None  # opened, not yet answered
+
+    def start(self) -> defer.Deferred:
+        self._attempt()
+        return self.result
+
+    def _attempt(self) -> None:
+        current = self.tunnel.current
+        # Its streams learn of a lost connection before the client does: closed is not current.
+        usable = current is not None and not current.draining and not current.closed
+        waiting = defer.succeed(current) if usable else self.tunnel.when_connected()
+        waiting.addCallback(self._open).addErrback(self._fail)
+        self._waiting = None if waiting.called else waiting
+
+    def _open(self, mux: TunnelMux) -> None:
+        self._waiting = None
+        if self.result.called:
+            return
+        stream = self._stream = mux.open_stream(self.destination, None)
+        stream.ready.addCallbacks(self._answered, self._unanswered, errbackArgs=(mux,))
+
+    def _answered(self, stream) -> None:
+        self._stream = None
+        if self.result.called:  # the client left meanwhile
+            stream.abortConnection()
+            return
+        stream.attach(self.protocol)
+        self.result.callback(stream)
+
+    def _unanswered(self, failure, mux: TunnelMux) -> None:
+        self._stream = None
+        if self.result.called:
+            return
+        if mux.closed and self.retries > 0 and self.tunnel._running:
+            self.retries -= 1
+            log.info("the tunnel connection ended before {dest} was answered; opening it on the next one", dest=self.destination.authority)
+            self._attempt()
+            return
+        self.result.errback(failure)
+
+    def _fail(self, failure) -> None:
+        self._waiting = None
+        if not self.result.called:
+            self.result.errback(failure)
+
+    def _cancel(self, _) -> None:
+        waiting, stream = self._waiting, self._stream
+        self._waiting = self._stream = None
+        if waiting is not None and not waiting.called:
+            waiting.cancel()
+        if stream is not None and not stream.closed:
+            stream.abortConnection()
 
 
 def _describe(reason) -> str:

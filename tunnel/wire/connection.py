@@ -35,6 +35,8 @@ STREAM_WINDOW = 8 << 20  # per stream: enough for ~80 Mbit/s at 100 ms without s
 CONNECTION_WINDOW = 32 << 20  # shared by all streams of one agent
 MAX_FRAME = 1 << 18
 MAX_HEADER_LIST = 16 << 10
+# A stream opened after this long without a byte from the peer sends a PING with it (`probe`).
+PROBE_WHEN_QUIET = 1.0
 
 # Per connection and 10 seconds. Rapid reset (CVE-2023-44487) opens and resets streams
 # faster than any client closes connections; SETTINGS and PING floods make us write
@@ -161,7 +163,7 @@ class Finished:  # the GOAWAY is queued: close the connection once it is sent
 
 @dataclass(slots=True)
 class PingOverdue:  # the peer did not answer a PING in time: abort the connection
-    pass
+    waited: float = 0.0  # seconds since that PING was sent
 
 
 def proxy_status(reason: str) -> str:
@@ -197,6 +199,8 @@ class TunnelConnection:
         self._ping_ids = itertools.count(1)
         self._ping_at: float | None = None
         self._ping_deadline: float | None = None
+        self._ping_sent: float | None = None  # when the PING now awaiting its ACK was sent
+        self._last_heard = 0.0  # when the peer's bytes last arrived
         # Inbound headers come from the peer and are checked; outbound ones are ours, built well-formed.
         config = h2.config.H2Configuration(
             client_side=client_side, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False
@@ -221,6 +225,7 @@ class TunnelConnection:
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if self.keepalive_interval > 0:
             self._ping_at = now + self.keepalive_interval
+        self._last_heard = now
 
     def data_to_send(self) -> bytes:
         return self.h2.data_to_send()
@@ -229,6 +234,7 @@ class TunnelConnection:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
         if self.terminated:
             return []
+        self._last_heard = now
         out: list = []
         try:
             for event in self.h2.receive_data(data):
@@ -256,17 +262,33 @@ class TunnelConnection:
         """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
         if self._ping_deadline is not None and now >= self._ping_deadline:
             self._ping_deadline = self._ping_at = None
-            return [PingOverdue()]
+            return [PingOverdue(now - (self._ping_sent if self._ping_sent is not None else now))]
         if self._ping_at is not None and now >= self._ping_at:
             self._ping_at = now + self.keepalive_interval
             if self._ping_deadline is None and not self.terminated:
-                try:
-                    self.h2.ping(struct.pack(">Q", next(self._ping_ids)))
-                except h2.exceptions.ProtocolError:
+                if not self._ping(now, self.keepalive_timeout):
                     self._ping_at = None  # the connection is closing; nothing to keep alive
-                    return []
-                self._ping_deadline = now + self.keepalive_timeout
         return []
+
+    def probe(self, now: float, timeout: float, quiet: float = PROBE_WHEN_QUIET) -> None:
+        """A stream is about to open: when the peer has been quiet for `quiet` seconds, make
+        sure the connection still works, within `timeout` (a PING now, or the one already
+        awaiting its ACK given the shorter deadline). A middlebox that forgot an idle flow
+        drops what we send without a word; this notices in seconds, not at the next PING."""
+        if self.terminated or now - self._last_heard < quiet:
+            return
+        if self._ping_deadline is not None:
+            self._ping_deadline = min(self._ping_deadline, now + timeout)
+            return
+        self._ping(now, timeout)
+
+    def _ping(self, now: float, timeout: float) -> bool:
+        try:
+            self.h2.ping(struct.pack(">Q", next(self._ping_ids)))
+        except h2.exceptions.ProtocolError:
+            return False
+        self._ping_sent, self._ping_deadline = now, now + timeout
+        return True
 
     def stop_timers(self) -> None:
         self._ping_at = self._ping_deadline = None
@@ -364,7 +386,7 @@ class TunnelConnection:
         elif isinstance(event, h2.events.PingReceived):
             self._flooding("PING frames", now, out)  # h2 has queued the ACK; a flood closes the connection
         elif isinstance(event, h2.events.PingAckReceived):
-            self._ping_deadline = None
+            self._ping_deadline = self._ping_sent = None
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = True
             out.append(Finished(f"the peer closed the tunnel connection ({getattr(event.error_code, 'name', event.error_code)})"))

@@ -196,6 +196,7 @@ class TunnelMux(Protocol):
         max_streams: int = 2000,
         keepalive_interval: float = 15.0,
         keepalive_timeout: float = 10.0,
+        probe_timeout: float = 3.0,
         on_drain: Callable[["TunnelMux"], None] | None = None,
         on_ready: Callable[["TunnelMux"], None] | None = None,
         on_lost: Callable[["TunnelMux", Failure], None] | None = None,
@@ -209,6 +210,7 @@ class TunnelMux(Protocol):
         self.on_ready = on_ready
         self.on_lost = on_lost
         self.keepalive_timeout = keepalive_timeout
+        self.probe_timeout = probe_timeout
         self.peer_name = peer_name
         self.identity = peer_name  # the server sets the peer certificate's CN
         self.streams: dict[int, TunnelStream] = {}
@@ -281,6 +283,9 @@ class TunnelMux(Protocol):
 
     # -- the one timer: PINGs and their deadline -------------------------------------------
     def _arm(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()  # a probe may have brought the deadline forward
+        self._timer = None
         deadline = self.core.next_deadline()
         if deadline is None or self.closed:
             return
@@ -358,7 +363,7 @@ class TunnelMux(Protocol):
                         self._write_out()
                         self.close()
                 elif kind is core.PingOverdue:
-                    log.warn("no PING answer from {peer} in {t}s; dropping the connection", peer=self.peer_name, t=self.keepalive_timeout)
+                    log.warn("no PING answer from {peer} in {t:.1f}s; dropping the connection", peer=self.peer_name, t=event.waited)
                     self.transport.abortConnection()
             except Exception:
                 self._stream_failed(stream, Failure())
@@ -397,14 +402,20 @@ class TunnelMux(Protocol):
         self._run(self.core.refuse(stream.stream_id, status, reason))
 
     # -- agent side: opening a stream --------------------------------------------------
-    def open_stream(self, destination: Destination, protocol: Protocol) -> TunnelStream:
-        """Send CONNECT and attach `protocol` at once: it may write before the 200 arrives."""
+    def open_stream(self, destination: Destination, protocol: Protocol | None) -> TunnelStream:
+        """Send CONNECT and attach `protocol` at once: it may write before the 200 arrives
+        (None: the caller attaches one later; what arrives meanwhile waits). After a quiet
+        spell a PING goes with it, so a connection that died unseen is noticed within
+        probe_timeout (then replaced)."""
         if self.closed:
             raise OpenFailed(503, "tunnel connection is closing")
         sid = self.core.open_stream(destination)
         stream = self.streams[sid] = TunnelStream(self, self.core.streams[sid])
+        self.core.probe(self.clock.seconds(), self.probe_timeout)
         self._write_out()
-        stream.attach(protocol)
+        self._arm()
+        if protocol is not None:
+            stream.attach(protocol)
         return stream
 
     # -- graceful drain ------------------------------------------------------------------
