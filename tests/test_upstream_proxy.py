@@ -82,7 +82,7 @@ def test_https_proxy_from_the_environment_and_no_proxy(tunnel, tinyproxy, http_o
         assert agent.stop() == 0
 
 
-@pytest.mark.parametrize("url, message", [("https://proxy:3128", "only http:// upstream proxies"), ("http://proxy:99999", "bad proxy port"), ("http://proxy:3128/path", "no path"), ("http://[proxy:3128", "bad proxy URL")])
+@pytest.mark.parametrize("url, message", [("socks5://proxy:1080", "only http:// and https:// upstream proxies"), ("http://proxy:99999", "bad proxy port"), ("http://proxy:3128/path", "no path"), ("http://[proxy:3128", "bad proxy URL")])
 def test_bad_proxy_urls_are_one_line(certs, tmp_path, url, message):
     import yaml
 

@@ -181,7 +181,9 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
         Key("head_timeout", parse_duration, 60.0, "a local client must send a complete request head (or SOCKS request) this soon; 0: never times out"),
         Key("pac_bypass", _parse_pac_bypass, list(DEFAULT_BYPASS), "hosts and networks /proxy.pac sends DIRECT"),
-        Key("upstream_proxy", _parse_str, "", "reach the server through this HTTP proxy (http://user:pass@host:port; default $HTTPS_PROXY)"),
+        Key("upstream_proxy", _parse_str, "", "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... (TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY"),
+        Key("pac_url", _parse_str, "", "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one"),
+        Key("upstream_proxy_ca", _parse_str, "", "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's"),
         Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
         Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
         Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
@@ -270,6 +272,8 @@ class AgentSettings:
     head_timeout: float
     pac_bypass: tuple[str, ...]
     upstream_proxy: str
+    pac_url: str
+    upstream_proxy_ca: str
     lifecycle: LifecycleSettingsBlock
     source: str = field(default="defaults", compare=False)
 

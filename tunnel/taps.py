@@ -12,6 +12,7 @@ import os
 
 from twisted.application import service
 from twisted.application.internet import TimerService
+from twisted.internet import ssl
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -98,10 +99,18 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                         )
                     raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
                 try:
-                    proxy_for(config.upstream_proxy, config.server_ip)
+                    if config.upstream_proxy.strip() != "auto":
+                        proxy_for(config.upstream_proxy, config.server_ip)
                 except ValueError as e:
                     where = "'upstream_proxy'" if config.upstream_proxy else "$HTTPS_PROXY"
                     raise cfg.ConfigError(f"{config.source}: {where}: {e}") from None
+                if config.pac_url and config.upstream_proxy.strip() != "auto":
+                    raise cfg.ConfigError(f"{config.source}: 'pac_url' is used only with upstream_proxy: auto")
+                if config.upstream_proxy_ca:
+                    try:
+                        ssl.Certificate.loadPEM(open(config.upstream_proxy_ca, "rb").read())
+                    except Exception as e:  # unreadable, or pyOpenSSL's own error for bad PEM
+                        raise cfg.ConfigError(f"{config.source}: 'upstream_proxy_ca': cannot load {config.upstream_proxy_ca}: {e}") from None
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options

@@ -124,11 +124,12 @@ class ControlPlaneClient:
 
     ATTEMPTS = 3
 
-    def __init__(self, reactor, settings: LifecycleSettings, http_agent=None) -> None:
+    def __init__(self, reactor, settings: LifecycleSettings, http_agent=None, proxies=None) -> None:
         self.reactor = reactor
         self.settings = settings
-        # The same proxy choice and CONNECT as the tunnel, the name left to the proxy.
-        endpoints = ProxiedEndpoints(reactor, settings.upstream_proxy, settings.request_timeout)
+        # The same proxy choice (a ProxyChoice, else the setting) and CONNECT as the tunnel,
+        # the name left to the proxy.
+        endpoints = ProxiedEndpoints(reactor, proxies if proxies is not None else settings.upstream_proxy, settings.request_timeout)
         self.http = http_agent or Agent.usingEndpointFactory(reactor, endpoints, pool=_quiet_pool(reactor))
 
     def wake(self) -> defer.Deferred:

@@ -16,6 +16,7 @@ from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.agent.pac import pac_file
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.tunnel_client import TunnelClient
+from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.wire import descriptors
 from tunnel.wire.tls import ca_certificate
 
@@ -73,7 +74,9 @@ class Agent(service.Service):
         self.started_at = reactor.seconds()
         self.identity = certificate_name(config.cert_file)
         self.lifecycle = settings_from(config)
-        self.control_plane = ControlPlaneClient(reactor, self.lifecycle) if self.lifecycle else None
+        # One proxy policy for every connection the agent makes: the tunnel and the control plane.
+        self.proxies = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca)
+        self.control_plane = ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies) if self.lifecycle else None
         self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
         self.tunnel = TunnelClient(
             reactor,
@@ -87,7 +90,7 @@ class Agent(service.Service):
             reconnect_max_delay=config.reconnect_max_delay,
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,
-            upstream_proxy=config.upstream_proxy,
+            upstream_proxy=self.proxies,
             ca_certificate=ca_certificate(config),
         )
         self.opener = AgentOpener(self.tunnel, optimistic=config.optimistic_connect)

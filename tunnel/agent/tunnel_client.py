@@ -18,6 +18,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from tunnel.wire.addresses import Destination
 from tunnel.wire.interception import intercepted_by, interception_message
@@ -37,7 +38,7 @@ class TunnelClient:
         self.host, self.port = host, port
         self.dns_name = ""  # the server's public DNS name, from the control plane: dialled through a proxy
         self.locator = locator
-        self.upstream_proxy = upstream_proxy  # configured URL; else $HTTPS_PROXY
+        self.upstream_proxy = upstream_proxy  # a ProxyChoice, or the configured URL (else $HTTPS_PROXY)
         self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
         self.asleep = False  # the control plane says the server is stopped: wait for a client
@@ -86,6 +87,19 @@ class TunnelClient:
 
     def _connect(self) -> None:
         if not self._running or self._attempt is not None:
+            return
+        refreshing = getattr(self.upstream_proxy, "refresh", None)
+        looking = refreshing(self.reactor) if refreshing is not None else None
+        if looking is not None:  # upstream_proxy: auto is looking for the PAC file: dial after
+            self._attempt = looking
+
+            def looked(result):
+                if self._attempt is looking:
+                    self._attempt = None
+                if not (isinstance(result, Failure) and result.check(defer.CancelledError)):
+                    self._connect()
+
+            looking.addBoth(looked)
             return
         if self.locator is not None and (self._stale or not self.host):
             self._locate()

@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
@@ -45,32 +46,33 @@ class UpstreamProxy:
     port: int
     username: str = ""
     password: str = ""
+    tls: bool = False  # an https:// proxy: TLS to the proxy, then CONNECT inside it
 
     @property
     def display(self) -> str:
         """For logs: never the password."""
         user = f"{self.username}@" if self.username else ""
-        return f"http://{user}{format_authority(self.host, self.port)}"
-
+        return f"{'https' if self.tls else 'http'}://{user}{format_authority(self.host, self.port)}"
 
 
 def parse_proxy_url(url: str) -> UpstreamProxy:
-    """`http://[user:pass@]host[:port]` (port 3128 by default); ValueError otherwise."""
+    """`http://[user:pass@]host[:port]` (port 3128 by default) or `https://...` (TLS to the
+    proxy, port 443 by default); ValueError otherwise."""
     try:
         parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
     except ValueError as e:  # unbalanced brackets, a bracketed host that is no IP
         raise ValueError(f"bad proxy URL {url!r}: {e}") from None
-    if parts.scheme != "http":
-        raise ValueError(f"only http:// upstream proxies are supported, got {parts.scheme}://")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"only http:// and https:// upstream proxies are supported, got {parts.scheme}://")
     if not parts.hostname:
         raise ValueError(f"no proxy host in {url!r}")
     try:
-        port = parts.port or 3128
+        port = parts.port or (443 if parts.scheme == "https" else 3128)
     except ValueError:
         raise ValueError(f"bad proxy port in {url!r}") from None
     if parts.path not in ("", "/") or parts.query:
         raise ValueError("an upstream proxy URL has no path or query")
-    return UpstreamProxy(parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""))
+    return UpstreamProxy(parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""), tls=parts.scheme == "https")
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:
@@ -211,6 +213,8 @@ class _Attempt:
         if self._connections > MAX_ROUNDS + 1:
             return self.failed(UpstreamProxyError(f"upstream proxy kept closing the connection during authentication for CONNECT {self.target}"))
         to_proxy = HostnameEndpoint(self.endpoint.reactor, self.endpoint.proxy.host, self.endpoint.proxy.port, timeout=self.endpoint.timeout)
+        if self.endpoint.proxy.tls:
+            to_proxy = wrapClientTLS(self.endpoint.proxy_tls, to_proxy)
         self.connecting = to_proxy.connect(Factory.forProtocol(lambda: _ConnectHandshake(self, authorization)))
         self.connecting.addErrback(self.failed)
 
@@ -229,9 +233,12 @@ class _Attempt:
 
 @implementer(IStreamClientEndpoint)
 class HTTPConnectEndpoint:
-    def __init__(self, reactor, proxy: UpstreamProxy, host: str, port: int, timeout: float) -> None:
+    def __init__(self, reactor, proxy: UpstreamProxy, host: str, port: int, timeout: float, proxy_tls=None) -> None:
         self.reactor = reactor
         self.proxy = proxy
+        # An https:// proxy's certificate is checked for its name, against the system's
+        # trust store unless the choice names a CA (upstream_proxy_ca).
+        self.proxy_tls = proxy_tls if proxy_tls is not None else (optionsForClientTLS(proxy.host) if proxy.tls else None)
         self.target = format_authority(host, port)
         self.port = port
         self.timeout = timeout
@@ -255,23 +262,32 @@ class HTTPConnectEndpoint:
         return result
 
 
-def route(reactor, configured: str, host: str, port: int, timeout: float, environ=os.environ, name: str = "") -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
+def route(reactor, configured, host: str, port: int, timeout: float, environ=os.environ, name: str = "") -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
     """How the agent reaches host:port, and the proxy it goes through (None: direct).
 
-    `name`, when given, is host's DNS name: a proxy is asked to CONNECT to it rather than
-    to the bare address (category filters refuse or flag raw IPs, and the proxy resolves
-    names for laptops that cannot), while a direct dial keeps the address and needs no DNS.
-    $NO_PROXY covering either one means direct."""
-    proxy = proxy_for(configured, host, environ)
-    if proxy is not None and name and not configured and proxy_for(configured, name, environ) is None:
-        proxy = None
+    `configured` is the upstream_proxy setting, or a `ProxyChoice` (which also knows
+    `auto`: the platform's PAC file). `name`, when given, is host's DNS name: a proxy is
+    asked to CONNECT to it rather than to the bare address (category filters refuse or
+    flag raw IPs, and the proxy resolves names for laptops that cannot), while a direct
+    dial keeps the address and needs no DNS. A bypass covering either one means direct."""
+    choose = getattr(configured, "choose", None)
+    if choose is None:
+        proxy = proxy_for(configured, host, environ)
+        if proxy is not None and name and not configured and proxy_for(configured, name, environ) is None:
+            proxy = None
+        proxy_tls = None
+    else:
+        proxy = choose(name or host, port)[0]
+        if proxy is not None and name and choose(host, port)[0] is None:
+            proxy = None
+        proxy_tls = configured.proxy_tls(proxy) if proxy is not None and proxy.tls else None
     if proxy is None:
         return HostnameEndpoint(reactor, host, port, timeout=timeout), None
-    by_address = HTTPConnectEndpoint(reactor, proxy, host, port, timeout)
+    by_address = HTTPConnectEndpoint(reactor, proxy, host, port, timeout, proxy_tls)
     if not name or name == host:
         return by_address, proxy
     # A proxy that cannot resolve the name (a split-horizon resolver) may still take the address.
-    return FirstThatConnects([HTTPConnectEndpoint(reactor, proxy, name, port, timeout), by_address]), proxy
+    return FirstThatConnects([HTTPConnectEndpoint(reactor, proxy, name, port, timeout, proxy_tls), by_address]), proxy
 
 
 @implementer(IStreamClientEndpoint)

@@ -53,8 +53,11 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
     if material is None:
         return checks
     cert_pem, key_pem, ca_pem = material
-    host, port, dns_name = _server_address(config, checks, timeout)
-    dial = _upstream(config, host, port, checks, timeout, dns_name)
+    choice = _proxy_choice(config, checks)
+    if choice is None:
+        return checks
+    host, port, dns_name = _server_address(config, checks, timeout, choice)
+    dial = _upstream(config, host, port, checks, timeout, choice, dns_name)
     if host and dial is not None:
         _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout, dial)
     _aws(checks)
@@ -104,7 +107,29 @@ def _certificates(config, checks: list[Check]):
     return cert_pem, key_pem, ca_pem
 
 
-def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, int, str]:
+def _proxy_choice(config, checks: list[Check]):
+    """The agent's proxy policy; for `auto`, the PAC file looked for now, as the agent would."""
+    from tunnel.agent.proxy_choice import ProxyChoice, discover
+
+    try:
+        choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca)
+    except (OSError, ValueError, Exception) as e:  # an unreadable upstream_proxy_ca
+        checks.append(Check("upstream proxy", "FAIL", f"upstream_proxy_ca: {e}", "point upstream_proxy_ca at the proxy's CA (PEM)"))
+        return None
+    if choice.auto:
+        try:
+            choice.found = discover(config.pac_url)
+        except Exception as e:  # a PAC file that does not parse, a broken setting
+            checks.append(Check("proxy discovery", "FAIL", f"upstream_proxy auto: {e}", "check pac_url / the system's proxy settings"))
+            return None
+        if choice.found is None:
+            checks.append(Check("proxy discovery", "warn", f"upstream_proxy auto found no PAC file ({'at pac_url' if config.pac_url else 'none in the system settings, none by WPAD'}): $HTTPS_PROXY or direct", ""))
+        else:
+            checks.append(Check("proxy discovery", "ok", f"upstream_proxy auto uses {choice.found.where}"))
+    return choice
+
+
+def _server_address(config, checks: list[Check], timeout: float, choice) -> tuple[str, int, str]:
     """(address, port, public DNS name or "")."""
     port = config.server_port
     if config.server_ip:
@@ -113,7 +138,7 @@ def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, i
     if not status_url:
         checks.append(Check("server address", "FAIL", "no server_ip and no lifecycle block", "set server_ip, or the control plane's URLs and API key"))
         return "", port, ""
-    status = _status(config, status_url, checks, timeout)
+    status = _status(config, status_url, checks, timeout, choice)
     if status and status.get("publicIp"):
         name = status.get("publicDnsName")
         if isinstance(name, str) and name:
@@ -124,13 +149,26 @@ def _server_address(config, checks: list[Check], timeout: float) -> tuple[str, i
     return "", port, ""
 
 
-def _status(config, url: str, checks: list[Check], timeout: float) -> dict | None:
+def _status(config, url: str, checks: list[Check], timeout: float, choice) -> dict | None:
+    from urllib.parse import quote, urlsplit
+
     key = config.lifecycle.api_key
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
-    # The agent's own route: the configured proxy, else $HTTPS_PROXY / $NO_PROXY (urllib's default).
-    handlers = [urllib.request.ProxyHandler({"http": config.upstream_proxy, "https": config.upstream_proxy})] if config.upstream_proxy else []
+    # The agent's own route for this host: its proxy choice (configured, auto, $HTTPS_PROXY).
+    parts = urlsplit(url)
+    try:
+        proxy, _ = choice.choose(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+    except ValueError as e:
+        checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
+        return None
+    if proxy is not None and proxy.tls:
+        checks.append(Check("control plane", "warn", f"not asked: doctor cannot reach {url} through the https:// proxy {proxy.display} (the agent can)", ""))
+        return None
+    user = f"{quote(proxy.username, safe='')}:{quote(proxy.password, safe='')}@" if proxy is not None and proxy.username else ""
+    via = f"http://{user}{proxy.host}:{proxy.port}" if proxy is not None else None
+    handlers = [urllib.request.ProxyHandler({"http": via, "https": via} if via else {})]
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
             status = json.load(answer)
@@ -209,29 +247,31 @@ def _presented_issuer(dial, server_name: str, ca_pem: bytes, timeout: float) -> 
     return intercepted_by([x509.load_der_x509_certificate(presented)], x509.load_pem_x509_certificate(ca_pem))
 
 
-def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, dns_name: str = ""):
+def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, choice, dns_name: str = ""):
     """Checks the proxy the agent would use; returns how to open a connection to the server
     (direct, or a CONNECT through that proxy), or None when the proxy refuses."""
     from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
-    from tunnel.agent.upstream import port_hint, proxy_for
+    from tunnel.agent.upstream import port_hint
 
     try:
-        proxy = proxy_for(config.upstream_proxy, host or config.server_ip)
+        proxy, why = choice.choose(dns_name or host or config.server_ip, port)
     except ValueError as e:
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
         return None
     if proxy is None:
+        if choice.auto and host:
+            checks.append(Check("upstream proxy", "ok", f"none for {host}: {why}"))
         return lambda: socket.create_connection((host, port), timeout=timeout)
-    why = "upstream_proxy" if config.upstream_proxy else "$HTTPS_PROXY"
+    why = why.removeprefix("from ")
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
     auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
     try:
-        status, head = _connect_through(proxy, target, auth, timeout)
+        status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
         if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
             checks.append(Check("upstream proxy", "warn", f"{proxy.display} answered {head!r} to CONNECT {target}; trying the address"))
             target = f"{host}:{port}"
             auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
-            status, head = _connect_through(proxy, target, auth, timeout)
+            status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
     except ProxyAuthError as e:
         checks.append(Check("upstream proxy", "FAIL", f"{proxy.display} (from {why}): {e}", "check the proxy's user name and password in upstream_proxy"))
         return None
@@ -247,10 +287,13 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
     checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} (from {why}) answered {head!r} to CONNECT {target}{how}" + ("" if ok else port_hint(status, port)), fix))
     if not ok:
         return None
+    if proxy.tls:
+        checks.append(Check("TLS handshake", "warn", f"not tried inside the https:// proxy {proxy.display} (the agent does it; doctor's ssl module cannot nest TLS)", ""))
+        return None
 
     def through_proxy() -> socket.socket:
         kept: list = []
-        status, head = _connect_through(proxy, target, ProxyAuthenticator(proxy.username, proxy.password, proxy.host), timeout, kept)
+        status, head = _connect_through(proxy, target, ProxyAuthenticator(proxy.username, proxy.password, proxy.host), timeout, kept, config.upstream_proxy_ca)
         if not kept:
             raise OSError(f"{proxy.display} answered {head!r} to CONNECT {target}")
         return kept[0]
@@ -259,7 +302,20 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
     return through_proxy
 
 
-def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None = None) -> tuple[int | None, str]:
+def _proxy_socket(proxy, timeout: float, ca: str = "") -> socket.socket:
+    """A connection to the proxy; TLS to it for an https:// proxy (its name checked)."""
+    sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+    if not proxy.tls:
+        return sock
+    context = ssl.create_default_context(cafile=ca or None)
+    try:
+        return context.wrap_socket(sock, server_hostname=proxy.host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None = None, ca: str = "") -> tuple[int | None, str]:
     """CONNECT as the agent does: challenge-driven authentication, on one connection while
     the proxy keeps it. Returns the final status and status line; after a 2xx the open
     connection is appended to `keep` when one is given (the caller closes it)."""
@@ -269,7 +325,7 @@ def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None
 
     header = None
     for _ in range(MAX_ROUNDS + 1):
-        with socket.create_connection((proxy.host, proxy.port), timeout=timeout) as sock:
+        with _proxy_socket(proxy, timeout, ca) as sock:
             if not target:
                 return None, ""
             conn = h11.Connection(h11.CLIENT)
@@ -284,7 +340,7 @@ def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None
                     elif isinstance(event, h11.Response):
                         response = event
                         if 200 <= event.status_code < 300:
-                            if keep is not None:
+                            if keep is not None and not proxy.tls:  # TLS in TLS: not with the ssl module
                                 keep.append(sock.dup())
                             return event.status_code, f"HTTP/1.1 {event.status_code} {event.reason.decode('latin-1')}"
                 line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
