@@ -4,7 +4,8 @@ Squid runs as its `proxy` user, so its folder is one it can write and its helper
 are ones it can read. CONNECT is refused to ports outside `SSL_ports` as in the stock
 configuration; `ssl_ports` adds the test's own server port to that list. `hosts` is what
 squid resolves (its `hosts_file`: the lab has no DNS); `refuse_raw_ips` adds the category
-filter's rule that refuses a CONNECT to a bare IPv4 address.
+filter's rule that refuses a CONNECT to a bare IPv4 address. `tls` (certificate, key) makes
+it an HTTPS proxy (`https_port`: TLS from the client to squid, CONNECT inside).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def auth_block(scheme: str, folder: Path, users: dict[str, str]) -> str:
 
 
 class Squid:
-    def __init__(self, schemes: tuple[str, ...], users: dict[str, str], ssl_ports: tuple[int, ...] = (), hosts: dict[str, str] | None = None, refuse_raw_ips: bool = False) -> None:
+    def __init__(self, schemes: tuple[str, ...], users: dict[str, str], ssl_ports: tuple[int, ...] = (), hosts: dict[str, str] | None = None, refuse_raw_ips: bool = False, tls: tuple[Path, Path] | None = None) -> None:
         binary = shutil.which("squid") or "/usr/sbin/squid"
         assert os.path.exists(binary), "squid is needed (apt-get install squid; .ci/run installs it)"
         self.folder = Path(tempfile.mkdtemp(prefix="fluidity-squid-"))
@@ -47,11 +48,16 @@ class Squid:
             blocks += f"hosts_file {self.folder}/hosts\n"
         if refuse_raw_ips:
             blocks += "acl raw_ip dstdom_regex -n ^[0-9.]+$\nhttp_access deny CONNECT raw_ip\n"
+        listen = f"http_port 127.0.0.1:{self.port}\n"
+        if tls is not None:
+            for name, source in zip(("proxy.pem", "proxy.key"), tls):
+                shutil.copyfile(source, self.folder / name)
+            listen = f"https_port 127.0.0.1:{self.port} tls-cert={self.folder}/proxy.pem tls-key={self.folder}/proxy.key\n"
         for f in self.folder.iterdir():
             os.chmod(f, 0o644)
         auth = "acl authenticated proxy_auth REQUIRED\nhttp_access allow authenticated\n" if schemes else "http_access allow localhost\n"
         (self.folder / "squid.conf").write_text(
-            f"http_port 127.0.0.1:{self.port}\n"
+            f"{listen}"
             f"pid_filename {self.folder}/squid.pid\ncache_log {self.folder}/cache.log\naccess_log stdio:{self.folder}/access.log\n"
             f"coredump_dir {self.folder}\ncache deny all\ncache_mem 8 MB\nshutdown_lifetime 1 seconds\n"
             f"{blocks}"

@@ -110,3 +110,37 @@ def test_doctor_checks_the_upstream_proxy(tunnel, tinyproxy, tmp_path):
         done = subprocess.run([FLUIDITY, "doctor", "--config", str(path)], capture_output=True, text=True, timeout=60, env={**env, "HOME": str(tmp_path)})
         line = next(line for line in done.stdout.splitlines() if "  upstream proxy:" in line)
         assert line.startswith(expected) and PASSWORD not in done.stdout, done.stdout
+
+
+def test_an_https_proxy_takes_tls_then_connect_inside_it(tunnel, http_origin, tmp_path):
+    """`upstream_proxy: https://...`: TLS to the proxy (its certificate checked against
+    upstream_proxy_ca), then CONNECT, then the tunnel's own mutual TLS inside: a real squid
+    listening with `https_port`."""
+    from squid import Squid
+    from tunnel.wire import pki
+
+    proxy_pki = tmp_path / "proxy-pki"
+    pki.init(proxy_pki)  # a corporate CA of its own; its server certificate names 127.0.0.1
+    squid = Squid((), {}, ssl_ports=(tunnel.server.port,), tls=(proxy_pki / "server.pem", proxy_pki / "server.key"))
+    try:
+        config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", upstream_proxy_ca=str(proxy_pki / "ca.pem"))
+        agent = start_twistd("agent", config, tmp_path, name="agent-https-proxy")
+        try:
+            wait_connected(agent, 20)
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+            assert result.returncode == 0 and b"http-origin" in result.stdout, result
+        finally:
+            assert agent.stop() == 0
+        assert f"CONNECT 127.0.0.1:{tunnel.server.port}" in squid.access_log(), squid.access_log()
+        assert f"via https://127.0.0.1:{squid.port}" in agent.log()
+
+        # Without the proxy's CA the agent refuses the proxy's certificate, and says so.
+        config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", tunnel_wait="1s")
+        agent = start_twistd("agent", config, tmp_path, name="agent-https-proxy-untrusted")
+        try:
+            wait_until(lambda: b"TLS to the upstream proxy https://127.0.0.1" in curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=10).stdout, 20)
+            assert "certificate verify failed; set upstream_proxy_ca" in agent.log(), agent.log()[-2000:]
+        finally:
+            agent.stop()
+    finally:
+        squid.stop()

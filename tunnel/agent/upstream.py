@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 import h11
+from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.ssl import optionsForClientTLS
@@ -185,7 +186,21 @@ class _ConnectHandshake(Protocol):
             self.h11.receive_data(b"")
             self._process()
         if not self._handed_on:
+            tls = _tls_reasons(reason) if self.attempt.endpoint.proxy.tls else ""
+            if tls:
+                hint = "; set upstream_proxy_ca to the CA that issued the proxy's certificate" if "verify" in tls else ""
+                self.attempt.failed(UpstreamProxyError(f"TLS to the upstream proxy {self.attempt.endpoint.proxy.display} failed: {tls}{hint}"))
+                return
             self.attempt.failed(UpstreamProxyError("the upstream proxy closed the connection during CONNECT"))
+
+
+def _tls_reasons(reason) -> str:
+    """OpenSSL's reasons from a failed TLS connection ("certificate verify failed"), or ""."""
+    value = getattr(reason, "value", None)
+    args = getattr(value, "args", ())
+    if not isinstance(value, SSL.Error) or not args or not isinstance(args[0], list):
+        return ""
+    return "; ".join(str(item[-1]) for item in args[0] if isinstance(item, tuple) and item)
 
 
 def port_hint(status, port: int) -> str:
