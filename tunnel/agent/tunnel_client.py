@@ -14,7 +14,7 @@ client arrives, which wakes it. Clients are held for up to `wake_timeout` meanwh
 from __future__ import annotations
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -172,7 +172,17 @@ class TunnelClient:
         self._attempt = None
         if failure.check(defer.CancelledError) and not self._running:
             return
-        self._note_failure(failure.getErrorMessage() if not failure.check(defer.TimeoutError, defer.CancelledError) else f"connect to {self.server} timed out")
+        if failure.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError):
+            # Silence, not a refusal: a firewall dropping the port looks exactly like this.
+            if self._via:
+                hint = ""
+            elif self.port != 443:
+                hint = "; networks that filter ports commonly pass only 80 and 443: run the server on 443"
+            else:
+                hint = "; if this network has a proxy, set upstream_proxy (upstream_proxy: auto finds it the way the system does)"
+            self._note_failure(f"no answer from {self.server}{self._via} in {self.connect_timeout:g}s{hint}")
+            return
+        self._note_failure(failure.getErrorMessage())
 
     def _note_failure(self, message: str) -> None:
         self._stale = self.locator is not None  # the server may have moved or stopped

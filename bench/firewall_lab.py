@@ -1,0 +1,279 @@
+"""The firewalls Fluidity's users sit behind, as a lab of network namespaces (issue 25, item 8).
+
+    .venv/bin/python bench/firewall_lab.py [--json]        (root; tests/test_firewall_lab.py runs it)
+
+Everything runs inside `unshare --net --mount` (nothing can leave the machine: the lab's
+namespaces are joined only to each other, by veth pairs, on documentation addresses):
+
+    laptop 192.0.2.10  --  192.0.2.1 router 203.0.113.1  --  internet 203.0.113.7 (server :443, :8443)
+    (agent; no working                (squid, mitmproxy,              203.0.113.80 (origin :80)
+     resolver)                         nftables)
+
+The router forwards nothing but TCP to ports 80 and 443 ("port filter"), or nothing at all
+("proxy only": the way out is its squid, Debian's stock configuration with only an ACL for
+the lab's subnet and, where a row says so, an auth block added). mitmproxy on the router
+intercepts TLS with its own CA. For each row an agent starts in the laptop, and curl there
+fetches http://203.0.113.80/ through it; the row says what the client got and the time to
+first byte of that request (curl's time_starttransfer, the tunnel already up where it can be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import TWISTD, make_certs  # noqa: E402
+
+LAPTOP, ROUTER, INTERNET = "fl-laptop", "fl-router", "fl-internet"
+SERVER, ORIGIN, ROUTER_IN, ROUTER_OUT = "203.0.113.7", "203.0.113.80", "192.0.2.1", "203.0.113.1"
+SERVER_NAME = "fluidity.lab.test"  # resolvable by the router's squid only
+MITMDUMP = os.environ.get("FLUIDITY_MITMDUMP", "/opt/fluidity-mitmproxy/bin/mitmdump")
+HELPERS = Path("/usr/lib/squid")
+
+
+def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=60, **kw)
+
+
+def in_ns(ns: str, *args: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *args]
+
+
+def build(work: Path) -> None:
+    """The namespaces, their links and routes; a laptop whose resolver answers nothing."""
+    sh("mount", "--make-rprivate", "/")
+    Path("/run/netns").mkdir(parents=True, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "lab-netns", "/run/netns")
+    Path("/etc/netns").mkdir(exist_ok=True)
+    sh("mount", "-t", "tmpfs", "lab-etc-netns", "/etc/netns")
+    (Path("/etc/netns") / LAPTOP).mkdir()
+    (Path("/etc/netns") / LAPTOP / "resolv.conf").write_text("nameserver 192.0.2.53\n")  # nothing answers there
+    (Path("/etc/netns") / ROUTER).mkdir()
+    (Path("/etc/netns") / ROUTER / "hosts").write_text(f"127.0.0.1 localhost\n{SERVER} {SERVER_NAME}\n")  # what the proxy resolves
+    for ns in (LAPTOP, ROUTER, INTERNET):
+        sh("ip", "netns", "add", ns)
+        sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
+    sh("ip", "link", "add", "fl-lap", "netns", LAPTOP, "type", "veth", "peer", "name", "fl-rin", "netns", ROUTER)
+    sh("ip", "link", "add", "fl-rout", "netns", ROUTER, "type", "veth", "peer", "name", "fl-net", "netns", INTERNET)
+    for ns, dev, addresses in ((LAPTOP, "fl-lap", ["192.0.2.10/24"]), (ROUTER, "fl-rin", [f"{ROUTER_IN}/24"]), (ROUTER, "fl-rout", [f"{ROUTER_OUT}/24"]), (INTERNET, "fl-net", [f"{SERVER}/24", f"{ORIGIN}/24"])):
+        for address in addresses:
+            sh(*in_ns(ns, "ip", "addr", "add", address, "dev", dev))
+        sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
+    sh(*in_ns(LAPTOP, "ip", "route", "add", "default", "via", ROUTER_IN))
+    sh(*in_ns(INTERNET, "ip", "route", "add", "192.0.2.0/24", "via", ROUTER_OUT))
+    sh(*in_ns(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
+
+
+def firewall(mode: str) -> None:
+    """`port-filter`: forward TCP to 80 and 443 only; `proxy-only`: forward nothing."""
+    allow = "iifname \"fl-rin\" tcp dport { 80, 443 } accept" if mode == "port-filter" else ""
+    rules = f"""
+table inet lab
+delete table inet lab
+table inet lab {{
+  chain forward {{
+    type filter hook forward priority 0; policy drop;
+    ct state established,related accept
+    {allow}
+  }}
+}}
+"""
+    subprocess.run(in_ns(ROUTER, "nft", "-f", "-"), input=rules.encode(), check=True, timeout=30)
+
+
+class Squid:
+    """Debian's stock squid.conf, with an ACL for the lab's subnet (and an auth block) added where it says so."""
+
+    def __init__(self, work: Path, auth: str = "") -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="lab-squid-", dir=work))
+        os.chmod(self.folder, 0o777)
+        stock = Path("/etc/squid/squid.conf").read_text()
+        lab = "acl lab src 192.0.2.0/24\n"
+        if auth == "basic":
+            hashed = sh("openssl", "passwd", "-apr1", "corp-pw").stdout.strip()
+            (self.folder / "passwd").write_text(f"corp:{hashed}\n")
+            lab += f"auth_param basic program {HELPERS}/basic_ncsa_auth {self.folder}/passwd\nauth_param basic realm lab\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
+        elif auth == "ntlm":
+            lab += f"auth_param ntlm program {HELPERS}/ntlm_fake_auth\nauth_param ntlm children 2\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
+        else:
+            lab += "http_access allow lab\n"
+        (self.folder / "lab.conf").write_text(lab)
+        conf = stock.replace("include /etc/squid/conf.d/*.conf", f"include {self.folder}/lab.conf").replace("\nhttp_port 3128\n", f"\nhttp_port {ROUTER_IN}:3128\n")
+        conf += f"\npid_filename {self.folder}/squid.pid\ncache_log {self.folder}/cache.log\naccess_log stdio:{self.folder}/access.log\ncoredump_dir {self.folder}\nshutdown_lifetime 1 seconds\n"
+        (self.folder / "squid.conf").write_text(conf)
+        for f in self.folder.iterdir():
+            os.chmod(f, 0o644)
+        self.process = subprocess.Popen(in_ns(ROUTER, shutil.which("squid") or "/usr/sbin/squid", "-N", "-f", str(self.folder / "squid.conf")), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_port(ROUTER, ROUTER_IN, 3128, self.process)
+
+    def access_log(self) -> str:
+        path = self.folder / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(10)
+        subprocess.run(["pkill", "-f", str(self.folder)], capture_output=True)
+
+
+def wait_port(ns: str, host: str, port: int, process: subprocess.Popen, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited {process.returncode}")
+        if subprocess.run(in_ns(ns, "bash", "-c", f"exec 3<>/dev/tcp/{host}/{port}"), capture_output=True, timeout=10).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on {host}:{port} in {ns}")
+
+
+def start(ns: str, argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "wb") as out:
+        return subprocess.Popen(in_ns(ns, *argv), stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def laptop_curl(*args: str, timeout: float = 20) -> tuple[int, str, float | None]:
+    """(exit code, body or error, time to first byte)."""
+    done = subprocess.run(in_ns(LAPTOP, "curl", "-sS", "--max-time", str(int(timeout)), "-w", "\n%{time_starttransfer}", *args), capture_output=True, text=True, timeout=timeout + 10)
+    body, _, ttfb = done.stdout.rpartition("\n")
+    return done.returncode, (body if done.returncode == 0 else (body or done.stderr.strip())), float(ttfb) if done.returncode == 0 and ttfb else None
+
+
+def run_agent(work: Path, certs, name: str, **config) -> tuple[subprocess.Popen, Path]:
+    import yaml
+
+    settings = {
+        "proxy_port": 8080, "server_ip": SERVER, "server_port": 443, "server_name": "fluidity-server",
+        "cert_file": certs.path("client.pem"), "key_file": certs.path("client.key"), "ca_file": certs.path("ca.pem"),
+        "log_level": "info", "tunnel_wait": "2s", "connect_timeout": "3s", **config,
+    }
+    path = work / f"agent-{name}.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    log = work / f"agent-{name}.log"
+    return start(LAPTOP, [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], log), log
+
+
+def connected(seconds: float = 15.0) -> bool:
+    """Whether the tunnel came up; it stops waiting at the first failure the agent reports."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        code, body, _ = laptop_curl("http://127.0.0.1:8080/health", timeout=5)
+        if code == 0:
+            health = json.loads(body)
+            if health["connected"] or health["last_error"]:
+                return bool(health["connected"])
+        time.sleep(0.2)
+    return False
+
+
+def row(work: Path, certs, scenario: str, expect: str, **config) -> dict:
+    agent, log = run_agent(work, certs, "".join(c if c.isalnum() else "-" for c in scenario), **config)
+    try:
+        wait_port(LAPTOP, "127.0.0.1", 8080, agent)
+        up = connected()
+        code, got, ttfb = laptop_curl("-x", "http://127.0.0.1:8080", f"http://{ORIGIN}/")
+    finally:
+        stop(agent)
+    # The agent's own account of how it got out: which proxy, PAC file and authentication.
+    notes = [line.split("] ", 1)[-1] for line in log.read_text(errors="replace").splitlines() if any(k in line for k in ("authenticated to the upstream proxy", "upstream_proxy auto", " is up"))]
+    return {"scenario": scenario, "expect": expect, "tunnel_up": up, "ok": code == 0 and got == "origin", "ttfb_s": ttfb, "got": got[:300], "notes": notes}
+
+
+def run() -> list[dict]:
+    work = Path(tempfile.mkdtemp(prefix="fluidity-lab-"))
+    os.chmod(work, 0o755)
+    build(work)
+    certs = make_certs(work / "certs")
+    procs = []
+    rows: list[dict] = []
+    try:
+        import yaml
+
+        origin_dir = work / "www"
+        origin_dir.mkdir()
+        (origin_dir / "index.html").write_text("origin")
+        procs.append(start(INTERNET, [sys.executable, "-m", "http.server", "--bind", ORIGIN, "--directory", str(origin_dir), "80"], work / "origin.log"))
+        for port in (443, 8443):
+            config = {"host": SERVER, "port": port, "cert_file": certs.path("server.pem"), "key_file": certs.path("server.key"), "ca_file": certs.path("ca.pem"), "egress_allow": ["203.0.113.0/24"], "log_level": "info"}
+            (work / f"server-{port}.yaml").write_text(yaml.safe_dump(config))
+            procs.append(start(INTERNET, [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(work / f"server-{port}.yaml")], work / f"server-{port}.log"))
+            wait_port(INTERNET, SERVER, port, procs[-1])
+        wait_port(INTERNET, ORIGIN, 80, procs[0])
+
+        firewall("port-filter")
+        rows.append(row(work, certs, "port filter (80/443 only), direct, server on 443", "served"))
+        rows.append(row(work, certs, "port filter (80/443 only), direct, server on 8443", "refused", server_port=8443))
+
+        firewall("proxy-only")
+        rows.append(row(work, certs, "direct with no way out but the proxy", "refused"))
+        squid = Squid(work)
+        try:
+            rows.append(row(work, certs, "stock squid, server on 443", "served", upstream_proxy=f"http://{ROUTER_IN}:3128"))
+            rows.append(row(work, certs, "stock squid, server on 8443", "refused", upstream_proxy=f"http://{ROUTER_IN}:3128", server_port=8443))
+            rows.append(row(work, certs, "stock squid, the server by a name only the proxy resolves", "served", upstream_proxy=f"http://{ROUTER_IN}:3128", server_ip=SERVER_NAME))
+            pac = work / "proxy.pac"
+            pac.write_text(f'function FindProxyForURL(url, host) {{ return "PROXY {ROUTER_IN}:3128"; }}')
+            os.chmod(pac, 0o644)
+            rows.append(row(work, certs, "stock squid found by a PAC file (upstream_proxy: auto)", "served", upstream_proxy="auto", pac_url=str(pac)))
+        finally:
+            squid.stop()
+        for auth, url in (("basic", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("ntlm", f"http://CORP%5Calice:pw@{ROUTER_IN}:3128")):
+            squid = Squid(work, auth)
+            try:
+                rows.append(row(work, certs, f"squid asking for {auth.upper() if auth == 'ntlm' else auth.capitalize()}", "served", upstream_proxy=url))
+            finally:
+                squid.stop()
+        if os.path.exists(MITMDUMP):
+            mitm = start(ROUTER, [MITMDUMP, "--listen-host", ROUTER_IN, "--listen-port", "8081", "--set", f"confdir={work}/mitm", "--set", "ssl_insecure=true"], work / "mitm.log")
+            try:
+                wait_port(ROUTER, ROUTER_IN, 8081, mitm)
+                rows.append(row(work, certs, "TLS-intercepting proxy (mitmproxy)", "named", upstream_proxy=f"http://{ROUTER_IN}:8081"))
+            finally:
+                stop(mitm)
+    finally:
+        for process in procs:
+            stop(process)
+        shutil.rmtree(work, ignore_errors=True)
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    if os.environ.get("FLUIDITY_LAB_NS") != "1":
+        if os.geteuid() != 0 or not shutil.which("unshare"):
+            raise SystemExit("bench/firewall_lab.py needs root and unshare(1)")
+        return subprocess.call(["unshare", "--net", "--mount", sys.executable, *sys.argv], env={**os.environ, "FLUIDITY_LAB_NS": "1"})
+    rows = run()
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    for r in rows:
+        what = f"served, first byte {r['ttfb_s'] * 1000:.0f} ms" if r["ok"] else f"not served: {r['got'][:160]}"
+        print(f"{r['scenario']:<58} {what}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

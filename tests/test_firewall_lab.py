@@ -1,0 +1,67 @@
+"""The firewall lab (issue 25, item 8): every row of `bench/firewall_lab.py` as a user
+would meet it, in network namespaces of the lab's own making (nothing leaves the machine).
+A port filter passing 80/443 only, a network whose only way out is Debian's stock squid
+(with Basic and NTLM where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
+laptop with no working resolver in all of them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LAB = Path(__file__).resolve().parent.parent / "bench" / "firewall_lab.py"
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict:
+    for tool in ("squid", "nft", "unshare", "curl"):
+        assert shutil.which(tool), f"{tool} is needed (.ci/run installs it)"
+    run = subprocess.run([sys.executable, str(LAB), "--json"], capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = {r["scenario"]: r for r in json.loads(run.stdout.strip().splitlines()[-1])}
+    print(json.dumps(list(found.values()), indent=1))
+    return found
+
+
+def served(row: dict) -> None:
+    assert row["tunnel_up"] and row["ok"] and row["ttfb_s"] is not None, row
+
+
+def test_a_port_filter_passes_the_server_on_443_and_says_why_8443_fails(rows):
+    served(rows["port filter (80/443 only), direct, server on 443"])
+    blocked = rows["port filter (80/443 only), direct, server on 8443"]
+    assert not blocked["ok"] and "no answer from 203.0.113.7:8443" in blocked["got"] and "pass only 80 and 443: run the server on 443" in blocked["got"], blocked
+
+
+def test_with_no_way_out_but_the_proxy_the_stock_squid_carries_the_tunnel(rows):
+    alone = rows["direct with no way out but the proxy"]
+    assert not alone["ok"] and "set upstream_proxy (upstream_proxy: auto finds it" in alone["got"], alone
+    served(rows["stock squid, server on 443"])
+    # The laptop resolves nothing; the proxy resolves the server's name, asked by CONNECT.
+    served(rows["stock squid, the server by a name only the proxy resolves"])
+    refused = rows["stock squid, server on 8443"]
+    assert not refused["ok"] and "403 Forbidden" in refused["got"] and "allows CONNECT to port 443 only" in refused["got"], refused
+
+
+def test_the_proxy_found_by_a_pac_file(rows):
+    row = rows["stock squid found by a PAC file (upstream_proxy: auto)"]
+    served(row)
+    assert any(n.startswith("upstream_proxy auto: using the PAC file at") for n in row["notes"]), row
+
+
+def test_basic_and_ntlm_asked_by_squid(rows):
+    for scheme in ("Basic", "NTLM"):
+        row = rows[f"squid asking for {scheme}"]
+        served(row)
+        assert any(f"authenticated to the upstream proxy with {scheme}" in n for n in row["notes"]), row
+
+
+def test_tls_interception_is_named(rows):
+    row = rows.get("TLS-intercepting proxy (mitmproxy)")
+    assert row is not None, "mitmproxy is needed (.ci/run installs it in /opt/fluidity-mitmproxy)"
+    assert not row["ok"] and "intercepts TLS" in row["got"] and "mitmproxy" in row["got"], row
