@@ -393,6 +393,18 @@ def run(cmd: list[str], timeout: float = 60.0, **kwargs) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kwargs)
 
 
+def served_by_a_new_agent(config: dict, workdir: Path, origin_port: int, name: str | None = None) -> "Proc":
+    """Start an agent with `config`, fetch the http_origin's /plain through it, stop it: the Proc, for its log."""
+    agent = start_twistd("agent", config, workdir, name=name)
+    try:
+        wait_connected(agent, 20)
+        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{origin_port}/plain")
+        assert result.returncode == 0 and b"http-origin" in result.stdout, result
+    finally:
+        assert agent.stop() == 0
+    return agent
+
+
 def curl(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return run(["curl", "-sS", "--max-time", str(int(timeout)), *args], timeout=timeout + 5)
 

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from squid import Squid
-from support import agent_config, curl, server_config, start_twistd, wait_connected
+from support import agent_config, curl, served_by_a_new_agent, server_config, start_twistd, wait_connected
 from test_doctor import doctor
 from tunnel.agent.proxy_choice import ProxyChoice, discover
 
@@ -58,13 +58,7 @@ def test_auto_takes_the_proxy_the_pac_file_names_for_the_server(certs, server, h
     squid = Squid((), {}, ssl_ports=(server.port,))
     pac = PacServer(through_squid_pac(squid.port))
     try:
-        agent = start_twistd("agent", agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path)
-        try:
-            wait_connected(agent, 20)
-            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
-            assert result.returncode == 0 and b"http-origin" in result.stdout, result
-        finally:
-            assert agent.stop() == 0
+        agent = served_by_a_new_agent(agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path, http_origin.port)
         assert f"CONNECT 127.0.0.1:{server.port}" in squid.access_log(), squid.access_log()
         assert f"upstream_proxy auto: using the PAC file at {pac.url} (pac_url)" in agent.log()
         agent.assert_no_unhandled_errors()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from support import agent_config, curl, free_port, start_twistd, wait_connected, wait_for_port, wait_until
+from support import agent_config, curl, free_port, served_by_a_new_agent, start_twistd, wait_connected, wait_for_port, wait_until
 
 USER, PASSWORD = "fluid", "s3cret-pass"
 
@@ -124,13 +124,7 @@ def test_an_https_proxy_takes_tls_then_connect_inside_it(tunnel, http_origin, tm
     squid = Squid((), {}, ssl_ports=(tunnel.server.port,), tls=(proxy_pki / "server.pem", proxy_pki / "server.key"))
     try:
         config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", upstream_proxy_ca=str(proxy_pki / "ca.pem"))
-        agent = start_twistd("agent", config, tmp_path, name="agent-https-proxy")
-        try:
-            wait_connected(agent, 20)
-            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
-            assert result.returncode == 0 and b"http-origin" in result.stdout, result
-        finally:
-            assert agent.stop() == 0
+        agent = served_by_a_new_agent(config, tmp_path, http_origin.port, name="agent-https-proxy")
         assert f"CONNECT 127.0.0.1:{tunnel.server.port}" in squid.access_log(), squid.access_log()
         assert f"via https://127.0.0.1:{squid.port}" in agent.log()
 
