@@ -101,11 +101,12 @@ def _run_as_uid_10001(certs, workdir: Path, caps: tuple[str, ...]) -> subprocess
     return subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"), reason="needs root, setpriv and unshare")
+def _needs_root() -> None:
+    assert os.geteuid() == 0 and shutil.which("setpriv") and shutil.which("unshare"), "needs root, setpriv and unshare (util-linux; .ci/run runs as root)"
 
 
-@needs_root
 def test_a_server_on_443_without_the_capability_says_what_it_lacks_in_one_line(certs, tmp_path):
+    _needs_root()
     result = _server_as_uid_10001(certs, tmp_path, caps=())
     assert "listening on" not in result.stdout, result.stdout
     lines = [line for line in result.stdout.splitlines() if "cannot listen" in line]
@@ -114,9 +115,9 @@ def test_a_server_on_443_without_the_capability_says_what_it_lacks_in_one_line(c
     assert "Traceback" not in result.stdout, result.stdout
 
 
-@needs_root
 def test_a_server_holding_cap_net_bind_service_listens_on_443_as_uid_10001(certs, tmp_path):
     """What the image's file capability gives its interpreter (scripts/container-test proves the image itself)."""
+    _needs_root()
     result = _server_as_uid_10001(certs, tmp_path, caps=("net_bind_service",))
     assert "server listening on 127.0.0.1:443" in result.stdout or "listening on 127.0.0.1:443" in result.stdout, result.stdout
     assert "cannot listen" not in result.stdout, result.stdout

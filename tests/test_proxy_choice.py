@@ -145,17 +145,18 @@ print(json.dumps({"fqdn": socket.getfqdn(), "where": choice.found.where if choic
 '''
 
 
-@pytest.mark.skipif(not __import__("shutil").which("unshare"), reason="needs unshare")
 def test_wpad_finds_the_pac_file_by_the_laptops_domain(tmp_path):
     """WPAD for real: a laptop named laptop.corp.lab.test (its own UTS namespace), names
     resolved from its own hosts file (its own mount namespace), wpad.corp.lab.test serving
     wpad.dat on port 80 (its own network namespace: nothing leaves the machine)."""
     import json
     import os
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    assert shutil.which("unshare") and os.geteuid() == 0, "needs root and unshare (util-linux; .ci/run installs it)"
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost laptop.corp.lab.test laptop wpad.corp.lab.test\n")
     probe = tmp_path / "probe.py"

@@ -41,6 +41,7 @@ class TunnelClient:
         self.upstream_proxy = upstream_proxy  # a ProxyChoice, or the configured URL (else $HTTPS_PROXY)
         self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
+        self._proxy = None  # the upstream proxy the last attempt went through, if any
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
         self._want_wake = locator is not None
@@ -125,6 +126,7 @@ class TunnelClient:
 
     def _tcp_endpoint(self):
         endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout, name=self.dns_name)
+        self._proxy = proxy
         self._via = f" via {proxy.display}" + (f", asked for {self.dns_name} first" if self.dns_name else "") if proxy else ""
         return endpoint
 
@@ -174,7 +176,7 @@ class TunnelClient:
             return
         if failure.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError):
             # Silence, not a refusal: a firewall dropping the port looks exactly like this.
-            if self._via:
+            if self._proxy is not None:
                 hint = ""
             elif self.port != 443:
                 hint = "; networks that filter ports commonly pass only 80 and 443: run the server on 443"
@@ -243,7 +245,7 @@ class TunnelClient:
         issuer = intercepted_by(presented, self.ca_certificate)
         if issuer is None:
             return None
-        return interception_message(issuer, self.server, self._via.removeprefix(" via "))
+        return interception_message(issuer, self.server, self._proxy.display if self._proxy is not None else "")
 
     # -- streams ----------------------------------------------------------------------
     def when_connected(self) -> defer.Deferred:

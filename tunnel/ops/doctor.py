@@ -113,7 +113,7 @@ def _proxy_choice(config, checks: list[Check]):
 
     try:
         choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca)
-    except (OSError, ValueError, Exception) as e:  # an unreadable upstream_proxy_ca
+    except Exception as e:  # an unreadable upstream_proxy_ca, or pyOpenSSL's error for bad PEM
         checks.append(Check("upstream proxy", "FAIL", f"upstream_proxy_ca: {e}", "point upstream_proxy_ca at the proxy's CA (PEM)"))
         return None
     if choice.auto:

@@ -411,9 +411,11 @@ class TunnelMux(Protocol):
             raise OpenFailed(503, "tunnel connection is closing")
         sid = self.core.open_stream(destination)
         stream = self.streams[sid] = TunnelStream(self, self.core.streams[sid])
+        due = self.core.next_deadline()
         self.core.probe(self.clock.seconds(), self.probe_timeout)
         self._write_out()
-        self._arm()
+        if self.core.next_deadline() != due:  # the probe brought the deadline forward
+            self._arm()
         if protocol is not None:
             stream.attach(protocol)
         return stream
