@@ -32,11 +32,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from kdc import Kdc  # noqa: E402
 from support import TWISTD, make_certs  # noqa: E402
 
 LAPTOP, ROUTER, INTERNET = "fl-laptop", "fl-router", "fl-internet"
 SERVER, ORIGIN, ROUTER_IN, ROUTER_OUT = "203.0.113.7", "203.0.113.80", "192.0.2.1", "203.0.113.1"
 SERVER_NAME = "fluidity.lab.test"  # resolvable by the router's squid only
+PROXY_NAME, REALM = "proxy.corp.lab.test", "CORP.LAB.TEST"  # the laptop's hosts file names its proxy
+PLANE, PLANE_NAME, API_KEY = "203.0.113.20", "api.lab.test", "lab-api-key"  # the control plane (API Gateway's part)
+SERVER_DNS_NAME = "ip-203-0-113-7.ec2.internal"  # the task's public DNS name, as the control plane reports it
+AWS_SIDE, AWS_LINK = "198.51.100.1", "198.51.100.2"  # moto, on a link of its own from the lab's host to the internet
 MITMDUMP = os.environ.get("FLUIDITY_MITMDUMP", "/opt/fluidity-mitmproxy/bin/mitmdump")
 HELPERS = Path("/usr/lib/squid")
 
@@ -58,14 +63,19 @@ def build(work: Path) -> None:
     sh("mount", "-t", "tmpfs", "lab-etc-netns", "/etc/netns")
     (Path("/etc/netns") / LAPTOP).mkdir()
     (Path("/etc/netns") / LAPTOP / "resolv.conf").write_text("nameserver 192.0.2.53\n")  # nothing answers there
+    (Path("/etc/netns") / LAPTOP / "hosts").write_text(f"127.0.0.1 localhost\n{ROUTER_IN} {PROXY_NAME}\n")  # its proxy, by name (Kerberos needs one)
     (Path("/etc/netns") / ROUTER).mkdir()
-    (Path("/etc/netns") / ROUTER / "hosts").write_text(f"127.0.0.1 localhost\n{SERVER} {SERVER_NAME}\n")  # what the proxy resolves
+    (Path("/etc/netns") / ROUTER / "hosts").write_text(f"127.0.0.1 localhost\n{SERVER} {SERVER_NAME} {SERVER_DNS_NAME}\n{PLANE} {PLANE_NAME}\n")  # what the proxy resolves
     for ns in (LAPTOP, ROUTER, INTERNET):
         sh("ip", "netns", "add", ns)
         sh(*in_ns(ns, "ip", "link", "set", "lo", "up"))
     sh("ip", "link", "add", "fl-lap", "netns", LAPTOP, "type", "veth", "peer", "name", "fl-rin", "netns", ROUTER)
     sh("ip", "link", "add", "fl-rout", "netns", ROUTER, "type", "veth", "peer", "name", "fl-net", "netns", INTERNET)
-    for ns, dev, addresses in ((LAPTOP, "fl-lap", ["192.0.2.10/24"]), (ROUTER, "fl-rin", [f"{ROUTER_IN}/24"]), (ROUTER, "fl-rout", [f"{ROUTER_OUT}/24"]), (INTERNET, "fl-net", [f"{SERVER}/24", f"{ORIGIN}/24"])):
+    sh("ip", "link", "set", "lo", "up")  # the lab's host talks to its own moto
+    sh("ip", "link", "add", "fl-aws", "type", "veth", "peer", "name", "fl-awsn", "netns", INTERNET)
+    sh("ip", "addr", "add", f"{AWS_SIDE}/30", "dev", "fl-aws")
+    sh("ip", "link", "set", "fl-aws", "up")
+    for ns, dev, addresses in ((LAPTOP, "fl-lap", ["192.0.2.10/24"]), (ROUTER, "fl-rin", [f"{ROUTER_IN}/24"]), (ROUTER, "fl-rout", [f"{ROUTER_OUT}/24"]), (INTERNET, "fl-net", [f"{SERVER}/24", f"{ORIGIN}/24", f"{PLANE}/24"]), (INTERNET, "fl-awsn", [f"{AWS_LINK}/30"])):
         for address in addresses:
             sh(*in_ns(ns, "ip", "addr", "add", address, "dev", dev))
         sh(*in_ns(ns, "ip", "link", "set", dev, "up"))
@@ -94,7 +104,7 @@ table inet lab {{
 class Squid:
     """Debian's stock squid.conf, with an ACL for the lab's subnet (and an auth block) added where it says so."""
 
-    def __init__(self, work: Path, auth: str = "") -> None:
+    def __init__(self, work: Path, auth: str = "", kdc=None) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="lab-squid-", dir=work))
         os.chmod(self.folder, 0o777)
         stock = Path("/etc/squid/squid.conf").read_text()
@@ -105,6 +115,9 @@ class Squid:
             lab += f"auth_param basic program {HELPERS}/basic_ncsa_auth {self.folder}/passwd\nauth_param basic realm lab\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
         elif auth == "ntlm":
             lab += f"auth_param ntlm program {HELPERS}/ntlm_fake_auth\nauth_param ntlm children 2\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
+        elif auth == "negotiate":  # Kerberos: squid's own helper, with the proxy's keytab from the lab's KDC
+            keytab = kdc.add_service(f"HTTP/{PROXY_NAME}")
+            lab += f"auth_param negotiate program {HELPERS}/negotiate_kerberos_auth -k {keytab} -s HTTP/{PROXY_NAME}@{REALM}\nauth_param negotiate children 2\nauth_param negotiate keep_alive on\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
         else:
             lab += "http_access allow lab\n"
         (self.folder / "lab.conf").write_text(lab)
@@ -113,7 +126,8 @@ class Squid:
         (self.folder / "squid.conf").write_text(conf)
         for f in self.folder.iterdir():
             os.chmod(f, 0o644)
-        self.process = subprocess.Popen(in_ns(ROUTER, shutil.which("squid") or "/usr/sbin/squid", "-N", "-f", str(self.folder / "squid.conf")), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        env = kdc.env if kdc is not None else None  # the helper finds the realm by KRB5_CONFIG
+        self.process = subprocess.Popen(in_ns(ROUTER, shutil.which("squid") or "/usr/sbin/squid", "-N", "-f", str(self.folder / "squid.conf")), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
         wait_port(ROUTER, ROUTER_IN, 3128, self.process)
 
     def access_log(self) -> str:
@@ -124,6 +138,43 @@ class Squid:
         self.process.kill()
         self.process.wait(10)
         subprocess.run(["pkill", "-f", str(self.folder)], capture_output=True)
+
+
+class ControlPlane:
+    """wake / status / kill as the Lambdas answer them (`fluidity control-plane` over moto's
+    ECS, HTTPS on 443 with a certificate from a CA of its own), and ECS's scheduler starting
+    the task at the server's address. Its log records who called: the laptop's own address
+    when the agent goes direct, the proxy's when it goes through one."""
+
+    def __init__(self, work: Path) -> None:
+        from aws import EcsScheduler, MotoAws
+        from support import FLUIDITY
+        from tunnel.wire import pki
+
+        self.moto = MotoAws(address=AWS_SIDE)
+        service = self.moto.make_service(desired=0, port=443)
+        self.scheduler = EcsScheduler(self.moto, service, public_ip=SERVER)
+        ca_cert, ca_key = pki.make_ca("Lab API CA")
+        self.ca = pki.save(work, "plane-ca", ca_cert, ca_key, force=True).cert_path
+        issued = pki.save(work, "plane", *pki.issue(ca_cert, ca_key, PLANE_NAME, server=True, dns_names=(PLANE_NAME,), ip_addresses=(PLANE,)), force=True)
+        self.log_path = work / "control-plane.log"
+        env = {**self.moto.env, "CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": "443"}
+        self.process = start(INTERNET, [FLUIDITY, "control-plane", "--api-key", API_KEY, "--host", PLANE, "--port", "443", "--tls-cert", str(issued.cert_path), "--tls-key", str(issued.key_path)], self.log_path, env)
+        wait_port(INTERNET, PLANE, 443, self.process)
+
+    def lifecycle(self, host: str) -> dict:
+        """The agent's lifecycle block for the control plane at `host` (its name or address)."""
+        return {"wake_endpoint": f"https://{host}/wake", "kill_endpoint": f"https://{host}/kill", "api_key": API_KEY, "wake_retry_interval": "0.3s"}
+
+    def calls(self) -> list[str]:
+        """Each request as the control plane logged it: `POST /wake from 192.0.2.10 -> 200`."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return [line.split("] ", 1)[-1] for line in text.splitlines() if " from " in line and " -> " in line]
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.scheduler.stop()
+        self.moto.stop()
 
 
 def wait_port(ns: str, host: str, port: int, process: subprocess.Popen, seconds: float = 30.0) -> None:
@@ -137,9 +188,9 @@ def wait_port(ns: str, host: str, port: int, process: subprocess.Popen, seconds:
     raise RuntimeError(f"nothing listens on {host}:{port} in {ns}")
 
 
-def start(ns: str, argv: list[str], log: Path) -> subprocess.Popen:
+def start(ns: str, argv: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen(in_ns(ns, *argv), stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(in_ns(ns, *argv), stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **env} if env else None)
 
 
 def stop(process: subprocess.Popen) -> None:
@@ -159,7 +210,7 @@ def laptop_curl(*args: str, timeout: float = 20) -> tuple[int, str, float | None
     return done.returncode, (body if done.returncode == 0 else (body or done.stderr.strip())), float(ttfb) if done.returncode == 0 and ttfb else None
 
 
-def run_agent(work: Path, certs, name: str, **config) -> tuple[subprocess.Popen, Path]:
+def run_agent(work: Path, certs, name: str, env: dict | None = None, **config) -> tuple[subprocess.Popen, Path]:
     import yaml
 
     settings = {
@@ -170,7 +221,7 @@ def run_agent(work: Path, certs, name: str, **config) -> tuple[subprocess.Popen,
     path = work / f"agent-{name}.yaml"
     path.write_text(yaml.safe_dump(settings))
     log = work / f"agent-{name}.log"
-    return start(LAPTOP, [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], log), log
+    return start(LAPTOP, [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], log, env), log
 
 
 def connected(seconds: float = 15.0) -> bool:
@@ -186,17 +237,36 @@ def connected(seconds: float = 15.0) -> bool:
     return False
 
 
-def row(work: Path, certs, scenario: str, expect: str, **config) -> dict:
-    agent, log = run_agent(work, certs, "".join(c if c.isalnum() else "-" for c in scenario), **config)
+def row(work: Path, certs, scenario: str, expect: str, env: dict | None = None, plane: ControlPlane | None = None, squid: Squid | None = None, **config) -> dict:
+    """`plane`: the agent has no server address, only the control plane (in `config`'s
+    lifecycle block). `squid`: the row keeps what that proxy logged meanwhile."""
+    seen = len(plane.calls()) if plane else 0
+    logged = len(squid.access_log()) if squid else 0
+    if plane:
+        env = {**(env or {}), "SSL_CERT_FILE": str(plane.ca)}  # the laptop trusts the API's CA, as it trusts a public one
+    agent, log = run_agent(work, certs, "".join(c if c.isalnum() else "-" for c in scenario), env, **config)
     try:
         wait_port(LAPTOP, "127.0.0.1", 8080, agent)
         up = connected()
         code, got, ttfb = laptop_curl("-x", "http://127.0.0.1:8080", f"http://{ORIGIN}/")
+        status, body, _ = laptop_curl("http://127.0.0.1:8080/health", timeout=5)
+        health = json.loads(body) if status == 0 else {}
     finally:
         stop(agent)
     # The agent's own account of how it got out: which proxy, PAC file and authentication.
     notes = [line.split("] ", 1)[-1] for line in log.read_text(errors="replace").splitlines() if any(k in line for k in ("authenticated to the upstream proxy", "upstream_proxy auto", " is up"))]
-    return {"scenario": scenario, "expect": expect, "tunnel_up": up, "ok": code == 0 and got == "origin", "ttfb_s": ttfb, "got": got[:300], "notes": notes}
+    result = {"scenario": scenario, "expect": expect, "tunnel_up": up, "ok": code == 0 and got == "origin", "ttfb_s": ttfb, "got": got[:300], "notes": notes}
+    if plane:
+        deadline = time.monotonic() + 5  # the kill on exit is the agent's last request
+        while time.monotonic() < deadline and not any("/kill" in c for c in plane.calls()[seen:]):
+            time.sleep(0.1)
+        result["control_plane_calls"] = plane.calls()[seen:]
+        result["server_dns_name"] = health.get("server_dns_name")
+    if squid:
+        time.sleep(0.5)  # squid logs a tunnel when it closes: the agent's last ones just did
+        result["proxy_log"] = squid.access_log()[logged:]
+    return result
+
 
 
 def run() -> list[dict]:
@@ -219,10 +289,16 @@ def run() -> list[dict]:
             procs.append(start(INTERNET, [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(work / f"server-{port}.yaml")], work / f"server-{port}.log"))
             wait_port(INTERNET, SERVER, port, procs[-1])
         wait_port(INTERNET, ORIGIN, 80, procs[0])
+        plane = ControlPlane(work)
+        procs.append(plane)
+        # Rows given `plane` have no server address: they wake the server and learn where it
+        # is from the control plane, through the same way out as the tunnel.
+        woken = {"plane": plane, "server_ip": ""}
 
         firewall("port-filter")
         rows.append(row(work, certs, "port filter (80/443 only), direct, server on 443", "served"))
         rows.append(row(work, certs, "port filter (80/443 only), direct, server on 8443", "refused", server_port=8443))
+        rows.append(row(work, certs, "port filter, the server woken and found by the control plane", "served", **woken, lifecycle=plane.lifecycle(PLANE)))
 
         firewall("proxy-only")
         rows.append(row(work, certs, "direct with no way out but the proxy", "refused"))
@@ -231,18 +307,33 @@ def run() -> list[dict]:
             rows.append(row(work, certs, "stock squid, server on 443", "served", upstream_proxy=f"http://{ROUTER_IN}:3128"))
             rows.append(row(work, certs, "stock squid, server on 8443", "refused", upstream_proxy=f"http://{ROUTER_IN}:3128", server_port=8443))
             rows.append(row(work, certs, "stock squid, the server by a name only the proxy resolves", "served", upstream_proxy=f"http://{ROUTER_IN}:3128", server_ip=SERVER_NAME))
+            rows.append(row(work, certs, "stock squid, the control plane by a name only the proxy resolves", "served", **woken, lifecycle=plane.lifecycle(PLANE_NAME), upstream_proxy=f"http://{ROUTER_IN}:3128", squid=squid))
             pac = work / "proxy.pac"
             pac.write_text(f'function FindProxyForURL(url, host) {{ return "PROXY {ROUTER_IN}:3128"; }}')
             os.chmod(pac, 0o644)
-            rows.append(row(work, certs, "stock squid found by a PAC file (upstream_proxy: auto)", "served", upstream_proxy="auto", pac_url=str(pac)))
+            rows.append(row(work, certs, "stock squid found by a PAC file (upstream_proxy: auto)", "served", upstream_proxy="auto", pac_url=str(pac), **woken, lifecycle=plane.lifecycle(PLANE_NAME)))
         finally:
             squid.stop()
         for auth, url in (("basic", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("ntlm", f"http://CORP%5Calice:pw@{ROUTER_IN}:3128")):
             squid = Squid(work, auth)
             try:
-                rows.append(row(work, certs, f"squid asking for {auth.upper() if auth == 'ntlm' else auth.capitalize()}", "served", upstream_proxy=url))
+                rows.append(row(work, certs, f"squid asking for {auth.upper() if auth == 'ntlm' else auth.capitalize()}", "served", upstream_proxy=url, **woken, lifecycle=plane.lifecycle(PLANE_NAME), squid=squid))
             finally:
                 squid.stop()
+        kdc = Kdc(work / "kdc", REALM, ROUTER_IN, prefix=tuple(in_ns(ROUTER)))
+        try:
+            kdc.add_user("alice", "alice-pw")
+            squid = Squid(work, "negotiate", kdc)
+            try:
+                # No credentials configured: the agent uses the logged-in user's ticket (kinit), as single sign-on does.
+                ticket = kdc.kinit("alice", "alice-pw", prefix=tuple(in_ns(LAPTOP)))
+                rows.append(row(work, certs, "squid asking for Negotiate (Kerberos, the user's ticket)", "served", env=ticket, upstream_proxy=f"http://{PROXY_NAME}:3128", **woken, lifecycle=plane.lifecycle(PLANE_NAME), squid=squid))  # whom squid's Kerberos helper let through
+                no_ticket = {"KRB5_CONFIG": ticket["KRB5_CONFIG"], "KRB5CCNAME": f"FILE:{work}/kdc/nobody.ccache"}
+                rows.append(row(work, certs, "squid asking for Negotiate, no ticket", "refused", env=no_ticket, upstream_proxy=f"http://{PROXY_NAME}:3128"))
+            finally:
+                squid.stop()
+        finally:
+            kdc.stop()
         if os.path.exists(MITMDUMP):
             mitm = start(ROUTER, [MITMDUMP, "--listen-host", ROUTER_IN, "--listen-port", "8081", "--set", f"confdir={work}/mitm", "--set", "ssl_insecure=true"], work / "mitm.log")
             try:
@@ -252,7 +343,7 @@ def run() -> list[dict]:
                 stop(mitm)
     finally:
         for process in procs:
-            stop(process)
+            process.stop() if isinstance(process, ControlPlane) else stop(process)
         shutil.rmtree(work, ignore_errors=True)
     return rows
 

@@ -31,14 +31,15 @@ class Service:
 
 
 class MotoAws:
-    def __init__(self, region: str = REGION) -> None:
+    def __init__(self, region: str = REGION, address: str = "127.0.0.1") -> None:
+        """`address`: where moto listens (the firewall lab puts it on a link of its own)."""
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         self.region = region
         self.credentials = ("testing", "testing")  # until `use_credentials` names an IAM user
-        self.port = free_port()
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.port = free_port() if address == "127.0.0.1" else 5000
+        self.server = ThreadedMotoServer(ip_address=address, port=self.port, verbose=False)
         self.server.start()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{address}:{self.port}"
         self._clients: dict = {}
         for name in ("ecs", "ec2", "cloudwatch"):  # made up front: the scheduler thread shares them
             self.client(name)
@@ -167,7 +168,8 @@ class MotoAws:
 class ControlPlaneProc:
     """`fluidity control-plane` in its own process, talking to moto."""
 
-    def __init__(self, moto: MotoAws, workdir, api_key: str = "test-api-key", extra_env: dict | None = None) -> None:
+    def __init__(self, moto: MotoAws, workdir, api_key: str = "test-api-key", extra_env: dict | None = None, tls: tuple | None = None) -> None:
+        """`tls`: (certificate, key) files: serve HTTPS, as API Gateway does."""
         import os
         import subprocess
 
@@ -175,11 +177,12 @@ class ControlPlaneProc:
 
         self.api_key = api_key
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        flags = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
         self.log_path = workdir / "control-plane.log"
         env = {**os.environ, **moto.env, "CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", **(extra_env or {})}
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port)], stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen([FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port), *flags], stdout=log, stderr=subprocess.STDOUT, env=env)
         wait_for_port(self.port, process=self.process)
 
     def log(self) -> str:

@@ -38,7 +38,41 @@ def test_wake_status_kill_through_the_front(aws, plane):
     assert (code, body["desiredCount"]) == (200, 0)
     assert aws.desired_count(service) == 0
     log = plane.log()
-    assert "POST /wake -> 200" in log and "test-api-key" not in log
+    assert "POST /wake from 127.0.0.1 -> 200" in log and "test-api-key" not in log  # who called, never the key
+
+
+def test_served_over_https_as_api_gateway_is(aws, tmp_path):
+    """--tls-cert/--tls-key: the same front over TLS; a client that trusts the CA gets in,
+    one that does not is refused in the handshake."""
+    from tunnel.wire import pki
+
+    ca_cert, ca_key = pki.make_ca("control-plane test CA")
+    pki.save(tmp_path, "ca", ca_cert, ca_key, force=True)
+    pki.save(tmp_path, "plane", *pki.issue(ca_cert, ca_key, "localhost", server=True, dns_names=("localhost",)), force=True)
+    proc = ControlPlaneProc(aws, tmp_path, tls=(tmp_path / "plane.pem", tmp_path / "plane.key"))
+    try:
+        aws.make_service(desired=0)
+        proc.url = proc.url.replace("127.0.0.1", "localhost")
+        assert proc.url.startswith("https://")
+        code, body = request(proc, "GET", "/status", "test-api-key", "--cacert", str(tmp_path / "ca.pem"))
+        assert (code, body["status"]) == (200, "stopped")
+        untrusted = curl("-H", "x-api-key: test-api-key", f"{proc.url}/status")
+        assert untrusted.returncode == 60, untrusted  # curl: the peer's certificate did not verify
+        plain = curl("-H", "x-api-key: test-api-key", f"http://localhost:{proc.port}/status")
+        assert b'"status"' not in plain.stdout  # no plain HTTP beside it
+        assert "GET /status from 127.0.0.1 -> 200" in proc.log()
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tls-cert", "/nonexistent.pem"], b"give --tls-cert and --tls-key together"),
+    (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], b"cannot read /nonexistent.pem"),
+    (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], b"are not a PEM certificate and its key"),
+])
+def test_bad_tls_flags_are_one_clear_line(flags, message):
+    result = subprocess.run([FLUIDITY, "control-plane", "--api-key", "k", "--port", "1", *flags], capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and message in result.stderr and b"Traceback" not in result.stderr, result
 
 
 @pytest.mark.parametrize("key", [None, "", "wrong", "test-api-key-but-longer"])

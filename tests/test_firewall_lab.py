@@ -1,7 +1,7 @@
 """The firewall lab (issue 25, item 8): every row of `bench/firewall_lab.py` as a user
 would meet it, in network namespaces of the lab's own making (nothing leaves the machine).
 A port filter passing 80/443 only, a network whose only way out is Debian's stock squid
-(with Basic and NTLM where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
+(with Basic, NTLM and Negotiate against a real KDC where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
 laptop with no working resolver in all of them."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAB = Path(__file__).resolve().parent.parent / "bench" / "firewall_lab.py"
 
 @pytest.fixture(scope="module")
 def rows() -> dict:
-    for tool in ("squid", "nft", "unshare", "curl"):
+    for tool in ("squid", "nft", "unshare", "curl", "krb5kdc", "kinit"):
         assert shutil.which(tool), f"{tool} is needed (.ci/run installs it)"
     run = subprocess.run([sys.executable, str(LAB), "--json"], capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -48,6 +48,37 @@ def test_with_no_way_out_but_the_proxy_the_stock_squid_carries_the_tunnel(rows):
     assert not refused["ok"] and "403 Forbidden" in refused["got"] and "allows CONNECT to port 443 only" in refused["got"], refused
 
 
+def woken_through(row: dict, caller: str) -> None:
+    """The agent had only the control plane: it woke the server, learnt its address, and
+    stopped it on exit, every call arriving from `caller` (the proxy's address when it went
+    through one: the control plane records who called)."""
+    served(row)
+    calls = row["control_plane_calls"]
+    for call in ("POST /wake", "GET /status", "POST /kill"):
+        assert any(c.startswith(f"{call} from {caller} -> 200") for c in calls), calls
+    assert all(f" from {caller} " in c for c in calls), calls
+    assert row["server_dns_name"] == "ip-203-0-113-7.ec2.internal", row
+
+
+def test_the_control_plane_is_reached_the_way_the_tunnel_is(rows):
+    woken_through(rows["port filter, the server woken and found by the control plane"], "192.0.2.10")
+    proxied = rows["stock squid, the control plane by a name only the proxy resolves"]
+    woken_through(proxied, "203.0.113.1")
+    log = proxied["proxy_log"]
+    # Both by name, left to the proxy (the laptop resolves nothing): the API's, and the task's public DNS name.
+    assert "CONNECT api.lab.test:443" in log and "CONNECT ip-203-0-113-7.ec2.internal:443" in log and "CONNECT 203.0.113" not in log, log
+    assert any("(CONNECT ip-203-0-113-7.ec2.internal:443)" in n for n in proxied["notes"]), proxied
+
+
+def test_every_proxy_form_carries_the_control_plane_too(rows):
+    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for NTLM", "squid asking for Negotiate (Kerberos, the user's ticket)"):
+        woken_through(rows[scenario], "203.0.113.1")
+    for scheme in ("Basic", "NTLM"):
+        log = rows[f"squid asking for {scheme}"]["proxy_log"]
+        assert "TCP_DENIED" not in log.replace("TCP_DENIED/407", ""), log  # only the challenges were refused
+        assert "CONNECT api.lab.test:443" in log, log
+
+
 def test_the_proxy_found_by_a_pac_file(rows):
     row = rows["stock squid found by a PAC file (upstream_proxy: auto)"]
     served(row)
@@ -59,6 +90,18 @@ def test_basic_and_ntlm_asked_by_squid(rows):
         row = rows[f"squid asking for {scheme}"]
         served(row)
         assert any(f"authenticated to the upstream proxy with {scheme}" in n for n in row["notes"]), row
+
+
+def test_negotiate_against_a_real_kdc_with_the_users_own_ticket(rows):
+    """Single sign-on: no credentials in the agent's configuration, only the ticket kinit
+    put in the user's cache; squid's negotiate_kerberos_auth checks it with the proxy's
+    keytab from the lab's krb5kdc."""
+    row = rows["squid asking for Negotiate (Kerberos, the user's ticket)"]
+    served(row)
+    assert any("authenticated to the upstream proxy with Negotiate as the logged-in user" in n for n in row["notes"]), row
+    assert "alice@CORP.LAB.TEST" in row["proxy_log"] and "TCP_TUNNEL/200" in row["proxy_log"], row["proxy_log"]
+    refused = rows["squid asking for Negotiate, no ticket"]
+    assert not refused["ok"] and "407" in refused["got"] and "no Kerberos ticket" in refused["got"] and "kinit" in refused["got"], refused
 
 
 def test_tls_interception_is_named(rows):

@@ -82,6 +82,7 @@ class ProxyAuthenticator:
         self.rounds = 0
         self._context = None  # pyspnego's, for NTLM / Negotiate
         self._nc = 0
+        self._why: list[str] = []  # why each offered scheme could not be answered
         self.new_cnonce = lambda: os.urandom(16).hex()  # Digest's client nonce
 
     @property
@@ -107,13 +108,15 @@ class ProxyAuthenticator:
         if self._context is not None:
             raise ProxyAuthError(f"the proxy refused the {self.scheme.upper()} authentication of {self.username or 'the logged-in user'}")
         offered = [s for s in PREFERENCE if s in challenges]
+        self._why: list[str] = []
         for scheme in offered:
             header = self._start(scheme, challenges[scheme], method, target)
             if header is not None:
                 return header
         names = ", ".join(c.capitalize() for c in challenges) or "none"
-        why = "no username is configured (upstream_proxy: http://user:password@host:port)" if not self.username else "none of them can be answered"
-        raise ProxyAuthError(f"the proxy asks for {names} authentication and {why}")
+        if not self.username:
+            self._why.append("no username is configured (upstream_proxy: http://user:password@host:port)")
+        raise ProxyAuthError(f"the proxy asks for {names} authentication and {'; '.join(self._why) or 'none of them can be answered'}")
 
     def _start(self, scheme: str, challenge: Challenge, method: str, target: str) -> str | None:
         if scheme in ("negotiate", "ntlm"):
@@ -123,6 +126,8 @@ class ProxyAuthenticator:
             try:
                 token = context.step()
             except Exception:  # no Kerberos ticket, no SSPI: another scheme may still do
+                if scheme == "negotiate" and not self.username:
+                    self._why.append(_no_single_sign_on())
                 return None
             self.scheme, self._context = scheme, context
             return f"{'Negotiate' if scheme == 'negotiate' else 'NTLM'} {base64.b64encode(token).decode()}"
@@ -183,6 +188,17 @@ class ProxyAuthenticator:
         if "opaque" in p:
             fields.append(f'opaque="{_quote(p["opaque"])}"')
         return "Digest " + ", ".join(fields)
+
+
+def _no_single_sign_on() -> str:
+    """Why Negotiate could not go as the logged-in user, and what to do about it."""
+    if os.name != "nt":
+        try:
+            import gssapi  # noqa: F401
+            import krb5  # noqa: F401
+        except ImportError:
+            return "Kerberos single sign-on needs the gssapi and krb5 packages (pip install 'fluidity[kerberos]')"
+    return "the logged-in user has no Kerberos ticket for it (log in to the domain, or run kinit)"
 
 
 def _basic(username: str, password: str) -> str:

@@ -41,6 +41,7 @@ class TunnelClient:
         self.upstream_proxy = upstream_proxy  # a ProxyChoice, or the configured URL (else $HTTPS_PROXY)
         self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
+        self._route = None
         self._proxy = None  # the upstream proxy the last attempt went through, if any
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
@@ -128,7 +129,16 @@ class TunnelClient:
         endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout, name=self.dns_name)
         self._proxy = proxy
         self._via = f" via {proxy.display}" + (f", asked for {self.dns_name} first" if self.dns_name else "") if proxy else ""
+        self._route = endpoint
         return endpoint
+
+    def _how_it_went(self) -> str:
+        """Which way the tunnel got through: the proxy, and the name or address it was asked for."""
+        if self._proxy is None:
+            return ""
+        used = getattr(self._route, "connected", self._route)
+        target = getattr(used, "target", "")
+        return f" via {self._proxy.display}" + (f" (CONNECT {target})" if target else "")
 
     def _locate(self) -> None:
         wake = self._want_wake or bool(self._waiters)
@@ -208,7 +218,7 @@ class TunnelClient:
         self._failures = 0
         self.last_error = None
         self.connected_since = self.reactor.seconds()
-        log.info("tunnel to {server} is up{via}", server=self.server, via=self._via)
+        log.info("tunnel to {server} is up{via}", server=self.server, via=self._how_it_went())
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:

@@ -311,12 +311,18 @@ class FirstThatConnects:
 
     def __init__(self, endpoints: list) -> None:
         self.endpoints = endpoints
+        self.connected = None  # the endpoint that last connected
 
     def connect(self, factory):
         reasons: list[str] = []
 
+        def connected(protocol, endpoint):
+            self.connected = endpoint
+            return protocol
+
         def attempt(index: int):
             d = self.endpoints[index].connect(factory)
+            d.addCallback(connected, self.endpoints[index])
             if index + 1 < len(self.endpoints):
                 d.addErrback(next_one, index)
             elif reasons:

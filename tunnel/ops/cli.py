@@ -157,13 +157,26 @@ def _control_plane(args) -> int:
         if value is not None:
             os.environ[name] = str(value)
         os.environ.setdefault(name, {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": str(SERVER_PORT)}[name])
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("fluidity control-plane: give --tls-cert and --tls-key together", file=sys.stderr)
+        return 2
+    tls = None
+    if args.tls_cert:
+        from tunnel.ops.control_plane import tls_options
+
+        try:
+            tls = tls_options(args.tls_cert, args.tls_key)
+        except ValueError as e:
+            print(f"fluidity control-plane: {e}", file=sys.stderr)
+            return 2
+    scheme = "https" if tls else "http"
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     outcome = {"status": 0}
 
     def listening(port) -> None:
         address = port.getHost()
         print(
-            f"control plane for {os.environ['CLUSTER_NAME']}/{os.environ['SERVICE_NAME']} on http://{address.host}:{address.port}"
+            f"control plane for {os.environ['CLUSTER_NAME']}/{os.environ['SERVICE_NAME']} on {scheme}://{address.host}:{address.port}"
             " (POST /wake, GET /status, POST /kill; x-api-key required)",
             flush=True,
         )
@@ -173,7 +186,12 @@ def _control_plane(args) -> int:
         outcome["status"] = 1
         reactor.stop()
 
-    endpoint = TCP4ServerEndpoint(reactor, args.port, interface=args.host)
+    if tls is not None:
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+
+        endpoint = SSL4ServerEndpoint(reactor, args.port, tls, interface=args.host)
+    else:
+        endpoint = TCP4ServerEndpoint(reactor, args.port, interface=args.host)
     reactor.callWhenRunning(lambda: endpoint.listen(make_site(reactor, api_key)).addCallbacks(listening, failed))
     reactor.run()
     return outcome["status"]
@@ -377,6 +395,8 @@ def _main(argv: list[str] | None) -> int:
     plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
     plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
     plane.add_argument("--container-port", type=int, help=f"server port reported to agents (default: $CONTAINER_PORT or {SERVER_PORT})")
+    plane.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate instead of plain HTTP, as API Gateway does")
+    plane.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
         op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.")
         op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")

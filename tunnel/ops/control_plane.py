@@ -66,7 +66,8 @@ class ControlPlane(resource.Resource):
         request.notifyFinish().addErrback(gone.append)
 
         def answered(reply: dict) -> None:
-            log.info("{method} {path} -> {code}", method=event["httpMethod"], path=path, code=reply["statusCode"])
+            # Who called: the address the request came from (a proxy's, when the agent is behind one).
+            log.info("{method} {path} from {caller} -> {code}", method=event["httpMethod"], path=path, caller=event["requestContext"]["identity"]["sourceIp"], code=reply["statusCode"])
             if not gone:
                 request.setResponseCode(reply["statusCode"])
                 for name, value in (reply.get("headers") or {}).items():
@@ -89,6 +90,20 @@ class ControlPlane(resource.Resource):
         request.setHeader("Content-Type", "application/json")
         request.setHeader("Cache-Control", "no-store")
         return json.dumps(body).encode()
+
+
+def tls_options(cert_file: str, key_file: str):
+    """Server TLS from a PEM certificate and its key; ValueError says which file is wrong."""
+    from twisted.internet import ssl
+
+    try:
+        cert_pem, key_pem = open(cert_file, "rb").read(), open(key_file, "rb").read()
+    except OSError as e:
+        raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
+    try:
+        return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
+    except Exception as e:
+        raise ValueError(f"{cert_file} and {key_file} are not a PEM certificate and its key ({type(e).__name__})") from None
 
 
 def make_site(reactor, api_key: str) -> server.Site:
