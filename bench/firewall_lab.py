@@ -314,10 +314,16 @@ def run() -> list[dict]:
             rows.append(row(work, certs, "stock squid found by a PAC file (upstream_proxy: auto)", "served", upstream_proxy="auto", pac_url=str(pac), **woken, lifecycle=plane.lifecycle(PLANE_NAME)))
         finally:
             squid.stop()
+        keyring = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring", "XDG_DATA_HOME": str(work / "keyring")}
+        from support import FLUIDITY
+
+        subprocess.run([FLUIDITY, "proxy-password", "--user", "CORP\\alice", "--stdin"], input="pw\n", text=True, check=True, capture_output=True, timeout=60, env={**os.environ, **keyring})
         for auth, url in (("basic", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("ntlm", f"http://CORP%5Calice:pw@{ROUTER_IN}:3128")):
             squid = Squid(work, auth)
             try:
                 rows.append(row(work, certs, f"squid asking for {auth.upper() if auth == 'ntlm' else auth.capitalize()}", "served", upstream_proxy=url, **woken, lifecycle=plane.lifecycle(PLANE_NAME), squid=squid))
+                if auth == "ntlm":  # found by the PAC file, the password in the system's credential store
+                    rows.append(row(work, certs, "squid asking for NTLM, found by a PAC file, the password from the keyring", "served", env=keyring, upstream_proxy="auto", pac_url=str(pac), upstream_proxy_user="CORP\\alice", upstream_proxy_password="keyring", **woken, lifecycle=plane.lifecycle(PLANE_NAME), squid=squid))
             finally:
                 squid.stop()
         kdc = Kdc(work / "kdc", REALM, ROUTER_IN, prefix=tuple(in_ns(ROUTER)))

@@ -71,7 +71,7 @@ def test_the_control_plane_is_reached_the_way_the_tunnel_is(rows):
 
 
 def test_every_proxy_form_carries_the_control_plane_too(rows):
-    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for NTLM", "squid asking for Negotiate (Kerberos, the user's ticket)"):
+    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for NTLM", "squid asking for NTLM, found by a PAC file, the password from the keyring", "squid asking for Negotiate (Kerberos, the user's ticket)"):
         woken_through(rows[scenario], "203.0.113.1")
     for scheme in ("Basic", "NTLM"):
         log = rows[f"squid asking for {scheme}"]["proxy_log"]
@@ -102,6 +102,13 @@ def test_negotiate_against_a_real_kdc_with_the_users_own_ticket(rows):
     assert "alice@CORP.LAB.TEST" in row["proxy_log"] and "TCP_TUNNEL/200" in row["proxy_log"], row["proxy_log"]
     refused = rows["squid asking for Negotiate, no ticket"]
     assert not refused["ok"] and "407" in refused["got"] and "no Kerberos ticket" in refused["got"] and "kinit" in refused["got"], refused
+
+
+def test_credentials_for_a_proxy_found_by_pac_come_from_the_keyring(rows):
+    row = rows["squid asking for NTLM, found by a PAC file, the password from the keyring"]
+    served(row)
+    assert any("authenticated to the upstream proxy with NTLM as CORP\\alice" in n for n in row["notes"]), row
+    assert any(n.startswith("upstream_proxy auto: using the PAC file at") for n in row["notes"]), row
 
 
 def test_tls_interception_is_named(rows):

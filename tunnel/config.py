@@ -184,6 +184,8 @@ AGENT_KEYS: tuple[Key, ...] = tuple(
         Key("upstream_proxy", _parse_str, "", "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... (TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY"),
         Key("pac_url", _parse_str, "", "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one"),
         Key("upstream_proxy_ca", _parse_str, "", "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's"),
+        Key("upstream_proxy_user", _parse_str, "", "user name for a proxy that asks, when its URL has none (auto, $HTTPS_PROXY), e.g. CORP\\alice"),
+        Key("upstream_proxy_password", _parse_str, "", "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores it), or the password"),
         Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
         Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
         Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
@@ -274,6 +276,8 @@ class AgentSettings:
     upstream_proxy: str
     pac_url: str
     upstream_proxy_ca: str
+    upstream_proxy_user: str
+    upstream_proxy_password: str
     lifecycle: LifecycleSettingsBlock
     source: str = field(default="defaults", compare=False)
 

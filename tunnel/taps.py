@@ -28,6 +28,8 @@ from tunnel.server.emf import EmfPublisher
 from tunnel.server.metrics import MetricsPublisher, MetricsService
 from tunnel.server.revocation import RevocationError, RevocationList
 from tunnel.server.service import TunnelServer, tls_factory
+from tunnel.agent.proxy_credentials import CredentialsError
+from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.agent.upstream import proxy_for
 from tunnel.wire.tls import client_options, server_options
 
@@ -104,6 +106,10 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 except ValueError as e:
                     where = "'upstream_proxy'" if config.upstream_proxy else "$HTTPS_PROXY"
                     raise cfg.ConfigError(f"{config.source}: {where}: {e}") from None
+                try:
+                    proxy_credentials(config)
+                except CredentialsError as e:
+                    raise cfg.ConfigError(f"{config.source}: {e}") from None
                 if config.pac_url and config.upstream_proxy.strip() != "auto":
                     raise cfg.ConfigError(f"{config.source}: 'pac_url' is used only with upstream_proxy: auto")
                 if config.upstream_proxy_ca:

@@ -19,6 +19,7 @@ from pathlib import Path
 from twisted.internet import defer, ssl, threads
 from twisted.logger import Logger
 
+from tunnel.agent.proxy_credentials import ProxyCredentials
 from tunnel.agent.upstream import UpstreamProxy, parse_proxy_url, proxy_for
 from tunnel.wire.addresses import format_authority
 
@@ -70,8 +71,9 @@ def _read_local(url: str) -> str | None:
 class ProxyChoice:
     """The agent's one proxy policy: `choose(host, port)` says which proxy (None: direct) and why."""
 
-    def __init__(self, configured: str, pac_url: str = "", proxy_ca: str = "", environ=os.environ, find=discover) -> None:
+    def __init__(self, configured: str, pac_url: str = "", proxy_ca: str = "", environ=os.environ, find=discover, credentials: ProxyCredentials | None = None) -> None:
         self.configured = configured.strip()
+        self.credentials = credentials or ProxyCredentials()  # for a proxy whose URL names no user
         self.pac_url, self.environ, self._find = pac_url, environ, find
         self.found: FoundPac | None = None
         self._looked_at: float | None = None
@@ -83,6 +85,10 @@ class ProxyChoice:
         return self.configured == AUTO
 
     def choose(self, host: str, port: int) -> tuple[UpstreamProxy | None, str]:
+        proxy, why = self._choose(host, port)
+        return self.credentials.apply(proxy), why
+
+    def _choose(self, host: str, port: int) -> tuple[UpstreamProxy | None, str]:
         if self.configured and not self.auto:
             return parse_proxy_url(self.configured), "upstream_proxy"
         if self.auto and self.found is not None:

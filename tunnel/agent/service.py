@@ -17,6 +17,7 @@ from tunnel.agent.pac import pac_file
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.tunnel_client import TunnelClient
 from tunnel.agent.proxy_choice import ProxyChoice
+from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.wire import descriptors
 from tunnel.wire.tls import ca_certificate
 
@@ -75,7 +76,7 @@ class Agent(service.Service):
         self.identity = certificate_name(config.cert_file)
         self.lifecycle = settings_from(config)
         # One proxy policy for every connection the agent makes: the tunnel and the control plane.
-        self.proxies = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca)
+        self.proxies = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config))
         self.control_plane = ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies) if self.lifecycle else None
         self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
         self.tunnel = TunnelClient(

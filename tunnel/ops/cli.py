@@ -397,6 +397,15 @@ def _main(argv: list[str] | None) -> int:
     plane.add_argument("--container-port", type=int, help=f"server port reported to agents (default: $CONTAINER_PORT or {SERVER_PORT})")
     plane.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate instead of plain HTTP, as API Gateway does")
     plane.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    secret = commands.add_parser(
+        "proxy-password",
+        help="store the corporate proxy's password in the system's credential store",
+        description="Store (or --delete) the password the agent gives a proxy that asks, in the system's credential store "
+        "(Windows Credential Manager, the macOS Keychain, the Secret Service on Linux), for upstream_proxy_password: keyring.",
+    )
+    secret.add_argument("--user", required=True, help="the proxy user name, as in upstream_proxy_user (e.g. 'CORP\\alice')")
+    secret.add_argument("--stdin", action="store_true", help="read the password from standard input instead of asking")
+    secret.add_argument("--delete", action="store_true", help="remove the stored password")
     for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
         op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.")
         op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")
@@ -449,7 +458,41 @@ def _main(argv: list[str] | None) -> int:
         return _certs(args)
     if args.command == "control-plane":
         return _control_plane(args)
+    if args.command == "proxy-password":
+        return _proxy_password(args)
     return _local(args)
+
+
+def _proxy_password(args) -> int:
+    """Put the proxy password where `upstream_proxy_password: keyring` finds it."""
+    import getpass
+
+    from tunnel.agent.proxy_credentials import CredentialsError, forget, store
+
+    try:
+        if args.delete:
+            found = forget(args.user)
+            print(f"removed the proxy password of {args.user}" if found else f"no proxy password was stored for {args.user}")
+            return 0
+        if args.stdin:
+            password = sys.stdin.readline().rstrip("\r\n")
+        else:
+            password = getpass.getpass(f"proxy password for {args.user}: ")
+            if getpass.getpass("again: ") != password:
+                print("fluidity proxy-password: the two did not match; nothing stored", file=sys.stderr)
+                return 1
+        if not password:
+            print("fluidity proxy-password: an empty password; nothing stored", file=sys.stderr)
+            return 1
+        where = store(args.user, password)
+    except CredentialsError as e:
+        print(f"fluidity proxy-password: {e}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, EOFError):
+        print("", file=sys.stderr)
+        return 1
+    print(f"stored the proxy password of {args.user} ({where}); the agent uses it with upstream_proxy_user: {args.user} and upstream_proxy_password: keyring")
+    return 0
 
 
 if __name__ == "__main__":

@@ -110,9 +110,15 @@ def _certificates(config, checks: list[Check]):
 def _proxy_choice(config, checks: list[Check]):
     """The agent's proxy policy; for `auto`, the PAC file looked for now, as the agent would."""
     from tunnel.agent.proxy_choice import ProxyChoice, discover
+    from tunnel.agent.proxy_credentials import CredentialsError, from_settings
 
     try:
-        choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca)
+        credentials = from_settings(config)
+    except CredentialsError as e:
+        checks.append(Check("upstream proxy", "FAIL", str(e), "set upstream_proxy_password to env:VAR, keyring, or the password"))
+        return None
+    try:
+        choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=credentials)
     except Exception as e:  # an unreadable upstream_proxy_ca, or pyOpenSSL's error for bad PEM
         checks.append(Check("upstream proxy", "FAIL", f"upstream_proxy_ca: {e}", "point upstream_proxy_ca at the proxy's CA (PEM)"))
         return None
