@@ -84,9 +84,13 @@ def build(work: Path) -> None:
     sh(*in_ns(ROUTER, "sysctl", "-qw", "net.ipv4.ip_forward=1"))
 
 
+
 def firewall(mode: str) -> None:
     """`port-filter`: forward TCP to 80 and 443 only; `proxy-only`: forward nothing."""
-    allow = "iifname \"fl-rin\" tcp dport { 80, 443 } accept" if mode == "port-filter" else ""
+    # A stateful filter: a connection is let in by its SYN and lives in the conntrack table;
+    # a packet of a flow the table does not hold is dropped (tcp_loose off), as when a
+    # firewall restarts or flushes its table.
+    allow = "iifname \"fl-rin\" tcp dport { 80, 443 } tcp flags & (syn | ack) == syn ct state new accept" if mode == "port-filter" else ""
     rules = f"""
 table inet lab
 delete table inet lab
@@ -99,6 +103,7 @@ table inet lab {{
 }}
 """
     subprocess.run(in_ns(ROUTER, "nft", "-f", "-"), input=rules.encode(), check=True, timeout=30)
+    sh(*in_ns(ROUTER, "sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0"))  # there once the ct rule loaded conntrack
 
 
 class Squid:
@@ -113,6 +118,9 @@ class Squid:
             hashed = sh("openssl", "passwd", "-apr1", "corp-pw").stdout.strip()
             (self.folder / "passwd").write_text(f"corp:{hashed}\n")
             lab += f"auth_param basic program {HELPERS}/basic_ncsa_auth {self.folder}/passwd\nauth_param basic realm lab\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
+        elif auth == "digest":
+            (self.folder / "digest").write_text("corp:corp-pw\n")
+            lab += f"auth_param digest program {HELPERS}/digest_file_auth {self.folder}/digest\nauth_param digest realm lab\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
         elif auth == "ntlm":
             lab += f"auth_param ntlm program {HELPERS}/ntlm_fake_auth\nauth_param ntlm children 2\nacl authenticated proxy_auth REQUIRED\nhttp_access allow lab authenticated\n"
         elif auth == "negotiate":  # Kerberos: squid's own helper, with the proxy's keytab from the lab's KDC
@@ -269,6 +277,30 @@ def row(work: Path, certs, scenario: str, expect: str, env: dict | None = None, 
 
 
 
+def forgotten_flow_row(work: Path, certs) -> dict:
+    """The router forgets the tunnel's flow (its conntrack table flushed) while the tunnel is
+    quiet; then a client asks for a destination. The keepalive is set long (30 s / 20 s) so
+    the wait shows what the agent's probe does (probe_timeout, 3 s)."""
+    agent, log = run_agent(work, certs, "forgotten-flow", keepalive_interval="30s", keepalive_timeout="20s", tunnel_wait="20s")
+    try:
+        wait_port(LAPTOP, "127.0.0.1", 8080, agent)
+        up = connected()
+        time.sleep(1.5)  # quiet: the next stream's PING is the probe
+        forgot = subprocess.run(in_ns(ROUTER, "conntrack", "-F"), capture_output=True, text=True, timeout=30)
+        started = time.monotonic()
+        code, got, ttfb = laptop_curl("-x", "http://127.0.0.1:8080", f"http://{ORIGIN}/", timeout=40)
+        waited = time.monotonic() - started
+    finally:
+        stop(agent)
+    text = log.read_text(errors="replace")
+    return {
+        "scenario": "port filter forgets the tunnel's flow (conntrack flushed)", "expect": "served", "tunnel_up": up,
+        "ok": code == 0 and got == "origin", "ttfb_s": ttfb, "waited_s": round(waited, 2), "got": got[:300],
+        "flushed": forgot.returncode == 0 and "emptied" in forgot.stdout + forgot.stderr, "tunnels_up": text.count(" is up"),
+        "notes": [line.split("] ", 1)[-1] for line in text.splitlines() if "probe" in line.lower() or " is up" in line],
+    }
+
+
 def run() -> list[dict]:
     work = Path(tempfile.mkdtemp(prefix="fluidity-lab-"))
     os.chmod(work, 0o755)
@@ -299,6 +331,7 @@ def run() -> list[dict]:
         rows.append(row(work, certs, "port filter (80/443 only), direct, server on 443", "served"))
         rows.append(row(work, certs, "port filter (80/443 only), direct, server on 8443", "refused", server_port=8443))
         rows.append(row(work, certs, "port filter, the server woken and found by the control plane", "served", **woken, lifecycle=plane.lifecycle(PLANE)))
+        rows.append(forgotten_flow_row(work, certs))
 
         firewall("proxy-only")
         rows.append(row(work, certs, "direct with no way out but the proxy", "refused"))
@@ -318,7 +351,7 @@ def run() -> list[dict]:
         from support import FLUIDITY
 
         subprocess.run([FLUIDITY, "proxy-password", "--user", "CORP\\alice", "--stdin"], input="pw\n", text=True, check=True, capture_output=True, timeout=60, env={**os.environ, **keyring})
-        for auth, url in (("basic", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("ntlm", f"http://CORP%5Calice:pw@{ROUTER_IN}:3128")):
+        for auth, url in (("basic", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("digest", f"http://corp:corp-pw@{ROUTER_IN}:3128"), ("ntlm", f"http://CORP%5Calice:pw@{ROUTER_IN}:3128")):
             squid = Squid(work, auth)
             try:
                 rows.append(row(work, certs, f"squid asking for {auth.upper() if auth == 'ntlm' else auth.capitalize()}", "served", upstream_proxy=url, **woken, lifecycle=plane.lifecycle(PLANE_NAME), squid=squid))

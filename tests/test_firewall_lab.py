@@ -1,7 +1,7 @@
 """The firewall lab (issue 25, item 8): every row of `bench/firewall_lab.py` as a user
 would meet it, in network namespaces of the lab's own making (nothing leaves the machine).
 A port filter passing 80/443 only, a network whose only way out is Debian's stock squid
-(with Basic, NTLM and Negotiate against a real KDC where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
+(with Basic, Digest, NTLM and Negotiate against a real KDC where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
 laptop with no working resolver in all of them."""
 
 from __future__ import annotations
@@ -38,6 +38,18 @@ def test_a_port_filter_passes_the_server_on_443_and_says_why_8443_fails(rows):
     assert not blocked["ok"] and "no answer from 203.0.113.7:8443" in blocked["got"] and "pass only 80 and 443: run the server on 443" in blocked["got"], blocked
 
 
+def test_a_firewall_that_forgets_the_flow_costs_a_client_about_the_probe_timeout(rows):
+    """Issue 25, item 7 in the lab: the router's conntrack table flushed under a quiet
+    tunnel (its filter drops packets of flows it does not hold). The next client's stream
+    carries a PING; no answer in probe_timeout (3 s) and the agent opens a new connection
+    and the stream on it, well before the keepalive (30 s + 20 s here) would notice."""
+    row = rows["port filter forgets the tunnel's flow (conntrack flushed)"]
+    assert row["flushed"] and row["tunnel_up"], row
+    served(row)
+    assert row["tunnels_up"] == 2, row  # the forgotten connection was replaced
+    assert 2.5 < row["waited_s"] < 10, row
+
+
 def test_with_no_way_out_but_the_proxy_the_stock_squid_carries_the_tunnel(rows):
     alone = rows["direct with no way out but the proxy"]
     assert not alone["ok"] and "set upstream_proxy (upstream_proxy: auto finds it" in alone["got"], alone
@@ -71,9 +83,9 @@ def test_the_control_plane_is_reached_the_way_the_tunnel_is(rows):
 
 
 def test_every_proxy_form_carries_the_control_plane_too(rows):
-    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for NTLM", "squid asking for NTLM, found by a PAC file, the password from the keyring", "squid asking for Negotiate (Kerberos, the user's ticket)"):
+    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for Digest", "squid asking for NTLM", "squid asking for NTLM, found by a PAC file, the password from the keyring", "squid asking for Negotiate (Kerberos, the user's ticket)"):
         woken_through(rows[scenario], "203.0.113.1")
-    for scheme in ("Basic", "NTLM"):
+    for scheme in ("Basic", "Digest", "NTLM"):
         log = rows[f"squid asking for {scheme}"]["proxy_log"]
         assert "TCP_DENIED" not in log.replace("TCP_DENIED/407", ""), log  # only the challenges were refused
         assert "CONNECT api.lab.test:443" in log, log
@@ -85,8 +97,8 @@ def test_the_proxy_found_by_a_pac_file(rows):
     assert any(n.startswith("upstream_proxy auto: using the PAC file at") for n in row["notes"]), row
 
 
-def test_basic_and_ntlm_asked_by_squid(rows):
-    for scheme in ("Basic", "NTLM"):
+def test_basic_digest_and_ntlm_asked_by_squid(rows):
+    for scheme in ("Basic", "Digest", "NTLM"):
         row = rows[f"squid asking for {scheme}"]
         served(row)
         assert any(f"authenticated to the upstream proxy with {scheme}" in n for n in row["notes"]), row
