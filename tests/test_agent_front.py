@@ -296,3 +296,58 @@ def test_a_connect_with_content_is_400(tunnel, echo, framing):
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"no content" in head
     assert echo.connections == before
+
+
+# -- both loopback families (issue 26, item 3) ---------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["[::1]", "127.0.0.1", "localhost"])
+def test_the_proxy_answers_on_ipv4_and_ipv6_loopback(tunnel, http_origin, host):
+    """`localhost` is ::1 first on many systems: by default the agent listens on both."""
+    port = tunnel.agent.port
+    http = curl("-x", f"http://{host}:{port}", f"http://127.0.0.1:{http_origin.port}/v6")
+    assert http.returncode == 0 and b"hello from http-origin /v6" in http.stdout, http
+    socks = curl("--socks5-hostname", f"{host}:{port}", f"http://127.0.0.1:{http_origin.port}/socks")
+    assert socks.returncode == 0 and b"hello from http-origin /socks" in socks.stdout, socks
+    tunnelled = curl("-p", "-x", f"http://{host}:{port}", f"http://127.0.0.1:{http_origin.port}/connect")
+    assert tunnelled.returncode == 0 and b"hello from http-origin /connect" in tunnelled.stdout, tunnelled
+
+
+def test_health_and_pac_on_ipv6_loopback_point_at_the_address_used(tunnel):
+    port = tunnel.agent.port
+    health = curl(f"http://[::1]:{port}/health")
+    assert health.returncode == 0 and json.loads(health.stdout)["connected"], health
+    assert f"PROXY [::1]:{port}".encode() in curl(f"http://[::1]:{port}/proxy.pac").stdout
+    assert f"PROXY 127.0.0.1:{port}".encode() in curl(f"http://127.0.0.1:{port}/proxy.pac").stdout
+    foreign = curl("-H", "Host: evil.example", f"http://[::1]:{port}/health", "-o", "/dev/null", "-w", "%{http_code}")
+    assert foreign.stdout == b"403", foreign  # the Host rule holds on ::1 too
+
+
+def test_proxy_host_narrows_it_to_one_address(certs, tunnel, tmp_path, http_origin):
+    from support import agent_config, start_twistd
+
+    agent = start_twistd("agent", agent_config(certs, tunnel.server.port, proxy_host="127.0.0.1"), tmp_path, name="v4-only")
+    try:
+        assert curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/").returncode == 0
+        refused = curl("-x", f"http://[::1]:{agent.port}", f"http://127.0.0.1:{http_origin.port}/")
+        assert refused.returncode == 7, refused  # curl: could not connect
+    finally:
+        agent.stop()
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"proxy_host": "localhost"}, "'localhost' is not an IP address"),
+    ({"proxy_host": []}, "expected at least one address"),
+    ({"proxy_host": ["127.0.0.1", "::1"], "proxy_port": 0}, "'proxy_port: 0' (any free port) needs a single proxy_host"),
+])
+def test_bad_proxy_hosts_are_one_line(certs, tmp_path, settings, message):
+    import subprocess
+
+    import yaml
+
+    from support import TWISTD, agent_config
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(agent_config(certs, 1, **settings)))
+    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr, done

@@ -44,3 +44,41 @@ def test_zsh_uses_the_same_completion():
         return
     loaded = subprocess.run(["zsh", "-f", "-c", done.stdout + "\nprint ok"], capture_output=True, text=True, timeout=30)
     assert loaded.returncode == 0 and loaded.stdout.strip().endswith("ok") and not loaded.stderr, loaded.stderr
+
+
+def test_below_agent_and_server_come_their_service_commands_and_twistd_flags(bash_script):
+    assert complete(bash_script, "fluidity", "agent", "ins") == ["install-service"]
+    assert complete(bash_script, "fluidity", "agent", "install-service", "--n") == ["--no-start"]
+    assert "--upstream-proxy" in complete(bash_script, "fluidity", "agent", "--up")
+    assert "--proxy-port" in complete(bash_script, "fluidity", "agent", "--pro")
+    assert "--egress-allow" in complete(bash_script, "fluidity", "server", "--eg")
+    assert "install-service" not in complete(bash_script, "fluidity", "server", "")
+
+
+def fish_complete(script_path, line: str) -> list[str]:
+    """What a real fish offers for `line` (its `complete -C`), the script sourced."""
+    done = subprocess.run(["fish", "--no-config", "-c", f"source {script_path}; complete -C '{line}'"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return [entry.split("\t")[0] for entry in done.stdout.splitlines()]
+
+
+def test_fish_completes_the_same_tree(tmp_path):
+    assert shutil.which("fish"), "fish is needed (scripts/install-test-tools installs it)"
+    done = subprocess.run([FLUIDITY, "completion", "fish"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "fluidity.fish"
+    script.write_text(done.stdout)
+    assert fish_complete(script, "fluidity st") == ["start", "status", "stop"]
+    assert fish_complete(script, "fluidity certs i") == ["init"]
+    assert fish_complete(script, "fluidity agent install-service --n") == ["--no-start"]
+    assert "--upstream-proxy" in fish_complete(script, "fluidity agent --up")
+    assert fish_complete(script, "fluidity cost --stack Pulumi.dev.yaml --ag") == ["--agents"]
+
+
+def test_agent_help_names_the_service_commands_and_the_flags():
+    for role in ("agent", "server"):
+        done = subprocess.run([FLUIDITY, role, "--help"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done
+        assert f"usage: fluidity {role}" in done.stdout and "--config" in done.stdout, done.stdout
+        assert ("install-service" in done.stdout) == (role == "agent"), done.stdout
+        assert ("--upstream-proxy" if role == "agent" else "--egress-allow") in done.stdout, done.stdout

@@ -19,7 +19,7 @@ def test_defaults_match_the_seed(tmp_path):
     server = load(SERVER_KEYS, None)
     assert (server.port, server.metrics.namespace, server.metrics.service_name, server.metrics.metrics_interval) == (443, "Fluidity", "fluidity-server", 60.0)
     agent = load(AGENT_KEYS, None)
-    assert (agent.proxy_host, agent.proxy_port, agent.server_port, agent.lifecycle.wake_timeout) == ("127.0.0.1", 8080, 443, 90.0)
+    assert (agent.proxy_host, agent.proxy_port, agent.server_port, agent.lifecycle.wake_timeout) == (("127.0.0.1", "::1"), 8080, 443, 90.0)
 
 
 def test_yaml_then_overrides(tmp_path):

@@ -108,3 +108,28 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     done = subprocess.run(f"'{FLUIDITY}' cost --stack '{stack}' --json | head -c 20", shell=True, capture_output=True, text=True, timeout=60)
     assert len(done.stdout) == 20
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+
+
+def test_outside_the_repository_it_prices_the_defaults_and_says_so(tmp_path):
+    """No Pulumi.<stack>.yaml where it runs (an installed `fluidity`, any folder)."""
+    done = subprocess.run([FLUIDITY, "cost"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "A month:" in done.stdout and "prices the stack's defaults" in done.stdout and "Pulumi.dev.yaml" not in done.stderr, done
+
+
+def test_several_stack_files_ask_which(tmp_path):
+    for name in ("dev", "prod"):
+        (tmp_path / f"Pulumi.{name}.yaml").write_text("config: {}\n")
+    done = subprocess.run([FLUIDITY, "cost"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 2 and "several stack files here (Pulumi.dev.yaml, Pulumi.prod.yaml): pass --stack" in done.stderr, done
+
+
+@pytest.mark.parametrize("region, code, says", [
+    ("ap-south-1", 0, "the rates are us-east-1's"),
+    ("mars-1", 1, "--region 'mars-1' is not an AWS region name"),
+])
+def test_a_region_is_priced_or_said_to_be_not(tmp_path, region, code, says):
+    done = subprocess.run([FLUIDITY, "cost", "--region", region], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == code and says in done.stdout + done.stderr, done
+    if code == 0:
+        assert region in done.stdout

@@ -115,3 +115,38 @@ def test_it_restarts_at_once_on_the_same_ports(tmp_path, http_origin):
             out = process.communicate(timeout=40)[0].decode()
         assert process.returncode == 0, (run, out)
         assert "already in use" not in out
+
+
+def test_the_built_in_demo_configs_are_the_checkouts(tmp_path):
+    """An installed `fluidity local` has no configs/ folder: its built-in settings are the
+    checkout's `*.local.yaml` (certificates apart: they are passed by flag)."""
+    import yaml
+
+    from tunnel.ops import local_demo
+
+    for role, built_in in (("server", local_demo.SERVER), ("agent", local_demo.AGENT)):
+        checkout = yaml.safe_load((ROOT / "configs" / f"{role}.local.yaml").read_text())
+        for key in ("cert_file", "key_file", "ca_file"):
+            checkout.pop(key, None)
+        assert checkout == built_in, role
+
+
+def test_outside_a_checkout_it_runs_with_its_own_settings(tmp_path, http_origin):
+    """No configs/ where it runs: the built-in settings, certificates in the user's data folder."""
+    server_port, proxy_port = free_port(), free_port()
+    env = {**__import__("os").environ, "XDG_DATA_HOME": str(tmp_path / "data")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    process = subprocess.Popen([FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        def proxied():
+            r = curl("-x", f"http://[::1]:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/elsewhere", timeout=5)
+            return r.stdout.startswith(b"hello from http-origin /elsewhere")
+
+        assert wait_until(proxied, 30, interval=0.3)
+    finally:
+        process.send_signal(signal.SIGINT)
+        out = process.communicate(timeout=40)[0].decode()
+    assert process.returncode == 0, out
+    assert (tmp_path / "data" / "fluidity" / "local-certs" / "ca.pem").exists(), out
+    assert not (work / "certs").exists() and "Traceback" not in out, out

@@ -8,6 +8,7 @@ that override each key, and the defaults. Errors surface before anything listens
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import typing
@@ -100,6 +101,24 @@ def _choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1")  # `localhost` is ::1 first on many systems
+
+
+def _parse_listen_hosts(value: Any) -> list[str]:
+    """One address or several (a list, or comma-separated text): each an IP literal."""
+    hosts = _parse_str_list(value) if isinstance(value, (str, list)) else _parse_str_list(_parse_str(value))
+    if not hosts:
+        raise ValueError("expected at least one address, e.g. 127.0.0.1")
+    checked = []
+    for host in hosts:
+        bare = host.strip().strip("[]")
+        try:
+            checked.append(str(ipaddress.ip_address(bare)))
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (the proxy listens on addresses, e.g. 127.0.0.1 or ::1)") from None
+    return list(dict.fromkeys(checked))
+
+
 def _parse_pac_bypass(value: Any) -> list[str]:
     return check_bypass(_parse_str_list(value))
 
@@ -164,7 +183,7 @@ SERVER_KEYS: tuple[Key, ...] = tuple(
 
 AGENT_KEYS: tuple[Key, ...] = tuple(
     [
-        Key("proxy_host", _parse_str, "127.0.0.1", "address the local proxy binds (0.0.0.0 must be explicit)"),
+        Key("proxy_host", _parse_listen_hosts, list(LOOPBACK_HOSTS), "addresses the local proxy listens on: one, or a list (default 127.0.0.1 and ::1; 0.0.0.0 or :: must be explicit)"),
         Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
         Key("local_names", _parse_str_list, [], "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when proxy_host is 0.0.0.0); any other Host gets 403"),
         Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
@@ -252,7 +271,7 @@ class LifecycleSettingsBlock:
 
 @dataclass(frozen=True)
 class AgentSettings:
-    proxy_host: str
+    proxy_host: tuple[str, ...]
     proxy_port: int
     local_names: tuple[str, ...]
     server_ip: str

@@ -92,6 +92,8 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 except RevocationError as e:
                     raise cfg.ConfigError(f"{config.source}: {e}") from None
             else:
+                if config.proxy_port == 0 and len(config.proxy_host) > 1:
+                    raise cfg.ConfigError(f"{config.source}: 'proxy_port: 0' (any free port) needs a single proxy_host, not {', '.join(config.proxy_host)}")
                 if settings_from(config) is None and not config.server_ip:
                     if config.source == "defaults":  # no config file anywhere
                         home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from tunnel.agent.http_front import ProxySite
 from tunnel.agent.opener import AgentOpener
-from tunnel.config import Settings, read_pem
+from tunnel.config import LOOPBACK_HOSTS, Settings, read_pem
 from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
 from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.agent.pac import pac_file
@@ -48,21 +48,24 @@ def parse_host_header(value: str) -> str:
     return host if host and all(c.isalnum() or c in ".-" for c in host) else ""
 
 
-def is_own_host(value: str, proxy_host: str, local_names: tuple[str, ...] = ()) -> bool:
-    """Whether a Host header addresses this agent: `localhost`, a loopback address, the
-    configured proxy_host or local_names, or (when proxy_host is a wildcard) any address
-    literal. Never another name: DNS rebinding points a name at 127.0.0.1, and the
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def is_own_host(value: str, proxy_hosts: tuple[str, ...], local_names: tuple[str, ...] = ()) -> bool:
+    """Whether a Host header addresses this agent: `localhost`, a loopback address, an
+    address it listens on or one of local_names, or (when it listens on a wildcard) any
+    address literal. Never another name: DNS rebinding points a name at 127.0.0.1, and the
     browser still sends the name."""
     host = parse_host_header(value).lower().rstrip(".")
     if not host:
         return False
-    if host == "localhost" or host == proxy_host.lower().strip("[]") or host in local_names:
+    if host == "localhost" or host in proxy_hosts or host in local_names:
         return True
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return address.is_loopback or proxy_host in ("0.0.0.0", "::", "")
+    return address.is_loopback or any(h in WILDCARDS for h in proxy_hosts)
 
 
 class Agent(service.Service):
@@ -104,10 +107,15 @@ class Agent(service.Service):
         return is_own_host(host_header, self.config.proxy_host, self.local_names)
 
     def pac(self, requested_host: str) -> str:
-        """The PAC file, pointing at the address the browser used when we listen widely."""
-        host = self.config.proxy_host
-        if host in ("0.0.0.0", "::", ""):
-            host = parse_host_header(requested_host) or "127.0.0.1"
+        """The PAC file, pointing at the address the browser used to fetch it when that is
+        one the proxy listens on (or any, on a wildcard), else at the first address."""
+        hosts = self.config.proxy_host
+        asked = parse_host_header(requested_host).lower()
+        if asked == "localhost":
+            asked = "127.0.0.1" if "127.0.0.1" in hosts else "::1" if "::1" in hosts else ""
+        host = asked if asked and (asked in hosts or any(h in WILDCARDS for h in hosts)) else hosts[0]
+        if host in WILDCARDS:
+            host = "127.0.0.1" if host == "0.0.0.0" else "::1"
         address = f"[{host}]" if ":" in host else host
         return pac_file(f"{address}:{self.config.proxy_port}", self.config.pac_bypass)
 
@@ -156,6 +164,9 @@ def make_agent_service(reactor, config: Settings, tls_options) -> service.MultiS
     top = service.MultiService()
     agent = Agent(reactor, config, tls_options)
     agent.setServiceParent(top)
-    host, port = config.proxy_host, config.proxy_port
-    ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent.site), "local proxy", host, port).setServiceParent(top)
+    port = config.proxy_port
+    # The default pair is loopback on both families; a machine without IPv6 keeps the IPv4 one.
+    optional = set(config.proxy_host) == set(LOOPBACK_HOSTS)
+    for host in config.proxy_host:
+        ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent.site), "local proxy", host, port, optional=optional and host == "::1").setServiceParent(top)
     return top

@@ -4,6 +4,7 @@ local control plane."""
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
 import shutil
@@ -53,15 +54,23 @@ def _wait_listening(port: int, process: subprocess.Popen, seconds: float) -> boo
 
 
 def _port_free(port: int) -> bool:
-    """Whether the listener could bind: with SO_REUSEADDR, as Twisted's own listener does on
-    POSIX, so connections left in TIME_WAIT by the last run do not count as in use."""
-    with socket.socket() as s:
-        if os.name == "posix":
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    """Whether the listeners could bind, on 127.0.0.1 and ::1 (where the machine has IPv6):
+    with SO_REUSEADDR, as Twisted's own listener does on POSIX, so connections left in
+    TIME_WAIT by the last run do not count as in use."""
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
         try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
+            s = socket.socket(family)
+        except OSError:  # no IPv6 here
+            continue
+        with s:
+            if os.name == "posix":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                    continue
+                return False
     return True
 
 
@@ -79,13 +88,17 @@ def _die_with_parent() -> None:
 def _local(args) -> int:
     """Run server and agent from the `*.local.yaml` configs until Ctrl-C (or SIGTERM, or
     the terminal closing), and never leave them running after."""
+    from tunnel.ops import local_demo
+
     configs = Path(args.configs)
+    certs = Path(args.certs) if args.certs else local_demo.default_certs(configs)
     for what, port in (("server", args.server_port), ("proxy", args.proxy_port)):
         if not _port_free(port):
             print(f"fluidity: port {port} on 127.0.0.1 ({what}) is already in use; stop what holds it (another `fluidity local`?) or pass --{'server' if what == 'server' else 'proxy'}-port", file=sys.stderr)
             return 1
-    if pki.ensure_dev_set(Path(args.certs)):
-        print(f"made a development CA and certificates in {args.certs}/")
+    if pki.ensure_dev_set(certs):
+        print(f"made a development CA and certificates in {certs}/")
+    files = local_demo.config_files(configs)
     twistd = _twistd()
     children: list[subprocess.Popen] = []
     stopping = False
@@ -100,14 +113,14 @@ def _local(args) -> int:
     status = 0
     try:
         for role, port, flags in roles:
-            command = [twistd, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(configs / f"{role}.local.yaml"), *flags]
+            command = [twistd, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
             child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
             children.append(child)
             if not _wait_listening(port, child, 20):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
         print(
-            f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port}.\n"
+            f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port} and [::1]:{args.proxy_port}.\n"
             f"  curl -x http://127.0.0.1:{args.proxy_port} https://example.com\n"
             f"  curl --socks5-hostname 127.0.0.1:{args.proxy_port} https://example.com\n"
             f"  browsers: http://127.0.0.1:{args.proxy_port}/proxy.pac as the automatic proxy configuration URL\n"
@@ -234,11 +247,15 @@ def _cost(args) -> int:
 
     from tunnel.ops import costs
 
+    stack: Path | None
     if args.stack:
         stack = Path(args.stack)
-    else:
+    else:  # the stack file of the folder it runs in (the repository's infra), else the defaults
         found = sorted(Path(".").glob("Pulumi.*.yaml"))
-        stack = found[0] if len(found) == 1 else Path("Pulumi.dev.yaml")
+        if len(found) > 1:
+            print(f"fluidity cost: several stack files here ({', '.join(f.name for f in found)}): pass --stack FILE", file=sys.stderr)
+            return 2
+        stack = found[0] if found else None
     if args.hours_per_month < 0 or args.hours_per_month > 744 or args.agents < 0 or args.wakes_per_month < 0:
         print("fluidity cost: --hours-per-month must lie in 0-744, --agents and --wakes-per-month must not be negative", file=sys.stderr)
         return 2
@@ -281,22 +298,36 @@ def _words(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, argpar
             options += [choice for choice in action.choices]
         elif action.choices and not action.option_strings:
             options += list(action.choices)  # positional choices (completion's shell)
-    return sorted(set(options)), subcommands
+    # `fluidity agent` / `server` hand their flags to twistd: the parser carries them for completion.
+    options += getattr(parser, "completion_words", [])
+    subcommands.update(getattr(parser, "completion_subcommands", {}))
+    return sorted(set(options) | set(subcommands)), subcommands
 
 
-def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
-    """Bash completion from the parser itself (commands, sub-commands, flags); zsh runs it
-    through bashcompinit, so both always match the CLI."""
-    cases = []
+def _completion_paths(parser: argparse.ArgumentParser) -> list[tuple[str, list[str]]]:
+    """Every command path (`""`, `"certs"`, `"certs init"`, ...) and the words that may follow it."""
+    paths = []
 
     def walk(p: argparse.ArgumentParser, path: str) -> None:
         words, subs = _words(p)
-        cases.append(f'    "{path}") words="{" ".join(words)}" ;;')
+        paths.append((path, words))
         for name, sub in subs.items():
             walk(sub, f"{path} {name}".strip())
 
     walk(parser, "")
+    return paths
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """Completion from the parser itself (commands, sub-commands, flags, and the agent's and
+    server's twistd flags), so it always matches the CLI: bash; zsh runs the bash script
+    through bashcompinit; fish gets its own, built from the same paths."""
+    paths = _completion_paths(parser)
+    if shell == "fish":
+        return _fish_script(paths)
+    cases = [f'    "{path}") words="{" ".join(words)}" ;;' for path, words in paths]
     body = "\n".join(cases)
+    known = "\n".join(f'    "{path}") echo 1 ;;' for path, _ in paths)
     bash = f"""_fluidity() {{
   local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" i words
   for ((i = 1; i < COMP_CWORD; i++)); do
@@ -309,7 +340,7 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
 }}
 _fluidity_path() {{
   case "$1" in
-{chr(10).join(f'    "{c.split(chr(34))[1]}") echo 1 ;;' for c in cases)}
+{known}
     *) echo 0 ;;
   esac
 }}
@@ -319,16 +350,70 @@ complete -F _fluidity fluidity"""
     return bash
 
 
+def _fish_script(paths: list[tuple[str, list[str]]]) -> str:
+    """fish: one function finds the command path typed so far and prints what may follow."""
+    known = " ".join(f"'{path}'" for path, _ in paths if path)
+    cases = "\n".join(f"        case '{path}'\n            printf '%s\\n' {' '.join(words)}" for path, words in paths if words)
+    return f"""function __fluidity_words
+    set -l known {known}
+    set -l tokens (commandline -opc)
+    set -e tokens[1]
+    set -l path ''
+    for token in $tokens
+        if string match -q -- '-*' $token
+            continue
+        end
+        set -l candidate (string trim -- "$path $token")
+        if contains -- $candidate $known
+            set path $candidate
+        end
+    end
+    switch $path
+{cases}
+    end
+end
+complete -c fluidity -f -a '(__fluidity_words)'"""
+
+
+SERVICE_ACTIONS = ("install-service", "uninstall-service")
+
+
+def _service_parser(action: str) -> argparse.ArgumentParser:
+    parser = OneLineParser(prog=f"fluidity agent {action}", description="Start the agent at login (systemd user unit, launchd agent or Windows logon task) from its config." if action == "install-service" else "Remove what install-service installed.")
+    if action == "install-service":
+        parser.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
+        parser.add_argument("--no-start", action="store_true", help="only write the unit (or launchd agent)")
+    return parser
+
+
+def _twistd_flags(role: str) -> list[str]:
+    """The flags `twistd fluidity-ROLE` takes: --config and one per setting."""
+    from tunnel import config as cfg
+
+    keys = cfg.AGENT_KEYS if role == "agent" else cfg.SERVER_KEYS
+    return ["--help", "--config", *(f"--{key.flag}" for key in keys)]
+
+
+def _role_help(role: str) -> int:
+    """`fluidity agent --help`: what fluidity adds (the service commands), then twistd's own flags."""
+    print(f"usage: fluidity {role} [FLAGS]   run the {role} in the foreground (twistd -n fluidity-{role} FLAGS)")
+    if role == "agent":
+        print("       fluidity agent install-service [--config FILE] [--no-start]   start the agent at login")
+        print("       fluidity agent uninstall-service                              remove that")
+    print(f"\nFLAGS (those of `twistd fluidity-{role}`; each setting of the config file has one):", flush=True)
+    done = subprocess.run([_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
+    lines = done.stdout.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("-c, --config") or line.lstrip().startswith("--config")), 0)
+    print("\n".join(lines[start:]) if lines else done.stderr)
+    return 0 if done.returncode == 0 else 1
+
+
 def _agent_service(action: str, rest: list[str]) -> int:
     """`fluidity agent install-service [--config FILE] [--no-start]` / `uninstall-service`."""
     from tunnel import config as cfg
     from tunnel.ops.service_install import ServiceError, install, uninstall
 
-    parser = OneLineParser(prog=f"fluidity agent {action}")
-    if action == "install-service":
-        parser.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
-        parser.add_argument("--no-start", action="store_true", help="only write the unit (or launchd agent)")
-    args = parser.parse_args(rest)
+    args = _service_parser(action).parse_args(rest)
     try:
         if action == "uninstall-service":
             lines = uninstall()
@@ -381,13 +466,16 @@ def _main(argv: list[str] | None) -> int:
         p.add_argument("--dir", default="certs", help="where the files live (default: certs)")
         p.add_argument("--force", action="store_true", help="replace existing files")
     local = commands.add_parser("local", help="run server and agent on loopback (the demo)", description="Run a server and an agent on loopback with development certificates until Ctrl-C.")
-    local.add_argument("--certs", default="certs", help="where the development CA and certificates live; made when missing (default: %(default)s)")
-    local.add_argument("--configs", default="configs", help="the folder holding server.local.yaml and agent.local.yaml (default: %(default)s)")
+    local.add_argument("--certs", help="where the development CA and certificates live; made when missing (default: certs/ in a checkout, else ~/.local/share/fluidity/local-certs)")
+    local.add_argument("--configs", default="configs", help="the folder holding server.local.yaml and agent.local.yaml (default: %(default)s; without them, the same settings built in)")
     local.add_argument("--server-port", type=int, default=8443, help="the server's TLS port on 127.0.0.1 (default: %(default)d)")
     local.add_argument("--proxy-port", type=int, default=8080, help="the agent's HTTP/SOCKS5 proxy port on 127.0.0.1 (default: %(default)d)")
     for role in ("agent", "server"):
         run = commands.add_parser(role, help=f"run the {role} in the foreground (what `twistd -n fluidity-{role}` runs, with the same flags)", add_help=False)
         run.add_argument("flags", nargs=argparse.REMAINDER, help=f"flags of `twistd fluidity-{role}` (--help lists them)")
+        run.completion_words = _twistd_flags(role)
+        if role == "agent":
+            run.completion_subcommands = {action: _service_parser(action) for action in SERVICE_ACTIONS}
     plane = commands.add_parser("control-plane", help="serve wake/status/kill locally (API Gateway stand-in)")
     plane.add_argument("--api-key", help="required x-api-key (default: $FLUIDITY_API_KEY)")
     plane.add_argument("--host", default="127.0.0.1")
@@ -433,12 +521,15 @@ def _main(argv: list[str] | None) -> int:
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
     doctor = commands.add_parser("doctor", help="check the agent's set-up: config, certificates, the server, proxy, AWS", description="Check the agent's set-up end to end, one line a check with the fix; non-zero exit when something fails.")
     doctor.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
-    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)",
-                                     description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, or `zsh` in ~/.zshrc.")
-    completion.add_argument("shell", choices=("bash", "zsh"))
+    completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)",
+                                     description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, `zsh` in ~/.zshrc, "
+                                     "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.")
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["agent"] and argv[1:2] in (["install-service"], ["uninstall-service"]):
+    if argv[:1] == ["agent"] and argv[1:2] in ([a] for a in SERVICE_ACTIONS):
         return _agent_service(argv[1], argv[2:])
+    if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
+        return _role_help(argv[0])
     if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
         twistd = _twistd()
         os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])

@@ -187,13 +187,21 @@ def render(est: Estimate, usage: Usage) -> str:
     return "\n".join(out)
 
 
-def main(stack_file: Path, usage: Usage, region: str | None, as_json: bool) -> str:
+REGION_NAME = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
+
+
+def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: bool) -> str:
+    """The estimate for a stack file, or (None: no stack here) for the stack's defaults."""
     from infra.settings import SettingsError, from_config
 
-    values, stack_region = read_stack(stack_file)
+    values, stack_region = read_stack(stack_file) if stack_file is not None else ({}, None)
+    if region is not None and not REGION_NAME.match(region):
+        raise ValueError(f"--region {region!r} is not an AWS region name (e.g. eu-west-1)")
     try:
         settings = from_config(_Config(values))
     except SettingsError as e:
         raise ValueError(f"{stack_file}: {e}") from None
     est = estimate(settings, usage, region or stack_region)
+    if stack_file is None:
+        est.warnings.append("no Pulumi.<stack>.yaml in this folder: this prices the stack's defaults (run it in infra/, or pass --stack FILE)")
     return json.dumps(est.as_dict(), indent=2) if as_json else render(est, usage)

@@ -46,9 +46,11 @@ class ListenService(service.Service):
     """Listen at start-up (as root, before twistd drops privileges, where it does); a busy
     port is a clear non-zero exit, not a traceback; say where it listens once it does."""
 
-    def __init__(self, endpoint, factory, what: str, host: str, port: int) -> None:
+    def __init__(self, endpoint, factory, what: str, host: str, port: int, optional: bool = False) -> None:
+        """`optional`: an address this machine may not have (::1 where IPv6 is off) is
+        skipped with a warning instead of stopping the process."""
         self.endpoint, self.factory = endpoint, factory
-        self.what, self.host, self.port = what, host, port
+        self.what, self.host, self.port, self.optional = what, host, port, optional
         self.listening = None  # the IListeningPort
 
     def privilegedStartService(self) -> None:
@@ -66,6 +68,10 @@ class ListenService(service.Service):
         result = outcome[0] if outcome else None
         if isinstance(result, Failure):
             error = result.value
+            if isinstance(error, CannotListenError) and self.optional and getattr(error.socketError, "errno", None) in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                log.warn("not listening for {what} on {host}: {error} (this machine has no such address)", what=self.what, host=self.host, error=error.socketError)
+                self.listening = False
+                return
             if isinstance(error, CannotListenError):
                 raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {error.socketError}{privileged_port_hint(self.port, error.socketError)}") from None
             result.raiseException()
@@ -73,10 +79,10 @@ class ListenService(service.Service):
             raise SystemExit(f"fluidity: {self.what}: the endpoint did not listen at once")
         self.listening = result
         address = result.getHost()
-        log.info("{what} listening on {host}:{port}", what=self.what, host=address.host, port=address.port)
+        log.info("{what} listening on {where}", what=self.what, where=f"[{address.host}]:{address.port}" if ":" in address.host else f"{address.host}:{address.port}")
 
     def stopService(self):
         super().stopService()
         listening, self.listening = self.listening, None
-        if listening is not None:
+        if listening:  # False: an optional address this machine does not have
             return listening.stopListening()
