@@ -521,6 +521,9 @@ def _main(argv: list[str] | None) -> int:
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
     doctor = commands.add_parser("doctor", help="check the agent's set-up: config, certificates, the server, proxy, AWS", description="Check the agent's set-up end to end, one line a check with the fix; non-zero exit when something fails.")
     doctor.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
+    doctor.add_argument("--deploy", action="store_true", help="check instead what `pulumi up` needs: the Pulumi CLI and a backend, Docker with buildx, AWS credentials and region, the stack's certificate secrets")
+    doctor.add_argument("--stack", help="with --deploy: the stack (Pulumi.NAME.yaml; default: the only one there)")
+    doctor.add_argument("--project", help="with --deploy: the folder holding Pulumi.yaml (default: this one)")
     completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)",
                                      description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, `zsh` in ~/.zshrc, "
                                      "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.")
@@ -534,6 +537,10 @@ def _main(argv: list[str] | None) -> int:
         twistd = _twistd()
         os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
     args = parser.parse_args(argv)
+    if args.command == "doctor" and args.deploy:
+        from tunnel.ops import deploy_checks
+
+        return deploy_checks.main(args.project, args.stack)
     if args.command == "doctor":
         from tunnel.ops import doctor as doctor_checks
 
