@@ -112,3 +112,32 @@ def test_a_service_manager_that_fails_is_a_failure(home, tmp_path):
     done = subprocess.run([FLUIDITY, "agent", "install-service"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1, done
     assert "could not run `systemctl --user daemon-reload` (Failed to connect to bus" in done.stderr and "run: systemctl --user" in done.stderr
+
+
+def test_a_logon_task_on_windows(home, monkeypatch, tmp_path):
+    """Issue 26, item 8: Task Scheduler's task definition, as `schtasks /Create /XML` reads
+    it; with no schtasks here, installing it is a failure that says what to run."""
+    import xml.etree.ElementTree as ET
+
+    from tunnel.ops import service_install
+
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
+    monkeypatch.setenv("USERNAME", "alice")
+    monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
+    config = write_config(home, 8443, 8080)
+    twistd = r"C:\Users\alice\pipx\venvs\fluidity\Scripts\twistd.exe"
+    lines = service_install.install(twistd, config, platform="win32", start=False)
+    path = tmp_path / "AppData" / "Local" / "fluidity" / "fluidity-agent-task.xml"
+    assert lines[0] == f"wrote {path}" and "schtasks /Create /TN Fluidity\\agent /XML" in lines[-1], lines
+    ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
+    task = ET.fromstring(path.read_bytes().decode("utf-16").split("?>", 1)[1])
+    assert task.find("t:Actions/t:Exec/t:Command", ns).text == twistd
+    arguments = task.find("t:Actions/t:Exec/t:Arguments", ns).text
+    assert arguments.startswith("-n --pidfile= fluidity-agent --config ") and str(config.resolve()) in arguments
+    assert task.find("t:Triggers/t:LogonTrigger/t:UserId", ns).text == "alice"
+    assert task.find("t:Principals/t:Principal/t:RunLevel", ns).text == "LeastPrivilege"
+    assert task.find("t:Settings/t:RestartOnFailure/t:Count", ns).text == "999"
+    with pytest.raises(service_install.ServiceError, match="could not run `schtasks /Create"):
+        service_install.install(twistd, config, platform="win32", start=True)
+    assert service_install.uninstall(platform="win32") == [f"removed the task Fluidity\\agent and {path}"]
+    assert "nothing to remove" in service_install.uninstall(platform="win32")[0]

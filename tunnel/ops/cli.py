@@ -35,8 +35,10 @@ def _certs(args) -> int:
 
 
 def _twistd() -> str:
-    beside = Path(sys.executable).with_name("twistd")
-    found = str(beside) if beside.exists() else shutil.which("twistd")
+    """The twistd of the environment fluidity runs in (`twistd.exe` in a Windows venv's Scripts)."""
+    here = Path(sys.executable)
+    beside = next((here.with_name(n) for n in ("twistd", "twistd.exe") if here.with_name(n).exists()), None)
+    found = str(beside) if beside else shutil.which("twistd")
     if not found:
         raise SystemExit("fluidity: twistd not found; install the package with pip first")
     return found
@@ -85,6 +87,17 @@ def _die_with_parent() -> None:
         pass  # not Linux: SIGHUP, SIGINT and SIGTERM still stop both
 
 
+POSIX = os.name == "posix"
+
+
+def _child_options() -> dict:
+    """How the demo's server and agent are started: in their own session, dying with us on
+    Linux (POSIX); in their own process group on Windows, which has neither."""
+    if POSIX:
+        return {"start_new_session": True, "preexec_fn": _die_with_parent}
+    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+
+
 def _local(args) -> int:
     """Run server and agent from the `*.local.yaml` configs until Ctrl-C (or SIGTERM, or
     the terminal closing), and never leave them running after."""
@@ -107,14 +120,16 @@ def _local(args) -> int:
         nonlocal stopping
         stopping = True
 
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(number, stop)
+    # SIGHUP (the terminal closing) exists on POSIX only; Windows has Ctrl-C and Ctrl-Break.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop)
     roles = (("server", args.server_port, ["--port", str(args.server_port)]), ("agent", args.proxy_port, ["--proxy-port", str(args.proxy_port), "--server-port", str(args.server_port)]))
     status = 0
     try:
         for role, port, flags in roles:
             command = [twistd, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
-            child = subprocess.Popen(command, start_new_session=True, preexec_fn=_die_with_parent)
+            child = subprocess.Popen(command, **_child_options())
             children.append(child)
             if not _wait_listening(port, child, 20):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)

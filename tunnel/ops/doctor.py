@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import ssl
-import stat
 import urllib.request
 from dataclasses import dataclass
 
@@ -21,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
+from tunnel.wire.key_privacy import exposure
 from tunnel.wire.interception import intercepted_by, interception_message
 
 EXPIRY_WARNING_DAYS = 30
@@ -72,11 +72,11 @@ def _certificates(config, checks: list[Check]):
         return None
     key_spec = config.key_file
     if not key_spec.startswith("env:"):
-        mode = stat.S_IMODE(os.stat(key_spec).st_mode)
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            checks.append(Check("key permissions", "FAIL", f"{key_spec} is readable by others (mode {mode:o})", f"chmod 600 {key_spec}"))
+        exposed = exposure(key_spec)
+        if exposed is not None:
+            checks.append(Check("key permissions", "FAIL", exposed[0], exposed[1]))
         else:
-            checks.append(Check("key permissions", "ok", f"{key_spec} is private (mode {mode:o})"))
+            checks.append(Check("key permissions", "ok", f"{key_spec} is readable by its owner only"))
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         ca = x509.load_pem_x509_certificate(ca_pem)

@@ -1,8 +1,9 @@
 """`fluidity agent install-service` / `uninstall-service`: the agent as a login service.
 
 Linux: a systemd *user* unit (no root), started at login and restarted on failure.
-macOS: a launchd agent in ~/Library/LaunchAgents with the same behaviour. Both run the
-same command as `twistd -n fluidity-agent --config <file>`, with absolute paths, so the
+macOS: a launchd agent in ~/Library/LaunchAgents with the same behaviour. Windows: a Task
+Scheduler task run at the user's logon, without elevation, restarted on failure, from a
+task definition (XML) kept in %LOCALAPPDATA%\fluidity. All run the same command as `twistd -n fluidity-agent --config <file>`, with absolute paths, so the
 service does not depend on the shell's PATH or working directory.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 UNIT = "fluidity-agent.service"
 LABEL = "io.fluidity.agent"
+TASK = "Fluidity\\agent"  # Task Scheduler: the folder Fluidity, the task agent
 
 
 class ServiceError(Exception):
@@ -33,6 +35,37 @@ def unit_path() -> Path:
 
 def plist_path() -> Path:
     return Path.home() / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+
+
+def task_path() -> Path:
+    base = os.environ.get("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+    return Path(base) / "fluidity" / "fluidity-agent-task.xml"
+
+
+def task_xml(twistd: str, config: Path, user: str = "") -> bytes:
+    """The Task Scheduler definition: at this user's logon, as this user, not elevated,
+    restarted every minute (up to 999 times) when it fails, never stopped for running long."""
+    from xml.sax.saxutils import escape
+
+    arguments = subprocess.list2cmdline(command(twistd, config)[1:])
+    user = user or os.environ.get("USERNAME", "")
+    who = f"<UserId>{escape(user)}</UserId>" if user else ""
+    return f"""<?xml version="1.0" encoding="UTF-16"?>
+<Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
+  <RegistrationInfo><Description>Fluidity agent: a local proxy through the tunnel</Description></RegistrationInfo>
+  <Triggers><LogonTrigger><Enabled>true</Enabled>{who}</LogonTrigger></Triggers>
+  <Principals><Principal id="Author">{who}<LogonType>InteractiveToken</LogonType><RunLevel>LeastPrivilege</RunLevel></Principal></Principals>
+  <Settings>
+    <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>
+    <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
+    <StopIfGoingOnBatteries>false</StopIfGoingOnBatteries>
+    <ExecutionTimeLimit>PT0S</ExecutionTimeLimit>
+    <RestartOnFailure><Interval>PT1M</Interval><Count>999</Count></RestartOnFailure>
+    <Enabled>true</Enabled>
+  </Settings>
+  <Actions Context="Author"><Exec><Command>{escape(twistd)}</Command><Arguments>{escape(arguments)}</Arguments></Exec></Actions>
+</Task>
+""".encode("utf-16")
 
 
 def command(twistd: str, config: Path) -> list[str]:
@@ -96,6 +129,11 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(unit_text(twistd, config))
         steps = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT]]
+    elif platform == "win32":
+        path = task_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(task_xml(twistd, config))
+        steps = [["schtasks", "/Create", "/TN", TASK, "/XML", str(path), "/F"], ["schtasks", "/Run", "/TN", TASK]]
     else:
         raise ServiceError(f"no service manager known for {platform}: run `fluidity agent --config {config}` from your login items")
     out = [f"wrote {path}"]
@@ -109,6 +147,17 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
 
 
 def uninstall(platform: str = sys.platform) -> list[str]:
+    if platform == "win32":
+        path = task_path()
+        if shutil.which("schtasks"):
+            _run(["schtasks", "/End", "/TN", TASK])
+            ok, said = _run(["schtasks", "/Delete", "/TN", TASK, "/F"])
+            if not ok and path.exists():
+                raise ServiceError(f"could not remove the task {TASK} ({said.splitlines()[0] if said else 'schtasks failed'})")
+        if not path.exists():
+            return [f"nothing to remove: {path} does not exist"]
+        path.unlink()
+        return [f"removed the task {TASK} and {path}"]
     if platform == "darwin":
         path = plist_path()
         if path.exists() and shutil.which("launchctl"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tunnel.wire.key_privacy import write_private
 
 SERVER_NAMES = ("fluidity-server", "localhost")
 SERVER_IPS = ("127.0.0.1", "::1")
@@ -39,12 +40,8 @@ def _name(common_name: str) -> x509.Name:
 def _write(path: Path, data: bytes, private: bool, force: bool) -> None:
     if path.exists() and not force:
         raise PKIError(f"{path} exists; pass --force to replace it")
-    if private:
-        # Create with 0600 from the start: never a moment where the key is readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+    if private:  # readable by the owner only from the start, the platform's way
+        write_private(path, data)
     else:
         path.write_bytes(data)
 

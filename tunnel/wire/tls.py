@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
-import stat
 
 from cryptography import x509
 from OpenSSL import SSL
@@ -19,6 +17,7 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
 from tunnel.config import Settings, ConfigError, read_pem
+from tunnel.wire.key_privacy import exposure
 
 ALPN_H2 = b"h2"
 ALPN_HTTP11 = b"http/1.1"
@@ -27,12 +26,9 @@ ALPN_HTTP11 = b"http/1.1"
 def _check_key_file_mode(spec: str, what: str) -> None:
     if spec.startswith("env:"):
         return
-    try:
-        mode = os.stat(spec).st_mode
-    except OSError:
-        return  # read_pem reports a missing file with the better message
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"{what}: {spec} is readable by others (mode {stat.S_IMODE(mode):o}); run chmod 600 {spec}")
+    exposed = exposure(spec)
+    if exposed is not None:
+        raise ConfigError(f"{what}: {exposed[0]}; run {exposed[1]}")
 
 
 def _certificate(pem: bytes, what: str, source: str) -> x509.Certificate:
