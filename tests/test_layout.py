@@ -1,5 +1,5 @@
-"""The README's layout table names every module, in the row of its folder, and points
-nowhere outside the repository."""
+"""The layout table (docs/design.md) names every module, in the row of its folder; the
+README and the docs point nowhere outside the repository."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def layout_rows() -> dict[str, str]:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    design = (ROOT / "docs" / "design.md").read_text()
+    section = design.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.split("|")]
@@ -31,10 +31,14 @@ def test_every_tunnel_module_is_in_the_layout_table():
         listed_alone = any(f"`{module.relative_to(ROOT).as_posix()}`" in path or f"`{module.name}`" in path for path in rows)
         if not listed_alone and (row is None or f"`{module.stem}`" not in row):
             missing.append(module.relative_to(ROOT).as_posix())
-    assert not missing, f"not in README's layout table: {missing}"
+    assert not missing, f"not in the layout table of docs/design.md: {missing}"
 
 
-def test_the_readme_points_nowhere_outside_the_repository():
-    readme = (ROOT / "README.md").read_text()
-    assert "../" not in readme
-    assert not re.search(r"\bissue \d+", readme, re.I), "a reader of a clone cannot open an issue"
+def test_the_readme_and_the_docs_point_nowhere_outside_the_repository():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert not re.search(r"\bissue \d+", text, re.I), f"{page.name}: a reader of a clone cannot open an issue"
+        for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
+            if "://" in target:
+                continue
+            assert (page.parent / target).resolve().is_relative_to(ROOT) and (page.parent / target).exists(), f"{page.name} links to {target}, which is not in the repository"
