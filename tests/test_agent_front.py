@@ -133,22 +133,23 @@ def raw_request(port: int, request: bytes) -> bytes:
         return read_head(sock)
 
 
-@pytest.mark.parametrize("path", ["/health", "/proxy.pac", "/anything"])
+@pytest.mark.parametrize("method, path", [("GET", "/health"), ("GET", "/proxy.pac"), ("GET", "/anything"), ("GET", "/"), ("GET", "/status.json"), ("POST", "/server/stop"), ("POST", "/server/wake")])
 @pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1.nip.io:{port}", "localhost.evil.example", "", None])
-def test_own_endpoints_refuse_a_foreign_host(tunnel, path, host):
+def test_own_endpoints_refuse_a_foreign_host(tunnel, method, path, host):
     """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own name."""
     port = tunnel.agent.port
     header = "" if host is None else f"Host: {host.format(port=port)}\r\n"
     version = "1.0" if host is None else "1.1"
-    answer = raw_request(port, f"GET {path} HTTP/{version}\r\n{header}Connection: close\r\n\r\n".encode())
+    body = "Content-Length: 11\r\n\r\ntoken=guess" if method == "POST" else "\r\n"
+    answer = raw_request(port, f"{method} {path} HTTP/{version}\r\n{header}Connection: close\r\n{body}".encode())
     assert answer.startswith(b"HTTP/1.1 403 "), answer
-    assert b"identity" not in answer and b"FindProxyForURL" not in answer
+    assert b"identity" not in answer and b"FindProxyForURL" not in answer and b"token" not in answer
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LOCALHOST", "localhost.", "[::1]:{port}", "[::1]"])
 def test_own_endpoints_answer_loopback_hosts(tunnel, host):
     port = tunnel.agent.port
-    for path in ("/health", "/proxy.pac"):
+    for path in ("/health", "/proxy.pac", "/", "/status.json"):
         answer = raw_request(port, f"GET {path} HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n".encode())
         assert answer.startswith(b"HTTP/1.1 200 "), (path, answer)
 

@@ -9,10 +9,12 @@ and limits, and the agent's own pages (/health, /proxy.pac).
 
 from __future__ import annotations
 
+import hmac
 import json
 import typing
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from urllib.parse import parse_qs, urlsplit
 
 import h11
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -20,6 +22,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from tunnel.agent.status_page import render as render_status
 from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.http_front import HttpFront
@@ -121,6 +124,23 @@ class OriginLink(Protocol):
         self.front._link_lost(self, reason)
 
 
+FORM_LIMIT = 4096  # a button's form is a token: anything longer is cut, and fails the check
+
+
+def cross_site(headers: dict, host: str) -> str:
+    """Why a state-changing request came from another site's page, or '' (no CSRF): the
+    browser's own Sec-Fetch-Site and Origin say where the form was."""
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").lower()
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return f"refused: a page of another site sent this request (Sec-Fetch-Site: {fetch_site})"
+    origin = headers.get(b"origin")
+    if origin is not None:
+        text = origin.decode("latin-1")
+        if text == "null" or urlsplit(text).netloc.lower() != host.lower():
+            return f"refused: sent from {text}, not from this agent's own page"
+    return ""
+
+
 class ProxyFront(HttpFront):
     """One local client connection to the agent's proxy port."""
 
@@ -132,6 +152,7 @@ class ProxyFront(HttpFront):
         self._request: h11.Request | None = None
         self._response_started = False
         self._pending = None
+        self._form: tuple[str, bytearray] | None = None  # a status-page button's POST, its body arriving
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -152,9 +173,16 @@ class ProxyFront(HttpFront):
         if isinstance(event, h11.Request):
             self._on_request(event)
         elif isinstance(event, h11.Data):
-            if self.link is not None:
+            if self._form is not None:
+                self._form[1].extend(event.data[: FORM_LIMIT - len(self._form[1])])
+            elif self.link is not None:
                 self.link.send(h11.Data(data=event.data))
         elif isinstance(event, h11.EndOfMessage):
+            if self._form is not None:
+                action, body = self._form
+                self._form = None
+                self._submitted(action, bytes(body))
+                return
             if self.link is not None and self._request is not None and self._request.method != b"CONNECT":
                 self.link.send(h11.EndOfMessage())
                 self._maybe_next_cycle()
@@ -192,14 +220,33 @@ class ProxyFront(HttpFront):
         if path == b"/health" and request.method == b"GET":
             body = json.dumps(self.site.pages.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
+        elif path == b"/" and request.method in (b"GET", b"HEAD"):
+            self._answer(200, render_status(self.site.pages.status(host), self.site.pages.csrf), b"text/html; charset=utf-8")
+        elif path == b"/status.json" and request.method == b"GET":
+            self._answer(200, json.dumps(self.site.pages.status(host)).encode() + b"\n", b"application/json")
+        elif path in (b"/server/wake", b"/server/stop") and request.method == b"POST":
+            refusal = cross_site(dict(request.headers), host)
+            if refusal:
+                self._answer(403, refusal.encode() + b"\n", b"text/plain")
+                return
+            self._form = (path.rsplit(b"/", 1)[1].decode(), bytearray())  # the token arrives in the body
         elif path == b"/proxy.pac" and request.method in (b"GET", b"HEAD"):
             host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
             self._answer(200, self.site.pages.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
         else:
-            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET /health for status, GET /proxy.pac for browsers)\n", b"text/plain")
+            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET / for its status page, /health for JSON, /proxy.pac for browsers)\n", b"text/plain")
 
-    def _answer(self, status: int, body: bytes, content_type: bytes) -> None:
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]
+    def _submitted(self, action: str, body: bytes) -> None:
+        """A status-page button: only with the page's own token, then back to the page (303)."""
+        token = parse_qs(body.decode("latin-1")).get("token", [""])[0]
+        if not hmac.compare_digest(token.encode(), self.site.pages.csrf.encode()):
+            self._answer(403, b"this button works only from the agent's own page (its token is missing or wrong)\n", b"text/plain")
+            return
+        self.site.pages.act(action)
+        self._answer(303, b"", b"text/plain", extra=[(b"location", b"/")])
+
+    def _answer(self, status: int, body: bytes, content_type: bytes, extra: list | None = None) -> None:
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"), *(extra or [])]
         self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode())))
         self.transport.write(self.h11.send(h11.Data(data=body)))
         self.transport.write(self.h11.send(h11.EndOfMessage()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import secrets
 
 from twisted.application import service
 from twisted.internet import defer
@@ -17,6 +18,7 @@ from tunnel.agent.pac import pac_file
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.tunnel_client import TunnelClient
 from tunnel.agent.proxy_choice import ProxyChoice
+from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.wire import descriptors
 from tunnel.wire.tls import ca_certificate
@@ -68,6 +70,9 @@ def is_own_host(value: str, proxy_hosts: tuple[str, ...], local_names: tuple[str
     return address.is_loopback or any(h in WILDCARDS for h in proxy_hosts)
 
 
+STATE_EVERY = 5.0  # how often the status page asks the control plane, while it is looked at
+
+
 class Agent(service.Service):
     """Starts the tunnel with the service and stops it (closing streams) on shutdown."""
 
@@ -102,6 +107,10 @@ class Agent(service.Service):
         # Kept back for the tunnel, its reconnects, the control plane, logs and the listeners.
         budget = total - descriptors.reserve_for(total, LOCAL_RESERVE)
         self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes, local=descriptors.LocalConnections(budget))
+        self.csrf = secrets.token_urlsafe(24)  # only the status page carries it: its buttons' proof of origin
+        self.meter = TrafficMeter(reactor, self.tunnel.traffic)
+        self.notice = ""  # what the last button did
+        self._state_asked = float("-inf")
 
     def serves_host(self, host_header: str) -> bool:
         return is_own_host(host_header, self.config.proxy_host, self.local_names)
@@ -137,11 +146,57 @@ class Agent(service.Service):
             "server_state": self.locator.describe() if self.locator else None,
         }
 
+    def status(self, address: str) -> dict:
+        """What the status page and `fluidity agent status` show; `address` is how the client reached us."""
+        self._refresh_server_state()
+        return {
+            **self.health(),
+            "address": address,
+            "streams_by_destination": self.tunnel.streams_by_destination(),
+            "traffic": self.tunnel.traffic(),
+            "rate": self.meter.rates(),
+            "history": list(self.meter.samples),
+            "recent_errors": list(self.tunnel.recent_errors),
+            "notice": self.notice,
+        }
+
+    def act(self, action: str) -> None:
+        """A status-page button: wake the server now, or stop it."""
+        if self.control_plane is None:
+            self.notice = "no control plane is configured: nothing to wake or stop"
+        elif action == "wake":
+            self.notice = "waking the server"
+            log.info("status page: waking the server")
+            self.tunnel.wake()
+        else:
+            self.notice = "stopping the server"
+            log.info("status page: stopping the server")
+            self.control_plane.kill().addCallbacks(self._stopped, lambda failure: setattr(self, "notice", f"could not stop the server: {failure.getErrorMessage()}"))
+
+    def _stopped(self, status: dict) -> None:
+        self.notice = f"server is {status.get('status', 'stopping')}"
+        self.locator.last_status, self.locator.since = status, None
+
+    def _refresh_server_state(self) -> None:
+        """While someone looks at the page, ask the control plane what the server does (every STATE_EVERY s)."""
+        now = self.reactor.seconds()
+        if self.control_plane is None or self.tunnel.current is not None or now - self._state_asked < STATE_EVERY:
+            return
+        self._state_asked = now
+
+        def got(status: dict) -> None:
+            if self.tunnel.current is None:
+                self.locator.last_status = status
+
+        self.control_plane.status().addCallbacks(got, lambda failure: None)
+
     def startService(self) -> None:
         super().startService()
         self.tunnel.start()
+        self.meter.start()
 
     def stopService(self):
+        self.meter.stop()
         super().stopService()
         closed = self.tunnel.stop()
         if not (self.lifecycle and self.lifecycle.kill_on_exit):

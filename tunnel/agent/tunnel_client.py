@@ -13,6 +13,8 @@ client arrives, which wakes it. Clients are held for up to `wake_timeout` meanwh
 
 from __future__ import annotations
 
+from collections import deque
+
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
 from twisted.internet.endpoints import wrapClientTLS
@@ -42,6 +44,8 @@ class TunnelClient:
         self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
         self._route = None
+        self._retired = [0, 0]  # traffic of connections that have closed
+        self.recent_errors: deque = deque(maxlen=20)  # (time, message), for the status page
         self._proxy = None  # the upstream proxy the last attempt went through, if any
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
@@ -69,6 +73,23 @@ class TunnelClient:
     @property
     def open_streams(self) -> int:
         return sum(len(m.streams) for m in self._all)
+
+    def streams_by_destination(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for mux in self._all:
+            for stream in mux.streams.values():
+                counts[stream.destination.authority] = counts.get(stream.destination.authority, 0) + 1
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+
+    def traffic(self) -> tuple[int, int]:
+        """Payload bytes (received from the server, sent to it) since the agent started."""
+        return (self._retired[0] + sum(m.bytes_received for m in self._all), self._retired[1] + sum(m.bytes_sent for m in self._all))
+
+    def wake(self) -> None:
+        """Find (and wake, if it is stopped) the server now rather than at the next client."""
+        if self._running and self.current is None and self.locator is not None:
+            self._want_wake = self._stale = True
+            self._connect()
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -200,6 +221,7 @@ class TunnelClient:
         self._stale = self.locator is not None  # the server may have moved or stopped
         if message != self.last_error:
             log.warn("tunnel to {server} failed: {error}", server=self.server, error=message)
+            self.recent_errors.append((self.reactor.seconds(), message))
         self.last_error = message
         self._failures += 1
         self._schedule()
@@ -233,6 +255,8 @@ class TunnelClient:
 
     def _lost(self, mux: TunnelMux, reason) -> None:
         self._all.discard(mux)
+        self._retired[0] += mux.bytes_received
+        self._retired[1] += mux.bytes_sent
         if not mux.peer_ready:
             self._note_failure(self._interception(mux) or _describe(reason))
             return
@@ -241,6 +265,7 @@ class TunnelClient:
             self.connected_since = None
             self._stale = self.locator is not None
             log.warn("tunnel to {server} lost: {why}", server=self.server, why=_describe(reason))
+            self.recent_errors.append((self.reactor.seconds(), f"tunnel lost: {_describe(reason)}"))
             self._schedule()
 
     def _interception(self, mux: TunnelMux) -> str | None:

@@ -390,11 +390,20 @@ end
 complete -c fluidity -f -a '(__fluidity_words)'"""
 
 
-SERVICE_ACTIONS = ("install-service", "uninstall-service")
+SERVICE_ACTIONS = ("install-service", "uninstall-service", "status")
 
 
 def _service_parser(action: str) -> argparse.ArgumentParser:
-    parser = OneLineParser(prog=f"fluidity agent {action}", description="Start the agent at login (systemd user unit, launchd agent or Windows logon task) from its config." if action == "install-service" else "Remove what install-service installed.")
+    descriptions = {
+        "install-service": "Start the agent at login (systemd user unit, launchd agent or Windows logon task) from its config.",
+        "uninstall-service": "Remove what install-service installed.",
+        "status": "Is the running agent connected? Its tunnel, the server, streams and bytes, and the last error with its fix.",
+    }
+    parser = OneLineParser(prog=f"fluidity agent {action}", description=descriptions[action])
+    if action == "status":
+        parser.add_argument("--config", help="the agent's config, for its port (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
+        parser.add_argument("--port", type=int, help="the agent's proxy port (default: the config's proxy_port, else 8080)")
+        parser.add_argument("--json", action="store_true", help="print the agent's /status.json")
     if action == "install-service":
         parser.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
         parser.add_argument("--no-start", action="store_true", help="only write the unit (or launchd agent)")
@@ -415,6 +424,7 @@ def _role_help(role: str) -> int:
     if role == "agent":
         print("       fluidity agent install-service [--config FILE] [--no-start]   start the agent at login")
         print("       fluidity agent uninstall-service                              remove that")
+        print("       fluidity agent status [--port N] [--json]                     is the running agent connected? (also its page, http://127.0.0.1:8080/)")
     print(f"\nFLAGS (those of `twistd fluidity-{role}`; each setting of the config file has one):", flush=True)
     done = subprocess.run([_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
     lines = done.stdout.splitlines()
@@ -423,12 +433,53 @@ def _role_help(role: str) -> int:
     return 0 if done.returncode == 0 else 1
 
 
+def _agent_status(args) -> int:
+    """`fluidity agent status`: what the local agent's /status.json says, in lines."""
+    import json
+    import urllib.request
+
+    from tunnel import config as cfg
+    from tunnel.agent.status_page import human_age, human_bytes
+
+    port = args.port
+    if port is None:
+        path = args.config or cfg.default_agent_config()
+        try:
+            port = cfg.load(cfg.AGENT_KEYS, path).proxy_port if path else 8080
+        except cfg.ConfigError as e:
+            print(f"fluidity agent status: {e}", file=sys.stderr)
+            return 2
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://127.0.0.1:{port}/status.json", timeout=5) as r:
+            status = json.load(r)
+    except (OSError, ValueError) as e:
+        print(f"fluidity agent status: no agent answers on 127.0.0.1:{port} ({getattr(e, 'reason', e)}); start it with `fluidity agent`", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    up = status["connected"]
+    received, sent = status["traffic"]
+    down, up_rate = status["rate"]
+    print(f"tunnel:  {'up' if up else 'down'}" + (f" for {human_age(status['tunnel_uptime'] or 0)}, to {status['server']}" if up else f" (server {status['server']})"))
+    if status.get("server_dns_name"):
+        print(f"         the server's name: {status['server_dns_name']}")
+    print(f"server:  {status['server_state'] or 'no control plane configured'}")
+    print(f"streams: {status['open_streams']} open" + "".join(f"\n         {n} to {dest}" for dest, n in list(status["streams_by_destination"].items())[:10]))
+    print(f"bytes:   {human_bytes(received)} received, {human_bytes(sent)} sent; now {human_bytes(down)}/s down, {human_bytes(up_rate)}/s up")
+    print(f"error:   {status['last_error'] or 'none'}")
+    print(f"page:    http://127.0.0.1:{port}/")
+    return 0 if up else 1
+
+
 def _agent_service(action: str, rest: list[str]) -> int:
-    """`fluidity agent install-service [--config FILE] [--no-start]` / `uninstall-service`."""
+    """`fluidity agent install-service [--config FILE] [--no-start]` / `uninstall-service` / `status`."""
     from tunnel import config as cfg
     from tunnel.ops.service_install import ServiceError, install, uninstall
 
     args = _service_parser(action).parse_args(rest)
+    if action == "status":
+        return _agent_status(args)
     try:
         if action == "uninstall-service":
             lines = uninstall()

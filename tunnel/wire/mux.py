@@ -89,6 +89,7 @@ class TunnelStream:
 
     # -- ITransport ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
+        self.mux.bytes_sent += len(data)
         self.mux._run(self.mux.core.send(self.stream_id, data))
 
     def writeSequence(self, seq) -> None:
@@ -214,6 +215,7 @@ class TunnelMux(Protocol):
         self.peer_name = peer_name
         self.identity = peer_name  # the server sets the peer certificate's CN
         self.streams: dict[int, TunnelStream] = {}
+        self.bytes_sent = self.bytes_received = 0  # stream payload, for the agent's status page
         self.closed = False
         self.last_activity = clock.seconds()
         self.closed_deferred: Deferred = Deferred()
@@ -318,6 +320,7 @@ class TunnelMux(Protocol):
                 kind = type(event)
                 stream = self.streams.get(getattr(event, "sid", -1))
                 if kind is core.DataReceived:  # the hot path first
+                    self.bytes_received += len(event.data)
                     if stream is not None:
                         stream._receive(event.data)
                 elif kind is core.SendBlocked:

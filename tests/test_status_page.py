@@ -1,0 +1,173 @@
+"""The agent's status page at `/` and `fluidity agent status` (issue 26, item 4), looked at
+in a real headless Chromium: screenshots, the graph moving while a download runs, the Wake
+and Stop buttons driving the control plane (moto's ECS behind `fluidity control-plane`),
+and a page of another site trying to press them."""
+
+from __future__ import annotations
+
+import http.server
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from aws import ControlPlaneProc, EcsScheduler
+from browser import Browser
+from support import FLUIDITY, agent_config, curl, server_config, start_twistd, wait_connected, wait_until
+
+SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"  # kept for a person to look at
+API_KEY = "status-page-key"
+
+
+@pytest.fixture
+def browser():
+    b = Browser()
+    yield b
+    b.close()
+
+
+def read(browser: Browser, expression: str):
+    """The page reloads itself every 2 s: read it between two reloads."""
+    def attempt():
+        try:
+            return browser.evaluate(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()")
+        except RuntimeError:
+            return None
+
+    return wait_until(lambda: attempt() is not None and attempt(), 10, interval=0.2)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", path
+    return struct.unpack(">II", data[16:24])
+
+
+def shot(browser: Browser, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = browser.screenshot(SHOTS / name)
+    width, height = png_size(path)
+    assert (width, height) == (760, 1000) and path.stat().st_size > 15_000, (path, width, height)  # a rendered page, not a blank one
+    return path
+
+
+def test_the_page_at_a_glance_and_its_graph_moving_during_a_download(tunnel, http_origin, browser):
+    url = f"http://127.0.0.1:{tunnel.agent.port}/"
+    browser.open(url)
+    assert "Connected to" in read(browser, "document.querySelector('.state').textContent")
+    assert read(browser, "document.title") == "Fluidity agent: connected"
+    assert f"http://127.0.0.1:{tunnel.agent.port}/proxy.pac" in read(browser, "document.body.innerText")
+    shot(browser, "status-idle.png")
+
+    download = subprocess.Popen(["curl", "-s", "--limit-rate", "2M", "-x", f"http://127.0.0.1:{tunnel.agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/40000000", "-o", "/dev/null"])
+    try:
+        time.sleep(4)
+        first = read(browser, "document.getElementById('down').getAttribute('points')")
+        assert f"127.0.0.1:{http_origin.port}" in read(browser, "document.getElementById('streams').innerText")
+        time.sleep(3)  # the page has reloaded at least once since
+        second = read(browser, "document.getElementById('down').getAttribute('points')")
+        assert first != second, "the graph did not move"
+        heights = [float(p.split(",")[1]) for p in second.split()]
+        assert min(heights) < 100, second  # some second of the download stands well above the floor (120)
+        assert "MB received" in read(browser, "document.querySelector('.legend').innerText")
+        shot(browser, "status-downloading.png")
+    finally:
+        download.kill()
+        download.wait(10)
+
+
+def test_fluidity_agent_status_says_it_in_lines(tunnel):
+    done = subprocess.run([FLUIDITY, "agent", "status", "--port", str(tunnel.agent.port)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done
+    assert done.stdout.startswith("tunnel:  up for ") and "server:  no control plane configured" in done.stdout and "error:   none" in done.stdout, done.stdout
+    nobody = subprocess.run([FLUIDITY, "agent", "status", "--port", "1"], capture_output=True, text=True, timeout=30)
+    assert nobody.returncode == 1 and "no agent answers on 127.0.0.1:1" in nobody.stderr and "Traceback" not in nobody.stderr, nobody
+
+
+@pytest.fixture
+def world(aws, certs, tmp_path):
+    """A server the control plane starts and stops (moto's ECS; a scheduler playing ECS), and
+    an agent that knows only the control plane: it wakes the server as it starts."""
+    config = server_config(certs)
+    server = start_twistd("server", config, tmp_path)
+    service = aws.make_service(desired=0, port=server.port)
+    plane = ControlPlaneProc(aws, tmp_path, API_KEY, {"CONTAINER_PORT": str(server.port)})
+    scheduler = EcsScheduler(aws, service)
+    lifecycle = {"wake_endpoint": f"{plane.url}/wake", "kill_endpoint": f"{plane.url}/kill", "api_key": API_KEY, "wake_retry_interval": "0.3s", "kill_on_exit": False}
+    agent = start_twistd("agent", agent_config(certs, 1, server_ip="", lifecycle=lifecycle), tmp_path)
+    wait_connected(agent, 30)
+    state = {"server": server}
+    yield aws, service, agent, plane, state, config
+    agent.stop()
+    scheduler.stop()
+    plane.stop()
+    state["server"].stop()
+
+
+def page_says(browser: Browser, text: str, seconds: float = 30) -> None:
+    seen = []
+    try:
+        wait_until(lambda: (seen.append(read(browser, "document.body.innerText")), text in (seen[-1] or ""))[1], seconds, interval=0.5)
+    except TimeoutError:
+        raise AssertionError(f"the page never said {text!r}: {seen[-1]!r}") from None
+
+
+def test_stop_and_wake_buttons_drive_the_control_plane(world, browser, tmp_path):
+    aws, service, agent, plane, state, config = world
+    browser.open(f"http://127.0.0.1:{agent.port}/")
+    page_says(browser, "Server: running")
+    shot(browser, "status-running.png")
+    browser.evaluate("document.querySelector('button[value=stop]').click()")
+    wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
+    assert "POST /kill from 127.0.0.1 -> 200" in plane.log()
+    state["server"].stop()  # ECS stops the task
+    page_says(browser, "Not connected")
+    page_says(browser, "Server: stopped")
+    shot(browser, "status-stopped.png")
+    state["server"] = start_twistd("server", config, tmp_path, name="server-again")  # the task ECS will start
+    browser.evaluate("document.querySelector('button[value=wake]').click()")
+    wait_until(lambda: aws.desired_count(service) == 1, 20, interval=0.3)
+    page_says(browser, "Connected to")
+    agent.assert_no_unhandled_errors()
+
+
+def test_a_page_of_another_site_cannot_press_the_buttons(world, browser, tmp_path):
+    """CSRF, tried in the browser: a page on another origin auto-submits the Stop form (the
+    token guessed), and fetch()es it without one; the agent refuses both and the server
+    stays up. The same POST with the page's own token is refused from another Origin too."""
+    aws, service, agent, plane, state, config = world
+    assert aws.desired_count(service) == 1
+    browser.open(f"http://127.0.0.1:{agent.port}/")
+    token = read(browser, "document.querySelector('input[name=token]').value")
+
+    target = f"http://127.0.0.1:{agent.port}/server/stop"
+    page = f"""<!doctype html><form id="f" method="post" action="{target}"><input name="token" value="guessed"></form>
+<script>fetch("{target}", {{method: "POST", mode: "no-cors", body: "token=guessed"}}); document.getElementById("f").submit();</script>"""
+    (tmp_path / "evil.html").write_text(page)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        browser.call("Page.navigate", url=f"http://localhost:{evil.server_address[1]}/evil.html")
+        time.sleep(3)
+        assert aws.desired_count(service) == 1 and "POST /kill from" not in plane.log()
+        assert "refused" in (browser.evaluate("document.body.innerText") or "")  # what the form landed on
+        for headers in (["-H", f"Origin: http://localhost:{evil.server_address[1]}"], ["-H", "Sec-Fetch-Site: cross-site"]):
+            forged = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", *headers, "--data", f"token={token}", target)
+            assert forged.stdout == b"403", forged
+        assert aws.desired_count(service) == 1 and "POST /kill from" not in plane.log()
+        own = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Origin: http://127.0.0.1:{agent.port}", "--data", f"token={token}", target)
+        assert own.stdout == b"303", own  # the page's own form, as the browser sends it
+        wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
+    finally:
+        evil.shutdown()
