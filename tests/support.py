@@ -393,9 +393,9 @@ def run(cmd: list[str], timeout: float = 60.0, **kwargs) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kwargs)
 
 
-def served_by_a_new_agent(config: dict, workdir: Path, origin_port: int, name: str | None = None) -> "Proc":
+def served_by_a_new_agent(config: dict, workdir: Path, origin_port: int, name: str | None = None, env: dict | None = None) -> "Proc":
     """Start an agent with `config`, fetch the http_origin's /plain through it, stop it: the Proc, for its log."""
-    agent = start_twistd("agent", config, workdir, name=name)
+    agent = start_twistd("agent", config, workdir, name=name, env=env)
     try:
         wait_connected(agent, 20)
         result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{origin_port}/plain")

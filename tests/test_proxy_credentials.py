@@ -58,7 +58,7 @@ def test_a_password_from_the_keyring_stored_by_fluidity_proxy_password(tunnel, h
     try:
         # The user is in the URL here; the password only in the keyring.
         config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://corp@127.0.0.1:{squid.port}", upstream_proxy_password="keyring")
-        agent = start_and_serve(config, tmp_path, http_origin.port, keyring_env)
+        agent = served_by_a_new_agent(config, tmp_path, http_origin.port, env=keyring_env)
         assert "authenticated to the upstream proxy with Basic as corp" in agent.log()
         assert USERS["corp"] not in agent.log()
         assert tunnelled_as(squid, tunnel.server.port)[:1] == ["corp"]
@@ -70,19 +70,6 @@ def test_a_password_from_the_keyring_stored_by_fluidity_proxy_password(tunnel, h
     assert removed.returncode == 0 and "removed the proxy password of corp" in removed.stdout, removed
     again = subprocess.run([FLUIDITY, "proxy-password", "--user", "corp", "--delete"], capture_output=True, text=True, timeout=60, env={**os.environ, **keyring_env})
     assert again.returncode == 0 and "no proxy password was stored for corp" in again.stdout, again
-
-
-def start_and_serve(config: dict, tmp_path, origin_port: int, env: dict):
-    from support import curl, start_twistd, wait_connected
-
-    agent = start_twistd("agent", config, tmp_path, env=env)
-    try:
-        wait_connected(agent, 20)
-        result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{origin_port}/plain")
-        assert result.returncode == 0 and b"http-origin" in result.stdout, result
-    finally:
-        assert agent.stop() == 0
-    return agent
 
 
 @pytest.mark.parametrize("settings, env, message", [
