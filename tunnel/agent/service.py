@@ -71,6 +71,7 @@ def is_own_host(value: str, proxy_hosts: tuple[str, ...], local_names: tuple[str
 
 
 STATE_EVERY = 5.0  # how often the status page asks the control plane, while it is looked at
+NOTICE_FOR = 30.0
 
 
 class Agent(service.Service):
@@ -109,7 +110,7 @@ class Agent(service.Service):
         self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes, local=descriptors.LocalConnections(budget))
         self.csrf = secrets.token_urlsafe(24)  # only the status page carries it: its buttons' proof of origin
         self.meter = TrafficMeter(reactor, self.tunnel.traffic)
-        self.notice = ""  # what the last button did
+        self._notice = ("", float("-inf"))
         self._state_asked = float("-inf")
 
     def serves_host(self, host_header: str) -> bool:
@@ -163,18 +164,29 @@ class Agent(service.Service):
     def act(self, action: str) -> None:
         """A status-page button: wake the server now, or stop it."""
         if self.control_plane is None:
-            self.notice = "no control plane is configured: nothing to wake or stop"
+            self._say("no control plane is configured: nothing to wake or stop")
+        elif action == "wake" and self.tunnel.current is not None:
+            self._say("the server is running: nothing to wake")
         elif action == "wake":
-            self.notice = "waking the server"
+            self._say("waking the server")
             log.info("status page: waking the server")
             self.tunnel.wake()
         else:
-            self.notice = "stopping the server"
+            self._say("stopping the server")
             log.info("status page: stopping the server")
-            self.control_plane.kill().addCallbacks(self._stopped, lambda failure: setattr(self, "notice", f"could not stop the server: {failure.getErrorMessage()}"))
+            self.control_plane.kill().addCallbacks(self._stopped, lambda failure: self._say(f"could not stop the server: {failure.getErrorMessage()}"))
+
+    def _say(self, text: str) -> None:
+        """What the last button did, shown on the page for NOTICE_FOR seconds."""
+        self._notice = (text, self.reactor.seconds())
+
+    @property
+    def notice(self) -> str:
+        text, said = self._notice
+        return text if self.reactor.seconds() - said < NOTICE_FOR else ""
 
     def _stopped(self, status: dict) -> None:
-        self.notice = f"server is {status.get('status', 'stopping')}"
+        self._say(f"server is {status.get('status', 'stopping')}")
         self.locator.last_status, self.locator.since = status, None
 
     def _refresh_server_state(self) -> None:
