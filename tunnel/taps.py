@@ -148,7 +148,7 @@ def _check_metrics(config: cfg.Settings) -> None:
         try:
             import boto3  # noqa: F401
         except ImportError:
-            raise cfg.ConfigError(f"{config.source}: 'metrics.transport' api needs boto3 (pip install 'fluidity[aws]'), or use emf") from None
+            raise cfg.ConfigError(f"{config.source}: 'metrics.transport' api needs boto3 (pip install boto3, or pipx inject fluidity boto3), or use emf") from None
 
 
 REVOCATION_CHECK = 2.0  # seconds between looks at revoked_file

@@ -197,7 +197,7 @@ def _no_single_sign_on() -> str:
             import gssapi  # noqa: F401
             import krb5  # noqa: F401
         except ImportError:
-            return "Kerberos single sign-on needs the gssapi and krb5 packages (pip install 'fluidity[kerberos]')"
+            return "Kerberos single sign-on needs the gssapi and krb5 packages (pip install gssapi krb5, or pipx inject fluidity gssapi krb5; on Debian they build against libkrb5-dev)"
     return "the logged-in user has no Kerberos ticket for it (log in to the domain, or run kinit)"
 
 

@@ -179,7 +179,7 @@ def _control_plane(args) -> int:
     try:
         import boto3  # noqa: F401  (the handlers talk to AWS)
     except ImportError:
-        print("fluidity control-plane: needs boto3: pip install 'fluidity[aws]'", file=sys.stderr)
+        print("fluidity control-plane: needs boto3 (pip install boto3, or pipx inject fluidity boto3)", file=sys.stderr)
         return 2
     for name, value in (("CLUSTER_NAME", args.cluster), ("SERVICE_NAME", args.service), ("CONTAINER_PORT", args.container_port)):
         if value is not None:

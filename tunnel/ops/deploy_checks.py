@@ -70,7 +70,7 @@ def aws(checks: list[Check], stack_region: str | None) -> None:
         import boto3
         import botocore.exceptions
     except ImportError:
-        checks.append(Check("AWS", "FAIL", "boto3 is not installed", "pip install 'fluidity[aws]'"))
+        checks.append(Check("AWS", "FAIL", "boto3 is not installed", "pip install boto3, or pipx inject fluidity boto3"))
         return
     session = boto3.session.Session()
     region = stack_region or session.region_name

@@ -371,7 +371,7 @@ def _aws(checks: list[Check]) -> None:
     try:
         import boto3
     except ImportError:
-        checks.append(Check("AWS", "warn", "boto3 is not installed: fluidity start/stop/status cannot run", "pip install 'fluidity[aws]'"))
+        checks.append(Check("AWS", "warn", "boto3 is not installed: fluidity start/stop/status cannot run", "pip install boto3, or pipx inject fluidity boto3"))
         return
     session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
     region = session.region_name

@@ -53,7 +53,7 @@ def _clients(target: AwsTarget = AwsTarget()):
     try:
         import boto3
     except ImportError:
-        raise OperatorError("this command talks to AWS and needs boto3: pip install 'fluidity[aws]'") from None
+        raise OperatorError("this command talks to AWS and needs boto3 (pip install boto3, or pipx inject fluidity boto3)") from None
     from botocore.config import Config
     from botocore.exceptions import NoRegionError, ProfileNotFound
 
