@@ -168,3 +168,23 @@ def test_a_probe_answered_keeps_the_connection_and_shortens_an_outstanding_ping(
     assert p.agent.tick(23.0) == [] and p.agent.next_deadline() == 30.0  # alive: next keepalive only
     p.agent.probe(21.6, 3.0)  # heard 0.1 s ago: nothing to prove
     assert p.agent.data_to_send() == b"" and p.agent.next_deadline() == 30.0
+
+
+def test_the_core_imports_no_twisted_and_no_zope_and_patches_nothing():
+    """Sans-IO for real: a fresh interpreter that imports the core has loaded no Twisted and
+    no zope module, and hyperframe is exactly as it was (patches are installed at start)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = (
+        "import sys, hyperframe.frame as f; before = f._raw_data_repr; import tunnel.wire.connection; "
+        "import json; print(json.dumps({'loaded': sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')), "
+        "'patched': f._raw_data_repr is not before}))"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=root, env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found == {"loaded": [], "patched": False}

@@ -8,18 +8,26 @@ from tunnel.wire import h2_speedups
 
 @given(st.binary(max_size=64))
 def test_same_text_as_the_original(data):
-    import tunnel.wire.mux  # noqa: F401  (installs it, keeping hyperframe's own in _replaced)
-
+    assert h2_speedups.install()  # keeps hyperframe's own in _replaced
     original = h2_speedups._replaced
     assert h2_speedups._raw_data_repr(data) == original(data)
     assert h2_speedups._raw_data_repr(memoryview(data)) == original(memoryview(data))
 
 
-def test_installed_by_the_mux():
-    import tunnel.wire.mux  # noqa: F401
+def test_installed_when_a_role_starts_and_not_on_import():
+    """Both roles install it where they install eager writes (the taps), never on import."""
+    import subprocess
+    import sys
 
-    assert hyperframe.frame._raw_data_repr is h2_speedups._raw_data_repr
-    assert "<hex:" + "00" * 10 + "...>" in repr(hyperframe.frame.DataFrame(1, b"\x00" * 100_000))
+    code = (
+        "import hyperframe.frame as f; before = f._raw_data_repr; import tunnel.wire.mux, tunnel.taps; "
+        "assert f._raw_data_repr is before, 'patched on import'; tunnel.taps._speed_up_writes(); "
+        "from tunnel.wire import h2_speedups; assert f._raw_data_repr is h2_speedups._raw_data_repr; "
+        "print(repr(f.DataFrame(1, b'\\x00' * 100_000)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "<hex:" + "00" * 10 + "...>" in done.stdout
 
 
 def test_left_alone_when_hyperframe_has_no_such_function(monkeypatch):
@@ -42,6 +50,6 @@ def test_the_server_starts_when_hyperframe_changed(tmp_path):
     import subprocess
     import sys
 
-    code = "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.wire.mux; print('imported')"
+    code = "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.taps; tunnel.taps._speed_up_writes(); print('imported')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.stdout.strip() == b"imported", done.stderr

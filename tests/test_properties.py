@@ -19,7 +19,7 @@ from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load
 from tunnel.server.egress import parse_allow_rule
-from tunnel.opener import OpenFailed
+from tunnel.wire.refusals import OpenFailed
 from tunnel.server.revocation import RevocationError, parse
 
 SETTINGS = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])

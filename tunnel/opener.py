@@ -19,18 +19,10 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from tunnel.wire.addresses import Destination
+from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd, abort, splice
 
 log = Logger(namespace="fluidity")
-
-
-class OpenFailed(Exception):
-    """The destination cannot be reached: `status` is the HTTP status a front passes on."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
 
 
 class IOpener(Interface):

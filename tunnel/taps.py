@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_write
+from tunnel.wire import descriptors, eager_write, h2_speedups
 from tunnel.wire import logs
 from tunnel.agent.service import make_agent_service
 from tunnel.server.dialer import DirectOpener
@@ -222,8 +222,12 @@ def _use_the_descriptors_allowed() -> None:
 
 
 def _speed_up_writes() -> None:
+    """The two guarded library patches, installed at start (never on import): each is a
+    no-op, with a line in the log, where the library is not the one it was written for."""
     if not eager_write.install():
         log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
+    if not h2_speedups.install():
+        log.warn("this hyperframe's DATA frame repr is not the one the speed-up was made for; using its own")
 
 
 def make_server(options) -> service.MultiService:

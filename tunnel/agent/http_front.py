@@ -27,11 +27,11 @@ from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.http_front import HttpFront
 from tunnel.opener import IOpener, as_open_failed, bridge
+from tunnel.wire.refusals import http_status
 from tunnel.wire.relay import RelayEnd, abort, arm, close, ended_cleanly, reader_of
 
 log = Logger(namespace="fluidity.agent")
 
-ALLOWED_STATUSES = (400, 403, 429, 503, 504)  # passed on as they are; anything else is a 502
 HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
 
 
@@ -262,7 +262,7 @@ class ProxyFront(HttpFront):
         return self.relay
 
     def _refuse_connect(self, error) -> None:
-        self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
+        self.fail(http_status(error.status), error.reason)
 
     # -- absolute-form http:// -------------------------------------------------------
     def _forward(self, request: h11.Request, url: HttpTarget) -> None:
@@ -307,7 +307,7 @@ class ProxyFront(HttpFront):
         if self._response_started:
             abort(self.transport)
         else:
-            self.fail(error.status if error.status in ALLOWED_STATUSES else 502, error.reason)
+            self.fail(http_status(error.status), error.reason)
 
     def _origin_events(self, link: OriginLink) -> None:
         if link is not self.link or self.finished:

@@ -25,7 +25,7 @@ from twisted.python.failure import Failure
 from tunnel.wire.addresses import Destination
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.mux import TunnelMux
-from tunnel.opener import OpenFailed
+from tunnel.wire.refusals import OpenFailed
 from tunnel.agent.upstream import route
 
 log = Logger(namespace="fluidity.agent")

@@ -18,7 +18,8 @@ from zope.interface import implementer
 from tunnel.wire.addresses import Destination
 from tunnel.server.egress import EgressDenied, EgressPolicy, IPAddress
 from tunnel.wire.logs import Throttle, more
-from tunnel.opener import IOpener, OpenFailed
+from tunnel.opener import IOpener
+from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")

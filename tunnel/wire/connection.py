@@ -25,11 +25,8 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from tunnel.opener import OpenFailed
-from tunnel.wire import h2_speedups
 from tunnel.wire.addresses import BadAddress, Destination, parse_authority
-
-h2_speedups.install()  # a no-op (and still correct) if hyperframe changed
+from tunnel.wire.refusals import OpenFailed, http_status
 
 STREAM_WINDOW = 8 << 20  # per stream: enough for ~80 Mbit/s at 100 ms without stalling
 CONNECTION_WINDOW = 32 << 20  # shared by all streams of one agent
@@ -45,7 +42,6 @@ FLOOD_WINDOW = 10.0
 # WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
 # 16 MiB the connection), a few hundred a second at gigabit rates.
 FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000, "WINDOW_UPDATE frames": 20000}
-PASSED_ON = (400, 403, 405, 429, 502, 503, 504)  # refusal statuses the agent passes on as they are
 
 
 class Budget:
@@ -428,7 +424,7 @@ class TunnelConnection:
         else:
             reason = reason_from(headers) or f"server answered {status}"
             stream.answered = True  # answered, with a refusal: the stream ends as the server closes it
-            out.append(StreamRefused(stream.sid, OpenFailed(status if status in PASSED_ON else 502, reason)))
+            out.append(StreamRefused(stream.sid, OpenFailed(http_status(status), reason)))
 
     def _answer(self, sid: int, status: int, reason: str) -> None:
         self.h2.send_headers(sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True)

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnel.opener import OpenFailed
+from tunnel.wire.refusals import OpenFailed
 from tunnel.wire import connection as core
 from tunnel.wire.addresses import Destination
 from tunnel.wire.relay import close, no_delay
