@@ -20,7 +20,7 @@ from twisted.internet import reactor
 from twisted.protocols import portforward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tunnel.wire import eager_write  # noqa: E402  (the same write path as Fluidity: a fair ceiling)
+from tunnel.wire import eager_write
 
 
 class ConnectHop(portforward.ProxyServer):

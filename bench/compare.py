@@ -79,7 +79,7 @@ class Rig:
     pids: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], port: int | None = None, **kwargs) -> subprocess.Popen:
-        log = open(self.work / f"{name.replace(' ', '_')}.log", "wb")
+        log = open(self.work / f"{name.replace(' ', '_')}.log", "wb")  # noqa: SIM115 (the process's, for its life)
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **kwargs)
         self.procs.append(process)
         self.pids[name] = process.pid
@@ -108,7 +108,18 @@ class Rig:
         with open(www / "big", "wb") as f:
             f.truncate(size_mb << 20)  # sparse: served from the page cache, no disk in the way
         self.size = size_mb << 20
-        for name in ("origin", "server", "agent", "stunnel_server", "stunnel_client", "tinyproxy", "sshd", "socks", "bare_connect", "bare_forward"):
+        for name in (
+            "origin",
+            "server",
+            "agent",
+            "stunnel_server",
+            "stunnel_client",
+            "tinyproxy",
+            "sshd",
+            "socks",
+            "bare_connect",
+            "bare_forward",
+        ):
             self.ports[name] = free_port()
         self._nginx()
         self._fluidity()
@@ -145,18 +156,30 @@ http {{
         w, certs = self.work, self.work / "certs"
         server = w / "server.yaml"
         server.write_text(
-            f"host: 127.0.0.1\nport: {self.ports['server']}\ncert_file: {certs}/server.pem\nkey_file: {certs}/server.key\n"
+            f"host: 127.0.0.1\nport: {self.ports['server']}\ncert_file: {certs}/server.pem\nkey_file: "
+            f"{certs}/server.key\n"
             f"ca_file: {certs}/ca.pem\negress_allow: ['127.0.0.0/8']\nlog_level: warn\nmax_streams: 5000\n"
         )
-        self.start("fluidity server", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-server", "--config", str(server)], self.ports["server"], cwd=w)
+        self.start(
+            "fluidity server",
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-server", "--config", str(server)],
+            self.ports["server"],
+            cwd=w,
+        )
         self.agent_config(self.ports["agent"], self.ports["server"], "agent")
-        self.start("fluidity agent", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(w / "agent.yaml")], self.ports["agent"], cwd=w)
+        self.start(
+            "fluidity agent",
+            [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(w / "agent.yaml")],
+            self.ports["agent"],
+            cwd=w,
+        )
 
     def agent_config(self, proxy_port: int, server_port: int, name: str) -> Path:
         certs = self.work / "certs"
         path = self.work / f"{name}.yaml"
         path.write_text(
-            f"proxy_port: {proxy_port}\nserver_ip: 127.0.0.1\nserver_port: {server_port}\ncert_file: {certs}/client.pem\n"
+            f"proxy_port: {proxy_port}\nserver_ip: 127.0.0.1\nserver_port: {server_port}\ncert_file: "
+            f"{certs}/client.pem\n"
             f"key_file: {certs}/client.key\nca_file: {certs}/ca.pem\nlog_level: warn\n"
         )
         return path
@@ -164,28 +187,46 @@ http {{
     def _bare_relay(self) -> None:
         """The ceiling for two Twisted processes: a CONNECT hop and a port forward, relaying only."""
         script = str(ROOT / "bench" / "bare_relay.py")
-        self.start("bare forward", [sys.executable, script, "forward", str(self.ports["bare_forward"]), str(self.ports["origin"])], self.ports["bare_forward"])
-        self.start("bare connect", [sys.executable, script, "connect", str(self.ports["bare_connect"]), str(self.ports["bare_forward"])], self.ports["bare_connect"])
+        self.start(
+            "bare forward",
+            [sys.executable, script, "forward", str(self.ports["bare_forward"]), str(self.ports["origin"])],
+            self.ports["bare_forward"],
+        )
+        self.start(
+            "bare connect",
+            [sys.executable, script, "connect", str(self.ports["bare_connect"]), str(self.ports["bare_forward"])],
+            self.ports["bare_connect"],
+        )
 
     def _stunnel(self) -> None:
         w, certs, p = self.work, self.work / "certs", self.ports
-        (w / "tinyproxy.conf").write_text(f"Port {p['tinyproxy']}\nListen 127.0.0.1\nTimeout 120\nMaxClients 2000\nAllow 127.0.0.1\nLogLevel Critical\n")
+        (w / "tinyproxy.conf").write_text(
+            f"Port {p['tinyproxy']}\nListen 127.0.0.1\nTimeout 120\nMaxClients 2000\nAllow 127.0.0.1\nLogLevel "
+            f"Critical\n"
+        )
         self.start("tinyproxy", ["tinyproxy", "-d", "-c", str(w / "tinyproxy.conf")], p["tinyproxy"])
         (w / "stunnel-server.conf").write_text(
-            self.stunnel_common() + f"[fluidity]\naccept = 127.0.0.1:{p['stunnel_server']}\nconnect = 127.0.0.1:{p['tinyproxy']}\ncert = {certs}/server.pem\nkey = {certs}/server.key\nrequireCert = yes\n"
+            self.stunnel_common()
+            + f"[fluidity]\naccept = 127.0.0.1:{p['stunnel_server']}\nconnect = 127.0.0.1:{p['tinyproxy']}\ncert = "
+            f"{certs}/server.pem\nkey = {certs}/server.key\nrequireCert = yes\n"
         )
         self.start("stunnel server", ["stunnel4", str(w / "stunnel-server.conf")], p["stunnel_server"])
         self.stunnel_client("stunnel client", p["stunnel_client"], p["stunnel_server"])
 
     def stunnel_common(self) -> str:
         """Global stunnel settings for both ends: foreground, TLS 1.3 only, peers checked against our CA."""
-        return f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {self.work / 'certs'}/ca.pem\nverifyChain = yes\n"
+        return (
+            f"foreground = yes\npid =\nsslVersionMin = TLSv1.3\nCAfile = {self.work / 'certs'}/ca.pem\nverifyChain = "
+            f"yes\n"
+        )
 
     def stunnel_client(self, name: str, accept: int, connect: int) -> None:
         certs = self.work / "certs"
         path = self.work / f"{name.replace(' ', '-')}.conf"
         path.write_text(
-            self.stunnel_common() + f"[fluidity]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = {certs}/client.pem\n"
+            self.stunnel_common()
+            + f"[fluidity]\nclient = yes\naccept = 127.0.0.1:{accept}\nconnect = 127.0.0.1:{connect}\ncert = "
+            f"{certs}/client.pem\n"
             f"key = {certs}/client.key\ncheckHost = fluidity-server\n"
         )
         self.start(name, ["stunnel4", str(path)], accept)
@@ -200,7 +241,8 @@ http {{
         Path("/run/sshd").mkdir(exist_ok=True)
         (ssh / "sshd_config").write_text(
             f"Port {p['sshd']}\nListenAddress 127.0.0.1\nHostKey {ssh}/host\nAuthorizedKeysFile {ssh}/authorized_keys\n"
-            f"PidFile {ssh}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+            f"PidFile {ssh}/sshd.pid\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+            f"PasswordAuthentication no\n"
             "AllowTcpForwarding yes\nMaxStartups 1000\n"
         )
         self.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(ssh / "sshd_config")], p["sshd"])
@@ -209,9 +251,23 @@ http {{
     def ssh_socks(self, name: str, socks_port: int, sshd_port: int) -> None:
         ssh = self.work / "ssh"
         argv = [
-            "ssh", "-N", "-D", f"127.0.0.1:{socks_port}", "-p", str(sshd_port), "-i", str(ssh / "user"),
-            "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={ssh}/known_hosts", "-o", "BatchMode=yes",
-            "-o", "ExitOnForwardFailure=yes", f"{os.environ.get('USER', 'root')}@127.0.0.1",
+            "ssh",
+            "-N",
+            "-D",
+            f"127.0.0.1:{socks_port}",
+            "-p",
+            str(sshd_port),
+            "-i",
+            str(ssh / "user"),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            f"UserKnownHostsFile={ssh}/known_hosts",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            f"{os.environ.get('USER', 'root')}@127.0.0.1",
         ]
         self.start(name, argv, socks_port)
 
@@ -255,7 +311,16 @@ def bulk(rig: Rig, rounds: int) -> dict:
                 if direction == "down":
                     out = rig.curl(path, "-o", "/dev/null", "-w", "%{speed_download}", rig.url("big"))
                 else:
-                    out = rig.curl(path, "-o", "/dev/null", "-T", str(rig.work / "www" / "big"), "-w", "%{speed_upload}", rig.url("upload"))
+                    out = rig.curl(
+                        path,
+                        "-o",
+                        "/dev/null",
+                        "-T",
+                        str(rig.work / "www" / "big"),
+                        "-w",
+                        "%{speed_upload}",
+                        rig.url("upload"),
+                    )
                 speeds[(direction, path)].append(float(out) / 1e6)
                 if path == "fluidity":
                     for k in ("agent", "server"):
@@ -267,7 +332,12 @@ def bulk(rig: Rig, rounds: int) -> dict:
 
 
 def hey(rig: Rig, path: str, *args: str) -> dict:
-    done = subprocess.run(["hey", *args, "-disable-keepalive", *rig.hey_proxy(path), rig.url("1k")], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        ["hey", *args, "-disable-keepalive", *rig.hey_proxy(path), rig.url("1k")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     text = done.stdout
     if done.returncode != 0 or "Requests/sec" not in text:
         raise RuntimeError(f"hey via {path} failed: {done.stderr.strip() or text[-500:]}")
@@ -295,17 +365,41 @@ def concurrency(rig: Rig, rounds: int, requests: int) -> dict:
     for _ in range(rounds):
         for path in PATHS:
             results[path].append(hey(rig, path, "-n", str(requests), "-c", "500"))
-    return {p: {"p99": statistics.median(r["p99"] for r in v), "errors": sum(r["errors"] for r in v) + sum(requests - r["ok"] for r in v), "rps": statistics.median(r["rps"] for r in v)} for p, v in results.items()}
+    return {
+        p: {
+            "p99": statistics.median(r["p99"] for r in v),
+            "errors": sum(r["errors"] for r in v) + sum(requests - r["ok"] for r in v),
+            "rps": statistics.median(r["rps"] for r in v),
+        }
+        for p, v in results.items()
+    }
 
 
 def round_trips(rig: Rig, rtt_ms: float, samples: int) -> dict:
     """Time to first byte of the 1 KiB file on a new client connection over an established
     tunnel, with a delaying relay on each path's long hop; in round trips."""
     ports = dict(rig.ports)
-    relay = lambda target: (lambda port: (rig.start(f"relay-{port}", [sys.executable, str(ROOT / "bench" / "delay_relay.py"), str(port), str(target), str(rtt_ms)], port), port)[1])(free_port())  # noqa: E731
+
+    def relay(target):
+        return (
+            lambda port: (
+                rig.start(
+                    f"relay-{port}",
+                    [sys.executable, str(ROOT / "bench" / "delay_relay.py"), str(port), str(target), str(rtt_ms)],
+                    port,
+                ),
+                port,
+            )[1]
+        )(free_port())
+
     ports["agent"] = free_port()
     rig.agent_config(ports["agent"], relay(rig.ports["server"]), "agent-far")
-    rig.start("fluidity agent far", [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(rig.work / "agent-far.yaml")], ports["agent"], cwd=rig.work)
+    rig.start(
+        "fluidity agent far",
+        [str(VENV_BIN / "twistd"), "-n", "--pidfile=", "fluidity-agent", "--config", str(rig.work / "agent-far.yaml")],
+        ports["agent"],
+        cwd=rig.work,
+    )
     ports["stunnel_client"] = free_port()
     rig.stunnel_client("stunnel client far", ports["stunnel_client"], relay(rig.ports["stunnel_server"]))
     ports["socks"] = free_port()
@@ -339,7 +433,20 @@ def memory(rig: Rig, streams: int, slow_seconds: int) -> dict:
     time.sleep(1)
     before = {"agent": rss_kb(agent), "server": rss_kb(server)}
     peak = dict(before)
-    argv = ["curl", "-sS", "--cacert", str(rig.work / "origin" / "ca.pem"), *rig.curl_proxy("fluidity"), "--limit-rate", "1M", "-m", str(slow_seconds), "-o", "/dev/null", rig.url("big")]
+    argv = [
+        "curl",
+        "-sS",
+        "--cacert",
+        str(rig.work / "origin" / "ca.pem"),
+        *rig.curl_proxy("fluidity"),
+        "--limit-rate",
+        "1M",
+        "-m",
+        str(slow_seconds),
+        "-o",
+        "/dev/null",
+        rig.url("big"),
+    ]
     slow = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
     while slow.poll() is None:
         peak = {"agent": max(peak["agent"], rss_kb(agent)), "server": max(peak["server"], rss_kb(server))}
@@ -355,7 +462,8 @@ def memory(rig: Rig, streams: int, slow_seconds: int) -> dict:
 def report(results: dict, args) -> str:
     b, nc, cc, rt, mem = results["bulk"], results["new"], results["concurrency"], results["rtt"], results["memory"]
     lines = [
-        f"# Fluidity benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, loopback; rounds: {args.rounds}, file {args.size_mb} MiB)",
+        f"# Fluidity benchmark ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} CPUs, loopback; rounds: "
+        f"{args.rounds}, file {args.size_mb} MiB)",
         "",
         "| scenario | direct | Fluidity | stunnel+tinyproxy | ssh -D | Fluidity / stunnel | target | met |",
         "|---|---|---|---|---|---|---|---|",
@@ -364,7 +472,10 @@ def report(results: dict, args) -> str:
     def row(name, values, fmt, target_text, ratio=None, met=None):
         cells = [fmt(values[p]) for p in PATHS]
         ratio_text = f"{ratio:.2f}×" if ratio is not None else ""
-        lines.append(f"| {name} | {' | '.join(cells)} | {ratio_text} | {target_text} | {'yes' if met else 'NO' if met is not None else ''} |")
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {ratio_text} | {target_text} | "
+            f"{'yes' if met else 'NO' if met is not None else ''} |"
+        )
 
     for direction, label in (("down", "download MB/s"), ("up", "upload MB/s")):
         values = {p: b["speeds"][(direction, p)] for p in PATHS}
@@ -373,24 +484,50 @@ def report(results: dict, args) -> str:
     ratio = nc["fluidity"] / nc["stunnel"]
     row(f"new connections/s (hey -c 1, {args.seconds}s)", nc, lambda v: f"{v:.0f}", "≥ 4×", ratio, ratio >= 4)
     ceiling_note = (
-        f"New connections through two bare Twisted relay processes (bench/bare_relay.py: a CONNECT hop and a port forward, "
+        f"New connections through two bare Twisted relay processes (bench/bare_relay.py: a CONNECT hop and a port "
+        f"forward, "
         f"no TLS, no HTTP/2): {nc[BARE]:.0f}/s = {nc[BARE] / nc['stunnel']:.2f}× stunnel; Fluidity reaches "
         f"{nc['fluidity'] / nc[BARE]:.0%} of that ceiling."
     )
     p99 = {p: cc[p]["p99"] * 1000 for p in PATHS}
     errors_ok = cc["fluidity"]["errors"] == 0
     ratio = p99["fluidity"] / p99["stunnel"]
-    row(f"p99 ms (hey -c 500 -n {args.requests})", p99, lambda v: f"{v:.0f}", "≤ ⅓×, 0 errors", ratio, ratio <= 1 / 3 and errors_ok)
+    row(
+        f"p99 ms (hey -c 500 -n {args.requests})",
+        p99,
+        lambda v: f"{v:.0f}",
+        "≤ ⅓×, 0 errors",
+        ratio,
+        ratio <= 1 / 3 and errors_ok,
+    )
     row("errors (hey -c 500)", {p: cc[p]["errors"] for p in PATHS}, str, "0", None, errors_ok)
-    row(f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)", rt, lambda v: f"{v:.2f}", "≤ 2.2", None, rt["fluidity"] <= 2.2)
-    row(f"the same through the agent's SOCKS5 front (Fluidity column; ssh -D is SOCKS5 too)", {p: rt[SOCKS] if p == "fluidity" else rt[p] for p in PATHS}, lambda v: f"{v:.2f}", "≤ 2.2", None, rt[SOCKS] <= 2.2)
+    row(
+        f"time to first byte, round trips ({args.rtt_ms:g} ms RTT)",
+        rt,
+        lambda v: f"{v:.2f}",
+        "≤ 2.2",
+        None,
+        rt["fluidity"] <= 2.2,
+    )
+    row(
+        "the same through the agent's SOCKS5 front (Fluidity column; ssh -D is SOCKS5 too)",
+        {p: rt[SOCKS] if p == "fluidity" else rt[p] for p in PATHS},
+        lambda v: f"{v:.2f}",
+        "≤ 2.2",
+        None,
+        rt[SOCKS] <= 2.2,
+    )
     lines += [
         "",
         ceiling_note,
-        f"Fluidity CPU seconds per GB: download agent {b['cpu']['down']['agent']:.2f}, server {b['cpu']['down']['server']:.2f}; "
+        f"Fluidity CPU seconds per GB: download agent {b['cpu']['down']['agent']:.2f}, server "
+        f"{b['cpu']['down']['server']:.2f}; "
         f"upload agent {b['cpu']['up']['agent']:.2f}, server {b['cpu']['up']['server']:.2f}.",
-        f"Server RSS with {args.streams} open idle streams: {mem['server_rss_idle_streams_mb']:.1f} MB (target ≤ 96; {mem['server_rss_base_mb']:.1f} MB before).",
-        f"RSS growth while a client reads at 1 MB/s for {args.slow_seconds}s: agent {mem['slow_reader_growth_mb']['agent']:.1f} MB, server {mem['slow_reader_growth_mb']['server']:.1f} MB (target ≤ 32 each).",
+        f"Server RSS with {args.streams} open idle streams: {mem['server_rss_idle_streams_mb']:.1f} MB (target ≤ 96; "
+        f"{mem['server_rss_base_mb']:.1f} MB before).",
+        f"RSS growth while a client reads at 1 MB/s for {args.slow_seconds}s: agent "
+        f"{mem['slow_reader_growth_mb']['agent']:.1f} MB, server {mem['slow_reader_growth_mb']['server']:.1f} MB "
+        f"(target ≤ 32 each).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -407,12 +544,23 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--slow-seconds", type=int, default=30)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
-    parser.add_argument("--round-trips-only", action="store_true", help="measure only time to first byte in round trips, print it, write nothing")
+    parser.add_argument(
+        "--round-trips-only",
+        action="store_true",
+        help="measure only time to first byte in round trips, print it, write nothing",
+    )
     args = parser.parse_args()
     if args.quick:
-        args.rounds, args.size_mb, args.seconds, args.requests, args.rtt_samples, args.slow_seconds = 1, 128, 3, 2000, 3, 5
+        args.rounds, args.size_mb, args.seconds, args.requests, args.rtt_samples, args.slow_seconds = (
+            1,
+            128,
+            3,
+            2000,
+            3,
+            5,
+        )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops every process we started
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     work = Path(tempfile.mkdtemp(prefix="fluidity-compare-"))
     work.chmod(0o755)  # nginx's workers run unprivileged and read www/ from here

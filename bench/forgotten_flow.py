@@ -32,8 +32,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loss import in_own_namespace, reexec_in_namespace  # noqa: E402
-from support import Listener, agent_config, free_port, make_certs, read_head, server_config, start_twistd, wait_connected  # noqa: E402
+from loss import in_own_namespace, reexec_in_namespace
+from support import (
+    Listener,
+    agent_config,
+    free_port,
+    make_certs,
+    read_head,
+    server_config,
+    start_twistd,
+    wait_connected,
+)
 
 KEEPALIVE = {"keepalive_interval": "30s", "keepalive_timeout": "20s"}
 
@@ -49,7 +58,12 @@ def http_origin() -> Listener:
 
 def tunnel_flow(server_port: int) -> int:
     """The agent's side (local port) of its one established connection to the server."""
-    lines = subprocess.run(["ss", "-Htn", "state", "established", f"( dport = :{server_port} )"], capture_output=True, text=True, check=True).stdout.split("\n")
+    lines = subprocess.run(
+        ["ss", "-Htn", "state", "established", f"( dport = :{server_port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     ports = [int(line.split()[2].rsplit(":", 1)[1]) for line in lines if line.strip()]
     if len(ports) != 1:
         raise SystemExit(f"expected one tunnel connection, found {len(ports)}")
@@ -76,8 +90,19 @@ def fetch(agent_port: int, origin_port: int, timeout: float = 60.0) -> tuple[flo
     """GET through the agent with CONNECT (curl -p); seconds until curl finished, and what it got."""
     started = time.monotonic()
     done = subprocess.run(
-        ["curl", "-sS", "-p", "--max-time", str(int(timeout)), "-x", f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{origin_port}/"],
-        capture_output=True, text=True, timeout=timeout + 10,
+        [
+            "curl",
+            "-sS",
+            "-p",
+            "--max-time",
+            str(int(timeout)),
+            "-x",
+            f"http://127.0.0.1:{agent_port}",
+            f"http://127.0.0.1:{origin_port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
     )
     took = time.monotonic() - started
     return took, done.stdout if done.returncode == 0 else f"curl exit {done.returncode}: {done.stderr.strip()[:160]}"
@@ -90,7 +115,9 @@ def run() -> dict:
     server_port = free_port()
     known, fresh = http_origin(), http_origin()
     server = start_twistd("server", server_config(certs, port=server_port, log_level="info", **KEEPALIVE), work)
-    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info", tunnel_wait="30s", **KEEPALIVE), work)
+    agent = start_twistd(
+        "agent", agent_config(certs, server_port, log_level="info", tunnel_wait="30s", **KEEPALIVE), work
+    )
     result: dict = {}
     try:
         wait_connected(agent, 30)
@@ -107,7 +134,12 @@ def run() -> dict:
         forget(tunnel_flow(server_port))
         took, got = fetch(agent.port, known.port)
         again, got_again = fetch(agent.port, known.port)
-        result["known_destination"] = {"seconds": round(took, 2), "got": got, "again_seconds": round(again, 2), "again_got": got_again}
+        result["known_destination"] = {
+            "seconds": round(took, 2),
+            "got": got,
+            "again_seconds": round(again, 2),
+            "again_got": got_again,
+        }
         result["reconnects"] = agent.log().count(" is up") - 1
         result["probe_timeout_s"] = 3.0
     finally:
@@ -131,7 +163,10 @@ def main() -> int:
     new, old = result["new_destination"], result["known_destination"]
     print("the tunnel's flow forgotten by a middlebox (both directions dropped silently); keepalive 30 s / 20 s")
     print(f"  a destination not reached before: {new['seconds']:.1f} s, got {new['got']!r}")
-    print(f"  a destination reached before (told 'connected' at once): {old['seconds']:.1f} s, got {old['got']!r}; asked again: {old['again_seconds']:.1f} s, got {old['again_got']!r}")
+    print(
+        f"  a destination reached before (told 'connected' at once): {old['seconds']:.1f} s, got {old['got']!r}; asked "
+        f"again: {old['again_seconds']:.1f} s, got {old['again_got']!r}"
+    )
     print(f"  reconnects: {result['reconnects']}")
     return 0
 

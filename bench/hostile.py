@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support import agent_config, make_certs, proxy_connect, server_config, start_twistd, wait_connected, wait_until  # noqa: E402
-from test_h2_abuse import HoldingListener, window_update_cost  # noqa: E402
-from test_linger import ESTABLISHED, Listener, fill, never_read, reset, tcp_state  # noqa: E402
-from test_preauth import Flood  # noqa: E402
+from support import agent_config, make_certs, proxy_connect, server_config, start_twistd, wait_connected, wait_until
+from test_h2_abuse import HoldingListener, window_update_cost
+from test_linger import ESTABLISHED, Listener, fill, never_read, reset, tcp_state
+from test_preauth import Flood
 
 
 def connect_time(certs, server, work: Path, name: str) -> float:
@@ -49,7 +49,9 @@ def connect_under_flood(certs, work: Path, flood_size: int, rounds: int) -> None
                 wait_until(lambda: flood.opened >= flood_size // 2, 30)
                 flooded.append(connect_time(certs, server, work, f"flooded{i}"))
         q, f = statistics.median(quiet), statistics.median(flooded)
-        print(f"agent connect time: {q:.2f}s quiet, {f:.2f}s under a flood of {flood_size} bare connects ({f / q:.2f}x)")
+        print(
+            f"agent connect time: {q:.2f}s quiet, {f:.2f}s under a flood of {flood_size} bare connects ({f / q:.2f}x)"
+        )
     finally:
         server.stop()
 
@@ -62,7 +64,7 @@ def aborted_uploads(certs, work: Path, uploads: int) -> None:
         wait_connected(agent)
         queued = 0
         for _ in range(uploads):
-            client, head = proxy_connect(agent.port, f"127.0.0.1:{sink.port}")
+            client, _head = proxy_connect(agent.port, f"127.0.0.1:{sink.port}")
             queued += fill(client)
             reset(client)
         aborted = time.monotonic()
@@ -72,8 +74,10 @@ def aborted_uploads(certs, work: Path, uploads: int) -> None:
         except TimeoutError:
             pass
         held = sum(tcp_state(c) == ESTABLISHED for c in sink.accepted)
-        print(f"aborted uploads: {uploads} ({queued / 1e6:.0f} MB queued toward a destination that never reads); "
-              f"{held} destination socket(s) still held, the rest released within {time.monotonic() - aborted:.1f}s")
+        print(
+            f"aborted uploads: {uploads} ({queued / 1e6:.0f} MB queued toward a destination that never reads); "
+            f"{held} destination socket(s) still held, the rest released within {time.monotonic() - aborted:.1f}s"
+        )
     finally:
         agent.stop()
         server.stop()
@@ -88,7 +92,10 @@ def window_updates(certs, work: Path, streams: int, rounds: int) -> None:
         idle = statistics.median(window_update_cost(server, certs, 0, holder.port, burst) for _ in range(rounds))
         busy = statistics.median(window_update_cost(server, certs, streams, holder.port, burst) for _ in range(rounds))
         scale = 100_000 / burst
-        print(f"server CPU per 100k WINDOW_UPDATEs: {idle * scale:.2f}s with no stream, {busy * scale:.2f}s with {streams} open ({busy / max(idle, 1e-9):.2f}x)")
+        print(
+            f"server CPU per 100k WINDOW_UPDATEs: {idle * scale:.2f}s with no stream, {busy * scale:.2f}s with "
+            f"{streams} open ({busy / max(idle, 1e-9):.2f}x)"
+        )
     finally:
         server.stop()
         holder.close()

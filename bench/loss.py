@@ -29,7 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support import Listener, agent_config, free_port, make_certs, pattern, read_head_exactly, server_config, start_twistd, wait_connected  # noqa: E402
+from support import (
+    Listener,
+    agent_config,
+    free_port,
+    make_certs,
+    pattern,
+    read_head_exactly,
+    server_config,
+    start_twistd,
+    wait_connected,
+)
 
 BLOCK = pattern(1 << 20)
 
@@ -71,7 +81,7 @@ def lossy(ports: list[int], percent: float, hook: str = "input") -> None:
     if shutil.which("nft") is None:
         raise SystemExit("bench/loss.py needs nft (Debian's nftables)")
     listed = ", ".join(str(p) for p in ports)
-    per_mille = int(round(percent * 10))
+    per_mille = round(percent * 10)
     rules = f"""
 table inet fluidity_loss {{
   chain lossy {{
@@ -259,7 +269,14 @@ def run(loss: float, streams: int, mb: float, seconds: float, hook: str = "input
     finally:
         agent.stop()
         server.stop()
-    return {"loss_percent": loss, "direction": direction, "baseline": plain, "tunnel": tunnel, "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None, "reconnects": reconnects}
+    return {
+        "loss_percent": loss,
+        "direction": direction,
+        "baseline": plain,
+        "tunnel": tunnel,
+        "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None,
+        "reconnects": reconnects,
+    }
 
 
 def main() -> int:
@@ -268,8 +285,15 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=40)
     parser.add_argument("--mb", type=float, default=10.0, help="MB per stream")
     parser.add_argument("--seconds", type=float, default=120.0)
-    parser.add_argument("--hook", choices=("input", "output"), default="input", help="where packets are dropped: input sees one segment a packet, output 64 KiB GSO bursts")
-    parser.add_argument("--direction", choices=("down", "up"), default="down", help="downloads (destination to client) or uploads")
+    parser.add_argument(
+        "--hook",
+        choices=("input", "output"),
+        default="input",
+        help="where packets are dropped: input sees one segment a packet, output 64 KiB GSO bursts",
+    )
+    parser.add_argument(
+        "--direction", choices=("down", "up"), default="down", help="downloads (destination to client) or uploads"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not in_own_namespace():
@@ -280,8 +304,15 @@ def main() -> int:
         return 0
     t, b = result["tunnel"], result["baseline"]
     print(f"{args.loss:g}% loss each way on the tunnel's hop")
-    print(f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} of {b['packets']} packets dropped)")
-    print(f"  {t['streams']} {'uploads' if args.direction == 'up' else 'downloads'} x {args.mb:g} MB through Fluidity: {t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s ({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)")
+    print(
+        f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} "
+        f"of {b['packets']} packets dropped)"
+    )
+    print(
+        f"  {t['streams']} {'uploads' if args.direction == 'up' else 'downloads'} x {args.mb:g} MB through Fluidity: "
+        f"{t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s "
+        f"({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)"
+    )
     if t["finished"]:
         print(f"  streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
     return 0

@@ -17,7 +17,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from support import EchoServer, Origin, agent_config, curl, https_context, make_certs, proxy_connect, server_config, start_twistd, wait_connected  # noqa: E402
+from support import (
+    EchoServer,
+    Origin,
+    agent_config,
+    curl,
+    https_context,
+    make_certs,
+    proxy_connect,
+    server_config,
+    start_twistd,
+    wait_connected,
+)
 
 
 def timed(fn, rounds: int) -> float:
@@ -44,6 +55,7 @@ def main() -> None:
     wait_connected(agent)
     url = f"https://127.0.0.1:{origin.port}/bytes/{args.mb << 20}"
     try:
+
         def download(*proxy):
             r = curl(*proxy, "--cacert", ca, "-o", "/dev/null", url, timeout=300)
             assert r.returncode == 0, r.stderr
@@ -76,8 +88,14 @@ def main() -> None:
         tunnel_rate = args.connections / timed(lambda: connects(tunnel_connect), args.rounds)
         print("| scenario | direct | through Fluidity | ratio |")
         print("|---|---|---|---|")
-        print(f"| {args.mb} MiB HTTPS download (MiB/s) | {args.mb / direct:.0f} | {args.mb / tunnelled:.0f} | {direct / tunnelled:.2f} |")
-        print(f"| sequential new connections + 1-byte echo (per s) | {direct_rate:.0f} | {tunnel_rate:.0f} | {tunnel_rate / direct_rate:.2f} |")
+        print(
+            f"| {args.mb} MiB HTTPS download (MiB/s) | {args.mb / direct:.0f} | {args.mb / tunnelled:.0f} | "
+            f"{direct / tunnelled:.2f} |"
+        )
+        print(
+            f"| sequential new connections + 1-byte echo (per s) | {direct_rate:.0f} | {tunnel_rate:.0f} | "
+            f"{tunnel_rate / direct_rate:.2f} |"
+        )
         print(f"| RSS after (MiB) | | agent {agent.rss_kb() / 1024:.0f}, server {server.rss_kb() / 1024:.0f} | |")
     finally:
         agent.stop()

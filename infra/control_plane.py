@@ -20,8 +20,20 @@ RUNTIME = "python3.12"
 APIGATEWAY_LOGS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
 ROUTES = (("wake", "POST"), ("status", "GET"), ("kill", "POST"))
 STAGE = "prod"
-KILL_EVENT = {"httpMethod": "POST", "path": "/kill", "headers": {}, "body": None, "requestContext": {"stage": "schedule"}}
-WAKE_EVENT = {"httpMethod": "POST", "path": "/wake", "headers": {}, "body": None, "requestContext": {"stage": "schedule"}}
+KILL_EVENT = {
+    "httpMethod": "POST",
+    "path": "/kill",
+    "headers": {},
+    "body": None,
+    "requestContext": {"stage": "schedule"},
+}
+WAKE_EVENT = {
+    "httpMethod": "POST",
+    "path": "/wake",
+    "headers": {},
+    "body": None,
+    "requestContext": {"stage": "schedule"},
+}
 ACCESS_LOG_FORMAT = json.dumps(
     {
         "requestId": "$context.requestId",
@@ -70,22 +82,40 @@ class ControlPlane(pulumi.ComponentResource):
         s = args.settings
         child = pulumi.ResourceOptions(parent=self)
         archive = code_archive()
-        task_arns = pulumi.Output.all(args.region, args.account_id).apply(lambda a: f"arn:aws:ecs:{a[0]}:{a[1]}:task/{s.cluster_name}/*")
+        task_arns = pulumi.Output.all(args.region, args.account_id).apply(
+            lambda a: f"arn:aws:ecs:{a[0]}:{a[1]}:task/{s.cluster_name}/*"
+        )
 
         self.functions: dict[str, aws.lambda_.Function] = {}
         roles: dict[str, aws.iam.Role] = {}
         self.log_groups: dict[str, pulumi.Output] = {}
         for role in ("wake", "status", "kill", "sleep"):
             function_name = f"{s.service_name}-{role}"
-            logs = aws.cloudwatch.LogGroup(f"{name}-{role}-logs", name=f"/aws/lambda/{function_name}", retention_in_days=s.log_retention_days, opts=child)
+            logs = aws.cloudwatch.LogGroup(
+                f"{name}-{role}-logs",
+                name=f"/aws/lambda/{function_name}",
+                retention_in_days=s.log_retention_days,
+                opts=child,
+            )
             self.log_groups[role] = logs.name
-            iam_role = aws.iam.Role(f"{name}-{role}-role", assume_role_policy=json.dumps(policies.assume_role("lambda.amazonaws.com")), opts=child)
+            iam_role = aws.iam.Role(
+                f"{name}-{role}-role",
+                assume_role_policy=json.dumps(policies.assume_role("lambda.amazonaws.com")),
+                opts=child,
+            )
             group_arn = pulumi.Output.all(args.region, args.account_id, args.security_group_id).apply(
                 lambda a: f"arn:aws:ec2:{a[0]}:{a[1]}:security-group/{a[2]}" if s.ingress_for_wakers and a[2] else None
             )
             policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn).apply(
                 lambda a, role=role: json.dumps(
-                    policies.control_function(role, service_arn=a[0], cluster_arn=a[1], task_arns=a[2], log_group_arn=a[3], security_group_arn=a[4])
+                    policies.control_function(
+                        role,
+                        service_arn=a[0],
+                        cluster_arn=a[1],
+                        task_arns=a[2],
+                        log_group_arn=a[3],
+                        security_group_arn=a[4],
+                    )
                 )
             )
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
@@ -100,17 +130,33 @@ class ControlPlane(pulumi.ComponentResource):
                 timeout=30,
                 memory_size=128,
                 environment=aws.lambda_.FunctionEnvironmentArgs(
-                    variables=pulumi.Output.from_input(args.security_group_id).apply(lambda group: function_environment(s, group))
+                    variables=pulumi.Output.from_input(args.security_group_id).apply(
+                        lambda group: function_environment(s, group)
+                    )
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
             )
 
-        self.api = aws.apigateway.RestApi(f"{name}-api", name=f"{s.service_name}-control", description="Fluidity wake / status / kill", opts=child)
+        self.api = aws.apigateway.RestApi(
+            f"{name}-api", name=f"{s.service_name}-control", description="Fluidity wake / status / kill", opts=child
+        )
         methods, integrations = [], []
         for route, verb in ROUTES:
-            resource = aws.apigateway.Resource(f"{name}-{route}-resource", rest_api=self.api.id, parent_id=self.api.root_resource_id, path_part=route, opts=child)
+            resource = aws.apigateway.Resource(
+                f"{name}-{route}-resource",
+                rest_api=self.api.id,
+                parent_id=self.api.root_resource_id,
+                path_part=route,
+                opts=child,
+            )
             method = aws.apigateway.Method(
-                f"{name}-{route}-method", rest_api=self.api.id, resource_id=resource.id, http_method=verb, authorization="NONE", api_key_required=True, opts=child
+                f"{name}-{route}-method",
+                rest_api=self.api.id,
+                resource_id=resource.id,
+                http_method=verb,
+                authorization="NONE",
+                api_key_required=True,
+                opts=child,
             )
             integration = aws.apigateway.Integration(
                 f"{name}-{route}-integration",
@@ -141,16 +187,29 @@ class ControlPlane(pulumi.ComponentResource):
         )
         # Access logs in a group of their own (API Gateway writes them with the account's
         # CloudWatch role, which aws.apigateway.Account sets: one per account and region).
-        self.access_logs = aws.cloudwatch.LogGroup(f"{name}-access-logs", name=f"/aws/apigateway/{s.service_name}-control", retention_in_days=s.log_retention_days, opts=child)
-        push_role = aws.iam.Role(f"{name}-apigateway-logs-role", assume_role_policy=json.dumps(policies.assume_role("apigateway.amazonaws.com")), opts=child)
-        aws.iam.RolePolicyAttachment(f"{name}-apigateway-logs", role=push_role.name, policy_arn=APIGATEWAY_LOGS_POLICY, opts=child)
+        self.access_logs = aws.cloudwatch.LogGroup(
+            f"{name}-access-logs",
+            name=f"/aws/apigateway/{s.service_name}-control",
+            retention_in_days=s.log_retention_days,
+            opts=child,
+        )
+        push_role = aws.iam.Role(
+            f"{name}-apigateway-logs-role",
+            assume_role_policy=json.dumps(policies.assume_role("apigateway.amazonaws.com")),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-apigateway-logs", role=push_role.name, policy_arn=APIGATEWAY_LOGS_POLICY, opts=child
+        )
         account = aws.apigateway.Account(f"{name}-apigateway-account", cloudwatch_role_arn=push_role.arn, opts=child)
         self.stage = aws.apigateway.Stage(
             f"{name}-stage",
             rest_api=self.api.id,
             deployment=deployment.id,
             stage_name=STAGE,
-            access_log_settings=aws.apigateway.StageAccessLogSettingsArgs(destination_arn=self.access_logs.arn, format=ACCESS_LOG_FORMAT),
+            access_log_settings=aws.apigateway.StageAccessLogSettingsArgs(
+                destination_arn=self.access_logs.arn, format=ACCESS_LOG_FORMAT
+            ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[account]),
         )
         self.api_key = aws.apigateway.ApiKey(f"{name}-key", name=f"{s.service_name}-agent", enabled=True, opts=child)
@@ -158,23 +217,36 @@ class ControlPlane(pulumi.ComponentResource):
             f"{name}-plan",
             name=f"{s.service_name}-plan",
             api_stages=[aws.apigateway.UsagePlanApiStageArgs(api_id=self.api.id, stage=self.stage.stage_name)],
-            throttle_settings=aws.apigateway.UsagePlanThrottleSettingsArgs(burst_limit=s.api_burst_limit, rate_limit=s.api_rate_limit),
+            throttle_settings=aws.apigateway.UsagePlanThrottleSettingsArgs(
+                burst_limit=s.api_burst_limit, rate_limit=s.api_rate_limit
+            ),
             quota_settings=aws.apigateway.UsagePlanQuotaSettingsArgs(limit=s.api_monthly_quota, period="MONTH"),
             opts=child,
         )
-        aws.apigateway.UsagePlanKey(f"{name}-plan-key", key_id=self.api_key.id, key_type="API_KEY", usage_plan_id=plan.id, opts=child)
+        aws.apigateway.UsagePlanKey(
+            f"{name}-plan-key", key_id=self.api_key.id, key_type="API_KEY", usage_plan_id=plan.id, opts=child
+        )
 
         # EventBridge Scheduler: the same expressions, in the stack's own time zone. The
         # scheduled wake goes through the wake handler like an agent's (without a source
         # address, so it opens the port to nobody); sleep then stops an idle server as usual.
-        scheduler_role = aws.iam.Role(f"{name}-scheduler-role", assume_role_policy=json.dumps(policies.assume_role("scheduler.amazonaws.com")), opts=child)
-        scheduled = [("sleep", s.sleep_schedule, {"source": "fluidity.schedule"}), ("kill", s.kill_schedule, KILL_EVENT)]
+        scheduler_role = aws.iam.Role(
+            f"{name}-scheduler-role",
+            assume_role_policy=json.dumps(policies.assume_role("scheduler.amazonaws.com")),
+            opts=child,
+        )
+        scheduled = [
+            ("sleep", s.sleep_schedule, {"source": "fluidity.schedule"}),
+            ("kill", s.kill_schedule, KILL_EVENT),
+        ]
         if s.wake_schedule:
             scheduled.append(("wake", s.wake_schedule, WAKE_EVENT))
         aws.iam.RolePolicy(
             f"{name}-scheduler-policy",
             role=scheduler_role.id,
-            policy=pulumi.Output.all(*(self.functions[role].arn for role, _, _ in scheduled)).apply(lambda arns: json.dumps(policies.invoke_functions(list(arns)))),
+            policy=pulumi.Output.all(*(self.functions[role].arn for role, _, _ in scheduled)).apply(
+                lambda arns: json.dumps(policies.invoke_functions(list(arns)))
+            ),
             opts=child,
         )
         self.schedules = {}
@@ -186,10 +258,14 @@ class ControlPlane(pulumi.ComponentResource):
                 schedule_expression=expression,
                 schedule_expression_timezone=s.schedule_timezone,
                 flexible_time_window=aws.scheduler.ScheduleFlexibleTimeWindowArgs(mode="OFF"),
-                target=aws.scheduler.ScheduleTargetArgs(arn=self.functions[role].arn, role_arn=scheduler_role.arn, input=json.dumps(event)),
+                target=aws.scheduler.ScheduleTargetArgs(
+                    arn=self.functions[role].arn, role_arn=scheduler_role.arn, input=json.dumps(event)
+                ),
                 opts=child,
             )
         self.roles = roles
 
-        self.url = pulumi.Output.all(self.api.id, args.region, self.stage.stage_name).apply(lambda a: f"https://{a[0]}.execute-api.{a[1]}.amazonaws.com/{a[2]}")
+        self.url = pulumi.Output.all(self.api.id, args.region, self.stage.stage_name).apply(
+            lambda a: f"https://{a[0]}.execute-api.{a[1]}.amazonaws.com/{a[2]}"
+        )
         self.register_outputs({"apiUrl": self.url})

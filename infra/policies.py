@@ -17,36 +17,91 @@ def assume_role(service: str) -> dict:
 
 def read_parameters(parameter_arns: list[str]) -> dict:
     """The task execution role reads exactly the server's certificate parameters."""
-    return {"Version": "2012-10-17", "Statement": [{"Sid": "ServerCertificates", "Effect": "Allow", "Action": ["ssm:GetParameters"], "Resource": sorted(parameter_arns)}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "ServerCertificates",
+                "Effect": "Allow",
+                "Action": ["ssm:GetParameters"],
+                "Resource": sorted(parameter_arns),
+            }
+        ],
+    }
 
 
-def control_function(role: str, *, service_arn: str, cluster_arn: str, task_arns: str, log_group_arn: str, security_group_arn: str | None = None) -> dict:
+def control_function(
+    role: str,
+    *,
+    service_arn: str,
+    cluster_arn: str,
+    task_arns: str,
+    log_group_arn: str,
+    security_group_arn: str | None = None,
+) -> dict:
     """What one control-plane Lambda (`wake`, `status`, `kill` or `sleep`) may do."""
     changes = role in ("wake", "kill", "sleep")
-    service_actions = ["ecs:DescribeServices", "ecs:ListTagsForResource"] + (["ecs:UpdateService"] if changes else []) + (["ecs:TagResource"] if role == "wake" else [])
+    service_actions = (
+        ["ecs:DescribeServices", "ecs:ListTagsForResource"]
+        + (["ecs:UpdateService"] if changes else [])
+        + (["ecs:TagResource"] if role == "wake" else [])
+    )
     statements = [
-        {"Sid": "OwnLogs", "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": [log_group_arn, f"{log_group_arn}:*"]},
+        {
+            "Sid": "OwnLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": [log_group_arn, f"{log_group_arn}:*"],
+        },
         {"Sid": "ThisService", "Effect": "Allow", "Action": service_actions, "Resource": service_arn},
-        {"Sid": "ThisClustersTasks", "Effect": "Allow", "Action": ["ecs:ListTasks"], "Resource": "*", "Condition": {"ArnEquals": {"ecs:cluster": cluster_arn}}},
+        {
+            "Sid": "ThisClustersTasks",
+            "Effect": "Allow",
+            "Action": ["ecs:ListTasks"],
+            "Resource": "*",
+            "Condition": {"ArnEquals": {"ecs:cluster": cluster_arn}},
+        },
         {"Sid": "DescribeThisClustersTasks", "Effect": "Allow", "Action": ["ecs:DescribeTasks"], "Resource": task_arns},
         # Whether the task definition declares a health check (not scoped by resource in IAM).
         {"Sid": "ReadTaskDefinitions", "Effect": "Allow", "Action": ["ecs:DescribeTaskDefinition"], "Resource": "*"},
     ]
     if security_group_arn and changes:
         # Open the server's port to wakers (wake) and close it again (every role that stops it).
-        actions = ["ec2:RevokeSecurityGroupIngress"] + (["ec2:AuthorizeSecurityGroupIngress", "ec2:UpdateSecurityGroupRuleDescriptionsIngress"] if role == "wake" else [])
-        statements.append({"Sid": "ServerPortForWakers", "Effect": "Allow", "Action": actions, "Resource": security_group_arn})
-        statements.append({"Sid": "ReadSecurityGroups", "Effect": "Allow", "Action": ["ec2:DescribeSecurityGroups"], "Resource": "*"})
+        actions = ["ec2:RevokeSecurityGroupIngress"] + (
+            ["ec2:AuthorizeSecurityGroupIngress", "ec2:UpdateSecurityGroupRuleDescriptionsIngress"]
+            if role == "wake"
+            else []
+        )
+        statements.append(
+            {"Sid": "ServerPortForWakers", "Effect": "Allow", "Action": actions, "Resource": security_group_arn}
+        )
+        statements.append(
+            {"Sid": "ReadSecurityGroups", "Effect": "Allow", "Action": ["ec2:DescribeSecurityGroups"], "Resource": "*"}
+        )
     if role == "sleep":
-        statements.append({"Sid": "ReadMetrics", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": "*"})
+        statements.append(
+            {"Sid": "ReadMetrics", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": "*"}
+        )
     else:
-        statements.append({"Sid": "FindPublicIp", "Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": "*"})
+        statements.append(
+            {"Sid": "FindPublicIp", "Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": "*"}
+        )
     return {"Version": "2012-10-17", "Statement": statements}
 
 
 def invoke_functions(function_arns: list[str]) -> dict:
     """EventBridge Scheduler's role: invoke exactly the scheduled functions."""
-    return {"Version": "2012-10-17", "Statement": [{"Sid": "RunSchedules", "Effect": "Allow", "Action": ["lambda:InvokeFunction"], "Resource": sorted(function_arns)}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "RunSchedules",
+                "Effect": "Allow",
+                "Action": ["lambda:InvokeFunction"],
+                "Resource": sorted(function_arns),
+            }
+        ],
+    }
 
 
 ECR_KEEP_IMAGES = 2  # the running image and the one before it, for a rollback

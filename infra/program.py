@@ -20,10 +20,12 @@ def public_ip_command(settings, region: str) -> str:
     """The seed's GetPublicIPCommand: the running task's public IP with the AWS CLI alone."""
     aws_cli = f"aws --region {region}"
     return (
-        f"{aws_cli} ecs list-tasks --cluster {settings.cluster_name} --service-name {settings.service_name} --desired-status RUNNING --query 'taskArns[0]' --output text"
+        f"{aws_cli} ecs list-tasks --cluster {settings.cluster_name} --service-name {settings.service_name} "
+        f"--desired-status RUNNING --query 'taskArns[0]' --output text"
         f" | xargs -I{{}} {aws_cli} ecs describe-tasks --cluster {settings.cluster_name} --tasks {{}}"
         " --query \"tasks[0].attachments[0].details[?name=='networkInterfaceId'].value\" --output text"
-        f" | xargs -I{{}} {aws_cli} ec2 describe-network-interfaces --network-interface-ids {{}} --query 'NetworkInterfaces[0].Association.PublicIp' --output text"
+        f" | xargs -I{{}} {aws_cli} ec2 describe-network-interfaces --network-interface-ids {{}} --query "
+        f"'NetworkInterfaces[0].Association.PublicIp' --output text"
     )
 
 
@@ -39,7 +41,10 @@ def run() -> dict:
     for key, _, _ in CERT_SECRETS:
         value = config.get_secret(key)
         if value is None:
-            raise pulumi.RunError(f"fluidity:{key} is not set: {CERT_HELP.format(key=key, path=CERT_PATHS[key])} (make them with `fluidity certs init`)")
+            raise pulumi.RunError(
+                f"fluidity:{key} is not set: {CERT_HELP.format(key=key, path=CERT_PATHS[key])} (make them with "
+                f"`fluidity certs init`)"
+            )
         certificates[key] = value
 
     region = aws.get_region().region
@@ -47,15 +52,29 @@ def run() -> dict:
         vpc_id, subnets = settings.vpc_id, settings.public_subnets
     else:
         vpc_id = aws.ec2.get_vpc(default=True).id
-        subnets = settings.public_subnets or aws.ec2.get_subnets(
-            filters=[aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]), aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"])]
-        ).ids
+        subnets = (
+            settings.public_subnets
+            or aws.ec2.get_subnets(
+                filters=[
+                    aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
+                    aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"]),
+                ]
+            ).ids
+        )
     if not subnets:
         raise pulumi.RunError(f"no public subnets found in {vpc_id}: set fluidity:publicSubnets")
 
     repository = str(Path(__file__).resolve().parent.parent)  # the Dockerfile's context
     service = FluidityService(
-        "fluidity", FluidityServiceArgs(settings=settings, vpc_id=vpc_id, subnet_ids=subnets, region=region, certificates=certificates, build_context=repository)
+        "fluidity",
+        FluidityServiceArgs(
+            settings=settings,
+            vpc_id=vpc_id,
+            subnet_ids=subnets,
+            region=region,
+            certificates=certificates,
+            build_context=repository,
+        ),
     )
     outputs = {
         "clusterName": service.cluster.name,
@@ -75,7 +94,12 @@ def run() -> dict:
         plane = ControlPlane(
             "fluidity-control",
             ControlPlaneArgs(
-                settings=settings, cluster_arn=service.cluster.arn, service_arn=service.service.id, region=region, account_id=account, security_group_id=service.security_group.id
+                settings=settings,
+                cluster_arn=service.cluster.arn,
+                service_arn=service.service.id,
+                region=region,
+                account_id=account,
+                security_group_id=service.security_group.id,
             ),
         )
         if settings.monitoring:

@@ -11,15 +11,19 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from . import policies
 from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
 from lambdas.ingress import INGRESS_TAG
 
+from . import policies
 from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.server.healthcheck"]
-CERT_SECRETS = (("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"), ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"), ("caCert", "ca-cert", "FLUIDITY_CA_CERT"))
+CERT_SECRETS = (
+    ("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"),
+    ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"),
+    ("caCert", "ca-cert", "FLUIDITY_CA_CERT"),
+)
 
 
 PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}  # cpuArchitecture -> the image's platform
@@ -40,7 +44,10 @@ def pinned_image(repository_url: str, digest: str | None) -> str:
     """`repository@sha256:...`: a new image is a new task definition revision, and ECS
     runs exactly what was built (a tag is resolved once per deployment)."""
     if not digest or not _DIGEST.match(digest):
-        raise pulumi.RunError(f"the server image was pushed to {repository_url} but its digest cannot be read ({digest!r}); see the build output above")
+        raise pulumi.RunError(
+            f"the server image was pushed to {repository_url} but its digest cannot be read ({digest!r}); see the "
+            f"build output above"
+        )
     return f"{repository_url}@{digest}"
 
 
@@ -51,27 +58,47 @@ def container_definitions(settings: StackSettings, image: str, region: str, secr
             "name": "server",
             "image": image,
             "essential": True,
-            "portMappings": [{"containerPort": settings.container_port, "hostPort": settings.container_port, "protocol": "tcp"}],
+            "portMappings": [
+                {"containerPort": settings.container_port, "hostPort": settings.container_port, "protocol": "tcp"}
+            ],
             # Appended to the image's ENTRYPOINT (twistd -n fluidity-server --config ...).
             "command": [
-                "--port", str(settings.container_port),
-                "--metrics-emit-metrics", "true",
+                "--port",
+                str(settings.container_port),
+                "--metrics-emit-metrics",
+                "true",
                 # Embedded metric format on stdout: the awslogs driver carries it to CloudWatch
                 # Logs, which makes the metrics; no PutMetricData calls, no AWS SDK in the image.
-                "--metrics-transport", "emf",
-                "--metrics-namespace", settings.metrics_namespace,
-                "--metrics-service-name", settings.service_name,
+                "--metrics-transport",
+                "emf",
+                "--metrics-namespace",
+                settings.metrics_namespace,
+                "--metrics-service-name",
+                settings.service_name,
             ],
-            "environment": [{"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level}, {"name": "FLUIDITY_PORT", "value": str(settings.container_port)}],
+            "environment": [
+                {"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level},
+                {"name": "FLUIDITY_PORT", "value": str(settings.container_port)},
+            ],
             "secrets": [{"name": name, "valueFrom": arn} for name, arn in sorted(secrets.items())],
             # ECS ignores the image's HEALTHCHECK: the same TLS handshake check, declared here.
             # Every 5 s (the shortest ECS allows: a wake is reported ready soon after the
             # listener is), with a start period for a cold start on a quarter of a vCPU.
-            "healthCheck": {"command": HEALTH_CHECK_COMMAND, "interval": 5, "timeout": 4, "retries": 3, "startPeriod": 60},
+            "healthCheck": {
+                "command": HEALTH_CHECK_COMMAND,
+                "interval": 5,
+                "timeout": 4,
+                "retries": 3,
+                "startPeriod": 60,
+            },
             "stopTimeout": 30,
             "logConfiguration": {
                 "logDriver": "awslogs",
-                "options": {"awslogs-group": settings.log_group_name, "awslogs-region": region, "awslogs-stream-prefix": "ecs"},
+                "options": {
+                    "awslogs-group": settings.log_group_name,
+                    "awslogs-region": region,
+                    "awslogs-stream-prefix": "ecs",
+                },
             },
         }
     ]
@@ -91,7 +118,12 @@ class FluidityService(pulumi.ComponentResource):
             force_delete=True,
             opts=child,
         )
-        aws.ecr.LifecyclePolicy(f"{name}-repo-lifecycle", repository=self.repository.name, policy=json.dumps(policies.ecr_lifecycle()), opts=child)
+        aws.ecr.LifecyclePolicy(
+            f"{name}-repo-lifecycle",
+            repository=self.repository.name,
+            policy=json.dumps(policies.ecr_lifecycle()),
+            opts=child,
+        )
 
         self.cluster = aws.ecs.Cluster(f"{name}-cluster", name=s.cluster_name, opts=child)
         capacity = None
@@ -100,11 +132,17 @@ class FluidityService(pulumi.ComponentResource):
                 f"{name}-capacity",
                 cluster_name=self.cluster.name,
                 capacity_providers=["FARGATE", "FARGATE_SPOT"],
-                default_capacity_provider_strategies=[aws.ecs.ClusterCapacityProvidersDefaultCapacityProviderStrategyArgs(capacity_provider="FARGATE_SPOT", weight=1)],
+                default_capacity_provider_strategies=[
+                    aws.ecs.ClusterCapacityProvidersDefaultCapacityProviderStrategyArgs(
+                        capacity_provider="FARGATE_SPOT", weight=1
+                    )
+                ],
                 opts=child,
             )
 
-        self.log_group = aws.cloudwatch.LogGroup(f"{name}-logs", name=s.log_group_name, retention_in_days=s.log_retention_days, opts=child)
+        self.log_group = aws.cloudwatch.LogGroup(
+            f"{name}-logs", name=s.log_group_name, retention_in_days=s.log_retention_days, opts=child
+        )
 
         self.parameters = {
             key: aws.ssm.Parameter(
@@ -118,17 +156,29 @@ class FluidityService(pulumi.ComponentResource):
             for key, suffix, env in CERT_SECRETS
         }
 
-        self.execution_role = aws.iam.Role(f"{name}-execution-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
-        aws.iam.RolePolicyAttachment(f"{name}-execution-managed", role=self.execution_role.name, policy_arn=EXECUTION_POLICY, opts=child)
+        self.execution_role = aws.iam.Role(
+            f"{name}-execution-role",
+            assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")),
+            opts=child,
+        )
+        aws.iam.RolePolicyAttachment(
+            f"{name}-execution-managed", role=self.execution_role.name, policy_arn=EXECUTION_POLICY, opts=child
+        )
         aws.iam.RolePolicy(
             f"{name}-execution-parameters",
             role=self.execution_role.id,
-            policy=pulumi.Output.all(*(p.arn for p in self.parameters.values())).apply(lambda arns: json.dumps(policies.read_parameters(list(arns)))),
+            policy=pulumi.Output.all(*(p.arn for p in self.parameters.values())).apply(
+                lambda arns: json.dumps(policies.read_parameters(list(arns)))
+            ),
             opts=child,
         )
         # The server itself calls no AWS API (its metrics are EMF log lines): a role with no
         # permissions, kept so the task has an identity of its own and nothing more.
-        self.task_role = aws.iam.Role(f"{name}-task-role", assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")), opts=child)
+        self.task_role = aws.iam.Role(
+            f"{name}-task-role",
+            assume_role_policy=json.dumps(policies.assume_role("ecs-tasks.amazonaws.com")),
+            opts=child,
+        )
 
         # With allowedIngressCidr, one fixed rule. Without it (the default), no rule at all:
         # the control plane opens the port to each agent that wakes the server and closes
@@ -139,13 +189,29 @@ class FluidityService(pulumi.ComponentResource):
         else:
             ingress_args = {
                 "description": f"Fluidity server: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
-                "ingress": [aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=s.container_port, to_port=s.container_port, cidr_blocks=[s.allowed_ingress_cidr], description="agents (mTLS)")],
+                "ingress": [
+                    aws.ec2.SecurityGroupIngressArgs(
+                        protocol="tcp",
+                        from_port=s.container_port,
+                        to_port=s.container_port,
+                        cidr_blocks=[s.allowed_ingress_cidr],
+                        description="agents (mTLS)",
+                    )
+                ],
             }
             sg_opts = child
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=args.vpc_id,
-            egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"], description="onward to the internet")],
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=["0.0.0.0/0"],
+                    description="onward to the internet",
+                )
+            ],
             tags={INGRESS_TAG: "wakers" if s.ingress_for_wakers else "cidr"},
             opts=sg_opts,
             **ingress_args,
@@ -157,7 +223,9 @@ class FluidityService(pulumi.ComponentResource):
             image = self._build_image(name, s, args.build_context, child)
         self.image_ref = image
         secrets = pulumi.Output.all(**{env: self.parameters[key].arn for key, _, env in CERT_SECRETS})
-        definitions = pulumi.Output.all(image, args.region, secrets).apply(lambda a: json.dumps(container_definitions(s, a[0], a[1], a[2])))
+        definitions = pulumi.Output.all(image, args.region, secrets).apply(
+            lambda a: json.dumps(container_definitions(s, a[0], a[1], a[2]))
+        )
         self.task_definition = aws.ecs.TaskDefinition(
             f"{name}-task",
             family=s.service_name,
@@ -167,13 +235,19 @@ class FluidityService(pulumi.ComponentResource):
             requires_compatibilities=["FARGATE"],
             execution_role_arn=self.execution_role.arn,
             task_role_arn=self.task_role.arn,
-            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(operating_system_family="LINUX", cpu_architecture=s.cpu_architecture),
+            runtime_platform=aws.ecs.TaskDefinitionRuntimePlatformArgs(
+                operating_system_family="LINUX", cpu_architecture=s.cpu_architecture
+            ),
             container_definitions=definitions,
             opts=child,
         )
 
         placement = (
-            {"capacity_provider_strategies": [aws.ecs.ServiceCapacityProviderStrategyArgs(capacity_provider="FARGATE_SPOT", weight=1)]}
+            {
+                "capacity_provider_strategies": [
+                    aws.ecs.ServiceCapacityProviderStrategyArgs(capacity_provider="FARGATE_SPOT", weight=1)
+                ]
+            }
             if s.capacity == "FARGATE_SPOT"
             else {"launch_type": "FARGATE"}
         )
@@ -188,7 +262,9 @@ class FluidityService(pulumi.ComponentResource):
             desired_count=s.desired_count if s.desired_count is not None else 0,
             tags={OWNER_TAG: PULUMI_OWNS if s.desired_count is not None else "control-plane"},
             network_configuration=aws.ecs.ServiceNetworkConfigurationArgs(
-                subnets=args.subnet_ids, security_groups=[self.security_group.id], assign_public_ip=s.assign_public_ip == "ENABLED"
+                subnets=args.subnet_ids,
+                security_groups=[self.security_group.id],
+                assign_public_ip=s.assign_public_ip == "ENABLED",
             ),
             # One task: let a deployment stop the old one before the new one starts.
             deployment_minimum_healthy_percent=0,
@@ -198,7 +274,9 @@ class FluidityService(pulumi.ComponentResource):
             wait_for_steady_state=False,
             **placement,
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[capacity] if capacity else None, ignore_changes=[] if s.desired_count is not None else ["desiredCount"]
+                parent=self,
+                depends_on=[capacity] if capacity else None,
+                ignore_changes=[] if s.desired_count is not None else ["desiredCount"],
             ),
         )
         self.register_outputs(
@@ -225,9 +303,13 @@ class FluidityService(pulumi.ComponentResource):
             tags=[self.repository.repository_url.apply(lambda url: f"{url}:latest")],
             registries=[
                 docker_build.RegistryArgs(
-                    address=self.repository.repository_url.apply(lambda url: url.split("/", 1)[0]), username=token.user_name, password=token.password
+                    address=self.repository.repository_url.apply(lambda url: url.split("/", 1)[0]),
+                    username=token.user_name,
+                    password=token.password,
                 )
             ],
             opts=child,
         )
-        return pulumi.Output.all(self.repository.repository_url, self.image.digest).apply(lambda a: pinned_image(a[0], a[1]))
+        return pulumi.Output.all(self.repository.repository_url, self.image.digest).apply(
+            lambda a: pinned_image(a[0], a[1])
+        )

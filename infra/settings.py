@@ -22,7 +22,30 @@ FARGATE_MEMORY = {
     8192: [1024 * n for n in range(16, 61, 4)],
     16384: [1024 * n for n in range(32, 121, 8)],
 }
-LOG_RETENTION_DAYS = {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653}
+LOG_RETENTION_DAYS = {
+    1,
+    3,
+    5,
+    7,
+    14,
+    30,
+    60,
+    90,
+    120,
+    150,
+    180,
+    365,
+    400,
+    545,
+    731,
+    1096,
+    1827,
+    2192,
+    2557,
+    2922,
+    3288,
+    3653,
+}
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _CRON = re.compile(r"^cron\((\S+ ){5}\S+\)$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
@@ -114,7 +137,9 @@ def _timezone(config, key: str) -> str:
     try:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise SettingsError(f"fluidity:{key} must be an IANA time zone such as Europe/Berlin or America/New_York, got {value!r}") from None
+        raise SettingsError(
+            f"fluidity:{key} must be an IANA time zone such as Europe/Berlin or America/New_York, got {value!r}"
+        ) from None
     return value
 
 
@@ -148,14 +173,18 @@ def _schedule(config, key: str, default: str | None) -> str | None:
     if rate:
         number, unit = int(rate.group(1)), rate.group(2)
         if number < 1 or (number == 1) != (not unit.endswith("s")):
-            raise SettingsError(f"fluidity:{key}: {value!r} is not a valid rate (use 'rate(1 minute)' or 'rate(5 minutes)')")
+            raise SettingsError(
+                f"fluidity:{key}: {value!r} is not a valid rate (use 'rate(1 minute)' or 'rate(5 minutes)')"
+            )
         return value
     if _CRON.match(value):
         fields = value[5:-1].split()
         if fields[2] != "?" and fields[4] != "?":
             raise SettingsError(f"fluidity:{key}: {value!r}: EventBridge cron needs '?' in day-of-month or day-of-week")
         return value
-    raise SettingsError(f"fluidity:{key}: {value!r} is not an EventBridge schedule (expected 'rate(5 minutes)' or 'cron(0 23 * * ? *)')")
+    raise SettingsError(
+        f"fluidity:{key}: {value!r} is not an EventBridge schedule (expected 'rate(5 minutes)' or 'cron(0 23 * * ? *)')"
+    )
 
 
 def _name(config, key: str, default: str) -> str:
@@ -181,31 +210,46 @@ def from_config(config) -> StackSettings:
     cpu = _int(config, "cpu", 256, 256, 16384)
     memory = _int(config, "memory", 512, 512, 122880)
     if cpu not in FARGATE_MEMORY:
-        raise SettingsError(f"fluidity:cpu must be one of {', '.join(map(str, FARGATE_MEMORY))} (Fargate CPU units), got {cpu}")
+        raise SettingsError(
+            f"fluidity:cpu must be one of {', '.join(map(str, FARGATE_MEMORY))} (Fargate CPU units), got {cpu}"
+        )
     if memory not in FARGATE_MEMORY[cpu]:
         allowed = FARGATE_MEMORY[cpu]
-        raise SettingsError(f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of {', '.join(map(str, allowed))} MiB")
+        raise SettingsError(
+            f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of "
+            f"{', '.join(map(str, allowed))} MiB"
+        )
     cidr = (config.get("allowedIngressCidr") or "").strip()
     network = None
     if cidr:
         try:
             network = ipaddress.ip_network(cidr, strict=True)
         except ValueError as e:
-            raise SettingsError(f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})") from None
+            raise SettingsError(
+                f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})"
+            ) from None
         if network.version != 4:
-            raise SettingsError(f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}")
+            raise SettingsError(
+                f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}"
+            )
     vpc_id = (config.get("vpcId") or "").strip() or None
     if vpc_id and not vpc_id.startswith("vpc-"):
         raise SettingsError(f"fluidity:vpcId must look like vpc-..., got {vpc_id!r}")
     subnets = _subnets(config)
     if vpc_id and not subnets:
-        raise SettingsError("fluidity:publicSubnets is required when fluidity:vpcId is set (the default VPC's subnets only apply to the default VPC)")
+        raise SettingsError(
+            "fluidity:publicSubnets is required when fluidity:vpcId is set (the default VPC's subnets only apply to "
+            "the default VPC)"
+        )
     log_group = (config.get("logGroupName") or "/fluidity/server").strip()
     if not re.match(r"^[\w\-./#]{1,512}$", log_group):
         raise SettingsError(f"fluidity:logGroupName has characters CloudWatch Logs does not allow: {log_group!r}")
     retention = _int(config, "logRetentionDays", 14, 1, 3653)
     if retention not in LOG_RETENTION_DAYS:
-        raise SettingsError(f"fluidity:logRetentionDays must be one of {', '.join(map(str, sorted(LOG_RETENTION_DAYS)))}, got {retention}")
+        raise SettingsError(
+            f"fluidity:logRetentionDays must be one of {', '.join(map(str, sorted(LOG_RETENTION_DAYS)))}, got "
+            f"{retention}"
+        )
     settings = StackSettings(
         cluster_name=_name(config, "clusterName", "fluidity"),
         service_name=_name(config, "serviceName", "fluidity-server"),
@@ -239,9 +283,13 @@ def from_config(config) -> StackSettings:
     )
     if settings.ingress_open_to_world:
         settings.warnings.append(
-            f"fluidity:allowedIngressCidr is {settings.allowed_ingress_cidr}: port {settings.container_port} is open to the whole internet "
-            "(only holders of a client certificate get through, but set your own network with `pulumi config set allowedIngressCidr 203.0.113.0/24`)"
+            f"fluidity:allowedIngressCidr is {settings.allowed_ingress_cidr}: port {settings.container_port} is open "
+            f"to the whole internet "
+            "(only holders of a client certificate get through, but set your own network with `pulumi config set "
+            "allowedIngressCidr 203.0.113.0/24`)"
         )
     if settings.assign_public_ip == "DISABLED":
-        settings.warnings.append("fluidity:assignPublicIp is DISABLED: the agent cannot reach the task unless your subnets route to it")
+        settings.warnings.append(
+            "fluidity:assignPublicIp is DISABLED: the agent cannot reach the task unless your subnets route to it"
+        )
     return settings

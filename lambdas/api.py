@@ -11,7 +11,7 @@ import base64
 import binascii
 import json
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from .ecs_state import OwnedByPulumi, ServiceMissing
 from .settings import SettingsError
@@ -29,7 +29,11 @@ def method_of(event) -> str:
         raise BadEvent(f"expected an API Gateway proxy event (a JSON object), got {type(event).__name__}")
     method = event.get("httpMethod")
     if method is None:
-        method = ((event.get("requestContext") or {}).get("http") or {}).get("method") if isinstance(event.get("requestContext"), dict) else None
+        method = (
+            ((event.get("requestContext") or {}).get("http") or {}).get("method")
+            if isinstance(event.get("requestContext"), dict)
+            else None
+        )
     if not isinstance(method, str) or not method:
         raise BadEvent("not an API Gateway proxy event: no httpMethod")
     headers = event.get("headers")

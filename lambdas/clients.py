@@ -5,18 +5,20 @@ from __future__ import annotations
 import functools
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _session():
     import boto3
 
     return boto3.session.Session()  # one session: service models are parsed once
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def client(name: str):
     from botocore.config import Config
 
-    return _session().client(name, config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"}))
+    return _session().client(
+        name, config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+    )
 
 
 def forget() -> None:

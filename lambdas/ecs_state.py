@@ -52,7 +52,9 @@ def service_tasks(ecs, settings: Settings) -> list[dict]:
     """The service's tasks that are running, starting or on their way down, newest first."""
     arns: list[str] = []
     for desired in ("RUNNING", "STOPPED"):
-        pages = ecs.get_paginator("list_tasks").paginate(cluster=settings.cluster, serviceName=settings.service, desiredStatus=desired)
+        pages = ecs.get_paginator("list_tasks").paginate(
+            cluster=settings.cluster, serviceName=settings.service, desiredStatus=desired
+        )
         for page in pages:
             arns.extend(page.get("taskArns", []))
     tasks: list[dict] = []
@@ -88,11 +90,8 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
     running = [t for t in up if healthy(ecs, t)]  # what ECS itself would route to
     pending = [t for t in live if t.get("lastStatus") in PENDING_STATES and t.get("desiredStatus") == "RUNNING"]
     desired = int(service.get("desiredCount", 0))
-    if desired > 0:
-        status = "running" if running else "starting"
-    else:
-        status = "stopping" if live else "stopped"
-    newest = (running or up or live or [None])[0]
+    status = ("running" if running else "starting") if desired > 0 else "stopping" if live else "stopped"
+    newest = next(iter(running or up or live), None)
     ip, dns_name = public_address(ec2, running[0]) if (with_ip and running) else (None, None)
     return {
         "status": status,
@@ -120,10 +119,12 @@ def healthy(ecs, task: dict) -> bool:
     health = task.get("healthStatus") or _containers_health(task)
     if health != "UNKNOWN":
         return health == "HEALTHY"
-    arn = task.get("taskDefinitionArn")
+    arn = str(task.get("taskDefinitionArn"))
     if arn not in _HEALTH_CHECKED:
         try:
-            containers = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].get("containerDefinitions", [])
+            containers = ecs.describe_task_definition(taskDefinition=arn)["taskDefinition"].get(
+                "containerDefinitions", []
+            )
         except Exception:  # cannot tell: UNKNOWN is then not yet healthy
             return False
         _HEALTH_CHECKED[arn] = any(c.get("healthCheck") for c in containers)
@@ -181,7 +182,7 @@ def last_started(ecs, service: dict, tasks: list[dict]) -> float | None:
 def _epoch(value) -> float | None:
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.timezone.utc)
+            value = value.replace(tzinfo=datetime.UTC)
         return value.timestamp()
     if isinstance(value, (int, float)):
         return float(value)

@@ -38,8 +38,10 @@ def source_ipv4(event: dict) -> str | None:
     context = event.get("requestContext") if isinstance(event, dict) else None
     if not isinstance(context, dict):
         return None
-    identity = context.get("identity") if isinstance(context.get("identity"), dict) else {}
-    http = context.get("http") if isinstance(context.get("http"), dict) else {}
+    identity = context.get("identity")
+    http = context.get("http")
+    identity = identity if isinstance(identity, dict) else {}
+    http = http if isinstance(http, dict) else {}
     for candidate in (identity.get("sourceIp"), http.get("sourceIp")):
         try:
             address = ipaddress.ip_address(str(candidate))
@@ -51,7 +53,7 @@ def source_ipv4(event: dict) -> str | None:
 
 
 def label(now: float) -> str:
-    return f"{LABEL} {datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime(_FORMAT)}"
+    return f"{LABEL} {datetime.datetime.fromtimestamp(now, datetime.UTC).strftime(_FORMAT)}"
 
 
 def _stamp(description: str) -> float | None:
@@ -61,7 +63,7 @@ def _stamp(description: str) -> float | None:
         moment = datetime.datetime.strptime(description[len(LABEL) + 1 :], _FORMAT)
     except ValueError:
         return 0.0  # ours, but unreadable: the oldest of all
-    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+    return moment.replace(tzinfo=datetime.UTC).timestamp()
 
 
 def waker_rules(ec2, settings: IngressSettings) -> list[Rule]:
@@ -70,7 +72,11 @@ def waker_rules(ec2, settings: IngressSettings) -> list[Rule]:
     rules = []
     for group in groups:
         for permission in group.get("IpPermissions", []):
-            if permission.get("IpProtocol") != "tcp" or permission.get("FromPort") != settings.port or permission.get("ToPort") != settings.port:
+            if (
+                permission.get("IpProtocol") != "tcp"
+                or permission.get("FromPort") != settings.port
+                or permission.get("ToPort") != settings.port
+            ):
                 continue
             for entry in permission.get("IpRanges", []):
                 stamp = _stamp(entry.get("Description") or "")
@@ -103,9 +109,13 @@ def allow(ec2, settings: IngressSettings, ip: str, now: float) -> dict:
     crowded = others[: max(0, len(others) - (settings.max_rules - 1))]
     revoke(ec2, settings, stale + crowded)
     if any(r.cidr == cidr for r in rules):
-        ec2.update_security_group_rule_descriptions_ingress(GroupId=settings.group_id, IpPermissions=_permission(settings, cidr, label(now)))
+        ec2.update_security_group_rule_descriptions_ingress(
+            GroupId=settings.group_id, IpPermissions=_permission(settings, cidr, label(now))
+        )
     else:
-        ec2.authorize_security_group_ingress(GroupId=settings.group_id, IpPermissions=_permission(settings, cidr, label(now)))
+        ec2.authorize_security_group_ingress(
+            GroupId=settings.group_id, IpPermissions=_permission(settings, cidr, label(now))
+        )
     return {"allowed": cidr, "pruned": len(stale) + len(crowded)}
 
 

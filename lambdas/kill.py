@@ -20,7 +20,9 @@ def kill(event=None) -> tuple[int, dict]:
     closed = ingress.close_all(ec2, settings.ingress) if settings.ingress is not None else 0
     body = ecs_state.state(ecs, ec2, settings)
     body["ingressRulesRemoved"] = closed
-    log.info("kill decision: %s", json.dumps({"action": "stopped" if stopping else "none", "ingressRulesRemoved": closed}))
+    log.info(
+        "kill decision: %s", json.dumps({"action": "stopped" if stopping else "none", "ingressRulesRemoved": closed})
+    )
     return 200, body
 
 

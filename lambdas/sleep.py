@@ -23,7 +23,7 @@ from .settings import Settings, SettingsError, from_env
 
 def newest_maximum(cloudwatch, settings: Settings, metric: str, now: float) -> float | None:
     """The largest Maximum of `metric` over the lookback window, or None without data."""
-    moment = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
     start = moment - datetime.timedelta(minutes=settings.lookback_minutes)
     end = moment + datetime.timedelta(minutes=1)  # EndTime is exclusive: include this very minute
     answer = cloudwatch.get_metric_statistics(
@@ -43,7 +43,11 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
     """Look, decide, and act; returns the decision and its figures."""
     service = ecs_state.describe_service(ecs, settings)
     desired = int(service.get("desiredCount", 0))
-    figures = {"desiredCount": desired, "idleThresholdSeconds": settings.idle_threshold_minutes * 60, "lookbackMinutes": settings.lookback_minutes}
+    figures: dict[str, object] = {
+        "desiredCount": desired,
+        "idleThresholdSeconds": settings.idle_threshold_minutes * 60,
+        "lookbackMinutes": settings.lookback_minutes,
+    }
     if desired == 0:
         return {"action": "none", "reason": "already stopped", **figures}
     if ecs_state.owner(ecs, service) == ecs_state.PULUMI_OWNS:
@@ -61,9 +65,19 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
         idleSeconds=None if last is None else round(now - last),
     )
     if active is not None and active > 0:
-        return {"action": "none", "reason": f"{int(active)} agent(s) connected within the last {settings.lookback_minutes:g} minutes", **figures}
+        return {
+            "action": "none",
+            "reason": f"{int(active)} agent(s) connected within the last {settings.lookback_minutes:g} minutes",
+            **figures,
+        }
     if last is not None and now - last < settings.idle_threshold_minutes * 60:
-        return {"action": "none", "reason": f"active {round(now - last)}s ago, under the {settings.idle_threshold_minutes:g}-minute threshold", **figures}
+        return {
+            "action": "none",
+            "reason": (
+                f"active {round(now - last)}s ago, under the {settings.idle_threshold_minutes:g}-minute threshold"
+            ),
+            **figures,
+        }
     ecs_state.set_desired(ecs, settings, 0, service)
     why = "no activity or start time on record" if last is None else f"idle for {round(now - last)}s"
     if settings.ingress is not None and ec2 is not None:
@@ -74,7 +88,10 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
 def handler(event, context=None) -> dict:
     """Scheduled events carry nothing we need; any JSON object (a manual test) is accepted."""
     if not isinstance(event, dict):
-        decision = {"action": "error", "reason": f"expected an EventBridge event (a JSON object), got {type(event).__name__}"}
+        decision = {
+            "action": "error",
+            "reason": f"expected an EventBridge event (a JSON object), got {type(event).__name__}",
+        }
     else:
         try:
             decision = decide(client("ecs"), client("cloudwatch"), from_env(), time.time(), client("ec2"))

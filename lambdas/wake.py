@@ -30,11 +30,19 @@ def wake(event) -> tuple[int, dict]:
             log.warning("wake: no public IPv4 source address in the event; the port was not opened to the caller")
         else:
             opened = ingress.allow(ec2, settings.ingress, caller, time.time())
-            log.info("wake: port %d open to %s (%d stale rule(s) pruned)", settings.ingress.port, opened["allowed"], opened["pruned"])
+            log.info(
+                "wake: port %d open to %s (%d stale rule(s) pruned)",
+                settings.ingress.port,
+                opened["allowed"],
+                opened["pruned"],
+            )
     body = ecs_state.state(ecs, ec2, settings)
     body["ingress"] = opened["allowed"] if opened else None
     body["callerIp"] = ingress.source_ipv4(event)
-    log.info("wake decision: %s", json.dumps({"action": "started" if started else "none", "status": body["status"], "ingress": body["ingress"]}))
+    log.info(
+        "wake decision: %s",
+        json.dumps({"action": "started" if started else "none", "status": body["status"], "ingress": body["ingress"]}),
+    )
     return 200, body
 
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import boto3
 from moto.server import ThreadedMotoServer
-
 from support import free_port, stop_process
 
 REGION = "us-east-1"
@@ -60,7 +59,11 @@ class MotoAws:
     def client(self, name: str):
         if name not in self._clients:
             self._clients[name] = boto3.session.Session().client(
-                name, endpoint_url=self.url, region_name=self.region, aws_access_key_id=self.credentials[0], aws_secret_access_key=self.credentials[1]
+                name,
+                endpoint_url=self.url,
+                region_name=self.region,
+                aws_access_key_id=self.credentials[0],
+                aws_secret_access_key=self.credentials[1],
             )
         return self._clients[name]
 
@@ -73,7 +76,10 @@ class MotoAws:
         self._post("/moto-api/reset", b"")
         # moto advances a task's state each time it is described (RUNNING -> DEACTIVATING
         # -> ...); a Fargate task stays RUNNING until it is stopped.
-        self._post("/moto-api/state-manager/set-transition", json.dumps({"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10**9}}).encode())
+        self._post(
+            "/moto-api/state-manager/set-transition",
+            json.dumps({"model_name": "ecs::task", "transition": {"progression": "manual", "times": 10**9}}).encode(),
+        )
 
     def _post(self, path: str, body: bytes) -> None:
         urllib.request.urlopen(urllib.request.Request(f"{self.url}{path}", data=body, method="POST"), timeout=10).read()
@@ -94,7 +100,13 @@ class MotoAws:
                 container.health_status = health
 
     def make_service(
-        self, cluster: str = "fluidity", name: str = "fluidity-server", desired: int = 0, port: int = 443, health_check: bool = False, wakers: bool = False
+        self,
+        cluster: str = "fluidity",
+        name: str = "fluidity-server",
+        desired: int = 0,
+        port: int = 443,
+        health_check: bool = False,
+        wakers: bool = False,
     ) -> Service:
         """`wakers`: the security group is tagged as the Pulumi program tags it when the
         control plane opens the port to the agents that wake the server."""
@@ -113,8 +125,18 @@ class MotoAws:
             cpu="256",
             memory="512",
             containerDefinitions=[
-                {"name": "server", "image": "fluidity:latest", "cpu": 256, "memory": 512, "portMappings": [{"containerPort": port}]}
-                | ({"healthCheck": {"command": ["CMD", "python3", "-m", "tunnel.server.healthcheck"], "interval": 5}} if health_check else {})
+                {
+                    "name": "server",
+                    "image": "fluidity:latest",
+                    "cpu": 256,
+                    "memory": 512,
+                    "portMappings": [{"containerPort": port}],
+                }
+                | (
+                    {"healthCheck": {"command": ["CMD", "python3", "-m", "tunnel.server.healthcheck"], "interval": 5}}
+                    if health_check
+                    else {}
+                )
             ],
         )
         ecs.create_service(
@@ -123,7 +145,9 @@ class MotoAws:
             taskDefinition=name,
             desiredCount=desired,
             launchType="FARGATE",
-            networkConfiguration={"awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}},
+            networkConfiguration={
+                "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}
+            },
         )
         return Service(cluster, name, subnet, group)
 
@@ -147,7 +171,13 @@ class MotoAws:
             launchType="FARGATE",
             group=f"service:{service.name}",
             startedBy="ecs-svc/1234567890",
-            networkConfiguration={"awsvpcConfiguration": {"subnets": [service.subnet], "securityGroups": [service.security_group], "assignPublicIp": "ENABLED"}},
+            networkConfiguration={
+                "awsvpcConfiguration": {
+                    "subnets": [service.subnet],
+                    "securityGroups": [service.security_group],
+                    "assignPublicIp": "ENABLED",
+                }
+            },
         )["tasks"][0]
         if public_ip:
             eni = next(d["value"] for d in task["attachments"][0]["details"] if d["name"] == "networkInterfaceId")
@@ -162,13 +192,22 @@ class MotoAws:
         for _ in range(desired - len(running)):
             self.start_task(service, public_ip)
         for task in running[desired:]:
-            self.client("ecs").stop_task(cluster=service.cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment")
+            self.client("ecs").stop_task(
+                cluster=service.cluster, task=task["taskArn"], reason="Scaling activity initiated by deployment"
+            )
 
 
 class ControlPlaneProc:
     """`fluidity control-plane` in its own process, talking to moto."""
 
-    def __init__(self, moto: MotoAws, workdir, api_key: str = "test-api-key", extra_env: dict | None = None, tls: tuple | None = None) -> None:
+    def __init__(
+        self,
+        moto: MotoAws,
+        workdir,
+        api_key: str = "test-api-key",
+        extra_env: dict | None = None,
+        tls: tuple | None = None,
+    ) -> None:
         """`tls`: (certificate, key) files: serve HTTPS, as API Gateway does."""
         import os
         import subprocess
@@ -180,9 +219,20 @@ class ControlPlaneProc:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         flags = ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])] if tls else []
         self.log_path = workdir / "control-plane.log"
-        env = {**os.environ, **moto.env, "CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", **(extra_env or {})}
+        env = {
+            **os.environ,
+            **moto.env,
+            "CLUSTER_NAME": "fluidity",
+            "SERVICE_NAME": "fluidity-server",
+            **(extra_env or {}),
+        }
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port), *flags], stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                [FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port), *flags],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         wait_for_port(self.port, process=self.process)
 
     def log(self) -> str:
@@ -196,7 +246,9 @@ class EcsScheduler:
     """Runs `reconcile` in a thread, as ECS would: a task starts `start_delay` seconds
     after desiredCount asks for it (None: never), and stops when scaled to 0."""
 
-    def __init__(self, moto: MotoAws, service: Service, start_delay: float | None = 0.0, public_ip: str = "127.0.0.1") -> None:
+    def __init__(
+        self, moto: MotoAws, service: Service, start_delay: float | None = 0.0, public_ip: str = "127.0.0.1"
+    ) -> None:
         import threading
 
         self.moto, self.service, self.start_delay, self.public_ip = moto, service, start_delay, public_ip

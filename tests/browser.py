@@ -28,9 +28,21 @@ class Browser:
         self.profile = Path(tempfile.mkdtemp(prefix="fluidity-chromium-"))
         port = free_port()
         self.process = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--no-proxy-server", "--disable-gpu", "--hide-scrollbars", "--no-first-run",
-             f"--window-size={width},{height}", f"--remote-debugging-port={port}", f"--user-data-dir={self.profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                binary,
+                "--headless=new",
+                "--no-sandbox",
+                "--no-proxy-server",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--no-first-run",
+                f"--window-size={width},{height}",
+                f"--remote-debugging-port={port}",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
 
         def page_target():
@@ -62,7 +74,11 @@ class Browser:
 
     def open(self, url: str) -> None:
         self.call("Page.navigate", url=url)
-        wait_until(lambda: self.evaluate("document.readyState") == "complete" and self.evaluate("location.href") == url, 20, interval=0.1)
+        wait_until(
+            lambda: self.evaluate("document.readyState") == "complete" and self.evaluate("location.href") == url,
+            20,
+            interval=0.1,
+        )
 
     def evaluate(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)

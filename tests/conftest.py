@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import settings
@@ -15,7 +14,18 @@ settings.register_profile("repeatable", derandomize=True, deadline=None)
 settings.register_profile("explore", deadline=None, max_examples=1000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
-from support import CertSet, EchoServer, Origin, Proc, agent_config, https_context, make_certs, server_config, start_twistd, wait_connected
+from support import (  # noqa: E402 (the profile is chosen before any test module loads)
+    CertSet,
+    EchoServer,
+    Origin,
+    Proc,
+    agent_config,
+    https_context,
+    make_certs,
+    server_config,
+    start_twistd,
+    wait_connected,
+)
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +82,7 @@ def tunnel(certs, tmp_path_factory) -> Tunnel:
     try:
         wait_connected(agent)
     except TimeoutError:
-        raise RuntimeError(f"agent never connected\nserver:\n{server.log()}\nagent:\n{agent.log()}")
+        raise RuntimeError(f"agent never connected\nserver:\n{server.log()}\nagent:\n{agent.log()}") from None
     yield Tunnel(server, agent, certs)
     assert agent.stop() == 0
     assert server.stop() == 0

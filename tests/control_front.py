@@ -72,7 +72,11 @@ def policy_allows(documents: list[dict], action: str, resource: str) -> bool:
         for statement in document["Statement"]:
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-            if statement["Effect"] == "Allow" and any(fnmatch.fnmatchcase(action, a) for a in actions) and any(fnmatch.fnmatchcase(resource, r) for r in resources):
+            if (
+                statement["Effect"] == "Allow"
+                and any(fnmatch.fnmatchcase(action, a) for a in actions)
+                and any(fnmatch.fnmatchcase(resource, r) for r in resources)
+            ):
                 return True
     return False
 
@@ -80,7 +84,9 @@ def policy_allows(documents: list[dict], action: str, resource: str) -> bool:
 class LambdaFunction:
     """One declared function, warm: a process that serves one invocation at a time."""
 
-    def __init__(self, declared: Declared, name: str, credentials: dict, aws_env: dict, workdir: Path, runtime: Path) -> None:
+    def __init__(
+        self, declared: Declared, name: str, credentials: dict, aws_env: dict, workdir: Path, runtime: Path
+    ) -> None:
         self.resource = declared.function(name)
         self.name = name
         self.invocations = 0
@@ -100,7 +106,7 @@ class LambdaFunction:
             "AWS_LAMBDA_FUNCTION_NAME": name,
         }
         self.log_path = workdir / f"lambda-{name}.log"
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 (the process's, for its life)
         self.process = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(code), str(runtime), self.resource.inputs["handler"]],
             stdin=subprocess.PIPE,
@@ -115,7 +121,10 @@ class LambdaFunction:
         import boto3
 
         self._logs = boto3.session.Session(
-            aws_access_key_id=credentials["AccessKeyId"], aws_secret_access_key=credentials["SecretAccessKey"], aws_session_token=credentials["SessionToken"], region_name=aws_env["AWS_REGION"]
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+            region_name=aws_env["AWS_REGION"],
         ).client("logs", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
         self._shipped = 0
         self._stream: str | None = None
@@ -152,7 +161,11 @@ class LambdaFunction:
             self._logs.create_log_stream(logGroupName=group, logStreamName=self._stream)
         now = int(time.time() * 1000)
         lines = [line for line in text.decode(errors="replace").splitlines() if line.strip()]
-        self._logs.put_log_events(logGroupName=group, logStreamName=self._stream, logEvents=[{"timestamp": now, "message": line} for line in lines])
+        self._logs.put_log_events(
+            logGroupName=group,
+            logStreamName=self._stream,
+            logEvents=[{"timestamp": now, "message": line} for line in lines],
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -181,7 +194,9 @@ class LambdaRuntime:
     def __init__(self, declared: Declared, role_credentials: dict[str, dict], aws_env: dict, workdir: Path) -> None:
         runtime = runtime_site(workdir / "lambda-runtime")
         self.functions = {
-            f.inputs["name"]: LambdaFunction(declared, f.inputs["name"], role_credentials[f.inputs["role"]], aws_env, workdir, runtime)
+            f.inputs["name"]: LambdaFunction(
+                declared, f.inputs["name"], role_credentials[f.inputs["role"]], aws_env, workdir, runtime
+            )
             for f in declared.of_type("aws:lambda/function:Function")
         }
 
@@ -205,7 +220,11 @@ class Scheduler:
 
     def fire(self, function_name: str) -> dict:
         function = self.declared.function(function_name)
-        schedules = [s for s in self.declared.of_type("aws:scheduler/schedule:Schedule") if s.inputs["target"]["arn"] == function.state["arn"]]
+        schedules = [
+            s
+            for s in self.declared.of_type("aws:scheduler/schedule:Schedule")
+            if s.inputs["target"]["arn"] == function.state["arn"]
+        ]
         assert len(schedules) == 1, f"expected one schedule targeting {function_name}, found {len(schedules)}"
         target = schedules[0].inputs["target"]
         role = target["roleArn"].rsplit("/", 1)[-1]
@@ -217,7 +236,13 @@ class Scheduler:
 
 class Route:
     def __init__(self, path: str, method: str, api_key_required: bool, function: str, source_arn: str) -> None:
-        self.path, self.method, self.api_key_required, self.function, self.source_arn = path, method, api_key_required, function, source_arn
+        self.path, self.method, self.api_key_required, self.function, self.source_arn = (
+            path,
+            method,
+            api_key_required,
+            function,
+            source_arn,
+        )
 
 
 class ApiGateway:
@@ -236,14 +261,21 @@ class ApiGateway:
         for method in declared.of_type("aws:apigateway/method:Method"):
             if method.inputs["restApi"] != api.id:
                 continue
-            resource = next(r for r in declared.of_type("aws:apigateway/resource:Resource") if r.id == method.inputs["resourceId"])
+            resource = next(
+                r for r in declared.of_type("aws:apigateway/resource:Resource") if r.id == method.inputs["resourceId"]
+            )
             assert resource.inputs["parentId"] == api.state["rootResourceId"], "only routes under the root are served"
-            integration = declared.one("aws:apigateway/integration:Integration", resourceId=resource.id, httpMethod=method.inputs["httpMethod"])
+            integration = declared.one(
+                "aws:apigateway/integration:Integration", resourceId=resource.id, httpMethod=method.inputs["httpMethod"]
+            )
             assert integration.inputs["type"] == "AWS_PROXY" and integration.inputs["integrationHttpMethod"] == "POST"
             function_arn = integration.inputs["uri"].split("/functions/", 1)[1].rsplit("/invocations", 1)[0]
             path = "/" + resource.inputs["pathPart"]
             self.routes[(method.inputs["httpMethod"], path)] = Route(
-                path, method.inputs["httpMethod"], bool(method.inputs.get("apiKeyRequired")), declared.function_by_arn(function_arn).inputs["name"],
+                path,
+                method.inputs["httpMethod"],
+                bool(method.inputs.get("apiKeyRequired")),
+                declared.function_by_arn(function_arn).inputs["name"],
                 f"{self.execution_arn}/{self.stage.inputs['stageName']}/{method.inputs['httpMethod']}{path}",
             )
         self.keys = self._keys_on_stage(api.id, self.stage.inputs["stageName"])
@@ -259,7 +291,9 @@ class ApiGateway:
                 continue
             for link in self.declared.of_type("aws:apigateway/usagePlanKey:UsagePlanKey"):
                 if link.inputs["usagePlanId"] == plan.id:
-                    key = next(k for k in self.declared.of_type("aws:apigateway/apiKey:ApiKey") if k.id == link.inputs["keyId"])
+                    key = next(
+                        k for k in self.declared.of_type("aws:apigateway/apiKey:ApiKey") if k.id == link.inputs["keyId"]
+                    )
                     if key.inputs.get("enabled", True):
                         keys.add(key.state["value"])
         return keys
@@ -327,7 +361,9 @@ class ApiGateway:
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                status, headers, payload = gateway.answer(self.command, self.path, dict(self.headers.items()), body, self.client_address[0])
+                status, headers, payload = gateway.answer(
+                    self.command, self.path, dict(self.headers.items()), body, self.client_address[0]
+                )
                 gateway.calls.append((time.monotonic(), self.command, self.path, status))
                 self.send_response(status)
                 for name, value in {"Content-Type": "application/json", **headers}.items():

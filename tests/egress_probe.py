@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import CertSet, EchoServer, agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected  # noqa: E402
+from support import CertSet, EchoServer, agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected
 
 
 def main(certs_dir: str, workdir: str) -> None:
@@ -38,7 +38,7 @@ def main(certs_dir: str, workdir: str) -> None:
                 conn, _ = canary.accept()
                 touched.append(1)
                 conn.close()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -77,9 +77,22 @@ def main(certs_dir: str, workdir: str) -> None:
         sock.close()
         results["h2"][target] = head.split(b"\r\n", 1)[0].decode(errors="replace")
         r = curl(
-            "-sS", "-o", "/dev/null", "-w", "%{http_connect}", "--proxy", f"https://127.0.0.1:{server.port}",
-            "--proxy-cacert", certs.path("ca.pem"), "--proxy-cert", certs.path("client.pem"), "--proxy-key", certs.path("client.key"),
-            "-p", f"http://{target}/", timeout=10,
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect}",
+            "--proxy",
+            f"https://127.0.0.1:{server.port}",
+            "--proxy-cacert",
+            certs.path("ca.pem"),
+            "--proxy-cert",
+            certs.path("client.pem"),
+            "--proxy-key",
+            certs.path("client.key"),
+            "-p",
+            f"http://{target}/",
+            timeout=10,
         )
         results["http/1.1"][target] = r.stdout.decode()
     sock, head = proxy_connect(agent.port, f"127.0.0.1:{allowed.port}")

@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import boto3
-
 from aws import MotoAws, Service
 from moto_stack import Declared
 
@@ -63,7 +62,9 @@ def emf_metric_data(line: str) -> list[tuple[str, dict]]:
 
 
 class Fargate:
-    def __init__(self, aws: MotoAws, declared: Declared, image: str, execution_credentials: dict, workdir: Path, events) -> None:
+    def __init__(
+        self, aws: MotoAws, declared: Declared, image: str, execution_credentials: dict, workdir: Path, events
+    ) -> None:
         self.aws, self.declared, self.image, self.workdir, self.events = aws, declared, image, workdir, events
         service = declared.service()
         self.cluster_arn, self.service_name = service.inputs["cluster"], service.inputs["name"]
@@ -98,7 +99,9 @@ class Fargate:
 
     def tick(self) -> None:
         with self._lock:
-            service = self.aws.client("ecs").describe_services(cluster=self.cluster_arn, services=[self.service_name])["services"][0]
+            service = self.aws.client("ecs").describe_services(cluster=self.cluster_arn, services=[self.service_name])[
+                "services"
+            ][0]
             desired = service["desiredCount"]
             if desired >= 1 and self.container is None:
                 self._launch(service["taskDefinition"])
@@ -113,7 +116,9 @@ class Fargate:
         assert len(definition["containerDefinitions"]) == 1, "one container expected"
         container = definition["containerDefinitions"][0]
         declared_image = container["image"]
-        assert declared_image.endswith("@" + self.image), f"the task definition names {declared_image}, not the image that was built ({self.image})"
+        assert declared_image.endswith("@" + self.image), (
+            f"the task definition names {declared_image}, not the image that was built ({self.image})"
+        )
         secrets = self._secrets(container.get("secrets", []))
         env = {e["name"]: e["value"] for e in container.get("environment", [])} | secrets
         check = container["healthCheck"]
@@ -121,8 +126,25 @@ class Fargate:
         port = container["portMappings"][0]["containerPort"]
         self.starts += 1
         name = f"fluidity-rehearsal-{self.starts}-{int(time.time())}"
-        args = ["docker", "run", "-d", "--name", name, "--network", "host", "--stop-timeout", str(container.get("stopTimeout", 30))]
-        args += ["--health-cmd", shlex.join(check["command"][1:]), "--health-interval", f"{check['interval']}s", "--health-timeout", f"{check['timeout']}s"]
+        args = [
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "--stop-timeout",
+            str(container.get("stopTimeout", 30)),
+        ]
+        args += [
+            "--health-cmd",
+            shlex.join(check["command"][1:]),
+            "--health-interval",
+            f"{check['interval']}s",
+            "--health-timeout",
+            f"{check['timeout']}s",
+        ]
         args += ["--health-retries", str(check["retries"]), "--health-start-period", f"{check['startPeriod']}s"]
         if container.get("user"):
             args += ["--user", container["user"]]
@@ -140,7 +162,9 @@ class Fargate:
 
     def container_uid(self) -> str:
         """Who the server runs as: the image's USER, unless the task definition names one."""
-        return subprocess.run(["docker", "exec", self.container, "id", "-u"], capture_output=True, text=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["docker", "exec", self.container, "id", "-u"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
 
     def _secrets(self, secrets: list[dict]) -> dict[str, str]:
         """What the ECS agent does with the execution role: SSM parameters by ARN."""
@@ -153,7 +177,12 @@ class Fargate:
         return {s["name"]: by_arn[s["valueFrom"]] for s in secrets}
 
     def _follow_health(self) -> None:
-        state = subprocess.run(["docker", "inspect", "-f", "{{.State.Running}} {{.State.Health.Status}}", self.container], capture_output=True, text=True, timeout=30).stdout.split()
+        state = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.Running}} {{.State.Health.Status}}", self.container],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
         if not state or state[0] != "true":
             self.events("container exited", self.container)
             self._stop_task("Essential container in task exited")
@@ -168,7 +197,12 @@ class Fargate:
         if self.container is not None:
             started = time.monotonic()
             subprocess.run(["docker", "stop", self.container], capture_output=True, timeout=120)
-            code = subprocess.run(["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container], capture_output=True, text=True, timeout=30).stdout.strip()
+            code = subprocess.run(
+                ["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout.strip()
             self.events("container stopped", f"exit {code} after {time.monotonic() - started:.1f}s")
             self._drain_logs()
             subprocess.run(["docker", "rm", "-f", self.container], capture_output=True, timeout=60)
@@ -181,11 +215,15 @@ class Fargate:
     def _follow_logs(self, configuration: dict, task_id: str) -> None:
         assert configuration["logDriver"] == "awslogs"
         options = configuration["options"]
-        assert options["awslogs-region"] == self.aws.region, f"logs go to {options['awslogs-region']}, the stack is in {self.aws.region}"
+        assert options["awslogs-region"] == self.aws.region, (
+            f"logs go to {options['awslogs-region']}, the stack is in {self.aws.region}"
+        )
         self._group, self._stream = options["awslogs-group"], f"{options['awslogs-stream-prefix']}/server/{task_id}"
         self._logs_client = self.execution.client("logs", endpoint_url=self.aws.url)
         self._logs_client.create_log_stream(logGroupName=self._group, logStreamName=self._stream)
-        self._logs = subprocess.Popen(["docker", "logs", "-f", self.container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self._logs = subprocess.Popen(
+            ["docker", "logs", "-f", self.container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
         self._log_thread = threading.Thread(target=self._ship_logs, args=(self._logs,), daemon=True)
         self._log_thread.start()
 
@@ -197,7 +235,11 @@ class Fargate:
                 copy.flush()
                 line = raw.decode(errors="replace").rstrip("\n")
                 try:
-                    self._logs_client.put_log_events(logGroupName=self._group, logStreamName=self._stream, logEvents=[{"timestamp": int(time.time() * 1000), "message": line}])
+                    self._logs_client.put_log_events(
+                        logGroupName=self._group,
+                        logStreamName=self._stream,
+                        logEvents=[{"timestamp": int(time.time() * 1000), "message": line}],
+                    )
                     for namespace, datum in emf_metric_data(line):
                         cloudwatch.put_metric_data(Namespace=namespace, MetricData=[datum])
                         self.metrics_put += 1

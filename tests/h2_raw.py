@@ -8,7 +8,17 @@ import ssl
 import time
 
 from hpack import Encoder
-from hyperframe.frame import ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from hyperframe.frame import (
+    ContinuationFrame,
+    DataFrame,
+    Frame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -55,7 +65,7 @@ class RawH2:
         while time.monotonic() < deadline:
             try:
                 data = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 continue
             except (ConnectionResetError, ssl.SSLError, OSError):
                 data = b""
@@ -93,7 +103,12 @@ class RawH2:
     def sync(self, seconds: float = 60.0) -> bool:
         """PING and wait for its ACK: the server has then processed everything sent before."""
         self.send(PingFrame(0, b"syncsync").serialize())
-        return self.read_until(lambda f: isinstance(f, PingFrame) and "ACK" in f.flags and f.opaque_data == b"syncsync", 1, seconds) == 1
+        return (
+            self.read_until(
+                lambda f: isinstance(f, PingFrame) and "ACK" in f.flags and f.opaque_data == b"syncsync", 1, seconds
+            )
+            == 1
+        )
 
     def close(self) -> None:
         try:
@@ -102,4 +117,14 @@ class RawH2:
             pass
 
 
-__all__ = ["RawH2", "ContinuationFrame", "DataFrame", "GoAwayFrame", "HeadersFrame", "PingFrame", "RstStreamFrame", "SettingsFrame", "WindowUpdateFrame"]
+__all__ = [
+    "ContinuationFrame",
+    "DataFrame",
+    "GoAwayFrame",
+    "HeadersFrame",
+    "PingFrame",
+    "RawH2",
+    "RstStreamFrame",
+    "SettingsFrame",
+    "WindowUpdateFrame",
+]

@@ -19,7 +19,9 @@ from pathlib import Path
 class Kdc:
     def __init__(self, folder: Path, realm: str, host: str, port: int = 88, prefix: tuple[str, ...] = ()) -> None:
         for tool in ("krb5kdc", "kdb5_util", "kadmin.local", "kinit"):
-            assert shutil.which(tool), f"{tool} is needed (krb5-kdc, krb5-admin-server, krb5-user; scripts/install-test-tools installs them)"
+            assert shutil.which(tool), (
+                f"{tool} is needed (krb5-kdc, krb5-admin-server, krb5-user; scripts/install-test-tools installs them)"
+            )
         self.folder, self.realm, self.prefix = folder, realm, list(prefix)
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o755)  # squid's helper reads the keytab and krb5.conf as its own user
@@ -39,15 +41,24 @@ class Kdc:
             f"    acl_file = {folder}/kadm5.acl\n  }}\n"
             f"[logging]\n  kdc = FILE:{folder}/kdc.log\n"
         )
-        self.env = {**os.environ, "KRB5_CONFIG": str(self.config), "KRB5_KDC_PROFILE": str(profile), "KRB5RCACHETYPE": "none"}
+        self.env = {
+            **os.environ,
+            "KRB5_CONFIG": str(self.config),
+            "KRB5_KDC_PROFILE": str(profile),
+            "KRB5RCACHETYPE": "none",
+        }
         self._run("kdb5_util", "create", "-s", "-r", realm, "-P", os.urandom(12).hex())
-        self.process = subprocess.Popen([*self.prefix, "krb5kdc", "-n"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [*self.prefix, "krb5kdc", "-n"], env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         time.sleep(0.3)
         if self.process.poll() is not None:
             raise RuntimeError(f"krb5kdc exited {self.process.returncode}: {self.log()[-2000:]}")
 
     def _run(self, *argv: str, stdin: str | None = None) -> str:
-        done = subprocess.run([*self.prefix, *argv], env=self.env, input=stdin, capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*self.prefix, *argv], env=self.env, input=stdin, capture_output=True, text=True, timeout=60
+        )
         if done.returncode != 0:
             raise RuntimeError(f"{argv[0]} failed: {done.stdout}{done.stderr}")
         return done.stdout
@@ -67,7 +78,14 @@ class Kdc:
         """A ticket for the user, in a cache of its own; the environment that finds it."""
         cache = self.folder / f"{user}.ccache"
         env = {"KRB5_CONFIG": str(self.config), "KRB5CCNAME": f"FILE:{cache}"}
-        done = subprocess.run([*(self.prefix if prefix is None else prefix), "kinit", user], env={**os.environ, **env}, input=password + "\n", capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [*(self.prefix if prefix is None else prefix), "kinit", user],
+            env={**os.environ, **env},
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if done.returncode != 0:
             raise RuntimeError(f"kinit {user} failed: {done.stdout}{done.stderr}")
         return env

@@ -16,21 +16,37 @@ MITMDUMP = os.environ.get("FLUIDITY_MITMDUMP", "/opt/fluidity-mitmproxy/bin/mitm
 
 class Mitmproxy:
     def __init__(self) -> None:
-        assert os.path.exists(MITMDUMP), f"mitmproxy is needed at {MITMDUMP} (.ci/run installs it: python3 -m venv /opt/fluidity-mitmproxy && /opt/fluidity-mitmproxy/bin/pip install mitmproxy)"
+        assert os.path.exists(MITMDUMP), (
+            f"mitmproxy is needed at {MITMDUMP} (.ci/run installs it: python3 -m venv /opt/fluidity-mitmproxy && "
+            f"/opt/fluidity-mitmproxy/bin/pip install mitmproxy)"
+        )
         self.folder = Path(tempfile.mkdtemp(prefix="fluidity-mitm-"))
         self.port = free_port()
         self.log = self.folder / "mitmdump.log"
         with open(self.log, "wb") as out:
             # ssl_insecure: it forwards to our server whatever that presents, as inspection boxes do.
             self.process = subprocess.Popen(
-                [MITMDUMP, "--listen-host", "127.0.0.1", "--listen-port", str(self.port), "--set", f"confdir={self.folder}", "--set", "ssl_insecure=true", "--flow-detail", "1"],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    MITMDUMP,
+                    "--listen-host",
+                    "127.0.0.1",
+                    "--listen-port",
+                    str(self.port),
+                    "--set",
+                    f"confdir={self.folder}",
+                    "--set",
+                    "ssl_insecure=true",
+                    "--flow-detail",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         try:
             wait_for_port(self.port, 30, self.process)
         except Exception:
             self.stop()
-            raise RuntimeError(f"mitmdump did not start:\n{self.output()}")
+            raise RuntimeError(f"mitmdump did not start:\n{self.output()}") from None
 
     @property
     def url(self) -> str:

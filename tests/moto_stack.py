@@ -22,9 +22,8 @@ import secrets
 import urllib.request
 from dataclasses import dataclass
 
-from pulumi.runtime import mocks as pulumi_mocks
-
 from aws import MotoAws
+from pulumi.runtime import mocks as pulumi_mocks
 from pulumi_mocks import ACCOUNT, RecordingMocks, Registered
 
 MOTO_ACTION_PREFIX = {"cloudwatch": "monitoring"}  # IAM's prefix -> the signing name moto uses
@@ -48,7 +47,11 @@ def moto_policy(document: str) -> str:
     statements = []
     for statement in policy["Statement"]:
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        actions = actions + [f"{MOTO_ACTION_PREFIX[a.split(':')[0]]}:{a.split(':')[1]}" for a in actions if a.split(":")[0] in MOTO_ACTION_PREFIX]
+        actions = actions + [
+            f"{MOTO_ACTION_PREFIX[a.split(':')[0]]}:{a.split(':')[1]}"
+            for a in actions
+            if a.split(":")[0] in MOTO_ACTION_PREFIX
+        ]
         statements.append({"Effect": statement["Effect"], "Action": actions, "Resource": "*"})
     return json.dumps({"Version": "2012-10-17", "Statement": statements})
 
@@ -64,7 +67,9 @@ def allow_fargate_task_memory() -> bool:
     current = EC2ContainerServiceBackend.__dict__.get("_calculate_task_resource_requirements")
     if getattr(current, "__func__", None) is not None and getattr(current.__func__, "fluidity_fix", False):
         return True
-    if not isinstance(current, staticmethod) or list(inspect.signature(current.__func__).parameters) != ["task_definition"]:
+    if not isinstance(current, staticmethod) or list(inspect.signature(current.__func__).parameters) != [
+        "task_definition"
+    ]:
         return False
     original = current.__func__
 
@@ -73,7 +78,9 @@ def allow_fargate_task_memory() -> bool:
             return original(task_definition)
         except TypeError:
             containers = task_definition.container_definitions
-            if not task_definition.memory or any("memory" in c or "memoryReservation" in c or "Memory" in c for c in containers):
+            if not task_definition.memory or any(
+                "memory" in c or "memoryReservation" in c or "Memory" in c for c in containers
+            ):
                 raise
             for container in containers:
                 container["memoryReservation"] = 0
@@ -99,7 +106,10 @@ def register_task_definition(ecs, inputs: dict) -> dict:
         requiresCompatibilities=inputs["requiresCompatibilities"],
         executionRoleArn=inputs["executionRoleArn"],
         taskRoleArn=inputs["taskRoleArn"],
-        runtimePlatform={"operatingSystemFamily": platform["operatingSystemFamily"], "cpuArchitecture": platform["cpuArchitecture"]},
+        runtimePlatform={
+            "operatingSystemFamily": platform["operatingSystemFamily"],
+            "cpuArchitecture": platform["cpuArchitecture"],
+        },
         containerDefinitions=json.loads(inputs["containerDefinitions"]),
     )["taskDefinition"]
 
@@ -134,7 +144,9 @@ class MotoMocks(RecordingMocks):
             state.update(real)
         if args.typ == "aws:lambda/function:Function":
             state["arn"] = f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{args.inputs['name']}"
-            state["invokeArn"] = f"arn:aws:apigateway:{self.region}:lambda:path/2015-03-31/functions/{state['arn']}/invocations"
+            state["invokeArn"] = (
+                f"arn:aws:apigateway:{self.region}:lambda:path/2015-03-31/functions/{state['arn']}/invocations"
+            )
         if args.typ == "aws:apigateway/apiKey:ApiKey":
             state["value"] = secrets.token_urlsafe(30)
         return resource_id, state
@@ -142,7 +154,9 @@ class MotoMocks(RecordingMocks):
     # -- one method per AWS type moto serves (named after the Pulumi type's last part) ------
     def _parameter(self, name: str, inputs: dict):
         ssm = self.aws.client("ssm")
-        ssm.put_parameter(Name=inputs["name"], Type=inputs["type"], Value=inputs["value"], Description=inputs.get("description", ""))
+        ssm.put_parameter(
+            Name=inputs["name"], Type=inputs["type"], Value=inputs["value"], Description=inputs.get("description", "")
+        )
         return inputs["name"], {"arn": ssm.get_parameter(Name=inputs["name"])["Parameter"]["ARN"]}
 
     def _cluster(self, name: str, inputs: dict):
@@ -157,12 +171,16 @@ class MotoMocks(RecordingMocks):
         return inputs["name"], {"arn": f"arn:aws:logs:{self.region}:{ACCOUNT}:log-group:{inputs['name']}"}
 
     def _role(self, name: str, inputs: dict):
-        role = self.aws.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=inputs["assumeRolePolicy"])["Role"]
+        role = self.aws.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=inputs["assumeRolePolicy"])[
+            "Role"
+        ]
         return name, {"arn": role["Arn"], "name": name}
 
     def _rolepolicy(self, name: str, inputs: dict):
         self.declared_policies.setdefault(inputs["role"], {})[name] = json.loads(inputs["policy"])
-        self.aws.client("iam").put_role_policy(RoleName=inputs["role"], PolicyName=name, PolicyDocument=moto_policy(inputs["policy"]))
+        self.aws.client("iam").put_role_policy(
+            RoleName=inputs["role"], PolicyName=name, PolicyDocument=moto_policy(inputs["policy"])
+        )
         return f"{inputs['role']}:{name}", {}
 
     def _rolepolicyattachment(self, name: str, inputs: dict):
@@ -171,14 +189,23 @@ class MotoMocks(RecordingMocks):
 
     def _securitygroup(self, name: str, inputs: dict):
         ec2 = self.aws.client("ec2")
-        group = ec2.create_security_group(GroupName=inputs.get("name", name), Description=inputs["description"], VpcId=inputs["vpcId"])["GroupId"]
+        group = ec2.create_security_group(
+            GroupName=inputs.get("name", name), Description=inputs["description"], VpcId=inputs["vpcId"]
+        )["GroupId"]
         if inputs.get("tags"):
             ec2.create_tags(Resources=[group], Tags=[{"Key": k, "Value": v} for k, v in inputs["tags"].items()])
         for rule in inputs.get("ingress", []):
             ec2.authorize_security_group_ingress(
                 GroupId=group,
                 IpPermissions=[
-                    {"IpProtocol": rule["protocol"], "FromPort": int(rule["fromPort"]), "ToPort": int(rule["toPort"]), "IpRanges": [{"CidrIp": c, "Description": rule.get("description", "")} for c in rule["cidrBlocks"]]}
+                    {
+                        "IpProtocol": rule["protocol"],
+                        "FromPort": int(rule["fromPort"]),
+                        "ToPort": int(rule["toPort"]),
+                        "IpRanges": [
+                            {"CidrIp": c, "Description": rule.get("description", "")} for c in rule["cidrBlocks"]
+                        ],
+                    }
                 ],
             )
         return group, {"arn": f"arn:aws:ec2:{self.region}:{ACCOUNT}:security-group/{group}"}
@@ -189,9 +216,16 @@ class MotoMocks(RecordingMocks):
 
     def _service(self, name: str, inputs: dict):
         network = inputs["networkConfiguration"]
-        placement = {"launchType": inputs["launchType"]} if inputs.get("launchType") else {
-            "capacityProviderStrategy": [{"capacityProvider": s["capacityProvider"], "weight": int(s.get("weight", 1))} for s in inputs["capacityProviderStrategies"]]
-        }
+        placement = (
+            {"launchType": inputs["launchType"]}
+            if inputs.get("launchType")
+            else {
+                "capacityProviderStrategy": [
+                    {"capacityProvider": s["capacityProvider"], "weight": int(s.get("weight", 1))}
+                    for s in inputs["capacityProviderStrategies"]
+                ]
+            }
+        )
         service = self.aws.client("ecs").create_service(
             cluster=inputs["cluster"],
             serviceName=inputs["name"],
@@ -204,7 +238,10 @@ class MotoMocks(RecordingMocks):
                     "assignPublicIp": "ENABLED" if network.get("assignPublicIp") else "DISABLED",
                 }
             },
-            deploymentConfiguration={"minimumHealthyPercent": int(inputs["deploymentMinimumHealthyPercent"]), "maximumPercent": int(inputs["deploymentMaximumPercent"])},
+            deploymentConfiguration={
+                "minimumHealthyPercent": int(inputs["deploymentMinimumHealthyPercent"]),
+                "maximumPercent": int(inputs["deploymentMaximumPercent"]),
+            },
             tags=[{"key": k, "value": v} for k, v in (inputs.get("tags") or {}).items()],
             enableECSManagedTags=bool(inputs.get("enableEcsManagedTags")),
             propagateTags=inputs.get("propagateTags", "NONE"),
@@ -248,7 +285,10 @@ class Deployment:
 
 def trusts(role: Registered, service: str) -> bool:
     document = json.loads(role.inputs["assumeRolePolicy"])
-    return any(s["Effect"] == "Allow" and s.get("Principal", {}).get("Service") == service and s["Action"] == "sts:AssumeRole" for s in document["Statement"])
+    return any(
+        s["Effect"] == "Allow" and s.get("Principal", {}).get("Service") == service and s["Action"] == "sts:AssumeRole"
+        for s in document["Statement"]
+    )
 
 
 def deploy(aws: MotoAws, config: dict, certs: dict, image_digest: str = "sha256:" + "ab" * 32) -> Deployment:
@@ -263,7 +303,13 @@ def deploy(aws: MotoAws, config: dict, certs: dict, image_digest: str = "sha256:
     declared = Declared(stack.resources, stack.outputs, mocks)
     iam, sts = aws.client("iam"), aws.client("sts")
     iam.create_user(UserName="harness")
-    iam.put_user_policy(UserName="harness", PolicyName="all", PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    iam.put_user_policy(
+        UserName="harness",
+        PolicyName="all",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )
     harness = iam.create_access_key(UserName="harness")["AccessKey"]
     roles = {r.state["arn"]: r for r in declared.of_type("aws:iam/role:Role")}
     actors = {f.inputs["role"]: "lambda.amazonaws.com" for f in declared.of_type("aws:lambda/function:Function")}
@@ -278,4 +324,9 @@ def deploy(aws: MotoAws, config: dict, certs: dict, image_digest: str = "sha256:
 
 def enforce_iam(aws: MotoAws, on: bool) -> None:
     body = b"0" if on else b"inf"
-    urllib.request.urlopen(urllib.request.Request(f"{aws.url}/moto-api/reset-auth", data=body, method="POST", headers={"Content-Type": "text/plain"}), timeout=10).read()
+    urllib.request.urlopen(
+        urllib.request.Request(
+            f"{aws.url}/moto-api/reset-auth", data=body, method="POST", headers={"Content-Type": "text/plain"}
+        ),
+        timeout=10,
+    ).read()

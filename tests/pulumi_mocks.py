@@ -16,7 +16,11 @@ from pulumi.runtime.sync_await import _sync_await
 
 ACCOUNT = "123456789012"
 REGION = "eu-west-1"
-CERTS = {"serverCert": "-----BEGIN CERTIFICATE-----\nserver\n-----END CERTIFICATE-----\n", "serverKey": "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n", "caCert": "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n"}
+CERTS = {
+    "serverCert": "-----BEGIN CERTIFICATE-----\nserver\n-----END CERTIFICATE-----\n",
+    "serverKey": "-----BEGIN PRIVATE KEY-----\nkey\n-----END PRIVATE KEY-----\n",
+    "caCert": "-----BEGIN CERTIFICATE-----\nca\n-----END CERTIFICATE-----\n",
+}
 
 
 @dataclass
@@ -72,7 +76,9 @@ class RecordingMocks(pulumi_mocks.Mocks):
         if args.typ == "aws:cloudwatch/logGroup:LogGroup":
             state["arn"] = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{args.inputs['name']}"
         if args.typ == "aws:lambda/function:Function":
-            state["invokeArn"] = f"arn:aws:apigateway:{REGION}:lambda:path/2015-03-31/functions/{state['arn']}/invocations"
+            state["invokeArn"] = (
+                f"arn:aws:apigateway:{REGION}:lambda:path/2015-03-31/functions/{state['arn']}/invocations"
+            )
         if args.typ == "aws:apigateway/restApi:RestApi":
             resource_id = "abc123"
             state.update(rootResourceId="root", executionArn=f"arn:aws:execute-api:{REGION}:{ACCOUNT}:abc123")
@@ -90,7 +96,13 @@ class RecordingMocks(pulumi_mocks.Mocks):
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/me", "userId": "me", "id": ACCOUNT}
         if args.token == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
-            return {"userName": "AWS", "password": "ecr-token", "authorizationToken": "QVdTOmVjci10b2tlbg==", "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com", "id": ACCOUNT}
+            return {
+                "userName": "AWS",
+                "password": "ecr-token",
+                "authorizationToken": "QVdTOmVjci10b2tlbg==",
+                "proxyEndpoint": f"https://{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com",
+                "id": ACCOUNT,
+            }
         if args.token == "aws:ec2/getVpc:getVpc":
             return {"id": "vpc-default", "cidrBlock": "172.31.0.0/16", "default": True}
         if args.token == "aws:ec2/getSubnets:getSubnets":
@@ -115,7 +127,13 @@ def _record_ignore_changes(mocks: RecordingMocks) -> None:
     monitor.RegisterResource = recording
 
 
-def synthesize(config: dict | None = None, certs: dict | None = CERTS, image_digest: str = "sha256:" + "ab" * 32, mocks: RecordingMocks | None = None, region: str = REGION) -> Stack:
+def synthesize(
+    config: dict | None = None,
+    certs: dict | None = CERTS,
+    image_digest: str = "sha256:" + "ab" * 32,
+    mocks: RecordingMocks | None = None,
+    region: str = REGION,
+) -> Stack:
     """Run `infra.program.run()` with these `fluidity:*` settings; raise what it raises.
     `mocks`: another answerer (the cloud rehearsal's creates each resource in moto)."""
     from infra import program

@@ -125,7 +125,9 @@ class Proc:
 
     def assert_no_unhandled_errors(self) -> None:
         log = self.log()
-        assert "Traceback" not in log and "Unhandled" not in log, f"{self.name} logged an unhandled error:\n{log[-4000:]}"
+        assert "Traceback" not in log and "Unhandled" not in log, (
+            f"{self.name} logged an unhandled error:\n{log[-4000:]}"
+        )
 
     def rss_kb(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -134,7 +136,16 @@ class Proc:
         return 0
 
 
-def start_twistd(role: str, config: dict, workdir: Path, name: str | None = None, args: tuple[str, ...] = (), wait: bool = True, prefix: tuple[str, ...] = (), env: dict | None = None) -> Proc:
+def start_twistd(
+    role: str,
+    config: dict,
+    workdir: Path,
+    name: str | None = None,
+    args: tuple[str, ...] = (),
+    wait: bool = True,
+    prefix: tuple[str, ...] = (),
+    env: dict | None = None,
+) -> Proc:
     name = name or role
     config_path = workdir / f"{name}.yaml"
     config_path.write_text(yaml.safe_dump(config))
@@ -154,7 +165,7 @@ def start_twistd(role: str, config: dict, workdir: Path, name: str | None = None
             wait_for_port(port, process=process)
         except Exception:
             proc.stop()
-            raise RuntimeError(f"{name} did not start:\n{proc.log()}")
+            raise RuntimeError(f"{name} did not start:\n{proc.log()}") from None
     return proc
 
 
@@ -241,7 +252,10 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
             self.close_connection = True
         else:
-            body = f"hello from {self.server.name} {self.path} host={self.headers.get('Host')} proxy-conn={self.headers.get('Proxy-Connection')}\n".encode()
+            body = (
+                f"hello from {self.server.name} {self.path} host={self.headers.get('Host')} "
+                f"proxy-conn={self.headers.get('Proxy-Connection')}\n"
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -393,7 +407,9 @@ def run(cmd: list[str], timeout: float = 60.0, **kwargs) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kwargs)
 
 
-def served_by_a_new_agent(config: dict, workdir: Path, origin_port: int, name: str | None = None, env: dict | None = None) -> "Proc":
+def served_by_a_new_agent(
+    config: dict, workdir: Path, origin_port: int, name: str | None = None, env: dict | None = None
+) -> Proc:
     """Start an agent with `config`, fetch the http_origin's /plain through it, stop it: the Proc, for its log."""
     agent = start_twistd("agent", config, workdir, name=name, env=env)
     try:

@@ -7,7 +7,6 @@ import socket
 import urllib.request
 
 import pytest
-
 from support import curl, proxy_connect, read_head
 
 
@@ -20,11 +19,18 @@ def test_connect_to_https_origin_with_its_own_ca(tunnel, https_origin):
 def test_absolute_form_http_request(tunnel, http_origin):
     result = curl("-x", tunnel.proxy, f"http://127.0.0.1:{http_origin.port}/plain?q=1")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"hello from http-origin /plain?q=1 host=127.0.0.1:{http_origin.port} proxy-conn=None\n".encode()
+    assert (
+        result.stdout
+        == f"hello from http-origin /plain?q=1 host=127.0.0.1:{http_origin.port} proxy-conn=None\n".encode()
+    )
 
 
 def test_two_hosts_on_one_keepalive_client_connection(tunnel, http_origin, second_origin):
-    urls = [f"http://127.0.0.1:{http_origin.port}/a", f"http://127.0.0.1:{second_origin.port}/b", f"http://127.0.0.1:{http_origin.port}/c"]
+    urls = [
+        f"http://127.0.0.1:{http_origin.port}/a",
+        f"http://127.0.0.1:{second_origin.port}/b",
+        f"http://127.0.0.1:{http_origin.port}/c",
+    ]
     result = curl("-v", "-x", tunnel.proxy, *urls)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(b"hello from") == 3
@@ -32,7 +38,9 @@ def test_two_hosts_on_one_keepalive_client_connection(tunnel, http_origin, secon
     assert b"hello from second-origin /b" in result.stdout
     assert b"hello from http-origin /c" in result.stdout
     # curl says "Re-using existing connection" when the client connection stayed open.
-    assert result.stderr.count(b"Re-using existing connection") + result.stderr.count(b"Reusing existing connection") >= 2, result.stderr
+    assert (
+        result.stderr.count(b"Re-using existing connection") + result.stderr.count(b"Reusing existing connection") >= 2
+    ), result.stderr
 
 
 def test_close_delimited_response_is_reframed_for_keepalive(tunnel, http_origin):
@@ -49,7 +57,9 @@ def test_post_body_reaches_origin_intact(tunnel, http_origin, tmp_path):
 
     expected = f"{256 * 4000} {hashlib.sha256(body.read_bytes()).hexdigest()}\n".encode()
     for extra in ([], ["-H", "Transfer-Encoding: chunked"]):
-        result = curl("-x", tunnel.proxy, "--data-binary", f"@{body}", *extra, f"http://127.0.0.1:{http_origin.port}/upload")
+        result = curl(
+            "-x", tunnel.proxy, "--data-binary", f"@{body}", *extra, f"http://127.0.0.1:{http_origin.port}/upload"
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout == expected
 
@@ -116,7 +126,10 @@ def test_malformed_request_is_400(tunnel):
 
 
 def test_oversized_headers_are_431(tunnel):
-    answer = _raw(tunnel.agent.port, b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    answer = _raw(
+        tunnel.agent.port,
+        b"GET http://127.0.0.1/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+    )
     assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
 
 
@@ -133,8 +146,21 @@ def raw_request(port: int, request: bytes) -> bytes:
         return read_head(sock)
 
 
-@pytest.mark.parametrize("method, path", [("GET", "/health"), ("GET", "/proxy.pac"), ("GET", "/anything"), ("GET", "/"), ("GET", "/status.json"), ("POST", "/server/stop"), ("POST", "/server/wake")])
-@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "127.0.0.1.nip.io:{port}", "localhost.evil.example", "", None])
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/health"),
+        ("GET", "/proxy.pac"),
+        ("GET", "/anything"),
+        ("GET", "/"),
+        ("GET", "/status.json"),
+        ("POST", "/server/stop"),
+        ("POST", "/server/wake"),
+    ],
+)
+@pytest.mark.parametrize(
+    "host", ["evil.example:{port}", "evil.example", "127.0.0.1.nip.io:{port}", "localhost.evil.example", "", None]
+)
 def test_own_endpoints_refuse_a_foreign_host(tunnel, method, path, host):
     """DNS rebinding: a page whose name now resolves to 127.0.0.1 still sends its own name."""
     port = tunnel.agent.port
@@ -146,11 +172,15 @@ def test_own_endpoints_refuse_a_foreign_host(tunnel, method, path, host):
     assert b"identity" not in answer and b"FindProxyForURL" not in answer and b"token" not in answer
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LOCALHOST", "localhost.", "[::1]:{port}", "[::1]"])
+@pytest.mark.parametrize(
+    "host", ["127.0.0.1:{port}", "127.0.0.1", "localhost:{port}", "LOCALHOST", "localhost.", "[::1]:{port}", "[::1]"]
+)
 def test_own_endpoints_answer_loopback_hosts(tunnel, host):
     port = tunnel.agent.port
     for path in ("/health", "/proxy.pac", "/", "/status.json"):
-        answer = raw_request(port, f"GET {path} HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n".encode())
+        answer = raw_request(
+            port, f"GET {path} HTTP/1.1\r\nHost: {host.format(port=port)}\r\nConnection: close\r\n\r\n".encode()
+        )
         assert answer.startswith(b"HTTP/1.1 200 "), (path, answer)
 
 
@@ -160,13 +190,18 @@ def test_absolute_form_request_carries_the_urls_host(tunnel, http_origin):
     result = curl("-x", tunnel.proxy, "-H", "Host: other.example", url)
     assert result.returncode == 0, result.stderr
     assert f"host=127.0.0.1:{http_origin.port} ".encode() in result.stdout, result.stdout
-    answer = raw_request(tunnel.agent.port, f"GET {url} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n".encode())
+    answer = raw_request(
+        tunnel.agent.port,
+        f"GET {url} HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n".encode(),
+    )
     assert answer.startswith(b"HTTP/1.1 "), answer
 
 
 @pytest.mark.parametrize("path, status", [("/health", b"200 OK"), ("/nothing-here", b"400 Bad Request")])
 def test_the_agents_own_answers_carry_reason_phrases(tunnel, path, status):
-    answer = raw_request(tunnel.agent.port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    answer = raw_request(
+        tunnel.agent.port, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+    )
     assert answer.startswith(b"HTTP/1.1 " + status + b"\r\n"), answer[:60]
     refused = raw_request(tunnel.agent.port, b"GET /health HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
     assert refused.startswith(b"HTTP/1.1 403 Forbidden\r\n"), refused[:60]
@@ -176,13 +211,28 @@ def test_the_agents_own_answers_carry_reason_phrases(tunnel, path, status):
 
 HOSTILE = {
     # RFC 9112 §6.1: Transfer-Encoding overrides Content-Length, whatever the latter says.
-    "chunked and a longer Content-Length": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "200 hello"),
-    "chunked and a shorter Content-Length": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", "200 hello"),
-    "101 nobody asked for": (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw", "502"),
+    "chunked and a longer Content-Length": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "200 hello",
+    ),
+    "chunked and a shorter Content-Length": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "200 hello",
+    ),
+    "101 nobody asked for": (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw",
+        "502",
+    ),
     "two Content-Lengths": (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!", "502"),
     "not HTTP at all": (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", "502"),
-    "a broken chunk after the head": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n", "cut"),
-    "a body longer than it said, then more": (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhello HTTP/1.1 999 \x00\r\n\r\n", "200 he"),
+    "a broken chunk after the head": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        "cut",
+    ),
+    "a body longer than it said, then more": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhello HTTP/1.1 999 \x00\r\n\r\n",
+        "200 he",
+    ),
 }
 
 
@@ -286,7 +336,9 @@ def test_a_hostile_origin_costs_one_stream_never_the_tunnel(pair, echo, case):
     agent.assert_no_unhandled_errors()
 
 
-@pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"])
+@pytest.mark.parametrize(
+    "framing", [b"Content-Length: 5\r\n\r\nhello", b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"]
+)
 def test_a_connect_with_content_is_400(tunnel, echo, framing):
     """RFC 9110 §9.3.6 (issue 24, item 6): nothing is swallowed, nothing is relayed."""
     before = echo.connections
@@ -327,7 +379,9 @@ def test_health_and_pac_on_ipv6_loopback_point_at_the_address_used(tunnel):
 def test_proxy_host_narrows_it_to_one_address(certs, tunnel, tmp_path, http_origin):
     from support import agent_config, start_twistd
 
-    agent = start_twistd("agent", agent_config(certs, tunnel.server.port, proxy_host="127.0.0.1"), tmp_path, name="v4-only")
+    agent = start_twistd(
+        "agent", agent_config(certs, tunnel.server.port, proxy_host="127.0.0.1"), tmp_path, name="v4-only"
+    )
     try:
         assert curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/").returncode == 0
         refused = curl("-x", f"http://[::1]:{agent.port}", f"http://127.0.0.1:{http_origin.port}/")
@@ -336,19 +390,31 @@ def test_proxy_host_narrows_it_to_one_address(certs, tunnel, tmp_path, http_orig
         agent.stop()
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"proxy_host": "localhost"}, "'localhost' is not an IP address"),
-    ({"proxy_host": []}, "expected at least one address"),
-    ({"proxy_host": ["127.0.0.1", "::1"], "proxy_port": 0}, "'proxy_port: 0' (any free port) needs a single proxy_host"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"proxy_host": "localhost"}, "'localhost' is not an IP address"),
+        ({"proxy_host": []}, "expected at least one address"),
+        (
+            {"proxy_host": ["127.0.0.1", "::1"], "proxy_port": 0},
+            "'proxy_port: 0' (any free port) needs a single proxy_host",
+        ),
+    ],
+)
 def test_bad_proxy_hosts_are_one_line(certs, tmp_path, settings, message):
     import subprocess
 
     import yaml
-
     from support import TWISTD, agent_config
 
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, 1, **settings)))
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr, done
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        done.returncode != 0 and message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
+    ), done

@@ -8,9 +8,7 @@ import socket
 import time
 
 import pytest
-
 from support import agent_config, curl, start_twistd, wait_connected
-
 from test_agent_front import _raw
 
 
@@ -18,10 +16,21 @@ from test_agent_front import _raw
     "request_bytes, status",
     [
         # Request smuggling: two framings at once.
-        (b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", b"400"),
-        (b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", b"400"),
+        (
+            b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: "
+            b"chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n",
+            b"400",
+        ),
+        (
+            b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n"
+            b"abcde",
+            b"400",
+        ),
         (b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", b"400"),
-        (b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n", b"501"),
+        (
+            b"POST http://127.0.0.1:{port}/s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked, identity\r\n\r\n",
+            b"501",
+        ),
         (b"GET http://127.0.0.1:{port}/" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"431"),
         (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\n" + b"X-A: b\r\n" * 5000 + b"\r\n", b"431"),
         (b"GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n", b"400"),
@@ -38,7 +47,11 @@ def test_malformed_framing_is_refused(tunnel, http_origin, request_bytes, status
 
 
 def test_bad_chunking_never_reaches_the_origin_as_valid(tunnel, http_origin):
-    answer = _raw(tunnel.agent.port, f"POST http://127.0.0.1:{http_origin.port}/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\nnot a chunk\r\n".encode())
+    answer = _raw(
+        tunnel.agent.port,
+        f"POST http://127.0.0.1:{http_origin.port}/c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        f"\r\nZZZ\r\nnot a chunk\r\n".encode(),
+    )
     first = answer.split(b"\r\n", 1)[0]
     assert first == b"" or b" 400 " in first + b" " or b" 502 " in first + b" ", answer[:200]
 
@@ -57,7 +70,9 @@ def test_slowloris_thousand_connections_while_real_requests_are_served(certs, tm
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # the agent inherits it
     assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 2200, "raise the open-files limit to run this test"
-    agent = start_twistd("agent", agent_config(certs, tunnel.server.port, head_timeout="4s", log_level="info"), tmp_path)
+    agent = start_twistd(
+        "agent", agent_config(certs, tunnel.server.port, head_timeout="4s", log_level="info"), tmp_path
+    )
     slow: list[socket.socket] = []
     try:
         wait_connected(agent)
@@ -69,7 +84,9 @@ def test_slowloris_thousand_connections_while_real_requests_are_served(certs, tm
         served = 0
         started = time.monotonic()
         while time.monotonic() - started < 2.5:
-            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/served", timeout=5)
+            result = curl(
+                "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/served", timeout=5
+            )
             assert b"/served" in result.stdout, result.stderr
             served += 1
         assert served >= 5

@@ -7,14 +7,16 @@ import shutil
 import subprocess
 
 import pytest
-
 from support import FLUIDITY
 
 
 def complete(script: str, *words: str) -> list[str]:
     """What bash offers after typing `words` (the last one partial) with the script loaded."""
     line = " ".join(words)
-    probe = script + f"\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _fluidity; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    probe = (
+        script
+        + f"\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _fluidity; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
+    )
     done = subprocess.run(["bash", "--norc", "--noprofile", "-c", probe], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
@@ -32,7 +34,9 @@ def test_commands_subcommands_and_flags(bash_script):
     assert complete(bash_script, "fluidity", "certs", "i") == ["init"]
     assert complete(bash_script, "fluidity", "cost", "--h") == ["--help", "--hours-per-month"]
     assert "--allow-ip" in complete(bash_script, "fluidity", "start", "--a")
-    assert complete(bash_script, "fluidity", "cost", "--stack", "Pulumi.dev.yaml", "--ag") == ["--agents"]  # a flag's value is skipped
+    assert complete(bash_script, "fluidity", "cost", "--stack", "Pulumi.dev.yaml", "--ag") == [
+        "--agents"
+    ]  # a flag's value is skipped
 
 
 def test_zsh_uses_the_same_completion():
@@ -57,7 +61,12 @@ def test_below_agent_and_server_come_their_service_commands_and_twistd_flags(bas
 
 def fish_complete(script_path, line: str) -> list[str]:
     """What a real fish offers for `line` (its `complete -C`), the script sourced."""
-    done = subprocess.run(["fish", "--no-config", "-c", f"source {script_path}; complete -C '{line}'"], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        ["fish", "--no-config", "-c", f"source {script_path}; complete -C '{line}'"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 0, done.stderr
     return [entry.split("\t")[0] for entry in done.stdout.splitlines()]
 

@@ -17,9 +17,19 @@ def write(tmp_path, text: str) -> str:
 
 def test_defaults_match_the_seed(tmp_path):
     server = load(SERVER_KEYS, None)
-    assert (server.port, server.metrics.namespace, server.metrics.service_name, server.metrics.metrics_interval) == (443, "Fluidity", "fluidity-server", 60.0)
+    assert (server.port, server.metrics.namespace, server.metrics.service_name, server.metrics.metrics_interval) == (
+        443,
+        "Fluidity",
+        "fluidity-server",
+        60.0,
+    )
     agent = load(AGENT_KEYS, None)
-    assert (agent.proxy_host, agent.proxy_port, agent.server_port, agent.lifecycle.wake_timeout) == (("127.0.0.1", "::1"), 8080, 443, 90.0)
+    assert (agent.proxy_host, agent.proxy_port, agent.server_port, agent.lifecycle.wake_timeout) == (
+        ("127.0.0.1", "::1"),
+        8080,
+        443,
+        90.0,
+    )
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -64,7 +74,9 @@ def test_bad_override_names_the_flag():
         load(AGENT_KEYS, None, {"proxy_port": "http"})
 
 
-@pytest.mark.parametrize("text, seconds", [("60s", 60), ("5m", 300), ("1h", 3600), ("250ms", 0.25), (12, 12), ("1.5", 1.5)])
+@pytest.mark.parametrize(
+    "text, seconds", [("60s", 60), ("5m", 300), ("1h", 3600), ("250ms", 0.25), (12, 12), ("1.5", 1.5)]
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -92,7 +104,10 @@ def test_the_seeds_server_yaml_loads_as_written(tmp_path):
     from tunnel import config as cfg
 
     path = tmp_path / "server.yaml"
-    path.write_text("server:\n  host: 127.0.0.1\n  port: 9443\nmetrics:\n  emit_metrics: true\n  metrics_interval: 60s\n  namespace: Fluidity\n  service_name: fluidity-server\n")
+    path.write_text(
+        "server:\n  host: 127.0.0.1\n  port: 9443\nmetrics:\n  emit_metrics: true\n  metrics_interval: 60s\n  "
+        "namespace: Fluidity\n  service_name: fluidity-server\n"
+    )
     loaded = cfg.load(cfg.SERVER_KEYS, str(path))
     assert (loaded.host, loaded.port, loaded.metrics.emit_metrics) == ("127.0.0.1", 9443, True)
 
@@ -101,7 +116,10 @@ def test_the_seeds_agent_yaml_loads_as_written(tmp_path):
     from tunnel import config as cfg
 
     path = tmp_path / "agent.yaml"
-    path.write_text("agent:\n  proxy_port: 8080\n  server_ip: 203.0.113.7\n  server_port: 8443\nlifecycle:\n  wake_endpoint: https://x.example/wake\n  api_key: k\n  wake_timeout: 90s\n  wake_retry_interval: 5s\n")
+    path.write_text(
+        "agent:\n  proxy_port: 8080\n  server_ip: 203.0.113.7\n  server_port: 8443\nlifecycle:\n  wake_endpoint: "
+        "https://x.example/wake\n  api_key: k\n  wake_timeout: 90s\n  wake_retry_interval: 5s\n"
+    )
     loaded = cfg.load(cfg.AGENT_KEYS, str(path))
     assert (loaded.proxy_port, loaded.server_ip, loaded.lifecycle.wake_timeout) == (8080, "203.0.113.7", 90.0)
 
@@ -134,24 +152,32 @@ def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
     import subprocess
 
     import yaml
-
     from support import TWISTD, Proc, free_port, server_config, start_twistd, user_home, wait_connected, wait_for_port
 
     home = user_home(certs, tmp_path)
     folder = home / ".config" / "fluidity"
     server = start_twistd("server", server_config(certs), tmp_path)
     proxy_port = free_port()
-    (folder / "agent.yaml").write_text(yaml.safe_dump({
-        "agent": {"proxy_port": proxy_port, "server_ip": "127.0.0.1", "server_port": server.port},
-        "cert_file": "certs/client.pem", "key_file": "certs/client.key", "ca_file": "certs/ca.pem", "log_level": "debug",
-    }))
+    (folder / "agent.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "agent": {"proxy_port": proxy_port, "server_ip": "127.0.0.1", "server_port": server.port},
+                "cert_file": "certs/client.pem",
+                "key_file": "certs/client.key",
+                "ca_file": "certs/ca.pem",
+                "log_level": "debug",
+            }
+        )
+    )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("FLUIDITY_CONFIG", "XDG_CONFIG_HOME")}
     env["HOME"] = str(home)
     log = tmp_path / "agent.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-agent"], cwd=elsewhere, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "fluidity-agent"], cwd=elsewhere, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
     agent = Proc("agent", process, log, proxy_port)
     try:
         wait_for_port(proxy_port, process=process)
@@ -185,7 +211,16 @@ def test_the_server_keeps_what_it_builds_out_of_its_settings(certs, tmp_path):
     from tunnel.taps import ServerOptions
 
     path = tmp_path / "server.yaml"
-    path.write_text(yaml.safe_dump({"cert_file": certs.path("server.pem"), "key_file": certs.path("server.key"), "ca_file": certs.path("ca.pem"), "egress_allow": ["127.0.0.0/8"]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "cert_file": certs.path("server.pem"),
+                "key_file": certs.path("server.key"),
+                "ca_file": certs.path("ca.pem"),
+                "egress_allow": ["127.0.0.0/8"],
+            }
+        )
+    )
     options = ServerOptions()
     options.parseOptions(["--config", str(path)])
     assert options.egress_policy.allow and options.revocations is not None

@@ -16,7 +16,9 @@ DEST = parse_authority("example.test:443")
 
 class Pair:
     def __init__(self, keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0) -> None:
-        self.agent = core.TunnelConnection(client_side=True, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout)
+        self.agent = core.TunnelConnection(
+            client_side=True, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout
+        )
         self.server = core.TunnelConnection(client_side=False, max_streams=10)
         self.agent.start(0.0)
         self.server.start(0.0)
@@ -180,11 +182,19 @@ def test_the_core_imports_no_twisted_and_no_zope_and_patches_nothing():
 
     probe = (
         "import sys, hyperframe.frame as f; before = f._raw_data_repr; import tunnel.wire.connection; "
-        "import json; print(json.dumps({'loaded': sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', 'zope')), "
+        "import json; print(json.dumps({'loaded': sorted(m for m in sys.modules if m.split('.')[0] in ('twisted', "
+        "'zope')), "
         "'patched': f._raw_data_repr is not before}))"
     )
     root = str(Path(__file__).resolve().parent.parent)
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=root, env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+        env={"PYTHONPATH": root, "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found == {"loaded": [], "patched": False}

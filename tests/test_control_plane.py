@@ -7,7 +7,6 @@ import socket
 import subprocess
 
 import pytest
-
 from aws import ControlPlaneProc
 from support import FLUIDITY, curl
 
@@ -48,7 +47,9 @@ def test_served_over_https_as_api_gateway_is(aws, tmp_path):
 
     ca_cert, ca_key = pki.make_ca("control-plane test CA")
     pki.save(tmp_path, "ca", ca_cert, ca_key, force=True)
-    pki.save(tmp_path, "plane", *pki.issue(ca_cert, ca_key, "localhost", server=True, dns_names=("localhost",)), force=True)
+    pki.save(
+        tmp_path, "plane", *pki.issue(ca_cert, ca_key, "localhost", server=True, dns_names=("localhost",)), force=True
+    )
     proc = ControlPlaneProc(aws, tmp_path, tls=(tmp_path / "plane.pem", tmp_path / "plane.key"))
     try:
         aws.make_service(desired=0)
@@ -65,13 +66,21 @@ def test_served_over_https_as_api_gateway_is(aws, tmp_path):
         proc.stop()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--tls-cert", "/nonexistent.pem"], b"give --tls-cert and --tls-key together"),
-    (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], b"cannot read /nonexistent.pem"),
-    (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], b"are not a PEM certificate and its key"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--tls-cert", "/nonexistent.pem"], b"give --tls-cert and --tls-key together"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], b"cannot read /nonexistent.pem"),
+        (["--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname"], b"are not a PEM certificate and its key"),
+    ],
+)
 def test_bad_tls_flags_are_one_clear_line(flags, message):
-    result = subprocess.run([FLUIDITY, "control-plane", "--api-key", "k", "--port", "1", *flags], capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [FLUIDITY, "control-plane", "--api-key", "k", "--port", "1", *flags],
+        capture_output=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2 and message in result.stderr and b"Traceback" not in result.stderr, result
 
 
@@ -113,7 +122,12 @@ def test_a_busy_port_is_one_clear_line(aws):
     holder.bind(("127.0.0.1", 0))
     holder.listen(1)
     try:
-        result = subprocess.run([FLUIDITY, "control-plane", "--api-key", "k", "--port", str(holder.getsockname()[1])], capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        result = subprocess.run(
+            [FLUIDITY, "control-plane", "--api-key", "k", "--port", str(holder.getsockname()[1])],
+            capture_output=True,
+            timeout=30,
+            env={"PATH": "/usr/bin:/bin"},
+        )
     finally:
         holder.close()
     assert result.returncode == 1
@@ -121,5 +135,7 @@ def test_a_busy_port_is_one_clear_line(aws):
 
 
 def test_a_missing_api_key_is_refused():
-    result = subprocess.run([FLUIDITY, "control-plane", "--port", "1"], capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [FLUIDITY, "control-plane", "--port", "1"], capture_output=True, timeout=30, env={"PATH": "/usr/bin:/bin"}
+    )
     assert result.returncode == 2 and b"--api-key" in result.stderr

@@ -7,8 +7,8 @@ import json
 import subprocess
 
 import pytest
-
 from support import FLUIDITY
+
 from tunnel.ops import costs, rates
 
 
@@ -36,7 +36,10 @@ def test_worked_example_defaults_forty_hours_one_agent():
 
 
 def test_worked_example_arm64_spot_hundred_hours_three_agents():
-    est = estimate_for({"cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT", "cpu": "512", "memory": "1024"}, costs.Usage(hours_per_month=100, agents=3, per_agent_series=True))
+    est = estimate_for(
+        {"cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT", "cpu": "512", "memory": "1024"},
+        costs.Usage(hours_per_month=100, agents=3, per_agent_series=True),
+    )
     fargate = by_item(est.running, "Fargate")
     on_demand = 100 * (0.5 * 0.03238 + 1.0 * 0.00356)  # 1.975
     assert (fargate.low, fargate.high) == (round(on_demand * 0.30, 4), round(on_demand * 0.50, 4))  # 50-70% off
@@ -48,22 +51,32 @@ def test_the_targets_and_the_settings_that_reach_them(tmp_path):
     """40 hours a month, one agent: at most $0.40 a month all in and $0.02 while stopped
     (after the free tiers) with ARM64 on Spot; the defaults cost more."""
     cheap = tmp_path / "Pulumi.cheap.yaml"
-    cheap.write_text("config:\n  aws:region: us-east-1\n  fluidity:cpuArchitecture: ARM64\n  fluidity:capacity: FARGATE_SPOT\n")
-    done = subprocess.run([FLUIDITY, "cost", "--stack", str(cheap), "--json"], capture_output=True, text=True, timeout=60)
+    cheap.write_text(
+        "config:\n  aws:region: us-east-1\n  fluidity:cpuArchitecture: ARM64\n  fluidity:capacity: FARGATE_SPOT\n"
+    )
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--stack", str(cheap), "--json"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert figures["month_total"]["free"] <= 0.40 and figures["stopped_total"]["free"] <= 0.02, figures
     assert figures["rates_taken"] == rates.TAKEN and figures["region"] == rates.REGION
     defaults = tmp_path / "Pulumi.defaults.yaml"
     defaults.write_text("config:\n  aws:region: us-east-1\n")
-    dearer = json.loads(subprocess.run([FLUIDITY, "cost", "--stack", str(defaults), "--json"], capture_output=True, text=True, timeout=60).stdout)
+    dearer = json.loads(
+        subprocess.run(
+            [FLUIDITY, "cost", "--stack", str(defaults), "--json"], capture_output=True, text=True, timeout=60
+        ).stdout
+    )
     assert dearer["month_total"]["free"] > 0.40  # x86 on demand: the defaults the seed had
 
 
 def test_the_table_a_person_reads(tmp_path):
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text("config:\n  aws:region: eu-west-1\n")
-    done = subprocess.run([FLUIDITY, "cost", "--stack", str(stack), "--hours-per-month", "10"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--stack", str(stack), "--hours-per-month", "10"], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     text = done.stdout
     assert "for 10 hours a month" in text and "While it runs:" in text and "Always (also while stopped):" in text
@@ -87,7 +100,9 @@ def test_a_bad_stack_file_is_one_line(tmp_path, content, message):
 
 
 def test_a_missing_stack_file_and_bad_flags(tmp_path):
-    done = subprocess.run([FLUIDITY, "cost", "--stack", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--stack", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 1 and "cannot read" in done.stderr
     done = subprocess.run([FLUIDITY, "cost", "--hours-per-month", "-3"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--hours-per-month" in done.stderr
@@ -105,7 +120,13 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     """`fluidity cost --json | head -c 20` (issue 26, item 7): no BrokenPipeError traceback."""
     stack = tmp_path / "Pulumi.mine.yaml"
     stack.write_text("config:\n  aws:region: eu-west-1\n")
-    done = subprocess.run(f"'{FLUIDITY}' cost --stack '{stack}' --json | head -c 20", shell=True, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        f"'{FLUIDITY}' cost --stack '{stack}' --json | head -c 20",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert len(done.stdout) == 20
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
@@ -114,22 +135,34 @@ def test_outside_the_repository_it_prices_the_defaults_and_says_so(tmp_path):
     """No Pulumi.<stack>.yaml where it runs (an installed `fluidity`, any folder)."""
     done = subprocess.run([FLUIDITY, "cost"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "A month:" in done.stdout and "prices the stack's defaults" in done.stdout and "Pulumi.dev.yaml" not in done.stderr, done
+    assert (
+        "A month:" in done.stdout
+        and "prices the stack's defaults" in done.stdout
+        and "Pulumi.dev.yaml" not in done.stderr
+    ), done
 
 
 def test_several_stack_files_ask_which(tmp_path):
     for name in ("dev", "prod"):
         (tmp_path / f"Pulumi.{name}.yaml").write_text("config: {}\n")
     done = subprocess.run([FLUIDITY, "cost"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 2 and "several stack files here (Pulumi.dev.yaml, Pulumi.prod.yaml): pass --stack" in done.stderr, done
+    assert (
+        done.returncode == 2
+        and "several stack files here (Pulumi.dev.yaml, Pulumi.prod.yaml): pass --stack" in done.stderr
+    ), done
 
 
-@pytest.mark.parametrize("region, code, says", [
-    ("ap-south-1", 0, "the rates are us-east-1's"),
-    ("mars-1", 1, "--region 'mars-1' is not an AWS region name"),
-])
+@pytest.mark.parametrize(
+    "region, code, says",
+    [
+        ("ap-south-1", 0, "the rates are us-east-1's"),
+        ("mars-1", 1, "--region 'mars-1' is not an AWS region name"),
+    ],
+)
 def test_a_region_is_priced_or_said_to_be_not(tmp_path, region, code, says):
-    done = subprocess.run([FLUIDITY, "cost", "--region", region], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--region", region], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
     assert done.returncode == code and says in done.stdout + done.stderr, done
     if code == 0:
         assert region in done.stdout

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from support import make_certs
 
 
@@ -26,7 +25,10 @@ def plane(tmp_path, monkeypatch):
     monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
     aws = MotoAws(region=REGION)
     certs = make_certs(tmp_path / "certs")
-    pem = {key: Path(certs.path(name)).read_text() for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))}
+    pem = {
+        key: Path(certs.path(name)).read_text()
+        for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))
+    }
     running = []
 
     def start():
@@ -46,7 +48,12 @@ def plane(tmp_path, monkeypatch):
 
 
 def call(gateway, url: str, method: str, key: str | None) -> tuple[int, dict]:
-    request = urllib.request.Request(gateway.local(url), method=method, data=b"" if method == "POST" else None, headers={"x-api-key": key} if key else {})
+    request = urllib.request.Request(
+        gateway.local(url),
+        method=method,
+        data=b"" if method == "POST" else None,
+        headers={"x-api-key": key} if key else {},
+    )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, json.load(answer)
@@ -56,7 +63,9 @@ def call(gateway, url: str, method: str, key: str | None) -> tuple[int, dict]:
 
 def desired(aws, declared) -> int:
     outputs = declared.outputs
-    return aws.client("ecs").describe_services(cluster=outputs["clusterName"], services=[outputs["serviceName"]])["services"][0]["desiredCount"]
+    return aws.client("ecs").describe_services(cluster=outputs["clusterName"], services=[outputs["serviceName"]])[
+        "services"
+    ][0]["desiredCount"]
 
 
 def test_the_declared_api_wakes_reports_and_kills_with_each_roles_own_rights(plane):
@@ -75,7 +84,10 @@ def test_the_declared_api_wakes_reports_and_kills_with_each_roles_own_rights(pla
     assert call(gateway, outputs["wakeUrl"], "POST", "not-the-key") == (403, {"message": "Forbidden"})
     assert call(gateway, outputs["wakeUrl"], "POST", None) == (403, {"message": "Forbidden"})
     assert call(gateway, outputs["wakeUrl"], "GET", key) == (403, {"message": "Missing Authentication Token"})
-    assert call(gateway, outputs["apiUrl"] + "/sleep", "POST", key) == (403, {"message": "Missing Authentication Token"})
+    assert call(gateway, outputs["apiUrl"] + "/sleep", "POST", key) == (
+        403,
+        {"message": "Missing Authentication Token"},
+    )
     # Each function's output reached its own log group, written with its own role.
     assert gateway.runtime.errors == []
     logs = aws.client("logs")
@@ -98,7 +110,9 @@ def test_a_role_that_may_not_write_its_logs_is_caught(plane, monkeypatch):
     _, declared, gateway = plane()
     status, _ = call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"])
     assert status == 200  # Lambda answers anyway and drops the logs...
-    assert any("AccessDenied" in e and "CreateLogStream" in e for e in gateway.runtime.errors), gateway.runtime.errors  # ...which the rehearsal does not
+    assert any("AccessDenied" in e and "CreateLogStream" in e for e in gateway.runtime.errors), (
+        gateway.runtime.errors
+    )  # ...which the rehearsal does not
 
 
 def test_a_role_without_a_permission_its_lambda_uses_fails_the_call(plane, monkeypatch):
@@ -109,7 +123,11 @@ def test_a_role_without_a_permission_its_lambda_uses_fails_the_call(plane, monke
     def without_update_service(role, **kw):
         document = declared_policy(role, **kw)
         for statement in document["Statement"]:
-            statement["Action"] = [a for a in statement["Action"] if a != "ecs:UpdateService"] if isinstance(statement["Action"], list) else statement["Action"]
+            statement["Action"] = (
+                [a for a in statement["Action"] if a != "ecs:UpdateService"]
+                if isinstance(statement["Action"], list)
+                else statement["Action"]
+            )
         return document
 
     monkeypatch.setattr(policies, "control_function", without_update_service)
@@ -123,7 +141,13 @@ def test_an_environment_name_the_lambdas_do_not_read_fails_the_call(plane, monke
     from infra import control_plane
 
     declared_environment = control_plane.function_environment
-    monkeypatch.setattr(control_plane, "function_environment", lambda s, group="": {("ECS_CLUSTER" if k == "CLUSTER_NAME" else k): v for k, v in declared_environment(s, group).items()})
+    monkeypatch.setattr(
+        control_plane,
+        "function_environment",
+        lambda s, group="": {
+            ("ECS_CLUSTER" if k == "CLUSTER_NAME" else k): v for k, v in declared_environment(s, group).items()
+        },
+    )
     _, declared, gateway = plane()
     status, body = call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"])
     assert status == 500 and "CLUSTER_NAME must be set" in body["error"], body
@@ -135,9 +159,16 @@ def test_a_code_archive_missing_a_module_fails_the_call(plane, monkeypatch):
     from infra import control_plane
 
     whole = control_plane.code_archive
-    monkeypatch.setattr(control_plane, "code_archive", lambda: pulumi.AssetArchive({k: v for k, v in whole().assets.items() if k != "lambdas/ecs_state.py"}))
+    monkeypatch.setattr(
+        control_plane,
+        "code_archive",
+        lambda: pulumi.AssetArchive({k: v for k, v in whole().assets.items() if k != "lambdas/ecs_state.py"}),
+    )
     _, declared, gateway = plane()
-    assert call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"]) == (502, {"message": "Internal server error"})
+    assert call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"]) == (
+        502,
+        {"message": "Internal server error"},
+    )
 
 
 def test_a_route_api_gateway_may_not_invoke_is_an_internal_error(plane, monkeypatch):
@@ -151,4 +182,7 @@ def test_a_route_api_gateway_may_not_invoke_is_an_internal_error(plane, monkeypa
 
     monkeypatch.setattr(aws_sdk.lambda_, "Permission", wrong_source)
     _, declared, gateway = plane()
-    assert call(gateway, declared.outputs["wakeUrl"], "POST", declared.outputs["apiKey"]) == (500, {"message": "Internal server error"})
+    assert call(gateway, declared.outputs["wakeUrl"], "POST", declared.outputs["apiKey"]) == (
+        500,
+        {"message": "Internal server error"},
+    )

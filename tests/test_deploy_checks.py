@@ -10,7 +10,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from support import FLUIDITY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +30,9 @@ def project(tmp_path: Path, secrets: dict, region: str | None = "eu-west-1") -> 
 
 
 def doctor(folder: Path, env: dict, *extra: str) -> tuple[int, dict[str, str]]:
-    done = subprocess.run([FLUIDITY, "doctor", "--deploy", *extra], cwd=folder, capture_output=True, text=True, timeout=120, env=env)
+    done = subprocess.run(
+        [FLUIDITY, "doctor", "--deploy", *extra], cwd=folder, capture_output=True, text=True, timeout=120, env=env
+    )
     assert "Traceback" not in done.stdout + done.stderr, done
     lines = {}
     for line in done.stdout.splitlines():
@@ -45,7 +46,15 @@ def bare_env(tmp_path: Path, **extra: str) -> dict:
     empty = tmp_path / "bin"
     empty.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    return {**env, "PATH": str(empty), "HOME": str(tmp_path / "home"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true", **extra}
+    return {
+        **env,
+        "PATH": str(empty),
+        "HOME": str(tmp_path / "home"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **extra,
+    }
 
 
 def test_a_bare_machine_gets_one_line_per_missing_piece_with_its_fix(tmp_path):
@@ -54,15 +63,25 @@ def test_a_bare_machine_gets_one_line_per_missing_piece_with_its_fix(tmp_path):
     assert "FAIL" in lines["Pulumi CLI"] and "pulumi login --local" in lines["Pulumi CLI"], lines
     assert "FAIL" in lines["Docker"] and "docker-buildx" in lines["Docker"], lines
     assert lines["secret serverCert"].startswith("ok") and "encrypted" in lines["secret serverCert"], lines
-    assert "FAIL" in lines["secret caCert"] and "pulumi config set --secret caCert < certs/ca.pem" in lines["secret caCert"], lines
+    assert (
+        "FAIL" in lines["secret caCert"]
+        and "pulumi config set --secret caCert < certs/ca.pem" in lines["secret caCert"]
+    ), lines
     assert "FAIL" in lines["AWS credentials"] and "aws configure" in lines["AWS credentials"], lines
     assert lines["AWS region"].startswith("ok") and "eu-west-1" in lines["AWS region"], lines
     assert "v1:c2VjcmV0" not in str(lines)  # nothing secret is shown
 
 
 def test_a_secret_in_plain_text_is_called_out(tmp_path):
-    code, lines = doctor(project(tmp_path, {"serverCert": SECURE, "serverKey": "-----BEGIN PRIVATE KEY-----", "caCert": SECURE}), bare_env(tmp_path))
-    assert code == 1 and "as plain text, not as a secret" in lines["secret serverKey"] and "pulumi config rm serverKey" in lines["secret serverKey"], lines
+    code, lines = doctor(
+        project(tmp_path, {"serverCert": SECURE, "serverKey": "-----BEGIN PRIVATE KEY-----", "caCert": SECURE}),
+        bare_env(tmp_path),
+    )
+    assert (
+        code == 1
+        and "as plain text, not as a secret" in lines["secret serverKey"]
+        and "pulumi config rm serverKey" in lines["secret serverKey"]
+    ), lines
     assert "BEGIN PRIVATE KEY" not in str(lines)
 
 
@@ -83,10 +102,18 @@ def test_a_docker_without_its_daemon(tmp_path):
     (link / "docker").symlink_to(docker)
     env = bare_env(tmp_path, DOCKER_HOST=f"unix://{tmp_path}/no-daemon.sock")
     code, lines = doctor(project(tmp_path, {}), env)
-    assert code == 1 and "FAIL" in lines["Docker daemon"] and "not answering" in lines["Docker daemon"] and "start it" in lines["Docker daemon"], lines
+    assert (
+        code == 1
+        and "FAIL" in lines["Docker daemon"]
+        and "not answering" in lines["Docker daemon"]
+        and "start it" in lines["Docker daemon"]
+    ), lines
 
 
-@pytest.mark.parametrize("layout, says", [("none", "no Pulumi.yaml in"), ("two stacks", "several stack files (Pulumi.a.yaml, Pulumi.b.yaml)")])
+@pytest.mark.parametrize(
+    "layout, says",
+    [("none", "no Pulumi.yaml in"), ("two stacks", "several stack files (Pulumi.a.yaml, Pulumi.b.yaml)")],
+)
 def test_the_wrong_folder_is_said(tmp_path, layout, says):
     folder = tmp_path / "somewhere"
     folder.mkdir()

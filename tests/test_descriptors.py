@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
+
 from tunnel.wire.descriptors import LocalConnections
 
 

@@ -34,7 +34,9 @@ def documented(heading: str) -> list[str]:
 
 def stack_keys() -> set[str]:
     source = (ROOT / "infra" / "settings.py").read_text()
-    found = set(re.findall(r"\(config, \"(\w+)\"", source)) - {"get_object"} | set(re.findall(r'config\.get(?:_object)?\("(\w+)"\)', source))
+    found = set(re.findall(r"\(config, \"(\w+)\"", source)) - {"get_object"} | set(
+        re.findall(r'config\.get(?:_object)?\("(\w+)"\)', source)
+    )
     from infra.program import CERT_PATHS
 
     return found | set(CERT_PATHS)  # the three secrets, read by infra/program.py

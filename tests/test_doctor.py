@@ -10,16 +10,24 @@ import shutil
 import subprocess
 
 import yaml
-
 from support import FLUIDITY, agent_config, server_config, start_twistd
+
 from tunnel.wire import pki
 
 
 def doctor(config: dict, tmp_path, name: str = "agent.yaml", env: dict | None = None) -> tuple[int, str]:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(config))
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("HTTPS_PROXY", "https_proxy")}
-    done = subprocess.run([FLUIDITY, "doctor", "--config", str(path)], capture_output=True, text=True, timeout=60, env={**clean, "HOME": str(tmp_path), **(env or {})})
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("AWS_") and k not in ("HTTPS_PROXY", "https_proxy")
+    }
+    done = subprocess.run(
+        [FLUIDITY, "doctor", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**clean, "HOME": str(tmp_path), **(env or {})},
+    )
     return done.returncode, done.stdout
 
 
@@ -30,7 +38,13 @@ def test_a_good_set_up_passes_every_check(certs, tmp_path):
     finally:
         server.stop()
     assert code == 0, out
-    for line in ("ok    config:", "ok    certificate and key: match", "ok    client certificate and CA", "ok    server name and CA", "ALPN h2"):
+    for line in (
+        "ok    config:",
+        "ok    certificate and key: match",
+        "ok    client certificate and CA",
+        "ok    server name and CA",
+        "ALPN h2",
+    ):
         assert line in out, out
     assert out.strip().endswith("all good.")
 
@@ -46,7 +60,11 @@ def test_each_problem_is_one_line_with_its_fix(certs, tmp_path):
         assert code == 1 and "FAIL  server name and CA" in out and "someone-else" in out
         # The client certificate of another CA: the server refuses it.
         other = certs.directory / "other"
-        code, out = doctor(agent_config(certs, server.port, cert_file=str(other / "client.pem"), key_file=str(other / "client.key")), tmp_path, "ca.yaml")
+        code, out = doctor(
+            agent_config(certs, server.port, cert_file=str(other / "client.pem"), key_file=str(other / "client.key")),
+            tmp_path,
+            "ca.yaml",
+        )
         assert code == 1 and "FAIL  client certificate and CA" in out
     finally:
         server.stop()
@@ -63,9 +81,11 @@ def test_a_certificate_about_to_expire_is_a_warning(certs, tmp_path):
     cert, key = pki.issue(ca_cert, ca_key, "soon", server=False, days=10)
     (tmp_path / "soon").mkdir()
     issued = pki.save(tmp_path / "soon", "soon", cert, key, force=True)
-    code, out = doctor(agent_config(certs, 1, cert_file=str(issued.cert_path), key_file=str(issued.key_path)), tmp_path)
+    _code, out = doctor(
+        agent_config(certs, 1, cert_file=str(issued.cert_path), key_file=str(issued.key_path)), tmp_path
+    )
     assert "warn  client certificate expiry: expires in" in out, out
-    assert (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=10)).strftime("%Y-%m-%d") in out
+    assert (datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=10)).strftime("%Y-%m-%d") in out
 
 
 def test_the_control_plane_and_its_key(certs, aws, tmp_path):
@@ -74,7 +94,11 @@ def test_the_control_plane_and_its_key(certs, aws, tmp_path):
     aws.make_service(desired=0)
     plane = ControlPlaneProc(aws, tmp_path)
     try:
-        lifecycle = {"wake_endpoint": f"{plane.url}/wake", "status_endpoint": f"{plane.url}/status", "api_key": plane.api_key}
+        lifecycle = {
+            "wake_endpoint": f"{plane.url}/wake",
+            "status_endpoint": f"{plane.url}/status",
+            "api_key": plane.api_key,
+        }
         code, out = doctor(agent_config(certs, 8443, server_ip="", lifecycle=lifecycle), tmp_path, "plane.yaml")
         assert "ok    control plane:" in out and "the server is stopped" in out and "warn  server address" in out
         wrong = dict(lifecycle, api_key="not-the-key")
@@ -85,10 +109,10 @@ def test_the_control_plane_and_its_key(certs, aws, tmp_path):
 
 
 def test_aws_credentials_and_region_are_checked_when_aws_is_in_use(certs, aws, tmp_path):
-    code, out = doctor(agent_config(certs, 1), tmp_path, env=aws.env)
+    _, out = doctor(agent_config(certs, 1), tmp_path, env=aws.env)
     assert "ok    AWS region: us-east-1" in out and "ok    AWS credentials: found" in out
     without_region = {k: v for k, v in aws.env.items() if "REGION" not in k}
-    code, out = doctor(agent_config(certs, 1), tmp_path, "noregion.yaml", env=without_region)
+    _code, out = doctor(agent_config(certs, 1), tmp_path, "noregion.yaml", env=without_region)
     assert "FAIL  AWS region: none set" in out and "AWS_REGION" in out
 
 

@@ -90,12 +90,12 @@ def receive(reactor, peer: socket.socket, n: int, seconds: float = 10) -> bytes:
 
 
 def test_a_write_is_on_the_wire_before_the_reactor_turns(connected, mode):
-    reactor, protocol, peer = connected
+    _reactor, protocol, peer = connected
     protocol.transport.write(b"hello")
     peer.settimeout(0.3)
     try:
         arrived = peer.recv(16)
-    except socket.timeout:
+    except TimeoutError:
         arrived = b""
     # Twisted's own transport waits for the next reactor turn: the control case.
     assert arrived == (b"hello" if mode == "eager" else b"")
@@ -144,7 +144,9 @@ if sys.argv[1] == "eager":
     assert eager_write.install()
 ca_cert, ca_key = pki.make_ca("eager-write test CA")
 cert, key = pki.issue(ca_cert, ca_key, "server", server=True, dns_names=("localhost",), ip_addresses=("127.0.0.1",))
-pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+pem = cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
 options = twisted_ssl.PrivateCertificate.loadPEM(pem).options()
 class StartsTls(Protocol):
     def connectionMade(self):
@@ -156,7 +158,8 @@ def client():
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
     try:
-        with socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        raw = socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5)
+        with raw, context.wrap_socket(raw) as tls:
             got.append(tls.recv(64).decode())
     except Exception as e:
         got.append(repr(e))

@@ -11,9 +11,18 @@ import json
 import time
 
 from support import agent_config, server_config, start_twistd, wait_connected, wait_until
+
 from tunnel.server import emf
 
-EMF = {"metrics": {"emit_metrics": True, "metrics_interval": "1s", "transport": "emf", "namespace": "Fluidity", "service_name": "fluidity-server"}}
+EMF = {
+    "metrics": {
+        "emit_metrics": True,
+        "metrics_interval": "1s",
+        "transport": "emf",
+        "namespace": "Fluidity",
+        "service_name": "fluidity-server",
+    }
+}
 
 
 def emf_records(log: str) -> list[dict]:
@@ -29,13 +38,21 @@ def extracted(record: dict) -> list[dict]:
     """What CloudWatch makes of one EMF record: for each metric directive and dimension
     set, a datum whose dimension values and metric values are the record's own keys."""
     meta = record["_aws"]
-    stamp = datetime.datetime.fromtimestamp(meta["Timestamp"] / 1000, datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(meta["Timestamp"] / 1000, datetime.UTC)
     data = []
     for directive in meta["CloudWatchMetrics"]:
         for dimension_set in directive["Dimensions"]:
             dimensions = [{"Name": name, "Value": str(record[name])} for name in dimension_set]
             for metric in directive["Metrics"]:
-                data.append({"MetricName": metric["Name"], "Dimensions": dimensions, "Timestamp": stamp, "Value": float(record[metric["Name"]]), "Unit": metric["Unit"]})
+                data.append(
+                    {
+                        "MetricName": metric["Name"],
+                        "Dimensions": dimensions,
+                        "Timestamp": stamp,
+                        "Value": float(record[metric["Name"]]),
+                        "Unit": metric["Unit"],
+                    }
+                )
     return data
 
 
@@ -49,7 +66,9 @@ def test_lines_follow_the_specification():
         for directive in meta["CloudWatchMetrics"]:
             assert directive["Namespace"] == "Fluidity"
             for dimension_set in directive["Dimensions"]:
-                assert all(isinstance(record[name], str) for name in dimension_set)  # each dimension is a top-level string
+                assert all(
+                    isinstance(record[name], str) for name in dimension_set
+                )  # each dimension is a top-level string
             for metric in directive["Metrics"]:
                 assert isinstance(record[metric["Name"]], (int, float)) and metric["Unit"] in ("Count", "Seconds")
     assert records[0]["ActiveConnections"] == 2 and records[0]["LastActivityEpochSeconds"] == 1_700_000_000
@@ -69,7 +88,9 @@ def test_the_server_writes_emf_and_sleep_decides_from_it(aws, certs, tmp_path):
         wait_connected(agent)
         connected = wait_until(lambda: [r for r in emf_records(server.log()) if r.get("ActiveConnections") == 1], 10)
         for record in connected[-1:]:
-            aws.client("cloudwatch").put_metric_data(Namespace=record["_aws"]["CloudWatchMetrics"][0]["Namespace"], MetricData=extracted(record))
+            aws.client("cloudwatch").put_metric_data(
+                Namespace=record["_aws"]["CloudWatchMetrics"][0]["Namespace"], MetricData=extracted(record)
+            )
         # Six minutes on: past the five-minute idle threshold since the start and the last
         # activity, inside the ten-minute lookback. Only the connected agent keeps it up.
         decision = sleep.decide(aws.client("ecs"), aws.client("cloudwatch"), from_env(), time.time() + 6 * 60)
@@ -92,14 +113,24 @@ def test_without_boto3_the_api_transport_is_refused_at_start(certs, tmp_path):
     import sys
 
     import yaml
-
     from support import TWISTD
 
     config = tmp_path / "server.yaml"
     config.write_text(yaml.safe_dump(server_config(certs, metrics={"emit_metrics": True, "transport": "api"})))
     blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text("import sys\nclass _No:\n    def find_spec(self, name, path=None, target=None):\n        if name == 'boto3' or name.startswith('boto3.'):\n            raise ImportError('no boto3 here')\nsys.meta_path.insert(0, _No())\n")
+    blocker.write_text(
+        "import sys\nclass _No:\n    def find_spec(self, name, path=None, target=None):\n        if name == 'boto3' or "
+        "name.startswith('boto3.'):\n            raise ImportError('no boto3 here')\nsys.meta_path.insert(0, _No())\n"
+    )
     env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(config)], capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(
+        [sys.executable, TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert done.returncode != 0
-    assert "'metrics.transport' api needs boto3" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "'metrics.transport' api needs boto3" in done.stderr and len(done.stderr.strip().splitlines()) == 1, (
+        done.stderr
+    )

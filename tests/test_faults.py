@@ -76,7 +76,14 @@ def test_black_holed_path_is_detected_by_ping_and_recovered(certs, tmp_path, htt
         started = time.monotonic()
         wait_until(lambda: not health(agent)["connected"], 6)
         assert time.monotonic() - started < 3.5  # keepalive interval 0.5 s + timeout 1 s, with slack
-        answer = curl("-x", f"http://127.0.0.1:{agent.port}", "-w", "%{http_code}", f"http://127.0.0.1:{http_origin.port}/x", timeout=10)
+        answer = curl(
+            "-x",
+            f"http://127.0.0.1:{agent.port}",
+            "-w",
+            "%{http_code}",
+            f"http://127.0.0.1:{http_origin.port}/x",
+            timeout=10,
+        )
         assert answer.stdout.endswith(b"503")  # told, not hung
         relay.restore()
         wait_connected(agent, 10)
@@ -111,7 +118,9 @@ def test_agent_restarted_while_the_server_runs(certs, tmp_path, http_origin):
 def test_server_restarted_with_agents_connected(certs, tmp_path, http_origin):
     config = server_config(certs, drain_timeout="2s")
     server = start_twistd("server", config, tmp_path)
-    agents = [start_twistd("agent", agent_config(certs, server.port, **FAST), tmp_path, name=f"agent-{n}") for n in range(2)]
+    agents = [
+        start_twistd("agent", agent_config(certs, server.port, **FAST), tmp_path, name=f"agent-{n}") for n in range(2)
+    ]
     try:
         for agent in agents:
             wait_connected(agent)

@@ -1,8 +1,8 @@
 """The firewall lab (issue 25, item 8): every row of `bench/firewall_lab.py` as a user
 would meet it, in network namespaces of the lab's own making (nothing leaves the machine).
 A port filter passing 80/443 only, a network whose only way out is Debian's stock squid
-(with Basic, Digest, NTLM and Negotiate against a real KDC where a row says so), a PAC file, a TLS-intercepting mitmproxy, a
-laptop with no working resolver in all of them."""
+(with Basic, Digest, NTLM and Negotiate against a real KDC where a row says so), a PAC
+file, a TLS-intercepting mitmproxy, a laptop with no working resolver in all of them."""
 
 from __future__ import annotations
 
@@ -35,7 +35,11 @@ def served(row: dict) -> None:
 def test_a_port_filter_passes_the_server_on_443_and_says_why_8443_fails(rows):
     served(rows["port filter (80/443 only), direct, server on 443"])
     blocked = rows["port filter (80/443 only), direct, server on 8443"]
-    assert not blocked["ok"] and "no answer from 203.0.113.7:8443" in blocked["got"] and "pass only 80 and 443: run the server on 443" in blocked["got"], blocked
+    assert (
+        not blocked["ok"]
+        and "no answer from 203.0.113.7:8443" in blocked["got"]
+        and "pass only 80 and 443: run the server on 443" in blocked["got"]
+    ), blocked
 
 
 def test_a_firewall_that_forgets_the_flow_costs_a_client_about_the_probe_timeout(rows):
@@ -57,7 +61,9 @@ def test_with_no_way_out_but_the_proxy_the_stock_squid_carries_the_tunnel(rows):
     # The laptop resolves nothing; the proxy resolves the server's name, asked by CONNECT.
     served(rows["stock squid, the server by a name only the proxy resolves"])
     refused = rows["stock squid, server on 8443"]
-    assert not refused["ok"] and "403 Forbidden" in refused["got"] and "allows CONNECT to port 443 only" in refused["got"], refused
+    assert (
+        not refused["ok"] and "403 Forbidden" in refused["got"] and "allows CONNECT to port 443 only" in refused["got"]
+    ), refused
 
 
 def woken_through(row: dict, caller: str) -> None:
@@ -78,12 +84,23 @@ def test_the_control_plane_is_reached_the_way_the_tunnel_is(rows):
     woken_through(proxied, "203.0.113.1")
     log = proxied["proxy_log"]
     # Both by name, left to the proxy (the laptop resolves nothing): the API's, and the task's public DNS name.
-    assert "CONNECT api.lab.test:443" in log and "CONNECT ip-203-0-113-7.ec2.internal:443" in log and "CONNECT 203.0.113" not in log, log
+    assert (
+        "CONNECT api.lab.test:443" in log
+        and "CONNECT ip-203-0-113-7.ec2.internal:443" in log
+        and "CONNECT 203.0.113" not in log
+    ), log
     assert any("(CONNECT ip-203-0-113-7.ec2.internal:443)" in n for n in proxied["notes"]), proxied
 
 
 def test_every_proxy_form_carries_the_control_plane_too(rows):
-    for scenario in ("stock squid found by a PAC file (upstream_proxy: auto)", "squid asking for Basic", "squid asking for Digest", "squid asking for NTLM", "squid asking for NTLM, found by a PAC file, the password from the keyring", "squid asking for Negotiate (Kerberos, the user's ticket)"):
+    for scenario in (
+        "stock squid found by a PAC file (upstream_proxy: auto)",
+        "squid asking for Basic",
+        "squid asking for Digest",
+        "squid asking for NTLM",
+        "squid asking for NTLM, found by a PAC file, the password from the keyring",
+        "squid asking for Negotiate (Kerberos, the user's ticket)",
+    ):
         woken_through(rows[scenario], "203.0.113.1")
     for scheme in ("Basic", "Digest", "NTLM"):
         log = rows[f"squid asking for {scheme}"]["proxy_log"]
@@ -110,10 +127,17 @@ def test_negotiate_against_a_real_kdc_with_the_users_own_ticket(rows):
     keytab from the lab's krb5kdc."""
     row = rows["squid asking for Negotiate (Kerberos, the user's ticket)"]
     served(row)
-    assert any("authenticated to the upstream proxy with Negotiate as the logged-in user" in n for n in row["notes"]), row
+    assert any("authenticated to the upstream proxy with Negotiate as the logged-in user" in n for n in row["notes"]), (
+        row
+    )
     assert "alice@CORP.LAB.TEST" in row["proxy_log"] and "TCP_TUNNEL/200" in row["proxy_log"], row["proxy_log"]
     refused = rows["squid asking for Negotiate, no ticket"]
-    assert not refused["ok"] and "407" in refused["got"] and "no Kerberos ticket" in refused["got"] and "kinit" in refused["got"], refused
+    assert (
+        not refused["ok"]
+        and "407" in refused["got"]
+        and "no Kerberos ticket" in refused["got"]
+        and "kinit" in refused["got"]
+    ), refused
 
 
 def test_credentials_for_a_proxy_found_by_pac_come_from_the_keyring(rows):

@@ -9,8 +9,17 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from h2_raw import ContinuationFrame, DataFrame, GoAwayFrame, HeadersFrame, PingFrame, RawH2, RstStreamFrame, SettingsFrame, WindowUpdateFrame
+from h2_raw import (
+    ContinuationFrame,
+    DataFrame,
+    GoAwayFrame,
+    HeadersFrame,
+    PingFrame,
+    RawH2,
+    RstStreamFrame,
+    SettingsFrame,
+    WindowUpdateFrame,
+)
 from support import agent_config, curl, server_config, start_twistd, wait_connected
 
 ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0xB, 0x3, 0x1
@@ -75,10 +84,12 @@ def test_continuation_flood(target, certs, http_origin):
     bystander_is_served(agent, http_origin)
 
 
-@pytest.mark.parametrize("what, frame", [("SETTINGS frames", lambda: SettingsFrame(0)), ("PING frames", lambda: PingFrame(0, b"12345678"))])
+@pytest.mark.parametrize(
+    "what, frame", [("SETTINGS frames", lambda: SettingsFrame(0)), ("PING frames", lambda: PingFrame(0, b"12345678"))]
+)
 def test_settings_and_ping_floods(target, certs, http_origin, what, frame):
     server, agent = target
-    closed, code, grown = attack(server, certs, lambda peer: peer.send_frames([frame() for _ in range(2000)]))
+    closed, code, _grown = attack(server, certs, lambda peer: peer.send_frames([frame() for _ in range(2000)]))
     assert closed and code == ENHANCE_YOUR_CALM
     assert f"more than 100 {what}" in server.log()
     bystander_is_served(agent, http_origin)
@@ -97,7 +108,11 @@ def test_more_streams_than_allowed(target, certs, http_origin):
 
 def test_window_overflow(target, certs, http_origin):
     server, agent = target
-    closed, code, _ = attack(server, certs, lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1) for _ in range(2)]))
+    closed, code, _ = attack(
+        server,
+        certs,
+        lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=2**31 - 1) for _ in range(2)]),
+    )
     assert closed and code == FLOW_CONTROL_ERROR
     bystander_is_served(agent, http_origin)
 
@@ -177,7 +192,11 @@ def test_window_update_cost_does_not_grow_with_open_streams(certs, tmp_path):
 
 def test_window_update_flood(target, certs, http_origin):
     server, agent = target
-    closed, code, _ = attack(server, certs, lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=1) for _ in range(25000)], batch=1000))
+    closed, code, _ = attack(
+        server,
+        certs,
+        lambda peer: peer.send_frames([WindowUpdateFrame(0, window_increment=1) for _ in range(25000)], batch=1000),
+    )
     assert closed and code == ENHANCE_YOUR_CALM
     assert "more than 20000 WINDOW_UPDATE frames" in server.log()
     bystander_is_served(agent, http_origin)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 
 from tunnel.wire import h2_speedups
 
+
 @given(st.binary(max_size=64))
 def test_same_text_as_the_original(data):
     assert h2_speedups.install()  # keeps hyperframe's own in _replaced
@@ -50,6 +51,9 @@ def test_the_server_starts_when_hyperframe_changed(tmp_path):
     import subprocess
     import sys
 
-    code = "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.taps; tunnel.taps._speed_up_writes(); print('imported')"
+    code = (
+        "import hyperframe.frame as f; del f._raw_data_repr; import tunnel.taps; tunnel.taps._speed_up_writes(); "
+        "print('imported')"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.stdout.strip() == b"imported", done.stderr

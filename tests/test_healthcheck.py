@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 from support import free_port
+
 from tunnel.server.healthcheck import main, probe
 
 

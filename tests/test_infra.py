@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pulumi
 import pytest
-
 from pulumi_mocks import CERTS, REGION, synthesize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,17 +35,31 @@ def test_service_side_defaults_equal_the_seeds(stack):
     service = stack.one("aws:ecs/service:Service").inputs
     assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and service["launchType"] == "FARGATE"
     assert service["cluster"].endswith(":cluster/fluidity")
-    assert service["networkConfiguration"] == {"assignPublicIp": True, "subnets": ["subnet-a", "subnet-b", "subnet-c"], "securityGroups": ["fluidity-sg-id"]}
+    assert service["networkConfiguration"] == {
+        "assignPublicIp": True,
+        "subnets": ["subnet-a", "subnet-b", "subnet-c"],
+        "securityGroups": ["fluidity-sg-id"],
+    }
     task = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs
-    assert (task["cpu"], task["memory"], task["networkMode"], task["requiresCompatibilities"]) == ("256", "512", "awsvpc", ["FARGATE"])
+    assert (task["cpu"], task["memory"], task["networkMode"], task["requiresCompatibilities"]) == (
+        "256",
+        "512",
+        "awsvpc",
+        ["FARGATE"],
+    )
     assert task["runtimePlatform"] == {"cpuArchitecture": "X86_64", "operatingSystemFamily": "LINUX"}
-    assert task["executionRoleArn"].endswith("fluidity-execution-role") and task["taskRoleArn"].endswith("fluidity-task-role")
+    assert task["executionRoleArn"].endswith("fluidity-execution-role") and task["taskRoleArn"].endswith(
+        "fluidity-task-role"
+    )
 
     server = container(stack)
     assert server["name"] == "server" and server["essential"] is True
     assert server["image"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server@sha256:" + "ab" * 32
     assert server["portMappings"] == [{"containerPort": 443, "hostPort": 443, "protocol": "tcp"}]
-    assert server["logConfiguration"] == {"logDriver": "awslogs", "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"}}
+    assert server["logConfiguration"] == {
+        "logDriver": "awslogs",
+        "options": {"awslogs-group": "/fluidity/server", "awslogs-region": REGION, "awslogs-stream-prefix": "ecs"},
+    }
     assert {"name": "FLUIDITY_LOG_LEVEL", "value": "info"} in server["environment"]
     command = server["command"]  # appended to the image's ENTRYPOINT
     assert command[:2] == ["--port", "443"] and {"name": "FLUIDITY_PORT", "value": "443"} in server["environment"]
@@ -64,12 +77,18 @@ def test_service_side_defaults_equal_the_seeds(stack):
     repo = stack.one("aws:ecr/repository:Repository").inputs
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
     lifecycle = json.loads(stack.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").inputs["policy"])
-    assert lifecycle["rules"][0]["selection"]["countNumber"] == 2 and lifecycle["rules"][0]["action"] == {"type": "expire"}
+    assert lifecycle["rules"][0]["selection"]["countNumber"] == 2 and lifecycle["rules"][0]["action"] == {
+        "type": "expire"
+    }
 
 
 def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):
     parameters = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:ssm/parameter:Parameter")}
-    assert set(parameters) == {"/fluidity/fluidity-server/server-cert", "/fluidity/fluidity-server/server-key", "/fluidity/fluidity-server/ca-cert"}
+    assert set(parameters) == {
+        "/fluidity/fluidity-server/server-cert",
+        "/fluidity/fluidity-server/server-key",
+        "/fluidity/fluidity-server/ca-cert",
+    }
     assert all(p["type"] == "SecureString" for p in parameters.values())
     assert unwrap(parameters["/fluidity/fluidity-server/server-key"]["value"]) == CERTS["serverKey"]
     secrets = {s["name"]: s["valueFrom"] for s in container(stack)["secrets"]}
@@ -81,7 +100,9 @@ def test_certificates_are_secure_string_parameters_injected_as_secrets(stack):
     definitions = stack.one("aws:ecs/taskDefinition:TaskDefinition").inputs["containerDefinitions"]
     assert "BEGIN" not in definitions  # the PEM text itself never reaches the task definition
     read = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-execution-parameters").inputs["policy"])
-    assert read["Statement"][0]["Action"] == ["ssm:GetParameters"] and sorted(read["Statement"][0]["Resource"]) == sorted(secrets.values())
+    assert read["Statement"][0]["Action"] == ["ssm:GetParameters"] and sorted(
+        read["Statement"][0]["Resource"]
+    ) == sorted(secrets.values())
     managed = stack.one("aws:iam/rolePolicyAttachment:RolePolicyAttachment", "fluidity-execution-managed").inputs
     assert managed["policyArn"] == "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 
@@ -90,13 +111,23 @@ def test_the_task_calls_no_aws_api_its_metrics_are_emf_lines(stack):
     command = container(stack)["command"]
     assert command[command.index("--metrics-transport") + 1] == "emf"
     task_role = stack.one("aws:iam/role:Role", "fluidity-task-role").name
-    attached = [r for r in stack.of_type("aws:iam/rolePolicy:RolePolicy") + stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "task-role" in json.dumps(r.inputs.get("role", ""))]
+    attached = [
+        r
+        for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")
+        + stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+        if "task-role" in json.dumps(r.inputs.get("role", ""))
+    ]
     assert task_role and attached == []  # no permission at all: not even cloudwatch:PutMetricData
 
 
 def test_control_plane_defaults(stack):
     functions = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:lambda/function:Function")}
-    assert set(functions) == {"fluidity-server-wake", "fluidity-server-status", "fluidity-server-kill", "fluidity-server-sleep"}
+    assert set(functions) == {
+        "fluidity-server-wake",
+        "fluidity-server-status",
+        "fluidity-server-kill",
+        "fluidity-server-sleep",
+    }
     for name, function in functions.items():
         role = name.rsplit("-", 1)[1]
         assert function["handler"] == f"lambdas.{role}.handler" and function["runtime"].startswith("python3")
@@ -112,12 +143,21 @@ def test_control_plane_defaults(stack):
         archive = function["code"]
         assert isinstance(archive, pulumi.AssetArchive)
         assert set(archive.assets) == {f"lambdas/{p.name}" for p in (ROOT / "lambdas").glob("*.py")}  # only that folder
-    lambda_logs = [r.inputs for r in stack.of_type("aws:cloudwatch/logGroup:LogGroup") if r.inputs["name"].startswith("/aws/lambda/")]
-    assert sorted(l["name"] for l in lambda_logs) == sorted(f"/aws/lambda/{n}" for n in functions) and all(l["retentionInDays"] == 14 for l in lambda_logs)
+    lambda_logs = [
+        r.inputs
+        for r in stack.of_type("aws:cloudwatch/logGroup:LogGroup")
+        if r.inputs["name"].startswith("/aws/lambda/")
+    ]
+    assert sorted(group["name"] for group in lambda_logs) == sorted(f"/aws/lambda/{n}" for n in functions)
+    assert all(group["retentionInDays"] == 14 for group in lambda_logs)
 
     methods = {r.name: r.inputs for r in stack.of_type("aws:apigateway/method:Method")}
     assert {(m["httpMethod"], m["apiKeyRequired"]) for m in methods.values()} == {("POST", True), ("GET", True)}
-    assert sorted(r.inputs["pathPart"] for r in stack.of_type("aws:apigateway/resource:Resource")) == ["kill", "status", "wake"]
+    assert sorted(r.inputs["pathPart"] for r in stack.of_type("aws:apigateway/resource:Resource")) == [
+        "kill",
+        "status",
+        "wake",
+    ]
     assert all(r.inputs["type"] == "AWS_PROXY" for r in stack.of_type("aws:apigateway/integration:Integration"))
     plan = stack.one("aws:apigateway/usagePlan:UsagePlan").inputs
     assert plan["throttleSettings"] == {"burstLimit": 10, "rateLimit": 2.0}
@@ -128,13 +168,22 @@ def test_control_plane_defaults(stack):
     assert set(schedules) == {"fluidity-server-sleep", "fluidity-server-kill"}  # no wake schedule unless asked
     assert schedules["fluidity-server-sleep"]["scheduleExpression"] == "rate(5 minutes)"
     assert schedules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 23 * * ? *)"
-    assert all(s["scheduleExpressionTimezone"] == "UTC" and s["flexibleTimeWindow"] == {"mode": "OFF"} for s in schedules.values())
+    assert all(
+        s["scheduleExpressionTimezone"] == "UTC" and s["flexibleTimeWindow"] == {"mode": "OFF"}
+        for s in schedules.values()
+    )
     kill_target = schedules["fluidity-server-kill"]["target"]
     assert json.loads(kill_target["input"])["httpMethod"] == "POST"  # the kill handler takes it as a POST /kill
-    assert kill_target["arn"].endswith(":fluidity-control-kill") and kill_target["roleArn"].endswith(":fluidity-control-scheduler-role")
-    scheduler = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"])
+    assert kill_target["arn"].endswith(":fluidity-control-kill") and kill_target["roleArn"].endswith(
+        ":fluidity-control-scheduler-role"
+    )
+    scheduler = json.loads(
+        stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"]
+    )
     assert scheduler["Statement"][0]["Action"] == ["lambda:InvokeFunction"]
-    assert sorted(scheduler["Statement"][0]["Resource"]) == sorted(s["target"]["arn"] for s in schedules.values())  # exactly what runs
+    assert sorted(scheduler["Statement"][0]["Resource"]) == sorted(
+        s["target"]["arn"] for s in schedules.values()
+    )  # exactly what runs
     permissions = {r.name: r.inputs for r in stack.of_type("aws:lambda/permission:Permission")}
     assert permissions["fluidity-control-wake-invoke"]["sourceArn"].endswith("/*/POST/wake")
 
@@ -145,11 +194,24 @@ def test_outputs(stack):
     assert outputs["repositoryUrl"].endswith("/fluidity-server") and outputs["logGroupName"] == "/fluidity/server"
     assert outputs["securityGroupId"] == "fluidity-sg-id" and outputs["apiKey"] == "generated-api-key"
     base = f"https://abc123.execute-api.{REGION}.amazonaws.com/prod"
-    assert (outputs["apiUrl"], outputs["wakeUrl"], outputs["statusUrl"], outputs["killUrl"]) == (base, f"{base}/wake", f"{base}/status", f"{base}/kill")
+    assert (outputs["apiUrl"], outputs["wakeUrl"], outputs["statusUrl"], outputs["killUrl"]) == (
+        base,
+        f"{base}/wake",
+        f"{base}/status",
+        f"{base}/kill",
+    )
 
 
 def _comparable(stack) -> dict:
-    return {(r.type, r.name): repr(sorted((k, unwrap(v) if not isinstance(v, pulumi.AssetArchive) else sorted(v.assets)) for k, v in r.inputs.items())) for r in stack.resources}
+    return {
+        (r.type, r.name): repr(
+            sorted(
+                (k, unwrap(v) if not isinstance(v, pulumi.AssetArchive) else sorted(v.assets))
+                for k, v in r.inputs.items()
+            )
+        )
+        for r in stack.resources
+    }
 
 
 def test_changing_desired_count_changes_only_the_services_desired_count():
@@ -177,7 +239,16 @@ def test_spot_and_arm64():
 
 
 def test_own_vpc_image_and_no_control_plane():
-    stack = synthesize({"vpcId": "vpc-mine", "publicSubnets": '["subnet-1", "subnet-2"]', "containerImage": "example.org/fluidity:1.2", "controlPlane": "false", "allowedIngressCidr": "203.0.113.0/24", "containerPort": "9443"})
+    stack = synthesize(
+        {
+            "vpcId": "vpc-mine",
+            "publicSubnets": '["subnet-1", "subnet-2"]',
+            "containerImage": "example.org/fluidity:1.2",
+            "controlPlane": "false",
+            "allowedIngressCidr": "203.0.113.0/24",
+            "containerPort": "9443",
+        }
+    )
     assert stack.one("aws:ec2/securityGroup:SecurityGroup").inputs["vpcId"] == "vpc-mine"
     assert stack.one("aws:ec2/securityGroup:SecurityGroup").inputs["ingress"][0]["cidrBlocks"] == ["203.0.113.0/24"]
     assert stack.one("aws:ecs/service:Service").inputs["networkConfiguration"]["subnets"] == ["subnet-1", "subnet-2"]
@@ -189,11 +260,17 @@ def test_own_vpc_image_and_no_control_plane():
 @pytest.mark.parametrize(
     "config, message",
     [
-        ({"cpu": "256", "memory": "4096"}, "Fargate does not offer cpu 256 with memory 4096: with cpu 256, memory must be one of 512, 1024, 2048 MiB"),
+        (
+            {"cpu": "256", "memory": "4096"},
+            "Fargate does not offer cpu 256 with memory 4096: with cpu 256, memory must be one of 512, 1024, 2048 MiB",
+        ),
         ({"cpu": "300"}, "fluidity:cpu must be one of 256, 512, 1024"),
         ({"allowedIngressCidr": "10.0.0.300/8"}, "fluidity:allowedIngressCidr must be a CIDR"),
         ({"allowedIngressCidr": "10.0.0.1/8"}, "fluidity:allowedIngressCidr must be a CIDR"),
-        ({"sleepSchedule": "every 5 minutes"}, "fluidity:sleepSchedule: 'every 5 minutes' is not an EventBridge schedule"),
+        (
+            {"sleepSchedule": "every 5 minutes"},
+            "fluidity:sleepSchedule: 'every 5 minutes' is not an EventBridge schedule",
+        ),
         ({"killSchedule": "cron(0 23 * * *)"}, "is not an EventBridge schedule"),
         ({"killSchedule": "cron(0 23 * * MON *)"}, "needs '?'"),
         ({"sleepSchedule": "rate(1 minutes)"}, "not a valid rate"),
@@ -212,7 +289,10 @@ def test_invalid_values_stop_the_program_with_a_clear_message(config, message):
 
 
 def test_missing_certificates_say_how_to_set_them():
-    with pytest.raises(pulumi.RunError, match=r"fluidity:serverCert is not set: pulumi config set --secret serverCert < certs/server.pem"):
+    with pytest.raises(
+        pulumi.RunError,
+        match=r"fluidity:serverCert is not set: pulumi config set --secret serverCert < certs/server.pem",
+    ):
         synthesize(certs={})
 
 
@@ -238,9 +318,13 @@ def test_every_policy_is_valid_and_nothing_mutating_is_granted_on_star(stack, aw
     iam = aws.client("iam")
     documents = [json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")]
     trust = [json.loads(r.inputs["assumeRolePolicy"]) for r in stack.of_type("aws:iam/role:Role")]
-    assert len(documents) == 6 and len(trust) == 8  # + the scheduler's; API Gateway's logging role has a managed policy; the task role none
+    assert (
+        len(documents) == 6 and len(trust) == 8
+    )  # + the scheduler's; API Gateway's logging role has a managed policy; the task role none
     for index, document in enumerate(documents):
-        iam.create_policy(PolicyName=f"fluidity-{index}", PolicyDocument=json.dumps(document))  # moto validates the grammar
+        iam.create_policy(
+            PolicyName=f"fluidity-{index}", PolicyDocument=json.dumps(document)
+        )  # moto validates the grammar
     for index, document in enumerate(trust):
         iam.create_role(RoleName=f"fluidity-{index}", AssumeRolePolicyDocument=json.dumps(document))
     for document in documents:
@@ -249,7 +333,9 @@ def test_every_policy_is_valid_and_nothing_mutating_is_granted_on_star(stack, aw
             resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
             if "*" in resources:
                 assert not {"ecs:UpdateService", "ssm:GetParameters", "ecs:TagResource"} & set(actions), statement
-                assert all(a.split(":")[1].startswith(("Describe", "List", "Get", "PutMetricData")) for a in actions), statement
+                assert all(a.split(":")[1].startswith(("Describe", "List", "Get", "PutMetricData")) for a in actions), (
+                    statement
+                )
     by_role = {r.name: json.loads(r.inputs["policy"]) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")}
     status_actions = {a for s in _statements(by_role["fluidity-control-status-policy"]) for a in s["Action"]}
     assert "ecs:UpdateService" not in status_actions  # status only reads
@@ -309,7 +395,11 @@ def test_pulumi_up_builds_and_pushes_the_image_and_the_task_names_it_by_digest(a
     assert (Path(root) / "Dockerfile").is_file()
     assert image.inputs["platforms"] == [platform] and image.inputs["push"] is True
     registry = unwrap(image.inputs["registries"])[0]
-    assert registry["address"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com" and registry["username"] == "AWS" and registry["password"] == "ecr-token"
+    assert (
+        registry["address"] == f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
+        and registry["username"] == "AWS"
+        and registry["password"] == "ecr-token"
+    )
     repository = f"123456789012.dkr.ecr.{REGION}.amazonaws.com/fluidity-server"
     assert image.inputs["tags"] == [f"{repository}:latest"]
     assert container(stack)["image"] == f"{repository}@sha256:" + "12" * 32
@@ -333,8 +423,13 @@ def test_an_unreadable_digest_stops_the_program_in_one_line(digest):
     import subprocess
     import sys
 
-    code = f"from pulumi_mocks import synthesize\ntry:\n    synthesize(image_digest={digest!r})\nexcept Exception as e:\n    print(e)\n"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
+    code = (
+        f"from pulumi_mocks import synthesize\ntry:\n    synthesize(image_digest={digest!r})\nexcept Exception as e:\n "
+        f"   print(e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent
+    )
     cause = [line for line in done.stdout.splitlines() if "digest cannot be read" in line]
     assert len(cause) == 1 and "fluidity-server" in cause[0], done.stdout + done.stderr  # one line names the cause
     assert "Traceback" not in done.stdout
@@ -345,13 +440,24 @@ def test_ingress_for_wakers_is_the_default_and_a_cidr_replaces_it():
     exactly its security group; with allowedIngressCidr the group has that one rule and
     the Lambdas leave it alone."""
     stack = synthesize()
-    policies = {r.name: json.loads(unwrap(r.inputs["policy"])) for r in stack.of_type("aws:iam/rolePolicy:RolePolicy") if r.name.startswith("fluidity-control-")}
+    policies = {
+        r.name: json.loads(unwrap(r.inputs["policy"]))
+        for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")
+        if r.name.startswith("fluidity-control-")
+    }
     group_arn = "arn:aws:ec2:eu-west-1:123456789012:security-group/fluidity-sg-id"
     wake = {a: s["Resource"] for s in _statements(policies["fluidity-control-wake-policy"]) for a in s["Action"]}
-    assert wake["ec2:AuthorizeSecurityGroupIngress"] == group_arn and wake["ec2:RevokeSecurityGroupIngress"] == group_arn
+    assert (
+        wake["ec2:AuthorizeSecurityGroupIngress"] == group_arn and wake["ec2:RevokeSecurityGroupIngress"] == group_arn
+    )
     for role in ("kill", "sleep"):
-        actions = {a: s["Resource"] for s in _statements(policies[f"fluidity-control-{role}-policy"]) for a in s["Action"]}
-        assert actions["ec2:RevokeSecurityGroupIngress"] == group_arn and "ec2:AuthorizeSecurityGroupIngress" not in actions
+        actions = {
+            a: s["Resource"] for s in _statements(policies[f"fluidity-control-{role}-policy"]) for a in s["Action"]
+        }
+        assert (
+            actions["ec2:RevokeSecurityGroupIngress"] == group_arn
+            and "ec2:AuthorizeSecurityGroupIngress" not in actions
+        )
     status = {a for s in _statements(policies["fluidity-control-status-policy"]) for a in s["Action"]}
     assert not any(a.endswith("SecurityGroupIngress") for a in status)
 
@@ -371,13 +477,28 @@ def test_alarms_on_every_lambda_and_the_api_go_to_the_topic(stack):
     assert topic["name"] == "fluidity-server-alarms"
     assert stack.of_type("aws:sns/topicSubscription:TopicSubscription") == []  # no e-mail unless asked
     alarms = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
-    expected = {f"fluidity-server-{role}-{m}" for role in ("wake", "status", "kill", "sleep") for m in ("errors", "throttles")} | {"fluidity-server-control-5xx"}
+    expected = {
+        f"fluidity-server-{role}-{m}" for role in ("wake", "status", "kill", "sleep") for m in ("errors", "throttles")
+    } | {"fluidity-server-control-5xx"}
     assert set(alarms) == expected
     for name, alarm in alarms.items():
-        assert (alarm["statistic"], alarm["threshold"], alarm["comparisonOperator"], alarm["period"]) == ("Sum", 1, "GreaterThanOrEqualToThreshold", 300)
-        assert alarm["treatMissingData"] == "notBreaching" and len(alarm["alarmActions"]) == 1 and alarm["alarmActions"][0].endswith("fluidity-monitoring-alarms")
+        assert (alarm["statistic"], alarm["threshold"], alarm["comparisonOperator"], alarm["period"]) == (
+            "Sum",
+            1,
+            "GreaterThanOrEqualToThreshold",
+            300,
+        )
+        assert (
+            alarm["treatMissingData"] == "notBreaching"
+            and len(alarm["alarmActions"]) == 1
+            and alarm["alarmActions"][0].endswith("fluidity-monitoring-alarms")
+        )
         if name.endswith("5xx"):
-            assert (alarm["namespace"], alarm["metricName"], alarm["dimensions"]) == ("AWS/ApiGateway", "5XXError", {"ApiName": "fluidity-server-control", "Stage": "prod"})
+            assert (alarm["namespace"], alarm["metricName"], alarm["dimensions"]) == (
+                "AWS/ApiGateway",
+                "5XXError",
+                {"ApiName": "fluidity-server-control", "Stage": "prod"},
+            )
         else:
             function = name.rsplit("-", 1)[0]
             assert alarm["namespace"] == "AWS/Lambda" and alarm["dimensions"] == {"FunctionName": function}
@@ -395,36 +516,56 @@ def test_dashboard_shows_the_servers_metrics_decisions_errors_and_calls(stack):
     body = json.loads(dashboard["dashboardBody"])
     flat = json.dumps(body)
     assert dashboard["dashboardName"] == "fluidity-server"
-    assert ["Fluidity", ACTIVE_CONNECTIONS, "ServiceName", "fluidity-server"] in body["widgets"][0]["properties"]["metrics"]
+    assert ["Fluidity", ACTIVE_CONNECTIONS, "ServiceName", "fluidity-server"] in body["widgets"][0]["properties"][
+        "metrics"
+    ]
     assert LAST_ACTIVITY in flat and "EPOCH(m1) - m1" in flat
     query = next(w for w in body["widgets"] if w["type"] == "log")["properties"]["query"]
     for role in ("wake", "kill", "sleep"):
         assert f"'/aws/lambda/fluidity-server-{role}'" in query
-    assert '"Errors", "FunctionName", "fluidity-server-wake"' in flat and '"Count", "ApiName", "fluidity-server-control"' in flat
+    assert (
+        '"Errors", "FunctionName", "fluidity-server-wake"' in flat
+        and '"Count", "ApiName", "fluidity-server-control"' in flat
+    )
 
 
 def test_api_access_logs_throttle_and_quota():
-    stack = synthesize({"apiRateLimit": "5", "apiBurstLimit": "20", "apiMonthlyQuota": "5000", "logRetentionDays": "30"})
+    stack = synthesize(
+        {"apiRateLimit": "5", "apiBurstLimit": "20", "apiMonthlyQuota": "5000", "logRetentionDays": "30"}
+    )
     group = stack.one("aws:cloudwatch/logGroup:LogGroup", "fluidity-control-access-logs").inputs
     assert (group["name"], group["retentionInDays"]) == ("/aws/apigateway/fluidity-server-control", 30)
     stage = stack.one("aws:apigateway/stage:Stage").inputs["accessLogSettings"]
     assert stage["destinationArn"].endswith(":log-group:/aws/apigateway/fluidity-server-control")
     assert {"requestId", "ip", "status", "path"} <= set(json.loads(stage["format"]))
     plan = stack.one("aws:apigateway/usagePlan:UsagePlan").inputs
-    assert plan["throttleSettings"] == {"burstLimit": 20, "rateLimit": 5.0} and plan["quotaSettings"] == {"limit": 5000, "period": "MONTH"}
+    assert plan["throttleSettings"] == {"burstLimit": 20, "rateLimit": 5.0} and plan["quotaSettings"] == {
+        "limit": 5000,
+        "period": "MONTH",
+    }
 
 
 def test_schedules_in_the_users_time_zone_and_a_working_hours_wake():
-    stack = synthesize({"scheduleTimezone": "Europe/Berlin", "wakeSchedule": "cron(0 8 ? * MON-FRI *)", "killSchedule": "cron(0 19 ? * MON-FRI *)"})
+    stack = synthesize(
+        {
+            "scheduleTimezone": "Europe/Berlin",
+            "wakeSchedule": "cron(0 8 ? * MON-FRI *)",
+            "killSchedule": "cron(0 19 ? * MON-FRI *)",
+        }
+    )
     schedules = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:scheduler/schedule:Schedule")}
     assert set(schedules) == {"fluidity-server-sleep", "fluidity-server-kill", "fluidity-server-wake"}
     assert {s["scheduleExpressionTimezone"] for s in schedules.values()} == {"Europe/Berlin"}
     wake = schedules["fluidity-server-wake"]
-    assert wake["scheduleExpression"] == "cron(0 8 ? * MON-FRI *)" and wake["target"]["arn"].endswith(":fluidity-control-wake")
+    assert wake["scheduleExpression"] == "cron(0 8 ? * MON-FRI *)" and wake["target"]["arn"].endswith(
+        ":fluidity-control-wake"
+    )
     event = json.loads(wake["target"]["input"])
     assert (event["httpMethod"], event["path"]) == ("POST", "/wake")  # the same path as an agent's wake
     assert schedules["fluidity-server-kill"]["scheduleExpression"] == "cron(0 19 ? * MON-FRI *)"
-    policy = json.loads(stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"])
+    policy = json.loads(
+        stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-scheduler-policy").inputs["policy"]
+    )
     assert any(arn.endswith(":fluidity-control-wake") for arn in policy["Statement"][0]["Resource"])
 
 
@@ -447,10 +588,15 @@ def test_the_seeds_outputs(stack):
     outputs = stack.outputs
     assert outputs["clusterArn"] == "arn:aws:ecs:eu-west-1:123456789012:cluster/fluidity"
     assert outputs["taskDefinitionArn"].endswith(":fluidity-task")
-    assert outputs["executionRoleArn"].endswith(":fluidity-execution-role") and outputs["taskRoleArn"].endswith(":fluidity-task-role")
+    assert outputs["executionRoleArn"].endswith(":fluidity-execution-role") and outputs["taskRoleArn"].endswith(
+        ":fluidity-task-role"
+    )
     for role in ("wake", "status", "kill", "sleep"):
         assert outputs[f"{role}RoleArn"].endswith(f":fluidity-control-{role}-role")
-    assert outputs["alarmTopicArn"].endswith("fluidity-monitoring-alarms") and outputs["dashboardName"] == "fluidity-server"
+    assert (
+        outputs["alarmTopicArn"].endswith("fluidity-monitoring-alarms")
+        and outputs["dashboardName"] == "fluidity-server"
+    )
     command = outputs["publicIpCommand"]
     assert command.startswith("aws --region eu-west-1 ecs list-tasks --cluster fluidity --service-name fluidity-server")
     assert "describe-network-interfaces" in command and "Association.PublicIp" in command

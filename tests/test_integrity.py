@@ -17,7 +17,14 @@ def test_200_mb_download_through_connect(tunnel, https_origin):
     block = pattern(1 << 20)
     for _ in range(SIZE // len(block)):
         expected.update(block)
-    result = curl("-x", tunnel.proxy, "--cacert", https_origin.ca, f"https://127.0.0.1:{https_origin.port}/bytes/{SIZE}", timeout=120)
+    result = curl(
+        "-x",
+        tunnel.proxy,
+        "--cacert",
+        https_origin.ca,
+        f"https://127.0.0.1:{https_origin.port}/bytes/{SIZE}",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout) == SIZE
     assert hashlib.sha256(result.stdout).hexdigest() == expected.hexdigest()
@@ -29,7 +36,16 @@ def test_200_mb_upload_through_connect(tunnel, https_origin, tmp_path):
         for i in range(SIZE // (1 << 20)):
             f.write(pattern(1 << 20, seed=i))
     digest = hashlib.sha256(body.read_bytes()).hexdigest()
-    result = curl("-x", tunnel.proxy, "--cacert", https_origin.ca, "-T", str(body), f"https://127.0.0.1:{https_origin.port}/upload", timeout=120)
+    result = curl(
+        "-x",
+        tunnel.proxy,
+        "--cacert",
+        https_origin.ca,
+        "-T",
+        str(body),
+        f"https://127.0.0.1:{https_origin.port}/upload",
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().split() == [str(SIZE), digest]
 

@@ -9,8 +9,6 @@ import stat
 import subprocess
 import sys
 
-import pytest
-
 from tunnel.wire import key_privacy
 
 # What `icacls C:\Users\alice\certs\client.key` prints on Windows 11.
@@ -55,7 +53,9 @@ def test_fluidity_certs_init_without_the_posix_only_calls(tmp_path):
         "import os, signal, sys; del os.fchmod; del signal.SIGHUP; "
         "from tunnel.ops import cli; sys.exit(cli.main(['certs', 'init', '--dir', sys.argv[1]]))"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "certs")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "certs")], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     for key in ("ca.key", "server.key", "client.key"):
         assert stat.S_IMODE((tmp_path / "certs" / key).stat().st_mode) == 0o600
@@ -65,7 +65,6 @@ def test_a_world_readable_key_stops_the_agent_with_the_fix(certs, tmp_path):
     import shutil
 
     import yaml
-
     from support import TWISTD, agent_config
 
     key = tmp_path / "client.key"
@@ -73,8 +72,15 @@ def test_a_world_readable_key_stops_the_agent_with_the_fix(certs, tmp_path):
     key.chmod(0o644)
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, 1, key_file=str(key))))
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and f"is readable by others (mode 644); run chmod 600 {key}" in done.stdout + done.stderr, done
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        done.returncode != 0 and f"is readable by others (mode 644); run chmod 600 {key}" in done.stdout + done.stderr
+    ), done
 
 
 def test_the_local_demo_starts_its_children_without_posix_sessions(monkeypatch):
@@ -94,12 +100,25 @@ def test_fluidity_local_runs_and_stops_without_sighup_or_fchmod(tmp_path, http_o
     server_port, proxy_port = free_port(), free_port()
     code = (
         "import os, signal, sys; del os.fchmod; del signal.SIGHUP; "
-        "from tunnel.ops import cli; sys.exit(cli.main(['local', '--server-port', sys.argv[1], '--proxy-port', sys.argv[2]]))"
+        "from tunnel.ops import cli; sys.exit(cli.main(['local', '--server-port', sys.argv[1], '--proxy-port', "
+        "sys.argv[2]]))"
     )
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")}
-    process = subprocess.Popen([sys.executable, "-c", code, str(server_port), str(proxy_port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, str(server_port), str(proxy_port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_until(lambda: curl("-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/nohup", timeout=5).stdout.startswith(b"hello from http-origin"), 30, interval=0.3)
+        wait_until(
+            lambda: curl(
+                "-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/nohup", timeout=5
+            ).stdout.startswith(b"hello from http-origin"),
+            30,
+            interval=0.3,
+        )
     finally:
         process.send_signal(signal.SIGINT)
         out = process.communicate(timeout=40)[0].decode()

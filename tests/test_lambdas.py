@@ -14,7 +14,15 @@ from lambdas.settings import from_env
 
 
 def api_event(method: str, path: str, **extra) -> dict:
-    event = {"resource": path, "path": path, "httpMethod": method, "headers": {"x-api-key": "k"}, "body": None, "isBase64Encoded": False, "requestContext": {"stage": "prod"}}
+    event = {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": {"x-api-key": "k"},
+        "body": None,
+        "isBase64Encoded": False,
+        "requestContext": {"stage": "prod"},
+    }
     event.update(extra)
     return event
 
@@ -26,17 +34,37 @@ def call(handler, method: str, path: str, **extra) -> tuple[int, dict]:
 
 
 def scheduled_event() -> dict:
-    return {"version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events", "time": "2026-11-26T12:00:00Z", "resources": [], "detail": {}}
+    return {
+        "version": "0",
+        "id": "1",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "time": "2026-11-26T12:00:00Z",
+        "resources": [],
+        "detail": {},
+    }
 
 
 def put_metrics(aws, active: float, last_activity: float, when: float | None = None) -> None:
-    stamp = datetime.datetime.fromtimestamp(when or time.time(), datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(when or time.time(), datetime.UTC)
     dims = [{"Name": "ServiceName", "Value": "fluidity-server"}]
     aws.client("cloudwatch").put_metric_data(
         Namespace="Fluidity",
         MetricData=[
-            {"MetricName": "ActiveConnections", "Dimensions": dims, "Timestamp": stamp, "Value": active, "Unit": "Count"},
-            {"MetricName": "LastActivityEpochSeconds", "Dimensions": dims, "Timestamp": stamp, "Value": last_activity, "Unit": "Seconds"},
+            {
+                "MetricName": "ActiveConnections",
+                "Dimensions": dims,
+                "Timestamp": stamp,
+                "Value": active,
+                "Unit": "Count",
+            },
+            {
+                "MetricName": "LastActivityEpochSeconds",
+                "Dimensions": dims,
+                "Timestamp": stamp,
+                "Value": last_activity,
+                "Unit": "Seconds",
+            },
         ],
     )
 
@@ -47,7 +75,13 @@ def put_metrics(aws, active: float, last_activity: float, when: float | None = N
 def test_wake_starts_a_stopped_service_once(aws):
     service = aws.make_service(desired=0)
     code, body = call(status.handler, "GET", "/status")
-    assert (code, body["status"], body["desiredCount"], body["publicIp"], body["port"]) == (200, "stopped", 0, None, 443)
+    assert (code, body["status"], body["desiredCount"], body["publicIp"], body["port"]) == (
+        200,
+        "stopped",
+        0,
+        None,
+        443,
+    )
 
     code, body = call(wake.handler, "POST", "/wake")
     assert (code, body["status"], body["desiredCount"], body["runningCount"]) == (200, "starting", 1, 0)
@@ -55,7 +89,13 @@ def test_wake_starts_a_stopped_service_once(aws):
 
     aws.reconcile(service)  # ECS starts the task
     code, body = call(wake.handler, "POST", "/wake")  # idempotent: nothing changes
-    assert (code, body["status"], body["desiredCount"], body["runningCount"], body["publicIp"]) == (200, "running", 1, 1, "127.0.0.1")
+    assert (code, body["status"], body["desiredCount"], body["runningCount"], body["publicIp"]) == (
+        200,
+        "running",
+        1,
+        1,
+        "127.0.0.1",
+    )
     assert len(aws.service_tasks(service)) == 1
 
 
@@ -103,7 +143,12 @@ def test_kill_sets_desired_count_zero(aws):
 
 def test_http_api_v2_events_are_understood(aws):
     aws.make_service(desired=0)
-    event = {"version": "2.0", "rawPath": "/status", "headers": {}, "requestContext": {"http": {"method": "GET", "path": "/status"}}}
+    event = {
+        "version": "2.0",
+        "rawPath": "/status",
+        "headers": {},
+        "requestContext": {"http": {"method": "GET", "path": "/status"}},
+    }
     answer = status.handler(event, None)
     assert answer["statusCode"] == 200 and json.loads(answer["body"])["status"] == "stopped"
 
@@ -150,7 +195,10 @@ def test_a_json_body_is_accepted(aws):
 @pytest.mark.parametrize("handler, method", [(wake.handler, "POST"), (status.handler, "GET"), (kill.handler, "POST")])
 def test_unknown_service_is_502_with_reason(aws, monkeypatch, handler, method):
     aws.make_service(desired=0)
-    for cluster, service, expected in (("fluidity", "nope", "'nope' not found"), ("missing-cluster", "fluidity-server", "ClusterNotFoundException")):
+    for cluster, service, expected in (
+        ("fluidity", "nope", "'nope' not found"),
+        ("missing-cluster", "fluidity-server", "ClusterNotFoundException"),
+    ):
         monkeypatch.setenv("CLUSTER_NAME", cluster)
         monkeypatch.setenv("SERVICE_NAME", service)
         code, body = call(handler, method, "/x")
@@ -159,8 +207,9 @@ def test_unknown_service_is_502_with_reason(aws, monkeypatch, handler, method):
 
 
 def test_unreachable_aws_is_502(aws, monkeypatch):
-    from lambdas import clients
     from support import free_port
+
+    from lambdas import clients
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     clients.forget()
@@ -168,7 +217,14 @@ def test_unreachable_aws_is_502(aws, monkeypatch):
     assert code == 502 and "EndpointConnectionError" in body["error"]
 
 
-@pytest.mark.parametrize("name, value, message", [("CONTAINER_PORT", "http", "CONTAINER_PORT must be a number"), ("IDLE_THRESHOLD_MINUTES", "0", "between"), ("CLUSTER_NAME", "", "CLUSTER_NAME must be set")])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("CONTAINER_PORT", "http", "CONTAINER_PORT must be a number"),
+        ("IDLE_THRESHOLD_MINUTES", "0", "between"),
+        ("CLUSTER_NAME", "", "CLUSTER_NAME must be set"),
+    ],
+)
 def test_misconfigured_function_is_500_with_reason(aws, monkeypatch, name, value, message):
     aws.make_service(desired=0)
     monkeypatch.setenv(name, value)
@@ -289,19 +345,40 @@ def wakers(aws, monkeypatch):
 
 def v1_event(method: str, path: str, source_ip: str) -> dict:
     """What API Gateway's REST API (proxy integration) sends."""
-    return {"resource": path, "path": path, "httpMethod": method, "headers": {"x-api-key": "k"}, "body": None, "isBase64Encoded": False,
-            "requestContext": {"stage": "prod", "httpMethod": method, "identity": {"sourceIp": source_ip, "userAgent": "fluidity"}}}
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": {"x-api-key": "k"},
+        "body": None,
+        "isBase64Encoded": False,
+        "requestContext": {
+            "stage": "prod",
+            "httpMethod": method,
+            "identity": {"sourceIp": source_ip, "userAgent": "fluidity"},
+        },
+    }
 
 
 def v2_event(method: str, path: str, source_ip: str) -> dict:
     """What an HTTP API (payload 2.0) sends."""
-    return {"version": "2.0", "rawPath": path, "headers": {}, "isBase64Encoded": False,
-            "requestContext": {"http": {"method": method, "path": path, "sourceIp": source_ip}, "stage": "$default"}}
+    return {
+        "version": "2.0",
+        "rawPath": path,
+        "headers": {},
+        "isBase64Encoded": False,
+        "requestContext": {"http": {"method": method, "path": path, "sourceIp": source_ip}, "stage": "$default"},
+    }
 
 
 def open_to(aws, service) -> dict[str, str]:
     group = aws.client("ec2").describe_security_groups(GroupIds=[service.security_group])["SecurityGroups"][0]
-    return {r["CidrIp"]: r.get("Description", "") for p in group["IpPermissions"] if p.get("FromPort") == 443 for r in p.get("IpRanges", [])}
+    return {
+        r["CidrIp"]: r.get("Description", "")
+        for p in group["IpPermissions"]
+        if p.get("FromPort") == 443
+        for r in p.get("IpRanges", [])
+    }
 
 
 def invoke(handler, event) -> tuple[int, dict]:
@@ -324,7 +401,17 @@ def test_wake_opens_the_port_to_the_caller_only(aws, wakers):
 
 def test_stopping_closes_the_port_and_leaves_other_rules_alone(aws, wakers):
     ec2 = aws.client("ec2")
-    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "office (by hand)"}]}])
+    ec2.authorize_security_group_ingress(
+        GroupId=wakers.security_group,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 443,
+                "ToPort": 443,
+                "IpRanges": [{"CidrIp": "192.0.2.0/24", "Description": "office (by hand)"}],
+            }
+        ],
+    )
     invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
     code, body = invoke(kill.handler, v1_event("POST", "/kill", "203.0.113.7"))
     assert code == 200 and body["ingressRulesRemoved"] == 1
@@ -334,7 +421,9 @@ def test_stopping_closes_the_port_and_leaves_other_rules_alone(aws, wakers):
 def test_sleep_closes_the_port_when_it_stops_the_server(aws, wakers):
     invoke(wake.handler, v1_event("POST", "/wake", "203.0.113.7"))
     aws.reconcile(wakers)
-    decision = sleep.decide(aws.client("ecs"), aws.client("cloudwatch"), from_env(), time.time() + 86400, aws.client("ec2"))
+    decision = sleep.decide(
+        aws.client("ecs"), aws.client("cloudwatch"), from_env(), time.time() + 86400, aws.client("ec2")
+    )
     assert decision["action"] == "stopped" and decision["ingressRulesRemoved"] == 1
     assert open_to(aws, wakers) == {}
 
@@ -344,7 +433,17 @@ def test_many_wakers_stay_within_the_limit_and_stale_rules_are_pruned(aws, waker
 
     ec2 = aws.client("ec2")
     old = time.time() - 3 * 86400
-    ec2.authorize_security_group_ingress(GroupId=wakers.security_group, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 443, "ToPort": 443, "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": ingress.label(old)}]}])
+    ec2.authorize_security_group_ingress(
+        GroupId=wakers.security_group,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 443,
+                "ToPort": 443,
+                "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": ingress.label(old)}],
+            }
+        ],
+    )
     for n in range(2, 8):  # max 3 rules: each new waker pushes out the oldest
         code, _ = invoke(wake.handler, v1_event("POST", "/wake", f"203.0.113.{n}"))
         assert code == 200

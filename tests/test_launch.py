@@ -39,5 +39,11 @@ def test_a_virtualenv_without_the_capable_copy_runs_the_plain_one(tmp_path):
 
 def test_the_entry_point_runs_twistd_with_the_arguments_it_was_given():
     """This checkout's venv has no python3-net: the plain interpreter runs twistd itself."""
-    result = subprocess.run([sys.executable, "-m", "tunnel.server.launch", "--help"], capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    result = subprocess.run(
+        [sys.executable, "-m", "tunnel.server.launch", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
     assert result.returncode == 0 and "fluidity-server" in result.stdout, result.stdout + result.stderr

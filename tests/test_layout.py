@@ -28,7 +28,9 @@ def test_every_tunnel_module_is_in_the_layout_table():
             continue
         folder = module.parent.relative_to(ROOT).as_posix()
         row = next((text for path, text in rows.items() if f"`{folder}/`" == path), None)
-        listed_alone = any(f"`{module.relative_to(ROOT).as_posix()}`" in path or f"`{module.name}`" in path for path in rows)
+        listed_alone = any(
+            f"`{module.relative_to(ROOT).as_posix()}`" in path or f"`{module.name}`" in path for path in rows
+        )
         if not listed_alone and (row is None or f"`{module.stem}`" not in row):
             missing.append(module.relative_to(ROOT).as_posix())
     assert not missing, f"not in the layout table of docs/design.md: {missing}"
@@ -41,4 +43,6 @@ def test_the_readme_and_the_docs_point_nowhere_outside_the_repository():
         for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
             if "://" in target:
                 continue
-            assert (page.parent / target).resolve().is_relative_to(ROOT) and (page.parent / target).exists(), f"{page.name} links to {target}, which is not in the repository"
+            assert (page.parent / target).resolve().is_relative_to(ROOT) and (page.parent / target).exists(), (
+                f"{page.name} links to {target}, which is not in the repository"
+            )

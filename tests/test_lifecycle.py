@@ -10,11 +10,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from aws import ControlPlaneProc, EcsScheduler
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 
 API_KEY = "lifecycle-secret-key"
+
 
 class World:
     """Control plane, ECS scheduler and the server that a task 'is'."""
@@ -32,7 +32,13 @@ class World:
         self.server = start_twistd("server", self.server_config, self.tmp_path, name=f"server-{time.monotonic_ns()}")
 
     def agent_config(self, **lifecycle) -> dict:
-        block = {"wake_endpoint": f"{self.plane.url}/wake", "kill_endpoint": f"{self.plane.url}/kill", "api_key": API_KEY, "wake_retry_interval": "0.3s", **lifecycle}
+        block = {
+            "wake_endpoint": f"{self.plane.url}/wake",
+            "kill_endpoint": f"{self.plane.url}/kill",
+            "api_key": API_KEY,
+            "wake_retry_interval": "0.3s",
+            **lifecycle,
+        }
         # No server_ip, and a wrong port: the address must come from the control plane.
         return agent_config(self.certs, 1, server_ip="", lifecycle=block, tunnel_wait="3s")
 
@@ -42,15 +48,18 @@ class World:
             self.server.stop()
         self.plane.stop()
 
+
 @pytest.fixture
 def world(aws, certs, tmp_path):
     w = World(aws, certs, tmp_path)
     yield w
     w.close()
 
+
 def health(agent) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5) as r:
         return json.load(r)
+
 
 def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin, tmp_path):
     assert world.aws.desired_count(world.service) == 0
@@ -69,6 +78,7 @@ def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin
     assert API_KEY not in log and API_KEY not in world.plane.log()
     agent.assert_no_unhandled_errors()
 
+
 def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=2.5)
     try:
@@ -84,11 +94,14 @@ def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_ori
     finally:
         world.close()
 
+
 def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=None)  # ECS never places the task
     try:
         agent = start_twistd("agent", world.agent_config(wake_timeout="2s"), tmp_path)
-        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        result = curl(
+            "-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30
+        )
         head = result.stdout.decode(errors="replace")
         assert head.startswith("HTTP/1.1 503"), head
         assert "still starting" in head or "not running after 2s" in head, head
@@ -99,6 +112,7 @@ def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp
         agent.assert_no_unhandled_errors()
     finally:
         world.close()
+
 
 def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(), tmp_path)
@@ -119,11 +133,14 @@ def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tm
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
 
+
 def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     config = world.agent_config(api_key="not-the-key")
     agent = start_twistd("agent", config, tmp_path)
     try:
-        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30)
+        result = curl(
+            "-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30
+        )
         head = result.stdout.decode(errors="replace")
         assert head.startswith("HTTP/1.1 503") and "refused the API key (403)" in head, head
         assert world.aws.desired_count(world.service) == 0
@@ -132,7 +149,9 @@ def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     assert "not-the-key" not in agent.log()
     agent.assert_no_unhandled_errors()
 
+
 # -- the lifecycle block is checked before anything listens ----------------------------------
+
 
 def _agent_options(certs, tmp_path, **overrides):
     import yaml
@@ -146,19 +165,32 @@ def _agent_options(certs, tmp_path, **overrides):
     options.parseOptions(["--config", str(path)])
     return options
 
+
 @pytest.mark.parametrize(
     "lifecycle, message",
     [
         ({"wake_endpoint": "https://api.example/prod/wake"}, "'lifecycle.api_key' is required"),
-        ({"wake_endpoint": "http://api.example/prod/wake", "api_key": "k"}, "plain http would send the API key in clear"),
+        (
+            {"wake_endpoint": "http://api.example/prod/wake", "api_key": "k"},
+            "plain http would send the API key in clear",
+        ),
         ({"wake_endpoint": "ftp://api.example/wake", "api_key": "k"}, "expected an http(s) URL"),
         ({"wake_endpoint": "https://[api.example/wake", "api_key": "k"}, "bad URL"),
         ({"wake_endpoint": "https://api.example:99999/wake", "api_key": "k"}, "bad URL"),
         ({"wake_endpoint": "https://k:secret@api.example/wake", "api_key": "k"}, "not in the URL"),
-        ({"wake_endpoint": "https://api.example/prod/start", "api_key": "k"}, "'lifecycle.status_endpoint' is required"),
+        (
+            {"wake_endpoint": "https://api.example/prod/start", "api_key": "k"},
+            "'lifecycle.status_endpoint' is required",
+        ),
         ({"kill_endpoint": "https://api.example/prod/kill", "api_key": "k"}, "'lifecycle.wake_endpoint' is required"),
-        ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "env:FLUIDITY_TEST_NO_SUCH_VAR"}, "FLUIDITY_TEST_NO_SUCH_VAR is not set"),
-        ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "k", "kill_on_exit": True}, "needs 'lifecycle.kill_endpoint'"),
+        (
+            {"wake_endpoint": "https://api.example/prod/wake", "api_key": "env:FLUIDITY_TEST_NO_SUCH_VAR"},
+            "FLUIDITY_TEST_NO_SUCH_VAR is not set",
+        ),
+        (
+            {"wake_endpoint": "https://api.example/prod/wake", "api_key": "k", "kill_on_exit": True},
+            "needs 'lifecycle.kill_endpoint'",
+        ),
         ({"wake_endpoint": "https://api.example/prod/wake", "api_key": "k", "wake_timeout": "0s"}, "wake_timeout"),
     ],
 )
@@ -167,11 +199,16 @@ def test_bad_lifecycle_blocks_are_one_clear_line(certs, tmp_path, lifecycle, mes
         _agent_options(certs, tmp_path, server_ip="", lifecycle=lifecycle)
     assert str(raised.value).startswith("fluidity-agent: ") and message in str(raised.value)
 
+
 def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
     from tunnel.agent.lifecycle import settings_from
 
     monkeypatch.setenv("FLUIDITY_TEST_KEY", "from-env")
-    block = {"wake_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/wake", "kill_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/kill", "api_key": "env:FLUIDITY_TEST_KEY"}
+    block = {
+        "wake_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/wake",
+        "kill_endpoint": "https://abc.execute-api.eu-west-1.amazonaws.com/prod/kill",
+        "api_key": "env:FLUIDITY_TEST_KEY",
+    }
     settings = settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config)
     assert settings.status_url == "https://abc.execute-api.eu-west-1.amazonaws.com/prod/status"
     assert settings.api_key == "from-env" and settings.kill_on_exit is True
@@ -179,6 +216,7 @@ def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
     assert settings_from(_agent_options(certs, tmp_path, server_ip="", lifecycle=block).config).kill_on_exit is False
     with pytest.raises(SystemExit, match="'server_ip' is required"):
         _agent_options(certs, tmp_path, server_ip="")
+
 
 def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(kill_on_exit=False), tmp_path)
@@ -193,6 +231,7 @@ def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_orig
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
 
+
 def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
     """The pool's factory class is private to Twisted: without it the pool is used as it is."""
     from twisted.internet import reactor
@@ -203,6 +242,7 @@ def test_quiet_pool_falls_back_to_twisteds_own_when_it_changed(monkeypatch):
     assert _quiet_pool(reactor)._factory.noisy is False
     monkeypatch.delattr(client.HTTPConnectionPool, "_factory")
     assert isinstance(_quiet_pool(reactor), client.HTTPConnectionPool)
+
 
 class SlowStatus:
     """In front of the control plane: GET /status answers `delay` seconds late; counts them."""
@@ -222,7 +262,12 @@ class SlowStatus:
                 if self.command == "GET":
                     front.pending += 1
                     time.sleep(delay)
-                request = urllib.request.Request(upstream + self.path, method=self.command, headers={"x-api-key": self.headers.get("x-api-key", "")}, data=b"" if self.command == "POST" else None)
+                request = urllib.request.Request(
+                    upstream + self.path,
+                    method=self.command,
+                    headers={"x-api-key": self.headers.get("x-api-key", "")},
+                    data=b"" if self.command == "POST" else None,
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=10) as answer:
                         status, body = answer.status, answer.read()
@@ -245,13 +290,23 @@ class SlowStatus:
         self.server.shutdown()
         self.server.server_close()
 
+
 def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(world, http_origin, tmp_path):
     """Found by the cloud rehearsal: the tunnel drops, the agent asks for the status, and a
     client arrives before the answer ("stopped"). That client must wake the server, not wait
     for wake_timeout and get a 503."""
 
     front = SlowStatus(world.plane.url, delay=2.0)
-    agent = start_twistd("agent", world.agent_config(status_endpoint=f"{front.url}/status", wake_endpoint=f"{front.url}/wake", kill_endpoint=f"{front.url}/kill", wake_timeout="20s"), tmp_path)
+    agent = start_twistd(
+        "agent",
+        world.agent_config(
+            status_endpoint=f"{front.url}/status",
+            wake_endpoint=f"{front.url}/wake",
+            kill_endpoint=f"{front.url}/kill",
+            wake_timeout="20s",
+        ),
+        tmp_path,
+    )
     try:
         wait_connected(agent, 20)
         world.aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=0)
@@ -281,7 +336,10 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
     assert shutil.which(binary), "tinyproxy is needed (apt-get install tinyproxy; .ci/run installs it)"
     port = free_port()
     conf = tmp_path / "tinyproxy.conf"
-    conf.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 32\nAllow 127.0.0.1\nBasicAuth corp pw-1\nLogLevel Connect\n")
+    conf.write_text(
+        f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 32\nAllow 127.0.0.1\nBasicAuth corp pw-1\nLogLevel "
+        f"Connect\n"
+    )
     proxy_log = tmp_path / "tinyproxy.log"
     with open(proxy_log, "wb") as out:
         proxy = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
@@ -298,7 +356,10 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
             assert f"localhost:{plane_port}" in seen, seen  # wake and status went through the proxy, by name
             # and so did the tunnel: by the server's DNS name first, which tinyproxy cannot
             # resolve here, then by its address
-            assert f"ip-127-0-0-1.ec2.internal:{world.server_config['port']}" in seen and f"127.0.0.1:{world.server_config['port']}" in seen, seen
+            assert (
+                f"ip-127-0-0-1.ec2.internal:{world.server_config['port']}" in seen
+                and f"127.0.0.1:{world.server_config['port']}" in seen
+            ), seen
             before = seen.count(f"localhost:{plane_port}")
         finally:
             assert agent.stop() == 0
@@ -320,7 +381,13 @@ def test_behind_a_proxy_that_refuses_raw_addresses_the_agent_dials_the_servers_d
 
     name = "ip-127-0-0-1.ec2.internal"
     plane_port = int(world.plane.url.rsplit(":", 1)[1])
-    squid = Squid((), {}, ssl_ports=(world.server_config["port"], plane_port), hosts={name: "127.0.0.1", "localhost": "127.0.0.1"}, refuse_raw_ips=True)
+    squid = Squid(
+        (),
+        {},
+        ssl_ports=(world.server_config["port"], plane_port),
+        hosts={name: "127.0.0.1", "localhost": "127.0.0.1"},
+        refuse_raw_ips=True,
+    )
     try:
         named = world.plane.url.replace("127.0.0.1", "localhost")
         config = world.agent_config(wake_endpoint=f"{named}/wake", kill_endpoint=f"{named}/kill")

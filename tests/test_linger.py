@@ -73,7 +73,7 @@ def reset(sock: socket.socket) -> None:
 
 
 def test_aborted_upload_to_a_destination_that_never_reads_is_released(pair):
-    server, agent = pair
+    _server, agent = pair
     sink = Listener(never_read)
     try:
         for _ in range(3):

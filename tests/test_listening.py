@@ -13,9 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 import yaml
-
 from support import TWISTD, agent_config, server_config, start_twistd, wait_connected
 
 BURST = 300
@@ -80,7 +78,13 @@ def _server_as_uid_10001(certs, tmp_path, caps: tuple[str, ...]) -> subprocess.C
 
 
 def _run_as_uid_10001(certs, workdir: Path, caps: tuple[str, ...]) -> subprocess.CompletedProcess:
-    config = server_config(certs, port=443, cert_file="env:FLUIDITY_SERVER_CERT", key_file="env:FLUIDITY_SERVER_KEY", ca_file="env:FLUIDITY_CA_CERT")
+    config = server_config(
+        certs,
+        port=443,
+        cert_file="env:FLUIDITY_SERVER_CERT",
+        key_file="env:FLUIDITY_SERVER_KEY",
+        ca_file="env:FLUIDITY_CA_CERT",
+    )
     (workdir / "server.yaml").write_text(yaml.safe_dump(config))
     (workdir / "server.yaml").chmod(0o644)
     env = {
@@ -90,19 +94,40 @@ def _run_as_uid_10001(certs, workdir: Path, caps: tuple[str, ...]) -> subprocess
         "FLUIDITY_CA_CERT": Path(certs.path("ca.pem")).read_text(),
     }
     grant = [f"--inh-caps=+{c}" for c in caps] + [f"--ambient-caps=+{c}" for c in caps]
-    serve = shlex.join(["setpriv", "--reuid", "10001", "--regid", "10001", "--clear-groups", *grant, TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(workdir / "server.yaml")])
+    serve = shlex.join(
+        [
+            "setpriv",
+            "--reuid",
+            "10001",
+            "--regid",
+            "10001",
+            "--clear-groups",
+            *grant,
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "fluidity-server",
+            "--config",
+            str(workdir / "server.yaml"),
+        ]
+    )
     # Started, then stopped as soon as it says it listens (or after 20 s): a bounded run.
     script = (
         "ip link set lo up; echo 1024 > /proc/sys/net/ipv4/ip_unprivileged_port_start; "
         f"{serve} > {workdir}/log 2>&1 & pid=$!; "
-        f"for i in $(seq 1 200); do grep -q 'listening on' {workdir}/log && break; kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "
+        f"for i in $(seq 1 200); do grep -q 'listening on' {workdir}/log && break; kill -0 $pid 2>/dev/null || break; "
+        f"sleep 0.1; done; "
         f"kill -TERM $pid 2>/dev/null; wait $pid; echo exit=$?; cat {workdir}/log"
     )
-    return subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["unshare", "-n", "sh", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _needs_root() -> None:
-    assert os.geteuid() == 0 and shutil.which("setpriv") and shutil.which("unshare"), "needs root, setpriv and unshare (util-linux; .ci/run runs as root)"
+    assert os.geteuid() == 0 and shutil.which("setpriv") and shutil.which("unshare"), (
+        "needs root, setpriv and unshare (util-linux; .ci/run runs as root)"
+    )
 
 
 def test_a_server_on_443_without_the_capability_says_what_it_lacks_in_one_line(certs, tmp_path):
@@ -111,7 +136,12 @@ def test_a_server_on_443_without_the_capability_says_what_it_lacks_in_one_line(c
     assert "listening on" not in result.stdout, result.stdout
     lines = [line for line in result.stdout.splitlines() if "cannot listen" in line]
     assert len(lines) == 1, result.stdout
-    assert "127.0.0.1:443" in lines[0] and "Permission denied" in lines[0] and "CAP_NET_BIND_SERVICE" in lines[0] and "uid 10001" in lines[0], lines[0]
+    assert (
+        "127.0.0.1:443" in lines[0]
+        and "Permission denied" in lines[0]
+        and "CAP_NET_BIND_SERVICE" in lines[0]
+        and "uid 10001" in lines[0]
+    ), lines[0]
     assert "Traceback" not in result.stdout, result.stdout
 
 
@@ -119,5 +149,7 @@ def test_a_server_holding_cap_net_bind_service_listens_on_443_as_uid_10001(certs
     """What the image's file capability gives its interpreter (scripts/container-test proves the image itself)."""
     _needs_root()
     result = _server_as_uid_10001(certs, tmp_path, caps=("net_bind_service",))
-    assert "server listening on 127.0.0.1:443" in result.stdout or "listening on 127.0.0.1:443" in result.stdout, result.stdout
+    assert "server listening on 127.0.0.1:443" in result.stdout or "listening on 127.0.0.1:443" in result.stdout, (
+        result.stdout
+    )
     assert "cannot listen" not in result.stdout, result.stdout

@@ -6,10 +6,9 @@ import shutil
 import signal
 import subprocess
 import time
-
-import pytest
 from pathlib import Path
 
+import pytest
 from support import FLUIDITY, curl, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,10 +19,14 @@ def test_local_demo_serves_and_stops_on_ctrl_c(tmp_path, http_origin):
     server_port, proxy_port = free_port(), free_port()
     process = subprocess.Popen(
         [FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
-        assert (tmp_path / "certs" / "ca.pem").exists() or wait_until(lambda: (tmp_path / "certs" / "ca.pem").exists(), 10)
+        assert (tmp_path / "certs" / "ca.pem").exists() or wait_until(
+            lambda: (tmp_path / "certs" / "ca.pem").exists(), 10
+        )
 
         def proxied():
             r = curl("-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/demo", timeout=5)
@@ -45,7 +48,9 @@ def _start(tmp_path, server_port: int, proxy_port: int) -> subprocess.Popen:
         shutil.copytree(ROOT / "configs", tmp_path / "configs")
     return subprocess.Popen(
         [FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -93,7 +98,12 @@ def test_help_describes_every_option_of_local():
     done = subprocess.run([FLUIDITY, "local", "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
     text = " ".join(done.stdout.split())
-    for option, words in (("--certs", "development CA"), ("--configs", "server.local.yaml"), ("--server-port", "TLS port"), ("--proxy-port", "proxy port")):
+    for option, words in (
+        ("--certs", "development CA"),
+        ("--configs", "server.local.yaml"),
+        ("--server-port", "TLS port"),
+        ("--proxy-port", "proxy port"),
+    ):
         assert option in text and words in text, (option, text)
 
 
@@ -103,8 +113,11 @@ def test_it_restarts_at_once_on_the_same_ports(tmp_path, http_origin):
     for run in range(2):
         process = _start(tmp_path, server_port, proxy_port)
         try:
+
             def proxied():
-                r = curl("-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/again", timeout=5)
+                r = curl(
+                    "-x", f"http://127.0.0.1:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/again", timeout=5
+                )
                 return r.stdout.startswith(b"hello from http-origin /again")
 
             wait_until(proxied, 20, interval=0.3)
@@ -137,8 +150,15 @@ def test_outside_a_checkout_it_runs_with_its_own_settings(tmp_path, http_origin)
     env = {**__import__("os").environ, "XDG_DATA_HOME": str(tmp_path / "data")}
     work = tmp_path / "elsewhere"
     work.mkdir()
-    process = subprocess.Popen([FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)], cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    process = subprocess.Popen(
+        [FLUIDITY, "local", "--server-port", str(server_port), "--proxy-port", str(proxy_port)],
+        cwd=work,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     try:
+
         def proxied():
             r = curl("-x", f"http://[::1]:{proxy_port}", f"http://127.0.0.1:{http_origin.port}/elsewhere", timeout=5)
             return r.stdout.startswith(b"hello from http-origin /elsewhere")

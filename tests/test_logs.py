@@ -25,7 +25,11 @@ def test_a_peers_control_characters_cannot_forge_or_rewrite_a_text_log_line(cert
     server = start_twistd("server", server_config(certs, log_level="info"), tmp_path)
     try:
         for headers in (
-            [(":method", "CONNECT"), (":authority", "a:1"), ("x-evil", "v\r2026-01-01T00:00:00+0000 [forged#info] all fine")],
+            [
+                (":method", "CONNECT"),
+                (":authority", "a:1"),
+                ("x-evil", "v\r2026-01-01T00:00:00+0000 [forged#info] all fine"),
+            ],
             [(":method", "CONNECT\x1b[2J\x9b"), (":authority", "a:1")],
             [(":method", "CONNECT"), (":authority", "a:1\u2028forged"), ("x", "\x00\x7f")],
         ):
@@ -40,11 +44,16 @@ def test_a_peers_control_characters_cannot_forge_or_rewrite_a_text_log_line(cert
         server.stop()
     text = server.log_path.read_bytes().decode("utf-8")
     assert "protocol error" in text
-    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", text), [line for line in text.splitlines() if re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", line)]
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]", text), [
+        line for line in text.splitlines() if re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", line)
+    ]
     assert "[forged#info]" not in "".join(line[:60] for line in text.splitlines())  # no line starts forged
 
 
 def test_escape_keeps_text_and_shows_controls():
     from tunnel.wire.logs import escape
 
-    assert escape("plain ünïcode, tabs\tand\nnewlines\r\x1b\x9b\u2028") == "plain ünïcode, tabs\\tand\\nnewlines\\r\\x1b\\x9b\\u2028"
+    assert (
+        escape("plain ünïcode, tabs\tand\nnewlines\r\x1b\x9b\u2028")
+        == "plain ünïcode, tabs\\tand\\nnewlines\\r\\x1b\\x9b\\u2028"
+    )

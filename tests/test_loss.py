@@ -24,8 +24,24 @@ LOSS = Path(__file__).resolve().parent.parent / "bench" / "loss.py"
 def test_every_stream_finishes_intact_with_3_percent_loss(direction):
     assert shutil.which("nft"), "nftables is needed (apt-get install nftables; .ci/run installs it)"
     run = subprocess.run(
-        [sys.executable, str(LOSS), "--json", "--loss", "3", "--streams", "20", "--mb", "4", "--seconds", "60", "--direction", direction],
-        capture_output=True, text=True, timeout=150,
+        [
+            sys.executable,
+            str(LOSS),
+            "--json",
+            "--loss",
+            "3",
+            "--streams",
+            "20",
+            "--mb",
+            "4",
+            "--seconds",
+            "60",
+            "--direction",
+            direction,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(run.stdout.strip().splitlines()[-1])

@@ -10,14 +10,18 @@ import urllib.request
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
 from test_metrics import DIMENSIONS, maxima
 
-LIMITS = {"max_connections": 2, "max_streams_per_agent": 2, "metrics": {"emit_metrics": True, "metrics_interval": "1s", "per_agent": True}}
+LIMITS = {
+    "max_connections": 2,
+    "max_streams_per_agent": 2,
+    "metrics": {"emit_metrics": True, "metrics_interval": "1s", "per_agent": True},
+}
 
 
 def per_agent(aws, agent: str, since: float) -> list[float]:
     points = aws.client("cloudwatch").get_metric_statistics(
         Namespace="Fluidity",
         MetricName="ActiveConnections",
-        Dimensions=DIMENSIONS + [{"Name": "Agent", "Value": agent}],
+        Dimensions=[*DIMENSIONS, {"Name": "Agent", "Value": agent}],
         StartTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)),
         EndTime=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 60)),
         Period=60,
@@ -36,7 +40,9 @@ def test_two_agents_one_server(aws, certs, http_origin, echo, tmp_path):
         assert wait_connected(client)["identity"] == "client"
         assert wait_connected(alice)["identity"] == "alice"
         since = time.time()
-        assert wait_until(lambda: per_agent(aws, "alice", since) == [1.0] and per_agent(aws, "client", since) == [1.0], 10)
+        assert wait_until(
+            lambda: per_agent(aws, "alice", since) == [1.0] and per_agent(aws, "client", since) == [1.0], 10
+        )
         assert wait_until(lambda: maxima(aws, "ActiveConnections", since) == [2.0], 10)
         log = server.log()
         assert "agent client@127.0.0.1 connected" in log and "agent alice@127.0.0.1 connected" in log
@@ -65,7 +71,16 @@ def test_two_agents_one_server(aws, certs, http_origin, echo, tmp_path):
         for sock in held:
             sock.close()
         held.clear()
-        result = wait_until(lambda: (r := curl("-x", f"http://127.0.0.1:{alice.port}", f"http://127.0.0.1:{http_origin.port}/plain")).returncode == 0 and r, 5)
+        result = wait_until(
+            lambda: (
+                (
+                    r := curl("-x", f"http://127.0.0.1:{alice.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+                ).returncode
+                == 0
+                and r
+            ),
+            5,
+        )
         assert b"http-origin" in result.stdout  # streams freed: alice is served again
     finally:
         for sock in held:

@@ -11,14 +11,21 @@ import time
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 
 DIMENSIONS = [{"Name": "ServiceName", "Value": "fluidity-server"}]
-METRICS = {"metrics": {"emit_metrics": True, "metrics_interval": "1s", "namespace": "Fluidity", "service_name": "fluidity-server"}}
+METRICS = {
+    "metrics": {
+        "emit_metrics": True,
+        "metrics_interval": "1s",
+        "namespace": "Fluidity",
+        "service_name": "fluidity-server",
+    }
+}
 QUIET = {"keepalive_interval": "300s"}  # no PINGs: only real traffic counts as activity here
 
 
 def maxima(aws, metric: str, since: float) -> list[float]:
     """`aws cloudwatch get-metric-statistics --namespace Fluidity --metric-name M
     --dimensions Name=ServiceName,Value=fluidity-server --statistics Maximum`, from `since`."""
-    utc = datetime.timezone.utc
+    utc = datetime.UTC
     points = aws.client("cloudwatch").get_metric_statistics(
         Namespace="Fluidity",
         MetricName=metric,
@@ -96,7 +103,9 @@ def test_a_silent_cloudwatch_never_touches_the_tunnel(aws, certs, http_origin, t
         deadline = time.monotonic() + 6
         fetched = 0
         while time.monotonic() < deadline:
-            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/100000", timeout=5)
+            result = curl(
+                "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/100000", timeout=5
+            )
             assert result.returncode == 0 and len(result.stdout) == 100000, result.stderr
             fetched += 1
             time.sleep(0.2)

@@ -32,7 +32,9 @@ def pair_in_memory(on_stream):
     clock = Clock()
     agent = TunnelMux(client_side=True, clock=clock, keepalive_interval=0)
     server = TunnelMux(client_side=False, clock=clock, on_stream=on_stream, keepalive_interval=0)
-    pump = iosim.connect(server, iosim.FakeTransport(server, True), agent, iosim.FakeTransport(agent, False), clock=clock)
+    pump = iosim.connect(
+        server, iosim.FakeTransport(server, True), agent, iosim.FakeTransport(agent, False), clock=clock
+    )
     pump.flush()
     return agent, server, pump
 

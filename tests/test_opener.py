@@ -10,9 +10,8 @@ import socket
 import struct
 
 import pytest
-from zope.interface.verify import verifyObject
-
 from support import read_head
+from zope.interface.verify import verifyObject
 
 
 def socks_connect(port: int, target_port: int, host: str = "127.0.0.1") -> socket.socket:
@@ -55,7 +54,7 @@ def test_a_destination_reached_before_is_answered_without_the_server(pair, echo,
     opening = socks_connect if front == "socks5" else http_connect
     first = opening(agent.port, echo.port)  # the server reaches it once: now known
     head = socks_reply(first) if front == "socks5" else read_head(first)
-    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head
+    assert head.startswith((b"\x05\x00", b"HTTP/1.1 200")), head
     assert echo_once(first, b"hello") == b"hello"
     first.close()
 
@@ -63,7 +62,7 @@ def test_a_destination_reached_before_is_answered_without_the_server(pair, echo,
     second = opening(agent.port, echo.port)
     second.settimeout(3)
     head = socks_reply(second) if front == "socks5" else read_head(second)
-    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head  # the agent's own answer
+    assert head.startswith((b"\x05\x00", b"HTTP/1.1 200")), head  # the agent's own answer
     second.sendall(b"first bytes ride behind the request")
     server.process.send_signal(signal.SIGCONT)
     second.settimeout(10)
@@ -87,7 +86,7 @@ def test_a_first_time_destination_waits_for_the_servers_answer(pair, echo, front
     server.process.send_signal(signal.SIGCONT)
     s.settimeout(10)
     head = socks_reply(s) if front == "socks5" else read_head(s)
-    assert head.startswith(b"\x05\x00") or head.startswith(b"HTTP/1.1 200"), head
+    assert head.startswith((b"\x05\x00", b"HTTP/1.1 200")), head
     s.close()
 
 
@@ -105,9 +104,9 @@ def test_both_openers_provide_the_interface():
     from twisted.internet import reactor
 
     from tunnel.agent.opener import AgentOpener
+    from tunnel.opener import IOpener
     from tunnel.server.dialer import DirectOpener
     from tunnel.server.egress import EgressPolicy
-    from tunnel.opener import IOpener
 
     assert verifyObject(IOpener, DirectOpener(reactor, EgressPolicy(), 5.0))
     assert verifyObject(IOpener, AgentOpener(tunnel=None))

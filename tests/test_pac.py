@@ -7,7 +7,6 @@ import urllib.request
 
 import pytest
 from pypac.parser import PACFile
-
 from support import agent_config, start_twistd, wait_connected
 
 
@@ -26,13 +25,27 @@ def pac(tunnel) -> PACFile:
     return PACFile(text)
 
 
-@pytest.mark.parametrize("url", ["https://example.com/", "http://github.com/x", "https://8.8.8.8/", "https://[2001:db8::1]/"])
+@pytest.mark.parametrize(
+    "url", ["https://example.com/", "http://github.com/x", "https://8.8.8.8/", "https://[2001:db8::1]/"]
+)
 def test_everything_else_goes_through_the_agent(pac, tunnel, url):
     host = url.split("/")[2].strip("[]")
     assert pac.find_proxy_for_url(url, host) == f"PROXY 127.0.0.1:{tunnel.agent.port}"
 
 
-@pytest.mark.parametrize("url", ["http://localhost:3000/", "http://intranet/", "http://printer.local/", "http://10.1.2.3/", "http://192.168.1.1/", "http://172.20.0.5:8080/", "http://127.0.0.1:9000/", "http://[::1]:8000/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:3000/",
+        "http://intranet/",
+        "http://printer.local/",
+        "http://10.1.2.3/",
+        "http://192.168.1.1/",
+        "http://172.20.0.5:8080/",
+        "http://127.0.0.1:9000/",
+        "http://[::1]:8000/",
+    ],
+)
 def test_local_names_and_networks_go_direct(pac, url):
     authority = url.split("/")[2]
     host = authority[1 : authority.index("]")] if authority.startswith("[") else authority.split(":")[0]
@@ -40,7 +53,13 @@ def test_local_names_and_networks_go_direct(pac, url):
 
 
 def test_custom_bypass_and_a_widely_listening_agent(certs, tmp_path, tunnel):
-    config = agent_config(certs, tunnel.server.port, proxy_host="0.0.0.0", pac_bypass=["*.corp.example", "203.0.113.0/24"], local_names=["laptop.lan"])
+    config = agent_config(
+        certs,
+        tunnel.server.port,
+        proxy_host="0.0.0.0",
+        pac_bypass=["*.corp.example", "203.0.113.0/24"],
+        local_names=["laptop.lan"],
+    )
     agent = start_twistd("agent", config, tmp_path)
     try:
         wait_connected(agent)

@@ -6,7 +6,6 @@ import stat
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
 from support import FLUIDITY, run
 
 

@@ -13,8 +13,8 @@ import threading
 import time
 
 import pytest
-
 from support import agent_config, server_config, start_twistd, wait_connected
+
 from tunnel.server.healthcheck import probe
 from tunnel.server.preauth import HandshakeBudget
 
@@ -23,8 +23,17 @@ class Flood:
     """Opens connections to `port` from `source` and keeps them, at most `count` of them
     and for at most `seconds`; `hello` sends a TLS ClientHello and then stalls."""
 
-    def __init__(self, port: int, source: str, count: int, seconds: float, hello: bool = False, rate: float = 400.0) -> None:
-        self.port, self.source, self.count, self.seconds, self.hello, self.rate = port, source, count, seconds, hello, rate
+    def __init__(
+        self, port: int, source: str, count: int, seconds: float, hello: bool = False, rate: float = 400.0
+    ) -> None:
+        self.port, self.source, self.count, self.seconds, self.hello, self.rate = (
+            port,
+            source,
+            count,
+            seconds,
+            hello,
+            rate,
+        )
         self.sockets: list[socket.socket] = []
         self.opened = 0
         self.stop = threading.Event()
@@ -33,7 +42,7 @@ class Flood:
         self._tls.check_hostname = False
         self._tls.verify_mode = ssl.CERT_NONE
 
-    def __enter__(self) -> "Flood":
+    def __enter__(self) -> Flood:
         self.thread.start()
         return self
 
@@ -80,7 +89,11 @@ def test_budget_drops_silent_connections_before_speaking_ones_and_caps_each_sour
     assert len(budget) == 2 and "b1" not in budget
 
 
-@pytest.mark.parametrize("source,hello", [("127.0.0.1", False), ("127.0.0.2", False), ("127.0.0.2", True)], ids=["bare-same-address", "bare-other-address", "stalled-hellos"])
+@pytest.mark.parametrize(
+    "source,hello",
+    [("127.0.0.1", False), ("127.0.0.2", False), ("127.0.0.2", True)],
+    ids=["bare-same-address", "bare-other-address", "stalled-hellos"],
+)
 def test_agents_connect_during_a_pre_auth_flood(certs, tmp_path, source, hello):
     # Before the fix, 64 unauthenticated sockets (max_connections) locked every agent out for 10 s.
     server = start_twistd("server", server_config(certs, max_connections=4), tmp_path)

@@ -19,8 +19,8 @@ from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load
 from tunnel.server.egress import parse_allow_rule
-from tunnel.wire.refusals import OpenFailed
 from tunnel.server.revocation import RevocationError, parse
+from tunnel.wire.refusals import OpenFailed
 
 SETTINGS = settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -32,7 +32,9 @@ json_values = st.recursive(
 
 
 # -- config files ----------------------------------------------------------------------------
-key_names = st.sampled_from([k.name.split(".")[0] for k in SERVER_KEYS + AGENT_KEYS] + ["metrics", "lifecycle", "nonsense", "port"])
+key_names = st.sampled_from(
+    [k.name.split(".")[0] for k in SERVER_KEYS + AGENT_KEYS] + ["metrics", "lifecycle", "nonsense", "port"]
+)
 
 
 @SETTINGS
@@ -98,10 +100,29 @@ class SocketLikeTransport(StringTransport):
 http_like = st.one_of(
     st.binary(max_size=300),
     st.builds(
-        lambda method, target, headers, body: method + b" " + target + b" HTTP/1.1\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body,
+        lambda method, target, headers, body: (
+            method + b" " + target + b" HTTP/1.1\r\n" + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
+        ),
         st.sampled_from([b"GET", b"POST", b"CONNECT", b"PUT", b"G\x00T", b""]),
-        st.sampled_from([b"http://127.0.0.1:1/", b"127.0.0.1:443", b"/health", b"/proxy.pac", b"/", b"http://[::1", b"*"]) | st.binary(max_size=30),
-        st.lists(st.sampled_from([b"Host: x", b"Content-Length: 3", b"Content-Length: -1", b"Transfer-Encoding: chunked", b"Connection: upgrade", b"Upgrade: websocket", b"X: \xff"]) | st.binary(max_size=20), max_size=5),
+        st.sampled_from(
+            [b"http://127.0.0.1:1/", b"127.0.0.1:443", b"/health", b"/proxy.pac", b"/", b"http://[::1", b"*"]
+        )
+        | st.binary(max_size=30),
+        st.lists(
+            st.sampled_from(
+                [
+                    b"Host: x",
+                    b"Content-Length: 3",
+                    b"Content-Length: -1",
+                    b"Transfer-Encoding: chunked",
+                    b"Connection: upgrade",
+                    b"Upgrade: websocket",
+                    b"X: \xff",
+                ]
+            )
+            | st.binary(max_size=20),
+            max_size=5,
+        ),
         st.binary(max_size=40),
     ),
 )
@@ -129,7 +150,7 @@ def test_http_front_answers_or_closes_never_raises(chunks):
 @given(st.lists(st.binary(max_size=40), max_size=4), st.booleans())
 def test_socks_parser_returns_events_or_a_socks_error(chunks, start_with_greeting):
     parser = socks.Socks5Server()
-    data = [b"\x05\x01\x00"] + chunks if start_with_greeting else chunks
+    data = [b"\x05\x01\x00", *chunks] if start_with_greeting else chunks
     try:
         for chunk in data:
             for event in parser.receive_data(chunk):
@@ -164,7 +185,14 @@ def test_revocation_lists_parse_or_name_the_line(text):
 
 # -- Lambda events ------------------------------------------------------------------------------
 @SETTINGS
-@given(json_values | st.dictionaries(st.sampled_from(["httpMethod", "headers", "body", "isBase64Encoded", "requestContext", "path"]), json_values, max_size=5))
+@given(
+    json_values
+    | st.dictionaries(
+        st.sampled_from(["httpMethod", "headers", "body", "isBase64Encoded", "requestContext", "path"]),
+        json_values,
+        max_size=5,
+    )
+)
 def test_lambda_event_parsing_is_a_bad_event_or_a_method(event):
     try:
         method = method_of(event)
@@ -175,7 +203,13 @@ def test_lambda_event_parsing_is_a_bad_event_or_a_method(event):
 
 
 @SETTINGS
-@given(json_values | st.fixed_dictionaries({"httpMethod": st.sampled_from(["GET", "POST", "get", ""])}, optional={"body": json_values, "headers": json_values, "isBase64Encoded": st.booleans()}))
+@given(
+    json_values
+    | st.fixed_dictionaries(
+        {"httpMethod": st.sampled_from(["GET", "POST", "get", ""])},
+        optional={"body": json_values, "headers": json_values, "isBase64Encoded": st.booleans()},
+    )
+)
 def test_handlers_always_return_a_proxy_response(event):
     answer = respond(event, "POST", lambda event: (200, {"status": "stopped", "callerIp": source_ipv4(event)}))
     assert answer["statusCode"] in (200, 400, 405)
@@ -183,7 +217,12 @@ def test_handlers_always_return_a_proxy_response(event):
 
 
 @SETTINGS
-@given(json_values | st.fixed_dictionaries({"requestContext": json_values | st.fixed_dictionaries({"identity": json_values, "http": json_values})}))
+@given(
+    json_values
+    | st.fixed_dictionaries(
+        {"requestContext": json_values | st.fixed_dictionaries({"identity": json_values, "http": json_values})}
+    )
+)
 def test_the_callers_address_is_an_ipv4_or_none_whatever_the_event(event):
     import ipaddress
 

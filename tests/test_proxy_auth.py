@@ -6,9 +6,9 @@ the proxy asks for, strongest first, and a refusal is a readable 503."""
 from __future__ import annotations
 
 import pytest
-
-from squid import Squid  # noqa: I001
+from squid import Squid
 from support import agent_config, curl, start_twistd, wait_connected
+
 from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError, parse_challenges
 
 USERS = {"alice": "s3cret pass"}
@@ -17,11 +17,27 @@ USERS = {"alice": "s3cret pass"}
 def through_squid(tunnel, tmp_path, squid: Squid, user: str, password: str, name: str = "agent"):
     from urllib.parse import quote
 
-    proxy = f"http://{quote(user)}:{quote(password)}@127.0.0.1:{squid.port}" if user else f"http://127.0.0.1:{squid.port}"
-    return start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=proxy, tunnel_wait="1s"), tmp_path, name=name)
+    proxy = (
+        f"http://{quote(user)}:{quote(password)}@127.0.0.1:{squid.port}" if user else f"http://127.0.0.1:{squid.port}"
+    )
+    return start_twistd(
+        "agent",
+        agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=proxy, tunnel_wait="1s"),
+        tmp_path,
+        name=name,
+    )
 
 
-@pytest.mark.parametrize("schemes, expect", [(("basic",), "Basic"), (("digest",), "Digest"), (("ntlm",), "NTLM"), (("ntlm", "digest", "basic"), "NTLM"), (("digest", "basic"), "Digest")])
+@pytest.mark.parametrize(
+    "schemes, expect",
+    [
+        (("basic",), "Basic"),
+        (("digest",), "Digest"),
+        (("ntlm",), "NTLM"),
+        (("ntlm", "digest", "basic"), "NTLM"),
+        (("digest", "basic"), "Digest"),
+    ],
+)
 def test_the_agent_answers_what_the_proxy_asks_for(tunnel, http_origin, tmp_path, schemes, expect):
     squid = Squid(schemes, USERS, ssl_ports=(tunnel.server.port,))
     try:
@@ -35,7 +51,11 @@ def test_the_agent_answers_what_the_proxy_asks_for(tunnel, http_origin, tmp_path
         log = agent.log()
         assert f"authenticated to the upstream proxy with {expect} as alice" in log, log[-2000:]
         assert "s3cret" not in log
-        tunnelled = [line.split() for line in squid.access_log().splitlines() if f"CONNECT 127.0.0.1:{tunnel.server.port}" in line and "TCP_TUNNEL/200" in line]
+        tunnelled = [
+            line.split()
+            for line in squid.access_log().splitlines()
+            if f"CONNECT 127.0.0.1:{tunnel.server.port}" in line and "TCP_TUNNEL/200" in line
+        ]
         assert tunnelled, squid.access_log()
         user = tunnelled[0][7]  # squid's user field: "-" when nobody authenticated
         assert user == "alice" if expect != "NTLM" else user != "-", tunnelled  # ntlm_fake_auth names its own user
@@ -50,7 +70,9 @@ def test_wrong_credentials_are_a_readable_503(tunnel, http_origin, tmp_path, sch
     try:
         agent = through_squid(tunnel, tmp_path, squid, "alice", "wrong")
         try:
-            result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/x", timeout=20)
+            result = curl(
+                "-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/x", timeout=20
+            )
             text = result.stdout.decode(errors="replace")
             assert text.startswith("HTTP/1.1 503"), text
             assert "407" in text and f"refused the {schemes[0].capitalize()} credentials for alice" in text, text
@@ -81,7 +103,11 @@ def test_a_proxy_that_allows_only_443_says_how_to_move_the_server(tunnel, http_o
         agent = through_squid(tunnel, tmp_path, squid, "", "")
         try:
             result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/x", timeout=20)
-            assert b"403" in result.stdout and b"allows CONNECT to port 443 only" in result.stdout and b"containerPort 443" in result.stdout, result
+            assert (
+                b"403" in result.stdout
+                and b"allows CONNECT to port 443 only" in result.stdout
+                and b"containerPort 443" in result.stdout
+            ), result
         finally:
             agent.stop()
     finally:
@@ -89,8 +115,19 @@ def test_a_proxy_that_allows_only_443_says_how_to_move_the_server(tunnel, http_o
 
 
 def test_challenges_parse_as_proxies_send_them():
-    found = parse_challenges(['Negotiate, NTLM', 'Digest realm="a, b", nonce="n\\"x", qop="auth,auth-int", algorithm=MD5', "Basic realm=squid"])
-    assert [(c.scheme, c.params.get("realm"), c.params.get("nonce")) for c in found] == [("negotiate", None, None), ("ntlm", None, None), ("digest", "a, b", 'n"x'), ("basic", "squid", None)]
+    found = parse_challenges(
+        [
+            "Negotiate, NTLM",
+            'Digest realm="a, b", nonce="n\\"x", qop="auth,auth-int", algorithm=MD5',
+            "Basic realm=squid",
+        ]
+    )
+    assert [(c.scheme, c.params.get("realm"), c.params.get("nonce")) for c in found] == [
+        ("negotiate", None, None),
+        ("ntlm", None, None),
+        ("digest", "a, b", 'n"x'),
+        ("basic", "squid", None),
+    ]
     assert parse_challenges(["NTLM TlRMTVNTUAACAAAA+/8=="])[0].token == "TlRMTVNTUAACAAAA+/8=="
 
 
@@ -98,10 +135,17 @@ def test_digest_answers_rfc_7616s_example():
     """RFC 7616 §3.9.1 (MD5): the response the RFC prints, from its own inputs."""
     auth = ProxyAuthenticator("Mufasa", "Circle of Life", "proxy")
     auth.new_cnonce = lambda: "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ"
-    values = ['Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=MD5, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"']
+    values = [
+        'Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=MD5, '
+        'nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"'
+    ]
     header = auth.answer(values, "GET", "/dir/index.html")
     assert 'response="8ca523f5e9506fed4657c9700eebdbec"' in header, header
-    assert "qop=auth" in header and "nc=00000001" in header and 'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"' in header
+    assert (
+        "qop=auth" in header
+        and "nc=00000001" in header
+        and 'opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS"' in header
+    )
     with pytest.raises(ProxyAuthError, match="refused the Digest credentials"):
         auth.answer(values, "GET", "/dir/index.html")  # the same challenge again: a refusal
 
@@ -111,11 +155,20 @@ def test_doctor_authenticates_as_the_agent_does_and_says_how(tunnel, tmp_path):
 
     squid = Squid(("digest",), USERS, ssl_ports=(tunnel.server.port,))
     try:
-        good = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://alice:s3cret%20pass@127.0.0.1:{squid.port}")
+        good = agent_config(
+            tunnel.certs, tunnel.server.port, upstream_proxy=f"http://alice:s3cret%20pass@127.0.0.1:{squid.port}"
+        )
         code, out = doctor(good, tmp_path, "good.yaml")
-        assert "ok    upstream proxy" in out and "(from upstream_proxy)" in out and "authenticated with Digest" in out, out
+        assert (
+            "ok    upstream proxy" in out and "(from upstream_proxy)" in out and "authenticated with Digest" in out
+        ), out
         bad = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://alice:nope@127.0.0.1:{squid.port}")
         code, out = doctor(bad, tmp_path, "bad.yaml")
-        assert code == 1 and "FAIL  upstream proxy" in out and "refused the Digest credentials for alice" in out and "nope" not in out, out
+        assert (
+            code == 1
+            and "FAIL  upstream proxy" in out
+            and "refused the Digest credentials for alice" in out
+            and "nope" not in out
+        ), out
     finally:
         squid.stop()

@@ -9,10 +9,10 @@ import http.server
 import threading
 
 import pytest
-
 from squid import Squid
 from support import agent_config, curl, served_by_a_new_agent, server_config, start_twistd, wait_connected
 from test_doctor import doctor
+
 from tunnel.agent.proxy_choice import ProxyChoice, discover
 
 
@@ -44,7 +44,10 @@ class PacServer:
 
 def through_squid_pac(squid_port: int) -> str:
     """The server's address through the proxy; `localhost` (the control plane's name here) direct."""
-    return f'function FindProxyForURL(url, host) {{ if (host == "localhost") return "DIRECT"; return "PROXY 127.0.0.1:{squid_port}; DIRECT"; }}'
+    return (
+        f'function FindProxyForURL(url, host) {{ if (host == "localhost") return "DIRECT"; return "PROXY '
+        f'127.0.0.1:{squid_port}; DIRECT"; }}'
+    )
 
 
 @pytest.fixture
@@ -58,7 +61,9 @@ def test_auto_takes_the_proxy_the_pac_file_names_for_the_server(certs, server, h
     squid = Squid((), {}, ssl_ports=(server.port,))
     pac = PacServer(through_squid_pac(squid.port))
     try:
-        agent = served_by_a_new_agent(agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path, http_origin.port)
+        agent = served_by_a_new_agent(
+            agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path, http_origin.port
+        )
         assert f"CONNECT 127.0.0.1:{server.port}" in squid.access_log(), squid.access_log()
         assert f"upstream_proxy auto: using the PAC file at {pac.url} (pac_url)" in agent.log()
         agent.assert_no_unhandled_errors()
@@ -66,7 +71,9 @@ def test_auto_takes_the_proxy_the_pac_file_names_for_the_server(certs, server, h
         code, out = doctor(agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path)
         assert code == 0, out
         assert f"ok    proxy discovery: upstream_proxy auto uses the PAC file at {pac.url} (pac_url)" in out, out
-        assert f"http://127.0.0.1:{squid.port} (from the PAC file at {pac.url} (pac_url)) answered 'HTTP/1.1 200" in out, out
+        assert (
+            f"http://127.0.0.1:{squid.port} (from the PAC file at {pac.url} (pac_url)) answered 'HTTP/1.1 200" in out
+        ), out
         assert "ALPN h2" in out and out.strip().endswith("all good."), out
     finally:
         pac.close()
@@ -75,9 +82,14 @@ def test_auto_takes_the_proxy_the_pac_file_names_for_the_server(certs, server, h
 
 def test_a_pac_file_that_says_direct_is_honoured(certs, server, http_origin, tmp_path):
     squid = Squid((), {}, ssl_ports=(server.port,))
-    pac = PacServer(f'function FindProxyForURL(url, host) {{ if (isInNet(host, "127.0.0.0", "255.0.0.0")) return "DIRECT"; return "PROXY 127.0.0.1:{squid.port}"; }}')
+    pac = PacServer(
+        f'function FindProxyForURL(url, host) {{ if (isInNet(host, "127.0.0.0", "255.0.0.0")) return "DIRECT"; return '
+        f'"PROXY 127.0.0.1:{squid.port}"; }}'
+    )
     try:
-        agent = start_twistd("agent", agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path)
+        agent = start_twistd(
+            "agent", agent_config(certs, server.port, upstream_proxy="auto", pac_url=pac.url), tmp_path
+        )
         try:
             wait_connected(agent, 20)
             result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
@@ -111,17 +123,25 @@ def test_a_pac_file_served_as_something_else_is_not_taken():
 
 
 def test_pac_url_without_auto_is_a_one_line_error(certs, tmp_path):
-    from support import TWISTD
     import subprocess
+
     import yaml
+    from support import TWISTD
 
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, 1, pac_url="http://127.0.0.1:9/proxy.pac")))
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "'pac_url' is used only with upstream_proxy: auto" in done.stderr + done.stdout, done
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and "'pac_url' is used only with upstream_proxy: auto" in done.stderr + done.stdout, (
+        done
+    )
 
 
-WPAD_PROBE = r'''
+WPAD_PROBE = r"""
 import http.server, json, sys, threading
 sys.path.insert(0, sys.argv[1])
 body = b'function FindProxyForURL(url, host) { return "PROXY proxy.corp.lab.test:3128; DIRECT"; }'
@@ -141,8 +161,10 @@ import socket
 choice = ProxyChoice("auto", environ={})
 choice.found = discover(timeout=2.0)
 proxy, why = choice.choose("203.0.113.7", 443)
-print(json.dumps({"fqdn": socket.getfqdn(), "where": choice.found.where if choice.found else None, "proxy": [proxy.host, proxy.port] if proxy else None, "why": why}))
-'''
+where = choice.found.where if choice.found else None
+address = [proxy.host, proxy.port] if proxy else None
+print(json.dumps({"fqdn": socket.getfqdn(), "where": where, "proxy": address, "why": why}))
+"""
 
 
 def test_wpad_finds_the_pac_file_by_the_laptops_domain(tmp_path):
@@ -162,10 +184,22 @@ def test_wpad_finds_the_pac_file_by_the_laptops_domain(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(WPAD_PROBE)
     root = str(Path(__file__).resolve().parent.parent)
-    script = f"mount --bind {hosts} /etc/hosts && hostname laptop.corp.lab.test && ip link set lo up && exec {sys.executable} {probe} {root}"
-    done = subprocess.run(["unshare", "--mount", "--uts", "--net", "--propagation", "private", "sh", "-c", script], capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": root})
+    script = (
+        f"mount --bind {hosts} /etc/hosts && hostname laptop.corp.lab.test && ip link set lo up && exec "
+        f"{sys.executable} {probe} {root}"
+    )
+    done = subprocess.run(
+        ["unshare", "--mount", "--uts", "--net", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": root},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     found = json.loads(done.stdout.strip().splitlines()[-1])
     assert found["fqdn"] == "laptop.corp.lab.test", found
     assert found["where"] == "the PAC file at http://wpad.corp.lab.test/wpad.dat (WPAD)", found
-    assert found["proxy"] == ["proxy.corp.lab.test", 3128] and found["why"] == "from the PAC file at http://wpad.corp.lab.test/wpad.dat (WPAD)", found
+    assert (
+        found["proxy"] == ["proxy.corp.lab.test", 3128]
+        and found["why"] == "from the PAC file at http://wpad.corp.lab.test/wpad.dat (WPAD)"
+    ), found

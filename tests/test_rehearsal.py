@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import Origin, curl, free_port, https_context, make_certs, start_twistd, wait_until
 
 from lambdas.server_port import SERVER_PORT
-from support import Origin, curl, free_port, https_context, make_certs, start_twistd, wait_until
 
 pytestmark = pytest.mark.rehearsal
 
@@ -75,8 +75,12 @@ def cloud(tmp_path):
     from moto_stack import deploy
     from pulumi_mocks import REGION
 
-    image = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}}", IMAGE], capture_output=True, text=True, timeout=30)
-    assert image.returncode == 0, f"no image {IMAGE}: run scripts/cloud-rehearsal (it builds it) ({image.stderr.strip()})"
+    image = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", IMAGE], capture_output=True, text=True, timeout=30
+    )
+    assert image.returncode == 0, (
+        f"no image {IMAGE}: run scripts/cloud-rehearsal (it builds it) ({image.stderr.strip()})"
+    )
     image_id = image.stdout.strip()
     timeline = Timeline()
     os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"  # AmazonECSTaskExecutionRolePolicy & co.
@@ -84,7 +88,10 @@ def cloud(tmp_path):
     stopping = []
     try:
         certs = make_certs(tmp_path / "certs")
-        pem = {key: Path(certs.path(name)).read_text() for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))}
+        pem = {
+            key: Path(certs.path(name)).read_text()
+            for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))
+        }
         deployment = deploy(aws, stack_config(), pem, image_id)
         declared, credentials = deployment.declared, deployment.credentials
         timeline("stack declared and created in moto", f"{len(declared.resources)} resources; IAM enforced from here")
@@ -94,16 +101,34 @@ def cloud(tmp_path):
         stopping.append(runtime.stop)
         gateway = ApiGateway(declared, runtime)
         stopping.append(gateway.stop)
-        fargate = Fargate(aws, declared, image_id, credentials[task_definition.inputs["executionRoleArn"]], tmp_path, timeline)
+        fargate = Fargate(
+            aws, declared, image_id, credentials[task_definition.inputs["executionRoleArn"]], tmp_path, timeline
+        )
         stopping.append(fargate.stop)
-        yield type("Cloud", (), dict(aws=aws, declared=declared, outputs=declared.outputs, runtime=runtime, gateway=gateway, fargate=fargate, scheduler=Scheduler(declared, runtime), certs=certs, timeline=timeline))
+        yield type(
+            "Cloud",
+            (),
+            {
+                "aws": aws,
+                "declared": declared,
+                "outputs": declared.outputs,
+                "runtime": runtime,
+                "gateway": gateway,
+                "fargate": fargate,
+                "scheduler": Scheduler(declared, runtime),
+                "certs": certs,
+                "timeline": timeline,
+            },
+        )
     finally:
         for stop in reversed(stopping):
             try:
                 stop()
             except Exception as e:
                 print(f"cleanup: {type(e).__name__}: {e}")
-        leftover = subprocess.run(["docker", "ps", "-aq", "--filter", "name=fluidity-rehearsal-"], capture_output=True, text=True).stdout.split()
+        leftover = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", "name=fluidity-rehearsal-"], capture_output=True, text=True
+        ).stdout.split()
         if leftover:
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
         aws.stop()
@@ -118,19 +143,27 @@ def waker_rules(cloud) -> list[dict]:
 def active_connections(cloud) -> list[float]:
     import datetime
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     from lambdas.metric_names import ACTIVE_CONNECTIONS
 
-    namespace = cloud.declared.function(cloud.outputs["serviceName"] + "-sleep").inputs["environment"]["variables"]["METRICS_NAMESPACE"]
+    namespace = cloud.declared.function(cloud.outputs["serviceName"] + "-sleep").inputs["environment"]["variables"][
+        "METRICS_NAMESPACE"
+    ]
     answer = cloud.aws.client("cloudwatch").get_metric_statistics(
-        Namespace=namespace, MetricName=ACTIVE_CONNECTIONS, Dimensions=[{"Name": "ServiceName", "Value": cloud.outputs["serviceName"]}],
-        StartTime=now - datetime.timedelta(minutes=10), EndTime=now + datetime.timedelta(minutes=1), Period=60, Statistics=["Maximum"],
+        Namespace=namespace,
+        MetricName=ACTIVE_CONNECTIONS,
+        Dimensions=[{"Name": "ServiceName", "Value": cloud.outputs["serviceName"]}],
+        StartTime=now - datetime.timedelta(minutes=10),
+        EndTime=now + datetime.timedelta(minutes=1),
+        Period=60,
+        Statistics=["Maximum"],
     )
     return [p["Maximum"] for p in answer["Datapoints"]]
 
 
 def until(cloud, predicate, seconds: float, interval: float = 0.5):
     """wait_until, failing at once when ECS's part has met an error."""
+
     def checked():
         assert not cloud.fargate.errors, cloud.fargate.errors
         return predicate()
@@ -139,7 +172,11 @@ def until(cloud, predicate, seconds: float, interval: float = 0.5):
 
 
 def wake_calls(cloud) -> list[float]:
-    return [t for t, method, path, status in cloud.gateway.calls if (method, path) == ("POST", "/prod/wake") and status == 200]
+    return [
+        t
+        for t, method, path, status in cloud.gateway.calls
+        if (method, path) == ("POST", "/prod/wake") and status == 200
+    ]
 
 
 def test_the_whole_loop(cloud, tmp_path):
@@ -166,7 +203,9 @@ def test_the_whole_loop(cloud, tmp_path):
         t("agent started", "configured from wakeUrl, statusUrl, killUrl, apiKey and the client certificate")
         until(cloud, lambda: wake_calls(cloud), 30, 0.2)
         t("woken", "POST /wake through the declared API")
-        assert [r["FromPort"] for r in waker_rules(cloud)] == [int(stack_port(cloud))], "wake did not open the server's port to the agent"
+        assert [r["FromPort"] for r in waker_rules(cloud)] == [int(stack_port(cloud))], (
+            "wake did not open the server's port to the agent"
+        )
 
         until(cloud, lambda: cloud.fargate.health == "HEALTHY", 90)
         port, floor, uid = int(stack_port(cloud)), unprivileged_port_start(), cloud.fargate.container_uid()
@@ -180,7 +219,10 @@ def test_the_whole_loop(cloud, tmp_path):
         t("SOCKS5 carried", f"{PAYLOAD} bytes")
 
         until(cloud, lambda: any(v >= 1 for v in active_connections(cloud)), 90, 1.0)
-        t("metrics in CloudWatch", f"ActiveConnections >= 1 from the server's EMF lines ({cloud.fargate.metrics_put} data points)")
+        t(
+            "metrics in CloudWatch",
+            f"ActiveConnections >= 1 from the server's EMF lines ({cloud.fargate.metrics_put} data points)",
+        )
         decision = cloud.scheduler.fire(outputs["serviceName"] + "-sleep")
         assert decision["action"] == "none" and "connected" in decision["reason"], decision
         t("sleep kept it", decision["reason"])
@@ -204,8 +246,15 @@ def test_the_whole_loop(cloud, tmp_path):
         t("agent stopped", f"exit {code}")
         assert code == 0
         until(cloud, lambda: cloud.fargate.container is None, 90)
-        assert any(path == "/prod/kill" and status == 200 for _, _, path, status in cloud.gateway.calls), "the agent did not kill the server"
-        assert cloud.aws.client("ecs").describe_services(cluster=outputs["clusterName"], services=[outputs["serviceName"]])["services"][0]["desiredCount"] == 0
+        assert any(path == "/prod/kill" and status == 200 for _, _, path, status in cloud.gateway.calls), (
+            "the agent did not kill the server"
+        )
+        assert (
+            cloud.aws.client("ecs").describe_services(
+                cluster=outputs["clusterName"], services=[outputs["serviceName"]]
+            )["services"][0]["desiredCount"]
+            == 0
+        )
         assert waker_rules(cloud) == [], "kill left the port open"
         t("killed", "desired count 0, container stopped, port closed")
 
@@ -213,8 +262,12 @@ def test_the_whole_loop(cloud, tmp_path):
         assert cloud.runtime.errors == [], cloud.runtime.errors
         events = cloud.aws.client("logs").filter_log_events(logGroupName=outputs["logGroupName"])["events"]
         assert events, "nothing reached the server's log group"
-        print(f"\nrehearsal: {len(events)} server log lines in {outputs['logGroupName']}, {cloud.fargate.metrics_put} metric data points, "
-              f"{sum(f.invocations for f in cloud.runtime.functions.values())} Lambda invocations, {len(cloud.gateway.calls)} API calls")
+        print(
+            f"\nrehearsal: {len(events)} server log lines in {outputs['logGroupName']}, {cloud.fargate.metrics_put} "
+            f"metric data points, "
+            f"{sum(f.invocations for f in cloud.runtime.functions.values())} Lambda invocations, "
+            f"{len(cloud.gateway.calls)} API calls"
+        )
     finally:
         if agent.process.poll() is None:
             os.kill(agent.process.pid, signal.SIGCONT)

@@ -17,7 +17,6 @@ import threading
 import time
 
 import pytest
-
 from support import Listener, pattern, read_head, read_head_exactly, wait_until
 from test_socks import connect_request, socks_open
 
@@ -42,7 +41,7 @@ def ending(sock: socket.socket, seconds: float = 15.0) -> tuple[int, str]:
             total += len(data)
     except (ConnectionResetError, ssl.SSLEOFError):
         return total, "reset"
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return total, "hang"
 
 
@@ -120,7 +119,7 @@ def open_through(front: str, agent_port: int, authority: str) -> socket.socket:
         head = read_head_exactly(sock)  # what follows the head is the test's
         assert head.startswith(b"HTTP/1.1 200"), head
         return sock
-    sock, choice, answer = socks_open(agent_port, connect_request(host, int(port)))
+    sock, _choice, answer = socks_open(agent_port, connect_request(host, int(port)))
     assert answer[:2] == b"\x05\x00", answer
     return sock
 
@@ -130,7 +129,7 @@ FRONTS = ["connect", "socks5"]
 
 @pytest.mark.parametrize("front", FRONTS)
 def test_a_destination_reset_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(send_then_reset(4 << 20))
     for attempt in range(2):  # the second time the destination is known: answered early
         sock = open_through(front, agent.port, dest.authority)
@@ -173,13 +172,13 @@ def upload(sock: socket.socket, stop: threading.Event) -> threading.Thread:
 
 @pytest.mark.parametrize("front", FRONTS)
 def test_a_client_reset_mid_upload_reaches_the_destination_as_a_reset(pair, destinations, front):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(record_ending)
     for attempt in range(2):
         sock = open_through(front, agent.port, dest.authority)
         sock.sendall(pattern(1 << 20))
         before = dest.received
-        wait_until(lambda: dest.received >= before + (1 << 20) or not dest.endings.empty(), 10)
+        wait_until(lambda before=before: dest.received >= before + (1 << 20) or not dest.endings.empty(), 10)
         reset(sock)
         how, total = dest.endings.get(timeout=15)
         assert how == "reset", (attempt, how, total)
@@ -205,7 +204,7 @@ def test_a_process_killed_mid_upload_reaches_the_destination_as_a_reset(pair, de
 
 def test_clean_endings_stay_clean_both_ways(pair, destinations):
     """The control: a complete download ends in EOF, a complete upload in EOF."""
-    server, agent = pair
+    _server, agent = pair
 
     def send_then_close(dest: Destination, conn: socket.socket) -> None:
         with conn:
@@ -245,7 +244,7 @@ def connect_over_tls(sock: ssl.SSLSocket, authority: str) -> None:
 
 
 def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(pair, certs, destinations):
-    server, agent = pair
+    server, _agent = pair
     dest = destinations(send_then_reset(2 << 20))
     sock = tls_to_server(certs, server)
     with sock:
@@ -258,7 +257,7 @@ def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(pair, cert
 def test_server_http11_front_passes_a_client_abort_on_as_a_reset(pair, certs, destinations, cut):
     """A TCP reset under TLS, or a bare TCP FIN with no close_notify (a truncation): neither
     is a clean end, so the destination sees a reset."""
-    server, agent = pair
+    server, _agent = pair
     dest = destinations(record_ending)
     sock = tls_to_server(certs, server)
     connect_over_tls(sock, dest.authority)
@@ -281,7 +280,10 @@ def upgrade_then(serve_after):
         if b"\r\n\r\n" not in read_head(conn):
             conn.close()
             return
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n")
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+            b"x\r\n\r\n"
+        )
         serve_after(dest, conn)
 
     return serve
@@ -299,7 +301,7 @@ def ws_upgrade(agent_port: int, authority: str) -> socket.socket:
 
 
 def test_websocket_destination_reset_reaches_the_client_as_a_reset(pair, destinations):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(upgrade_then(send_then_reset(1 << 20)))
     sock = ws_upgrade(agent.port, dest.authority)
     with sock:
@@ -308,7 +310,7 @@ def test_websocket_destination_reset_reaches_the_client_as_a_reset(pair, destina
 
 
 def test_websocket_client_reset_reaches_the_destination_as_a_reset(pair, destinations):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(upgrade_then(record_ending))
     sock = ws_upgrade(agent.port, dest.authority)
     sock.sendall(pattern(256 << 10))
@@ -361,7 +363,7 @@ def test_a_complete_exchange_never_resets_the_origin(pair, destinations):
     client simply closes end at the origin in a FIN, never a reset."""
     from support import curl
 
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(answer_then_record)
     result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://{dest.authority}/x")
     assert result.stdout == b"ok\n", result
@@ -372,7 +374,6 @@ def test_a_complete_exchange_never_resets_the_origin(pair, destinations):
         assert sock.recv(4096).endswith(b"ok\n")
         sock.close()
         assert dest.endings.get(timeout=15)[0] == "eof", front
-
 
 
 # -- absolute-form http://: the request and the response bodies ---------------------------------
@@ -399,7 +400,7 @@ def http_get(agent_port: int, authority: str, version: str = "1.1") -> socket.so
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
 def test_an_http_origin_reset_mid_body_reaches_the_client_as_a_reset(pair, destinations, version):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(head_then_reset)
     with http_get(agent.port, dest.authority, version) as sock:
         total, how = ending(sock)
@@ -407,7 +408,8 @@ def test_an_http_origin_reset_mid_body_reaches_the_client_as_a_reset(pair, desti
 
 
 def test_the_agent_killed_mid_http_body_reaches_the_client_as_a_reset(pair, destinations):
-    server, agent = pair
+    _server, agent = pair
+
     def answer_forever(dest: Destination, conn: socket.socket) -> None:
         conn.recv(4096)
         conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
@@ -424,10 +426,14 @@ def test_the_agent_killed_mid_http_body_reaches_the_client_as_a_reset(pair, dest
 
 
 def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, destinations):
-    server, agent = pair
+    _server, agent = pair
     dest = destinations(record_ending)
     sock = socket.create_connection(("127.0.0.1", agent.port), timeout=10)
-    sock.sendall(f"POST http://{dest.authority}/up HTTP/1.1\r\nHost: {dest.authority}\r\nContent-Length: 100000000\r\n\r\n".encode() + pattern(1 << 20))
+    sock.sendall(
+        f"POST http://{dest.authority}/up HTTP/1.1\r\nHost: {dest.authority}\r\nContent-Length: 100000000\r\n"
+        f"\r\n".encode()
+        + pattern(1 << 20)
+    )
     wait_until(lambda: dest.received >= 1 << 20, 10)
     reset(sock)
     how, total = dest.endings.get(timeout=15)
@@ -437,7 +443,7 @@ def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, dest
 def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(pair, destinations):
     """Both sides ended cleanly, but this client stopped reading: once the linger gives up
     on it (3 s without progress), what it then reads must end in a reset: bytes were dropped."""
-    server, agent = pair
+    _server, agent = pair
 
     def send_then_close(dest: Destination, conn: socket.socket) -> None:
         with conn:

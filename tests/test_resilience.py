@@ -10,7 +10,6 @@ import time
 import urllib.request
 
 import pytest
-
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
 
 
@@ -23,7 +22,18 @@ def health(agent) -> dict:
 def pair(certs, tmp_path):
     """A private server + agent with fast keepalive and reconnect, for tests that break things."""
     server = start_twistd("server", server_config(certs, keepalive_interval="1s", keepalive_timeout="1s"), tmp_path)
-    agent = start_twistd("agent", agent_config(certs, server.port, keepalive_interval="0.5s", keepalive_timeout="1s", reconnect_max_delay="0.5s", tunnel_wait="1s"), tmp_path)
+    agent = start_twistd(
+        "agent",
+        agent_config(
+            certs,
+            server.port,
+            keepalive_interval="0.5s",
+            keepalive_timeout="1s",
+            reconnect_max_delay="0.5s",
+            tunnel_wait="1s",
+        ),
+        tmp_path,
+    )
     wait_connected(agent)
     procs = {"server": server, "agent": agent, "dir": tmp_path}
     yield procs
@@ -49,7 +59,14 @@ def test_server_killed_mid_transfer_then_back(pair, certs, echo, http_origin):
     assert time.monotonic() - started < 3
     sock.close()
     wait_until(lambda: not health(agent)["connected"], 5)
-    refused = curl("-x", f"http://127.0.0.1:{agent.port}", "-w", "%{http_code}", f"http://127.0.0.1:{http_origin.port}/down", timeout=10)
+    refused = curl(
+        "-x",
+        f"http://127.0.0.1:{agent.port}",
+        "-w",
+        "%{http_code}",
+        f"http://127.0.0.1:{http_origin.port}/down",
+        timeout=10,
+    )
     assert refused.stdout.endswith(b"503"), refused
     assert b"tunnel to 127.0.0.1" in refused.stdout
     back = start_twistd("server", server_config(certs, port=server.port), pair["dir"], name="server2")
@@ -95,9 +112,21 @@ def test_agent_stop_is_clean(pair):
 
 
 def test_wrong_server_name_is_refused_and_reported(certs, tmp_path, http_origin, tunnel):
-    agent = start_twistd("agent", agent_config(certs, tunnel.server.port, server_name="not-fluidity", tunnel_wait="1s"), tmp_path, name="wrong-name")
+    agent = start_twistd(
+        "agent",
+        agent_config(certs, tunnel.server.port, server_name="not-fluidity", tunnel_wait="1s"),
+        tmp_path,
+        name="wrong-name",
+    )
     try:
-        answer = curl("-x", f"http://127.0.0.1:{agent.port}", "-w", "%{http_code}", f"http://127.0.0.1:{http_origin.port}/", timeout=10)
+        answer = curl(
+            "-x",
+            f"http://127.0.0.1:{agent.port}",
+            "-w",
+            "%{http_code}",
+            f"http://127.0.0.1:{http_origin.port}/",
+            timeout=10,
+        )
         assert answer.stdout.endswith(b"503"), answer
         assert not health(agent)["connected"]
         assert health(agent)["last_error"]

@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from support import TWISTD, server_config
 
 SECRET_MARKERS = ("-----BEGIN", "PRIVATE KEY")
@@ -34,7 +33,13 @@ def test_a_broken_pem_is_named_but_never_echoed(certs, tmp_path):
     config = server_config(certs, key_file="env:FLUIDITY_SERVER_KEY")
     path = tmp_path / "server.yaml"
     path.write_text(yaml.safe_dump(config))
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)], capture_output=True, timeout=30, cwd=tmp_path, env=env)
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)],
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=env,
+    )
     assert done.returncode != 0
     message = done.stderr.decode()
     assert "FLUIDITY_SERVER_KEY" in message and "S3CR3T" not in message and "Traceback" not in message
@@ -49,4 +54,7 @@ def test_metrics_carry_names_and_numbers_only():
     assert_clean(text)
     assert {d["MetricName"] for d in data} == {"ActiveConnections", "LastActivityEpochSeconds"}
     assert all(isinstance(d["Value"], float) for d in data)
-    assert sorted(dim["Value"] for d in data for dim in d["Dimensions"] if dim["Name"] == "Agent") == ["alice", "client"]
+    assert sorted(dim["Value"] for d in data for dim in d["Dimensions"] if dim["Name"] == "Agent") == [
+        "alice",
+        "client",
+    ]

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import pytest
-
 from support import curl, read_head
 
 
 def _via_server(tunnel, https_origin, cert: str | None, key: str | None, proxy_host: str = "127.0.0.1", extra=()):
-    args = ["--proxy", f"https://{proxy_host}:{tunnel.server.port}", "--proxy-cacert", tunnel.certs.path("ca.pem"), "--cacert", https_origin.ca]
+    args = [
+        "--proxy",
+        f"https://{proxy_host}:{tunnel.server.port}",
+        "--proxy-cacert",
+        tunnel.certs.path("ca.pem"),
+        "--cacert",
+        https_origin.ca,
+    ]
     if cert:
         args += ["--proxy-cert", cert, "--proxy-key", key]
     return curl(*args, *extra, f"https://127.0.0.1:{https_origin.port}/direct", timeout=20)
@@ -32,27 +38,51 @@ def test_no_client_certificate_is_refused(tunnel, https_origin):
 
 
 def test_certificate_from_another_ca_is_refused(tunnel, https_origin):
-    result = _via_server(tunnel, https_origin, tunnel.certs.path("other/client.pem"), tunnel.certs.path("other/client.key"))
+    result = _via_server(
+        tunnel, https_origin, tunnel.certs.path("other/client.pem"), tunnel.certs.path("other/client.key")
+    )
     assert result.returncode != 0
     assert b"hello from" not in result.stdout
 
 
 def test_client_that_expects_another_name_refuses_the_server(tunnel, https_origin):
     extra = ("--resolve", f"not-fluidity:{tunnel.server.port}:127.0.0.1")
-    result = _via_server(tunnel, https_origin, tunnel.certs.path("client.pem"), tunnel.certs.path("client.key"), proxy_host="not-fluidity", extra=extra)
+    result = _via_server(
+        tunnel,
+        https_origin,
+        tunnel.certs.path("client.pem"),
+        tunnel.certs.path("client.key"),
+        proxy_host="not-fluidity",
+        extra=extra,
+    )
     assert result.returncode != 0
     assert b"hello from" not in result.stdout
     # And with the name the certificate does carry, the same call works.
     extra = ("--resolve", f"fluidity-server:{tunnel.server.port}:127.0.0.1")
-    ok = _via_server(tunnel, https_origin, tunnel.certs.path("client.pem"), tunnel.certs.path("client.key"), proxy_host="fluidity-server", extra=extra)
+    ok = _via_server(
+        tunnel,
+        https_origin,
+        tunnel.certs.path("client.pem"),
+        tunnel.certs.path("client.key"),
+        proxy_host="fluidity-server",
+        extra=extra,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
 @pytest.mark.parametrize("version", ["--http2", "--http1.1"])
 def test_non_connect_method_is_405(tunnel, version):
     result = curl(
-        "-i", version, "--cacert", tunnel.certs.path("ca.pem"), "--cert", tunnel.certs.path("client.pem"), "--key", tunnel.certs.path("client.key"),
-        f"https://127.0.0.1:{tunnel.server.port}/", timeout=10,
+        "-i",
+        version,
+        "--cacert",
+        tunnel.certs.path("ca.pem"),
+        "--cert",
+        tunnel.certs.path("client.pem"),
+        "--key",
+        tunnel.certs.path("client.key"),
+        f"https://127.0.0.1:{tunnel.server.port}/",
+        timeout=10,
     )
     assert b" 405" in result.stdout.split(b"\r\n", 1)[0], result
     assert b"--proxytunnel" in result.stdout  # it says how to use it (issue 26, item 7): body or Proxy-Status
@@ -65,9 +95,19 @@ def test_an_egress_refusal_names_the_setting_that_opens_it(tunnel):
 
 def test_http11_egress_refusal_is_403(tunnel):
     result = curl(
-        "-w", "%{http_code}", "--proxy", f"https://127.0.0.1:{tunnel.server.port}", "--proxy-cacert", tunnel.certs.path("ca.pem"),
-        "--proxy-cert", tunnel.certs.path("client.pem"), "--proxy-key", tunnel.certs.path("client.key"),
-        "-p", "http://169.254.169.254/latest/meta-data/", timeout=10,
+        "-w",
+        "%{http_code}",
+        "--proxy",
+        f"https://127.0.0.1:{tunnel.server.port}",
+        "--proxy-cacert",
+        tunnel.certs.path("ca.pem"),
+        "--proxy-cert",
+        tunnel.certs.path("client.pem"),
+        "--proxy-key",
+        tunnel.certs.path("client.key"),
+        "-p",
+        "http://169.254.169.254/latest/meta-data/",
+        timeout=10,
     )
     assert b"403" in result.stderr + result.stdout, result
 
@@ -95,13 +135,16 @@ def test_client_leaving_before_the_dial_completes_is_ordinary(certs, tmp_path):
         context.load_cert_chain(certs.path("client.pem"), certs.path("client.key"))
         context.set_alpn_protocols(["http/1.1"])
         for _ in range(5):
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw, context.wrap_socket(raw, server_hostname="fluidity-server") as tls:
+            with (
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname="fluidity-server") as tls,
+            ):
                 tls.sendall(f"CONNECT 127.0.0.1:{full.getsockname()[1]} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
                 time.sleep(0.3)
         time.sleep(0.5)
     finally:
         server.stop()
-        for s in fillers + [full]:
+        for s in [*fillers, full]:
             s.close()
     assert "dial failed unexpectedly" not in server.log()
     server.assert_no_unhandled_errors()

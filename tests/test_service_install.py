@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support import FLUIDITY, Proc, free_port, server_config, start_twistd, user_home, wait_connected, wait_for_port
 
 
@@ -29,8 +28,18 @@ def user_env(home: Path) -> dict:
 
 def write_config(home: Path, server_port: int, proxy_port: int) -> Path:
     path = home / ".config" / "fluidity" / "agent.yaml"
-    path.write_text(yaml.safe_dump({"proxy_port": proxy_port, "server_ip": "127.0.0.1", "server_port": server_port,
-                                    "cert_file": "certs/client.pem", "key_file": "certs/client.key", "ca_file": "certs/ca.pem"}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "proxy_port": proxy_port,
+                "server_ip": "127.0.0.1",
+                "server_port": server_port,
+                "cert_file": "certs/client.pem",
+                "key_file": "certs/client.key",
+                "ca_file": "certs/ca.pem",
+            }
+        )
+    )
     return path
 
 
@@ -38,7 +47,13 @@ def test_the_unit_is_valid_and_its_command_runs_the_agent(certs, home, tmp_path)
     server = start_twistd("server", server_config(certs), tmp_path)
     proxy_port = free_port()
     write_config(home, server.port, proxy_port)
-    done = subprocess.run([FLUIDITY, "agent", "install-service", "--no-start"], capture_output=True, text=True, timeout=60, env=user_env(home))
+    done = subprocess.run(
+        [FLUIDITY, "agent", "install-service", "--no-start"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=user_env(home),
+    )
     assert done.returncode == 0, done.stderr
     unit = home / ".config" / "systemd" / "user" / "fluidity-agent.service"
     text = unit.read_text()
@@ -51,7 +66,9 @@ def test_the_unit_is_valid_and_its_command_runs_the_agent(certs, home, tmp_path)
     exec_start = next(line.split("=", 1)[1] for line in text.splitlines() if line.startswith("ExecStart="))
     log = tmp_path / "unit.log"
     with open(log, "wb") as out:  # what systemd would run, from / with the user's HOME
-        process = subprocess.Popen(shlex.split(exec_start), cwd="/", env=user_env(home), stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            shlex.split(exec_start), cwd="/", env=user_env(home), stdout=out, stderr=subprocess.STDOUT
+        )
     agent = Proc("agent", process, log, proxy_port)
     try:
         wait_for_port(proxy_port, process=process)
@@ -59,9 +76,13 @@ def test_the_unit_is_valid_and_its_command_runs_the_agent(certs, home, tmp_path)
     finally:
         assert agent.stop() == 0
         server.stop()
-    removed = subprocess.run([FLUIDITY, "agent", "uninstall-service"], capture_output=True, text=True, timeout=60, env=user_env(home))
+    removed = subprocess.run(
+        [FLUIDITY, "agent", "uninstall-service"], capture_output=True, text=True, timeout=60, env=user_env(home)
+    )
     assert removed.returncode == 0 and not unit.exists()
-    again = subprocess.run([FLUIDITY, "agent", "uninstall-service"], capture_output=True, text=True, timeout=60, env=user_env(home))
+    again = subprocess.run(
+        [FLUIDITY, "agent", "uninstall-service"], capture_output=True, text=True, timeout=60, env=user_env(home)
+    )
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
@@ -72,23 +93,57 @@ def test_a_launchd_agent_on_macos(home, monkeypatch):
     config = write_config(home, 8443, 8080)
     lines = service_install.install("/opt/fluidity/bin/twistd", config, platform="darwin", start=False)
     plist = plistlib.loads((home / "Library" / "LaunchAgents" / "io.fluidity.agent.plist").read_bytes())
-    assert plist["ProgramArguments"] == ["/opt/fluidity/bin/twistd", "-n", "--pidfile=", "fluidity-agent", "--config", str(config.resolve())]
+    assert plist["ProgramArguments"] == [
+        "/opt/fluidity/bin/twistd",
+        "-n",
+        "--pidfile=",
+        "fluidity-agent",
+        "--config",
+        str(config.resolve()),
+    ]
     assert plist["RunAtLoad"] is True and plist["KeepAlive"] == {"SuccessfulExit": False}
     assert "launchctl load -w" in lines[-1]
 
 
 def test_a_config_that_cannot_start_is_not_installed(home):
     (home / ".config" / "fluidity" / "agent.yaml").write_text("proxy_prot: 8080\n")
-    done = subprocess.run([FLUIDITY, "agent", "install-service", "--no-start"], capture_output=True, text=True, timeout=60, env=user_env(home))
-    assert done.returncode == 1 and "unknown key 'proxy_prot'" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    done = subprocess.run(
+        [FLUIDITY, "agent", "install-service", "--no-start"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=user_env(home),
+    )
+    assert (
+        done.returncode == 1
+        and "unknown key 'proxy_prot'" in done.stderr
+        and len(done.stderr.strip().splitlines()) == 1
+    )
     assert not (home / ".config" / "systemd").exists()
 
 
 def test_a_daemonised_agent_writes_its_log_where_logfile_says(certs, tmp_path):
     """twistd without -n: before, our JSON/text observer wrote to a closed stdout and the log was lost."""
     logfile, pidfile = tmp_path / "agent.log", tmp_path / "agent.pid"
-    args = ["--logfile", str(logfile), "--pidfile", str(pidfile), "fluidity-agent", "--server-ip", "127.0.0.1", "--server-port", "1",
-            "--proxy-port", str(free_port()), "--cert-file", certs.path("client.pem"), "--key-file", certs.path("client.key"), "--ca-file", certs.path("ca.pem")]
+    args = [
+        "--logfile",
+        str(logfile),
+        "--pidfile",
+        str(pidfile),
+        "fluidity-agent",
+        "--server-ip",
+        "127.0.0.1",
+        "--server-port",
+        "1",
+        "--proxy-port",
+        str(free_port()),
+        "--cert-file",
+        certs.path("client.pem"),
+        "--key-file",
+        certs.path("client.key"),
+        "--ca-file",
+        certs.path("ca.pem"),
+    ]
     from support import TWISTD, wait_until
 
     done = subprocess.run([TWISTD, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
@@ -111,7 +166,10 @@ def test_a_service_manager_that_fails_is_a_failure(home, tmp_path):
     env = {**user_env(home), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
     done = subprocess.run([FLUIDITY, "agent", "install-service"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 1, done
-    assert "could not run `systemctl --user daemon-reload` (Failed to connect to bus" in done.stderr and "run: systemctl --user" in done.stderr
+    assert (
+        "could not run `systemctl --user daemon-reload` (Failed to connect to bus" in done.stderr
+        and "run: systemctl --user" in done.stderr
+    )
 
 
 def test_a_logon_task_on_windows(home, monkeypatch, tmp_path):

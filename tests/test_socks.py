@@ -6,12 +6,14 @@ import socket
 import struct
 
 import pytest
-
 from support import curl, free_port
+
 from tunnel.agent import socks
 
 
-def socks_open(port: int, request: bytes, methods: bytes = b"\x00", timeout: float = 10) -> tuple[socket.socket, bytes, bytes]:
+def socks_open(
+    port: int, request: bytes, methods: bytes = b"\x00", timeout: float = 10
+) -> tuple[socket.socket, bytes, bytes]:
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.sendall(bytes([5, len(methods)]) + methods)
     choice = _read(sock, 2)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from aws import ControlPlaneProc, EcsScheduler
 from browser import Browser
 from support import FLUIDITY, agent_config, curl, server_config, start_twistd, wait_connected, wait_until
@@ -31,6 +30,7 @@ def browser():
 
 def read(browser: Browser, expression: str):
     """The page reloads itself every 2 s: read it between two reloads."""
+
     def attempt():
         try:
             return browser.evaluate(f"(() => {{ try {{ return {expression}; }} catch (e) {{ return null; }} }})()")
@@ -50,7 +50,11 @@ def shot(browser: Browser, name: str) -> Path:
     SHOTS.mkdir(parents=True, exist_ok=True)
     path = browser.screenshot(SHOTS / name)
     width, height = png_size(path)
-    assert (width, height) == (760, 1000) and path.stat().st_size > 15_000, (path, width, height)  # a rendered page, not a blank one
+    assert (width, height) == (760, 1000) and path.stat().st_size > 15_000, (
+        path,
+        width,
+        height,
+    )  # a rendered page, not a blank one
     return path
 
 
@@ -62,7 +66,19 @@ def test_the_page_at_a_glance_and_its_graph_moving_during_a_download(tunnel, htt
     assert f"http://127.0.0.1:{tunnel.agent.port}/proxy.pac" in read(browser, "document.body.innerText")
     shot(browser, "status-idle.png")
 
-    download = subprocess.Popen(["curl", "-s", "--limit-rate", "2M", "-x", f"http://127.0.0.1:{tunnel.agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/40000000", "-o", "/dev/null"])
+    download = subprocess.Popen(
+        [
+            "curl",
+            "-s",
+            "--limit-rate",
+            "2M",
+            "-x",
+            f"http://127.0.0.1:{tunnel.agent.port}",
+            f"http://127.0.0.1:{http_origin.port}/bytes/40000000",
+            "-o",
+            "/dev/null",
+        ]
+    )
     try:
         time.sleep(4)
         first = read(browser, "document.getElementById('down').getAttribute('points')")
@@ -80,11 +96,21 @@ def test_the_page_at_a_glance_and_its_graph_moving_during_a_download(tunnel, htt
 
 
 def test_fluidity_agent_status_says_it_in_lines(tunnel):
-    done = subprocess.run([FLUIDITY, "agent", "status", "--port", str(tunnel.agent.port)], capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [FLUIDITY, "agent", "status", "--port", str(tunnel.agent.port)], capture_output=True, text=True, timeout=30
+    )
     assert done.returncode == 0, done
-    assert done.stdout.startswith("tunnel:  up for ") and "server:  no control plane configured" in done.stdout and "error:   none" in done.stdout, done.stdout
+    assert (
+        done.stdout.startswith("tunnel:  up for ")
+        and "server:  no control plane configured" in done.stdout
+        and "error:   none" in done.stdout
+    ), done.stdout
     nobody = subprocess.run([FLUIDITY, "agent", "status", "--port", "1"], capture_output=True, text=True, timeout=30)
-    assert nobody.returncode == 1 and "no agent answers on 127.0.0.1:1" in nobody.stderr and "Traceback" not in nobody.stderr, nobody
+    assert (
+        nobody.returncode == 1
+        and "no agent answers on 127.0.0.1:1" in nobody.stderr
+        and "Traceback" not in nobody.stderr
+    ), nobody
 
 
 @pytest.fixture
@@ -96,7 +122,13 @@ def world(aws, certs, tmp_path):
     service = aws.make_service(desired=0, port=server.port)
     plane = ControlPlaneProc(aws, tmp_path, API_KEY, {"CONTAINER_PORT": str(server.port)})
     scheduler = EcsScheduler(aws, service)
-    lifecycle = {"wake_endpoint": f"{plane.url}/wake", "kill_endpoint": f"{plane.url}/kill", "api_key": API_KEY, "wake_retry_interval": "0.3s", "kill_on_exit": False}
+    lifecycle = {
+        "wake_endpoint": f"{plane.url}/wake",
+        "kill_endpoint": f"{plane.url}/kill",
+        "api_key": API_KEY,
+        "wake_retry_interval": "0.3s",
+        "kill_on_exit": False,
+    }
     agent = start_twistd("agent", agent_config(certs, 1, server_ip="", lifecycle=lifecycle), tmp_path)
     wait_connected(agent, 30)
     state = {"server": server}
@@ -110,7 +142,11 @@ def world(aws, certs, tmp_path):
 def page_says(browser: Browser, text: str, seconds: float = 30) -> None:
     seen = []
     try:
-        wait_until(lambda: (seen.append(read(browser, "document.body.innerText")), text in (seen[-1] or ""))[1], seconds, interval=0.5)
+        wait_until(
+            lambda: (seen.append(read(browser, "document.body.innerText")), text in (seen[-1] or ""))[1],
+            seconds,
+            interval=0.5,
+        )
     except TimeoutError:
         raise AssertionError(f"the page never said {text!r}: {seen[-1]!r}") from None
 
@@ -122,7 +158,8 @@ def test_stop_and_wake_buttons_drive_the_control_plane(world, browser, tmp_path)
     shot(browser, "status-running.png")
     browser.evaluate("document.querySelector('button[value=stop]').click()")
     wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
-    assert "POST /kill from 127.0.0.1 -> 200" in plane.log()
+    # The plane logs its answer once it is written: a moment after moto has the new count.
+    wait_until(lambda: "POST /kill from 127.0.0.1 -> 200" in plane.log(), 10, interval=0.2)
     state["server"].stop()  # ECS stops the task
     page_says(browser, "Not connected")
     page_says(browser, "Server: stopped")
@@ -138,14 +175,15 @@ def test_a_page_of_another_site_cannot_press_the_buttons(world, browser, tmp_pat
     """CSRF, tried in the browser: a page on another origin auto-submits the Stop form (the
     token guessed), and fetch()es it without one; the agent refuses both and the server
     stays up. The same POST with the page's own token is refused from another Origin too."""
-    aws, service, agent, plane, state, config = world
+    aws, service, agent, plane, _state, _config = world
     assert aws.desired_count(service) == 1
     browser.open(f"http://127.0.0.1:{agent.port}/")
     token = read(browser, "document.querySelector('input[name=token]').value")
 
     target = f"http://127.0.0.1:{agent.port}/server/stop"
     page = f"""<!doctype html><form id="f" method="post" action="{target}"><input name="token" value="guessed"></form>
-<script>fetch("{target}", {{method: "POST", mode: "no-cors", body: "token=guessed"}}); document.getElementById("f").submit();</script>"""
+<script>fetch("{target}", {{method: "POST", mode: "no-cors", body: "token=guessed"}});
+document.getElementById("f").submit();</script>"""
     (tmp_path / "evil.html").write_text(page)
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -162,11 +200,25 @@ def test_a_page_of_another_site_cannot_press_the_buttons(world, browser, tmp_pat
         time.sleep(3)
         assert aws.desired_count(service) == 1 and "POST /kill from" not in plane.log()
         assert "refused" in (browser.evaluate("document.body.innerText") or "")  # what the form landed on
-        for headers in (["-H", f"Origin: http://localhost:{evil.server_address[1]}"], ["-H", "Sec-Fetch-Site: cross-site"]):
+        for headers in (
+            ["-H", f"Origin: http://localhost:{evil.server_address[1]}"],
+            ["-H", "Sec-Fetch-Site: cross-site"],
+        ):
             forged = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", *headers, "--data", f"token={token}", target)
             assert forged.stdout == b"403", forged
         assert aws.desired_count(service) == 1 and "POST /kill from" not in plane.log()
-        own = curl("-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"Origin: http://127.0.0.1:{agent.port}", "--data", f"token={token}", target)
+        own = curl(
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            f"Origin: http://127.0.0.1:{agent.port}",
+            "--data",
+            f"token={token}",
+            target,
+        )
         assert own.stdout == b"303", own  # the page's own form, as the browser sends it
         wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
     finally:

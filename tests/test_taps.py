@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from support import FLUIDITY, TWISTD, agent_config, free_port, server_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,7 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 def _twistd(role: str, config: dict, tmp_path, *args: str, env=None) -> subprocess.CompletedProcess:
     path = tmp_path / f"{role}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return subprocess.run([TWISTD, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(path), *args], capture_output=True, timeout=30, cwd=tmp_path, env=env)
+    return subprocess.run(
+        [TWISTD, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(path), *args],
+        capture_output=True,
+        timeout=30,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def test_twistd_lists_both_plugins(tmp_path):
@@ -27,7 +32,21 @@ def test_twistd_lists_both_plugins(tmp_path):
 
 
 def test_wheel_installs_the_dropin_into_twisted_plugins(tmp_path):
-    done = subprocess.run([str(Path(TWISTD).with_name("python")), "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)], capture_output=True, timeout=180)
+    done = subprocess.run(
+        [
+            str(Path(TWISTD).with_name("python")),
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        timeout=180,
+    )
     assert done.returncode == 0, done.stderr
     wheel = next(tmp_path.glob("fluidity-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
@@ -41,13 +60,19 @@ def test_missing_certificate_is_one_clear_line(certs, tmp_path):
     done = _twistd("server", config, tmp_path)
     assert done.returncode != 0
     lines = done.stderr.decode().strip().splitlines()
-    assert lines == [f"fluidity-server: cert_file: no such file {tmp_path / 'nope.pem'} (run `fluidity certs init` to make a dev set)"]
+    assert lines == [
+        f"fluidity-server: cert_file: no such file {tmp_path / 'nope.pem'} (run `fluidity certs init` to make a dev "
+        f"set)"
+    ]
 
 
 def test_agent_missing_key_file(certs, tmp_path):
     done = _twistd("agent", agent_config(certs, 1, key_file="/nonexistent/k.key"), tmp_path)
     assert done.returncode != 0
-    assert done.stderr.decode().strip() == "fluidity-agent: key_file: no such file /nonexistent/k.key (run `fluidity certs init` to make a dev set)"
+    assert (
+        done.stderr.decode().strip()
+        == "fluidity-agent: key_file: no such file /nonexistent/k.key (run `fluidity certs init` to make a dev set)"
+    )
 
 
 def test_unknown_key_and_bad_flag(certs, tmp_path):
@@ -83,10 +108,18 @@ def test_certificates_from_environment(certs, tmp_path):
         FLUIDITY_SERVER_KEY=Path(certs.path("server.key")).read_text(),
         FLUIDITY_CA_CERT=Path(certs.path("ca.pem")).read_text(),
     )
-    config = server_config(certs, cert_file="env:FLUIDITY_SERVER_CERT", key_file="env:FLUIDITY_SERVER_KEY", ca_file="env:FLUIDITY_CA_CERT")
+    config = server_config(
+        certs, cert_file="env:FLUIDITY_SERVER_CERT", key_file="env:FLUIDITY_SERVER_KEY", ca_file="env:FLUIDITY_CA_CERT"
+    )
     path = tmp_path / "server.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        env=env,
+    )
     try:
         from support import wait_for_port
 
@@ -97,7 +130,10 @@ def test_certificates_from_environment(certs, tmp_path):
     assert process.returncode == 0, out
     del env["FLUIDITY_CA_CERT"]
     done = _twistd("server", config, tmp_path, env=env)
-    assert done.stderr.decode().strip() == "fluidity-server: ca_file: environment variable FLUIDITY_CA_CERT is not set or empty"
+    assert (
+        done.stderr.decode().strip()
+        == "fluidity-server: ca_file: environment variable FLUIDITY_CA_CERT is not set or empty"
+    )
 
 
 def test_busy_port_is_a_clear_error(certs, tmp_path):
@@ -109,7 +145,10 @@ def test_busy_port_is_a_clear_error(certs, tmp_path):
         port = s.getsockname()[1]
         done = _twistd("agent", agent_config(certs, free_port(), proxy_port=port), tmp_path)
     assert done.returncode != 0
-    assert f"cannot listen for local proxy on 127.0.0.1:{port}: [Errno 98] Address already in use".encode() in done.stdout + done.stderr
+    assert (
+        f"cannot listen for local proxy on 127.0.0.1:{port}: [Errno 98] Address already in use".encode()
+        in done.stdout + done.stderr
+    )
 
 
 def test_json_log_format(certs, tmp_path):
@@ -118,7 +157,12 @@ def test_json_log_format(certs, tmp_path):
     config = server_config(certs, log_format="json", log_level="info")
     path = tmp_path / "server.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=tmp_path)
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
     from support import wait_for_port
 
     try:
@@ -146,7 +190,9 @@ def test_exit_zero_on_stop_leaves_a_reactor_without_exit_signal_alone():
     assert reactor._exitSignal is None
 
 
-@pytest.mark.parametrize("role, typo, meant", [("agent", "--sever-ip", "--server-ip"), ("server", "--max-conections", "--max-connections")])
+@pytest.mark.parametrize(
+    "role, typo, meant", [("agent", "--sever-ip", "--server-ip"), ("server", "--max-conections", "--max-connections")]
+)
 def test_a_mistyped_flag_is_one_line_with_a_suggestion(role, typo, meant):
     done = subprocess.run([TWISTD, "-n", f"fluidity-{role}", typo, "1"], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
@@ -165,8 +211,12 @@ def test_version_everywhere():
 def test_a_mistyped_command_or_flag_of_fluidity_is_one_line():
     done = subprocess.run([FLUIDITY, "stauts"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean status?" in done.stderr
-    done = subprocess.run([FLUIDITY, "cost", "--hours", "3", "--agnets", "2"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean --agents?" in done.stderr, done.stderr
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--hours", "3", "--agnets", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert (
+        done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "did you mean --agents?" in done.stderr
+    ), done.stderr
 
 
 def test_fluidity_agent_and_server_run_the_same_services_as_twistd(certs, tmp_path):
@@ -183,7 +233,9 @@ def test_fluidity_agent_and_server_run_the_same_services_as_twistd(certs, tmp_pa
             log = tmp_path / f"{role}.log"
             port = config["port"] if role == "server" else config["proxy_port"]
             with open(log, "wb") as out:
-                process = subprocess.Popen([FLUIDITY, role, "--config", str(path), "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT)
+                process = subprocess.Popen(
+                    [FLUIDITY, role, "--config", str(path), "--log-level", "info"], stdout=out, stderr=subprocess.STDOUT
+                )
             procs.append(Proc(role, process, log, port))
             wait_for_port(port, process=process)
         assert wait_connected(procs[1])["connected"]
@@ -198,6 +250,17 @@ def test_an_agent_with_no_config_anywhere_says_where_it_looked(tmp_path):
     """Issue 26, item 7: not `defaults: 'server_ip' is required`."""
     env = {k: v for k, v in os.environ.items() if k not in ("FLUIDITY_CONFIG", "XDG_CONFIG_HOME")}
     env["HOME"] = str(tmp_path)
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "fluidity-agent"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "fluidity-agent"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=tmp_path,
+    )
     assert done.returncode != 0
-    assert f"{tmp_path}/.config/fluidity/agent.yaml (missing)" in done.stderr and "$FLUIDITY_CONFIG (unset)" in done.stderr and "--config" in done.stderr, done.stderr
+    assert (
+        f"{tmp_path}/.config/fluidity/agent.yaml (missing)" in done.stderr
+        and "$FLUIDITY_CONFIG (unset)" in done.stderr
+        and "--config" in done.stderr
+    ), done.stderr

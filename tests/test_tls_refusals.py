@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import datetime
 import time
+from pathlib import Path
 
 import pytest
-
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
+
 from tunnel.wire import pki
 
-NOW = datetime.datetime.now(datetime.timezone.utc)
+NOW = datetime.datetime.now(datetime.UTC)
 
 
 def issued(certs, tmp_path, name: str, **kwargs) -> tuple[str, str]:
@@ -23,9 +24,18 @@ def issued(certs, tmp_path, name: str, **kwargs) -> tuple[str, str]:
 
 def through_server(server_port: int, certs, https_origin, cert: str, key: str):
     return curl(
-        "--proxy", f"https://127.0.0.1:{server_port}", "--proxy-cacert", certs.path("ca.pem"),
-        "--proxy-cert", cert, "--proxy-key", key, "--cacert", https_origin.ca,
-        f"https://127.0.0.1:{https_origin.port}/gate", timeout=20,
+        "--proxy",
+        f"https://127.0.0.1:{server_port}",
+        "--proxy-cacert",
+        certs.path("ca.pem"),
+        "--proxy-cert",
+        cert,
+        "--proxy-key",
+        key,
+        "--cacert",
+        https_origin.ca,
+        f"https://127.0.0.1:{https_origin.port}/gate",
+        timeout=20,
     )
 
 
@@ -47,7 +57,9 @@ def test_bad_client_certificates_are_refused(tunnel, https_origin, tmp_path, nam
 
 
 def test_the_servers_own_certificate_is_not_a_client_certificate(tunnel, https_origin):
-    result = through_server(tunnel.server.port, tunnel.certs, https_origin, tunnel.certs.path("server.pem"), tunnel.certs.path("server.key"))
+    result = through_server(
+        tunnel.server.port, tunnel.certs, https_origin, tunnel.certs.path("server.pem"), tunnel.certs.path("server.key")
+    )
     assert result.returncode != 0 and b"hello from" not in result.stdout
 
 
@@ -55,8 +67,8 @@ def test_revoked_certificates_and_a_live_reload(certs, https_origin, http_origin
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    alice = x509.load_pem_x509_certificate(open(certs.path("alice.pem"), "rb").read())
-    client = x509.load_pem_x509_certificate(open(certs.path("client.pem"), "rb").read())
+    alice = x509.load_pem_x509_certificate(Path(certs.path("alice.pem")).read_bytes())
+    client = x509.load_pem_x509_certificate(Path(certs.path("client.pem")).read_bytes())
     deny = tmp_path / "revoked.txt"
     deny.write_text(f"# revoked laptops\n{alice.serial_number:x}\n")
     server = start_twistd("server", server_config(certs, revoked_file=str(deny)), tmp_path)
@@ -111,10 +123,9 @@ def test_a_list_that_starts_empty_is_still_watched(certs, tmp_path, first):
     import socket
 
     from cryptography import x509
-
     from test_relay import Destination, ending, open_through, stream_forever
 
-    client = x509.load_pem_x509_certificate(open(certs.path("client.pem"), "rb").read())
+    client = x509.load_pem_x509_certificate(Path(certs.path("client.pem")).read_bytes())
     deny = tmp_path / "revoked.txt"
     deny.write_text(first)
     server = start_twistd("server", server_config(certs, revoked_file=str(deny)), tmp_path)

@@ -7,8 +7,16 @@ import shutil
 import subprocess
 
 import pytest
-
-from support import agent_config, curl, free_port, served_by_a_new_agent, start_twistd, wait_connected, wait_for_port, wait_until
+from support import (
+    agent_config,
+    curl,
+    free_port,
+    served_by_a_new_agent,
+    start_twistd,
+    wait_connected,
+    wait_for_port,
+    wait_until,
+)
 
 USER, PASSWORD = "fluid", "s3cret-pass"
 
@@ -22,7 +30,10 @@ def tinyproxy(tmp_path_factory):
     log = workdir / "tinyproxy.log"
     config = workdir / "tinyproxy.conf"
     # In the foreground without a LogFile, tinyproxy logs to stdout: CONNECT lines included.
-    config.write_text(f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nAllow 127.0.0.1\nBasicAuth {USER} {PASSWORD}\nLogLevel Connect\n")
+    config.write_text(
+        f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 64\nAllow 127.0.0.1\nBasicAuth {USER} {PASSWORD}\n"
+        f"LogLevel Connect\n"
+    )
     with open(log, "wb") as out:
         process = subprocess.Popen([binary, "-d", "-c", str(config)], stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -54,9 +65,15 @@ def test_a_wrong_password_is_a_clear_503(tunnel, tinyproxy, http_origin, tmp_pat
     config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:wrong@127.0.0.1:{port}")
     agent = start_twistd("agent", config, tmp_path)
     try:
-        result = curl("-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=20)
+        result = curl(
+            "-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=20
+        )
         head = result.stdout.decode(errors="replace")
-        assert head.startswith("HTTP/1.1 503") and "upstream proxy refused CONNECT" in head and ("407" in head or "401 Unauthorized" in head), head  # tinyproxy says 401
+        assert (
+            head.startswith("HTTP/1.1 503")
+            and "upstream proxy refused CONNECT" in head
+            and ("407" in head or "401 Unauthorized" in head)
+        ), head  # tinyproxy says 401
     finally:
         assert agent.stop() == 0
     agent.assert_no_unhandled_errors()
@@ -74,7 +91,9 @@ def test_https_proxy_from_the_environment_and_no_proxy(tunnel, tinyproxy, http_o
         assert agent.stop() == 0
     assert log.read_text().count(f"127.0.0.1:{tunnel.server.port}") > before
     bypass = {**env, "NO_PROXY": "127.0.0.1"}
-    agent = start_twistd("agent", agent_config(tunnel.certs, tunnel.server.port), tmp_path, name="agent-no-proxy", env=bypass)
+    agent = start_twistd(
+        "agent", agent_config(tunnel.certs, tunnel.server.port), tmp_path, name="agent-no-proxy", env=bypass
+    )
     try:
         wait_connected(agent)
         assert " via " not in agent.log()
@@ -82,7 +101,15 @@ def test_https_proxy_from_the_environment_and_no_proxy(tunnel, tinyproxy, http_o
         assert agent.stop() == 0
 
 
-@pytest.mark.parametrize("url, message", [("socks5://proxy:1080", "only http:// and https:// upstream proxies"), ("http://proxy:99999", "bad proxy port"), ("http://proxy:3128/path", "no path"), ("http://[proxy:3128", "bad proxy URL")])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("socks5://proxy:1080", "only http:// and https:// upstream proxies"),
+        ("http://proxy:99999", "bad proxy port"),
+        ("http://proxy:3128/path", "no path"),
+        ("http://[proxy:3128", "bad proxy URL"),
+    ],
+)
 def test_bad_proxy_urls_are_one_line(certs, tmp_path, url, message):
     import yaml
 
@@ -99,15 +126,26 @@ def test_doctor_checks_the_upstream_proxy(tunnel, tinyproxy, tmp_path):
     import os
 
     import yaml
-
     from support import FLUIDITY
 
     port, _ = tinyproxy
     for n, (password, expected) in enumerate(((PASSWORD, "ok    upstream proxy"), ("wrong", "FAIL  upstream proxy"))):
         path = tmp_path / f"agent-{n}.yaml"
-        path.write_text(yaml.safe_dump(agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:{password}@127.0.0.1:{port}")))
+        path.write_text(
+            yaml.safe_dump(
+                agent_config(
+                    tunnel.certs, tunnel.server.port, upstream_proxy=f"http://{USER}:{password}@127.0.0.1:{port}"
+                )
+            )
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        done = subprocess.run([FLUIDITY, "doctor", "--config", str(path)], capture_output=True, text=True, timeout=60, env={**env, "HOME": str(tmp_path)})
+        done = subprocess.run(
+            [FLUIDITY, "doctor", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**env, "HOME": str(tmp_path)},
+        )
         line = next(line for line in done.stdout.splitlines() if "  upstream proxy:" in line)
         assert line.startswith(expected) and PASSWORD not in done.stdout, done.stdout
 
@@ -117,22 +155,38 @@ def test_an_https_proxy_takes_tls_then_connect_inside_it(tunnel, http_origin, tm
     upstream_proxy_ca), then CONNECT, then the tunnel's own mutual TLS inside: a real squid
     listening with `https_port`."""
     from squid import Squid
+
     from tunnel.wire import pki
 
     proxy_pki = tmp_path / "proxy-pki"
     pki.init(proxy_pki)  # a corporate CA of its own; its server certificate names 127.0.0.1
     squid = Squid((), {}, ssl_ports=(tunnel.server.port,), tls=(proxy_pki / "server.pem", proxy_pki / "server.key"))
     try:
-        config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", upstream_proxy_ca=str(proxy_pki / "ca.pem"))
+        config = agent_config(
+            tunnel.certs,
+            tunnel.server.port,
+            upstream_proxy=f"https://127.0.0.1:{squid.port}",
+            upstream_proxy_ca=str(proxy_pki / "ca.pem"),
+        )
         agent = served_by_a_new_agent(config, tmp_path, http_origin.port, name="agent-https-proxy")
         assert f"CONNECT 127.0.0.1:{tunnel.server.port}" in squid.access_log(), squid.access_log()
         assert f"via https://127.0.0.1:{squid.port}" in agent.log()
 
         # Without the proxy's CA the agent refuses the proxy's certificate, and says so.
-        config = agent_config(tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", tunnel_wait="1s")
+        config = agent_config(
+            tunnel.certs, tunnel.server.port, upstream_proxy=f"https://127.0.0.1:{squid.port}", tunnel_wait="1s"
+        )
         agent = start_twistd("agent", config, tmp_path, name="agent-https-proxy-untrusted")
         try:
-            wait_until(lambda: b"TLS to the upstream proxy https://127.0.0.1" in curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=10).stdout, 20)
+            wait_until(
+                lambda: (
+                    b"TLS to the upstream proxy https://127.0.0.1"
+                    in curl(
+                        "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=10
+                    ).stdout
+                ),
+                20,
+            )
             assert "certificate verify failed; set upstream_proxy_ca" in agent.log(), agent.log()[-2000:]
         finally:
             agent.stop()

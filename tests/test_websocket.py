@@ -7,13 +7,12 @@ import ssl
 import threading
 
 import pytest
-from websockets.sync.client import connect
-from websockets.sync.server import serve
+from support import https_context
 from websockets.client import ClientProtocol
 from websockets.protocol import State
+from websockets.sync.client import connect
+from websockets.sync.server import serve
 from websockets.uri import parse_uri
-
-from support import https_context
 
 
 def _echo(ws) -> None:

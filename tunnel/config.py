@@ -12,13 +12,14 @@ import ipaddress
 import os
 import re
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 import yaml
 
-from tunnel.agent.pac import DEFAULT_BYPASS, check_bypass
 from lambdas.server_port import SERVER_PORT
+from tunnel.agent.pac import DEFAULT_BYPASS, check_bypass
 
 
 class ConfigError(Exception):
@@ -115,7 +116,9 @@ def _parse_listen_hosts(value: Any) -> list[str]:
         try:
             checked.append(str(ipaddress.ip_address(bare)))
         except ValueError:
-            raise ValueError(f"{host!r} is not an IP address (the proxy listens on addresses, e.g. 127.0.0.1 or ::1)") from None
+            raise ValueError(
+                f"{host!r} is not an IP address (the proxy listens on addresses, e.g. 127.0.0.1 or ::1)"
+            ) from None
     return list(dict.fromkeys(checked))
 
 
@@ -155,65 +158,158 @@ def _common(role: str) -> list[Key]:
     ]
 
 
-SERVER_KEYS: tuple[Key, ...] = tuple(
-    [
-        Key("host", _parse_str, "0.0.0.0", "address the TLS listener binds"),
-        Key("port", PORT, SERVER_PORT, "TLS listener port (443: what corporate proxies let through; below 1024 needs CAP_NET_BIND_SERVICE, which the server image grants)"),
-        *_common("server"),
-        Key("max_connections", _ranged(1, 100000), 64, "most authenticated agent connections at once"),
-        Key("handshake_timeout", parse_duration, 5.0, "a connection must finish its TLS handshake (client certificate included) this soon"),
-        Key("max_handshakes", _ranged(1, 100000), 256, "most connections still in their TLS handshake; the oldest makes room for a new one"),
-        Key("max_handshakes_per_source", _ranged(1, 100000), 16, "most connections one address may hold in their TLS handshake"),
-        Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent connection"),
-        Key("revoked_file", _parse_str, "", "client certificates refused by serial or sha256 fingerprint; re-read when it changes"),
-        Key("max_streams_per_agent", _ranged(0, 1000000), 0, "most concurrent streams one agent identity (certificate CN) may hold across its connections; 0: no limit"),
-        Key("dial_timeout", parse_duration, 10.0, "give up dialling a destination after this long (504)"),
-        Key("drain_timeout", parse_duration, 20.0, "on stop, how long open streams may finish"),
-        Key("keepalive_interval", parse_duration, 30.0, "PING each agent this often"),
-        Key("keepalive_timeout", parse_duration, 20.0, "drop an agent that does not answer a PING this long"),
-        Key("egress_allow", _parse_str_list, [], "CIDR[:ports] opened despite the default deny list"),
-        Key("metrics.emit_metrics", _parse_bool, False, "publish CloudWatch metrics"),
-        Key("metrics.metrics_interval", parse_duration, 60.0, "seconds between metric publications"),
-        Key("metrics.namespace", _parse_str, "Fluidity", "CloudWatch namespace"),
-        Key("metrics.service_name", _parse_str, "fluidity-server", "ServiceName dimension"),
-        Key("metrics.transport", _choice("api", "emf"), "api", "api: PutMetricData calls (boto3); emf: embedded-metric-format lines on stdout, for CloudWatch Logs to turn into metrics"),
-        Key("metrics.per_agent", _parse_bool, False, "also publish ActiveConnections per agent identity (one more series, and monthly charge, per agent)"),
-    ]
+SERVER_KEYS: tuple[Key, ...] = (
+    Key("host", _parse_str, "0.0.0.0", "address the TLS listener binds"),
+    Key(
+        "port",
+        PORT,
+        SERVER_PORT,
+        "TLS listener port (443: what corporate proxies let through; below 1024 needs CAP_NET_BIND_SERVICE, which "
+        "the server image grants)",
+    ),
+    *_common("server"),
+    Key("max_connections", _ranged(1, 100000), 64, "most authenticated agent connections at once"),
+    Key(
+        "handshake_timeout",
+        parse_duration,
+        5.0,
+        "a connection must finish its TLS handshake (client certificate included) this soon",
+    ),
+    Key(
+        "max_handshakes",
+        _ranged(1, 100000),
+        256,
+        "most connections still in their TLS handshake; the oldest makes room for a new one",
+    ),
+    Key(
+        "max_handshakes_per_source",
+        _ranged(1, 100000),
+        16,
+        "most connections one address may hold in their TLS handshake",
+    ),
+    Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent connection"),
+    Key(
+        "revoked_file",
+        _parse_str,
+        "",
+        "client certificates refused by serial or sha256 fingerprint; re-read when it changes",
+    ),
+    Key(
+        "max_streams_per_agent",
+        _ranged(0, 1000000),
+        0,
+        "most concurrent streams one agent identity (certificate CN) may hold across its connections; 0: no limit",
+    ),
+    Key("dial_timeout", parse_duration, 10.0, "give up dialling a destination after this long (504)"),
+    Key("drain_timeout", parse_duration, 20.0, "on stop, how long open streams may finish"),
+    Key("keepalive_interval", parse_duration, 30.0, "PING each agent this often"),
+    Key("keepalive_timeout", parse_duration, 20.0, "drop an agent that does not answer a PING this long"),
+    Key("egress_allow", _parse_str_list, [], "CIDR[:ports] opened despite the default deny list"),
+    Key("metrics.emit_metrics", _parse_bool, False, "publish CloudWatch metrics"),
+    Key("metrics.metrics_interval", parse_duration, 60.0, "seconds between metric publications"),
+    Key("metrics.namespace", _parse_str, "Fluidity", "CloudWatch namespace"),
+    Key("metrics.service_name", _parse_str, "fluidity-server", "ServiceName dimension"),
+    Key(
+        "metrics.transport",
+        _choice("api", "emf"),
+        "api",
+        "api: PutMetricData calls (boto3); emf: embedded-metric-format lines on stdout, for CloudWatch Logs to "
+        "turn into metrics",
+    ),
+    Key(
+        "metrics.per_agent",
+        _parse_bool,
+        False,
+        "also publish ActiveConnections per agent identity (one more series, and monthly charge, per agent)",
+    ),
 )
 
-AGENT_KEYS: tuple[Key, ...] = tuple(
-    [
-        Key("proxy_host", _parse_listen_hosts, list(LOOPBACK_HOSTS), "addresses the local proxy listens on: one, or a list (default 127.0.0.1 and ::1; 0.0.0.0 or :: must be explicit)"),
-        Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
-        Key("local_names", _parse_str_list, [], "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when proxy_host is 0.0.0.0); any other Host gets 403"),
-        Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
-        Key("server_port", PORT, SERVER_PORT, "the server's TLS port"),
-        Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),
-        *_common("client"),
-        Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),
-        Key("keepalive_interval", parse_duration, 15.0, "PING the server this often"),
-        Key("keepalive_timeout", parse_duration, 10.0, "reconnect when a PING gets no answer this long"),
-        Key("probe_timeout", parse_duration, 3.0, "a stream opened after a second's silence from the server sends a PING with it; no answer this soon and the connection is replaced (a middlebox forgot the flow), the stream opened again on the new one"),
-        Key("reconnect_max_delay", parse_duration, 5.0, "longest wait between reconnection attempts"),
-        Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
-        Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
-        Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
-        Key("head_timeout", parse_duration, 60.0, "a local client must send a complete request head (or SOCKS request) this soon; 0: never times out"),
-        Key("pac_bypass", _parse_pac_bypass, list(DEFAULT_BYPASS), "hosts and networks /proxy.pac sends DIRECT"),
-        Key("upstream_proxy", _parse_str, "", "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... (TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY"),
-        Key("pac_url", _parse_str, "", "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one"),
-        Key("upstream_proxy_ca", _parse_str, "", "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's"),
-        Key("upstream_proxy_user", _parse_str, "", "user name for a proxy that asks, when its URL has none (auto, $HTTPS_PROXY), e.g. CORP\\alice"),
-        Key("upstream_proxy_password", _parse_str, "", "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores it), or the password"),
-        Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
-        Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
-        Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
-        Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane (or env:VAR)"),
-        Key("lifecycle.wake_timeout", parse_duration, 90.0, "how long a wake may take"),
-        Key("lifecycle.wake_retry_interval", parse_duration, 5.0, "poll interval while waking"),
-        Key("lifecycle.kill_on_exit", _parse_optional_bool, None, "stop the server when the agent stops (default: yes when kill_endpoint is set)"),
-        Key("lifecycle.request_timeout", parse_duration, 10.0, "give up one control-plane request after this long"),
-    ]
+AGENT_KEYS: tuple[Key, ...] = (
+    Key(
+        "proxy_host",
+        _parse_listen_hosts,
+        list(LOOPBACK_HOSTS),
+        "addresses the local proxy listens on: one, or a list (default 127.0.0.1 and ::1; 0.0.0.0 or :: must be "
+        "explicit)",
+    ),
+    Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
+    Key(
+        "local_names",
+        _parse_str_list,
+        [],
+        "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when "
+        "proxy_host is 0.0.0.0); any other Host gets 403",
+    ),
+    Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
+    Key("server_port", PORT, SERVER_PORT, "the server's TLS port"),
+    Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),
+    *_common("client"),
+    Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),
+    Key("keepalive_interval", parse_duration, 15.0, "PING the server this often"),
+    Key("keepalive_timeout", parse_duration, 10.0, "reconnect when a PING gets no answer this long"),
+    Key(
+        "probe_timeout",
+        parse_duration,
+        3.0,
+        "a stream opened after a second's silence from the server sends a PING with it; no answer this soon and "
+        "the connection is replaced (a middlebox forgot the flow), the stream opened again on the new one",
+    ),
+    Key("reconnect_max_delay", parse_duration, 5.0, "longest wait between reconnection attempts"),
+    Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
+    Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
+    Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
+    Key(
+        "head_timeout",
+        parse_duration,
+        60.0,
+        "a local client must send a complete request head (or SOCKS request) this soon; 0: never times out",
+    ),
+    Key("pac_bypass", _parse_pac_bypass, list(DEFAULT_BYPASS), "hosts and networks /proxy.pac sends DIRECT"),
+    Key(
+        "upstream_proxy",
+        _parse_str,
+        "",
+        "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... "
+        "(TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY",
+    ),
+    Key(
+        "pac_url",
+        _parse_str,
+        "",
+        "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one",
+    ),
+    Key(
+        "upstream_proxy_ca",
+        _parse_str,
+        "",
+        "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's",
+    ),
+    Key(
+        "upstream_proxy_user",
+        _parse_str,
+        "",
+        "user name for a proxy that asks, when its URL has none (auto, $HTTPS_PROXY), e.g. CORP\\alice",
+    ),
+    Key(
+        "upstream_proxy_password",
+        _parse_str,
+        "",
+        "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores "
+        "it), or the password",
+    ),
+    Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
+    Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
+    Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
+    Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane (or env:VAR)"),
+    Key("lifecycle.wake_timeout", parse_duration, 90.0, "how long a wake may take"),
+    Key("lifecycle.wake_retry_interval", parse_duration, 5.0, "poll interval while waking"),
+    Key(
+        "lifecycle.kill_on_exit",
+        _parse_optional_bool,
+        None,
+        "stop the server when the agent stops (default: yes when kill_endpoint is set)",
+    ),
+    Key("lifecycle.request_timeout", parse_duration, 10.0, "give up one control-plane request after this long"),
 )
 
 
@@ -301,7 +397,7 @@ class AgentSettings:
     source: str = field(default="defaults", compare=False)
 
 
-Settings = Union[ServerSettings, AgentSettings]
+Settings = ServerSettings | AgentSettings
 SETTINGS_CLASS = {id(SERVER_KEYS): ServerSettings, id(AGENT_KEYS): AgentSettings}
 
 
@@ -418,7 +514,12 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
         base = os.path.dirname(os.path.abspath(path))
         for name in PATH_KEYS & raw.keys():
             value = raw[name]
-            if isinstance(value, str) and value and not value.startswith("env:") and not os.path.isabs(os.path.expanduser(value)):
+            if (
+                isinstance(value, str)
+                and value
+                and not value.startswith("env:")
+                and not os.path.isabs(os.path.expanduser(value))
+            ):
                 raw[name] = os.path.join(base, value)
             elif isinstance(value, str) and value.startswith("~"):
                 raw[name] = os.path.expanduser(value)

@@ -11,16 +11,20 @@ the failure.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any, cast
 
 from twisted.internet import defer
-from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from tunnel.wire.addresses import Destination
+from tunnel.wire.endings import Endings, Pipe
 from tunnel.wire.refusals import OpenFailed
-from tunnel.wire.relay import RelayEnd, abort, splice
+from tunnel.wire.relay import RelayEnd, splice
+
+__all__ = ["IOpener", "OpenFailed", "as_open_failed", "bridge"]
 
 log = Logger(namespace="fluidity")
 
@@ -30,7 +34,7 @@ class IOpener(Interface):
 
     name = Attribute("what the open goes through, for log lines")
 
-    def open(destination: Destination, protocol) -> defer.Deferred:
+    def open(destination: Destination, protocol: Any) -> defer.Deferred[Any]:
         """Start reaching `destination`; `protocol` is connected to the byte stream when
         it exists (the tunnel's at once where `answers_early` said yes, bytes written
         meanwhile wait; otherwise, like a dial's, once the destination has answered).
@@ -42,9 +46,9 @@ class IOpener(Interface):
         where a refusal is unlikely (the tunnel is up and reached it recently)."""
 
 
-def as_open_failed(failure) -> OpenFailed | None:
+def as_open_failed(failure: Failure) -> OpenFailed | None:
     """The refusal to pass on, or None when the open was cancelled (the client left)."""
-    if failure.check(defer.CancelledError):
+    if isinstance(failure.value, defer.CancelledError):
         return None
     if isinstance(failure.value, OpenFailed):
         return failure.value
@@ -55,57 +59,65 @@ def as_open_failed(failure) -> OpenFailed | None:
 class _StreamEnd(RelayEnd):
     """The destination side of a bridge: tells the bridge when its stream exists."""
 
-    def __init__(self, connected: Callable[["_StreamEnd"], None]) -> None:
-        super().__init__()
+    def __init__(self, endings: Endings, connected: Callable[[_StreamEnd], None]) -> None:
+        super().__init__(endings)
         self._connected = connected
 
     def connectionMade(self) -> None:
         self._connected(self)
 
+    def pipe(self) -> Pipe:
+        """The stream to the destination: an opener fires only once it exists."""
+        if self.transport is None:
+            raise OpenFailed(502, "internal error: the opener answered before its stream existed")
+        return cast(Pipe, self.transport)
+
 
 def bridge(
     opener: IOpener,
     destination: Destination,
-    client: ITransport,
+    client: Pipe,
+    endings: Endings,
     accept: Callable[[], RelayEnd],
     refuse: Callable[[OpenFailed], None],
     gone: Callable[[], bool],
-) -> defer.Deferred:
+) -> defer.Deferred[Any]:
     """Open `destination` for a client whose request was parsed, then join the two.
 
     `accept()` sends the front's success answer and returns the RelayEnd reading the
     client (with any bytes the client sent after its request already fed to it);
     `refuse(error)` answers the front's way and closes; `gone()` says whether the client
-    has left. When the opener answers early, the client is accepted at once and its first
-    bytes wait in its RelayEnd until the stream exists (a failure can then only close the
-    client); otherwise the client is not read until the destination has answered.
-    Returns the open's Deferred (already handled): cancel it when the client leaves."""
+    has left; `endings` ends either side the way it should. When the opener answers
+    early, the client is accepted at once and its first bytes wait in its RelayEnd until
+    the stream exists (a failure can then only close the client); otherwise the client
+    is not read until the destination has answered. Returns the open's Deferred
+    (already handled): cancel it when the client leaves."""
     early = opener.answers_early(destination)
     client_end: RelayEnd | None = accept() if early else None
     if not early:
         client.pauseProducing()
 
     def stream_exists(end: _StreamEnd) -> None:
-        if early and not gone():
-            splice(client, client_end, end.transport, end)
+        if client_end is not None and not gone():
+            splice(client, client_end, end.pipe(), end)
 
-    upstream = _StreamEnd(stream_exists)
+    upstream = _StreamEnd(endings, stream_exists)
 
-    def opened(_):
+    def opened(_: object) -> None:
         if early:
             return
         if gone():
-            abort(upstream.transport)  # the client left before anything was relayed
+            endings.abort(upstream.pipe())  # the client left before anything was relayed
             return
-        splice(client, accept(), upstream.transport, upstream)
+        splice(client, accept(), upstream.pipe(), upstream)
         client.resumeProducing()
 
-    def failed(failure):
+    def failed(failure: Failure) -> None:
         error = as_open_failed(failure)
         if error is None or gone():
             return
         if early:
-            abort(client)  # it was told "connected": a reset is all that can say it failed
+            endings.abort(client)  # it was told "connected": a reset is all that can say it failed
             return
         client.resumeProducing()
         refuse(error)

@@ -9,6 +9,7 @@ and a non-zero exit before anything listens.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -17,20 +18,19 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_write, h2_speedups
-from tunnel.wire import logs
+from tunnel.agent.lifecycle import settings_from
+from tunnel.agent.proxy_credentials import CredentialsError
+from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.agent.service import make_agent_service
+from tunnel.agent.upstream import proxy_for
 from tunnel.server.dialer import DirectOpener
 from tunnel.server.egress import policy_from_strings
-from tunnel.agent.lifecycle import settings_from
-from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.server.emf import EmfPublisher
 from tunnel.server.metrics import MetricsPublisher, MetricsService
 from tunnel.server.revocation import RevocationError, RevocationList
 from tunnel.server.service import TunnelServer, tls_factory
-from tunnel.agent.proxy_credentials import CredentialsError
-from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
-from tunnel.agent.upstream import proxy_for
+from tunnel.wire import descriptors, eager_write, h2_speedups, logs
+from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.wire.tls import client_options, server_options
 
 log = Logger(namespace="fluidity")
@@ -57,7 +57,10 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
             try:
                 super().parseOptions(options)
             except usage.UsageError as e:
-                raise SystemExit(f"fluidity-{role}: {e}{_suggestion(str(e), ['--' + name.rstrip('=') for name in self.longOpt])} (see --help)") from None
+                raise SystemExit(
+                    f"fluidity-{role}: {e}{_suggestion(str(e), ['--' + name.rstrip('=') for name in self.longOpt])} "
+                    f"(see --help)"
+                ) from None
 
         def postOptions(self) -> None:
             overrides = {k.name: self[k.flag] for k in keys if self[k.flag] is not None}
@@ -77,7 +80,9 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                 logfile = parent.get("logfile")
                 if logfile in (None, "-") and not parent.get("nodaemon"):
                     logfile = "twistd.log"
-                parent["logger"] = logs.choose(self.config.log_format, self.config.log_level, None if logfile in (None, "-") else logfile)
+                parent["logger"] = logs.choose(
+                    self.config.log_format, self.config.log_level, None if logfile in (None, "-") else logfile
+                )
 
         def validate(self, config: cfg.Settings) -> None:
             if role == "server":
@@ -93,15 +98,23 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: {e}") from None
             else:
                 if config.proxy_port == 0 and len(config.proxy_host) > 1:
-                    raise cfg.ConfigError(f"{config.source}: 'proxy_port: 0' (any free port) needs a single proxy_host, not {', '.join(config.proxy_host)}")
+                    raise cfg.ConfigError(
+                        f"{config.source}: 'proxy_port: 0' (any free port) needs a single proxy_host, not "
+                        f"{', '.join(config.proxy_host)}"
+                    )
                 if settings_from(config) is None and not config.server_ip:
                     if config.source == "defaults":  # no config file anywhere
                         home = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
                         raise cfg.ConfigError(
-                            f"no agent config: looked at $FLUIDITY_CONFIG (unset) and {os.path.join(home, 'fluidity', 'agent.yaml')} (missing). "
-                            "Pass --config FILE, or copy configs/agent.yaml there and set server_ip (or a lifecycle block)"
+                            f"no agent config: looked at $FLUIDITY_CONFIG (unset) and "
+                            f"{os.path.join(home, 'fluidity', 'agent.yaml')} (missing). "
+                            "Pass --config FILE, or copy configs/agent.yaml there and set server_ip (or a lifecycle "
+                            "block)"
                         )
-                    raise cfg.ConfigError(f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds the server")
+                    raise cfg.ConfigError(
+                        f"{config.source}: 'server_ip' is required (or --server-ip), unless a lifecycle block finds "
+                        f"the server"
+                    )
                 try:
                     if config.upstream_proxy.strip() != "auto":
                         proxy_for(config.upstream_proxy, config.server_ip)
@@ -116,9 +129,11 @@ def _options_for(role: str, keys: tuple[cfg.Key, ...]):
                     raise cfg.ConfigError(f"{config.source}: 'pac_url' is used only with upstream_proxy: auto")
                 if config.upstream_proxy_ca:
                     try:
-                        ssl.Certificate.loadPEM(open(config.upstream_proxy_ca, "rb").read())
+                        ssl.Certificate.loadPEM(Path(config.upstream_proxy_ca).read_bytes())
                     except Exception as e:  # unreadable, or pyOpenSSL's own error for bad PEM
-                        raise cfg.ConfigError(f"{config.source}: 'upstream_proxy_ca': cannot load {config.upstream_proxy_ca}: {e}") from None
+                        raise cfg.ConfigError(
+                            f"{config.source}: 'upstream_proxy_ca': cannot load {config.upstream_proxy_ca}: {e}"
+                        ) from None
 
     Options.__name__ = f"{role.capitalize()}Options"
     return Options
@@ -148,7 +163,10 @@ def _check_metrics(config: cfg.Settings) -> None:
         try:
             import boto3  # noqa: F401
         except ImportError:
-            raise cfg.ConfigError(f"{config.source}: 'metrics.transport' api needs boto3 (pip install boto3, or pipx inject fluidity boto3), or use emf") from None
+            raise cfg.ConfigError(
+                f"{config.source}: 'metrics.transport' api needs boto3 (pip install boto3, or pipx inject fluidity "
+                f"boto3), or use emf"
+            ) from None
 
 
 REVOCATION_CHECK = 2.0  # seconds between looks at revoked_file
@@ -182,7 +200,9 @@ class ExitZeroOnRequestedStop(service.Service):
             self.reactor._exitSignal = None
 
 
-def make_server_service(reactor, config: cfg.ServerSettings, tls, egress_policy, revocations: RevocationList) -> service.MultiService:
+def make_server_service(
+    reactor, config: cfg.ServerSettings, tls, egress_policy, revocations: RevocationList
+) -> service.MultiService:
     top = service.MultiService()
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     opener = DirectOpener(reactor, egress_policy, config.dial_timeout)
@@ -207,9 +227,18 @@ def make_server_service(reactor, config: cfg.ServerSettings, tls, egress_policy,
     if config.metrics.emit_metrics:
         interval = config.metrics.metrics_interval
         if config.metrics.transport == "emf":
-            publisher = EmfPublisher(reactor, server, config.metrics.namespace, config.metrics.service_name, config.metrics.per_agent)
+            publisher = EmfPublisher(
+                reactor, server, config.metrics.namespace, config.metrics.service_name, config.metrics.per_agent
+            )
         else:
-            publisher = MetricsPublisher(reactor, server, config.metrics.namespace, config.metrics.service_name, interval, per_agent=config.metrics.per_agent)
+            publisher = MetricsPublisher(
+                reactor,
+                server,
+                config.metrics.namespace,
+                config.metrics.service_name,
+                interval,
+                per_agent=config.metrics.per_agent,
+            )
         MetricsService(publisher, interval).setServiceParent(top)
     top.tunnel_server = server
     return top

@@ -17,22 +17,32 @@ from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import h11
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from tunnel.agent.status_page import render as render_status
-from tunnel.wire.descriptors import LocalConnections
-from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
-from tunnel.wire.http_front import HttpFront
 from tunnel.opener import IOpener, as_open_failed, bridge
+from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
+from tunnel.wire.descriptors import LocalConnections
+from tunnel.wire.endings import Endings, arm, ended_cleanly
+from tunnel.wire.http_front import HttpFront
 from tunnel.wire.refusals import http_status
-from tunnel.wire.relay import RelayEnd, abort, arm, close, ended_cleanly, reader_of
+from tunnel.wire.relay import RelayEnd
 
 log = Logger(namespace="fluidity.agent")
 
-HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authorization", b"proxy-authenticate", b"te", b"trailer", b"upgrade"}
+HOP_BY_HOP = {
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authorization",
+    b"proxy-authenticate",
+    b"te",
+    b"trailer",
+    b"upgrade",
+}
 
 
 def _connection_tokens(headers) -> set[bytes]:
@@ -69,20 +79,24 @@ class AgentPages(typing.Protocol):
 class ProxySite:
     """Everything the agent's fronts use: they never see the Agent itself."""
 
-    clock: object
+    clock: IReactorTime
     opener: IOpener
     pages: AgentPages
     head_timeout: float = 60.0
     max_header_bytes: int = 65536
     clients: int = 0  # local client connections open now, past the first byte
     local: LocalConnections = field(default_factory=lambda: LocalConnections(1 << 20))
+    endings: Endings = field(init=False)  # every front's closes and aborts, on this site's clock
+
+    def __post_init__(self) -> None:
+        self.endings = Endings(self.clock)
 
 
 @implementer(IHalfCloseableProtocol)
 class OriginLink(Protocol):
     """A tunnel stream to one origin carrying absolute-form requests, parsed with h11."""
 
-    def __init__(self, front: "ProxyFront", destination: Destination) -> None:
+    def __init__(self, front: ProxyFront, destination: Destination) -> None:
         self.front = front
         self.destination = destination
         self.h11 = h11.Connection(h11.CLIENT)
@@ -145,7 +159,7 @@ class ProxyFront(HttpFront):
     """One local client connection to the agent's proxy port."""
 
     def __init__(self, site: ProxySite) -> None:
-        super().__init__(site.clock, site.head_timeout)
+        super().__init__(site.endings, site.head_timeout)
         self.site = site
         self.max_header_bytes = site.max_header_bytes
         self.link: OriginLink | None = None
@@ -164,9 +178,9 @@ class ProxyFront(HttpFront):
         link, self.link = self.link, None
         if link is not None and link.transport is not None and not link.lost:
             if ended_cleanly(reason) and link.reusable:
-                close(link.transport)
+                self.site.endings.close(link.transport)
             else:  # the client reset, or left mid-exchange: the origin must not see an end
-                abort(link.transport)
+                self.site.endings.abort(link.transport)
 
     # -- requests --------------------------------------------------------------------
     def handle_event(self, event) -> None:
@@ -215,13 +229,19 @@ class ProxyFront(HttpFront):
         host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
         if not self.site.pages.serves_host(host):
             # A web page that rebinds its own name to 127.0.0.1 still sends that name.
-            self._answer(403, b"this agent answers only requests addressed to it by a loopback name or address (Host)\n", b"text/plain")
+            self._answer(
+                403,
+                b"this agent answers only requests addressed to it by a loopback name or address (Host)\n",
+                b"text/plain",
+            )
             return
         if path == b"/health" and request.method == b"GET":
             body = json.dumps(self.site.pages.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
         elif path == b"/" and request.method in (b"GET", b"HEAD"):
-            self._answer(200, render_status(self.site.pages.status(host), self.site.pages.csrf), b"text/html; charset=utf-8")
+            self._answer(
+                200, render_status(self.site.pages.status(host), self.site.pages.csrf), b"text/html; charset=utf-8"
+            )
         elif path == b"/status.json" and request.method == b"GET":
             self._answer(200, json.dumps(self.site.pages.status(host)).encode() + b"\n", b"application/json")
         elif path in (b"/server/wake", b"/server/stop") and request.method == b"POST":
@@ -234,27 +254,51 @@ class ProxyFront(HttpFront):
             host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
             self._answer(200, self.site.pages.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
         else:
-            self._answer(400, b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET / for its status page, /health for JSON, /proxy.pac for browsers)\n", b"text/plain")
+            self._answer(
+                400,
+                b"this is Fluidity's proxy port: send absolute-form http:// requests, CONNECT or SOCKS5 (GET / for "
+                b"its status page, /health for JSON, /proxy.pac for browsers)\n",
+                b"text/plain",
+            )
 
     def _submitted(self, action: str, body: bytes) -> None:
         """A status-page button: only with the page's own token, then back to the page (303)."""
         token = parse_qs(body.decode("latin-1")).get("token", [""])[0]
         if not hmac.compare_digest(token.encode(), self.site.pages.csrf.encode()):
-            self._answer(403, b"this button works only from the agent's own page (its token is missing or wrong)\n", b"text/plain")
+            self._answer(
+                403,
+                b"this button works only from the agent's own page (its token is missing or wrong)\n",
+                b"text/plain",
+            )
             return
         self.site.pages.act(action)
         self._answer(303, b"", b"text/plain", extra=[(b"location", b"/")])
 
     def _answer(self, status: int, body: bytes, content_type: bytes, extra: list | None = None) -> None:
-        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store"), *(extra or [])]
-        self.transport.write(self.h11.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode())))
+        headers = [
+            (b"content-type", content_type),
+            (b"content-length", str(len(body)).encode()),
+            (b"cache-control", b"no-store"),
+            *(extra or []),
+        ]
+        self.transport.write(
+            self.h11.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode()))
+        )
         self.transport.write(self.h11.send(h11.Data(data=body)))
         self.transport.write(self.h11.send(h11.EndOfMessage()))
         self._maybe_next_cycle()
 
     # -- CONNECT ---------------------------------------------------------------------
     def _connect(self, destination: Destination) -> None:
-        self._pending = bridge(self.site.opener, destination, self.transport, self._accept_connect, self._refuse_connect, lambda: self.finished)
+        self._pending = bridge(
+            self.site.opener,
+            destination,
+            self.transport,
+            self.site.endings,
+            self._accept_connect,
+            self._refuse_connect,
+            lambda: self.finished,
+        )
         log.debug("CONNECT {dest}", dest=destination.authority)
 
     def _accept_connect(self) -> RelayEnd:
@@ -277,7 +321,9 @@ class ProxyFront(HttpFront):
                 self.transport.pauseProducing()  # hold the body until the tunnel takes it
         upgrade = wants_upgrade(request)
         # The origin sees the Host the URL names, whatever Host the client sent (RFC 9112 §3.2.2).
-        headers = [(b"host", url.host.encode())] + [(n, v) for n, v in forwardable(request.headers, keep_upgrade=upgrade) if n != b"host"]
+        headers = [(b"host", url.host.encode())] + [
+            (n, v) for n, v in forwardable(request.headers, keep_upgrade=upgrade) if n != b"host"
+        ]
         log.debug("{method} {dest}", method=request.method.decode("ascii", "replace"), dest=destination.authority)
         link.send(h11.Request(method=request.method, target=url.path.encode(), headers=headers))
 
@@ -285,7 +331,7 @@ class ProxyFront(HttpFront):
         link, self.link = self.link, None
         if link.transport is not None:
             link.transport.unregisterProducer()
-            close(link.transport)
+            self.site.endings.close(link.transport)
         self.transport.unregisterProducer()
 
     def _link_connected(self, link: OriginLink) -> None:
@@ -293,7 +339,7 @@ class ProxyFront(HttpFront):
             return
         arm(self.transport)  # from here a cut (even this process dying) must not look like an end
         # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
-        link.transport.registerProducer(reader_of(self.transport), True)
+        link.transport.registerProducer(self.site.endings.reader_of(self.transport), True)
         self.transport.registerProducer(link.transport, True)
         self.transport.resumeProducing()
 
@@ -305,7 +351,7 @@ class ProxyFront(HttpFront):
             return
         self.link = None
         if self._response_started:
-            abort(self.transport)
+            self.site.endings.abort(self.transport)
         else:
             self.fail(http_status(error.status), error.reason)
 
@@ -333,12 +379,28 @@ class ProxyFront(HttpFront):
                     if self._request is not None and wants_upgrade(self._request):
                         self._upgrade(link, event)
                     else:
-                        self._origin_broke(link, f"{link.destination.authority} switched protocols (101) without being asked to")
+                        self._origin_broke(
+                            link, f"{link.destination.authority} switched protocols (101) without being asked to"
+                        )
                     return
-                self.transport.write(self.h11.send(h11.InformationalResponse(status_code=event.status_code, headers=forwardable(event.headers, False), reason=event.reason)))
+                self.transport.write(
+                    self.h11.send(
+                        h11.InformationalResponse(
+                            status_code=event.status_code,
+                            headers=forwardable(event.headers, False),
+                            reason=event.reason,
+                        )
+                    )
+                )
             elif isinstance(event, h11.Response):
                 self._response_started = True
-                self.transport.write(self.h11.send(h11.Response(status_code=event.status_code, headers=_response_headers(event.headers), reason=event.reason)))
+                self.transport.write(
+                    self.h11.send(
+                        h11.Response(
+                            status_code=event.status_code, headers=_response_headers(event.headers), reason=event.reason
+                        )
+                    )
+                )
             elif isinstance(event, h11.Data):
                 self.transport.write(self.h11.send(h11.Data(data=event.data)))
             elif isinstance(event, h11.EndOfMessage):
@@ -351,14 +413,20 @@ class ProxyFront(HttpFront):
     def _upgrade(self, link: OriginLink, response: h11.InformationalResponse) -> None:
         """A 101 from the origin (WebSocket): both sides become a raw relay over the stream."""
         leftover, _ = link.h11.trailing_data
-        headers = forwardable(response.headers, False) + [(n, v) for n, v in response.headers if n == b"upgrade"] + [(b"connection", b"Upgrade")]
+        headers = (
+            forwardable(response.headers, False)
+            + [(n, v) for n, v in response.headers if n == b"upgrade"]
+            + [(b"connection", b"Upgrade")]
+        )
         stream = link.transport
         self.link = None
         stream.unregisterProducer()
         self.transport.unregisterProducer()
-        upstream = RelayEnd()
+        upstream = RelayEnd(self.site.endings)
         stream.attach(upstream)  # the stream's bytes now go to the relay, not the link
-        self.accept_switch(stream, upstream, h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason))
+        self.accept_switch(
+            stream, upstream, h11.InformationalResponse(status_code=101, headers=headers, reason=response.reason)
+        )
         if leftover:
             self.transport.write(leftover)
 
@@ -368,7 +436,7 @@ class ProxyFront(HttpFront):
         if link.transport is not None:
             link.transport.abortConnection()
         if self._response_started:
-            abort(self.transport)
+            self.site.endings.abort(self.transport)
         else:
             self.fail(502, reason)
 
@@ -379,7 +447,7 @@ class ProxyFront(HttpFront):
         if self._request is not None and self.h11.our_state is h11.SEND_RESPONSE and not self._response_started:
             self.fail(502, f"{link.destination.authority} closed the connection without answering")
         elif self.h11.our_state is h11.SEND_BODY:
-            abort(self.transport)  # a truncated body must not look complete
+            self.site.endings.abort(self.transport)  # a truncated body must not look complete
 
     def _maybe_next_cycle(self) -> None:
         if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
@@ -389,10 +457,12 @@ class ProxyFront(HttpFront):
             self.site.local.idle(self.transport)
             self.await_head()
             self.process()
-        elif self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
-            if self.h11.our_state in (h11.DONE, h11.MUST_CLOSE):
-                self.finished = True
-                close(self.transport)
+        elif h11.MUST_CLOSE in (self.h11.our_state, self.h11.their_state) and self.h11.our_state in (
+            h11.DONE,
+            h11.MUST_CLOSE,
+        ):
+            self.finished = True
+            self.site.endings.close(self.transport)
 
 
 def _response_headers(headers) -> list[tuple[bytes, bytes]]:
@@ -400,4 +470,8 @@ def _response_headers(headers) -> list[tuple[bytes, bytes]]:
     A Transfer-Encoding overrides a Content-Length (RFC 9112 §6.1): the body was read chunked,
     so its length is unknown here and the Content-Length is not passed on."""
     chunked = any(n == b"transfer-encoding" for n, _ in headers)
-    return [(n, v) for n, v in forwardable(headers, False) if n != b"transfer-encoding" and not (chunked and n == b"content-length")]
+    return [
+        (n, v)
+        for n, v in forwardable(headers, False)
+        if n != b"transfer-encoding" and not (chunked and n == b"content-length")
+    ]

@@ -22,10 +22,10 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from tunnel.agent.upstream import ProxiedEndpoints
-from tunnel.wire.addresses import BadAddress, check_host
-from tunnel.config import Settings, ConfigError
 from lambdas.server_port import SERVER_PORT
+from tunnel.agent.upstream import ProxiedEndpoints
+from tunnel.config import ConfigError, Settings
+from tunnel.wire.addresses import BadAddress, check_host
 
 log = Logger(namespace="fluidity.lifecycle")
 
@@ -61,16 +61,27 @@ def settings_from(config: Settings) -> LifecycleSettings | None:
     if not status:
         parts = urlsplit(wake)
         if not parts.path.rstrip("/").endswith("/wake"):
-            raise ConfigError(f"{where}: 'lifecycle.status_endpoint' is required (it cannot be derived from a wake_endpoint that does not end in /wake)")
+            raise ConfigError(
+                f"{where}: 'lifecycle.status_endpoint' is required (it cannot be derived from a wake_endpoint that "
+                f"does not end in /wake)"
+            )
         status = urlunsplit(parts._replace(path=parts.path.rstrip("/")[: -len("wake")] + "status"))
     key = config.lifecycle.api_key
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
         if not key:
-            raise ConfigError(f"{where}: 'lifecycle.api_key': environment variable {config.lifecycle.api_key[4:]} is not set or empty")
+            raise ConfigError(
+                f"{where}: 'lifecycle.api_key': environment variable {config.lifecycle.api_key[4:]} is not set or empty"
+            )
     if not key:
-        raise ConfigError(f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)")
-    if config.lifecycle.wake_timeout < 1 or config.lifecycle.wake_retry_interval <= 0 or config.lifecycle.request_timeout <= 0:
+        raise ConfigError(
+            f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)"
+        )
+    if (
+        config.lifecycle.wake_timeout < 1
+        or config.lifecycle.wake_retry_interval <= 0
+        or config.lifecycle.request_timeout <= 0
+    ):
         raise ConfigError(f"{where}: 'lifecycle.wake_timeout' must be at least 1s and the intervals above 0")
     kill_on_exit = config.lifecycle.kill_on_exit
     if kill_on_exit is None:
@@ -129,7 +140,9 @@ class ControlPlaneClient:
         self.settings = settings
         # The same proxy choice (a ProxyChoice, else the setting) and CONNECT as the tunnel,
         # the name left to the proxy.
-        endpoints = ProxiedEndpoints(reactor, proxies if proxies is not None else settings.upstream_proxy, settings.request_timeout)
+        endpoints = ProxiedEndpoints(
+            reactor, proxies if proxies is not None else settings.upstream_proxy, settings.request_timeout
+        )
         self.http = http_agent or Agent.usingEndpointFactory(reactor, endpoints, pool=_quiet_pool(reactor))
 
     def wake(self) -> defer.Deferred:
@@ -154,14 +167,22 @@ class ControlPlaneClient:
 
     @defer.inlineCallbacks
     def _once(self, method: bytes, url: str, what: str):
-        headers = Headers({b"x-api-key": [self.settings.api_key.encode()], b"accept": [b"application/json"], b"user-agent": [b"fluidity-agent"]})
+        headers = Headers(
+            {
+                b"x-api-key": [self.settings.api_key.encode()],
+                b"accept": [b"application/json"],
+                b"user-agent": [b"fluidity-agent"],
+            }
+        )
         try:
             d = self.http.request(method, url.encode(), headers, None)
             d.addTimeout(self.settings.request_timeout, self.reactor)
             response = yield d
             body = yield readBody(response).addTimeout(self.settings.request_timeout, self.reactor)
         except defer.TimeoutError:
-            raise ControlPlaneError(f"{what}: no answer from {_safe(url)} within {self.settings.request_timeout:g}s", retry=True) from None
+            raise ControlPlaneError(
+                f"{what}: no answer from {_safe(url)} within {self.settings.request_timeout:g}s", retry=True
+            ) from None
         except Exception as e:
             raise ControlPlaneError(f"{what}: cannot reach {_safe(url)}: {_short(e)}", retry=True) from None
         try:
@@ -173,7 +194,10 @@ class ControlPlaneClient:
             raise ControlPlaneError(f"{what}: the control plane refused the API key (403)", retry=False)
         if code >= 400 or not isinstance(data, dict):
             reason = data.get("error") or data.get("message") if isinstance(data, dict) else None
-            raise ControlPlaneError(f"{what}: {_safe(url)} answered {code}" + (f": {reason}" if reason else ""), retry=code >= 500 or code == 429)
+            raise ControlPlaneError(
+                f"{what}: {_safe(url)} answered {code}" + (f": {reason}" if reason else ""),
+                retry=code >= 500 or code == 429,
+            )
         return data
 
 
@@ -202,7 +226,9 @@ def _short(error: BaseException) -> str:
     if reasons:
         return "; ".join(_short(r.value) for r in reasons)
     if isinstance(error, e.DNSLookupError):
-        return "its name does not resolve here (behind a proxy, set upstream_proxy or $HTTPS_PROXY: the proxy resolves it)"
+        return (
+            "its name does not resolve here (behind a proxy, set upstream_proxy or $HTTPS_PROXY: the proxy resolves it)"
+        )
     if isinstance(error, (e.TimeoutError, e.ConnectingCancelledError, defer.TimeoutError)):
         return "timed out connecting"
     if isinstance(error, e.ConnectionRefusedError):
@@ -252,7 +278,13 @@ class ServerLocator:
             address = _address(status)
             if state == "running" and address:
                 if self.since is not None:
-                    log.info("server is running at {host}:{port}{name} after {n}s", host=address.ip, port=address.port, name=f" ({address.dns_name})" if address.dns_name else "", n=round(self.reactor.seconds() - self.since))
+                    log.info(
+                        "server is running at {host}:{port}{name} after {n}s",
+                        host=address.ip,
+                        port=address.port,
+                        name=f" ({address.dns_name})" if address.dns_name else "",
+                        n=round(self.reactor.seconds() - self.since),
+                    )
                 self.phase, self.since = "running", None
                 return address
             if state in ("stopped", "stopping") and not wake:
@@ -266,7 +298,9 @@ class ServerLocator:
                 log.info("server is {what}; waiting", what=self.describe())
             if self.reactor.seconds() >= deadline:
                 self.phase = "failed"
-                raise ControlPlaneError(f"the server is not running after {self.settings.wake_timeout:g}s: {self.describe()}", retry=True)
+                raise ControlPlaneError(
+                    f"the server is not running after {self.settings.wake_timeout:g}s: {self.describe()}", retry=True
+                )
             yield task.deferLater(self.reactor, self.settings.retry_interval, lambda: None)
             # Stopped behind our back (slept, killed) while we wait: ask again.
             status = yield (self.client.wake() if state in ("stopped", "stopping") else self.client.status())

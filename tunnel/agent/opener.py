@@ -15,9 +15,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from tunnel.opener import IOpener, as_open_failed
 from tunnel.wire.addresses import Destination
 from tunnel.wire.logs import Throttle, more
-from tunnel.opener import IOpener, as_open_failed
 
 log = Logger(namespace="fluidity.agent")
 refusals = Throttle()  # one budget for every front's refusals
@@ -75,7 +75,13 @@ class AgentOpener:
         if error is not None:
             suppressed = refusals(f"{error.status} {destination.authority}")
             if suppressed is not None:
-                log.info("{dest}: {status} {reason}{more}", dest=destination.authority, status=error.status, reason=error.reason, more=more(suppressed))
+                log.info(
+                    "{dest}: {status} {reason}{more}",
+                    dest=destination.authority,
+                    status=error.status,
+                    reason=error.reason,
+                    more=more(suppressed),
+                )
             if error is not failure.value:
                 return Failure(error)
         return failure

@@ -11,7 +11,15 @@ import ipaddress
 import json
 import re
 
-DEFAULT_BYPASS = ["localhost", "*.local", "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"]
+DEFAULT_BYPASS = [
+    "localhost",
+    "*.local",
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+]
 _PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9.*?-]*$")
 
 

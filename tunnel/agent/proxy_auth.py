@@ -64,7 +64,9 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
                 if not p:
                     break
                 raw = p.group(2)
-                challenge.params[p.group(1).lower()] = re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+                challenge.params[p.group(1).lower()] = (
+                    re.sub(r"\\(.)", r"\1", raw[1:-1]) if raw.startswith('"') else raw
+                )
                 rest = rest[p.end() :]
                 nxt = _SCHEME.match(rest)
                 if nxt and not _PARAM.match(rest):
@@ -103,10 +105,19 @@ class ProxyAuthenticator:
         challenges = {c.scheme: c for c in parse_challenges(values)}
         if self._context is not None and self.scheme in challenges and challenges[self.scheme].token:
             return self._continue(challenges[self.scheme].token)
-        if self.scheme is not None and not self.connection_bound and self.scheme in challenges and not _stale(challenges[self.scheme]):
-            raise ProxyAuthError(f"the proxy refused the {self.scheme.capitalize()} credentials for {self.username or '(none)'}")
+        if (
+            self.scheme is not None
+            and not self.connection_bound
+            and self.scheme in challenges
+            and not _stale(challenges[self.scheme])
+        ):
+            raise ProxyAuthError(
+                f"the proxy refused the {self.scheme.capitalize()} credentials for {self.username or '(none)'}"
+            )
         if self._context is not None:
-            raise ProxyAuthError(f"the proxy refused the {self.scheme.upper()} authentication of {self.username or 'the logged-in user'}")
+            raise ProxyAuthError(
+                f"the proxy refused the {self.scheme.upper()} authentication of {self.username or 'the logged-in user'}"
+            )
         offered = [s for s in PREFERENCE if s in challenges]
         self._why: list[str] = []
         for scheme in offered:
@@ -116,7 +127,9 @@ class ProxyAuthenticator:
         names = ", ".join(c.capitalize() for c in challenges) or "none"
         if not self.username:
             self._why.append("no username is configured (upstream_proxy: http://user:password@host:port)")
-        raise ProxyAuthError(f"the proxy asks for {names} authentication and {'; '.join(self._why) or 'none of them can be answered'}")
+        raise ProxyAuthError(
+            f"the proxy asks for {names} authentication and {'; '.join(self._why) or 'none of them can be answered'}"
+        )
 
     def _start(self, scheme: str, challenge: Challenge, method: str, target: str) -> str | None:
         if scheme in ("negotiate", "ntlm"):
@@ -145,7 +158,10 @@ class ProxyAuthenticator:
             return None
         try:
             return spnego.client(
-                self.username or None, self.password or None, hostname=self.proxy_host, service="HTTP",
+                self.username or None,
+                self.password or None,
+                hostname=self.proxy_host,
+                service="HTTP",
                 protocol="negotiate" if scheme == "negotiate" else "ntlm",
             )
         except Exception:  # the platform has no such provider
@@ -155,7 +171,9 @@ class ProxyAuthenticator:
         try:
             answer = self._context.step(base64.b64decode(token))
         except Exception as e:
-            raise ProxyAuthError(f"the proxy's {self.scheme.upper()} challenge could not be answered ({type(e).__name__})") from None
+            raise ProxyAuthError(
+                f"the proxy's {self.scheme.upper()} challenge could not be answered ({type(e).__name__})"
+            ) from None
         if not answer:
             raise ProxyAuthError(f"the proxy's {self.scheme.upper()} handshake ended without success")
         return f"{'Negotiate' if self.scheme == 'negotiate' else 'NTLM'} {base64.b64encode(answer).decode()}"
@@ -182,7 +200,14 @@ class ProxyAuthenticator:
             ha1 = h(f"{ha1}:{nonce}:{cnonce}")
         ha2 = h(f"{method}:{uri}")
         response = h(f"{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}") if qops else h(f"{ha1}:{nonce}:{ha2}")
-        fields = [f'username="{_quote(self.username)}"', f'realm="{_quote(realm)}"', f'nonce="{_quote(nonce)}"', f'uri="{_quote(uri)}"', f'response="{response}"', f"algorithm={algorithm}"]
+        fields = [
+            f'username="{_quote(self.username)}"',
+            f'realm="{_quote(realm)}"',
+            f'nonce="{_quote(nonce)}"',
+            f'uri="{_quote(uri)}"',
+            f'response="{response}"',
+            f"algorithm={algorithm}",
+        ]
         if qops:
             fields += ["qop=auth", f"nc={nc}", f'cnonce="{cnonce}"']
         if "opaque" in p:
@@ -197,7 +222,10 @@ def _no_single_sign_on() -> str:
             import gssapi  # noqa: F401
             import krb5  # noqa: F401
         except ImportError:
-            return "Kerberos single sign-on needs the gssapi and krb5 packages (pip install gssapi krb5, or pipx inject fluidity gssapi krb5; on Debian they build against libkrb5-dev)"
+            return (
+                "Kerberos single sign-on needs the gssapi and krb5 packages (pip install gssapi krb5, or pipx inject "
+                "fluidity gssapi krb5; on Debian they build against libkrb5-dev)"
+            )
     return "the logged-in user has no Kerberos ticket for it (log in to the domain, or run kinit)"
 
 

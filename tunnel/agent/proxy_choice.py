@@ -47,12 +47,18 @@ def discover(pac_url: str = "", timeout: float = 3.0) -> FoundPac | None:
     if pac_url:
         candidates.append((pac_url, "pac_url"))
     else:
-        setting = autoconfig_url_from_registry() if ON_WINDOWS else autoconfig_url_from_preferences() if ON_DARWIN else None
+        setting = (
+            autoconfig_url_from_registry() if ON_WINDOWS else autoconfig_url_from_preferences() if ON_DARWIN else None
+        )
         if setting:
             candidates.append((setting, "the Windows proxy settings" if ON_WINDOWS else "the macOS network settings"))
         candidates += [(url, "WPAD") for url in proxy_urls_from_dns()]
     for url, why in candidates:
-        text = _read_local(url) if not url.lower().startswith(("http://", "https://")) else download_pac([url], timeout=timeout)
+        text = (
+            _read_local(url)
+            if not url.lower().startswith(("http://", "https://"))
+            else download_pac([url], timeout=timeout)
+        )
         if text:
             return FoundPac(f"the PAC file at {url} ({why})", PACFile(text))
     return None
@@ -71,7 +77,15 @@ def _read_local(url: str) -> str | None:
 class ProxyChoice:
     """The agent's one proxy policy: `choose(host, port)` says which proxy (None: direct) and why."""
 
-    def __init__(self, configured: str, pac_url: str = "", proxy_ca: str = "", environ=os.environ, find=discover, credentials: ProxyCredentials | None = None) -> None:
+    def __init__(
+        self,
+        configured: str,
+        pac_url: str = "",
+        proxy_ca: str = "",
+        environ=os.environ,
+        find=discover,
+        credentials: ProxyCredentials | None = None,
+    ) -> None:
         self.configured = configured.strip()
         self.credentials = credentials or ProxyCredentials()  # for a proxy whose URL names no user
         self.pac_url, self.environ, self._find = pac_url, environ, find
@@ -94,7 +108,9 @@ class ProxyChoice:
         if self.auto and self.found is not None:
             return self._from_pac(host, port)
         proxy = proxy_for("", host, self.environ)
-        return proxy, ("$HTTPS_PROXY" if proxy else "no proxy configured") + (" (upstream_proxy: auto found no PAC file)" if self.auto else "")
+        return proxy, ("$HTTPS_PROXY" if proxy else "no proxy configured") + (
+            " (upstream_proxy: auto found no PAC file)" if self.auto else ""
+        )
 
     def _from_pac(self, host: str, port: int) -> tuple[UpstreamProxy | None, str]:
         from pypac.parser import parse_pac_value
@@ -113,7 +129,11 @@ class ProxyChoice:
 
     def proxy_tls(self, proxy: UpstreamProxy):
         """How an https:// proxy's certificate is checked: its name, against upstream_proxy_ca or the system's CAs."""
-        return ssl.optionsForClientTLS(proxy.host, trustRoot=self._trust) if self._trust is not None else ssl.optionsForClientTLS(proxy.host)
+        return (
+            ssl.optionsForClientTLS(proxy.host, trustRoot=self._trust)
+            if self._trust is not None
+            else ssl.optionsForClientTLS(proxy.host)
+        )
 
     def refresh(self, reactor) -> defer.Deferred | None:
         """For `auto`: look for the PAC file again if it is time; None when nothing to wait for."""
@@ -137,9 +157,16 @@ class ProxyChoice:
     def _found(self, found: FoundPac | None) -> None:
         self._looking = None
         if (found and found.where) != (self.found and self.found.where):
-            log.info("upstream_proxy auto: {what}", what=f"using {found.where}" if found else "no PAC file found; $HTTPS_PROXY or direct")
+            log.info(
+                "upstream_proxy auto: {what}",
+                what=f"using {found.where}" if found else "no PAC file found; $HTTPS_PROXY or direct",
+            )
         self.found = found
 
     def _not_found(self, failure) -> None:
         self._looking = None
-        log.warn("upstream_proxy auto: looking for a PAC file failed: {error}; keeping {what}", error=failure.getErrorMessage(), what=self.found.where if self.found else "$HTTPS_PROXY or direct")
+        log.warn(
+            "upstream_proxy auto: looking for a PAC file failed: {error}; keeping {what}",
+            error=failure.getErrorMessage(),
+            what=self.found.where if self.found else "$HTTPS_PROXY or direct",
+        )

@@ -51,14 +51,18 @@ def url_user(url: str) -> str:
         return ""
 
 
-def credentials_from(user: str, password_spec: str, upstream_proxy: str = "", environ=os.environ, keyring_module=None) -> ProxyCredentials:
+def credentials_from(
+    user: str, password_spec: str, upstream_proxy: str = "", environ=os.environ, keyring_module=None
+) -> ProxyCredentials:
     """Resolve the settings into credentials; CredentialsError says what is missing and how to fix it."""
     username = user or url_user(upstream_proxy)
     spec = password_spec.strip()
     if not spec:
         return ProxyCredentials(username, "") if user else ProxyCredentials()
     if not username:
-        raise CredentialsError("'upstream_proxy_password' needs a user name: set 'upstream_proxy_user' (e.g. CORP\\alice)")
+        raise CredentialsError(
+            "'upstream_proxy_password' needs a user name: set 'upstream_proxy_user' (e.g. CORP\\alice)"
+        )
     if spec.startswith("env:"):
         value = environ.get(spec[4:], "")
         if not value:
@@ -79,9 +83,15 @@ def _from_keyring(username: str, keyring_module=None) -> str:
     try:
         value = keyring.get_password(KEYRING_SERVICE, username)
     except Exception as e:  # no backend on this system, a locked store, D-Bus gone
-        raise CredentialsError(f"'upstream_proxy_password: keyring': the system's credential store did not answer ({type(e).__name__}: {e})") from None
+        raise CredentialsError(
+            f"'upstream_proxy_password: keyring': the system's credential store did not answer ({type(e).__name__}: "
+            f"{e})"
+        ) from None
     if not value:
-        raise CredentialsError(f"'upstream_proxy_password: keyring': no password for {username} in the system's credential store; store one with: fluidity proxy-password --user '{username}'")
+        raise CredentialsError(
+            f"'upstream_proxy_password: keyring': no password for {username} in the system's credential store; store "
+            f"one with: fluidity proxy-password --user '{username}'"
+        )
     return value
 
 
@@ -89,7 +99,9 @@ def _keyring():
     try:
         import keyring
     except ImportError:
-        raise CredentialsError("'upstream_proxy_password: keyring' needs the keyring package (pip install keyring)") from None
+        raise CredentialsError(
+            "'upstream_proxy_password: keyring' needs the keyring package (pip install keyring)"
+        ) from None
     return keyring
 
 

@@ -10,17 +10,17 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from tunnel.agent.http_front import ProxySite
-from tunnel.agent.opener import AgentOpener
-from tunnel.config import LOOPBACK_HOSTS, Settings, read_pem
 from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
-from tunnel.wire.listening import ListenService, tcp_endpoint
+from tunnel.agent.opener import AgentOpener
 from tunnel.agent.pac import pac_file
-from tunnel.agent.socks_front import ProxyFactory
-from tunnel.agent.tunnel_client import TunnelClient
 from tunnel.agent.proxy_choice import ProxyChoice
-from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
+from tunnel.agent.socks_front import ProxyFactory
+from tunnel.agent.status_page import TrafficMeter
+from tunnel.agent.tunnel_client import TunnelClient
+from tunnel.config import LOOPBACK_HOSTS, Settings, read_pem
 from tunnel.wire import descriptors
+from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.wire.tls import ca_certificate
 
 log = Logger(namespace="fluidity.agent")
@@ -85,8 +85,12 @@ class Agent(service.Service):
         self.identity = certificate_name(config.cert_file)
         self.lifecycle = settings_from(config)
         # One proxy policy for every connection the agent makes: the tunnel and the control plane.
-        self.proxies = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config))
-        self.control_plane = ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies) if self.lifecycle else None
+        self.proxies = ProxyChoice(
+            config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config)
+        )
+        self.control_plane = (
+            ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies) if self.lifecycle else None
+        )
         self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
         self.tunnel = TunnelClient(
             reactor,
@@ -107,7 +111,14 @@ class Agent(service.Service):
         total = descriptors.capacity(reactor)
         # Kept back for the tunnel, its reconnects, the control plane, logs and the listeners.
         budget = total - descriptors.reserve_for(total, LOCAL_RESERVE)
-        self.site = ProxySite(reactor, self.opener, self, config.head_timeout, config.max_header_bytes, local=descriptors.LocalConnections(budget))
+        self.site = ProxySite(
+            reactor,
+            self.opener,
+            self,
+            config.head_timeout,
+            config.max_header_bytes,
+            local=descriptors.LocalConnections(budget),
+        )
         self.csrf = secrets.token_urlsafe(24)  # only the status page carries it: its buttons' proof of origin
         self.meter = TrafficMeter(reactor, self.tunnel.traffic)
         self._notice = ("", float("-inf"))
@@ -142,7 +153,12 @@ class Agent(service.Service):
             "tunnel_uptime": round(now - since, 3) if since is not None else None,
             "open_streams": self.tunnel.open_streams,
             "clients": self.site.clients,
-            "local_connections": {"open": self.site.local.open, "limit": self.site.local.budget, "idle_dropped": self.site.local.dropped, "refused": self.site.local.refused},
+            "local_connections": {
+                "open": self.site.local.open,
+                "limit": self.site.local.budget,
+                "idle_dropped": self.site.local.dropped,
+                "refused": self.site.local.refused,
+            },
             "last_error": self.tunnel.last_error,
             "server_state": self.locator.describe() if self.locator else None,
         }
@@ -174,7 +190,9 @@ class Agent(service.Service):
         else:
             self._say("stopping the server")
             log.info("status page: stopping the server")
-            self.control_plane.kill().addCallbacks(self._stopped, lambda failure: self._say(f"could not stop the server: {failure.getErrorMessage()}"))
+            self.control_plane.kill().addCallbacks(
+                self._stopped, lambda failure: self._say(f"could not stop the server: {failure.getErrorMessage()}")
+            )
 
     def _say(self, text: str) -> None:
         """What the last button did, shown on the page for NOTICE_FOR seconds."""
@@ -222,7 +240,12 @@ class Agent(service.Service):
         d.addTimeout(KILL_TIMEOUT, self.reactor)
         d.addCallbacks(
             lambda status: log.info("server is {status}", status=status.get("status", "?")),
-            lambda failure: log.warn("could not stop the server: {error}", error=f"no answer within {KILL_TIMEOUT:g}s" if failure.check(defer.TimeoutError) else failure.getErrorMessage()),
+            lambda failure: log.warn(
+                "could not stop the server: {error}",
+                error=f"no answer within {KILL_TIMEOUT:g}s"
+                if failure.check(defer.TimeoutError)
+                else failure.getErrorMessage(),
+            ),
         )
         return d
 
@@ -235,5 +258,12 @@ def make_agent_service(reactor, config: Settings, tls_options) -> service.MultiS
     # The default pair is loopback on both families; a machine without IPv6 keeps the IPv4 one.
     optional = set(config.proxy_host) == set(LOOPBACK_HOSTS)
     for host in config.proxy_host:
-        ListenService(tcp_endpoint(reactor, host, port), ProxyFactory(agent.site), "local proxy", host, port, optional=optional and host == "::1").setServiceParent(top)
+        ListenService(
+            tcp_endpoint(reactor, host, port),
+            ProxyFactory(agent.site),
+            "local proxy",
+            host,
+            port,
+            optional=optional and host == "::1",
+        ).setServiceParent(top)
     return top

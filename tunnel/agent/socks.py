@@ -55,7 +55,13 @@ def reply(code: int) -> bytes:
 
 def reply_for_status(status: int) -> int:
     """The tunnel's HTTP-style outcome in SOCKS words."""
-    return {403: NOT_ALLOWED, 502: CONNECTION_REFUSED, 504: TTL_EXPIRED, 400: HOST_UNREACHABLE, 429: GENERAL_FAILURE}.get(status, GENERAL_FAILURE)
+    return {
+        403: NOT_ALLOWED,
+        502: CONNECTION_REFUSED,
+        504: TTL_EXPIRED,
+        400: HOST_UNREACHABLE,
+        429: GENERAL_FAILURE,
+    }.get(status, GENERAL_FAILURE)
 
 
 class Socks5Server:
@@ -73,6 +79,7 @@ class Socks5Server:
         self._buffer += data
         events: list = []
         while True:
+            event: Greeting | Connect | None
             if self._state == "greeting":
                 event = self._greeting()
             elif self._state == "request":

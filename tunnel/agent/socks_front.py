@@ -12,10 +12,11 @@ from twisted.logger import Logger
 
 from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
+from tunnel.opener import bridge
+from tunnel.wire.endings import no_delay
 from tunnel.wire.handover import HandsOver
 from tunnel.wire.logs import Throttle, more
-from tunnel.opener import bridge
-from tunnel.wire.relay import RelayEnd, close, no_delay
+from tunnel.wire.relay import RelayEnd
 
 log = Logger(namespace="fluidity.agent")
 _refusals = Throttle()
@@ -36,7 +37,9 @@ class Socks5Front(HandsOver):
         no_delay(self.transport)
         self.site.clients += 1
         if self.site.head_timeout:
-            self._timer = self.site.clock.callLater(self.site.head_timeout, self._close, f"no SOCKS5 request within {self.site.head_timeout:g}s")
+            self._timer = self.site.clock.callLater(
+                self.site.head_timeout, self._close, f"no SOCKS5 request within {self.site.head_timeout:g}s"
+            )
 
     def _disarm(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -66,12 +69,20 @@ class Socks5Front(HandsOver):
     def _connect(self, destination) -> None:
         self._disarm()
         self.site.local.busy(self.transport)
-        self._pending = bridge(self.site.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
+        self._pending = bridge(
+            self.site.opener,
+            destination,
+            self.transport,
+            self.site.endings,
+            self._accept,
+            self._refuse,
+            lambda: self.finished,
+        )
         log.debug("SOCKS5 CONNECT {dest}", dest=destination.authority)
 
     def _accept(self) -> RelayEnd:
         self.transport.write(socks.reply(socks.SUCCEEDED))
-        self.relay = RelayEnd()
+        self.relay = RelayEnd(self.site.endings)
         self.relay.makeConnection(self.transport)
         self.hand_over(self.relay)
         if self.parser.trailing:
@@ -85,7 +96,7 @@ class Socks5Front(HandsOver):
     def _close(self, why: str) -> None:
         log.debug("SOCKS5 client closed: {why}", why=why)
         self.finished = True
-        close(self.transport)
+        self.site.endings.close(self.transport)
 
     def read_ended(self) -> None:
         if not self.finished and self._pending is None:
@@ -110,7 +121,11 @@ class SniffingFront(HandsOver):
         if not self.site.local.opened(self.transport):
             suppressed = _refusals("local connections")
             if suppressed is not None:
-                log.warn("refusing a local connection: {n} are open, all busy (the descriptor limit less a reserve){more}", n=self.site.local.open, more=more(suppressed))
+                log.warn(
+                    "refusing a local connection: {n} are open, all busy (the descriptor limit less a reserve){more}",
+                    n=self.site.local.open,
+                    more=more(suppressed),
+                )
             self.transport.abortConnection()
             return
         self._counted = True

@@ -76,10 +76,14 @@ def graph(samples: list[tuple[int, int]], width: int = 600, height: int = 120) -
     start = HISTORY - len(samples)
 
     def line(index: int) -> str:
-        return " ".join(f"{(start + i) * step:.1f},{height - value[index] / top * (height - 4):.1f}" for i, value in enumerate(samples))
+        return " ".join(
+            f"{(start + i) * step:.1f},{height - value[index] / top * (height - 4):.1f}"
+            for i, value in enumerate(samples)
+        )
 
     return (
-        f'<svg id="throughput" role="img" aria-label="throughput over the last five minutes" viewBox="0 0 {width} {height}" width="{width}" height="{height}">'
+        f'<svg id="throughput" role="img" aria-label="throughput over the last five minutes" viewBox="0 0 {width} '
+        f'{height}" width="{width}" height="{height}">'
         f'<rect width="{width}" height="{height}" fill="#f6f8fa" stroke="#d0d7de"/>'
         f'<polyline id="down" fill="none" stroke="#0969da" stroke-width="2" points="{line(0)}"/>'
         f'<polyline id="up" fill="none" stroke="#bf8700" stroke-width="2" points="{line(1)}"/>'
@@ -92,12 +96,14 @@ def render(status: dict, token: str) -> bytes:
     e = html.escape
     up = status["connected"]
     tunnel = (
-        f'<p class="state up">Connected to <b>{e(status["server"])}</b> for {e(human_age(status["tunnel_uptime"] or 0))}</p>'
-        if up else f'<p class="state down">Not connected{": " + e(status["last_error"]) if status["last_error"] else ""}</p>'
+        f'<p class="state up">Connected to <b>{e(status["server"])}</b> for '
+        f"{e(human_age(status['tunnel_uptime'] or 0))}</p>"
+        if up
+        else f'<p class="state down">Not connected{": " + e(status["last_error"]) if status["last_error"] else ""}</p>'
     )
     server = status.get("server_state")
     if server is None:
-        server_html = f'<p>No control plane configured: the agent dials {e(status["server"])} as it is.</p>'
+        server_html = f"<p>No control plane configured: the agent dials {e(status['server'])} as it is.</p>"
     else:
         buttons = "".join(
             f'<form method="post" action="/server/{action}"><input type="hidden" name="token" value="{e(token)}">'
@@ -107,12 +113,19 @@ def render(status: dict, token: str) -> bytes:
         server_html = f'<p>Server: <b id="server-state">{e(server)}</b></p><div class="buttons">{buttons}</div>'
     notice = f'<p class="notice">{e(status["notice"])}</p>' if status.get("notice") else ""
     streams = status["streams_by_destination"]
-    rows = "".join(f"<tr><td>{e(dest)}</td><td>{n}</td></tr>" for dest, n in streams.items()) or '<tr><td colspan="2">none open</td></tr>'
+    rows = (
+        "".join(f"<tr><td>{e(dest)}</td><td>{n}</td></tr>" for dest, n in streams.items())
+        or '<tr><td colspan="2">none open</td></tr>'
+    )
     down, up_rate = status["rate"]
     received, sent = status["traffic"]
-    errors = "".join(
-        f"<li><time>{datetime.datetime.fromtimestamp(at).strftime('%H:%M:%S')}</time> {e(message)}</li>" for at, message in reversed(status["recent_errors"])
-    ) or "<li>none</li>"
+    errors = (
+        "".join(
+            f"<li><time>{datetime.datetime.fromtimestamp(at).strftime('%H:%M:%S')}</time> {e(message)}</li>"
+            for at, message in reversed(status["recent_errors"])
+        )
+        or "<li>none</li>"
+    )
     pac = f"http://{status['address']}/proxy.pac"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH}">
@@ -122,21 +135,24 @@ body {{ font: 15px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 660
 h1 {{ font-size: 1.3em; }} h2 {{ font-size: 1.05em; margin-top: 1.4em; }}
 .state {{ padding: .6em .8em; border-radius: 6px; }} .up {{ background: #dafbe1; }} .down {{ background: #ffebe9; }}
 .buttons form {{ display: inline; margin-right: .5em; }} button {{ font-size: 1em; padding: .3em 1em; }}
-table {{ border-collapse: collapse; }} td {{ padding: .15em 1em .15em 0; }} code {{ background: #f6f8fa; padding: .1em .3em; }}
+table {{ border-collapse: collapse; }} td {{ padding: .15em 1em .15em 0; }}
+code {{ background: #f6f8fa; padding: .1em .3em; }}
 .notice {{ background: #fff8c5; padding: .4em .8em; }} .legend span {{ margin-right: 1em; }}
 </style></head><body>
 <h1>Fluidity agent <small>({e(status["identity"] or "no certificate name")})</small></h1>
 {notice}<h2>Tunnel</h2>{tunnel}
 <h2>Server</h2>{server_html}
 <h2>Throughput</h2>
-<p class="legend"><span style="color:#0969da">&#9632; down {e(human_bytes(down))}/s</span><span style="color:#bf8700">&#9632; up {e(human_bytes(up_rate))}/s</span>
+<p class="legend"><span style="color:#0969da">&#9632; down {e(human_bytes(down))}/s</span>
+<span style="color:#bf8700">&#9632; up {e(human_bytes(up_rate))}/s</span>
 <span>{e(human_bytes(received))} received, {e(human_bytes(sent))} sent</span></p>
 {graph(status["history"])}
 <h2>Open streams ({status["open_streams"]})</h2><table id="streams">{rows}</table>
 <h2>Recent errors</h2><ul id="errors">{errors}</ul>
 <h2>Using it</h2>
 <p>HTTP and SOCKS5 proxy: <code>{e(status["address"])}</code>. In a browser, set the automatic proxy
-configuration URL to <a href="/proxy.pac"><code>{e(pac)}</code></a>. Machine-readable: <a href="/health">/health</a>.</p>
+configuration URL to <a href="/proxy.pac"><code>{e(pac)}</code></a>.
+Machine-readable: <a href="/health">/health</a>.</p>
 </body></html>
 """
     return page.encode()

@@ -22,11 +22,11 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tunnel.agent.upstream import route
 from tunnel.wire.addresses import Destination
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.mux import TunnelMux
 from tunnel.wire.refusals import OpenFailed
-from tunnel.agent.upstream import route
 
 log = Logger(namespace="fluidity.agent")
 
@@ -34,7 +34,23 @@ log = Logger(namespace="fluidity.agent")
 class TunnelClient:
     """Owns the connection to the server and hands out streams on it."""
 
-    def __init__(self, reactor, tls_options, *, host: str, port: int, connect_timeout: float, keepalive_interval: float, keepalive_timeout: float, reconnect_max_delay: float, probe_timeout: float = 3.0, tunnel_wait: float, locator=None, upstream_proxy: str = "", ca_certificate=None) -> None:
+    def __init__(
+        self,
+        reactor,
+        tls_options,
+        *,
+        host: str,
+        port: int,
+        connect_timeout: float,
+        keepalive_interval: float,
+        keepalive_timeout: float,
+        reconnect_max_delay: float,
+        probe_timeout: float = 3.0,
+        tunnel_wait: float,
+        locator=None,
+        upstream_proxy: str = "",
+        ca_certificate=None,
+    ) -> None:
         self.reactor = reactor
         self.tls_options = tls_options
         self.host, self.port = host, port
@@ -83,7 +99,10 @@ class TunnelClient:
 
     def traffic(self) -> tuple[int, int]:
         """Payload bytes (received from the server, sent to it) since the agent started."""
-        return (self._retired[0] + sum(m.bytes_received for m in self._all), self._retired[1] + sum(m.bytes_sent for m in self._all))
+        return (
+            self._retired[0] + sum(m.bytes_received for m in self._all),
+            self._retired[1] + sum(m.bytes_sent for m in self._all),
+        )
 
     def wake(self) -> None:
         """Find (and wake, if it is stopped) the server now rather than at the next client."""
@@ -147,9 +166,13 @@ class TunnelClient:
         self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
 
     def _tcp_endpoint(self):
-        endpoint, proxy = route(self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout, name=self.dns_name)
+        endpoint, proxy = route(
+            self.reactor, self.upstream_proxy, self.host, self.port, self.connect_timeout, name=self.dns_name
+        )
         self._proxy = proxy
-        self._via = f" via {proxy.display}" + (f", asked for {self.dns_name} first" if self.dns_name else "") if proxy else ""
+        self._via = (
+            f" via {proxy.display}" + (f", asked for {self.dns_name} first" if self.dns_name else "") if proxy else ""
+        )
         self._route = endpoint
         return endpoint
 
@@ -212,7 +235,10 @@ class TunnelClient:
             elif self.port != 443:
                 hint = "; networks that filter ports commonly pass only 80 and 443: run the server on 443"
             else:
-                hint = "; if this network has a proxy, set upstream_proxy (upstream_proxy: auto finds it the way the system does)"
+                hint = (
+                    "; if this network has a proxy, set upstream_proxy (upstream_proxy: auto finds it the way the "
+                    "system does)"
+                )
             self._note_failure(f"no answer from {self.server}{self._via} in {self.connect_timeout:g}s{hint}")
             return
         self._note_failure(failure.getErrorMessage())
@@ -295,7 +321,11 @@ class TunnelClient:
                 raise OpenFailed(503, f"the server is still starting: {self.locator.describe()}")
             raise OpenFailed(503, f"tunnel to {self.server} is down: {self.last_error or 'connecting'}")
 
-        waiter.addTimeout(self.locator.settings.wake_timeout if locating else self.tunnel_wait, self.reactor, onTimeoutCancel=timed_out)
+        waiter.addTimeout(
+            self.locator.settings.wake_timeout if locating else self.tunnel_wait,
+            self.reactor,
+            onTimeoutCancel=timed_out,
+        )
         if self.asleep:
             self._want_wake = True  # a client wants the server: wake it
             self._connect()
@@ -370,7 +400,10 @@ class _OpenWhenAnswered:
             return
         if mux.closed and self.retries > 0 and self.tunnel._running:
             self.retries -= 1
-            log.info("the tunnel connection ended before {dest} was answered; opening it on the next one", dest=self.destination.authority)
+            log.info(
+                "the tunnel connection ended before {dest} was answered; opening it on the next one",
+                dest=self.destination.authority,
+            )
             self._attempt()
             return
         self.result.errback(failure)

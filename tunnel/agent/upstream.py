@@ -22,12 +22,12 @@ import h11
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.iweb import IAgentEndpointFactory
-from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from tunnel.agent.proxy_auth import MAX_ROUNDS, ProxyAuthenticator, ProxyAuthError
@@ -73,12 +73,16 @@ def parse_proxy_url(url: str) -> UpstreamProxy:
         raise ValueError(f"bad proxy port in {url!r}") from None
     if parts.path not in ("", "/") or parts.query:
         raise ValueError("an upstream proxy URL has no path or query")
-    return UpstreamProxy(parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""), tls=parts.scheme == "https")
+    return UpstreamProxy(
+        parts.hostname, port, unquote(parts.username or ""), unquote(parts.password or ""), tls=parts.scheme == "https"
+    )
 
 
 def _bypassed(host: str, no_proxy: str) -> bool:
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if entry == "*" or (entry and (host.lower() == entry.lstrip(".") or host.lower().endswith("." + entry.lstrip(".")))):
+        if entry == "*" or (
+            entry and (host.lower() == entry.lstrip(".") or host.lower().endswith("." + entry.lstrip(".")))
+        ):
             return True
     return False
 
@@ -98,7 +102,7 @@ class _ConnectHandshake(Protocol):
     while the proxy keeps it, else on a new one), then hands the connection to the real
     protocol once the proxy says 2xx."""
 
-    def __init__(self, attempt: "_Attempt", authorization: str | None) -> None:
+    def __init__(self, attempt: _Attempt, authorization: str | None) -> None:
         self.attempt = attempt
         self.authorization = authorization
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEAD)
@@ -145,7 +149,11 @@ class _ConnectHandshake(Protocol):
         self.inner.makeConnection(self.transport)
         auth = self.attempt.auth
         if self.authorization and auth.scheme:
-            log.info("authenticated to the upstream proxy with {scheme} as {user}", scheme={"ntlm": "NTLM"}.get(auth.scheme, auth.scheme.capitalize()), user=auth.username or "the logged-in user")
+            log.info(
+                "authenticated to the upstream proxy with {scheme} as {user}",
+                scheme={"ntlm": "NTLM"}.get(auth.scheme, auth.scheme.capitalize()),
+                user=auth.username or "the logged-in user",
+            )
         self.attempt.succeeded(self.inner)
         if leftover:
             self.inner.dataReceived(leftover)
@@ -154,7 +162,11 @@ class _ConnectHandshake(Protocol):
         status = getattr(response, "status_code", "?")
         reason = getattr(response, "reason", b"").decode("latin-1", "replace")
         refused = f"upstream proxy refused CONNECT {self.attempt.target}: {status} {reason}".rstrip()
-        challenges = [v.decode("latin-1") for n, v in (response.headers if response is not None else []) if n == b"proxy-authenticate"]
+        challenges = [
+            v.decode("latin-1")
+            for n, v in (response.headers if response is not None else [])
+            if n == b"proxy-authenticate"
+        ]
         if status not in (401, 407) or not challenges:
             return self._fail(refused + port_hint(status, self.attempt.port))
         try:
@@ -188,8 +200,14 @@ class _ConnectHandshake(Protocol):
         if not self._handed_on:
             tls = _tls_reasons(reason) if self.attempt.endpoint.proxy.tls else ""
             if tls:
-                hint = "; set upstream_proxy_ca to the CA that issued the proxy's certificate" if "verify" in tls else ""
-                self.attempt.failed(UpstreamProxyError(f"TLS to the upstream proxy {self.attempt.endpoint.proxy.display} failed: {tls}{hint}"))
+                hint = (
+                    "; set upstream_proxy_ca to the CA that issued the proxy's certificate" if "verify" in tls else ""
+                )
+                self.attempt.failed(
+                    UpstreamProxyError(
+                        f"TLS to the upstream proxy {self.attempt.endpoint.proxy.display} failed: {tls}{hint}"
+                    )
+                )
                 return
             self.attempt.failed(UpstreamProxyError("the upstream proxy closed the connection during CONNECT"))
 
@@ -206,16 +224,18 @@ def _tls_reasons(reason) -> str:
 def port_hint(status, port: int) -> str:
     """A proxy refusing a CONNECT to any port but 443 is a stock squid's rule (SSL_ports)."""
     if status in (403, 405) and port != 443:
-        return (f"; this proxy most likely allows CONNECT to port 443 only (a stock squid's SSL_ports rule), not {port}:"
-                " move the server to 443, the stack's default (`pulumi config set containerPort 443`, `pulumi up`),"
-                " and set server_port: 443 in the agent's config")
+        return (
+            f"; this proxy most likely allows CONNECT to port 443 only (a stock squid's SSL_ports rule), not {port}:"
+            " move the server to 443, the stack's default (`pulumi config set containerPort 443`, `pulumi up`),"
+            " and set server_port: 443 in the agent's config"
+        )
     return ""
 
 
 class _Attempt:
     """One CONNECT through the proxy, over as many proxy connections as authentication needs."""
 
-    def __init__(self, endpoint: "HTTPConnectEndpoint", factory: Factory) -> None:
+    def __init__(self, endpoint: HTTPConnectEndpoint, factory: Factory) -> None:
         self.endpoint, self.factory = endpoint, factory
         self.target, self.port = endpoint.target, endpoint.port
         self.auth = ProxyAuthenticator(endpoint.proxy.username, endpoint.proxy.password, endpoint.proxy.host)
@@ -226,8 +246,14 @@ class _Attempt:
     def start(self, authorization: str | None) -> None:
         self._connections += 1
         if self._connections > MAX_ROUNDS + 1:
-            return self.failed(UpstreamProxyError(f"upstream proxy kept closing the connection during authentication for CONNECT {self.target}"))
-        to_proxy = HostnameEndpoint(self.endpoint.reactor, self.endpoint.proxy.host, self.endpoint.proxy.port, timeout=self.endpoint.timeout)
+            return self.failed(
+                UpstreamProxyError(
+                    f"upstream proxy kept closing the connection during authentication for CONNECT {self.target}"
+                )
+            )
+        to_proxy = HostnameEndpoint(
+            self.endpoint.reactor, self.endpoint.proxy.host, self.endpoint.proxy.port, timeout=self.endpoint.timeout
+        )
         if self.endpoint.proxy.tls:
             to_proxy = wrapClientTLS(self.endpoint.proxy_tls, to_proxy)
         self.connecting = to_proxy.connect(Factory.forProtocol(lambda: _ConnectHandshake(self, authorization)))
@@ -253,7 +279,9 @@ class HTTPConnectEndpoint:
         self.proxy = proxy
         # An https:// proxy's certificate is checked for its name, against the system's
         # trust store unless the choice names a CA (upstream_proxy_ca).
-        self.proxy_tls = proxy_tls if proxy_tls is not None else (optionsForClientTLS(proxy.host) if proxy.tls else None)
+        self.proxy_tls = (
+            proxy_tls if proxy_tls is not None else (optionsForClientTLS(proxy.host) if proxy.tls else None)
+        )
         self.target = format_authority(host, port)
         self.port = port
         self.timeout = timeout
@@ -277,7 +305,9 @@ class HTTPConnectEndpoint:
         return result
 
 
-def route(reactor, configured, host: str, port: int, timeout: float, environ=os.environ, name: str = "") -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
+def route(
+    reactor, configured, host: str, port: int, timeout: float, environ=os.environ, name: str = ""
+) -> tuple[IStreamClientEndpoint, UpstreamProxy | None]:
     """How the agent reaches host:port, and the proxy it goes through (None: direct).
 
     `configured` is the upstream_proxy setting, or a `ProxyChoice` (which also knows
@@ -326,7 +356,13 @@ class FirstThatConnects:
             if index + 1 < len(self.endpoints):
                 d.addErrback(next_one, index)
             elif reasons:
-                d.addErrback(lambda failure: defer.fail(UpstreamProxyError(f"{'; '.join(reasons)}; then {failure.getErrorMessage()}")) if not failure.check(defer.CancelledError) else failure)
+                d.addErrback(
+                    lambda failure: (
+                        defer.fail(UpstreamProxyError(f"{'; '.join(reasons)}; then {failure.getErrorMessage()}"))
+                        if not failure.check(defer.CancelledError)
+                        else failure
+                    )
+                )
             return d
 
         def next_one(failure, index: int):

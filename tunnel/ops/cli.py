@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from tunnel.wire import pki
 from lambdas.server_port import SERVER_PORT
+from tunnel.wire import pki
 
 
 def _certs(args) -> int:
@@ -107,7 +107,11 @@ def _local(args) -> int:
     certs = Path(args.certs) if args.certs else local_demo.default_certs(configs)
     for what, port in (("server", args.server_port), ("proxy", args.proxy_port)):
         if not _port_free(port):
-            print(f"fluidity: port {port} on 127.0.0.1 ({what}) is already in use; stop what holds it (another `fluidity local`?) or pass --{'server' if what == 'server' else 'proxy'}-port", file=sys.stderr)
+            print(
+                f"fluidity: port {port} on 127.0.0.1 ({what}) is already in use; stop what holds it (another "
+                f"`fluidity local`?) or pass --{'server' if what == 'server' else 'proxy'}-port",
+                file=sys.stderr,
+            )
             return 1
     if pki.ensure_dev_set(certs):
         print(f"made a development CA and certificates in {certs}/")
@@ -124,18 +128,31 @@ def _local(args) -> int:
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), stop)
-    roles = (("server", args.server_port, ["--port", str(args.server_port)]), ("agent", args.proxy_port, ["--proxy-port", str(args.proxy_port), "--server-port", str(args.server_port)]))
+    roles = (
+        ("server", args.server_port, ["--port", str(args.server_port)]),
+        ("agent", args.proxy_port, ["--proxy-port", str(args.proxy_port), "--server-port", str(args.server_port)]),
+    )
     status = 0
     try:
         for role, port, flags in roles:
-            command = [twistd, "-n", "--pidfile=", f"fluidity-{role}", "--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
+            command = [
+                twistd,
+                "-n",
+                "--pidfile=",
+                f"fluidity-{role}",
+                "--config",
+                str(files[role]),
+                *local_demo.cert_flags(role, certs),
+                *flags,
+            ]
             child = subprocess.Popen(command, **_child_options())
             children.append(child)
             if not _wait_listening(port, child, 20):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
         print(
-            f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port} and [::1]:{args.proxy_port}.\n"
+            f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port} and "
+            f"[::1]:{args.proxy_port}.\n"
             f"  curl -x http://127.0.0.1:{args.proxy_port} https://example.com\n"
             f"  curl --socks5-hostname 127.0.0.1:{args.proxy_port} https://example.com\n"
             f"  browsers: http://127.0.0.1:{args.proxy_port}/proxy.pac as the automatic proxy configuration URL\n"
@@ -181,10 +198,17 @@ def _control_plane(args) -> int:
     except ImportError:
         print("fluidity control-plane: needs boto3 (pip install boto3, or pipx inject fluidity boto3)", file=sys.stderr)
         return 2
-    for name, value in (("CLUSTER_NAME", args.cluster), ("SERVICE_NAME", args.service), ("CONTAINER_PORT", args.container_port)):
+    for name, value in (
+        ("CLUSTER_NAME", args.cluster),
+        ("SERVICE_NAME", args.service),
+        ("CONTAINER_PORT", args.container_port),
+    ):
         if value is not None:
             os.environ[name] = str(value)
-        os.environ.setdefault(name, {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": str(SERVER_PORT)}[name])
+        os.environ.setdefault(
+            name,
+            {"CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": str(SERVER_PORT)}[name],
+        )
     if bool(args.tls_cert) != bool(args.tls_key):
         print("fluidity control-plane: give --tls-cert and --tls-key together", file=sys.stderr)
         return 2
@@ -204,13 +228,17 @@ def _control_plane(args) -> int:
     def listening(port) -> None:
         address = port.getHost()
         print(
-            f"control plane for {os.environ['CLUSTER_NAME']}/{os.environ['SERVICE_NAME']} on {scheme}://{address.host}:{address.port}"
+            f"control plane for {os.environ['CLUSTER_NAME']}/{os.environ['SERVICE_NAME']} on "
+            f"{scheme}://{address.host}:{address.port}"
             " (POST /wake, GET /status, POST /kill; x-api-key required)",
             flush=True,
         )
 
     def failed(failure) -> None:
-        print(f"fluidity control-plane: cannot listen on {args.host}:{args.port}: {failure.getErrorMessage()}", file=sys.stderr)
+        print(
+            f"fluidity control-plane: cannot listen on {args.host}:{args.port}: {failure.getErrorMessage()}",
+            file=sys.stderr,
+        )
         outcome["status"] = 1
         reactor.stop()
 
@@ -228,7 +256,6 @@ def _control_plane(args) -> int:
 def _operate(args) -> int:
     """start / stop / status of the ECS service, with boto3."""
     from lambdas.settings import Settings
-
     from tunnel.ops import operations
 
     settings = Settings(cluster=args.cluster, service=args.service)
@@ -238,14 +265,20 @@ def _operate(args) -> int:
             allow_ip = args.allow_ip
             if allow_ip == "auto":
                 if not args.status_url or not args.api_key:
-                    raise operations.OperatorError("--allow-ip auto needs --status-url and --api-key (or FLUIDITY_STATUS_URL and FLUIDITY_API_KEY)")
+                    raise operations.OperatorError(
+                        "--allow-ip auto needs --status-url and --api-key (or FLUIDITY_STATUS_URL and FLUIDITY_API_KEY)"
+                    )
                 allow_ip = operations.my_address(args.status_url, args.api_key)
             elif allow_ip is not None:
                 try:
                     allow_ip = str(ipaddress.IPv4Address(allow_ip))
                 except ValueError:
-                    raise operations.OperatorError(f"--allow-ip takes an IPv4 address or auto, got {args.allow_ip!r}") from None
-            return operations.start(settings, args.timeout, args.poll_interval, args.write_config, aws=aws, allow_ip=allow_ip)
+                    raise operations.OperatorError(
+                        f"--allow-ip takes an IPv4 address or auto, got {args.allow_ip!r}"
+                    ) from None
+            return operations.start(
+                settings, args.timeout, args.poll_interval, args.write_config, aws=aws, allow_ip=allow_ip
+            )
         if args.command == "stop":
             return operations.stop(settings, args.timeout, args.poll_interval, not args.no_wait, aws=aws)
         return operations.status(settings, args.json, aws=aws)
@@ -268,11 +301,17 @@ def _cost(args) -> int:
     else:  # the stack file of the folder it runs in (the repository's infra), else the defaults
         found = sorted(Path(".").glob("Pulumi.*.yaml"))
         if len(found) > 1:
-            print(f"fluidity cost: several stack files here ({', '.join(f.name for f in found)}): pass --stack FILE", file=sys.stderr)
+            print(
+                f"fluidity cost: several stack files here ({', '.join(f.name for f in found)}): pass --stack FILE",
+                file=sys.stderr,
+            )
             return 2
         stack = found[0] if found else None
     if args.hours_per_month < 0 or args.hours_per_month > 744 or args.agents < 0 or args.wakes_per_month < 0:
-        print("fluidity cost: --hours-per-month must lie in 0-744, --agents and --wakes-per-month must not be negative", file=sys.stderr)
+        print(
+            "fluidity cost: --hours-per-month must lie in 0-744, --agents and --wakes-per-month must not be negative",
+            file=sys.stderr,
+        )
         return 2
     usage = costs.Usage(hours_per_month=args.hours_per_month, agents=args.agents, wakes_per_month=args.wakes_per_month)
     try:
@@ -310,7 +349,7 @@ def _words(parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, argpar
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             subcommands.update(action.choices)
-            options += [choice for choice in action.choices]
+            options += list(action.choices)
         elif action.choices and not action.option_strings:
             options += list(action.choices)  # positional choices (completion's shell)
     # `fluidity agent` / `server` hand their flags to twistd: the parser carries them for completion.
@@ -346,7 +385,12 @@ def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
     bash = f"""_fluidity() {{
   local cur="${{COMP_WORDS[COMP_CWORD]}}" path="" i words
   for ((i = 1; i < COMP_CWORD; i++)); do
-    case "${{COMP_WORDS[i]}}" in -*) ;; *) case " $(_fluidity_path "${{path:+$path }}${{COMP_WORDS[i]}}") " in " 1 ") path="${{path:+$path }}${{COMP_WORDS[i]}}" ;; esac ;; esac
+    case "${{COMP_WORDS[i]}}" in
+      -*) ;;
+      *) case " $(_fluidity_path "${{path:+$path }}${{COMP_WORDS[i]}}") " in
+           " 1 ") path="${{path:+$path }}${{COMP_WORDS[i]}}" ;;
+         esac ;;
+    esac
   done
   case "$path" in
 {body}
@@ -361,14 +405,19 @@ _fluidity_path() {{
 }}
 complete -F _fluidity fluidity"""
     if shell == "zsh":
-        return "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -u }\nautoload -U +X bashcompinit && bashcompinit\n" + bash
+        return (
+            "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit -u }\nautoload -U +X bashcompinit && "
+            "bashcompinit\n" + bash
+        )
     return bash
 
 
 def _fish_script(paths: list[tuple[str, list[str]]]) -> str:
     """fish: one function finds the command path typed so far and prints what may follow."""
     known = " ".join(f"'{path}'" for path, _ in paths if path)
-    cases = "\n".join(f"        case '{path}'\n            printf '%s\\n' {' '.join(words)}" for path, words in paths if words)
+    cases = "\n".join(
+        f"        case '{path}'\n            printf '%s\\n' {' '.join(words)}" for path, words in paths if words
+    )
     return f"""function __fluidity_words
     set -l known {known}
     set -l tokens (commandline -opc)
@@ -395,17 +444,29 @@ SERVICE_ACTIONS = ("install-service", "uninstall-service", "status")
 
 def _service_parser(action: str) -> argparse.ArgumentParser:
     descriptions = {
-        "install-service": "Start the agent at login (systemd user unit, launchd agent or Windows logon task) from its config.",
+        "install-service": (
+            "Start the agent at login (systemd user unit, launchd agent or Windows logon task) from its config."
+        ),
         "uninstall-service": "Remove what install-service installed.",
-        "status": "Is the running agent connected? Its tunnel, the server, streams and bytes, and the last error with its fix.",
+        "status": (
+            "Is the running agent connected? Its tunnel, the server, streams and bytes, "
+            "and the last error with its fix."
+        ),
     }
     parser = OneLineParser(prog=f"fluidity agent {action}", description=descriptions[action])
     if action == "status":
-        parser.add_argument("--config", help="the agent's config, for its port (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
-        parser.add_argument("--port", type=int, help="the agent's proxy port (default: the config's proxy_port, else 8080)")
+        parser.add_argument(
+            "--config",
+            help="the agent's config, for its port (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)",
+        )
+        parser.add_argument(
+            "--port", type=int, help="the agent's proxy port (default: the config's proxy_port, else 8080)"
+        )
         parser.add_argument("--json", action="store_true", help="print the agent's /status.json")
     if action == "install-service":
-        parser.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
+        parser.add_argument(
+            "--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)"
+        )
         parser.add_argument("--no-start", action="store_true", help="only write the unit (or launchd agent)")
     return parser
 
@@ -424,11 +485,21 @@ def _role_help(role: str) -> int:
     if role == "agent":
         print("       fluidity agent install-service [--config FILE] [--no-start]   start the agent at login")
         print("       fluidity agent uninstall-service                              remove that")
-        print("       fluidity agent status [--port N] [--json]                     is the running agent connected? (also its page, http://127.0.0.1:8080/)")
+        print(
+            "       fluidity agent status [--port N] [--json]                     is the running agent connected? "
+            "(also its page, http://127.0.0.1:8080/)"
+        )
     print(f"\nFLAGS (those of `twistd fluidity-{role}`; each setting of the config file has one):", flush=True)
     done = subprocess.run([_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
     lines = done.stdout.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.lstrip().startswith("-c, --config") or line.lstrip().startswith("--config")), 0)
+    start = next(
+        (
+            i
+            for i, line in enumerate(lines)
+            if line.lstrip().startswith("-c, --config") or line.lstrip().startswith("--config")
+        ),
+        0,
+    )
     print("\n".join(lines[start:]) if lines else done.stderr)
     return 0 if done.returncode == 0 else 1
 
@@ -450,10 +521,16 @@ def _agent_status(args) -> int:
             print(f"fluidity agent status: {e}", file=sys.stderr)
             return 2
     try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://127.0.0.1:{port}/status.json", timeout=5) as r:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(
+            f"http://127.0.0.1:{port}/status.json", timeout=5
+        ) as r:
             status = json.load(r)
     except (OSError, ValueError) as e:
-        print(f"fluidity agent status: no agent answers on 127.0.0.1:{port} ({getattr(e, 'reason', e)}); start it with `fluidity agent`", file=sys.stderr)
+        print(
+            f"fluidity agent status: no agent answers on 127.0.0.1:{port} ({getattr(e, 'reason', e)}); start it with "
+            f"`fluidity agent`",
+            file=sys.stderr,
+        )
         return 1
     if args.json:
         print(json.dumps(status, indent=2))
@@ -461,12 +538,25 @@ def _agent_status(args) -> int:
     up = status["connected"]
     received, sent = status["traffic"]
     down, up_rate = status["rate"]
-    print(f"tunnel:  {'up' if up else 'down'}" + (f" for {human_age(status['tunnel_uptime'] or 0)}, to {status['server']}" if up else f" (server {status['server']})"))
+    print(
+        f"tunnel:  {'up' if up else 'down'}"
+        + (
+            f" for {human_age(status['tunnel_uptime'] or 0)}, to {status['server']}"
+            if up
+            else f" (server {status['server']})"
+        )
+    )
     if status.get("server_dns_name"):
         print(f"         the server's name: {status['server_dns_name']}")
     print(f"server:  {status['server_state'] or 'no control plane configured'}")
-    print(f"streams: {status['open_streams']} open" + "".join(f"\n         {n} to {dest}" for dest, n in list(status["streams_by_destination"].items())[:10]))
-    print(f"bytes:   {human_bytes(received)} received, {human_bytes(sent)} sent; now {human_bytes(down)}/s down, {human_bytes(up_rate)}/s up")
+    print(
+        f"streams: {status['open_streams']} open"
+        + "".join(f"\n         {n} to {dest}" for dest, n in list(status["streams_by_destination"].items())[:10])
+    )
+    print(
+        f"bytes:   {human_bytes(received)} received, {human_bytes(sent)} sent; now {human_bytes(down)}/s down, "
+        f"{human_bytes(up_rate)}/s up"
+    )
     print(f"error:   {status['last_error'] or 'none'}")
     print(f"page:    http://127.0.0.1:{port}/")
     return 0 if up else 1
@@ -531,14 +621,44 @@ def _main(argv: list[str] | None) -> int:
     for p in (init, client):
         p.add_argument("--dir", default="certs", help="where the files live (default: certs)")
         p.add_argument("--force", action="store_true", help="replace existing files")
-    local = commands.add_parser("local", help="run server and agent on loopback (the demo)", description="Run a server and an agent on loopback with development certificates until Ctrl-C.")
-    local.add_argument("--certs", help="where the development CA and certificates live; made when missing (default: certs/ in a checkout, else ~/.local/share/fluidity/local-certs)")
-    local.add_argument("--configs", default="configs", help="the folder holding server.local.yaml and agent.local.yaml (default: %(default)s; without them, the same settings built in)")
-    local.add_argument("--server-port", type=int, default=8443, help="the server's TLS port on 127.0.0.1 (default: %(default)d)")
-    local.add_argument("--proxy-port", type=int, default=8080, help="the agent's HTTP/SOCKS5 proxy port on 127.0.0.1 (default: %(default)d)")
+    local = commands.add_parser(
+        "local",
+        help="run server and agent on loopback (the demo)",
+        description="Run a server and an agent on loopback with development certificates until Ctrl-C.",
+    )
+    local.add_argument(
+        "--certs",
+        help=(
+            "where the development CA and certificates live; made when missing (default: certs/ in a checkout, else "
+            "~/.local/share/fluidity/local-certs)"
+        ),
+    )
+    local.add_argument(
+        "--configs",
+        default="configs",
+        help=(
+            "the folder holding server.local.yaml and agent.local.yaml (default: %(default)s; without them, the same "
+            "settings built in)"
+        ),
+    )
+    local.add_argument(
+        "--server-port", type=int, default=8443, help="the server's TLS port on 127.0.0.1 (default: %(default)d)"
+    )
+    local.add_argument(
+        "--proxy-port",
+        type=int,
+        default=8080,
+        help="the agent's HTTP/SOCKS5 proxy port on 127.0.0.1 (default: %(default)d)",
+    )
     for role in ("agent", "server"):
-        run = commands.add_parser(role, help=f"run the {role} in the foreground (what `twistd -n fluidity-{role}` runs, with the same flags)", add_help=False)
-        run.add_argument("flags", nargs=argparse.REMAINDER, help=f"flags of `twistd fluidity-{role}` (--help lists them)")
+        run = commands.add_parser(
+            role,
+            help=f"run the {role} in the foreground (what `twistd -n fluidity-{role}` runs, with the same flags)",
+            add_help=False,
+        )
+        run.add_argument(
+            "flags", nargs=argparse.REMAINDER, help=f"flags of `twistd fluidity-{role}` (--help lists them)"
+        )
         run.completion_words = _twistd_flags(role)
         if role == "agent":
             run.completion_subcommands = {action: _service_parser(action) for action in SERVICE_ACTIONS}
@@ -548,20 +668,36 @@ def _main(argv: list[str] | None) -> int:
     plane.add_argument("--port", type=int, default=8000)
     plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
     plane.add_argument("--service", help="ECS service (default: $SERVICE_NAME or fluidity-server)")
-    plane.add_argument("--container-port", type=int, help=f"server port reported to agents (default: $CONTAINER_PORT or {SERVER_PORT})")
-    plane.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate instead of plain HTTP, as API Gateway does")
+    plane.add_argument(
+        "--container-port", type=int, help=f"server port reported to agents (default: $CONTAINER_PORT or {SERVER_PORT})"
+    )
+    plane.add_argument(
+        "--tls-cert", metavar="PEM", help="serve HTTPS with this certificate instead of plain HTTP, as API Gateway does"
+    )
     plane.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     secret = commands.add_parser(
         "proxy-password",
         help="store the corporate proxy's password in the system's credential store",
-        description="Store (or --delete) the password the agent gives a proxy that asks, in the system's credential store "
-        "(Windows Credential Manager, the macOS Keychain, the Secret Service on Linux), for upstream_proxy_password: keyring.",
+        description="Store (or --delete) the password the agent gives a proxy that asks, "
+        "in the system's credential store "
+        "(Windows Credential Manager, the macOS Keychain, the Secret Service on Linux), for upstream_proxy_password: "
+        "keyring.",
     )
-    secret.add_argument("--user", required=True, help="the proxy user name, as in upstream_proxy_user (e.g. 'CORP\\alice')")
+    secret.add_argument(
+        "--user", required=True, help="the proxy user name, as in upstream_proxy_user (e.g. 'CORP\\alice')"
+    )
     secret.add_argument("--stdin", action="store_true", help="read the password from standard input instead of asking")
     secret.add_argument("--delete", action="store_true", help="remove the stored password")
-    for name, text in (("start", "start the server (desiredCount 1), wait for its public IP"), ("stop", "stop the server (desiredCount 0)"), ("status", "what the server is doing, its IP and last activity")):
-        op = commands.add_parser(name, help=text, description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.")
+    for name, text in (
+        ("start", "start the server (desiredCount 1), wait for its public IP"),
+        ("stop", "stop the server (desiredCount 0)"),
+        ("status", "what the server is doing, its IP and last activity"),
+    ):
+        op = commands.add_parser(
+            name,
+            help=text,
+            description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.",
+        )
         op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")
         op.add_argument("--profile", help="AWS profile (default: $AWS_PROFILE)")
         op.add_argument("--cluster", default="fluidity", help="ECS cluster (default: fluidity)")
@@ -569,30 +705,81 @@ def _main(argv: list[str] | None) -> int:
         if name == "status":
             op.add_argument("--json", action="store_true", help="print JSON for scripts")
             continue
-        op.add_argument("--timeout", type=float, default=180.0 if name == "start" else 120.0, help="seconds to wait (default: %(default)g)")
-        op.add_argument("--poll-interval", type=float, default=2.0, help="seconds between checks (default: %(default)g)")
+        op.add_argument(
+            "--timeout",
+            type=float,
+            default=180.0 if name == "start" else 120.0,
+            help="seconds to wait (default: %(default)g)",
+        )
+        op.add_argument(
+            "--poll-interval", type=float, default=2.0, help="seconds between checks (default: %(default)g)"
+        )
         if name == "start":
-            op.add_argument("--write-config", metavar="AGENT_YAML", help="set server_ip in this agent config, keeping everything else")
-            op.add_argument("--allow-ip", metavar="IP|auto", help="open the server's port to this IPv4 (auto: the address the control plane's status endpoint sees)")
-            op.add_argument("--status-url", default=os.environ.get("FLUIDITY_STATUS_URL"), help="the control plane's status URL, for --allow-ip auto (default: $FLUIDITY_STATUS_URL)")
-            op.add_argument("--api-key", default=os.environ.get("FLUIDITY_API_KEY"), help="its x-api-key (default: $FLUIDITY_API_KEY)")
+            op.add_argument(
+                "--write-config",
+                metavar="AGENT_YAML",
+                help="set server_ip in this agent config, keeping everything else",
+            )
+            op.add_argument(
+                "--allow-ip",
+                metavar="IP|auto",
+                help="open the server's port to this IPv4 (auto: the address the control plane's status endpoint sees)",
+            )
+            op.add_argument(
+                "--status-url",
+                default=os.environ.get("FLUIDITY_STATUS_URL"),
+                help="the control plane's status URL, for --allow-ip auto (default: $FLUIDITY_STATUS_URL)",
+            )
+            op.add_argument(
+                "--api-key",
+                default=os.environ.get("FLUIDITY_API_KEY"),
+                help="its x-api-key (default: $FLUIDITY_API_KEY)",
+            )
         else:
             op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")
-    cost = commands.add_parser("cost", help="what a month of the stack costs, line by line", description="What a month of the stack costs, line by line, at list price and after the free tiers.")
-    cost.add_argument("--stack", metavar="FILE", help="the stack's settings (default: the one Pulumi.<stack>.yaml here, else Pulumi.dev.yaml)")
-    cost.add_argument("--hours-per-month", type=float, default=40.0, help="hours the server runs (default: %(default)g)")
+    cost = commands.add_parser(
+        "cost",
+        help="what a month of the stack costs, line by line",
+        description="What a month of the stack costs, line by line, at list price and after the free tiers.",
+    )
+    cost.add_argument(
+        "--stack",
+        metavar="FILE",
+        help="the stack's settings (default: the one Pulumi.<stack>.yaml here, else Pulumi.dev.yaml)",
+    )
+    cost.add_argument(
+        "--hours-per-month", type=float, default=40.0, help="hours the server runs (default: %(default)g)"
+    )
     cost.add_argument("--agents", type=int, default=1, help="agent identities connected (default: %(default)d)")
     cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
-    doctor = commands.add_parser("doctor", help="check the agent's set-up: config, certificates, the server, proxy, AWS", description="Check the agent's set-up end to end, one line a check with the fix; non-zero exit when something fails.")
-    doctor.add_argument("--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)")
-    doctor.add_argument("--deploy", action="store_true", help="check instead what `pulumi up` needs: the Pulumi CLI and a backend, Docker with buildx, AWS credentials and region, the stack's certificate secrets")
+    doctor = commands.add_parser(
+        "doctor",
+        help="check the agent's set-up: config, certificates, the server, proxy, AWS",
+        description=(
+            "Check the agent's set-up end to end, one line a check with the fix; non-zero exit when something fails."
+        ),
+    )
+    doctor.add_argument(
+        "--config", help="the agent's config (default: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml)"
+    )
+    doctor.add_argument(
+        "--deploy",
+        action="store_true",
+        help=(
+            "check instead what `pulumi up` needs: the Pulumi CLI and a backend, Docker with buildx, AWS credentials "
+            "and region, the stack's certificate secrets"
+        ),
+    )
     doctor.add_argument("--stack", help="with --deploy: the stack (Pulumi.NAME.yaml; default: the only one there)")
     doctor.add_argument("--project", help="with --deploy: the folder holding Pulumi.yaml (default: this one)")
-    completion = commands.add_parser("completion", help="print a shell completion script (bash, zsh or fish)",
-                                     description="Print a completion script: `eval \"$(fluidity completion bash)\"` in ~/.bashrc, `zsh` in ~/.zshrc, "
-                                     "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.")
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description='Print a completion script: `eval "$(fluidity completion bash)"` in ~/.bashrc, `zsh` in ~/.zshrc, '
+        "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.",
+    )
     completion.add_argument("shell", choices=("bash", "zsh", "fish"))
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"] and argv[1:2] in ([a] for a in SERVICE_ACTIONS):
@@ -636,7 +823,11 @@ def _proxy_password(args) -> int:
     try:
         if args.delete:
             found = forget(args.user)
-            print(f"removed the proxy password of {args.user}" if found else f"no proxy password was stored for {args.user}")
+            print(
+                f"removed the proxy password of {args.user}"
+                if found
+                else f"no proxy password was stored for {args.user}"
+            )
             return 0
         if args.stdin:
             password = sys.stdin.readline().rstrip("\r\n")
@@ -655,7 +846,10 @@ def _proxy_password(args) -> int:
     except (KeyboardInterrupt, EOFError):
         print("", file=sys.stderr)
         return 1
-    print(f"stored the proxy password of {args.user} ({where}); the agent uses it with upstream_proxy_user: {args.user} and upstream_proxy_password: keyring")
+    print(
+        f"stored the proxy password of {args.user} ({where}); the agent uses it with upstream_proxy_user: {args.user} "
+        f"and upstream_proxy_password: keyring"
+    )
     return 0
 
 

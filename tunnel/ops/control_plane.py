@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from pathlib import Path
 
 from twisted.internet import threads
 from twisted.logger import Logger
@@ -25,7 +26,10 @@ MAX_BODY = 64 * 1024
 
 def proxy_event(request, path: str, body: bytes) -> dict:
     """The API Gateway (REST, v1) proxy event for this request."""
-    headers = {name.decode("latin-1"): values[-1].decode("latin-1") for name, values in request.requestHeaders.getAllRawHeaders()}
+    headers = {
+        name.decode("latin-1"): values[-1].decode("latin-1")
+        for name, values in request.requestHeaders.getAllRawHeaders()
+    }
     query = {k.decode("latin-1"): v[-1].decode("latin-1") for k, v in request.args.items()} or None
     return {
         "resource": path,
@@ -67,7 +71,13 @@ class ControlPlane(resource.Resource):
 
         def answered(reply: dict) -> None:
             # Who called: the address the request came from (a proxy's, when the agent is behind one).
-            log.info("{method} {path} from {caller} -> {code}", method=event["httpMethod"], path=path, caller=event["requestContext"]["identity"]["sourceIp"], code=reply["statusCode"])
+            log.info(
+                "{method} {path} from {caller} -> {code}",
+                method=event["httpMethod"],
+                path=path,
+                caller=event["requestContext"]["identity"]["sourceIp"],
+                code=reply["statusCode"],
+            )
             if not gone:
                 request.setResponseCode(reply["statusCode"])
                 for name, value in (reply.get("headers") or {}).items():
@@ -97,13 +107,15 @@ def tls_options(cert_file: str, key_file: str):
     from twisted.internet import ssl
 
     try:
-        cert_pem, key_pem = open(cert_file, "rb").read(), open(key_file, "rb").read()
+        cert_pem, key_pem = Path(cert_file).read_bytes(), Path(key_file).read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read {e.filename}: {e.strerror}") from None
     try:
         return ssl.PrivateCertificate.loadPEM(cert_pem + b"\n" + key_pem).options()
     except Exception as e:
-        raise ValueError(f"{cert_file} and {key_file} are not a PEM certificate and its key ({type(e).__name__})") from None
+        raise ValueError(
+            f"{cert_file} and {key_file} are not a PEM certificate and its key ({type(e).__name__})"
+        ) from None
 
 
 def make_site(reactor, api_key: str) -> server.Site:

@@ -56,7 +56,9 @@ class Estimate:
         out = asdict(self)
         for part in ("running", "stopped"):
             out[f"{part}_total"] = {what: self.total(getattr(self, part), what) for what in ("low", "high", "free")}
-        out["month_total"] = {what: round(out["running_total"][what] + out["stopped_total"][what], 4) for what in ("low", "high", "free")}
+        out["month_total"] = {
+            what: round(out["running_total"][what] + out["stopped_total"][what], 4) for what in ("low", "high", "free")
+        }
         return out
 
 
@@ -77,7 +79,11 @@ def read_stack(path: Path) -> tuple[dict, str | None]:
         config = {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: 'config' must be a mapping")
-    values = {k.split(":", 1)[1]: v for k, v in config.items() if isinstance(k, str) and k.startswith("fluidity:") and not isinstance(v, dict)}
+    values = {
+        k.split(":", 1)[1]: v
+        for k, v in config.items()
+        if isinstance(k, str) and k.startswith("fluidity:") and not isinstance(v, dict)
+    }
     region = config.get("aws:region")
     return values, str(region) if region else None
 
@@ -113,34 +119,82 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     compute = hours * (s.cpu / 1024 * price["vcpu_hour"] + s.memory / 1024 * price["gb_hour"])
     if s.capacity == "FARGATE_SPOT":
         low, high = compute * (1 - rates.SPOT_DISCOUNT[1]), compute * (1 - rates.SPOT_DISCOUNT[0])
-        note = f"Spot: {int(rates.SPOT_DISCOUNT[0] * 100)}-{int(rates.SPOT_DISCOUNT[1] * 100)}% off on-demand, may be interrupted"
+        note = (
+            f"Spot: {int(rates.SPOT_DISCOUNT[0] * 100)}-{int(rates.SPOT_DISCOUNT[1] * 100)}% off on-demand, may be "
+            f"interrupted"
+        )
     else:
         low = high = compute
         note = "on-demand"
     run = est.running
-    run.append(Line(f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h", low, high, high, note))
+    run.append(
+        Line(
+            f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h",
+            low,
+            high,
+            high,
+            note,
+        )
+    )
     ipv4 = hours * rates.PUBLIC_IPV4_HOUR
     run.append(Line("public IPv4 address while the task runs", ipv4, ipv4, ipv4, "$0.005 an hour"))
     # ActiveConnections and LastActivityEpochSeconds; per-agent series are opt-in
     # (metrics.per_agent, one more series each) and the task does not turn them on.
     series = 2 + (u.agents if u.per_agent_series else 0)
     metrics = series * rates.CUSTOM_METRIC_MONTH * hours / rates.HOURS_PER_MONTH
-    run.append(Line(f"CloudWatch custom metrics: {series} series, {hours:g} h", metrics, metrics, 0.0, "prorated by the hour, from EMF log lines (no PutMetricData calls); free tier: " + rates.FREE_TIER["custom metrics"]))
+    run.append(
+        Line(
+            f"CloudWatch custom metrics: {series} series, {hours:g} h",
+            metrics,
+            metrics,
+            0.0,
+            "prorated by the hour, from EMF log lines (no PutMetricData calls); free tier: "
+            + rates.FREE_TIER["custom metrics"],
+        )
+    )
     emf_mb = hours * 3600 / METRICS_INTERVAL * EMF_LINE_BYTES / 2**20
     ingest_gb = (hours * u.log_mb_per_hour + emf_mb) / 1024
     stored = ingest_gb * min(s.log_retention_days, 3653) / 30 * rates.LOGS_STORE_GB_MONTH
     logs = ingest_gb * rates.LOGS_INGEST_GB + stored
-    run.append(Line(f"server logs: {ingest_gb * 1024:.0f} MB, kept {s.log_retention_days} days", logs, logs, 0.0, "free tier: " + rates.FREE_TIER["log ingestion"]))
+    run.append(
+        Line(
+            f"server logs: {ingest_gb * 1024:.0f} MB, kept {s.log_retention_days} days",
+            logs,
+            logs,
+            0.0,
+            "free tier: " + rates.FREE_TIER["log ingestion"],
+        )
+    )
     if s.control_plane:
         calls = u.wakes_per_month * POLLS_PER_WAKE
-        api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
-        run.append(Line(f"control plane: {calls} API calls ({u.wakes_per_month} wakes)", api, api, 0.0, "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"]))
+        api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (
+            rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND
+        )
+        run.append(
+            Line(
+                f"control plane: {calls} API calls ({u.wakes_per_month} wakes)",
+                api,
+                api,
+                0.0,
+                "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"],
+            )
+        )
 
     idle = est.stopped
     keep = _images_kept()
     ecr = u.image_mb / 1024 * keep * rates.ECR_STORE_GB_MONTH
-    idle.append(Line(f"ECR: {keep} images of {u.image_mb:.0f} MB", ecr, ecr, ecr if u.image_mb * keep > 500 else 0.0, "free tier: " + rates.FREE_TIER["ECR storage"]))
-    idle.append(Line("SSM SecureString parameters (3, standard tier)", 0.0, 0.0, 0.0, rates.FREE_TIER["SSM parameters"]))
+    idle.append(
+        Line(
+            f"ECR: {keep} images of {u.image_mb:.0f} MB",
+            ecr,
+            ecr,
+            ecr if u.image_mb * keep > 500 else 0.0,
+            "free tier: " + rates.FREE_TIER["ECR storage"],
+        )
+    )
+    idle.append(
+        Line("SSM SecureString parameters (3, standard tier)", 0.0, 0.0, 0.0, rates.FREE_TIER["SSM parameters"])
+    )
     if s.control_plane:
         sleeps = _runs_per_month(s.sleep_schedule)
         others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
@@ -150,13 +204,44 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first).
         running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
         reads = running_sleeps * 2 / 1000 * rates.CLOUDWATCH_API_PER_1000
-        idle.append(Line(f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})", lambda_cost + scheduler, lambda_cost + scheduler, 0.0,
-                         "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"]))
-        run.append(Line(f"sleep's metric reads: {running_sleeps * 2:,.0f} GetMetricStatistics", reads, reads, 0.0, "free tier: " + rates.FREE_TIER["CloudWatch API requests"]))
+        idle.append(
+            Line(
+                f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
+                lambda_cost + scheduler,
+                lambda_cost + scheduler,
+                0.0,
+                "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"],
+            )
+        )
+        run.append(
+            Line(
+                f"sleep's metric reads: {running_sleeps * 2:,.0f} GetMetricStatistics",
+                reads,
+                reads,
+                0.0,
+                "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
+            )
+        )
         if s.monitoring:
             alarms = 9 * rates.ALARM_MONTH
-            idle.append(Line("alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)", alarms, alarms, 0.0, "free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops them"))
-            idle.append(Line("dashboard: 1", rates.DASHBOARD_MONTH, rates.DASHBOARD_MONTH, 0.0, "free tier: " + rates.FREE_TIER["dashboards"] + "; monitoring: false drops it"))
+            idle.append(
+                Line(
+                    "alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)",
+                    alarms,
+                    alarms,
+                    0.0,
+                    "free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops them",
+                )
+            )
+            idle.append(
+                Line(
+                    "dashboard: 1",
+                    rates.DASHBOARD_MONTH,
+                    rates.DASHBOARD_MONTH,
+                    0.0,
+                    "free tier: " + rates.FREE_TIER["dashboards"] + "; monitoring: false drops it",
+                )
+            )
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est
@@ -172,17 +257,27 @@ def render(est: Estimate, usage: Usage) -> str:
     def money(low: float, high: float) -> str:
         return f"${low:,.2f}" if abs(high - low) < 0.005 else f"${low:,.2f}-{high:,.2f}"
 
-    out = [f"Fluidity on AWS for {usage.hours_per_month:g} hours a month, {usage.agents} agent(s) (rates: {est.region}, {est.rates_taken})", ""]
+    out = [
+        f"Fluidity on AWS for {usage.hours_per_month:g} hours a month, {usage.agents} agent(s) (rates: {est.region}, "
+        f"{est.rates_taken})",
+        "",
+    ]
     for title, lines in (("While it runs", est.running), ("Always (also while stopped)", est.stopped)):
         out.append(f"{title}:")
         width = max(len(line.item) for line in lines)
         for line in lines:
-            out.append(f"  {line.item:<{width}}  {money(line.low, line.high):>12}  after free tier {money(line.free, line.free):>7}   {line.note}")
-        out.append(f"  {'total':<{width}}  {money(est.total(lines, 'low'), est.total(lines, 'high')):>12}  after free tier {money(est.total(lines, 'free'), est.total(lines, 'free')):>7}")
+            cost, free = money(line.low, line.high), money(line.free, line.free)
+            out.append(f"  {line.item:<{width}}  {cost:>12}  after free tier {free:>7}   {line.note}")
+        cost = money(est.total(lines, "low"), est.total(lines, "high"))
+        free = money(est.total(lines, "free"), est.total(lines, "free"))
+        out.append(f"  {'total':<{width}}  {cost:>12}  after free tier {free:>7}")
         out.append("")
     month = est.as_dict()["month_total"]
     stopped = est.as_dict()["stopped_total"]
-    out.append(f"A month: {money(month['low'], month['high'])} at list price, {money(month['free'], month['free'])} after the free tiers; stopped: {money(stopped['low'], stopped['high'])} ({money(stopped['free'], stopped['free'])}).")
+    out.append(
+        f"A month: {money(month['low'], month['high'])} at list price, {money(month['free'], month['free'])} after the "
+        f"free tiers; stopped: {money(stopped['low'], stopped['high'])} ({money(stopped['free'], stopped['free'])})."
+    )
     out += [f"note: {w}" for w in est.warnings]
     return "\n".join(out)
 
@@ -203,5 +298,8 @@ def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: boo
         raise ValueError(f"{stack_file}: {e}") from None
     est = estimate(settings, usage, region or stack_region)
     if stack_file is None:
-        est.warnings.append("no Pulumi.<stack>.yaml in this folder: this prices the stack's defaults (run it in infra/, or pass --stack FILE)")
+        est.warnings.append(
+            "no Pulumi.<stack>.yaml in this folder: this prices the stack's defaults (run it in infra/, or pass "
+            "--stack FILE)"
+        )
     return json.dumps(est.as_dict(), indent=2) if as_json else render(est, usage)

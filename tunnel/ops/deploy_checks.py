@@ -17,7 +17,10 @@ from pathlib import Path
 from tunnel.ops.doctor import Check
 
 SECRETS = {"serverCert": "certs/server.pem", "serverKey": "certs/server.key", "caCert": "certs/ca.pem"}
-INSTALL_PULUMI = "install the Pulumi CLI (see pulumi.com/docs/install), then `pulumi login --local` (state on this machine) or `pulumi login`"
+INSTALL_PULUMI = (
+    "install the Pulumi CLI (see pulumi.com/docs/install), then `pulumi login --local` (state on this machine) or "
+    "`pulumi login`"
+)
 
 
 def _run(argv: list[str], timeout: float = 20.0, env: dict | None = None) -> subprocess.CompletedProcess | None:
@@ -41,26 +44,64 @@ def pulumi(checks: list[Check]) -> bool:
     checks.append(Check("Pulumi CLI", "ok", f"{found} {_first_line(version)}"))
     who = _run([found, "whoami", "--verbose"])
     if who is None or who.returncode != 0:
-        checks.append(Check("Pulumi backend", "FAIL", f"not logged in ({_first_line(who)})", "`pulumi login --local` (state in ~/.pulumi) or `pulumi login`"))
+        checks.append(
+            Check(
+                "Pulumi backend",
+                "FAIL",
+                f"not logged in ({_first_line(who)})",
+                "`pulumi login --local` (state in ~/.pulumi) or `pulumi login`",
+            )
+        )
         return False
-    backend = next((line.split(":", 1)[1].strip() for line in who.stdout.splitlines() if line.lower().startswith("backend url")), "")
-    checks.append(Check("Pulumi backend", "ok", f"logged in as {who.stdout.splitlines()[0].split(':', 1)[-1].strip()}" + (f" at {backend}" if backend else "")))
+    backend = next(
+        (line.split(":", 1)[1].strip() for line in who.stdout.splitlines() if line.lower().startswith("backend url")),
+        "",
+    )
+    checks.append(
+        Check(
+            "Pulumi backend",
+            "ok",
+            f"logged in as {who.stdout.splitlines()[0].split(':', 1)[-1].strip()}"
+            + (f" at {backend}" if backend else ""),
+        )
+    )
     return True
 
 
 def docker(checks: list[Check]) -> None:
     found = shutil.which("docker")
     if not found:
-        checks.append(Check("Docker", "FAIL", "`docker` is not on PATH: `pulumi up` builds the server image with it", "install Docker (Debian: apt-get install docker.io docker-buildx; elsewhere Docker Desktop)"))
+        checks.append(
+            Check(
+                "Docker",
+                "FAIL",
+                "`docker` is not on PATH: `pulumi up` builds the server image with it",
+                "install Docker (Debian: apt-get install docker.io docker-buildx; elsewhere Docker Desktop)",
+            )
+        )
         return
     daemon = _run([found, "info", "--format", "{{.ServerVersion}}"])
     if daemon is None or daemon.returncode != 0 or not daemon.stdout.strip():
-        checks.append(Check("Docker daemon", "FAIL", f"not answering ({_first_line(daemon)})", "start it (`sudo systemctl start docker`, or Docker Desktop), and be in the docker group"))
+        checks.append(
+            Check(
+                "Docker daemon",
+                "FAIL",
+                f"not answering ({_first_line(daemon)})",
+                "start it (`sudo systemctl start docker`, or Docker Desktop), and be in the docker group",
+            )
+        )
     else:
         checks.append(Check("Docker daemon", "ok", f"server {daemon.stdout.strip()}"))
     buildx = _run([found, "buildx", "version"])
     if buildx is None or buildx.returncode != 0:
-        checks.append(Check("docker buildx", "FAIL", "missing: the image is built with buildx for the stack's cpuArchitecture", "Debian: apt-get install docker-buildx; elsewhere Docker Desktop has it"))
+        checks.append(
+            Check(
+                "docker buildx",
+                "FAIL",
+                "missing: the image is built with buildx for the stack's cpuArchitecture",
+                "Debian: apt-get install docker-buildx; elsewhere Docker Desktop has it",
+            )
+        )
     else:
         checks.append(Check("docker buildx", "ok", _first_line(buildx)))
 
@@ -70,19 +111,37 @@ def aws(checks: list[Check], stack_region: str | None) -> None:
         import boto3
         import botocore.exceptions
     except ImportError:
-        checks.append(Check("AWS", "FAIL", "boto3 is not installed", "pip install boto3, or pipx inject fluidity boto3"))
+        checks.append(
+            Check("AWS", "FAIL", "boto3 is not installed", "pip install boto3, or pipx inject fluidity boto3")
+        )
         return
     session = boto3.session.Session()
     region = stack_region or session.region_name
     where = "the stack's aws:region" if stack_region else "AWS_REGION / the profile"
-    checks.append(Check("AWS region", "ok" if region else "FAIL", f"{region} ({where})" if region else "none: the stack names no aws:region and none is set", "" if region else "pulumi config set aws:region eu-west-1"))
+    checks.append(
+        Check(
+            "AWS region",
+            "ok" if region else "FAIL",
+            f"{region} ({where})" if region else "none: the stack names no aws:region and none is set",
+            "" if region else "pulumi config set aws:region eu-west-1",
+        )
+    )
     if session.get_credentials() is None:
-        checks.append(Check("AWS credentials", "FAIL", "none found", "`aws configure`, `aws sso login`, or AWS_PROFILE"))
+        checks.append(
+            Check("AWS credentials", "FAIL", "none found", "`aws configure`, `aws sso login`, or AWS_PROFILE")
+        )
         return
     try:
         identity = session.client("sts", region_name=region or "us-east-1").get_caller_identity()
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
-        checks.append(Check("AWS credentials", "FAIL", f"refused: {e}", "refresh them (`aws sso login`, new keys) or pick another AWS_PROFILE"))
+        checks.append(
+            Check(
+                "AWS credentials",
+                "FAIL",
+                f"refused: {e}",
+                "refresh them (`aws sso login`, new keys) or pick another AWS_PROFILE",
+            )
+        )
         return
     checks.append(Check("AWS credentials", "ok", f"account {identity['Account']} as {identity['Arn']}"))
 
@@ -101,12 +160,26 @@ def secrets(checks: list[Check], stack: Path | None, project: Path) -> str | Non
     if stack is None:
         found = sorted(p.name for p in project.glob("Pulumi.*.yaml"))
         detail = f"several stack files ({', '.join(found)})" if found else "no Pulumi.<stack>.yaml"
-        checks.append(Check("stack secrets", "FAIL", f"{detail} in {project}", "pass --stack NAME" if found else "pulumi stack init NAME"))
+        checks.append(
+            Check(
+                "stack secrets",
+                "FAIL",
+                f"{detail} in {project}",
+                "pass --stack NAME" if found else "pulumi stack init NAME",
+            )
+        )
         return None
     try:
         data = yaml.safe_load(stack.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as e:
-        checks.append(Check("stack secrets", "FAIL", f"{stack}: cannot read it ({type(e).__name__})", f"pulumi stack init {stack.stem.split('.', 1)[-1]}"))
+        checks.append(
+            Check(
+                "stack secrets",
+                "FAIL",
+                f"{stack}: cannot read it ({type(e).__name__})",
+                f"pulumi stack init {stack.stem.split('.', 1)[-1]}",
+            )
+        )
         return None
     config = (data.get("config") or {}) if isinstance(data, dict) else {}
     if not isinstance(config, dict):
@@ -117,7 +190,14 @@ def secrets(checks: list[Check], stack: Path | None, project: Path) -> str | Non
         if value is None:
             checks.append(Check(f"secret {key}", "FAIL", f"not set in {stack.name}", fix))
         elif not (isinstance(value, dict) and "secure" in value):
-            checks.append(Check(f"secret {key}", "FAIL", f"set in {stack.name} as plain text, not as a secret", f"pulumi config rm {key}; {fix}"))
+            checks.append(
+                Check(
+                    f"secret {key}",
+                    "FAIL",
+                    f"set in {stack.name} as plain text, not as a secret",
+                    f"pulumi config rm {key}; {fix}",
+                )
+            )
         else:
             checks.append(Check(f"secret {key}", "ok", f"set (encrypted) in {stack.name}"))
     region = config.get("aws:region")
@@ -127,7 +207,14 @@ def secrets(checks: list[Check], stack: Path | None, project: Path) -> str | Non
 def run(project: Path, stack_name: str | None = None) -> list[Check]:
     checks: list[Check] = []
     if not (project / "Pulumi.yaml").exists():
-        checks.append(Check("Pulumi project", "FAIL", f"no Pulumi.yaml in {project}", "run it in the folder with Pulumi.yaml (the checkout's top folder)"))
+        checks.append(
+            Check(
+                "Pulumi project",
+                "FAIL",
+                f"no Pulumi.yaml in {project}",
+                "run it in the folder with Pulumi.yaml (the checkout's top folder)",
+            )
+        )
     pulumi(checks)
     docker(checks)
     region = secrets(checks, stack_file(project, stack_name), project)

@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
-from tunnel.wire.key_privacy import exposure
 from tunnel.wire.interception import intercepted_by, interception_message
+from tunnel.wire.key_privacy import exposure
 
 EXPIRY_WARNING_DAYS = 30
 
@@ -82,24 +82,59 @@ def _certificates(config, checks: list[Check]):
         ca = x509.load_pem_x509_certificate(ca_pem)
         key = serialization.load_pem_private_key(key_pem, password=None)
     except ValueError as e:
-        checks.append(Check("certificates", "FAIL", f"cannot read the PEM files: {e}", "make them again with `fluidity certs client NAME`"))
+        checks.append(
+            Check(
+                "certificates",
+                "FAIL",
+                f"cannot read the PEM files: {e}",
+                "make them again with `fluidity certs client NAME`",
+            )
+        )
         return None
-    same = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo) == cert.public_key().public_bytes(
+    same = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    ) == cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    checks.append(
+        Check(
+            "certificate and key",
+            "ok" if same else "FAIL",
+            "match" if same else f"{config.key_file} is not the key of {config.cert_file}",
+            "" if same else "use the key issued with this certificate",
+        )
     )
-    checks.append(Check("certificate and key", "ok" if same else "FAIL", "match" if same else f"{config.key_file} is not the key of {config.cert_file}", "" if same else "use the key issued with this certificate"))
     try:
         cert.verify_directly_issued_by(ca)
         checks.append(Check("client certificate and CA", "ok", f"{config.cert_file} is issued by {config.ca_file}"))
     except (ValueError, TypeError, Exception) as e:  # InvalidSignature and friends
-        checks.append(Check("client certificate and CA", "FAIL", f"{config.cert_file} was not issued by {config.ca_file} ({type(e).__name__})", "use the CA that issued both the server's and your certificate"))
-    now = datetime.datetime.now(datetime.timezone.utc)
+        checks.append(
+            Check(
+                "client certificate and CA",
+                "FAIL",
+                f"{config.cert_file} was not issued by {config.ca_file} ({type(e).__name__})",
+                "use the CA that issued both the server's and your certificate",
+            )
+        )
+    now = datetime.datetime.now(datetime.UTC)
     for what, c in (("client certificate", cert), ("CA certificate", ca)):
         left = (c.not_valid_after_utc - now).days
         if left < 0:
-            checks.append(Check(f"{what} expiry", "FAIL", f"expired on {c.not_valid_after_utc:%Y-%m-%d}", "issue a new one (`fluidity certs client NAME`)"))
+            checks.append(
+                Check(
+                    f"{what} expiry",
+                    "FAIL",
+                    f"expired on {c.not_valid_after_utc:%Y-%m-%d}",
+                    "issue a new one (`fluidity certs client NAME`)",
+                )
+            )
         elif left < EXPIRY_WARNING_DAYS:
-            checks.append(Check(f"{what} expiry", "warn", f"expires in {left} days ({c.not_valid_after_utc:%Y-%m-%d})", "issue a new one soon (`fluidity certs client NAME`)"))
+            checks.append(
+                Check(
+                    f"{what} expiry",
+                    "warn",
+                    f"expires in {left} days ({c.not_valid_after_utc:%Y-%m-%d})",
+                    "issue a new one soon (`fluidity certs client NAME`)",
+                )
+            )
         else:
             checks.append(Check(f"{what} expiry", "ok", f"valid until {c.not_valid_after_utc:%Y-%m-%d}"))
     if not same:
@@ -115,21 +150,43 @@ def _proxy_choice(config, checks: list[Check]):
     try:
         credentials = from_settings(config)
     except CredentialsError as e:
-        checks.append(Check("upstream proxy", "FAIL", str(e), "set upstream_proxy_password to env:VAR, keyring, or the password"))
+        checks.append(
+            Check("upstream proxy", "FAIL", str(e), "set upstream_proxy_password to env:VAR, keyring, or the password")
+        )
         return None
     try:
         choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=credentials)
     except Exception as e:  # an unreadable upstream_proxy_ca, or pyOpenSSL's error for bad PEM
-        checks.append(Check("upstream proxy", "FAIL", f"upstream_proxy_ca: {e}", "point upstream_proxy_ca at the proxy's CA (PEM)"))
+        checks.append(
+            Check(
+                "upstream proxy", "FAIL", f"upstream_proxy_ca: {e}", "point upstream_proxy_ca at the proxy's CA (PEM)"
+            )
+        )
         return None
     if choice.auto:
         try:
             choice.found = discover(config.pac_url)
         except Exception as e:  # a PAC file that does not parse, a broken setting
-            checks.append(Check("proxy discovery", "FAIL", f"upstream_proxy auto: {e}", "check pac_url / the system's proxy settings"))
+            checks.append(
+                Check(
+                    "proxy discovery",
+                    "FAIL",
+                    f"upstream_proxy auto: {e}",
+                    "check pac_url / the system's proxy settings",
+                )
+            )
             return None
         if choice.found is None:
-            checks.append(Check("proxy discovery", "warn", f"upstream_proxy auto found no PAC file ({'at pac_url' if config.pac_url else 'none in the system settings, none by WPAD'}): $HTTPS_PROXY or direct", ""))
+            checks.append(
+                Check(
+                    "proxy discovery",
+                    "warn",
+                    f"upstream_proxy auto found no PAC file "
+                    f"({'at pac_url' if config.pac_url else 'none in the system settings, none by WPAD'}): "
+                    f"$HTTPS_PROXY or direct",
+                    "",
+                )
+            )
         else:
             checks.append(Check("proxy discovery", "ok", f"upstream_proxy auto uses {choice.found.where}"))
     return choice
@@ -140,18 +197,40 @@ def _server_address(config, checks: list[Check], timeout: float, choice) -> tupl
     port = config.server_port
     if config.server_ip:
         return config.server_ip, port, ""
-    status_url = config.lifecycle.status_endpoint or (config.lifecycle.wake_endpoint.rsplit("/", 1)[0] + "/status" if config.lifecycle.wake_endpoint else "")
+    status_url = config.lifecycle.status_endpoint or (
+        config.lifecycle.wake_endpoint.rsplit("/", 1)[0] + "/status" if config.lifecycle.wake_endpoint else ""
+    )
     if not status_url:
-        checks.append(Check("server address", "FAIL", "no server_ip and no lifecycle block", "set server_ip, or the control plane's URLs and API key"))
+        checks.append(
+            Check(
+                "server address",
+                "FAIL",
+                "no server_ip and no lifecycle block",
+                "set server_ip, or the control plane's URLs and API key",
+            )
+        )
         return "", port, ""
     status = _status(config, status_url, checks, timeout, choice)
     if status and status.get("publicIp"):
         name = status.get("publicDnsName")
         if isinstance(name, str) and name:
-            checks.append(Check("server address", "ok", f"{status['publicIp']}, public DNS name {name} (what a proxy is asked to CONNECT to)"))
+            checks.append(
+                Check(
+                    "server address",
+                    "ok",
+                    f"{status['publicIp']}, public DNS name {name} (what a proxy is asked to CONNECT to)",
+                )
+            )
             return status["publicIp"], int(status.get("port") or port), name
         return status["publicIp"], int(status.get("port") or port), ""
-    checks.append(Check("server address", "warn", f"the server is {status.get('status', 'unknown') if status else 'unknown'}: nothing to shake hands with", "start it: `fluidity start`, or start the agent (it wakes the server)"))
+    checks.append(
+        Check(
+            "server address",
+            "warn",
+            f"the server is {status.get('status', 'unknown') if status else 'unknown'}: nothing to shake hands with",
+            "start it: `fluidity start`, or start the agent (it wakes the server)",
+        )
+    )
     return "", port, ""
 
 
@@ -170,26 +249,58 @@ def _status(config, url: str, checks: list[Check], timeout: float, choice) -> di
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
         return None
     if proxy is not None and proxy.tls:
-        checks.append(Check("control plane", "warn", f"not asked: doctor cannot reach {url} through the https:// proxy {proxy.display} (the agent can)", ""))
+        checks.append(
+            Check(
+                "control plane",
+                "warn",
+                f"not asked: doctor cannot reach {url} through the https:// proxy {proxy.display} (the agent can)",
+                "",
+            )
+        )
         return None
-    user = f"{quote(proxy.username, safe='')}:{quote(proxy.password, safe='')}@" if proxy is not None and proxy.username else ""
+    user = (
+        f"{quote(proxy.username, safe='')}:{quote(proxy.password, safe='')}@"
+        if proxy is not None and proxy.username
+        else ""
+    )
     via = f"http://{user}{proxy.host}:{proxy.port}" if proxy is not None else None
     handlers = [urllib.request.ProxyHandler({"http": via, "https": via} if via else {})]
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
             status = json.load(answer)
     except urllib.error.HTTPError as e:
-        fix = "check lifecycle.api_key (`pulumi stack output apiKey --show-secrets`)" if e.code == 403 else "see the control plane's logs"
+        fix = (
+            "check lifecycle.api_key (`pulumi stack output apiKey --show-secrets`)"
+            if e.code == 403
+            else "see the control plane's logs"
+        )
         checks.append(Check("control plane", "FAIL", f"{url} answered {e.code}", fix))
         return None
     except (OSError, ValueError) as e:
-        checks.append(Check("control plane", "FAIL", f"cannot reach {url}: {getattr(e, 'reason', e)}", "check the URL (`pulumi stack output statusUrl`) and your network"))
+        checks.append(
+            Check(
+                "control plane",
+                "FAIL",
+                f"cannot reach {url}: {getattr(e, 'reason', e)}",
+                "check the URL (`pulumi stack output statusUrl`) and your network",
+            )
+        )
         return None
     checks.append(Check("control plane", "ok", f"{url} answers: the server is {status.get('status', '?')}"))
     return status
 
 
-def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca_pem: bytes, checks: list[Check], timeout: float, dial) -> None:
+def _handshake(
+    config,
+    host: str,
+    port: int,
+    cert_pem: bytes,
+    key_pem: bytes,
+    ca_pem: bytes,
+    checks: list[Check],
+    timeout: float,
+    dial,
+) -> None:
     """The agent's real handshake (TLS 1.3, client certificate, h2), over `dial()`: direct,
     or through the proxy. A certificate our CA did not issue is named as interception."""
     import tempfile
@@ -212,30 +323,62 @@ def _handshake(config, host: str, port: int, cert_pem: bytes, key_pem: bytes, ca
             tls.settimeout(timeout)
             try:
                 tls.recv(1)  # TLS 1.3: a refused client certificate shows up on the first read
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 pass
             alpn = tls.selected_alpn_protocol()
     except ssl.SSLCertVerificationError as e:
         issuer = _presented_issuer(dial, config.server_name, ca_pem, timeout)
         if issuer is not None:
-            checks.append(Check("TLS interception", "FAIL", interception_message(issuer, f"{host}:{port}", via), f"ask for a TLS-inspection bypass for {host}:{port}"))
+            checks.append(
+                Check(
+                    "TLS interception",
+                    "FAIL",
+                    interception_message(issuer, f"{host}:{port}", via),
+                    f"ask for a TLS-inspection bypass for {host}:{port}",
+                )
+            )
             return
-        checks.append(Check("server name and CA", "FAIL", f"{where}: {e.verify_message}", f"server_name must be a name in the server's certificate ({config.server_name!r}), and ca_file the CA that issued it"))
+        checks.append(
+            Check(
+                "server name and CA",
+                "FAIL",
+                f"{where}: {e.verify_message}",
+                f"server_name must be a name in the server's certificate ({config.server_name!r}), and ca_file the CA "
+                f"that issued it",
+            )
+        )
         return
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or e.__class__.__name__
         text = str(reason).upper()
         if "WRONG_VERSION_NUMBER" in text or "RECORD_LAYER_FAILURE" in text or "PACKET_LENGTH_TOO_LONG" in text:
-            hint = "something answers on this port, but not with TLS (a plain HTTP port, or another service): is server_port the Fluidity server's?"
+            hint = (
+                "something answers on this port, but not with TLS (a plain HTTP port, or another service): is "
+                "server_port the Fluidity server's?"
+            )
         elif "CERTIFICATE" in text or "ALERT" in text:
             hint = "the server refused this client certificate (another CA, or revoked)"
         else:
             hint = str(e)
-        checks.append(Check("TLS handshake", "FAIL", f"{where}: {hint}", "check server_ip/server_port, that the server runs, and that it trusts your CA"))
+        checks.append(
+            Check(
+                "TLS handshake",
+                "FAIL",
+                f"{where}: {hint}",
+                "check server_ip/server_port, that the server runs, and that it trusts your CA",
+            )
+        )
         return
     checks.append(Check("server name and CA", "ok", f"{where} proved it is {config.server_name!r}, issued by your CA"))
     state = "ok" if alpn == "h2" else "FAIL"
-    checks.append(Check("TLS handshake", state, f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}", "" if alpn == "h2" else "the server must offer h2"))
+    checks.append(
+        Check(
+            "TLS handshake",
+            state,
+            f"{where}: TLS 1.3, client certificate accepted, ALPN {alpn or 'none'}",
+            "" if alpn == "h2" else "the server must offer h2",
+        )
+    )
 
 
 def _presented_issuer(dial, server_name: str, ca_pem: bytes, timeout: float) -> str | None:
@@ -274,32 +417,79 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
     try:
         status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
         if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
-            checks.append(Check("upstream proxy", "warn", f"{proxy.display} answered {head!r} to CONNECT {target}; trying the address"))
+            checks.append(
+                Check(
+                    "upstream proxy",
+                    "warn",
+                    f"{proxy.display} answered {head!r} to CONNECT {target}; trying the address",
+                )
+            )
             target = f"{host}:{port}"
             auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
             status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
     except ProxyAuthError as e:
-        checks.append(Check("upstream proxy", "FAIL", f"{proxy.display} (from {why}): {e}", "check the proxy's user name and password in upstream_proxy"))
+        checks.append(
+            Check(
+                "upstream proxy",
+                "FAIL",
+                f"{proxy.display} (from {why}): {e}",
+                "check the proxy's user name and password in upstream_proxy",
+            )
+        )
         return None
     except OSError as e:
-        checks.append(Check("upstream proxy", "FAIL", f"cannot reach {proxy.display} (from {why}): {e}", "check upstream_proxy / $HTTPS_PROXY"))
+        checks.append(
+            Check(
+                "upstream proxy",
+                "FAIL",
+                f"cannot reach {proxy.display} (from {why}): {e}",
+                "check upstream_proxy / $HTTPS_PROXY",
+            )
+        )
         return None
     if not target:
         checks.append(Check("upstream proxy", "ok", f"{proxy.display} (from {why}) accepts connections"))
         return None
     ok = status is not None and 200 <= status < 300
-    how = f", authenticated with {auth.scheme.upper() if auth.scheme == 'ntlm' else auth.scheme.capitalize()}" if ok and auth.scheme else ""
+    how = (
+        f", authenticated with {auth.scheme.upper() if auth.scheme == 'ntlm' else auth.scheme.capitalize()}"
+        if ok and auth.scheme
+        else ""
+    )
     fix = "" if ok else "check that the proxy allows CONNECT to this port"
-    checks.append(Check("upstream proxy", "ok" if ok else "FAIL", f"{proxy.display} (from {why}) answered {head!r} to CONNECT {target}{how}" + ("" if ok else port_hint(status, port)), fix))
+    checks.append(
+        Check(
+            "upstream proxy",
+            "ok" if ok else "FAIL",
+            f"{proxy.display} (from {why}) answered {head!r} to CONNECT {target}{how}"
+            + ("" if ok else port_hint(status, port)),
+            fix,
+        )
+    )
     if not ok:
         return None
     if proxy.tls:
-        checks.append(Check("TLS handshake", "warn", f"not tried inside the https:// proxy {proxy.display} (the agent does it; doctor's ssl module cannot nest TLS)", ""))
+        checks.append(
+            Check(
+                "TLS handshake",
+                "warn",
+                f"not tried inside the https:// proxy {proxy.display} (the agent does it; doctor's ssl module cannot "
+                f"nest TLS)",
+                "",
+            )
+        )
         return None
 
     def through_proxy() -> socket.socket:
         kept: list = []
-        status, head = _connect_through(proxy, target, ProxyAuthenticator(proxy.username, proxy.password, proxy.host), timeout, kept, config.upstream_proxy_ca)
+        _, head = _connect_through(
+            proxy,
+            target,
+            ProxyAuthenticator(proxy.username, proxy.password, proxy.host),
+            timeout,
+            kept,
+            config.upstream_proxy_ca,
+        )
         if not kept:
             raise OSError(f"{proxy.display} answered {head!r} to CONNECT {target}")
         return kept[0]
@@ -321,7 +511,9 @@ def _proxy_socket(proxy, timeout: float, ca: str = "") -> socket.socket:
         raise
 
 
-def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None = None, ca: str = "") -> tuple[int | None, str]:
+def _connect_through(
+    proxy, target: str, auth, timeout: float, keep: list | None = None, ca: str = ""
+) -> tuple[int | None, str]:
     """CONNECT as the agent does: challenge-driven authentication, on one connection while
     the proxy keeps it. Returns the final status and status line; after a 2xx the open
     connection is appended to `keep` when one is given (the caller closes it)."""
@@ -337,7 +529,10 @@ def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None
             conn = h11.Connection(h11.CLIENT)
             while True:
                 headers = [(b"host", target.encode())] + ([(b"proxy-authorization", header.encode())] if header else [])
-                sock.sendall(conn.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers)) + conn.send(h11.EndOfMessage()))
+                sock.sendall(
+                    conn.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers))
+                    + conn.send(h11.EndOfMessage())
+                )
                 response, event = None, None
                 while not isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
                     event = conn.next_event()
@@ -366,18 +561,41 @@ def _connect_through(proxy, target: str, auth, timeout: float, keep: list | None
 
 def _aws(checks: list[Check]) -> None:
     """Only when AWS is in reach of this machine's set-up (a profile, keys or a region)."""
-    if not any(os.environ.get(v) for v in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION")) and not os.path.exists(os.path.expanduser("~/.aws")):
+    if not any(
+        os.environ.get(v) for v in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_REGION", "AWS_DEFAULT_REGION")
+    ) and not os.path.exists(os.path.expanduser("~/.aws")):
         return
     try:
         import boto3
     except ImportError:
-        checks.append(Check("AWS", "warn", "boto3 is not installed: fluidity start/stop/status cannot run", "pip install boto3, or pipx inject fluidity boto3"))
+        checks.append(
+            Check(
+                "AWS",
+                "warn",
+                "boto3 is not installed: fluidity start/stop/status cannot run",
+                "pip install boto3, or pipx inject fluidity boto3",
+            )
+        )
         return
     session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
     region = session.region_name
-    checks.append(Check("AWS region", "ok" if region else "FAIL", region or "none set", "" if region else "set AWS_REGION or pass --region"))
+    checks.append(
+        Check(
+            "AWS region",
+            "ok" if region else "FAIL",
+            region or "none set",
+            "" if region else "set AWS_REGION or pass --region",
+        )
+    )
     credentials = session.get_credentials()
-    checks.append(Check("AWS credentials", "ok" if credentials else "FAIL", f"found ({credentials.method})" if credentials else "none found", "" if credentials else "aws configure, or AWS_PROFILE"))
+    checks.append(
+        Check(
+            "AWS credentials",
+            "ok" if credentials else "FAIL",
+            f"found ({credentials.method})" if credentials else "none found",
+            "" if credentials else "aws configure, or AWS_PROFILE",
+        )
+    )
 
 
 def main(config_path: str | None) -> int:

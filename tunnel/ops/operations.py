@@ -9,9 +9,9 @@ the control plane and the agent never disagree about what "running" means.
 from __future__ import annotations
 
 import dataclasses
-import os
 import datetime
 import json
+import os
 import re
 import sys
 import time
@@ -26,7 +26,8 @@ from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
 HINTS = """If the task never reaches RUNNING:
   * the image must exist in ECR: docker push to `pulumi stack output repositoryUrl` (tag latest)
   * the subnets need a route to an internet gateway, with assignPublicIp ENABLED, to pull it
-  * the service's recent events: aws ecs describe-services --cluster {cluster} --services {service} --query 'services[0].events[:5]'
+  * the service's recent events:
+      aws ecs describe-services --cluster {cluster} --services {service} --query 'services[0].events[:5]'
   * the container's own log: aws logs tail /fluidity/server --since 15m"""
 
 
@@ -53,7 +54,9 @@ def _clients(target: AwsTarget = AwsTarget()):
     try:
         import boto3
     except ImportError:
-        raise OperatorError("this command talks to AWS and needs boto3 (pip install boto3, or pipx inject fluidity boto3)") from None
+        raise OperatorError(
+            "this command talks to AWS and needs boto3 (pip install boto3, or pipx inject fluidity boto3)"
+        ) from None
     from botocore.config import Config
     from botocore.exceptions import NoRegionError, ProfileNotFound
 
@@ -63,9 +66,15 @@ def _clients(target: AwsTarget = AwsTarget()):
         raise OperatorError(f"no AWS profile named {target.profile!r} (see `aws configure list-profiles`)") from None
     config = Config(connect_timeout=10, read_timeout=20, retries={"max_attempts": 3, "mode": "standard"})
     try:
-        return session.client("ecs", config=config), session.client("ec2", config=config), session.client("cloudwatch", config=config)
+        return (
+            session.client("ecs", config=config),
+            session.client("ec2", config=config),
+            session.client("cloudwatch", config=config),
+        )
     except NoRegionError:
-        raise OperatorError("no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)") from None
+        raise OperatorError(
+            "no AWS region: pass --region, or set AWS_REGION (or AWS_DEFAULT_REGION, or a region in your AWS profile)"
+        ) from None
 
 
 def _aws_call(fn, *args, **kwargs):
@@ -79,7 +88,10 @@ def _aws_call(fn, *args, **kwargs):
     except ecs_state.OwnedByPulumi as e:
         raise OperatorError(str(e)) from None
     except NoCredentialsError:
-        raise OperatorError("no AWS credentials found: set AWS_PROFILE, run `aws configure`, or export AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY") from None
+        raise OperatorError(
+            "no AWS credentials found: set AWS_PROFILE, run `aws configure`, or export "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+        ) from None
     except ClientError as e:
         err = e.response.get("Error", {})
         code = err.get("Code", "Error")
@@ -103,7 +115,7 @@ def _with_task_port(ecs, settings: Settings, service: dict) -> Settings:
 def _ago(epoch: float | None, now: float) -> str:
     if epoch is None:
         return "-"
-    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     seconds = max(0, int(now - epoch))
     age = f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
     return f"{stamp} ({age} ago)"
@@ -136,12 +148,20 @@ def my_address(status_url: str, api_key: str, timeout: float = 10.0) -> str:
     except (OSError, ValueError) as e:
         raise OperatorError(f"cannot ask {status_url} for this machine's address: {e}") from None
     if not caller:
-        raise OperatorError(f"{status_url} did not say which address it sees (callerIp); pass --allow-ip with your public IPv4")
+        raise OperatorError(
+            f"{status_url} did not say which address it sees (callerIp); pass --allow-ip with your public IPv4"
+        )
     return caller
 
 
 def start(
-    settings: Settings, timeout: float, poll: float, write_config: str | None, out=sys.stdout, aws: AwsTarget = AwsTarget(), allow_ip: str | None = None
+    settings: Settings,
+    timeout: float,
+    poll: float,
+    write_config: str | None,
+    out=sys.stdout,
+    aws: AwsTarget = AwsTarget(),
+    allow_ip: str | None = None,
 ) -> int:
     """`allow_ip`: an address to open the server's port to (where the control plane opens
     it only to wakers), or None."""
@@ -154,7 +174,8 @@ def start(
         print(f"opened port {settings.container_port} to {opened['allowed']}", file=out, flush=True)
     elif wakers is not None:
         print(
-            f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a lifecycle block add "
+            f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a "
+            f"lifecycle block add "
             "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL --api-key KEY",
             file=out,
             flush=True,
@@ -167,7 +188,11 @@ def start(
             pass
         print(f"asked ECS to run {settings.cluster}/{settings.service} (desiredCount 1)", file=out, flush=True)
     else:
-        print(f"{settings.cluster}/{settings.service} is already wanted (desiredCount {service['desiredCount']})", file=out, flush=True)
+        print(
+            f"{settings.cluster}/{settings.service} is already wanted (desiredCount {service['desiredCount']})",
+            file=out,
+            flush=True,
+        )
     began = time.monotonic()
     shown = None
     while True:
@@ -188,14 +213,23 @@ def start(
             )
         time.sleep(poll)
     ip, port = state["publicIp"], state["port"]
-    named = f" (public DNS name {state['publicDnsName']}: give that as server_ip behind a proxy that refuses bare addresses)" if state.get("publicDnsName") else ""
+    named = (
+        f" (public DNS name {state['publicDnsName']}: give that as server_ip behind a proxy that refuses bare "
+        f"addresses)"
+        if state.get("publicDnsName")
+        else ""
+    )
     print(f"\nThe server is running at {ip}:{port}{named}.", file=out)
     if write_config:
         set_server_ip(Path(write_config), ip)
         print(f"wrote server_ip: {ip} to {write_config}", file=out)
         print(f"Start the agent:\n  twistd -n fluidity-agent --config {write_config}", file=out)
     else:
-        print(f"Start the agent:\n  twistd -n fluidity-agent --config configs/agent.yaml --server-ip {ip} --server-port {port}", file=out)
+        print(
+            f"Start the agent:\n  twistd -n fluidity-agent --config configs/agent.yaml --server-ip {ip} --server-port "
+            f"{port}",
+            file=out,
+        )
     return 0
 
 
@@ -207,7 +241,9 @@ def _recent_events(ecs, settings: Settings, count: int = 5) -> str:
     return "\n".join(f"  {e.get('createdAt', '')} {e.get('message', '')}" for e in service.get("events", [])[:count])
 
 
-def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.stdout, aws: AwsTarget = AwsTarget()) -> int:
+def stop(
+    settings: Settings, timeout: float, poll: float, wait: bool, out=sys.stdout, aws: AwsTarget = AwsTarget()
+) -> int:
     ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     if int(service.get("desiredCount", 0)) != 0:
@@ -226,7 +262,10 @@ def stop(settings: Settings, timeout: float, poll: float, wait: bool, out=sys.st
             print(f"stopped after {round(time.monotonic() - began)}s: no task runs", file=out)
             return 0
         if time.monotonic() - began >= timeout:
-            raise OperatorError(f"timed out after {timeout:g}s: a task is still {state['taskStatus'] or 'running'} (it stops on its own; check again with `fluidity status`)")
+            raise OperatorError(
+                f"timed out after {timeout:g}s: a task is still {state['taskStatus'] or 'running'} (it stops on its "
+                f"own; check again with `fluidity status`)"
+            )
         time.sleep(poll)
 
 
@@ -250,8 +289,18 @@ def status(settings: Settings, as_json: bool, out=sys.stdout, aws: AwsTarget = A
         ("service", f"{settings.cluster}/{settings.service}"),
         ("state", state["status"]),
         ("desired / running / pending", f"{state['desiredCount']} / {state['runningCount']} / {state['pendingCount']}"),
-        ("task", (state["taskStatus"] or "-") + (f" since {_ago(state['taskStartedAt'], now)}" if state["taskStartedAt"] else "")),
-        ("public address", f"{state['publicIp']}:{state['port']}" + (f" ({state['publicDnsName']})" if state.get("publicDnsName") else "") if state["publicIp"] else "-"),
+        (
+            "task",
+            (state["taskStatus"] or "-")
+            + (f" since {_ago(state['taskStartedAt'], now)}" if state["taskStartedAt"] else ""),
+        ),
+        (
+            "public address",
+            f"{state['publicIp']}:{state['port']}"
+            + (f" ({state['publicDnsName']})" if state.get("publicDnsName") else "")
+            if state["publicIp"]
+            else "-",
+        ),
         (f"agents connected (last {settings.lookback_minutes:g} min)", "-" if agents is None else str(int(agents))),
         ("last activity", _ago(activity, now)),
     ]

@@ -3,8 +3,9 @@
 Linux: a systemd *user* unit (no root), started at login and restarted on failure.
 macOS: a launchd agent in ~/Library/LaunchAgents with the same behaviour. Windows: a Task
 Scheduler task run at the user's logon, without elevation, restarted on failure, from a
-task definition (XML) kept in %LOCALAPPDATA%\fluidity. All run the same command as `twistd -n fluidity-agent --config <file>`, with absolute paths, so the
-service does not depend on the shell's PATH or working directory.
+task definition (XML) kept in %LOCALAPPDATA%\fluidity. All run the same command as
+`twistd -n fluidity-agent --config <file>`, with absolute paths, so the service does not
+depend on the shell's PATH or working directory.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def task_xml(twistd: str, config: Path, user: str = "") -> bytes:
 <Task version="1.2" xmlns="http://schemas.microsoft.com/windows/2004/02/mit/task">
   <RegistrationInfo><Description>Fluidity agent: a local proxy through the tunnel</Description></RegistrationInfo>
   <Triggers><LogonTrigger><Enabled>true</Enabled>{who}</LogonTrigger></Triggers>
-  <Principals><Principal id="Author">{who}<LogonType>InteractiveToken</LogonType><RunLevel>LeastPrivilege</RunLevel></Principal></Principals>
+  <Principals><Principal id="Author">{who}<LogonType>InteractiveToken</LogonType>
+    <RunLevel>LeastPrivilege</RunLevel></Principal></Principals>
   <Settings>
     <MultipleInstancesPolicy>IgnoreNew</MultipleInstancesPolicy>
     <DisallowStartIfOnBatteries>false</DisallowStartIfOnBatteries>
@@ -63,7 +65,8 @@ def task_xml(twistd: str, config: Path, user: str = "") -> bytes:
     <RestartOnFailure><Interval>PT1M</Interval><Count>999</Count></RestartOnFailure>
     <Enabled>true</Enabled>
   </Settings>
-  <Actions Context="Author"><Exec><Command>{escape(twistd)}</Command><Arguments>{escape(arguments)}</Arguments></Exec></Actions>
+  <Actions Context="Author"><Exec><Command>{escape(twistd)}</Command>
+    <Arguments>{escape(arguments)}</Arguments></Exec></Actions>
 </Task>
 """.encode("utf-16")
 
@@ -135,15 +138,20 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
         path.write_bytes(task_xml(twistd, config))
         steps = [["schtasks", "/Create", "/TN", TASK, "/XML", str(path), "/F"], ["schtasks", "/Run", "/TN", TASK]]
     else:
-        raise ServiceError(f"no service manager known for {platform}: run `fluidity agent --config {config}` from your login items")
+        raise ServiceError(
+            f"no service manager known for {platform}: run `fluidity agent --config {config}` from your login items"
+        )
     out = [f"wrote {path}"]
     if not start:
-        return out + ["start it with: " + " && ".join(" ".join(step) for step in steps)]
+        return [*out, "start it with: " + " && ".join(" ".join(step) for step in steps)]
     for step in steps:
         ok, said = _run(step) if shutil.which(step[0]) else (False, f"{step[0]} not found")
         if not ok:  # written but not running: say so, and exit non-zero
-            raise ServiceError(f"wrote {path}, but could not run `{' '.join(step)}` ({said.splitlines()[0] if said else 'failed'}); run: " + " && ".join(" ".join(s) for s in steps))
-    return out + ["the agent starts at login and restarts if it fails; it is running now"]
+            raise ServiceError(
+                f"wrote {path}, but could not run `{' '.join(step)}` ({said.splitlines()[0] if said else 'failed'}); "
+                f"run: " + " && ".join(" ".join(s) for s in steps)
+            )
+    return [*out, "the agent starts at login and restarts if it fails; it is running now"]
 
 
 def uninstall(platform: str = sys.platform) -> list[str]:
@@ -153,7 +161,9 @@ def uninstall(platform: str = sys.platform) -> list[str]:
             _run(["schtasks", "/End", "/TN", TASK])
             ok, said = _run(["schtasks", "/Delete", "/TN", TASK, "/F"])
             if not ok and path.exists():
-                raise ServiceError(f"could not remove the task {TASK} ({said.splitlines()[0] if said else 'schtasks failed'})")
+                raise ServiceError(
+                    f"could not remove the task {TASK} ({said.splitlines()[0] if said else 'schtasks failed'})"
+                )
         if not path.exists():
             return [f"nothing to remove: {path} does not exist"]
         path.unlink()

@@ -8,19 +8,26 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+
 from twisted.internet import defer, threads
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionRefusedError, DNSLookupError, TimeoutError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionRefusedError,
+    DNSLookupError,
+    TimeoutError,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from tunnel.wire.addresses import Destination
-from tunnel.server.egress import EgressDenied, EgressPolicy, IPAddress
-from tunnel.wire.logs import Throttle, more
 from tunnel.opener import IOpener
+from tunnel.server.egress import EgressDenied, EgressPolicy, IPAddress
+from tunnel.wire.addresses import Destination
+from tunnel.wire.endings import no_delay
+from tunnel.wire.logs import Throttle, more
 from tunnel.wire.refusals import OpenFailed
-from tunnel.wire.relay import no_delay
 
 log = Logger(namespace="fluidity.dialer")
 _refusals = Throttle()
@@ -56,7 +63,7 @@ class DirectOpener:
     def resolve(self, host: str, port: int) -> defer.Deferred:
         def lookup() -> list[str]:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            return list(dict.fromkeys(info[4][0] for info in infos))
+            return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), lookup)
 
@@ -70,15 +77,25 @@ class DirectOpener:
             try:
                 texts = yield self.resolve(host, port)
             except (socket.gaierror, UnicodeError, DNSLookupError) as e:
-                raise OpenFailed(502, f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}")
+                raise OpenFailed(502, f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}") from None
         addresses = [ipaddress.ip_address(t.split("%", 1)[0]) for t in texts]
         try:
             self.policy.check_all(addresses, port)
         except EgressDenied as e:
             suppressed = _refusals("egress")
             if suppressed is not None:
-                log.info("egress refused {host}:{port}: {reason}{more}", host=host, port=port, reason=str(e), more=more(suppressed))
-            raise OpenFailed(403, f"egress policy refuses {destination.authority}: {e} (the server's egress_allow setting opens chosen ranges)")
+                log.info(
+                    "egress refused {host}:{port}: {reason}{more}",
+                    host=host,
+                    port=port,
+                    reason=str(e),
+                    more=more(suppressed),
+                )
+            raise OpenFailed(
+                403,
+                f"egress policy refuses {destination.authority}: {e} (the server's egress_allow setting opens chosen "
+                f"ranges)",
+            ) from None
         deadline = self.reactor.seconds() + self.dial_timeout
         last_error = "no address"
         for text in texts:

@@ -54,10 +54,22 @@ _NOT_GLOBAL = (
 # services such as PCP, TURN, AS112, AMT).
 _GLOBAL_EXCEPTIONS = tuple(
     ipaddress.ip_network(cidr)
-    for cidr in ("192.0.0.9/32", "192.0.0.10/32", "2001:1::1/128", "2001:1::2/128", "2001:1::3/128", "2001:3::/32", "2001:4:112::/48", "2001:20::/28", "2001:30::/28")
+    for cidr in (
+        "192.0.0.9/32",
+        "192.0.0.10/32",
+        "2001:1::1/128",
+        "2001:1::2/128",
+        "2001:1::3/128",
+        "2001:3::/32",
+        "2001:4:112::/48",
+        "2001:20::/28",
+        "2001:30::/28",
+    )
 )
 
-DENIED_NETWORKS: tuple[tuple[str, IPNetwork], ...] = tuple((name, ipaddress.ip_network(cidr)) for name, cidr in _NOT_GLOBAL)
+DENIED_NETWORKS: tuple[tuple[str, IPNetwork], ...] = tuple(
+    (name, ipaddress.ip_network(cidr)) for name, cidr in _NOT_GLOBAL
+)
 
 # All of IPv6 that is allocated for global unicast; anything outside it is not reachable.
 _GLOBAL_UNICAST_V6 = ipaddress.ip_network("2000::/3")
@@ -76,7 +88,11 @@ class AllowRule:
     last_port: int = 65535
 
     def matches(self, address: IPAddress, port: int) -> bool:
-        return address.version == self.network.version and address in self.network and self.first_port <= port <= self.last_port
+        return (
+            address.version == self.network.version
+            and address in self.network
+            and self.first_port <= port <= self.last_port
+        )
 
 
 def parse_allow_rule(text: str) -> AllowRule:

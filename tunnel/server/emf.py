@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet import defer
 
@@ -20,7 +20,14 @@ from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
 MAX_AGENT_LINES = 100
 
 
-def lines(namespace: str, service_name: str, agents: int, last_activity: float, now: float, by_agent: dict[str, int] | None = None) -> list[str]:
+def lines(
+    namespace: str,
+    service_name: str,
+    agents: int,
+    last_activity: float,
+    now: float,
+    by_agent: dict[str, int] | None = None,
+) -> list[str]:
     """One line with ActiveConnections and LastActivityEpochSeconds (dimension ServiceName),
     and one per connected agent identity (dimensions ServiceName and Agent) when given."""
     stamp = int(now * 1000)
@@ -32,7 +39,10 @@ def lines(namespace: str, service_name: str, agents: int, last_activity: float, 
                     {
                         "Namespace": namespace,
                         "Dimensions": [["ServiceName"]],
-                        "Metrics": [{"Name": ACTIVE_CONNECTIONS, "Unit": "Count"}, {"Name": LAST_ACTIVITY, "Unit": "Seconds"}],
+                        "Metrics": [
+                            {"Name": ACTIVE_CONNECTIONS, "Unit": "Count"},
+                            {"Name": LAST_ACTIVITY, "Unit": "Seconds"},
+                        ],
                     }
                 ],
             },
@@ -44,7 +54,16 @@ def lines(namespace: str, service_name: str, agents: int, last_activity: float, 
     for agent, count in sorted((by_agent or {}).items())[:MAX_AGENT_LINES]:
         out.append(
             {
-                "_aws": {"Timestamp": stamp, "CloudWatchMetrics": [{"Namespace": namespace, "Dimensions": [["ServiceName", "Agent"]], "Metrics": [{"Name": ACTIVE_CONNECTIONS, "Unit": "Count"}]}]},
+                "_aws": {
+                    "Timestamp": stamp,
+                    "CloudWatchMetrics": [
+                        {
+                            "Namespace": namespace,
+                            "Dimensions": [["ServiceName", "Agent"]],
+                            "Metrics": [{"Name": ACTIVE_CONNECTIONS, "Unit": "Count"}],
+                        }
+                    ],
+                },
                 "ServiceName": service_name,
                 "Agent": agent[:255] or "?",
                 ACTIVE_CONNECTIONS: count,
@@ -54,14 +73,23 @@ def lines(namespace: str, service_name: str, agents: int, last_activity: float, 
 
 
 def _write_stdout(text: str) -> None:
-    sys.__stdout__.write(text)
-    sys.__stdout__.flush()
+    stdout = sys.__stdout__ or sys.stdout  # None only where Python was started without one
+    stdout.write(text)
+    stdout.flush()
 
 
 class EmfPublisher:
     """Same shape as `metrics.MetricsPublisher`, writing EMF lines instead of calling AWS."""
 
-    def __init__(self, reactor, server, namespace: str, service_name: str, per_agent: bool = False, write: Callable[[str], None] = _write_stdout) -> None:
+    def __init__(
+        self,
+        reactor,
+        server,
+        namespace: str,
+        service_name: str,
+        per_agent: bool = False,
+        write: Callable[[str], None] = _write_stdout,
+    ) -> None:
         self.reactor = reactor
         self.server = server
         self.namespace = namespace
@@ -74,7 +102,12 @@ class EmfPublisher:
     def publish(self) -> defer.Deferred:
         server = self.server
         by_agent = server.agents_by_identity() if self.per_agent else None
-        text = "".join(line + "\n" for line in lines(self.namespace, self.service_name, server.agents, server.activity, self.reactor.seconds(), by_agent))
+        text = "".join(
+            line + "\n"
+            for line in lines(
+                self.namespace, self.service_name, server.agents, server.activity, self.reactor.seconds(), by_agent
+            )
+        )
         try:
             self.write(text)  # one write: the lines never interleave with the log's
         except (OSError, ValueError):

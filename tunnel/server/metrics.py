@@ -12,10 +12,10 @@ once per streak; the next tick simply tries again.
 from __future__ import annotations
 
 import datetime
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application import service
-
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -40,18 +40,40 @@ def cloudwatch_client(timeout: float):
 MAX_AGENT_SERIES = 100  # per publication: PutMetricData takes 1000 data points
 
 
-def metric_data(service_name: str, agents: int, last_activity: float, now: float, by_agent: dict[str, int] | None = None) -> list[dict]:
+def metric_data(
+    service_name: str, agents: int, last_activity: float, now: float, by_agent: dict[str, int] | None = None
+) -> list[dict]:
     """The two data points in PutMetricData's shape, plus ActiveConnections per agent
     (dimensions ServiceName and Agent, the certificate CN) when agents are connected."""
     dimensions = [{"Name": "ServiceName", "Value": service_name}]
-    timestamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
+    timestamp = datetime.datetime.fromtimestamp(now, datetime.UTC)
     data = [
-        {"MetricName": ACTIVE_CONNECTIONS, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(agents), "Unit": "Count"},
-        {"MetricName": LAST_ACTIVITY, "Dimensions": dimensions, "Timestamp": timestamp, "Value": float(int(last_activity)), "Unit": "Seconds"},
+        {
+            "MetricName": ACTIVE_CONNECTIONS,
+            "Dimensions": dimensions,
+            "Timestamp": timestamp,
+            "Value": float(agents),
+            "Unit": "Count",
+        },
+        {
+            "MetricName": LAST_ACTIVITY,
+            "Dimensions": dimensions,
+            "Timestamp": timestamp,
+            "Value": float(int(last_activity)),
+            "Unit": "Seconds",
+        },
     ]
     for agent, count in sorted((by_agent or {}).items())[:MAX_AGENT_SERIES]:
-        per_agent = dimensions + [{"Name": "Agent", "Value": agent[:255] or "?"}]
-        data.append({"MetricName": ACTIVE_CONNECTIONS, "Dimensions": per_agent, "Timestamp": timestamp, "Value": float(count), "Unit": "Count"})
+        per_agent = [*dimensions, {"Name": "Agent", "Value": agent[:255] or "?"}]
+        data.append(
+            {
+                "MetricName": ACTIVE_CONNECTIONS,
+                "Dimensions": per_agent,
+                "Timestamp": timestamp,
+                "Value": float(count),
+                "Unit": "Count",
+            }
+        )
     return data
 
 
@@ -59,7 +81,14 @@ class MetricsPublisher:
     """Samples the server on the reactor thread and hands the boto3 call to a thread."""
 
     def __init__(
-        self, reactor, server, namespace: str, service_name: str, interval: float, client_factory: Callable = cloudwatch_client, per_agent: bool = False
+        self,
+        reactor,
+        server,
+        namespace: str,
+        service_name: str,
+        interval: float,
+        client_factory: Callable = cloudwatch_client,
+        per_agent: bool = False,
     ) -> None:
         self.reactor = reactor
         self.per_agent = per_agent  # one more series per agent identity: each is a monthly charge
@@ -68,13 +97,15 @@ class MetricsPublisher:
         self.service_name = service_name
         self.timeout = max(1.0, min(5.0, interval))
         self._client_factory = client_factory
-        self._client = None
+        self._client: Any = None
         self.failures = 0  # length of the current failure streak
         self.published = 0
 
     def sample(self) -> list[dict]:
         by_agent = self.server.agents_by_identity() if self.per_agent else None
-        return metric_data(self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), by_agent)
+        return metric_data(
+            self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), by_agent
+        )
 
     def publish(self) -> defer.Deferred:
         """One publication; never fails (the error is logged), so a LoopingCall keeps going."""

@@ -17,7 +17,7 @@ aborts them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class _Queues:

@@ -38,7 +38,9 @@ def parse(text: str, where: str) -> tuple[frozenset[int], frozenset[str]]:
             continue
         digits = line.replace(":", "")
         if not _HEX.match(digits):
-            raise RevocationError(f"{where}:{number}: expected a hex serial number or sha256:<fingerprint>, got {raw.strip()!r}")
+            raise RevocationError(
+                f"{where}:{number}: expected a hex serial number or sha256:<fingerprint>, got {raw.strip()!r}"
+            )
         serials.add(int(digits, 16))
     return frozenset(serials), frozenset(fingerprints)
 
@@ -55,7 +57,7 @@ class RevocationList:
         self.path = path
         self.serials: frozenset[int] = frozenset()
         self.fingerprints: frozenset[str] = frozenset()
-        self._stamp = None
+        self._stamp: tuple[object, ...] | None = None
         if path:
             self._read(initial=True)
 
@@ -73,7 +75,7 @@ class RevocationList:
             return False
         try:
             info = os.stat(self.path)
-            stamp = (info.st_mtime_ns, info.st_size, info.st_ino)
+            stamp: tuple[object, ...] = (info.st_mtime_ns, info.st_size, info.st_ino)
         except OSError as e:
             stamp = ("missing", e.errno)
         if stamp == self._stamp:
@@ -92,7 +94,11 @@ class RevocationList:
             if initial:
                 raise RevocationError(f"revoked_file: {e}") from None
             self._stamp = ("missing", getattr(e, "errno", None))
-            log.warn("revoked_file could not be reloaded ({error}); the previous list of {n} entries stays in force", error=str(e), n=len(self))
+            log.warn(
+                "revoked_file could not be reloaded ({error}); the previous list of {n} entries stays in force",
+                error=str(e),
+                n=len(self),
+            )
             return
         if not initial:
             log.info("revoked_file reloaded: {n} entries", n=len(self))

@@ -11,20 +11,21 @@ import h11
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from tunnel.wire.addresses import BadAddress, parse_authority
+from tunnel.opener import bridge
 from tunnel.server.dialer import DirectOpener
+from tunnel.server.preauth import HandshakeBudget
+from tunnel.server.revocation import RevocationList
+from tunnel.wire import descriptors
+from tunnel.wire.addresses import BadAddress, parse_authority
+from tunnel.wire.endings import Endings
 from tunnel.wire.http_front import HttpFront
 from tunnel.wire.logs import Throttle, more
 from tunnel.wire.mux import TunnelMux, TunnelStream
-from tunnel.opener import bridge
-from tunnel.server.preauth import HandshakeBudget
 from tunnel.wire.relay import RelayEnd
-from tunnel.server.revocation import RevocationList
-from tunnel.wire import descriptors
 from tunnel.wire.tls import ALPN_H2
 
 log = Logger(namespace="fluidity.server")
@@ -39,8 +40,8 @@ HEAD_TIMEOUT = 30.0  # the one CONNECT of an http/1.1 client
 class ConnectFront(HttpFront):
     """HTTP/1.1 over TLS: one CONNECT, answered 200/403/502/504, then a byte relay."""
 
-    def __init__(self, server: "TunnelServer", peer_name: str) -> None:
-        super().__init__(server.reactor, HEAD_TIMEOUT)
+    def __init__(self, server: TunnelServer, peer_name: str) -> None:
+        super().__init__(server.endings, HEAD_TIMEOUT)
         self.server = server
         self.peer_name = peer_name
         self._dial = None
@@ -48,7 +49,12 @@ class ConnectFront(HttpFront):
     def handle_event(self, event) -> None:
         if isinstance(event, h11.Request):
             if event.method != b"CONNECT":
-                self.fail(405, "this server only tunnels CONNECT requests: use it as a proxy that tunnels (curl --proxy https://SERVER --proxytunnel, or any HTTPS-proxy client)", (("Allow", "CONNECT"),))
+                self.fail(
+                    405,
+                    "this server only tunnels CONNECT requests: use it as a proxy that tunnels (curl --proxy "
+                    "https://SERVER --proxytunnel, or any HTTPS-proxy client)",
+                    (("Allow", "CONNECT"),),
+                )
                 return
             try:
                 destination = parse_authority(event.target)
@@ -59,7 +65,15 @@ class ConnectFront(HttpFront):
             if full:
                 self.fail(503, full)
                 return
-            self._dial = bridge(self.server.opener, destination, self.transport, self._accept, self._refuse, lambda: self.finished)
+            self._dial = bridge(
+                self.server.opener,
+                destination,
+                self.transport,
+                self.server.endings,
+                self._accept,
+                self._refuse,
+                lambda: self.finished,
+            )
             log.debug("{peer} CONNECT {dest} (http/1.1)", peer=self.peer_name, dest=destination.authority)
 
     def _accept(self) -> RelayEnd:
@@ -79,7 +93,7 @@ class ConnectFront(HttpFront):
 class ServerConnection(Protocol):
     """Waits for the TLS handshake, then hands the connection to the framing ALPN chose."""
 
-    def __init__(self, server: "TunnelServer") -> None:
+    def __init__(self, server: TunnelServer) -> None:
         self.server = server
         self.inner: Protocol | None = None
         self.peer_name = "?"
@@ -90,7 +104,9 @@ class ServerConnection(Protocol):
     def connectionMade(self) -> None:
         self.server.connections.add(self)
         self.server.admit(self)
-        self._handshake_timer = self.server.reactor.callLater(self.server.handshake_timeout, self.transport.abortConnection)
+        self._handshake_timer = self.server.reactor.callLater(
+            self.server.handshake_timeout, self.transport.abortConnection
+        )
 
     def handshakeCompleted(self) -> None:
         if self._handshake_timer is not None and self._handshake_timer.active():
@@ -101,19 +117,32 @@ class ServerConnection(Protocol):
         address = self.transport.getPeer()
         self.peer_name = f"{common_name}@{getattr(address, 'host', '?')}"
         if self.server.revocations.revoked(cert):
-            log.warn("refusing {peer}: certificate serial {serial:x} is revoked", peer=self.peer_name, serial=cert.get_serial_number())
+            log.warn(
+                "refusing {peer}: certificate serial {serial:x} is revoked",
+                peer=self.peer_name,
+                serial=cert.get_serial_number(),
+            )
             self.transport.abortConnection()
             return
         if self.server.authenticated >= self.server.max_connections:
             suppressed = _refusals("max_connections")
             if suppressed is not None:
-                log.warn("refusing {peer}: max_connections ({n}) reached{more}", peer=self.peer_name, n=self.server.max_connections, more=more(suppressed))
+                log.warn(
+                    "refusing {peer}: max_connections ({n}) reached{more}",
+                    peer=self.peer_name,
+                    n=self.server.max_connections,
+                    more=more(suppressed),
+                )
             self.transport.abortConnection()
             return
         self.authenticated = True
         if self.transport.negotiatedProtocol == ALPN_H2:
             self.inner = self.server.make_mux(self.peer_name, common_name)
-            log.info("agent {peer} connected (h2); {n} agent connection(s) open", peer=self.peer_name, n=self.server.authenticated)
+            log.info(
+                "agent {peer} connected (h2); {n} agent connection(s) open",
+                peer=self.peer_name,
+                n=self.server.authenticated,
+            )
         else:
             self.inner = ConnectFront(self.server, self.peer_name)
         self.inner.makeConnection(self.transport)
@@ -130,7 +159,11 @@ class ServerConnection(Protocol):
         if isinstance(self.inner, TunnelMux):
             log.info("agent {peer} disconnected", peer=self.peer_name)
         elif self.inner is None and reason is not None:
-            log.debug("TLS handshake from {peer} failed: {why}", peer=getattr(self.transport.getPeer(), "host", "?"), why=reason.getErrorMessage())
+            log.debug(
+                "TLS handshake from {peer} failed: {why}",
+                peer=getattr(self.transport.getPeer(), "host", "?"),
+                why=reason.getErrorMessage(),
+            )
         if self.inner is not None:
             self.inner.connectionLost(reason)
 
@@ -161,7 +194,7 @@ class SpeakingTLS(TLSMemoryBIOProtocol):
         super().dataReceived(data)
 
 
-def tls_factory(tls, server: "TunnelServer") -> TLSMemoryBIOFactory:
+def tls_factory(tls, server: TunnelServer) -> TLSMemoryBIOFactory:
     """What the listener runs: TLS around the tunnel server, noticing first bytes."""
     factory = TLSMemoryBIOFactory(tls, False, server)
     factory.protocol = SpeakingTLS
@@ -191,6 +224,7 @@ class TunnelServer(Factory):
         max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
     ) -> None:
         self.reactor = reactor
+        self.endings = Endings(reactor)  # closes and aborts, their timers on this reactor
         self.opener = opener
         self.max_connections = max_connections
         self.handshake_timeout = handshake_timeout
@@ -223,7 +257,11 @@ class TunnelServer(Factory):
             victim.transport.abortConnection()
         evicted = self.handshakes.evicted
         if evicted and evicted & (evicted - 1) == 0:  # 1, 2, 4, 8...: a flood is one line per doubling
-            log.warn("{n} connection(s) dropped so far to make room for new handshakes (latest from {source})", n=evicted, source=source)
+            log.warn(
+                "{n} connection(s) dropped so far to make room for new handshakes (latest from {source})",
+                n=evicted,
+                source=source,
+            )
 
     @property
     def authenticated(self) -> int:
@@ -288,7 +326,12 @@ class TunnelServer(Factory):
         if limit and self.streams_of(mux.identity) > limit:  # this stream is already counted
             suppressed = _refusals(f"streams of {mux.identity}")
             if suppressed is not None:
-                log.info("{peer}: refusing a stream, {n} open (max_streams_per_agent){more}", peer=mux.peer_name, n=limit, more=more(suppressed))
+                log.info(
+                    "{peer}: refusing a stream, {n} open (max_streams_per_agent){more}",
+                    peer=mux.peer_name,
+                    n=limit,
+                    more=more(suppressed),
+                )
             mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
             return
         full = self.out_of_descriptors()
@@ -301,12 +344,20 @@ class TunnelServer(Factory):
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
 
         def accept() -> RelayEnd:
-            here = RelayEnd()
+            here = RelayEnd(self.endings)
             stream.attach(here)  # what the agent sent while we dialled waits in `here`
             mux.respond(stream)
             return here
 
-        bridge(self.opener, stream.destination, stream, accept, lambda error: mux.refuse(stream, error.status, error.reason), lambda: stream.closed or mux.terminated or mux.closed)
+        bridge(
+            self.opener,
+            stream.destination,
+            stream,
+            self.endings,
+            accept,
+            lambda error: mux.refuse(stream, error.status, error.reason),
+            lambda: stream.closed or mux.terminated or mux.closed,
+        )
 
     def forget(self, connection: ServerConnection) -> None:
         if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone

@@ -41,7 +41,13 @@ PROBE_WHEN_QUIET = 1.0
 FLOOD_WINDOW = 10.0
 # WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
 # 16 MiB the connection), a few hundred a second at gigabit rates.
-FLOOD_LIMITS = {"stream resets": 2000, "SETTINGS frames": 100, "PING frames": 100, "empty DATA frames": 1000, "WINDOW_UPDATE frames": 20000}
+FLOOD_LIMITS = {
+    "stream resets": 2000,
+    "SETTINGS frames": 100,
+    "PING frames": 100,
+    "empty DATA frames": 1000,
+    "WINDOW_UPDATE frames": 20000,
+}
 
 
 class Budget:
@@ -74,12 +80,16 @@ class Stream:
     sid: int
     destination: Destination
     state: StreamState = StreamState.OPEN
-    outbox: deque = field(default_factory=deque)  # chunks as written: sent without copying when they fit
+    outbox: deque[bytes] = field(default_factory=deque)  # chunks as written: sent without copying when they fit
     end_queued: bool = False  # END_STREAM waits behind the outbox
     unacked: int = 0  # received, not yet acknowledged (the consumer has not taken it)
     delivered: int = 0  # bytes sent within the peer's window: how a closing stream shows progress
     answered: bool = False  # the CONNECT was answered 200
     blocked: bool = False  # bytes wait for a window (SendBlocked said, SendUnblocked not yet)
+
+    @property
+    def closed(self) -> bool:
+        return self.state is StreamState.CLOSED
 
     @property
     def local_ended(self) -> bool:
@@ -162,6 +172,23 @@ class PingOverdue:  # the peer did not answer a PING in time: abort the connecti
     waited: float = 0.0  # seconds since that PING was sent
 
 
+Event = (
+    StreamRequested
+    | StreamAnswered
+    | StreamRefused
+    | DataReceived
+    | RemoteEnded
+    | LocalEnded
+    | StreamClosed
+    | SendBlocked
+    | SendUnblocked
+    | PeerReady
+    | Draining
+    | Finished
+    | PingOverdue
+)
+
+
 def proxy_status(reason: str) -> str:
     """RFC 9209 Proxy-Status value carrying our one-line reason."""
     detail = reason.replace("\\", "\\\\").replace('"', '\\"')
@@ -180,7 +207,14 @@ def reason_from(headers: dict[bytes, bytes]) -> str:
 class TunnelConnection:
     """One HTTP/2 CONNECT connection's state; `client_side` for the agent."""
 
-    def __init__(self, *, client_side: bool, max_streams: int = 2000, keepalive_interval: float = 15.0, keepalive_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        client_side: bool,
+        max_streams: int = 2000,
+        keepalive_interval: float = 15.0,
+        keepalive_timeout: float = 10.0,
+    ) -> None:
         self.client_side = client_side
         self.keepalive_interval, self.keepalive_timeout = keepalive_interval, keepalive_timeout
         self.streams: dict[int, Stream] = {}
@@ -199,7 +233,11 @@ class TunnelConnection:
         self._last_heard = 0.0  # when the peer's bytes last arrived
         # Inbound headers come from the peer and are checked; outbound ones are ours, built well-formed.
         config = h2.config.H2Configuration(
-            client_side=client_side, header_encoding=None, validate_inbound_headers=True, validate_outbound_headers=False, normalize_outbound_headers=False
+            client_side=client_side,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self.h2 = h2.connection.H2Connection(config=config)
         self.h2.local_settings = h2.settings.Settings(
@@ -226,12 +264,12 @@ class TunnelConnection:
     def data_to_send(self) -> bytes:
         return self.h2.data_to_send()
 
-    def receive(self, data: bytes, now: float) -> list:
+    def receive(self, data: bytes, now: float) -> list[Event]:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
         if self.terminated:
             return []
         self._last_heard = now
-        out: list = []
+        out: list[Event] = []
         try:
             for event in self.h2.receive_data(data):
                 self._dispatch(event, now, out)
@@ -254,16 +292,15 @@ class TunnelConnection:
         times = [t for t in (self._ping_at, self._ping_deadline) if t is not None]
         return min(times) if times else None
 
-    def tick(self, now: float) -> list:
+    def tick(self, now: float) -> list[Event]:
         """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
         if self._ping_deadline is not None and now >= self._ping_deadline:
             self._ping_deadline = self._ping_at = None
             return [PingOverdue(now - (self._ping_sent if self._ping_sent is not None else now))]
         if self._ping_at is not None and now >= self._ping_at:
             self._ping_at = now + self.keepalive_interval
-            if self._ping_deadline is None and not self.terminated:
-                if not self._ping(now, self.keepalive_timeout):
-                    self._ping_at = None  # the connection is closing; nothing to keep alive
+            if self._ping_deadline is None and not self.terminated and not self._ping(now, self.keepalive_timeout):
+                self._ping_at = None  # the connection is closing; nothing to keep alive
         return []
 
     def probe(self, now: float, timeout: float, quiet: float = PROBE_WHEN_QUIET) -> None:
@@ -289,22 +326,22 @@ class TunnelConnection:
     def stop_timers(self) -> None:
         self._ping_at = self._ping_deadline = None
 
-    def set_paused(self, paused: bool) -> list:
+    def set_paused(self, paused: bool) -> list[Event]:
         self.paused = paused
         return [] if paused else self.flush_all()
 
-    def begin_drain(self) -> list:
+    def begin_drain(self) -> list[Event]:
         """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
         if self.draining or self.terminated:
             return []
         self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
         return self._start_draining()
 
-    def _start_draining(self) -> list:
+    def _start_draining(self) -> list[Event]:
         self.draining = True
         return [Draining()] + (self._finish_drain() if not self.streams else [])
 
-    def _finish_drain(self) -> list:
+    def _finish_drain(self) -> list[Event]:
         if self.terminated:
             return []
         self.terminated = True
@@ -314,7 +351,7 @@ class TunnelConnection:
             pass
         return [Finished()]
 
-    def _flooding(self, what: str, now: float, out: list) -> bool:
+    def _flooding(self, what: str, now: float, out: list[Event]) -> bool:
         """Spend from `what`'s budget; when it runs out, GOAWAY ENHANCE_YOUR_CALM."""
         if self._budgets[what].spend(now):
             return False
@@ -324,7 +361,7 @@ class TunnelConnection:
         return True
 
     # -- what the peer sent ----------------------------------------------------------------
-    def _dispatch(self, event, now: float, out: list) -> None:
+    def _dispatch(self, event: h2.events.Event, now: float, out: list[Event]) -> None:
         if isinstance(event, h2.events.DataReceived):  # the hot path first
             if not event.data and not event.stream_ended and self._flooding("empty DATA frames", now, out):
                 return
@@ -352,7 +389,11 @@ class TunnelConnection:
                 code = event.error_code
                 name = getattr(code, "name", str(code))
                 if not stream.answered and self.client_side:
-                    error = OpenFailed(503, "server refused the stream (draining); retry") if code == h2.errors.ErrorCodes.REFUSED_STREAM else OpenFailed(502, f"stream reset by peer ({name})")
+                    error = (
+                        OpenFailed(503, "server refused the stream (draining); retry")
+                        if code == h2.errors.ErrorCodes.REFUSED_STREAM
+                        else OpenFailed(502, f"stream reset by peer ({name})")
+                    )
                     out.append(StreamRefused(stream.sid, error))
                 # RFC 9113 §8.1: NO_ERROR after the peer's END_STREAM only asks us to stop
                 # sending: the stream ended cleanly. Any other reset is an abort.
@@ -385,9 +426,13 @@ class TunnelConnection:
             self._ping_deadline = self._ping_sent = None
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.terminated = True
-            out.append(Finished(f"the peer closed the tunnel connection ({getattr(event.error_code, 'name', event.error_code)})"))
+            out.append(
+                Finished(
+                    f"the peer closed the tunnel connection ({getattr(event.error_code, 'name', event.error_code)})"
+                )
+            )
 
-    def _on_request(self, event: h2.events.RequestReceived, out: list) -> None:
+    def _on_request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
         sid = event.stream_id
         headers = dict(event.headers)
         if self.client_side:
@@ -397,7 +442,12 @@ class TunnelConnection:
             self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if headers.get(b":method") != b"CONNECT" or b":protocol" in headers:
-            self._answer(sid, 405, "only CONNECT is supported: use this server as a proxy that tunnels (curl --proxy https://SERVER --proxytunnel)")
+            self._answer(
+                sid,
+                405,
+                "only CONNECT is supported: use this server as a proxy that tunnels (curl --proxy https://SERVER "
+                "--proxytunnel)",
+            )
             return
         try:
             destination = parse_authority(headers.get(b":authority", b""))
@@ -409,7 +459,7 @@ class TunnelConnection:
             stream.state = StreamState.REMOTE_ENDED
         out.append(StreamRequested(sid, stream))
 
-    def _on_response(self, event: h2.events.ResponseReceived, out: list) -> None:
+    def _on_response(self, event: h2.events.ResponseReceived, out: list[Event]) -> None:
         stream = self.streams.get(event.stream_id)
         if stream is None or stream.answered:
             return
@@ -427,7 +477,9 @@ class TunnelConnection:
             out.append(StreamRefused(stream.sid, OpenFailed(http_status(status), reason)))
 
     def _answer(self, sid: int, status: int, reason: str) -> None:
-        self.h2.send_headers(sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True)
+        self.h2.send_headers(
+            sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True
+        )
 
     # -- what the local side wants -------------------------------------------------------------
     def open_stream(self, destination: Destination) -> int:
@@ -442,24 +494,24 @@ class TunnelConnection:
         self.streams[sid] = Stream(sid, destination)
         return sid
 
-    def respond(self, sid: int) -> list:
+    def respond(self, sid: int) -> list[Event]:
         """Server: the destination answered: 200, then whatever waits to be sent."""
         stream = self.streams.get(sid)
-        if stream is None or stream.state is StreamState.CLOSED:
+        if stream is None or stream.closed:
             return []
         if self.terminated:  # a GOAWAY went either way: h2 sends nothing more
-            out: list = []
+            out: list[Event] = []
             self._close(stream, "tunnel connection is closing", False, out)
             return out
         self.h2.send_headers(sid, [(b":status", b"200")])
         stream.answered = True
         return self.flush(sid)
 
-    def refuse(self, sid: int, status: int, reason: str) -> list:
+    def refuse(self, sid: int, status: int, reason: str) -> list[Event]:
         """Server: answer the CONNECT with `status` and a Proxy-Status reason."""
-        out: list = []
+        out: list[Event] = []
         stream = self.streams.get(sid)
-        if stream is None or stream.state is StreamState.CLOSED:
+        if stream is None or stream.closed:
             return out
         if not self.terminated:
             self._answer(sid, status, reason)
@@ -468,43 +520,43 @@ class TunnelConnection:
         self._close(stream, reason, True, out)
         return out
 
-    def send(self, sid: int, data: bytes) -> list:
+    def send(self, sid: int, data: bytes) -> list[Event]:
         stream = self.streams.get(sid)
-        if stream is None or stream.state is StreamState.CLOSED or stream.end_queued or not data:
+        if stream is None or stream.closed or stream.end_queued or not data:
             return []
         stream.outbox.append(bytes(data))
         return self.flush(sid)
 
-    def end(self, sid: int) -> list:
+    def end(self, sid: int) -> list[Event]:
         """Half-close: END_STREAM once the queued bytes have gone."""
         stream = self.streams.get(sid)
-        if stream is None or stream.state is StreamState.CLOSED or stream.end_queued:
+        if stream is None or stream.closed or stream.end_queued:
             return []
         stream.end_queued = True
         return self.flush(sid)
 
-    def cancel_if_ended(self, sid: int) -> list:
+    def cancel_if_ended(self, sid: int) -> list[Event]:
         """After a full close: once our END_STREAM is out, stop the peer's direction too
         (RST_STREAM NO_ERROR: an orderly end, not an abort)."""
-        out: list = []
+        out: list[Event] = []
         stream = self.streams.get(sid)
         if stream is not None and stream.state is StreamState.LOCAL_ENDED:
             self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
             self._close(stream, "", True, out)
         return out
 
-    def reset(self, sid: int, reason: str) -> list:
+    def reset(self, sid: int, reason: str) -> list[Event]:
         """Abort a stream (RST_STREAM CANCEL)."""
-        out: list = []
+        out: list[Event] = []
         stream = self.streams.get(sid)
-        if stream is not None and stream.state is not StreamState.CLOSED:
+        if stream is not None and not stream.closed:
             self._reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
             self._close(stream, reason, False, out)
         return out
 
-    def close_stream(self, sid: int, reason: str) -> list:
+    def close_stream(self, sid: int, reason: str) -> list[Event]:
         """Forget a stream without telling the peer (its connection is going)."""
-        out: list = []
+        out: list[Event] = []
         stream = self.streams.get(sid)
         if stream is not None:
             self._close(stream, reason, False, out)
@@ -513,7 +565,7 @@ class TunnelConnection:
     def acknowledge(self, sid: int) -> None:
         """The consumer took what arrived on `sid`: let the peer send as much again."""
         stream = self.streams.get(sid)
-        if stream is not None and stream.unacked and stream.state is not StreamState.CLOSED:
+        if stream is not None and stream.unacked and not stream.closed:
             n, stream.unacked = stream.unacked, 0
             self._acknowledge(sid, n)
 
@@ -525,17 +577,17 @@ class TunnelConnection:
         except h2.exceptions.ProtocolError:
             pass
 
-    def _reset_quietly(self, sid: int, code) -> None:
+    def _reset_quietly(self, sid: int, code: h2.errors.ErrorCodes) -> None:
         try:
             self.h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
             pass
 
     # -- sending within the windows --------------------------------------------------------------
-    def flush(self, sid: int) -> list:
-        out: list = []
+    def flush(self, sid: int) -> list[Event]:
+        out: list[Event] = []
         stream = self.streams.get(sid)
-        if stream is None or stream.state is StreamState.CLOSED:
+        if stream is None or stream.closed:
             return out
         outbox = stream.outbox
         try:
@@ -553,12 +605,12 @@ class TunnelConnection:
                 stream.delivered += len(chunk)
                 if last:
                     self._local_end(stream, out)
-            if stream.end_queued and not outbox and not stream.local_ended and stream.state is not StreamState.CLOSED:
+            if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
                 self.h2.end_stream(sid)
                 self._local_end(stream, out)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
             self._close(stream, str(e), False, out)
-        if stream.outbox and stream.state is not StreamState.CLOSED:
+        if stream.outbox and not stream.closed:
             self._waiting[sid] = stream
             if not stream.blocked:
                 stream.blocked = True
@@ -570,9 +622,9 @@ class TunnelConnection:
                 out.append(SendUnblocked(sid))
         return out
 
-    def flush_all(self) -> list:
+    def flush_all(self) -> list[Event]:
         """Send what waits, stream by stream, until the transport or the connection window is full."""
-        out: list = []
+        out: list[Event] = []
         for _ in range(len(self._waiting)):
             if self.paused or self.h2.outbound_flow_control_window <= 0 or not self._waiting:
                 break
@@ -581,20 +633,20 @@ class TunnelConnection:
         return out
 
     # -- stream life -------------------------------------------------------------------------------
-    def _remote_end(self, stream: Stream, out: list) -> None:
+    def _remote_end(self, stream: Stream, out: list[Event]) -> None:
         stream.state = StreamState.CLOSED if stream.state is StreamState.LOCAL_ENDED else StreamState.REMOTE_ENDED
         out.append(RemoteEnded(stream.sid))
-        if stream.state is StreamState.CLOSED:
+        if stream.closed:
             self._close(stream, "", True, out, already=True)
 
-    def _local_end(self, stream: Stream, out: list) -> None:
+    def _local_end(self, stream: Stream, out: list[Event]) -> None:
         stream.state = StreamState.CLOSED if stream.state is StreamState.REMOTE_ENDED else StreamState.LOCAL_ENDED
         out.append(LocalEnded(stream.sid))
-        if stream.state is StreamState.CLOSED:
+        if stream.closed:
             self._close(stream, "", True, out, already=True)
 
-    def _close(self, stream: Stream, reason: str, clean: bool, out: list, already: bool = False) -> None:
-        if stream.state is StreamState.CLOSED and not already:
+    def _close(self, stream: Stream, reason: str, clean: bool, out: list[Event], already: bool = False) -> None:
+        if stream.closed and not already:
             return
         if self.streams.get(stream.sid) is not stream:
             return

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
+from typing import Any
 
 try:
     import resource
 except ImportError:  # Windows: no such limit to raise
-    resource = None
+    resource = None  # type: ignore[assignment]
 
 SELECT_LIMIT = 1024  # FD_SETSIZE: a select()-based reactor cannot watch descriptors past it
 
@@ -63,7 +64,7 @@ class LocalConnections:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.idle_budget = max(1, budget // 2)
-        self._idle: OrderedDict[object, None] = OrderedDict()  # oldest first
+        self._idle: OrderedDict[Any, None] = OrderedDict()  # oldest first
         self.open = 0
         self.dropped = 0  # idle connections dropped to make room
         self.refused = 0

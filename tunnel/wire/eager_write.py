@@ -20,10 +20,12 @@ left alone. (Offered upstream as an option of Twisted's TCP transport; see the R
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet import abstract, tcp
 
 _queued_write = abstract.FileDescriptor.write
-_replaced = None  # tcp.Connection.write as it was before install()
+_replaced: Any = None  # tcp.Connection.write as it was before install()
 
 # What tcp.Connection.write was when this was written (Twisted 24.7 to 26.10): send
 # through the TLS layer when TLS is on, else FileDescriptor.write.
@@ -34,7 +36,14 @@ _IT_USES = {"TLS", "connected", "protocol", "write", "FileDescriptor"}
 def _write(self, data) -> None:
     if self.TLS:
         return _replaced(self, data)
-    if type(data) is bytes and data and self.connected and not self._writeDisconnected and not self._tempDataLen and self.offset == len(self.dataBuffer):
+    if (
+        type(data) is bytes
+        and data
+        and self.connected
+        and not self._writeDisconnected
+        and not self._tempDataLen
+        and self.offset == len(self.dataBuffer)
+    ):
         try:
             sent = self.socket.send(data)
         except OSError:  # EAGAIN, or an error that Twisted's doWrite meets again and reports
@@ -48,7 +57,7 @@ def _write(self, data) -> None:
 def _is_expected(method) -> bool:
     code = getattr(method, "__code__", None)
     name = f"{getattr(method, '__module__', '')}.{getattr(method, '__qualname__', '')}"
-    return name == _WRITTEN_AGAINST and code is not None and _IT_USES <= set(code.co_names)
+    return name == _WRITTEN_AGAINST and code is not None and set(code.co_names) >= _IT_USES
 
 
 def installable() -> bool:
@@ -71,7 +80,7 @@ def install() -> bool:
         return False
     if tcp.Connection.write is not _write:
         _replaced = tcp.Connection.write
-        tcp.Connection.write = _write
+        tcp.Connection.write = _write  # type: ignore[method-assign]
     return True
 
 

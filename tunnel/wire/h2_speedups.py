@@ -38,7 +38,11 @@ def installable() -> bool:
     if not callable(original):
         return False
     try:
-        return all(original(sample) == _raw_data_repr(sample) and original(memoryview(sample)) == _raw_data_repr(memoryview(sample)) for sample in _SAMPLES)
+        return all(
+            original(sample) == _raw_data_repr(sample)
+            and original(memoryview(sample)) == _raw_data_repr(memoryview(sample))
+            for sample in _SAMPLES
+        )
     except Exception:
         return False
 

@@ -11,6 +11,8 @@ read.)
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
@@ -18,9 +20,9 @@ from zope.interface import implementer
 
 @implementer(IHalfCloseableProtocol)
 class HandsOver(Protocol):
-    successor: Protocol | None = None
+    successor: Any = None  # a Protocol that is also IHalfCloseableProtocol
 
-    def hand_over(self, successor: Protocol) -> None:
+    def hand_over(self, successor: Any) -> None:
         """From now on `successor` (already connected to the transport) gets every event."""
         self.successor = successor
 
@@ -29,7 +31,8 @@ class HandsOver(Protocol):
         raise NotImplementedError
 
     def read_ended(self) -> None:
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def write_ended(self) -> None:
         pass

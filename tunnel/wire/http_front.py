@@ -11,8 +11,9 @@ from http import HTTPStatus
 import h11
 from twisted.internet.interfaces import ITransport
 
+from tunnel.wire.endings import Endings, no_delay
 from tunnel.wire.handover import HandsOver
-from tunnel.wire.relay import RelayEnd, close, no_delay, splice
+from tunnel.wire.relay import RelayEnd, splice
 
 
 def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -22,7 +23,12 @@ def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] 
     except ValueError:
         phrase = "Error"
     body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
-    head = [f"HTTP/1.1 {status} {phrase}", "Content-Type: text/plain; charset=utf-8", f"Content-Length: {len(body)}", "Connection: close"]
+    head = [
+        f"HTTP/1.1 {status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     head += [f"{k}: {v}" for k, v in extra]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
@@ -53,11 +59,12 @@ class HttpFront(HandsOver):
 
     max_header_bytes = 65536
 
-    def __init__(self, clock=None, head_timeout: float = 0.0) -> None:
+    def __init__(self, endings: Endings, head_timeout: float = 0.0) -> None:
         self.h11: h11.Connection | None = None
         self.relay: RelayEnd | None = None
         self.finished = False
-        self.clock = clock
+        self.endings = endings
+        self.clock = endings.clock
         self.head_timeout = head_timeout  # 0: none
         self._head_timer = None
 
@@ -114,7 +121,7 @@ class HttpFront(HandsOver):
                 return
             if isinstance(event, h11.ConnectionClosed):
                 self.finished = True
-                close(self.transport)
+                self.endings.close(self.transport)
                 return
             if isinstance(event, h11.Request):
                 self._disarm()
@@ -123,13 +130,21 @@ class HttpFront(HandsOver):
                     self.fail(431, "request headers too large")
                     return
                 if event.http_version not in (b"1.0", b"1.1"):
-                    self.fail(505, f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported; use HTTP/1.1")
+                    self.fail(
+                        505, f"HTTP/{event.http_version.decode('ascii', 'replace')} is not supported; use HTTP/1.1"
+                    )
                     return
                 if _smuggling(event):
-                    self.fail(400, "a request with both Content-Length and Transfer-Encoding is refused (request smuggling)")
+                    self.fail(
+                        400, "a request with both Content-Length and Transfer-Encoding is refused (request smuggling)"
+                    )
                     return
                 if _connect_with_content(event):
-                    self.fail(400, "a CONNECT request has no content (RFC 9110 §9.3.6): send no Content-Length or Transfer-Encoding")
+                    self.fail(
+                        400,
+                        "a CONNECT request has no content (RFC 9110 §9.3.6): send no Content-Length or "
+                        "Transfer-Encoding",
+                    )
                     return
             self.handle_event(event)
 
@@ -144,9 +159,11 @@ class HttpFront(HandsOver):
         self.finished = True
         if self.h11 is not None and self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self.transport.write(plain_response(status, reason, extra))
-        close(self.transport)
+        self.endings.close(self.transport)
 
-    def accept_switch(self, upstream: ITransport, upstream_end: RelayEnd, response: h11.Response | h11.InformationalResponse) -> None:
+    def accept_switch(
+        self, upstream: ITransport, upstream_end: RelayEnd, response: h11.Response | h11.InformationalResponse
+    ) -> None:
         """Send the 200/101 that switches protocols and relay raw bytes from here on."""
         self.transport.write(self.h11.send(response))
         self.start_relay(upstream, upstream_end)
@@ -154,7 +171,7 @@ class HttpFront(HandsOver):
     def start_relay(self, upstream: ITransport | None, upstream_end: RelayEnd | None) -> None:
         self._disarm()
         early, closed = self.h11.trailing_data
-        self.relay = RelayEnd()
+        self.relay = RelayEnd(self.endings)
         self.relay.makeConnection(self.transport)
         self.hand_over(self.relay)
         if early:

@@ -28,7 +28,9 @@ def intercepted_by(presented: list[x509.Certificate], ca: x509.Certificate) -> s
 def interception_message(issuer: str, server: str, via: str = "") -> str:
     """`server` is the host:port dialled, `via` the proxy it went through, if any."""
     return (
-        f"something in the network path intercepts TLS: {server}{f' (through {via})' if via else ''} presented a certificate"
-        f" issued by {issuer}, not by your CA; nothing was sent over it. Ask the network team for a TLS-inspection bypass"
+        f"something in the network path intercepts TLS: {server}{f' (through {via})' if via else ''} presented a "
+        f"certificate"
+        f" issued by {issuer}, not by your CA; nothing was sent over it. Ask the network team for a TLS-inspection "
+        f"bypass"
         f" for {server}: the tunnel is mutually authenticated TLS and cannot work through inspection"
     )

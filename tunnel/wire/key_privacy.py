@@ -85,4 +85,7 @@ def _windows_exposure(path: str, icacls_output: str | None) -> tuple[str, str] |
     if not others:
         return None
     user = os.environ.get("USERNAME", "%USERNAME%")
-    return f"{path} is readable by {', '.join(others)} (its access list)", f'icacls "{path}" /inheritance:r /grant:r {user}:F'
+    return (
+        f"{path} is readable by {', '.join(others)} (its access list)",
+        f'icacls "{path}" /inheritance:r /grant:r {user}:F',
+    )

@@ -29,9 +29,13 @@ def privileged_port_hint(port: int, error) -> str:
     """Why a port below 1024 was refused, and the ways out, for a process that is not root."""
     if getattr(error, "errno", None) != errno.EACCES or port >= _unprivileged_port_start():
         return ""
-    return (f" (ports below {_unprivileged_port_start()} need CAP_NET_BIND_SERVICE, which uid {os.getuid()} does not hold here;"
-            " the server image grants it to its interpreter, so a runtime dropping it (--cap-drop, no-new-privileges) takes it away:"
-            f" keep the capability, lower net.ipv4.ip_unprivileged_port_start to {port}, or choose a port from 1024 up)")
+    return (
+        f" (ports below {_unprivileged_port_start()} need CAP_NET_BIND_SERVICE, which uid {os.getuid()} does not hold "
+        f"here;"
+        " the server image grants it to its interpreter, so a runtime dropping it (--cap-drop, no-new-privileges) "
+        "takes it away:"
+        f" keep the capability, lower net.ipv4.ip_unprivileged_port_start to {port}, or choose a port from 1024 up)"
+    )
 
 
 def _unprivileged_port_start() -> int:
@@ -51,7 +55,7 @@ class ListenService(service.Service):
         skipped with a warning instead of stopping the process."""
         self.endpoint, self.factory = endpoint, factory
         self.what, self.host, self.port, self.optional = what, host, port, optional
-        self.listening = None  # the IListeningPort
+        self.listening: object = None  # the IListeningPort; False once listening failed
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -63,23 +67,39 @@ class ListenService(service.Service):
             self._listen()
 
     def _listen(self) -> None:
-        outcome = []
+        outcome: list = []
         self.endpoint.listen(self.factory).addBoth(outcome.append)  # TCP endpoints answer at once
         result = outcome[0] if outcome else None
         if isinstance(result, Failure):
             error = result.value
-            if isinstance(error, CannotListenError) and self.optional and getattr(error.socketError, "errno", None) in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                log.warn("not listening for {what} on {host}: {error} (this machine has no such address)", what=self.what, host=self.host, error=error.socketError)
+            if (
+                isinstance(error, CannotListenError)
+                and self.optional
+                and getattr(error.socketError, "errno", None) in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            ):
+                log.warn(
+                    "not listening for {what} on {host}: {error} (this machine has no such address)",
+                    what=self.what,
+                    host=self.host,
+                    error=error.socketError,
+                )
                 self.listening = False
                 return
             if isinstance(error, CannotListenError):
-                raise SystemExit(f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: {error.socketError}{privileged_port_hint(self.port, error.socketError)}") from None
+                raise SystemExit(
+                    f"fluidity: cannot listen for {self.what} on {self.host}:{self.port}: "
+                    f"{error.socketError}{privileged_port_hint(self.port, error.socketError)}"
+                ) from None
             result.raiseException()
         if result is None:
             raise SystemExit(f"fluidity: {self.what}: the endpoint did not listen at once")
         self.listening = result
         address = result.getHost()
-        log.info("{what} listening on {where}", what=self.what, where=f"[{address.host}]:{address.port}" if ":" in address.host else f"{address.host}:{address.port}")
+        log.info(
+            "{what} listening on {where}",
+            what=self.what,
+            where=f"[{address.host}]:{address.port}" if ":" in address.host else f"{address.host}:{address.port}",
+        )
 
     def stopService(self):
         super().stopService()

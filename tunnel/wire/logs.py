@@ -13,7 +13,7 @@ import re
 import string
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.logger import (
     FileLogObserver,
@@ -26,7 +26,13 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn, "error": LogLevel.error, "critical": LogLevel.critical}
+LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
 
 
 @implementer(ILogObserver)
@@ -63,7 +69,9 @@ def escape(text: str) -> str:
 
 def _escaped(match: re.Match) -> str:
     c = match.group()
-    return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+    return {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(c) or (
+        f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}"
+    )
 
 
 class _EscapingFormatter(string.Formatter):
@@ -130,8 +138,8 @@ def configured_observer() -> ILogObserver:
     """Made before twistd daemonises: the file stays open (and relative paths mean what
     they meant) after it does."""
     path = _chosen["path"]
-    stream = open(path, "a", buffering=1, encoding="utf-8") if path else None
-    return observer_factory(_chosen["format"], _chosen["level"], stream)()
+    stream = open(path, "a", buffering=1, encoding="utf-8") if path else None  # noqa: SIM115 (the log's, for the process's life)
+    return observer_factory(_chosen["format"] or "text", _chosen["level"] or "info", stream)()
 
 
 class Throttle:

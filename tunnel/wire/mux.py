@@ -12,20 +12,20 @@ wait for a window.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnel.wire.refusals import OpenFailed
 from tunnel.wire import connection as core
 from tunnel.wire.addresses import Destination
-from tunnel.wire.relay import close, no_delay
+from tunnel.wire.endings import Endings, no_delay
+from tunnel.wire.refusals import OpenFailed
 
 log = Logger(namespace="fluidity.mux")
 
@@ -51,7 +51,7 @@ class TunnelStream:
 
     disconnecting = False
 
-    def __init__(self, mux: "TunnelMux", record: core.Stream) -> None:
+    def __init__(self, mux: TunnelMux, record: core.Stream) -> None:
         self.mux = mux
         self.record = record  # the core's view: state, send queue, flow-control counters
         self.stream_id = record.sid
@@ -175,7 +175,9 @@ class TunnelStream:
     def _closed(self, reason: Failure) -> None:
         self.connected = False
         if not self.ready.called:
-            self.ready.errback(OpenFailed(502, f"tunnel stream closed before the server answered ({reason.getErrorMessage()})"))
+            self.ready.errback(
+                OpenFailed(502, f"tunnel stream closed before the server answered ({reason.getErrorMessage()})")
+            )
         self._producer = None
         if self.protocol is not None:
             self.protocol.connectionLost(reason)
@@ -198,14 +200,20 @@ class TunnelMux(Protocol):
         keepalive_interval: float = 15.0,
         keepalive_timeout: float = 10.0,
         probe_timeout: float = 3.0,
-        on_drain: Callable[["TunnelMux"], None] | None = None,
-        on_ready: Callable[["TunnelMux"], None] | None = None,
-        on_lost: Callable[["TunnelMux", Failure], None] | None = None,
+        on_drain: Callable[[TunnelMux], None] | None = None,
+        on_ready: Callable[[TunnelMux], None] | None = None,
+        on_lost: Callable[[TunnelMux, Failure], None] | None = None,
         peer_name: str = "",
     ) -> None:
-        self.core = core.TunnelConnection(client_side=client_side, max_streams=max_streams, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout)
+        self.core = core.TunnelConnection(
+            client_side=client_side,
+            max_streams=max_streams,
+            keepalive_interval=keepalive_interval,
+            keepalive_timeout=keepalive_timeout,
+        )
         self.client_side = client_side
         self.clock = clock
+        self.endings = Endings(clock)
         self.on_stream = on_stream
         self.on_drain = on_drain
         self.on_ready = on_ready
@@ -254,7 +262,7 @@ class TunnelMux(Protocol):
             self._in_receive = False
         self._write_out()
 
-    def connectionLost(self, reason: Failure = Failure(ConnectionDone())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.closed = True
         self.core.stop_timers()
         if self._timer is not None and self._timer.active():
@@ -269,7 +277,7 @@ class TunnelMux(Protocol):
     def close(self) -> None:
         """Close once flushed, with a bounded linger if the peer stops reading."""
         if self.transport is not None:
-            close(self.transport, clock=self.clock)
+            self.endings.close(self.transport)
 
     def _write_out(self) -> None:
         if self._in_receive:
@@ -338,7 +346,11 @@ class TunnelMux(Protocol):
                 elif kind is core.StreamClosed:
                     if stream is not None:
                         del self.streams[event.sid]
-                        failure = Failure(ConnectionDone(event.reason) if event.clean else ConnectionLost(event.reason or "stream closed"))
+                        failure = Failure(
+                            ConnectionDone(event.reason)
+                            if event.clean
+                            else ConnectionLost(event.reason or "stream closed")
+                        )
                         stream._closed(failure)
                 elif kind is core.StreamRequested:
                     stream = self.streams[event.sid] = TunnelStream(self, event.stream)
@@ -366,7 +378,11 @@ class TunnelMux(Protocol):
                         self._write_out()
                         self.close()
                 elif kind is core.PingOverdue:
-                    log.warn("no PING answer from {peer} in {t:.1f}s; dropping the connection", peer=self.peer_name, t=event.waited)
+                    log.warn(
+                        "no PING answer from {peer} in {t:.1f}s; dropping the connection",
+                        peer=self.peer_name,
+                        t=event.waited,
+                    )
                     self.transport.abortConnection()
             except Exception:
                 self._stream_failed(stream, Failure())
@@ -377,11 +393,17 @@ class TunnelMux(Protocol):
         at = f" (at {where[1].rsplit('/', 1)[-1]}:{where[2]} in {where[0]})" if where else ""
         error = f"{failure.type.__name__}: {failure.getErrorMessage()}{at}"
         if stream is None:
-            log.error("{peer}: error handling the tunnel connection's event: {error}; ignored", peer=self.peer_name, error=error)
+            log.error(
+                "{peer}: error handling the tunnel connection's event: {error}; ignored",
+                peer=self.peer_name,
+                error=error,
+            )
             return
         log.error(
             "{peer}: error handling the stream to {dest}: {error}; that stream is reset, the others carry on",
-            peer=self.peer_name, dest=stream.destination.authority, error=error,
+            peer=self.peer_name,
+            dest=stream.destination.authority,
+            error=error,
         )
         if not stream.closed:
             stream.abortConnection()

@@ -34,7 +34,12 @@ class Issued:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Fluidity"), x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Fluidity"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write(path: Path, data: bytes, private: bool, force: bool) -> None:
@@ -47,11 +52,15 @@ def _write(path: Path, data: bytes, private: bool, force: bool) -> None:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int, now: datetime.datetime | None = None) -> x509.CertificateBuilder:
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key, days: int, now: datetime.datetime | None = None
+) -> x509.CertificateBuilder:
+    now = now or datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -63,7 +72,9 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int, now: 
     )
 
 
-def make_ca(common_name: str = "Fluidity private CA", days: int = 3650) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def make_ca(
+    common_name: str = "Fluidity private CA", days: int = 3650
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(common_name)
     cert = (
@@ -119,6 +130,8 @@ def load_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateK
         raise PKIError(f"{e.filename} not found; run `fluidity certs init --dir {directory}` first") from None
     except ValueError as e:
         raise PKIError(f"cannot load the CA in {directory}: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"the CA key in {directory} is not an elliptic-curve key (fluidity certs init makes one)")
     return cert, key
 
 
@@ -132,7 +145,12 @@ def init(directory: Path, force: bool = False, client_name: str = "client") -> l
             raise PKIError(f"{existing[0]} exists; pass --force to replace the whole set")
     ca_cert, ca_key = make_ca()
     written = save(directory, "ca", ca_cert, ca_key, force)
-    server = save(directory, "server", *issue(ca_cert, ca_key, "fluidity-server", server=True, dns_names=SERVER_NAMES, ip_addresses=SERVER_IPS), force=force)
+    server = save(
+        directory,
+        "server",
+        *issue(ca_cert, ca_key, "fluidity-server", server=True, dns_names=SERVER_NAMES, ip_addresses=SERVER_IPS),
+        force=force,
+    )
     client = save(directory, client_name, *issue(ca_cert, ca_key, client_name, server=False), force=force)
     return [written.cert_path, written.key_path, server.cert_path, server.key_path, client.cert_path, client.key_path]
 

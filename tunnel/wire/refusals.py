@@ -8,7 +8,7 @@ sans-IO core can carry it without importing Twisted.
 
 from __future__ import annotations
 
-__all__ = ["OpenFailed", "PASSED_ON", "http_status"]
+__all__ = ["PASSED_ON", "OpenFailed", "http_status"]
 
 
 class OpenFailed(Exception):

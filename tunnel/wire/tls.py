@@ -16,7 +16,7 @@ from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 
-from tunnel.config import Settings, ConfigError, read_pem
+from tunnel.config import AgentSettings, ConfigError, Settings, read_pem
 from tunnel.wire.key_privacy import exposure
 
 ALPN_H2 = b"h2"
@@ -36,7 +36,7 @@ def _certificate(pem: bytes, what: str, source: str) -> x509.Certificate:
         cert = x509.load_pem_x509_certificate(pem)
     except ValueError as e:
         raise ConfigError(f"{what}: {source} is not a PEM certificate ({e})") from None
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     if cert.not_valid_after_utc < now:
         raise ConfigError(f"{what}: {source} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
     if cert.not_valid_before_utc > now:
@@ -86,6 +86,8 @@ def ca_certificate(config: Settings) -> x509.Certificate:
 
 def client_options(config: Settings) -> IOpenSSLClientConnectionCreator:
     """Connection creator for the agent: verifies CA and `server_name`, offers only h2."""
+    if not isinstance(config, AgentSettings):
+        raise TypeError("client_options is the agent's: it needs its server_name")
     mine, ca = _material(config)
     with _mismatch_is_config_error(config):
         return ssl.optionsForClientTLS(

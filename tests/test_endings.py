@@ -1,0 +1,154 @@
+"""Endings keep their timers on the clock they were built with (a `task.Clock` here, no
+reactor running): the linger that aborts a close the peer stopped taking, the reset that
+waits for queued bytes, and the sweep of paused readers whose peer reset."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tunnel.wire.endings import LINGER, Endings
+from tunnel.wire.relay import RelayEnd
+
+
+class Stream(StringTransport):
+    """A tunnel stream as a transport: `delivered` counts what its peer took."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connected = True
+        self.delivered = 0
+        self.aborted = False
+
+    def unregisterProducer(self) -> None:
+        self.producer = None  # as Twisted's own transports: no error when there is none
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+        self.connected = False
+
+
+def test_a_close_the_peer_stops_taking_is_aborted_after_the_linger_on_the_given_clock():
+    clock = Clock()
+    stream = Stream()
+    Endings(clock).close(stream)
+    assert stream.disconnecting and not stream.aborted
+    assert [call.getTime() for call in clock.getDelayedCalls()] == [LINGER]
+    clock.advance(LINGER)
+    assert stream.aborted
+
+
+def test_a_close_the_peer_keeps_taking_is_left_to_finish():
+    clock = Clock()
+    stream = Stream()
+    Endings(clock, linger=1.0).close(stream)
+    for _ in range(5):
+        stream.delivered += 100  # the peer takes a little every second
+        clock.advance(1.0)
+        assert not stream.aborted
+    clock.advance(1.0)  # and then nothing: aborted a linger later
+    assert stream.aborted
+
+
+def test_a_linger_given_to_close_overrides_the_endings_own():
+    clock = Clock()
+    stream = Stream()
+    Endings(clock).close(stream, linger=0.5)
+    clock.advance(0.5)
+    assert stream.aborted
+
+
+def test_an_abort_of_a_stream_is_at_once_and_sets_no_timer():
+    clock = Clock()
+    stream = Stream()
+    Endings(clock).abort(stream)
+    assert stream.aborted and not clock.getDelayedCalls()
+
+
+class SocketTransport(StringTransport):
+    """A transport over a real TCP socket, for what reads the kernel's view of it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__()
+        self.sock = sock
+        self.paused = False
+        self.aborted = False
+
+    def getHandle(self) -> socket.socket:
+        return self.sock
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname(), timeout=5)
+        far, _ = listener.accept()
+    return near, far
+
+
+def test_a_paused_reader_whose_peer_resets_is_swept_on_the_given_clock():
+    clock = Clock()
+    near, far = tcp_pair()
+    try:
+        transport = SocketTransport(near)
+        reader = Endings(clock).reader_of(transport)
+        reader.pauseProducing()
+        assert transport.paused and [call.getTime() for call in clock.getDelayedCalls()] == [LINGER]
+        clock.advance(LINGER)
+        assert not transport.aborted  # the peer is still there: left paused
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        far.close()  # a reset
+        for _ in range(100):  # the RST crosses loopback at once; allow the kernel a moment
+            near.settimeout(0.01)
+            try:
+                near.recv(1)
+            except (TimeoutError, ConnectionResetError, BlockingIOError):
+                pass
+            clock.advance(LINGER)
+            if transport.aborted:
+                break
+        assert transport.aborted
+        assert not clock.getDelayedCalls()  # nothing paused any more: the sweep stopped
+    finally:
+        near.close()
+
+
+def test_a_resumed_reader_is_no_longer_swept():
+    clock = Clock()
+    near, far = tcp_pair()
+    try:
+        transport = SocketTransport(near)
+        reader = Endings(clock).reader_of(transport)
+        reader.pauseProducing()
+        reader.resumeProducing()
+        far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        far.close()
+        clock.advance(LINGER)
+        assert not transport.aborted and not clock.getDelayedCalls()
+    finally:
+        near.close()
+
+
+def test_a_relay_end_passes_on_a_clean_end_as_a_close_and_an_abort_as_an_abort():
+    from twisted.internet.error import ConnectionDone, ConnectionLost
+    from twisted.python.failure import Failure
+
+    for reason, aborted in ((Failure(ConnectionDone()), False), (Failure(ConnectionLost()), True)):
+        clock = Clock()
+        end = RelayEnd(Endings(clock))
+        end.makeConnection(StringTransport())
+        sink = Stream()
+        end.attach(sink)
+        end.connectionLost(reason)
+        assert sink.aborted is aborted and sink.disconnecting is not aborted
