@@ -46,7 +46,7 @@ def test_a_connect_is_requested_answered_and_carries_bytes_both_ways_then_closes
     p.agent.send(sid, b"early bytes")  # allowed before the 200
     p.pump()
     [requested] = p.of("server", core.StreamRequested)
-    assert requested.stream.destination.authority == "example.test:443"
+    assert requested.destination.authority == "example.test:443"  # a value, not the core's record
     assert b"".join(e.data for e in p.of("server", core.DataReceived)) == b"early bytes"
     p.server.respond(sid)
     p.server.send(sid, b"reply")
@@ -55,11 +55,12 @@ def test_a_connect_is_requested_answered_and_carries_bytes_both_ways_then_closes
     assert b"".join(e.data for e in p.of("agent", core.DataReceived)) == b"reply"
     p.agent.end(sid)
     p.pump()
-    assert p.agent.streams[sid].state is core.StreamState.LOCAL_ENDED
-    assert p.server.streams[sid].state is core.StreamState.REMOTE_ENDED
+    assert p.agent.stream_state(sid) is core.StreamState.LOCAL_ENDED
+    assert p.server.stream_state(sid) is core.StreamState.REMOTE_ENDED
     p.events["server"] += p.server.end(sid)
     p.pump()
     assert sid not in p.agent.streams and sid not in p.server.streams
+    assert p.agent.stream_state(sid) is p.server.stream_state(sid) is core.StreamState.CLOSED
     assert [e.clean for e in p.of("agent", core.StreamClosed)] == [True]
     assert [e.clean for e in p.of("server", core.StreamClosed)] == [True]
 
@@ -198,3 +199,27 @@ def test_the_core_imports_no_twisted_and_no_zope_and_patches_nothing():
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     assert found == {"loaded": [], "patched": False}
+
+
+def test_a_stream_moves_only_as_the_table_says_and_an_impossible_step_raises():
+    """Every (state, input) pair either is in the one table or raises; none is ignored."""
+    import pytest
+
+    from tunnel.wire.addresses import parse_authority
+
+    for state in core.StreamState:
+        for what in core.StreamInput:
+            stream = core.Stream(1, parse_authority(b"example.test:443"), state=state)
+            allowed = core.STREAM_TRANSITIONS.get((state, what))
+            if allowed is None:
+                with pytest.raises(core.StreamStateError, match=what.value):
+                    stream.move(what)
+                assert stream.state is state  # left as it was
+            else:
+                assert stream.move(what) is allowed
+    assert all(
+        to is core.StreamState.CLOSED
+        for (_, what), to in core.STREAM_TRANSITIONS.items()
+        if what is core.StreamInput.ENDED
+    )
+    assert not any(state is core.StreamState.CLOSED for state, _ in core.STREAM_TRANSITIONS)  # closed is the end

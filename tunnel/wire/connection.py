@@ -28,6 +28,35 @@ import h2.settings
 from tunnel.wire.addresses import BadAddress, Destination, parse_authority
 from tunnel.wire.refusals import OpenFailed, http_status
 
+__all__ = [
+    "CONNECTION_WINDOW",
+    "FLOOD_LIMITS",
+    "MAX_FRAME",
+    "STREAM_TRANSITIONS",
+    "STREAM_WINDOW",
+    "DataReceived",
+    "Draining",
+    "Event",
+    "Finished",
+    "LocalEnded",
+    "PeerReady",
+    "PingOverdue",
+    "RemoteEnded",
+    "SendBlocked",
+    "SendUnblocked",
+    "Stream",
+    "StreamAnswered",
+    "StreamClosed",
+    "StreamInput",
+    "StreamRefused",
+    "StreamRequested",
+    "StreamState",
+    "StreamStateError",
+    "TunnelConnection",
+    "proxy_status",
+    "reason_from",
+]
+
 STREAM_WINDOW = 8 << 20  # per stream: enough for ~80 Mbit/s at 100 ms without stalling
 CONNECTION_WINDOW = 32 << 20  # shared by all streams of one agent
 MAX_FRAME = 1 << 18
@@ -75,6 +104,32 @@ class StreamState(enum.Enum):
     CLOSED = "closed"
 
 
+class StreamInput(enum.Enum):
+    """What moves a stream from one state to the next."""
+
+    SENT_END = "our END_STREAM went out"
+    RECEIVED_END = "the peer's END_STREAM arrived"
+    ENDED = "reset, refused, or gone with its connection"
+
+
+# A stream's whole life, in one place (as h11 keeps its own): any pair not listed is a bug
+# in this module, and `Stream.move` raises StreamStateError rather than carry on.
+STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
+    (StreamState.OPEN, StreamInput.SENT_END): StreamState.LOCAL_ENDED,
+    (StreamState.OPEN, StreamInput.RECEIVED_END): StreamState.REMOTE_ENDED,
+    (StreamState.LOCAL_ENDED, StreamInput.RECEIVED_END): StreamState.CLOSED,
+    (StreamState.REMOTE_ENDED, StreamInput.SENT_END): StreamState.CLOSED,
+    (StreamState.OPEN, StreamInput.ENDED): StreamState.CLOSED,
+    (StreamState.LOCAL_ENDED, StreamInput.ENDED): StreamState.CLOSED,
+    (StreamState.REMOTE_ENDED, StreamInput.ENDED): StreamState.CLOSED,
+}
+
+
+class StreamStateError(RuntimeError):
+    """A transition the table does not allow: the core's own mistake, never the peer's
+    (h2 has refused whatever a peer may not send before it reaches the table)."""
+
+
 @dataclass(slots=True)
 class Stream:
     sid: int
@@ -86,6 +141,14 @@ class Stream:
     delivered: int = 0  # bytes sent within the peer's window: how a closing stream shows progress
     answered: bool = False  # the CONNECT was answered 200
     blocked: bool = False  # bytes wait for a window (SendBlocked said, SendUnblocked not yet)
+
+    def move(self, what: StreamInput) -> StreamState:
+        """Take one step of the table; raises StreamStateError on a step it does not have."""
+        try:
+            self.state = STREAM_TRANSITIONS[(self.state, what)]
+        except KeyError:
+            raise StreamStateError(f"stream {self.sid}: {what.value} while {self.state.value}") from None
+        return self.state
 
     @property
     def closed(self) -> bool:
@@ -104,7 +167,7 @@ class Stream:
 @dataclass(slots=True)
 class StreamRequested:  # server: a valid CONNECT; answer with respond() or refuse()
     sid: int
-    stream: Stream  # the record itself: later events of the same batch may already close it
+    destination: Destination
 
 
 @dataclass(slots=True)
@@ -456,8 +519,8 @@ class TunnelConnection:
             return
         stream = self.streams[sid] = Stream(sid, destination)
         if event.stream_ended:
-            stream.state = StreamState.REMOTE_ENDED
-        out.append(StreamRequested(sid, stream))
+            stream.move(StreamInput.RECEIVED_END)
+        out.append(StreamRequested(sid, destination))
 
     def _on_response(self, event: h2.events.ResponseReceived, out: list[Event]) -> None:
         stream = self.streams.get(event.stream_id)
@@ -480,6 +543,22 @@ class TunnelConnection:
         self.h2.send_headers(
             sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True
         )
+
+    # -- what a stream is now (values, never the record) --------------------------------------
+    def stream_state(self, sid: int) -> StreamState:
+        """CLOSED too for a stream the table no longer has."""
+        stream = self.streams.get(sid)
+        return StreamState.CLOSED if stream is None else stream.state
+
+    def delivered(self, sid: int) -> int:
+        """Bytes sent on `sid` within the peer's window (0 once it is gone)."""
+        stream = self.streams.get(sid)
+        return 0 if stream is None else stream.delivered
+
+    def queued(self, sid: int) -> int:
+        """Bytes written to `sid` that wait for a window."""
+        stream = self.streams.get(sid)
+        return 0 if stream is None else sum(len(chunk) for chunk in stream.outbox)
 
     # -- what the local side wants -------------------------------------------------------------
     def open_stream(self, destination: Destination) -> int:
@@ -634,23 +713,23 @@ class TunnelConnection:
 
     # -- stream life -------------------------------------------------------------------------------
     def _remote_end(self, stream: Stream, out: list[Event]) -> None:
-        stream.state = StreamState.CLOSED if stream.state is StreamState.LOCAL_ENDED else StreamState.REMOTE_ENDED
+        stream.move(StreamInput.RECEIVED_END)
         out.append(RemoteEnded(stream.sid))
         if stream.closed:
-            self._close(stream, "", True, out, already=True)
+            self._close(stream, "", True, out)
 
     def _local_end(self, stream: Stream, out: list[Event]) -> None:
-        stream.state = StreamState.CLOSED if stream.state is StreamState.REMOTE_ENDED else StreamState.LOCAL_ENDED
+        stream.move(StreamInput.SENT_END)
         out.append(LocalEnded(stream.sid))
         if stream.closed:
-            self._close(stream, "", True, out, already=True)
+            self._close(stream, "", True, out)
 
-    def _close(self, stream: Stream, reason: str, clean: bool, out: list[Event], already: bool = False) -> None:
-        if stream.closed and not already:
-            return
+    def _close(self, stream: Stream, reason: str, clean: bool, out: list[Event]) -> None:
+        """Out of the table, once: after its last END_STREAM (already CLOSED) or at a reset."""
         if self.streams.get(stream.sid) is not stream:
             return
-        stream.state = StreamState.CLOSED
+        if not stream.closed:
+            stream.move(StreamInput.ENDED)
         stream.outbox.clear()
         # Bytes never acknowledged still count against the connection window.
         if stream.unacked:

@@ -51,11 +51,10 @@ class TunnelStream:
 
     disconnecting = False
 
-    def __init__(self, mux: TunnelMux, record: core.Stream) -> None:
+    def __init__(self, mux: TunnelMux, sid: int, destination: Destination) -> None:
         self.mux = mux
-        self.record = record  # the core's view: state, send queue, flow-control counters
-        self.stream_id = record.sid
-        self.destination = record.destination
+        self.stream_id = sid
+        self.destination = destination
         self.protocol: Protocol | None = None
         self.ready: Deferred = Deferred()  # fires when the CONNECT is answered 200
         self.connected = True
@@ -66,12 +65,12 @@ class TunnelStream:
 
     @property
     def closed(self) -> bool:
-        return self.record.state is core.StreamState.CLOSED
+        return self.mux.core.stream_state(self.stream_id) is core.StreamState.CLOSED
 
     @property
     def delivered(self) -> int:
         """Bytes sent within the peer's window: how a closing stream shows progress."""
-        return self.record.delivered
+        return self.mux.core.delivered(self.stream_id)
 
     # -- attaching the protocol that consumes this stream --------------------------
     def attach(self, protocol: Protocol) -> None:
@@ -82,7 +81,7 @@ class TunnelStream:
             protocol.dataReceived(data)
         if not self._reader_paused:
             self.mux._acknowledge(self)
-        if self.record.remote_ended:
+        if self.mux.core.stream_state(self.stream_id) in (core.StreamState.REMOTE_ENDED, core.StreamState.CLOSED):
             self._deliver_eof()
         if self.closed and not self.connected:
             protocol.connectionLost(Failure(ConnectionDone()))
@@ -122,7 +121,7 @@ class TunnelStream:
         self._producer_paused = False
         if self.closed:
             producer.stopProducing()
-        elif self.record.outbox:
+        elif self.mux.core.queued(self.stream_id):
             self._pause_producer()
 
     def unregisterProducer(self) -> None:
@@ -164,7 +163,7 @@ class TunnelStream:
         half = IHalfCloseableProtocol(self.protocol, None)
         if half is not None:
             half.readConnectionLost()
-        elif not self.record.local_ended:
+        elif self.mux.core.stream_state(self.stream_id) not in (core.StreamState.LOCAL_ENDED, core.StreamState.CLOSED):
             self.loseConnection()
 
     def _local_end(self) -> None:
@@ -353,7 +352,7 @@ class TunnelMux(Protocol):
                         )
                         stream._closed(failure)
                 elif kind is core.StreamRequested:
-                    stream = self.streams[event.sid] = TunnelStream(self, event.stream)
+                    stream = self.streams[event.sid] = TunnelStream(self, event.sid, event.destination)
                     stream.ready.addErrback(lambda f: None)
                     self.on_stream(stream)
                 elif kind is core.StreamAnswered:
@@ -435,7 +434,7 @@ class TunnelMux(Protocol):
         if self.closed:
             raise OpenFailed(503, "tunnel connection is closing")
         sid = self.core.open_stream(destination)
-        stream = self.streams[sid] = TunnelStream(self, self.core.streams[sid])
+        stream = self.streams[sid] = TunnelStream(self, sid, destination)
         due = self.core.next_deadline()
         self.core.probe(self.clock.seconds(), self.probe_timeout)
         self._write_out()
