@@ -12,7 +12,7 @@ the failure.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -24,7 +24,7 @@ from tunnel.wire.endings import Endings, Pipe
 from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd, splice
 
-__all__ = ["IOpener", "OpenFailed", "as_open_failed", "bridge"]
+__all__ = ["Front", "IOpener", "OpenFailed", "as_open_failed", "bridge"]
 
 log = Logger(namespace="fluidity")
 
@@ -56,6 +56,30 @@ def as_open_failed(failure: Failure) -> OpenFailed | None:
     return OpenFailed(502, "internal error opening the connection")
 
 
+class Front(Protocol):
+    """The one contract at the seam: how a front accepts, refuses, and says its client left.
+
+    One per client connection (a TCP client of the agent, an http/1.1 CONNECT, an HTTP/2
+    stream of the server)."""
+
+    def accept(self) -> RelayEnd:
+        """Send the front's success answer; return the RelayEnd reading the client, with any
+        bytes the client sent after its request already fed to it."""
+        ...
+
+    def refuse(self, error: OpenFailed) -> None:
+        """Answer the refusal the front's way (its protocol's words for `error.status`), and close."""
+        ...
+
+    def gone(self) -> bool:
+        """Whether the client has left (or the front is done with it)."""
+        ...
+
+    def when_gone(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once the client leaves (at once if it has)."""
+        ...
+
+
 class _StreamEnd(RelayEnd):
     """The destination side of a bridge: tells the bridge when its stream exists."""
 
@@ -74,54 +98,58 @@ class _StreamEnd(RelayEnd):
 
 
 def bridge(
-    opener: IOpener,
-    destination: Destination,
-    client: Pipe,
-    endings: Endings,
-    accept: Callable[[], RelayEnd],
-    refuse: Callable[[OpenFailed], None],
-    gone: Callable[[], bool],
+    opener: IOpener, destination: Destination, client: Pipe, front: Front, endings: Endings
 ) -> defer.Deferred[Any]:
     """Open `destination` for a client whose request was parsed, then join the two.
 
-    `accept()` sends the front's success answer and returns the RelayEnd reading the
-    client (with any bytes the client sent after its request already fed to it);
-    `refuse(error)` answers the front's way and closes; `gone()` says whether the client
-    has left; `endings` ends either side the way it should. When the opener answers
-    early, the client is accepted at once and its first bytes wait in its RelayEnd until
-    the stream exists (a failure can then only close the client); otherwise the client
-    is not read until the destination has answered. Returns the open's Deferred
-    (already handled): cancel it when the client leaves."""
+    When the opener answers early, the client is accepted at once and its first bytes wait
+    in its RelayEnd until the stream exists (a failure can then only cut the client);
+    otherwise the client is not read until the destination has answered, and the front
+    answers with `accept` or `refuse`. A client that leaves before the two are joined
+    cancels the open, whatever the front. `endings` ends either side the way it should.
+    Returns the open's Deferred (already handled)."""
     early = opener.answers_early(destination)
-    client_end: RelayEnd | None = accept() if early else None
+    client_end: RelayEnd | None = front.accept() if early else None
     if not early:
         client.pauseProducing()
+    joined = False
 
     def stream_exists(end: _StreamEnd) -> None:
-        if client_end is not None and not gone():
+        nonlocal joined
+        if client_end is not None and not front.gone():
+            joined = True
             splice(client, client_end, end.pipe(), end)
 
     upstream = _StreamEnd(endings, stream_exists)
 
     def opened(_: object) -> None:
+        nonlocal joined
         if early:
             return
-        if gone():
+        if front.gone():
             endings.abort(upstream.pipe())  # the client left before anything was relayed
             return
-        splice(client, accept(), upstream.pipe(), upstream)
+        joined = True
+        splice(client, front.accept(), upstream.pipe(), upstream)
         client.resumeProducing()
 
     def failed(failure: Failure) -> None:
         error = as_open_failed(failure)
-        if error is None or gone():
+        if error is None or front.gone():
             return
         if early:
             endings.abort(client)  # it was told "connected": a reset is all that can say it failed
             return
         client.resumeProducing()
-        refuse(error)
+        front.refuse(error)
 
     d = opener.open(destination, upstream)
     d.addCallbacks(opened, failed)
+
+    def client_left() -> None:
+        # Once joined, the relay passes the client's ending on; before, nobody needs the open.
+        if not joined and not d.called:
+            d.cancel()
+
+    front.when_gone(client_left)
     return d

@@ -165,7 +165,6 @@ class ProxyFront(HttpFront):
         self.link: OriginLink | None = None
         self._request: h11.Request | None = None
         self._response_started = False
-        self._pending = None
         self._form: tuple[str, bytearray] | None = None  # a status-page button's POST, its body arriving
 
     def connectionMade(self) -> None:
@@ -290,22 +289,21 @@ class ProxyFront(HttpFront):
 
     # -- CONNECT ---------------------------------------------------------------------
     def _connect(self, destination: Destination) -> None:
-        self._pending = bridge(
+        bridge(
             self.site.opener,
             destination,
             self.transport,
+            self,
             self.site.endings,
-            self._accept_connect,
-            self._refuse_connect,
-            lambda: self.finished,
         )
         log.debug("CONNECT {dest}", dest=destination.authority)
 
-    def _accept_connect(self) -> RelayEnd:
+    # opener.Front: what the bridge asks of this front
+    def accept(self) -> RelayEnd:
         self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         return self.relay
 
-    def _refuse_connect(self, error) -> None:
+    def refuse(self, error) -> None:
         self.fail(http_status(error.status), error.reason)
 
     # -- absolute-form http:// -------------------------------------------------------

@@ -69,18 +69,11 @@ class Socks5Front(HandsOver):
     def _connect(self, destination) -> None:
         self._disarm()
         self.site.local.busy(self.transport)
-        self._pending = bridge(
-            self.site.opener,
-            destination,
-            self.transport,
-            self.site.endings,
-            self._accept,
-            self._refuse,
-            lambda: self.finished,
-        )
+        self._pending = bridge(self.site.opener, destination, self.transport, self, self.site.endings)
         log.debug("SOCKS5 CONNECT {dest}", dest=destination.authority)
 
-    def _accept(self) -> RelayEnd:
+    # -- opener.Front: what the bridge asks of this front ----------------------------
+    def accept(self) -> RelayEnd:
         self.transport.write(socks.reply(socks.SUCCEEDED))
         self.relay = RelayEnd(self.site.endings)
         self.relay.makeConnection(self.transport)
@@ -89,9 +82,12 @@ class Socks5Front(HandsOver):
             self.relay.dataReceived(self.parser.trailing)
         return self.relay
 
-    def _refuse(self, error) -> None:
+    def refuse(self, error) -> None:
         self.transport.write(socks.reply(socks.reply_for_status(error.status)))
         self._close(error.reason)
+
+    def gone(self) -> bool:
+        return self.finished
 
     def _close(self, why: str) -> None:
         log.debug("SOCKS5 client closed: {why}", why=why)

@@ -7,6 +7,8 @@ certificate). Both ask the same `DirectOpener`, which applies the egress policy.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import h11
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
@@ -25,6 +27,7 @@ from tunnel.wire.endings import Endings
 from tunnel.wire.http_front import HttpFront
 from tunnel.wire.logs import Throttle, more
 from tunnel.wire.mux import TunnelMux, TunnelStream
+from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd
 from tunnel.wire.tls import ALPN_H2
 
@@ -44,7 +47,6 @@ class ConnectFront(HttpFront):
         super().__init__(server.endings, HEAD_TIMEOUT)
         self.server = server
         self.peer_name = peer_name
-        self._dial = None
 
     def handle_event(self, event) -> None:
         if isinstance(event, h11.Request):
@@ -65,28 +67,16 @@ class ConnectFront(HttpFront):
             if full:
                 self.fail(503, full)
                 return
-            self._dial = bridge(
-                self.server.opener,
-                destination,
-                self.transport,
-                self.server.endings,
-                self._accept,
-                self._refuse,
-                lambda: self.finished,
-            )
+            bridge(self.server.opener, destination, self.transport, self, self.server.endings)
             log.debug("{peer} CONNECT {dest} (http/1.1)", peer=self.peer_name, dest=destination.authority)
 
-    def _accept(self) -> RelayEnd:
+    # -- opener.Front: what the bridge asks of this front (it cancels the dial if we go) --
+    def accept(self) -> RelayEnd:
         self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
         return self.relay
 
-    def _refuse(self, error) -> None:
+    def refuse(self, error) -> None:
         self.fail(error.status, error.reason)
-
-    def connectionLost(self, reason=None) -> None:
-        if self._dial is not None:
-            self._dial.cancel()
-        super().connectionLost(reason)
 
 
 @implementer(IHandshakeListener)
@@ -200,6 +190,29 @@ def tls_factory(tls, server: TunnelServer) -> TLSMemoryBIOFactory:
     factory.protocol = SpeakingTLS
     factory.noisy = False
     return factory
+
+
+class StreamFront:
+    """The server's HTTP/2 front for one CONNECT stream (`opener.Front`): a 200 to accept,
+    a status with its Proxy-Status reason to refuse."""
+
+    def __init__(self, mux: TunnelMux, stream: TunnelStream, endings: Endings) -> None:
+        self.mux, self.stream, self.endings = mux, stream, endings
+
+    def accept(self) -> RelayEnd:
+        here = RelayEnd(self.endings)
+        self.stream.attach(here)  # what the agent sent while we dialled waits in `here`
+        self.mux.respond(self.stream)
+        return here
+
+    def refuse(self, error: OpenFailed) -> None:
+        self.mux.refuse(self.stream, error.status, error.reason)
+
+    def gone(self) -> bool:
+        return self.stream.closed or self.mux.terminated or self.mux.closed
+
+    def when_gone(self, callback: Callable[[], object]) -> None:
+        self.stream.when_closed(callback)
 
 
 class TunnelServer(Factory):
@@ -343,21 +356,7 @@ class TunnelServer(Factory):
             return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)
 
-        def accept() -> RelayEnd:
-            here = RelayEnd(self.endings)
-            stream.attach(here)  # what the agent sent while we dialled waits in `here`
-            mux.respond(stream)
-            return here
-
-        bridge(
-            self.opener,
-            stream.destination,
-            stream,
-            self.endings,
-            accept,
-            lambda error: mux.refuse(stream, error.status, error.reason),
-            lambda: stream.closed or mux.terminated or mux.closed,
-        )
+        bridge(self.opener, stream.destination, stream, StreamFront(mux, stream, self.endings), self.endings)
 
     def forget(self, connection: ServerConnection) -> None:
         if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone

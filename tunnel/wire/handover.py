@@ -11,6 +11,7 @@ read.)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -21,6 +22,18 @@ from zope.interface import implementer
 @implementer(IHalfCloseableProtocol)
 class HandsOver(Protocol):
     successor: Any = None  # a Protocol that is also IHalfCloseableProtocol
+    _left = False
+    _on_gone: list[Callable[[], object]] | None = None
+
+    def when_gone(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once this connection is lost (at once if it is): how `bridge`
+        learns that a front's client left (`opener.Front`)."""
+        if self._left:
+            callback()
+            return
+        if self._on_gone is None:
+            self._on_gone = []
+        self._on_gone.append(callback)
 
     def hand_over(self, successor: Any) -> None:
         """From now on `successor` (already connected to the transport) gets every event."""
@@ -60,6 +73,10 @@ class HandsOver(Protocol):
             self.write_ended()
 
     def connectionLost(self, reason=None) -> None:
+        self._left = True
         self.lost(reason)
+        callbacks, self._on_gone = self._on_gone or [], None
+        for callback in callbacks:
+            callback()
         if self.successor is not None:
             self.successor.connectionLost(reason)

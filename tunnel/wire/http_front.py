@@ -103,6 +103,10 @@ class HttpFront(HandsOver):
             self.h11.receive_data(b"")
             self.process()
 
+    def gone(self) -> bool:
+        """For `opener.Front`: the client left, or this front is done with it."""
+        return self.finished
+
     def lost(self, reason) -> None:
         self.finished = True
         self._disarm()

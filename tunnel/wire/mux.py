@@ -62,6 +62,14 @@ class TunnelStream:
         self._producer = None
         self._producer_paused = False
         self._reader_paused = False
+        self._on_closed: list[Callable[[], object]] = []
+
+    def when_closed(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once the stream is closed (at once if it is)."""
+        if self.closed and not self.connected:
+            callback()
+        else:
+            self._on_closed.append(callback)
 
     @property
     def closed(self) -> bool:
@@ -180,6 +188,9 @@ class TunnelStream:
         self._producer = None
         if self.protocol is not None:
             self.protocol.connectionLost(reason)
+        callbacks, self._on_closed = self._on_closed, []
+        for callback in callbacks:
+            callback()
 
 
 class TunnelMux(Protocol):
