@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from moto_stack import Declared
 
@@ -82,7 +83,8 @@ def policy_allows(documents: list[dict], action: str, resource: str) -> bool:
 
 
 class LambdaFunction:
-    """One declared function, warm: a process that serves one invocation at a time."""
+    """One declared function: a process, started at its first invocation (a cold start, as
+    Lambda's), that then serves one invocation at a time."""
 
     def __init__(
         self, declared: Declared, name: str, credentials: dict, aws_env: dict, workdir: Path, runtime: Path
@@ -106,15 +108,20 @@ class LambdaFunction:
             "AWS_LAMBDA_FUNCTION_NAME": name,
         }
         self.log_path = workdir / f"lambda-{name}.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (the process's, for its life)
-        self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", "-c", BOOTSTRAP, str(code), str(runtime), self.resource.inputs["handler"]],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            cwd=code,
-        )
+        self.log_path.touch()
+        self._log: BinaryIO | None = None
+        self._argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            BOOTSTRAP,
+            str(code),
+            str(runtime),
+            self.resource.inputs["handler"],
+        ]
+        self._env, self._code = env, code
+        self.process: subprocess.Popen | None = None
         self._lock = threading.Lock()
         # What Lambda does with the function's output: its log group, /aws/lambda/<name>,
         # written with the function's own role (a missing logs permission fails here).
@@ -134,10 +141,11 @@ class LambdaFunction:
         """The handler's answer; raises RuntimeError with the runtime's report when it failed."""
         timeout = timeout or float(self.resource.inputs.get("timeout", 3))
         with self._lock:
+            process = self._started()
             self.invocations += 1
-            self.process.stdin.write((json.dumps(event) + "\n").encode())
-            self.process.stdin.flush()
-            line = _read_line(self.process.stdout, timeout)
+            process.stdin.write((json.dumps(event) + "\n").encode())
+            process.stdin.flush()
+            line = _read_line(process.stdout, timeout)
             try:
                 self._ship_logs()
             except Exception as e:  # Lambda drops such logs silently; the rehearsal does not
@@ -149,7 +157,22 @@ class LambdaFunction:
             raise RuntimeError(f"{self.name}: {answer['errorType']}: {answer['errorMessage']}")
         return answer["result"]
 
+    def _started(self) -> subprocess.Popen:
+        if self.process is None:
+            self._log = open(self.log_path, "ab")  # noqa: SIM115 (the process's, for its life)
+            self.process = subprocess.Popen(
+                self._argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self._log,
+                env=self._env,
+                cwd=self._code,
+            )
+        return self.process
+
     def _ship_logs(self) -> None:
+        if self._log is None or self.process is None:
+            return
         self._log.flush()
         text = self.log_path.read_bytes()[self._shipped :]
         if not text:
@@ -171,13 +194,14 @@ class LambdaFunction:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
+        if self.process is not None and self.process.poll() is None:
             self.process.stdin.close()
             try:
                 self.process.wait(5)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
 
 def _read_line(stream, timeout: float) -> bytes | None:

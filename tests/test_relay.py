@@ -99,6 +99,14 @@ def record_ending(dest: Destination, conn: socket.socket) -> None:
 
 
 @pytest.fixture
+def shared_pair(tunnel):
+    """The session's server and agent, for a test that only cuts and ends its own streams
+    (the session's final check for unhandled errors in either reactor sees it too). A test
+    that kills, freezes or floods a process takes a `pair` of its own."""
+    return tunnel.server, tunnel.agent
+
+
+@pytest.fixture
 def destinations():
     made: list[Destination] = []
 
@@ -128,8 +136,8 @@ FRONTS = ["connect", "socks5"]
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_a_destination_reset_mid_download_reaches_the_client_as_a_reset(pair, destinations, front):
-    _server, agent = pair
+def test_a_destination_reset_mid_download_reaches_the_client_as_a_reset(shared_pair, destinations, front):
+    _server, agent = shared_pair
     dest = destinations(send_then_reset(4 << 20))
     for attempt in range(2):  # the second time the destination is known: answered early
         sock = open_through(front, agent.port, dest.authority)
@@ -171,8 +179,8 @@ def upload(sock: socket.socket, stop: threading.Event) -> threading.Thread:
 
 
 @pytest.mark.parametrize("front", FRONTS)
-def test_a_client_reset_mid_upload_reaches_the_destination_as_a_reset(pair, destinations, front):
-    _server, agent = pair
+def test_a_client_reset_mid_upload_reaches_the_destination_as_a_reset(shared_pair, destinations, front):
+    _server, agent = shared_pair
     dest = destinations(record_ending)
     for attempt in range(2):
         sock = open_through(front, agent.port, dest.authority)
@@ -202,9 +210,9 @@ def test_a_process_killed_mid_upload_reaches_the_destination_as_a_reset(pair, de
     assert how == "reset", (how, total)
 
 
-def test_clean_endings_stay_clean_both_ways(pair, destinations):
+def test_clean_endings_stay_clean_both_ways(shared_pair, destinations):
     """The control: a complete download ends in EOF, a complete upload in EOF."""
-    _server, agent = pair
+    _server, agent = shared_pair
 
     def send_then_close(dest: Destination, conn: socket.socket) -> None:
         with conn:
@@ -243,8 +251,8 @@ def connect_over_tls(sock: ssl.SSLSocket, authority: str) -> None:
     assert head.startswith(b"HTTP/1.1 200"), head
 
 
-def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(pair, certs, destinations):
-    server, _agent = pair
+def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(shared_pair, certs, destinations):
+    server, _agent = shared_pair
     dest = destinations(send_then_reset(2 << 20))
     sock = tls_to_server(certs, server)
     with sock:
@@ -254,10 +262,10 @@ def test_server_http11_front_passes_a_destination_reset_on_as_a_reset(pair, cert
 
 
 @pytest.mark.parametrize("cut", ["tcp reset", "fin without close_notify"])
-def test_server_http11_front_passes_a_client_abort_on_as_a_reset(pair, certs, destinations, cut):
+def test_server_http11_front_passes_a_client_abort_on_as_a_reset(shared_pair, certs, destinations, cut):
     """A TCP reset under TLS, or a bare TCP FIN with no close_notify (a truncation): neither
     is a clean end, so the destination sees a reset."""
-    server, _agent = pair
+    server, _agent = shared_pair
     dest = destinations(record_ending)
     sock = tls_to_server(certs, server)
     connect_over_tls(sock, dest.authority)
@@ -300,8 +308,8 @@ def ws_upgrade(agent_port: int, authority: str) -> socket.socket:
     return sock
 
 
-def test_websocket_destination_reset_reaches_the_client_as_a_reset(pair, destinations):
-    _server, agent = pair
+def test_websocket_destination_reset_reaches_the_client_as_a_reset(shared_pair, destinations):
+    _server, agent = shared_pair
     dest = destinations(upgrade_then(send_then_reset(1 << 20)))
     sock = ws_upgrade(agent.port, dest.authority)
     with sock:
@@ -309,8 +317,8 @@ def test_websocket_destination_reset_reaches_the_client_as_a_reset(pair, destina
     assert how == "reset", (total, how)
 
 
-def test_websocket_client_reset_reaches_the_destination_as_a_reset(pair, destinations):
-    _server, agent = pair
+def test_websocket_client_reset_reaches_the_destination_as_a_reset(shared_pair, destinations):
+    _server, agent = shared_pair
     dest = destinations(upgrade_then(record_ending))
     sock = ws_upgrade(agent.port, dest.authority)
     sock.sendall(pattern(256 << 10))
@@ -358,12 +366,12 @@ def answer_then_record(dest: Destination, conn: socket.socket) -> None:
             dest.endings.put(("reset", 0))
 
 
-def test_a_complete_exchange_never_resets_the_origin(pair, destinations):
+def test_a_complete_exchange_never_resets_the_origin(shared_pair, destinations):
     """The control for the other direction: curl's http:// request and a CONNECT whose
     client simply closes end at the origin in a FIN, never a reset."""
     from support import curl
 
-    _server, agent = pair
+    _server, agent = shared_pair
     dest = destinations(answer_then_record)
     result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://{dest.authority}/x")
     assert result.stdout == b"ok\n", result
@@ -399,8 +407,8 @@ def http_get(agent_port: int, authority: str, version: str = "1.1") -> socket.so
 
 
 @pytest.mark.parametrize("version", ["1.1", "1.0"])
-def test_an_http_origin_reset_mid_body_reaches_the_client_as_a_reset(pair, destinations, version):
-    _server, agent = pair
+def test_an_http_origin_reset_mid_body_reaches_the_client_as_a_reset(shared_pair, destinations, version):
+    _server, agent = shared_pair
     dest = destinations(head_then_reset)
     with http_get(agent.port, dest.authority, version) as sock:
         total, how = ending(sock)
@@ -425,8 +433,8 @@ def test_the_agent_killed_mid_http_body_reaches_the_client_as_a_reset(pair, dest
     assert how == "reset", (total, how)
 
 
-def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, destinations):
-    _server, agent = pair
+def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(shared_pair, destinations):
+    _server, agent = shared_pair
     dest = destinations(record_ending)
     sock = socket.create_connection(("127.0.0.1", agent.port), timeout=10)
     sock.sendall(
@@ -440,10 +448,10 @@ def test_a_client_reset_mid_http_upload_reaches_the_origin_as_a_reset(pair, dest
     assert how == "reset", (how, total)
 
 
-def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(pair, destinations):
+def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(shared_pair, destinations):
     """Both sides ended cleanly, but this client stopped reading: once the linger gives up
     on it (3 s without progress), what it then reads must end in a reset: bytes were dropped."""
-    _server, agent = pair
+    _server, agent = shared_pair
 
     def send_then_close(dest: Destination, conn: socket.socket) -> None:
         with conn:
