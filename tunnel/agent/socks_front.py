@@ -7,13 +7,17 @@ listener serves `curl -x http://...`, `curl --socks5-hostname ...`, git and ssh'
 
 from __future__ import annotations
 
+from typing import Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.opener import bridge
-from tunnel.wire.endings import no_delay
+from tunnel.wire.endings import Pipe, no_delay
 from tunnel.wire.handover import HandsOver
 from tunnel.wire.logs import Throttle, more
 from tunnel.wire.relay import RelayEnd
@@ -30,8 +34,8 @@ class Socks5Front(HandsOver):
         self.parser = socks.Socks5Server()
         self.relay: RelayEnd | None = None
         self.finished = False
-        self._pending = None
-        self._timer = None
+        self._pending: Deferred[Any] | None = None
+        self._timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -69,7 +73,7 @@ class Socks5Front(HandsOver):
     def _connect(self, destination) -> None:
         self._disarm()
         self.site.local.busy(self.transport)
-        self._pending = bridge(self.site.opener, destination, self.transport, self, self.site.endings)
+        self._pending = bridge(self.site.opener, destination, cast(Pipe, self.transport), self, self.site.endings)
         log.debug("SOCKS5 CONNECT {dest}", dest=destination.authority)
 
     # -- opener.Front: what the bridge asks of this front ----------------------------
@@ -109,7 +113,7 @@ class SniffingFront(HandsOver):
 
     def __init__(self, site: ProxySite) -> None:
         self.site = site
-        self._timer = None
+        self._timer: IDelayedCall | None = None
         self._counted = False
 
     def connectionMade(self) -> None:

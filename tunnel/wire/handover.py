@@ -14,13 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITCPTransport
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
 
 
 @implementer(IHalfCloseableProtocol)
 class HandsOver(Protocol):
+    # Typed as Twisted's TCP transport, not Protocol's Optional: makeConnection sets it
+    # before any of these methods runs, and it is a TCP (or TLS) connection or a tunnel stream.
+    transport: ITCPTransport
     successor: Any = None  # a Protocol that is also IHalfCloseableProtocol
     _left = False
     _on_gone: list[Callable[[], object]] | None = None

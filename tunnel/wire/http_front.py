@@ -7,11 +7,12 @@ The server's http/1.1 CONNECT listener and the agent's local proxy both build on
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import cast
 
 import h11
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import IDelayedCall, ITransport
 
-from tunnel.wire.endings import Endings, no_delay
+from tunnel.wire.endings import Endings, Pipe, no_delay
 from tunnel.wire.handover import HandsOver
 from tunnel.wire.relay import RelayEnd, splice
 
@@ -60,13 +61,13 @@ class HttpFront(HandsOver):
     max_header_bytes = 65536
 
     def __init__(self, endings: Endings, head_timeout: float = 0.0) -> None:
-        self.h11: h11.Connection | None = None
+        self.h11: h11.Connection  # made at connectionMade (a subclass may set max_header_bytes first)
         self.relay: RelayEnd | None = None
         self.finished = False
         self.endings = endings
         self.clock = endings.clock
         self.head_timeout = head_timeout  # 0: none
-        self._head_timer = None
+        self._head_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -173,6 +174,7 @@ class HttpFront(HandsOver):
         self.start_relay(upstream, upstream_end)
 
     def start_relay(self, upstream: ITransport | None, upstream_end: RelayEnd | None) -> None:
+        """Relay raw bytes from here on; with `upstream`, spliced to it through `upstream_end`."""
         self._disarm()
         early, closed = self.h11.trailing_data
         self.relay = RelayEnd(self.endings)
@@ -180,7 +182,7 @@ class HttpFront(HandsOver):
         self.hand_over(self.relay)
         if early:
             self.relay.dataReceived(early)
-        if upstream is not None:
-            splice(self.transport, self.relay, upstream, upstream_end)
+        if upstream is not None and upstream_end is not None:  # given together, or neither
+            splice(cast(Pipe, self.transport), self.relay, cast(Pipe, upstream), upstream_end)
         if closed:
             self.relay.readConnectionLost()
