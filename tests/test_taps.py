@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import zipfile
 from pathlib import Path
@@ -124,6 +125,14 @@ def test_certificates_from_environment(certs, tmp_path):
         from support import wait_for_port
 
         wait_for_port(config["port"], process=process)
+        # An answer (a bad handshake closed) means the reactor runs, so its SIGTERM handler is
+        # in place: a signal between listening and running would end it the default way.
+        with socket.create_connection(("127.0.0.1", config["port"]), timeout=10) as probe:
+            probe.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS: refused and closed at once
+            try:
+                probe.recv(1024)
+            except OSError:
+                pass
     finally:
         process.terminate()
         out = process.communicate(timeout=30)[0]

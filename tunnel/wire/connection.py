@@ -16,7 +16,9 @@ import enum
 import itertools
 import struct
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -425,75 +427,85 @@ class TunnelConnection:
 
     # -- what the peer sent ----------------------------------------------------------------
     def _dispatch(self, event: h2.events.Event, now: float, out: list[Event]) -> None:
-        if isinstance(event, h2.events.DataReceived):  # the hot path first
-            if not event.data and not event.stream_ended and self._flooding("empty DATA frames", now, out):
-                return
-            stream = self.streams.get(event.stream_id)
-            if stream is None:
-                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            else:
-                stream.unacked += event.flow_controlled_length
-                out.append(DataReceived(stream.sid, event.data))
-                if event.stream_ended:
-                    self._remote_end(stream, out)
-        elif isinstance(event, h2.events.StreamEnded):
-            stream = self.streams.get(event.stream_id)
-            if stream is not None and not stream.remote_ended:
-                self._remote_end(stream, out)
-        elif isinstance(event, h2.events.RequestReceived):
-            self._on_request(event, out)
-        elif isinstance(event, h2.events.ResponseReceived):
-            self._on_response(event, out)
-        elif isinstance(event, h2.events.StreamReset):
-            if event.remote_reset and self._flooding("stream resets", now, out):
-                return
-            stream = self.streams.get(event.stream_id)
-            if stream is not None:
-                code = event.error_code
-                name = getattr(code, "name", str(code))
-                if not stream.answered and self.client_side:
-                    error = (
-                        OpenFailed(503, "server refused the stream (draining); retry")
-                        if code == h2.errors.ErrorCodes.REFUSED_STREAM
-                        else OpenFailed(502, f"stream reset by peer ({name})")
-                    )
-                    out.append(StreamRefused(stream.sid, error))
-                # RFC 9113 §8.1: NO_ERROR after the peer's END_STREAM only asks us to stop
-                # sending: the stream ended cleanly. Any other reset is an abort.
-                clean = code == h2.errors.ErrorCodes.NO_ERROR and stream.remote_ended
-                self._close(stream, "" if clean else f"stream reset by peer ({name})", clean, out)
-        elif isinstance(event, h2.events.WindowUpdated):
-            if self._flooding("WINDOW_UPDATE frames", now, out):
-                return
-            if event.stream_id == 0:
-                out.extend(self.flush_all())
-            else:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    out.extend(self.flush(stream.sid))
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            if self._flooding("SETTINGS frames", now, out):
-                return
-            if not self.peer_ready:
-                self.peer_ready = True
-                out.append(PeerReady())
-            changed = event.changed_settings
-            limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
-            if self.client_side and limit is not None and limit.new_value == 0 and not self.draining:
-                out.extend(self._start_draining())
-            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
-                out.extend(self.flush_all())
-        elif isinstance(event, h2.events.PingReceived):
-            self._flooding("PING frames", now, out)  # h2 has queued the ACK; a flood closes the connection
-        elif isinstance(event, h2.events.PingAckReceived):
-            self._ping_deadline = self._ping_sent = None
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            self.terminated = True
-            out.append(
-                Finished(
-                    f"the peer closed the tunnel connection ({getattr(event.error_code, 'name', event.error_code)})"
-                )
+        """One h2 event to its handler (events a tunnel does not use are dropped)."""
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event, now, out)
+
+    def _on_data(self, event: h2.events.DataReceived, now: float, out: list[Event]) -> None:
+        if not event.data and not event.stream_ended and self._flooding("empty DATA frames", now, out):
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            return
+        stream.unacked += event.flow_controlled_length
+        out.append(DataReceived(stream.sid, event.data))
+        if event.stream_ended:
+            self._remote_end(stream, out)
+
+    def _on_stream_ended(self, event: h2.events.StreamEnded, now: float, out: list[Event]) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is not None and not stream.remote_ended:  # a DATA frame's END_STREAM came first
+            self._remote_end(stream, out)
+
+    def _on_reset(self, event: h2.events.StreamReset, now: float, out: list[Event]) -> None:
+        if event.remote_reset and self._flooding("stream resets", now, out):
+            return
+        stream = self.streams.get(event.stream_id)
+        if stream is None:
+            return
+        code = event.error_code
+        name = getattr(code, "name", str(code))
+        if not stream.answered and self.client_side:
+            error = (
+                OpenFailed(503, "server refused the stream (draining); retry")
+                if code == h2.errors.ErrorCodes.REFUSED_STREAM
+                else OpenFailed(502, f"stream reset by peer ({name})")
             )
+            out.append(StreamRefused(stream.sid, error))
+        # RFC 9113 §8.1: NO_ERROR after the peer's END_STREAM only asks us to stop
+        # sending: the stream ended cleanly. Any other reset is an abort.
+        clean = code == h2.errors.ErrorCodes.NO_ERROR and stream.remote_ended
+        self._close(stream, "" if clean else f"stream reset by peer ({name})", clean, out)
+
+    def _on_window(self, event: h2.events.WindowUpdated, now: float, out: list[Event]) -> None:
+        if self._flooding("WINDOW_UPDATE frames", now, out):
+            return
+        if event.stream_id == 0:
+            out.extend(self.flush_all())
+        elif event.stream_id in self.streams:
+            out.extend(self.flush(event.stream_id))
+
+    def _on_settings(self, event: h2.events.RemoteSettingsChanged, now: float, out: list[Event]) -> None:
+        if self._flooding("SETTINGS frames", now, out):
+            return
+        if not self.peer_ready:
+            self.peer_ready = True
+            out.append(PeerReady())
+        changed = event.changed_settings
+        limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
+        if self.client_side and limit is not None and limit.new_value == 0 and not self.draining:
+            out.extend(self._start_draining())
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
+            out.extend(self.flush_all())
+
+    def _on_ping(self, event: h2.events.PingReceived, now: float, out: list[Event]) -> None:
+        self._flooding("PING frames", now, out)  # h2 has queued the ACK; a flood closes the connection
+
+    def _on_ping_ack(self, event: h2.events.PingAckReceived, now: float, out: list[Event]) -> None:
+        self._ping_deadline = self._ping_sent = None
+
+    def _on_goaway(self, event: h2.events.ConnectionTerminated, now: float, out: list[Event]) -> None:
+        self.terminated = True
+        name = getattr(event.error_code, "name", event.error_code)
+        out.append(Finished(f"the peer closed the tunnel connection ({name})"))
+
+    def _on_request_event(self, event: h2.events.RequestReceived, now: float, out: list[Event]) -> None:
+        self._on_request(event, out)
+
+    def _on_response_event(self, event: h2.events.ResponseReceived, now: float, out: list[Event]) -> None:
+        self._on_response(event, out)
 
     def _on_request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
         sid = event.stream_id
@@ -740,3 +752,18 @@ class TunnelConnection:
         out.append(StreamClosed(stream.sid, reason, clean))
         if self.draining and not self.streams:
             out.extend(self._finish_drain())
+
+
+# What each h2 event the tunnel uses does: one handler each, looked up by the event's type.
+_HANDLERS: dict[type[h2.events.Event], Callable[[TunnelConnection, Any, float, list[Event]], None]] = {
+    h2.events.DataReceived: TunnelConnection._on_data,  # the hot path
+    h2.events.StreamEnded: TunnelConnection._on_stream_ended,
+    h2.events.RequestReceived: TunnelConnection._on_request_event,
+    h2.events.ResponseReceived: TunnelConnection._on_response_event,
+    h2.events.StreamReset: TunnelConnection._on_reset,
+    h2.events.WindowUpdated: TunnelConnection._on_window,
+    h2.events.RemoteSettingsChanged: TunnelConnection._on_settings,
+    h2.events.PingReceived: TunnelConnection._on_ping,
+    h2.events.PingAckReceived: TunnelConnection._on_ping_ack,
+    h2.events.ConnectionTerminated: TunnelConnection._on_goaway,
+}
