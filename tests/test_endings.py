@@ -97,6 +97,12 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
     return near, far
 
 
+def reset(sock: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a peer's crashing kernel may."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
 def test_a_paused_reader_whose_peer_resets_is_swept_on_the_given_clock():
     clock = Clock()
     near, far = tcp_pair()
@@ -107,8 +113,7 @@ def test_a_paused_reader_whose_peer_resets_is_swept_on_the_given_clock():
         assert transport.paused and [call.getTime() for call in clock.getDelayedCalls()] == [LINGER]
         clock.advance(LINGER)
         assert not transport.aborted  # the peer is still there: left paused
-        far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        far.close()  # a reset
+        reset(far)
         for _ in range(100):  # the RST crosses loopback at once; allow the kernel a moment
             near.settimeout(0.01)
             try:
@@ -132,8 +137,7 @@ def test_a_resumed_reader_is_no_longer_swept():
         reader = Endings(clock).reader_of(transport)
         reader.pauseProducing()
         reader.resumeProducing()
-        far.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        far.close()
+        reset(far)
         clock.advance(LINGER)
         assert not transport.aborted and not clock.getDelayedCalls()
     finally:

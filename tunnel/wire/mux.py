@@ -13,10 +13,11 @@ wait for a window.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITCPTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -200,6 +201,10 @@ class TunnelMux(Protocol):
     later call `respond(stream)` or `refuse(stream, status, reason)`.
     """
 
+    # The TLS connection under the tunnel, set by makeConnection before any callback here
+    # (Twisted types Protocol.transport as Optional).
+    transport: ITCPTransport
+
     def __init__(
         self,
         *,
@@ -256,7 +261,8 @@ class TunnelMux(Protocol):
     def connectionMade(self) -> None:
         no_delay(self.transport)
         self.core.start(self.clock.seconds())
-        self.transport.registerProducer(self, True)
+        # A TCP or TLS transport is a consumer too, which ITCPTransport does not declare.
+        cast(IConsumer, self.transport).registerProducer(cast(IPushProducer, self), True)
         self._write_out()
         self._arm()
 
@@ -365,7 +371,8 @@ class TunnelMux(Protocol):
                 elif kind is core.StreamRequested:
                     stream = self.streams[event.sid] = TunnelStream(self, event.sid, event.destination)
                     stream.ready.addErrback(lambda f: None)
-                    self.on_stream(stream)
+                    if self.on_stream is not None:  # the server's; an agent's core refuses requests
+                        self.on_stream(stream)
                 elif kind is core.StreamAnswered:
                     if stream is not None and not stream.ready.called:
                         stream.ready.callback(stream)
