@@ -34,7 +34,7 @@ def ws_servers(tmp_path_factory):
 
 def test_ws_through_agent(tunnel, ws_servers):
     port, _, _ = ws_servers
-    with connect(f"ws://127.0.0.1:{port}/", proxy=tunnel.proxy, open_timeout=10) as ws:
+    with connect(f"ws://127.0.0.1:{port}/", proxy=tunnel.proxy, open_timeout=30) as ws:
         for text in ("hello", "x" * 100_000):
             ws.send(text)
             assert ws.recv(timeout=10) == text
@@ -45,7 +45,7 @@ def test_ws_through_agent(tunnel, ws_servers):
 def test_wss_through_agent(tunnel, ws_servers):
     _, port, ca = ws_servers
     context = ssl.create_default_context(cafile=ca)
-    with connect(f"wss://127.0.0.1:{port}/", proxy=tunnel.proxy, ssl=context, open_timeout=10) as ws:
+    with connect(f"wss://127.0.0.1:{port}/", proxy=tunnel.proxy, ssl=context, open_timeout=30) as ws:
         ws.send("secure hello")
         assert ws.recv(timeout=10) == "secure hello"
 
