@@ -65,3 +65,38 @@ def test_an_exception_in_one_streams_handling_resets_that_stream_only():
     good_stream.write(b"and back")
     pump.flush()
     assert good_on_server.protocol.data == b"and back"
+
+
+def test_a_front_that_raises_on_a_new_stream_resets_that_stream_only():
+    def on_stream(stream):
+        if stream.destination.host == "bad.example":
+            raise RuntimeError("a front's bug while taking the stream")
+        stream.attach(Collect())
+        stream.mux.respond(stream)
+
+    agent, server, pump = pair_in_memory(on_stream)
+    bad, good = Collect(), Collect()
+    bad_stream = agent.open_stream(Destination("bad.example", 80), bad)
+    good_stream = agent.open_stream(Destination("good.example", 80), good)
+    refused = []
+    bad_stream.ready.addErrback(refused.append)
+    pump.flush()
+
+    assert bad_stream.closed and bad.lost is not None  # the agent sees its stream reset
+    assert refused and refused[0].value.status == 502, refused
+    assert list(server.streams) == [good_stream.stream_id]  # the server kept no record of it
+    assert not agent.closed and not server.closed
+    good_stream.write(b"carried")
+    pump.flush()
+    assert server.streams[good_stream.stream_id].protocol.data == b"carried"
+
+
+def test_every_event_the_core_emits_has_a_handler_in_the_mux():
+    import typing
+
+    from tunnel.wire import connection as core
+    from tunnel.wire import mux
+
+    emitted = set(typing.get_args(core.Event))
+    assert emitted - set(mux._ON_EVENT) == {core.DataReceived}  # handled inline, the hot path
+    assert set(mux._ON_EVENT) <= emitted

@@ -13,7 +13,7 @@ wait for a window.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -335,74 +335,81 @@ class TunnelMux(Protocol):
         self.transport.abortConnection()
 
     # -- events ---------------------------------------------------------------------
-    def _handle(self, events: list) -> None:
-        """Turn the core's events into calls on streams. An exception while handling one
-        stream resets that stream (and is logged once); it never reaches the connection
-        that carries the others."""
+    def _handle(self, events: list[core.Event]) -> None:
+        """Turn the core's events into calls on streams, one handler per event type
+        (`_ON_EVENT`). An exception while handling one stream resets that stream (and is
+        logged once); it never reaches the connection that carries the others."""
         for event in events:
+            sid = getattr(event, "sid", -1)
+            stream = self.streams.get(sid)
             try:
-                kind = type(event)
-                stream = self.streams.get(getattr(event, "sid", -1))
-                if kind is core.DataReceived:  # the hot path first
+                if type(event) is core.DataReceived:  # the hot path, without a call
                     self.bytes_received += len(event.data)
                     if stream is not None:
                         stream._receive(event.data)
-                elif kind is core.SendBlocked:
-                    if stream is not None:
-                        stream._pause_producer()
-                elif kind is core.SendUnblocked:
-                    if stream is not None:
-                        stream._resume_producer()
-                elif kind is core.RemoteEnded:
-                    if stream is not None:
-                        stream._deliver_eof()
-                elif kind is core.LocalEnded:
-                    if stream is not None:
-                        stream._local_end()
-                elif kind is core.StreamClosed:
-                    if stream is not None:
-                        del self.streams[event.sid]
-                        failure = Failure(
-                            ConnectionDone(event.reason)
-                            if event.clean
-                            else ConnectionLost(event.reason or "stream closed")
-                        )
-                        stream._closed(failure)
-                elif kind is core.StreamRequested:
-                    stream = self.streams[event.sid] = TunnelStream(self, event.sid, event.destination)
-                    stream.ready.addErrback(lambda f: None)
-                    if self.on_stream is not None:  # the server's; an agent's core refuses requests
-                        self.on_stream(stream)
-                elif kind is core.StreamAnswered:
-                    if stream is not None and not stream.ready.called:
-                        stream.ready.callback(stream)
-                elif kind is core.StreamRefused:
-                    if stream is not None and not stream.ready.called:
-                        stream.ready.errback(event.error)
-                elif kind is core.PeerReady:
-                    if self.on_ready is not None:
-                        self.on_ready(self)
-                elif kind is core.Draining:
-                    if self.on_drain is not None:
-                        self.on_drain(self)
-                elif kind is core.Finished:
-                    if event.alarming:
-                        log.warn("closing {peer}: {reason}", peer=self.peer_name, reason=event.reason)
-                    elif event.reason:
-                        log.info("{peer}: {reason}", peer=self.peer_name, reason=event.reason)
-                    if not self.closed:
-                        self._in_receive = False
-                        self._write_out()
-                        self.close()
-                elif kind is core.PingOverdue:
-                    log.warn(
-                        "no PING answer from {peer} in {t:.1f}s; dropping the connection",
-                        peer=self.peer_name,
-                        t=event.waited,
-                    )
-                    self.transport.abortConnection()
+                else:
+                    _ON_EVENT[type(event)](self, event, stream)
             except Exception:
-                self._stream_failed(stream, Failure())
+                self._stream_failed(stream if stream is not None else self.streams.get(sid), Failure())
+
+    def _on_blocked(self, event: core.SendBlocked, stream: TunnelStream | None) -> None:
+        if stream is not None:
+            stream._pause_producer()
+
+    def _on_unblocked(self, event: core.SendUnblocked, stream: TunnelStream | None) -> None:
+        if stream is not None:
+            stream._resume_producer()
+
+    def _on_remote_end(self, event: core.RemoteEnded, stream: TunnelStream | None) -> None:
+        if stream is not None:
+            stream._deliver_eof()
+
+    def _on_local_end(self, event: core.LocalEnded, stream: TunnelStream | None) -> None:
+        if stream is not None:
+            stream._local_end()
+
+    def _on_stream_closed(self, event: core.StreamClosed, stream: TunnelStream | None) -> None:
+        if stream is None:
+            return
+        del self.streams[event.sid]
+        reason = ConnectionDone(event.reason) if event.clean else ConnectionLost(event.reason or "stream closed")
+        stream._closed(Failure(reason))
+
+    def _on_requested(self, event: core.StreamRequested, stream: TunnelStream | None) -> None:
+        stream = self.streams[event.sid] = TunnelStream(self, event.sid, event.destination)
+        stream.ready.addErrback(lambda f: None)
+        if self.on_stream is not None:  # the server's; an agent's core refuses requests
+            self.on_stream(stream)
+
+    def _on_answered(self, event: core.StreamAnswered, stream: TunnelStream | None) -> None:
+        if stream is not None and not stream.ready.called:
+            stream.ready.callback(stream)
+
+    def _on_refused(self, event: core.StreamRefused, stream: TunnelStream | None) -> None:
+        if stream is not None and not stream.ready.called:
+            stream.ready.errback(event.error)
+
+    def _on_peer_ready(self, event: core.PeerReady, stream: TunnelStream | None) -> None:
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def _on_draining(self, event: core.Draining, stream: TunnelStream | None) -> None:
+        if self.on_drain is not None:
+            self.on_drain(self)
+
+    def _on_finished(self, event: core.Finished, stream: TunnelStream | None) -> None:
+        if event.alarming:
+            log.warn("closing {peer}: {reason}", peer=self.peer_name, reason=event.reason)
+        elif event.reason:
+            log.info("{peer}: {reason}", peer=self.peer_name, reason=event.reason)
+        if not self.closed:
+            self._in_receive = False
+            self._write_out()
+            self.close()
+
+    def _on_ping_overdue(self, event: core.PingOverdue, stream: TunnelStream | None) -> None:
+        log.warn("no PING answer from {peer} in {t:.1f}s; dropping the connection", peer=self.peer_name, t=event.waited)
+        self.transport.abortConnection()
 
     def _stream_failed(self, stream: TunnelStream | None, failure: Failure) -> None:
         """One line naming the error and where it was raised; then reset that stream."""
@@ -468,3 +475,21 @@ class TunnelMux(Protocol):
         if self.closed:
             return
         self._run(self.core.begin_drain())
+
+
+# What the mux does with each of the core's events but DataReceived (handled inline, the
+# hot path). Every event type has an entry (a test checks it against core.Event).
+_ON_EVENT: dict[type, Callable[[TunnelMux, Any, TunnelStream | None], None]] = {
+    core.SendBlocked: TunnelMux._on_blocked,
+    core.SendUnblocked: TunnelMux._on_unblocked,
+    core.RemoteEnded: TunnelMux._on_remote_end,
+    core.LocalEnded: TunnelMux._on_local_end,
+    core.StreamClosed: TunnelMux._on_stream_closed,
+    core.StreamRequested: TunnelMux._on_requested,
+    core.StreamAnswered: TunnelMux._on_answered,
+    core.StreamRefused: TunnelMux._on_refused,
+    core.PeerReady: TunnelMux._on_peer_ready,
+    core.Draining: TunnelMux._on_draining,
+    core.Finished: TunnelMux._on_finished,
+    core.PingOverdue: TunnelMux._on_ping_overdue,
+}
