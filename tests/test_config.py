@@ -208,7 +208,7 @@ def test_the_server_keeps_what_it_builds_out_of_its_settings(certs, tmp_path):
     """The egress policy and the revocation list are objects of the running server, not settings."""
     import yaml
 
-    from tunnel.taps import ServerOptions
+    from tunnel.taps_server import Options as ServerOptions
 
     path = tmp_path / "server.yaml"
     path.write_text(

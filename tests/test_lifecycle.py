@@ -156,7 +156,7 @@ def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
 def _agent_options(certs, tmp_path, **overrides):
     import yaml
 
-    from tunnel.taps import AgentOptions
+    from tunnel.taps_agent import Options as AgentOptions
 
     config = agent_config(certs, 8443, **overrides)
     path = tmp_path / "agent.yaml"

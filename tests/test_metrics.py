@@ -128,7 +128,7 @@ def test_bad_metrics_settings_are_one_clear_line(certs, tmp_path):
     import pytest
     import yaml
 
-    from tunnel.taps import ServerOptions
+    from tunnel.taps_server import Options as ServerOptions
 
     for metrics, message in (
         ({"emit_metrics": True, "metrics_interval": "0.5s"}, "at least 1s"),

@@ -81,7 +81,7 @@ def test_custom_bypass_and_a_widely_listening_agent(certs, tmp_path, tunnel):
 def test_bad_bypass_entries_are_refused_at_start(certs, tmp_path, bad):
     import yaml
 
-    from tunnel.taps import AgentOptions
+    from tunnel.taps_agent import Options as AgentOptions
 
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, 8443, pac_bypass=bad)))

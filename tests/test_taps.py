@@ -184,19 +184,41 @@ def test_json_log_format(certs, tmp_path):
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
 
 
-def test_exit_zero_on_stop_leaves_a_reactor_without_exit_signal_alone():
-    """`_exitSignal` is twistd's private attribute: where it is missing nothing breaks."""
-    from tunnel.taps import ExitZeroOnRequestedStop
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT",), ("SIGTERM", "SIGTERM")])
+def test_a_requested_stop_exits_zero_with_no_error(certs, tmp_path, signals):
+    """ECS and docker send SIGTERM, Ctrl-C is SIGINT, an impatient operator sends two:
+    each ends the server cleanly with status 0, not by re-raising the signal."""
+    import signal
 
-    class Reactor:
-        pass
+    from support import wait_for_port
 
-    reactor = Reactor()
-    ExitZeroOnRequestedStop(reactor).stopService()
-    assert not hasattr(reactor, "_exitSignal")
-    reactor._exitSignal = 15
-    ExitZeroOnRequestedStop(reactor).stopService()
-    assert reactor._exitSignal is None
+    config = server_config(certs)
+    path = tmp_path / "server.yaml"
+    path.write_text(yaml.safe_dump(config))
+    process = subprocess.Popen(
+        [TWISTD, "-n", "--pidfile=", "fluidity-server", "--config", str(path), "--log-level", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+    )
+    try:
+        wait_for_port(config["port"], process=process)
+        with socket.create_connection(("127.0.0.1", config["port"]), timeout=10) as probe:
+            probe.sendall(b"GET / HTTP/1.0\r\n\r\n")  # an answer means the reactor runs
+            try:
+                probe.recv(1024)
+            except OSError:
+                pass
+        for name in signals:
+            process.send_signal(getattr(signal, name))
+        out = process.communicate(timeout=30)[0].decode()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, out
+    assert f"Received {signals[0]}, shutting down." in out, out
+    assert "Traceback" not in out and "Unhandled" not in out, out
 
 
 @pytest.mark.parametrize(

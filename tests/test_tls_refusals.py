@@ -103,7 +103,7 @@ def test_revoked_certificates_and_a_live_reload(certs, https_origin, http_origin
 def test_a_bad_revoked_file_is_one_line_at_start(certs, tmp_path):
     import yaml
 
-    from tunnel.taps import ServerOptions
+    from tunnel.taps_server import Options as ServerOptions
 
     deny = tmp_path / "revoked.txt"
     deny.write_text("zz-not-hex\n")

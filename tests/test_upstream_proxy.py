@@ -113,7 +113,7 @@ def test_https_proxy_from_the_environment_and_no_proxy(tunnel, tinyproxy, http_o
 def test_bad_proxy_urls_are_one_line(certs, tmp_path, url, message):
     import yaml
 
-    from tunnel.taps import AgentOptions
+    from tunnel.taps_agent import Options as AgentOptions
 
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(agent_config(certs, 8443, upstream_proxy=url)))

@@ -9,6 +9,7 @@ Pure functions over `ipaddress` objects: no I/O here.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -176,5 +177,5 @@ class EgressPolicy:
                 raise EgressDenied(reason)
 
 
-def policy_from_strings(rules: list[str]) -> EgressPolicy:
+def policy_from_strings(rules: Iterable[str]) -> EgressPolicy:
     return EgressPolicy(tuple(parse_allow_rule(r) for r in rules))

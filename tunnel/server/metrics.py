@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application import service
 from twisted.internet import defer, threads
@@ -139,13 +139,24 @@ def _describe(error: BaseException) -> str:
     return text.splitlines()[0][:300]
 
 
+class Publisher(Protocol):
+    """What MetricsService needs of a publisher: CloudWatch's API (MetricsPublisher) or
+    EMF lines on stdout (emf.EmfPublisher)."""
+
+    reactor: Any
+    namespace: str
+    service_name: str
+
+    def publish(self) -> defer.Deferred: ...
+
+
 class MetricsService(service.Service):
     """Publishes every interval while running, and once more, bounded in time, on stop.
 
     A LoopingCall of its own rather than TimerService: on stop, TimerService waits for a
     publication still in flight, and the final one must not wait behind a slow CloudWatch."""
 
-    def __init__(self, publisher: MetricsPublisher, interval: float) -> None:
+    def __init__(self, publisher: Publisher, interval: float) -> None:
         self.publisher = publisher
         self.step = interval
         self.loop = LoopingCall(publisher.publish)
