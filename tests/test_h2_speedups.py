@@ -57,3 +57,40 @@ def test_the_server_starts_when_hyperframe_changed(tmp_path):
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60)
     assert done.stdout.strip() == b"imported", done.stderr
+
+
+_FALLBACK = hyperframe.frame.Frame._body_repr  # what a DATA frame's repr used, serialising the frame
+
+
+@given(st.binary(max_size=64), st.one_of(st.none(), st.integers(min_value=0, max_value=255)), st.booleans())
+def test_a_data_frame_repr_is_the_same_text_without_serialising_the_payload(data, pad, viewed):
+    frame = hyperframe.frame.DataFrame(1, memoryview(data) if viewed else data)
+    if pad is not None:
+        frame.flags.add("PADDED")
+        frame.pad_length = pad
+    expected = _FALLBACK(frame)
+    assert h2_speedups._data_body_repr(frame) == expected
+
+
+def test_a_received_data_frames_repr_copies_nothing_of_its_payload():
+    assert h2_speedups.install()
+    frame = hyperframe.frame.DataFrame(1, b"\x01" * 300_000)
+    frame.serialize_body = None  # the original builds the repr by serialising the whole frame
+    assert repr(frame) == "DataFrame(stream_id=1, flags=[]): <hex:01010101010101010101...>"
+
+
+def test_a_data_frame_repr_is_left_alone_when_hyperframe_gives_data_frames_their_own(monkeypatch):
+    def own(self):
+        return "own"
+
+    monkeypatch.setattr(hyperframe.frame.DataFrame, "_body_repr", own, raising=False)
+    assert not h2_speedups.data_repr_installable()
+    assert not h2_speedups.install()
+    assert hyperframe.frame.DataFrame._body_repr is own
+
+
+def test_a_data_frame_repr_is_left_alone_when_the_fallback_formats_differently(monkeypatch):
+    monkeypatch.delattr(hyperframe.frame.DataFrame, "_body_repr", raising=False)
+    monkeypatch.setattr(hyperframe.frame.Frame, "_body_repr", lambda self: "other")
+    assert not h2_speedups.data_repr_installable()
+    assert "_body_repr" not in vars(hyperframe.frame.DataFrame)

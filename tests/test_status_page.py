@@ -151,12 +151,26 @@ def page_says(browser: Browser, text: str, seconds: float = 30) -> None:
         raise AssertionError(f"the page never said {text!r}: {seen[-1]!r}") from None
 
 
+def press(browser: Browser, action: str) -> None:
+    """Click a button between two of the page's reloads (mid-reload there is no button)."""
+    button = f"document.querySelector('button[value={action}]')"
+    script = f"(() => {{ const b = {button}; if (b) b.click(); return !!b; }})()"
+
+    def clicked() -> bool:
+        try:
+            return browser.evaluate(script) is True
+        except RuntimeError:  # the page was being replaced
+            return False
+
+    wait_until(clicked, 10, interval=0.2)
+
+
 def test_stop_and_wake_buttons_drive_the_control_plane(world, browser, tmp_path):
     aws, service, agent, plane, state, config = world
     browser.open(f"http://127.0.0.1:{agent.port}/")
     page_says(browser, "Server: running")
     shot(browser, "status-running.png")
-    browser.evaluate("document.querySelector('button[value=stop]').click()")
+    press(browser, "stop")
     wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
     # The plane logs its answer once it is written: a moment after moto has the new count.
     wait_until(lambda: "POST /kill from 127.0.0.1 -> 200" in plane.log(), 10, interval=0.2)
@@ -165,7 +179,7 @@ def test_stop_and_wake_buttons_drive_the_control_plane(world, browser, tmp_path)
     page_says(browser, "Server: stopped")
     shot(browser, "status-stopped.png")
     state["server"] = start_twistd("server", config, tmp_path, name="server-again")  # the task ECS will start
-    browser.evaluate("document.querySelector('button[value=wake]').click()")
+    press(browser, "wake")
     wait_until(lambda: aws.desired_count(service) == 1, 20, interval=0.3)
     page_says(browser, "Connected to")
     agent.assert_no_unhandled_errors()

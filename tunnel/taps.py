@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_write, h2_speedups, logs
+from tunnel.wire import descriptors, eager_write, h2_speedups, logs, tls_batching
 
 log = Logger(namespace="fluidity")
 
@@ -139,13 +139,22 @@ def use_the_descriptors_allowed() -> None:
         log.info("open-file limit {n}", n=limit)
 
 
+SPEEDUPS_OFF = "FLUIDITY_LIBRARY_SPEEDUPS"  # =off: every library as shipped (a baseline to measure against)
+
+
 def _speed_up_writes() -> None:
-    """The two guarded library patches, installed at start (never on import): each is a
-    no-op, with a line in the log, where the library is not the one it was written for."""
+    """The guarded library changes, installed at start (never on import): each is a no-op,
+    with a line in the log, where the library is not the one it was written for."""
+    if os.environ.get(SPEEDUPS_OFF) == "off":
+        tls_batching.disable()
+        log.info("{name}=off: Twisted, h2 and hyperframe run as shipped", name=SPEEDUPS_OFF)
+        return
     if not eager_write.install():
         log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
     if not h2_speedups.install():
         log.warn("this hyperframe's DATA frame repr is not the one the speed-up was made for; using its own")
+    if not tls_batching.applies():
+        log.warn("this Twisted's TLS protocol is not the one record batching was made for; using its own")
 
 
 def prepare_process() -> None:

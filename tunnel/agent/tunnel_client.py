@@ -17,7 +17,6 @@ from collections import deque
 
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
-from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -27,6 +26,7 @@ from tunnel.wire.addresses import Destination
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.mux import TunnelMux
 from tunnel.wire.refusals import OpenFailed
+from tunnel.wire.tls_batching import BatchedTLSClientEndpoint
 
 log = Logger(namespace="fluidity.agent")
 
@@ -146,7 +146,7 @@ class TunnelClient:
         if self.locator is not None and (self._stale or not self.host):
             self._locate()
             return
-        endpoint = wrapClientTLS(self.tls_options, self._tcp_endpoint())
+        endpoint = BatchedTLSClientEndpoint(self.tls_options, self._tcp_endpoint())
         factory = Factory.forProtocol(
             lambda: TunnelMux(
                 client_side=True,

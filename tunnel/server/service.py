@@ -14,7 +14,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from tunnel.opener import bridge
@@ -30,6 +30,7 @@ from tunnel.wire.mux import TunnelMux, TunnelStream
 from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd
 from tunnel.wire.tls import ALPN_H2
+from tunnel.wire.tls_batching import BatchedTLS
 
 log = Logger(namespace="fluidity.server")
 _refusals = Throttle()
@@ -171,8 +172,8 @@ class Refused(Protocol):
         self.transport.abortConnection()
 
 
-class SpeakingTLS(TLSMemoryBIOProtocol):
-    """Twisted's TLS protocol, telling the server when a peer sends its first bytes: a
+class SpeakingTLS(BatchedTLS):
+    """Twisted's TLS protocol (records batched: `tls_batching`), telling the server when a peer sends its first bytes: a
     connection that never speaks is the first to go when unauthenticated ones crowd in."""
 
     _spoke = False
