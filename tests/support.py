@@ -6,6 +6,7 @@ a packet anywhere else. Loops are bounded by count and by time.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import os
@@ -28,10 +29,47 @@ TWISTD = str(Path(sys.executable).with_name("twistd"))
 FLUIDITY = str(Path(sys.executable).with_name("fluidity"))
 
 
+# Ports handed to servers the tests start come from below the kernel's ephemeral range
+# (32768-60999 on Linux), one block per xdist worker. A port from the ephemeral range can be
+# taken between the check and the server's bind by any outgoing connection's source port on
+# the machine (CI once failed so: "Address already in use"); these ports only ever go to a
+# bind, and each worker hands out its own.
+_PORTS_FROM, _PORTS_TO = 20000, 32000
+
+
+def _port_block() -> range:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    size = (_PORTS_TO - _PORTS_FROM) // max(workers, 1)
+    start = _PORTS_FROM + index * size
+    return range(start, start + size)
+
+
+_port_cursor = {"block": _port_block(), "next": 0}
+
+
+def _bindable(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        try:
+            with socket.socket(family) as s:
+                s.bind((host, port))
+        except OSError as e:
+            if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                continue  # no IPv6 loopback here
+            return False
+    return True
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing holds, and that nothing but the test's own bind will take."""
+    block = _port_cursor["block"]
+    for _ in range(len(block)):
+        port = block[_port_cursor["next"] % len(block)]
+        _port_cursor["next"] += 1
+        if _bindable(port):
+            return port
+    raise RuntimeError(f"no free port in {block}")
 
 
 def stop_process(process: subprocess.Popen, grace: float = 10.0) -> int:
