@@ -56,6 +56,32 @@ def reexec_in_namespace() -> int:
     return subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env)
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """utime + stime of a process with its threads (this process when `pid` is None)."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def retransmissions() -> dict[str, int]:
+    """This namespace's TCP retransmission counters: segments resent, and the timeouts
+    (RTOs) among them: a stall of at least the RTO each, for every stream on that connection."""
+    counters: dict[str, int] = {}
+    for table in ("/proc/net/netstat", "/proc/net/snmp"):
+        lines = Path(table).read_text().splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            prefix = head.split(":")[0]
+            counters.update({prefix + k: int(v) for k, v in zip(head.split()[1:], values.split()[1:], strict=False)})
+    return {"segments": counters.get("TcpRetransSegs", 0), "timeouts": counters.get("TcpExtTCPTimeouts", 0)}
+
+
+def since(before: dict[str, int]) -> dict[str, int]:
+    now = retransmissions()
+    return {k: now[k] - before[k] for k in now}
+
+
 def packet_counts() -> tuple[int, int]:
     """(packets seen on the lossy ports, packets dropped) so far."""
     text = subprocess.run(["nft", "list", "table", "inet", "fluidity_loss"], capture_output=True, text=True).stdout
@@ -69,6 +95,22 @@ def packet_counts() -> tuple[int, int]:
         else:
             seen += n
     return seen, dropped
+
+
+def rate_limited(ports: list[int], mbit: float) -> None:
+    """A link of `mbit` Mbit/s each way for the lossy ports (htb on this namespace's loopback,
+    one class a direction); everything else stays at loopback speed."""
+
+    def tc(*args: str) -> None:
+        subprocess.run(["tc", *args], check=True)
+
+    tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "30")
+    for classid, rate in (("1:10", f"{mbit}mbit"), ("1:20", f"{mbit}mbit"), ("1:30", "100gbit")):
+        tc("class", "add", "dev", "lo", "parent", "1:", "classid", classid, "htb", "rate", rate)
+    for port in ports:
+        for field, classid in (("dport", "1:10"), ("sport", "1:20")):
+            match = ("match", "ip", field, str(port), "0xffff", "flowid", classid)
+            tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32", *match)
 
 
 def lossy(ports: list[int], percent: float, hook: str = "input") -> None:
@@ -248,13 +290,26 @@ def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: fl
     }
 
 
-def run(loss: float, streams: int, mb: float, seconds: float, hook: str = "input", direction: str = "down") -> dict:
+def run(
+    loss: float,
+    streams: int,
+    mb: float,
+    seconds: float,
+    hook: str = "input",
+    direction: str = "down",
+    rate: float | None = None,
+) -> dict:
     size = int(mb * (1 << 20))
     work = Path(tempfile.mkdtemp(prefix="fluidity-loss-"))
     certs = make_certs(work / "certs")
     server_port, baseline_port = free_port(), free_port()
     lossy([server_port, baseline_port], loss, hook)
+    if rate:
+        rate_limited([server_port, baseline_port], rate)
+    cpu_before, resent = cpu_seconds(), retransmissions()
     plain = baseline(baseline_port, streams * size, seconds)
+    plain["retransmitted"] = since(resent)
+    plain["cpu_s"] = {"this benchmark (source, relay, reader)": round(cpu_seconds() - cpu_before, 2)}
     plain["packets"], plain["dropped"] = packet_counts()
     target = Sink() if direction == "up" else Source(size)
     server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work)
@@ -262,7 +317,11 @@ def run(loss: float, streams: int, mb: float, seconds: float, hook: str = "input
     try:
         wait_connected(agent, 30)
         before = packet_counts()
+        processes = {"agent": agent.process.pid, "server": server.process.pid, "this benchmark (clients, origin)": None}
+        cpu_before, resent = {name: cpu_seconds(pid) for name, pid in processes.items()}, retransmissions()
         tunnel = through_tunnel(agent.port, target, streams, size, seconds)
+        tunnel["retransmitted"] = since(resent)
+        tunnel["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in processes.items()}
         after = packet_counts()
         tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
         reconnects = agent.log().count(" is up") - 1  # "tunnel to ... is up": once, unless it reconnected
@@ -294,16 +353,20 @@ def main() -> int:
     parser.add_argument(
         "--direction", choices=("down", "up"), default="down", help="downloads (destination to client) or uploads"
     )
+    parser.add_argument(
+        "--rate", type=float, default=None, help="a link of this many Mbit/s each way (default: loopback speed)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not in_own_namespace():
         return reexec_in_namespace()
-    result = run(args.loss, args.streams, args.mb, args.seconds, args.hook, args.direction)
+    result = run(args.loss, args.streams, args.mb, args.seconds, args.hook, args.direction, args.rate)
     if args.json:
         print(json.dumps(result))
         return 0
     t, b = result["tunnel"], result["baseline"]
-    print(f"{args.loss:g}% loss each way on the tunnel's hop")
+    link = f", a {args.rate:g} Mbit/s link" if args.rate else ", loopback speed"
+    print(f"{args.loss:g}% loss each way on the tunnel's hop{link}")
     print(
         f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} "
         f"of {b['packets']} packets dropped)"
@@ -313,6 +376,13 @@ def main() -> int:
         f"{t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s "
         f"({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)"
     )
+    for name, phase in (("plain", b), ("Fluidity", t)):
+        resent = phase["retransmitted"]
+        cpu = ", ".join(f"{who} {seconds:.2f}" for who, seconds in phase["cpu_s"].items())
+        print(
+            f"  {name}: {resent['segments']} segments resent, {resent['timeouts']} retransmission timeouts; "
+            f"CPU seconds: {cpu}"
+        )
     if t["finished"]:
         print(f"  streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
     return 0

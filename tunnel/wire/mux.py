@@ -26,6 +26,7 @@ from zope.interface import implementer
 from tunnel.wire import connection as core
 from tunnel.wire.addresses import Destination
 from tunnel.wire.endings import Endings, no_delay
+from tunnel.wire.recovery import lower_rto_floor
 from tunnel.wire.refusals import OpenFailed
 
 log = Logger(namespace="fluidity.mux")
@@ -260,6 +261,7 @@ class TunnelMux(Protocol):
     # -- connection lifecycle -------------------------------------------------------
     def connectionMade(self) -> None:
         no_delay(self.transport)
+        lower_rto_floor(self.transport)
         self.core.start(self.clock.seconds())
         # A TCP or TLS transport is a consumer too, which ITCPTransport does not declare.
         cast(IConsumer, self.transport).registerProducer(cast(IPushProducer, self), True)
