@@ -17,9 +17,10 @@ DEST = parse_authority("example.test:443")
 class Pair:
     def __init__(self, keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0) -> None:
         self.agent = core.TunnelConnection(
-            client_side=True, keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout
+            client_side=True,
+            limits=core.TunnelLimits(keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout),
         )
-        self.server = core.TunnelConnection(client_side=False, max_streams=10)
+        self.server = core.TunnelConnection(client_side=False, limits=core.TunnelLimits(max_streams=10))
         self.agent.start(0.0)
         self.server.start(0.0)
         self.events = {"agent": [], "server": []}

@@ -46,3 +46,23 @@ def test_the_readme_and_the_docs_point_nowhere_outside_the_repository():
             assert (page.parent / target).resolve().is_relative_to(ROOT) and (page.parent / target).exists(), (
                 f"{page.name} links to {target}, which is not in the repository"
             )
+
+
+# The bottom layers: what both roles and the settings build on. None of them may import a
+# role's module (an agent-only import in the settings loaded the agent into the server).
+BOTTOM = ["tunnel/config.py", "tunnel/bypass.py", "tunnel/opener.py", "tunnel/wire"]
+ROLES = ("tunnel.agent", "tunnel.server", "tunnel.ops", "tunnel.taps")
+
+
+def test_no_bottom_layer_module_imports_a_role():
+    import ast
+
+    offenders = []
+    for place in BOTTOM:
+        path = ROOT / place
+        for module in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            for node in ast.walk(ast.parse(module.read_text())):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+                offenders += [f"{module.relative_to(ROOT)} imports {name}" for name in names if name.startswith(ROLES)]
+    assert not offenders, offenders

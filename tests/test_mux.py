@@ -7,6 +7,7 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
 from twisted.test import iosim
 
+from tunnel.wire import connection as core
 from tunnel.wire.addresses import Destination
 from tunnel.wire.mux import TunnelMux
 
@@ -30,8 +31,9 @@ class Explodes(Collect):
 
 def pair_in_memory(on_stream):
     clock = Clock()
-    agent = TunnelMux(client_side=True, clock=clock, keepalive_interval=0)
-    server = TunnelMux(client_side=False, clock=clock, on_stream=on_stream, keepalive_interval=0)
+    quiet = core.TunnelLimits(keepalive_interval=0)
+    agent = TunnelMux(client_side=True, clock=clock, limits=quiet)
+    server = TunnelMux(client_side=False, clock=clock, on_stream=on_stream, limits=quiet)
     pump = iosim.connect(
         server, iosim.FakeTransport(server, True), agent, iosim.FakeTransport(agent, False), clock=clock
     )

@@ -14,12 +14,12 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
 from lambdas.server_port import SERVER_PORT
-from tunnel.agent.pac import DEFAULT_BYPASS, check_bypass
+from tunnel.bypass import DEFAULT_BYPASS, check_bypass
 
 
 class ConfigError(Exception):
@@ -137,6 +137,8 @@ LOG_FORMATS = _choice("text", "json")
 
 @dataclass(frozen=True)
 class Key:
+    """One setting as the YAML file and the command line see it: derived from its field."""
+
     name: str  # dotted for nested blocks: "metrics.namespace"
     parse: Callable[[Any], Any]
     default: Any
@@ -147,207 +149,92 @@ class Key:
         return self.name.replace(".", "-").replace("_", "-")
 
 
-def _common(role: str) -> list[Key]:
-    certs = "certs"
-    return [
-        Key("cert_file", _parse_str, f"{certs}/{role}.pem", "certificate (PEM path, or env:VAR holding PEM text)"),
-        Key("key_file", _parse_str, f"{certs}/{role}.key", "private key (PEM path, or env:VAR)"),
-        Key("ca_file", _parse_str, f"{certs}/ca.pem", "CA that signs the peer (PEM path, or env:VAR)"),
-        Key("log_level", LOG_LEVELS, "info", "debug, info, warn, error"),
-        Key("log_format", LOG_FORMATS, "text", "text or json (one JSON object a line, for CloudWatch)"),
-    ]
+def setting(parse: Callable[[Any], Any], default: Any, help: str) -> Any:
+    """Declare a setting once, as a settings field: how its text is read, its default, what
+    it is for. The key, its flag, its `--help` line and its documentation come from here."""
+    return field(default=default, metadata={"parse": parse, "help": help})
 
 
-SERVER_KEYS: tuple[Key, ...] = (
-    Key("host", _parse_str, "0.0.0.0", "address the TLS listener binds"),
-    Key(
-        "port",
-        PORT,
-        SERVER_PORT,
-        "TLS listener port (443: what corporate proxies let through; below 1024 needs CAP_NET_BIND_SERVICE, which "
-        "the server image grants)",
-    ),
-    *_common("server"),
-    Key("max_connections", _ranged(1, 100000), 64, "most authenticated agent connections at once"),
-    Key(
-        "handshake_timeout",
-        parse_duration,
-        5.0,
-        "a connection must finish its TLS handshake (client certificate included) this soon",
-    ),
-    Key(
-        "max_handshakes",
-        _ranged(1, 100000),
-        256,
-        "most connections still in their TLS handshake; the oldest makes room for a new one",
-    ),
-    Key(
-        "max_handshakes_per_source",
-        _ranged(1, 100000),
-        16,
-        "most connections one address may hold in their TLS handshake",
-    ),
-    Key("max_streams", _ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent connection"),
-    Key(
-        "revoked_file",
-        _parse_str,
-        "",
-        "client certificates refused by serial or sha256 fingerprint; re-read when it changes",
-    ),
-    Key(
-        "max_streams_per_agent",
-        _ranged(0, 1000000),
-        0,
-        "most concurrent streams one agent identity (certificate CN) may hold across its connections; 0: no limit",
-    ),
-    Key("dial_timeout", parse_duration, 10.0, "give up dialling a destination after this long (504)"),
-    Key("drain_timeout", parse_duration, 20.0, "on stop, how long open streams may finish"),
-    Key("keepalive_interval", parse_duration, 30.0, "PING each agent this often"),
-    Key("keepalive_timeout", parse_duration, 20.0, "drop an agent that does not answer a PING this long"),
-    Key("egress_allow", _parse_str_list, [], "CIDR[:ports] opened despite the default deny list"),
-    Key("metrics.emit_metrics", _parse_bool, False, "publish CloudWatch metrics"),
-    Key("metrics.metrics_interval", parse_duration, 60.0, "seconds between metric publications"),
-    Key("metrics.namespace", _parse_str, "Fluidity", "CloudWatch namespace"),
-    Key("metrics.service_name", _parse_str, "fluidity-server", "ServiceName dimension"),
-    Key(
-        "metrics.transport",
+def _cert(role: str, what: str) -> str:
+    return f"certs/{role}.{what}"
+
+
+# -- typed, frozen settings: what `load` returns, each key declared once ---------------------
+@dataclass(frozen=True)
+class MetricsSettings:
+    emit_metrics: bool = setting(_parse_bool, False, "publish CloudWatch metrics")
+    metrics_interval: float = setting(parse_duration, 60.0, "seconds between metric publications")
+    namespace: str = setting(_parse_str, "Fluidity", "CloudWatch namespace")
+    service_name: str = setting(_parse_str, "fluidity-server", "ServiceName dimension")
+    transport: str = setting(
         _choice("api", "emf"),
         "api",
         "api: PutMetricData calls (boto3); emf: embedded-metric-format lines on stdout, for CloudWatch Logs to "
         "turn into metrics",
-    ),
-    Key(
-        "metrics.per_agent",
+    )
+    per_agent: bool = setting(
         _parse_bool,
         False,
         "also publish ActiveConnections per agent identity (one more series, and monthly charge, per agent)",
-    ),
-)
-
-AGENT_KEYS: tuple[Key, ...] = (
-    Key(
-        "proxy_host",
-        _parse_listen_hosts,
-        list(LOOPBACK_HOSTS),
-        "addresses the local proxy listens on: one, or a list (default 127.0.0.1 and ::1; 0.0.0.0 or :: must be "
-        "explicit)",
-    ),
-    Key("proxy_port", PORT, 8080, "local HTTP proxy port"),
-    Key(
-        "local_names",
-        _parse_str_list,
-        [],
-        "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when "
-        "proxy_host is 0.0.0.0); any other Host gets 403",
-    ),
-    Key("server_ip", _parse_str, "", "the server's address (IP or name)"),
-    Key("server_port", PORT, SERVER_PORT, "the server's TLS port"),
-    Key("server_name", _parse_str, "fluidity-server", "name the server certificate must carry"),
-    *_common("client"),
-    Key("connect_timeout", parse_duration, 10.0, "give up a TLS connection attempt after this long"),
-    Key("keepalive_interval", parse_duration, 15.0, "PING the server this often"),
-    Key("keepalive_timeout", parse_duration, 10.0, "reconnect when a PING gets no answer this long"),
-    Key(
-        "probe_timeout",
-        parse_duration,
-        3.0,
-        "a stream opened after a second's silence from the server sends a PING with it; no answer this soon and "
-        "the connection is replaced (a middlebox forgot the flow), the stream opened again on the new one",
-    ),
-    Key("reconnect_max_delay", parse_duration, 5.0, "longest wait between reconnection attempts"),
-    Key("tunnel_wait", parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503"),
-    Key("optimistic_connect", _parse_bool, True, "answer CONNECT at once for destinations reached before"),
-    Key("max_header_bytes", _ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)"),
-    Key(
-        "head_timeout",
-        parse_duration,
-        60.0,
-        "a local client must send a complete request head (or SOCKS request) this soon; 0: never times out",
-    ),
-    Key("pac_bypass", _parse_pac_bypass, list(DEFAULT_BYPASS), "hosts and networks /proxy.pac sends DIRECT"),
-    Key(
-        "upstream_proxy",
-        _parse_str,
-        "",
-        "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... "
-        "(TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY",
-    ),
-    Key(
-        "pac_url",
-        _parse_str,
-        "",
-        "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one",
-    ),
-    Key(
-        "upstream_proxy_ca",
-        _parse_str,
-        "",
-        "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's",
-    ),
-    Key(
-        "upstream_proxy_user",
-        _parse_str,
-        "",
-        "user name for a proxy that asks, when its URL has none (auto, $HTTPS_PROXY), e.g. CORP\\alice",
-    ),
-    Key(
-        "upstream_proxy_password",
-        _parse_str,
-        "",
-        "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores "
-        "it), or the password",
-    ),
-    Key("lifecycle.wake_endpoint", _parse_str, "", "control-plane URL that starts the server"),
-    Key("lifecycle.kill_endpoint", _parse_str, "", "control-plane URL that stops the server"),
-    Key("lifecycle.status_endpoint", _parse_str, "", "control-plane URL that reports the server"),
-    Key("lifecycle.api_key", _parse_str, "", "x-api-key for the control plane (or env:VAR)"),
-    Key("lifecycle.wake_timeout", parse_duration, 90.0, "how long a wake may take"),
-    Key("lifecycle.wake_retry_interval", parse_duration, 5.0, "poll interval while waking"),
-    Key(
-        "lifecycle.kill_on_exit",
-        _parse_optional_bool,
-        None,
-        "stop the server when the agent stops (default: yes when kill_endpoint is set)",
-    ),
-    Key("lifecycle.request_timeout", parse_duration, 10.0, "give up one control-plane request after this long"),
-)
+    )
 
 
-# -- typed, frozen settings: what `load` returns --------------------------------------------
-# One field per Key above (blocks as nested dataclasses); test_config checks the two agree,
-# so the schema stays the one place that says what a key means, its default and its flag.
-@dataclass(frozen=True)
-class MetricsSettings:
-    emit_metrics: bool
-    metrics_interval: float
-    namespace: str
-    service_name: str
-    transport: str
-    per_agent: bool
+_CERT_HELP = "certificate (PEM path, or env:VAR holding PEM text)"
+_KEY_HELP = "private key (PEM path, or env:VAR)"
+_CA_HELP = "CA that signs the peer (PEM path, or env:VAR)"
+_LOG_LEVEL_HELP = "debug, info, warn, error"
+_LOG_FORMAT_HELP = "text or json (one JSON object a line, for CloudWatch)"
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str
-    port: int
-    cert_file: str
-    key_file: str
-    ca_file: str
-    log_level: str
-    log_format: str
-    max_connections: int
-    handshake_timeout: float
-    max_handshakes: int
-    max_handshakes_per_source: int
-    max_streams: int
-    revoked_file: str
-    max_streams_per_agent: int
-    dial_timeout: float
-    drain_timeout: float
-    keepalive_interval: float
-    keepalive_timeout: float
-    egress_allow: tuple[str, ...]
-    metrics: MetricsSettings
+    role: ClassVar[str] = "server"
+
+    host: str = setting(_parse_str, "0.0.0.0", "address the TLS listener binds")
+    port: int = setting(
+        PORT,
+        SERVER_PORT,
+        "TLS listener port (443: what corporate proxies let through; below 1024 needs CAP_NET_BIND_SERVICE, which "
+        "the server image grants)",
+    )
+    cert_file: str = setting(_parse_str, _cert("server", "pem"), _CERT_HELP)
+    key_file: str = setting(_parse_str, _cert("server", "key"), _KEY_HELP)
+    ca_file: str = setting(_parse_str, _cert("ca", "pem"), _CA_HELP)
+    log_level: str = setting(LOG_LEVELS, "info", _LOG_LEVEL_HELP)
+    log_format: str = setting(LOG_FORMATS, "text", _LOG_FORMAT_HELP)
+    max_connections: int = setting(_ranged(1, 100000), 64, "most authenticated agent connections at once")
+    handshake_timeout: float = setting(
+        parse_duration,
+        5.0,
+        "a connection must finish its TLS handshake (client certificate included) this soon",
+    )
+    max_handshakes: int = setting(
+        _ranged(1, 100000),
+        256,
+        "most connections still in their TLS handshake; the oldest makes room for a new one",
+    )
+    max_handshakes_per_source: int = setting(
+        _ranged(1, 100000),
+        16,
+        "most connections one address may hold in their TLS handshake",
+    )
+    max_streams: int = setting(_ranged(1, 100000), 2000, "most concurrent tunnelled connections per agent connection")
+    revoked_file: str = setting(
+        _parse_str,
+        "",
+        "client certificates refused by serial or sha256 fingerprint; re-read when it changes",
+    )
+    max_streams_per_agent: int = setting(
+        _ranged(0, 1000000),
+        0,
+        "most concurrent streams one agent identity (certificate CN) may hold across its connections; 0: no limit",
+    )
+    dial_timeout: float = setting(parse_duration, 10.0, "give up dialling a destination after this long (504)")
+    drain_timeout: float = setting(parse_duration, 20.0, "on stop, how long open streams may finish")
+    keepalive_interval: float = setting(parse_duration, 30.0, "PING each agent this often")
+    keepalive_timeout: float = setting(parse_duration, 20.0, "drop an agent that does not answer a PING this long")
+    egress_allow: tuple[str, ...] = setting(_parse_str_list, (), "CIDR[:ports] opened despite the default deny list")
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)  # the `metrics:` block
     source: str = field(default="defaults", compare=False)  # the file it came from, for error lines
 
 
@@ -355,72 +242,134 @@ class ServerSettings:
 class LifecycleSettingsBlock:
     """The `lifecycle:` block as written; `agent.lifecycle.settings_from` checks and derives it."""
 
-    wake_endpoint: str
-    kill_endpoint: str
-    status_endpoint: str
-    api_key: str
-    wake_timeout: float
-    wake_retry_interval: float
-    kill_on_exit: bool | None
-    request_timeout: float
+    wake_endpoint: str = setting(_parse_str, "", "control-plane URL that starts the server")
+    kill_endpoint: str = setting(_parse_str, "", "control-plane URL that stops the server")
+    status_endpoint: str = setting(_parse_str, "", "control-plane URL that reports the server")
+    api_key: str = setting(_parse_str, "", "x-api-key for the control plane (or env:VAR)")
+    wake_timeout: float = setting(parse_duration, 90.0, "how long a wake may take")
+    wake_retry_interval: float = setting(parse_duration, 5.0, "poll interval while waking")
+    kill_on_exit: bool | None = setting(
+        _parse_optional_bool,
+        None,
+        "stop the server when the agent stops (default: yes when kill_endpoint is set)",
+    )
+    request_timeout: float = setting(parse_duration, 10.0, "give up one control-plane request after this long")
 
 
 @dataclass(frozen=True)
 class AgentSettings:
-    proxy_host: tuple[str, ...]
-    proxy_port: int
-    local_names: tuple[str, ...]
-    server_ip: str
-    server_port: int
-    server_name: str
-    cert_file: str
-    key_file: str
-    ca_file: str
-    log_level: str
-    log_format: str
-    connect_timeout: float
-    keepalive_interval: float
-    keepalive_timeout: float
-    probe_timeout: float
-    reconnect_max_delay: float
-    tunnel_wait: float
-    optimistic_connect: bool
-    max_header_bytes: int
-    head_timeout: float
-    pac_bypass: tuple[str, ...]
-    upstream_proxy: str
-    pac_url: str
-    upstream_proxy_ca: str
-    upstream_proxy_user: str
-    upstream_proxy_password: str
-    lifecycle: LifecycleSettingsBlock
+    role: ClassVar[str] = "agent"
+
+    proxy_host: tuple[str, ...] = setting(
+        _parse_listen_hosts,
+        LOOPBACK_HOSTS,
+        "addresses the local proxy listens on: one, or a list (default 127.0.0.1 and ::1; 0.0.0.0 or :: must be "
+        "explicit)",
+    )
+    proxy_port: int = setting(PORT, 8080, "local HTTP proxy port")
+    local_names: tuple[str, ...] = setting(
+        _parse_str_list,
+        (),
+        "names besides localhost and loopback addresses that /health and /proxy.pac answer to (a LAN name when "
+        "proxy_host is 0.0.0.0); any other Host gets 403",
+    )
+    server_ip: str = setting(_parse_str, "", "the server's address (IP or name)")
+    server_port: int = setting(PORT, SERVER_PORT, "the server's TLS port")
+    server_name: str = setting(_parse_str, "fluidity-server", "name the server certificate must carry")
+    cert_file: str = setting(_parse_str, _cert("client", "pem"), _CERT_HELP)
+    key_file: str = setting(_parse_str, _cert("client", "key"), _KEY_HELP)
+    ca_file: str = setting(_parse_str, _cert("ca", "pem"), _CA_HELP)
+    log_level: str = setting(LOG_LEVELS, "info", _LOG_LEVEL_HELP)
+    log_format: str = setting(LOG_FORMATS, "text", _LOG_FORMAT_HELP)
+    connect_timeout: float = setting(parse_duration, 10.0, "give up a TLS connection attempt after this long")
+    keepalive_interval: float = setting(parse_duration, 15.0, "PING the server this often")
+    keepalive_timeout: float = setting(parse_duration, 10.0, "reconnect when a PING gets no answer this long")
+    probe_timeout: float = setting(
+        parse_duration,
+        3.0,
+        "a stream opened after a second's silence from the server sends a PING with it; no answer this soon and "
+        "the connection is replaced (a middlebox forgot the flow), the stream opened again on the new one",
+    )
+    reconnect_max_delay: float = setting(parse_duration, 5.0, "longest wait between reconnection attempts")
+    tunnel_wait: float = setting(parse_duration, 5.0, "hold a client this long while the tunnel (re)connects, then 503")
+    optimistic_connect: bool = setting(_parse_bool, True, "answer CONNECT at once for destinations reached before")
+    max_header_bytes: int = setting(_ranged(1024, 1 << 20), 65536, "largest request head a client may send (431)")
+    head_timeout: float = setting(
+        parse_duration,
+        60.0,
+        "a local client must send a complete request head (or SOCKS request) this soon; 0: never times out",
+    )
+    pac_bypass: tuple[str, ...] = setting(
+        _parse_pac_bypass, DEFAULT_BYPASS, "hosts and networks /proxy.pac sends DIRECT"
+    )
+    upstream_proxy: str = setting(
+        _parse_str,
+        "",
+        "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... "
+        "(TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY",
+    )
+    pac_url: str = setting(
+        _parse_str,
+        "",
+        "with upstream_proxy: auto, the PAC file to use (http(s):// or a path) instead of looking for one",
+    )
+    upstream_proxy_ca: str = setting(
+        _parse_str,
+        "",
+        "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's",
+    )
+    upstream_proxy_user: str = setting(
+        _parse_str,
+        "",
+        "user name for a proxy that asks, when its URL has none (auto, $HTTPS_PROXY), e.g. CORP\\alice",
+    )
+    upstream_proxy_password: str = setting(
+        _parse_str,
+        "",
+        "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores "
+        "it), or the password",
+    )
+    lifecycle: LifecycleSettingsBlock = field(default_factory=LifecycleSettingsBlock)  # the `lifecycle:` block
     source: str = field(default="defaults", compare=False)
 
 
 Settings = ServerSettings | AgentSettings
-SETTINGS_CLASS = {id(SERVER_KEYS): ServerSettings, id(AGENT_KEYS): AgentSettings}
 
 
-def flat_names(cls, prefix: str = "") -> list[str]:
-    """The dotted key names a settings class holds, in field order."""
-    names = []
+class Schema(tuple[Key, ...]):
+    """A role's keys in field order, derived from its settings class (`settings`, `role`)."""
+
+    settings: type[ServerSettings] | type[AgentSettings]
+    role: str
+
+    def __new__(cls, settings: type[ServerSettings] | type[AgentSettings]) -> Schema:
+        schema = super().__new__(cls, _keys_of(settings))
+        schema.settings, schema.role = settings, settings.role
+        return schema
+
+
+def _keys_of(cls: type, prefix: str = "") -> list[Key]:
+    keys = []
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
-        if f.name == "source":
-            continue
         if is_dataclass(hints[f.name]):
-            names += flat_names(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            names.append(prefix + f.name)
-    return names
+            keys += _keys_of(hints[f.name], f"{prefix}{f.name}.")
+        elif "parse" in f.metadata:
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
+            keys.append(Key(prefix + f.name, f.metadata["parse"], default, f.metadata["help"]))
+    return keys
 
 
-def _build(cls, values: dict[str, Any], prefix: str = ""):
+SERVER_KEYS = Schema(ServerSettings)
+AGENT_KEYS = Schema(AgentSettings)
+
+
+def _build(cls, values: dict[str, Any], prefix: str = "", **extra: Any):
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    kwargs = dict(extra)
     for f in fields(cls):
-        if f.name == "source":
-            continue
+        if not is_dataclass(hints[f.name]) and "parse" not in f.metadata:
+            continue  # not a setting (`source`)
         if is_dataclass(hints[f.name]):
             kwargs[f.name] = _build(hints[f.name], values, f"{prefix}{f.name}.")
         else:
@@ -476,7 +425,7 @@ def default_agent_config() -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
-def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
+def load(keys: Schema, path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
     """Defaults, then the YAML file, then command-line overrides, each value parsed by its
     key: the frozen ServerSettings (SERVER_KEYS) or AgentSettings (AGENT_KEYS), built once."""
     by_name = {k.name: k for k in keys}
@@ -500,7 +449,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             data = {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-        data = _lift_role_section(data, "agent" if "proxy_port" in by_name else "server", path)
+        data = _lift_role_section(data, keys.role, path)
         _flatten(data, "", raw, blocks, path)
     for name in raw:
         if name not in by_name:
@@ -531,8 +480,7 @@ def load(keys: tuple[Key, ...], path: str | None, overrides: dict[str, Any] | No
             except ValueError as e:
                 flag = f" (--{key.flag})" if origin == "command line" else ""
                 raise ConfigError(f"{origin}: '{name}'{flag}: {e}") from None
-    settings = _build(SETTINGS_CLASS[id(keys)], config)
-    object.__setattr__(settings, "source", where)
+    settings: Settings = _build(keys.settings, config, source=where)
     return settings
 
 

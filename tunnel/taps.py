@@ -26,16 +26,17 @@ log = Logger(namespace="fluidity")
 
 class RoleOptions(usage.Options):
     """One role's command line: `--config` and a flag for each of the role's settings.
-    A subclass names its `role` and `schema` and says how it checks what was read."""
+    A subclass names its `schema` (its role comes with it) and says how it checks what was read."""
 
     role: ClassVar[str]
-    schema: ClassVar[tuple[cfg.Key, ...]]  # not `keys`: Options is a dict
+    schema: ClassVar[cfg.Schema]  # not `keys`: Options is a dict
     config_help: ClassVar[str] = "$FLUIDITY_CONFIG"
     synopsis: ClassVar[str]
     optParameters: ClassVar[list[list[Any]]]
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
+        cls.role = cls.schema.role
         cls.synopsis = f"[options]  (twistd -n fluidity-{cls.role} --config configs/{cls.role}.yaml)"
         cls.optParameters = [["config", "c", cls.default_config(), f"YAML config file (default: {cls.config_help})"]]
         cls.optParameters += [[k.flag, None, None, f"{k.help} [{k.name}, default {k.default!r}]"] for k in cls.schema]

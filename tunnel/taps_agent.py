@@ -22,7 +22,6 @@ __all__ = ["Options", "makeService"]
 
 
 class Options(RoleOptions):
-    role = "agent"
     schema = cfg.AGENT_KEYS
     config_help = "$FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml"
 

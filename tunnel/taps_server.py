@@ -24,7 +24,6 @@ REVOCATION_CHECK = 2.0  # seconds between looks at revoked_file
 
 
 class Options(RoleOptions):
-    role = "server"
     schema = cfg.SERVER_KEYS
 
     def overrides(self) -> dict[str, Any]:
@@ -87,19 +86,7 @@ def make_server_service(
     top = service.MultiService()
     ExitZeroOnRequestedStop(reactor).setServiceParent(top)
     opener = DirectOpener(reactor, egress_policy, config.dial_timeout)
-    server = TunnelServer(
-        reactor,
-        opener,
-        max_connections=config.max_connections,
-        max_streams=config.max_streams,
-        max_streams_per_agent=config.max_streams_per_agent,
-        revocations=revocations,
-        keepalive_interval=config.keepalive_interval,
-        keepalive_timeout=config.keepalive_timeout,
-        handshake_timeout=config.handshake_timeout,
-        max_handshakes=config.max_handshakes,
-        max_handshakes_per_source=config.max_handshakes_per_source,
-    )
+    server = TunnelServer(reactor, opener, config, revocations)
     endpoint = tcp_endpoint(reactor, config.host, config.port)
     ListenService(endpoint, tls_factory(tls, server), "tunnel (TLS)", config.host, config.port).setServiceParent(top)
     DrainOnStop(server, config.drain_timeout).setServiceParent(top)

@@ -9,32 +9,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 
-DEFAULT_BYPASS = [
-    "localhost",
-    "*.local",
-    "127.0.0.0/8",
-    "10.0.0.0/8",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "169.254.0.0/16",
-]
-_PATTERN = re.compile(r"^[A-Za-z0-9*?][A-Za-z0-9.*?-]*$")
-
-
-def check_bypass(entries: list[str]) -> list[str]:
-    """Each entry is an IPv4 network or a host pattern; raises ValueError naming a bad one."""
-    for entry in entries:
-        if "/" in entry or entry.replace(".", "").isdigit():
-            try:
-                if ipaddress.ip_network(entry, strict=False).version != 4:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an IPv4 network like 10.0.0.0/8") from None
-        elif not _PATTERN.match(entry):
-            raise ValueError(f"{entry!r} is not a host name or pattern like *.corp.example")
-    return entries
+__all__ = ["pac_file"]
 
 
 def pac_file(proxy: str, bypass: list[str]) -> str:

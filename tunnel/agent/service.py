@@ -20,6 +20,7 @@ from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.tunnel_client import TunnelClient
 from tunnel.config import LOOPBACK_HOSTS, Settings, read_pem
 from tunnel.wire import descriptors
+from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.listening import ListenService, tcp_endpoint
 from tunnel.wire.tls import ca_certificate
 
@@ -98,9 +99,7 @@ class Agent(service.Service):
             host=config.server_ip,
             port=config.server_port,
             connect_timeout=config.connect_timeout,
-            keepalive_interval=config.keepalive_interval,
-            keepalive_timeout=config.keepalive_timeout,
-            probe_timeout=config.probe_timeout,
+            limits=TunnelLimits.of(config),
             reconnect_max_delay=config.reconnect_max_delay,
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,

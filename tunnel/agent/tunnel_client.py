@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 
 from tunnel.agent.upstream import route
 from tunnel.wire.addresses import Destination
+from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.mux import TunnelMux
 from tunnel.wire.refusals import OpenFailed
@@ -42,10 +43,8 @@ class TunnelClient:
         host: str,
         port: int,
         connect_timeout: float,
-        keepalive_interval: float,
-        keepalive_timeout: float,
+        limits: TunnelLimits,
         reconnect_max_delay: float,
-        probe_timeout: float = 3.0,
         tunnel_wait: float,
         locator=None,
         upstream_proxy: str = "",
@@ -67,9 +66,7 @@ class TunnelClient:
         self._stale = locator is not None  # ask the control plane before dialling
         self._want_wake = locator is not None
         self.connect_timeout = connect_timeout
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
-        self.probe_timeout = probe_timeout
+        self.limits = limits  # each connection's keepalive and probe
         self.tunnel_wait = tunnel_wait
         self.current: TunnelMux | None = None
         self.last_error: str | None = None
@@ -151,9 +148,7 @@ class TunnelClient:
             lambda: TunnelMux(
                 client_side=True,
                 clock=self.reactor,
-                keepalive_interval=self.keepalive_interval,
-                keepalive_timeout=self.keepalive_timeout,
-                probe_timeout=self.probe_timeout,
+                limits=self.limits,
                 on_ready=self._ready,
                 on_drain=self._draining,
                 on_lost=self._lost,

@@ -17,12 +17,14 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from tunnel.config import ServerSettings
 from tunnel.opener import bridge
 from tunnel.server.dialer import DirectOpener
 from tunnel.server.preauth import HandshakeBudget
 from tunnel.server.revocation import RevocationList
 from tunnel.wire import descriptors
 from tunnel.wire.addresses import BadAddress, parse_authority
+from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.endings import Endings
 from tunnel.wire.http_front import HttpFront
 from tunnel.wire.logs import Throttle, more
@@ -35,9 +37,6 @@ from tunnel.wire.tls_batching import BatchedTLS
 log = Logger(namespace="fluidity.server")
 _refusals = Throttle()
 
-HANDSHAKE_TIMEOUT = 5.0  # a TLS 1.3 handshake is one round trip; this is generous
-MAX_HANDSHAKES = 256  # unauthenticated connections at once, from anywhere
-MAX_HANDSHAKES_PER_SOURCE = 16  # ... and from one address
 HEAD_TIMEOUT = 30.0  # the one CONNECT of an http/1.1 client
 
 
@@ -226,29 +225,19 @@ class TunnelServer(Factory):
         self,
         reactor,
         opener: DirectOpener,
-        *,
-        max_connections: int,
-        max_streams: int,
-        keepalive_interval: float,
-        keepalive_timeout: float,
-        max_streams_per_agent: int = 0,
+        settings: ServerSettings,
         revocations: RevocationList | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        max_handshakes: int = MAX_HANDSHAKES,
-        max_handshakes_per_source: int = MAX_HANDSHAKES_PER_SOURCE,
     ) -> None:
         self.reactor = reactor
         self.endings = Endings(reactor)  # closes and aborts, their timers on this reactor
         self.opener = opener
-        self.max_connections = max_connections
-        self.handshake_timeout = handshake_timeout
-        self.handshakes = HandshakeBudget(max_handshakes, max_handshakes_per_source)
-        self.max_streams = max_streams
-        self.max_streams_per_agent = max_streams_per_agent
+        self.max_connections = settings.max_connections
+        self.handshake_timeout = settings.handshake_timeout
+        self.handshakes = HandshakeBudget(settings.max_handshakes, settings.max_handshakes_per_source)
+        self.max_streams_per_agent = settings.max_streams_per_agent
+        self.limits = TunnelLimits.of(settings)  # each agent connection's streams and keepalive
         # Not `revocations or ...`: an empty list (every operator's first) is still the file to watch.
         self.revocations = revocations if revocations is not None else RevocationList("")
-        self.keepalive_interval = keepalive_interval
-        self.keepalive_timeout = keepalive_timeout
         self.connections: set[ServerConnection] = set()
         self.stopping = False
         self._drained: defer.Deferred | None = None
@@ -256,7 +245,7 @@ class TunnelServer(Factory):
         total = descriptors.capacity(reactor)
         # Kept back for handshakes, agents' connections, the listener and logs: streams
         # (one dial each) never take the descriptors that let agents in.
-        self.descriptor_budget = total - descriptors.reserve_for(total, 64 + max_handshakes)
+        self.descriptor_budget = total - descriptors.reserve_for(total, 64 + settings.max_handshakes)
 
     def buildProtocol(self, addr):
         # Under TLS a None here would leave the TLS wrapper without a protocol: refuse explicitly.
@@ -325,9 +314,7 @@ class TunnelServer(Factory):
             client_side=False,
             clock=self.reactor,
             on_stream=self._on_stream,
-            max_streams=self.max_streams,
-            keepalive_interval=self.keepalive_interval,
-            keepalive_timeout=self.keepalive_timeout,
+            limits=self.limits,
             peer_name=peer_name,
         )
         mux.identity = identity

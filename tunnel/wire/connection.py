@@ -12,6 +12,7 @@ thin Twisted protocol around it: socket I/O, one timer, and each stream as a tra
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
 import struct
@@ -32,6 +33,7 @@ from tunnel.wire.refusals import OpenFailed, http_status
 
 __all__ = [
     "CONNECTION_WINDOW",
+    "DEFAULT_LIMITS",
     "FLOOD_LIMITS",
     "MAX_FRAME",
     "STREAM_TRANSITIONS",
@@ -55,6 +57,7 @@ __all__ = [
     "StreamState",
     "StreamStateError",
     "TunnelConnection",
+    "TunnelLimits",
     "proxy_status",
     "reason_from",
 ]
@@ -269,19 +272,34 @@ def reason_from(headers: dict[bytes, bytes]) -> str:
     return text[: text.rfind('"')].replace('\\"', '"').replace("\\\\", "\\") if '"' in text else text
 
 
+@dataclass(frozen=True)
+class TunnelLimits:
+    """What one tunnel connection is allowed and how it keeps watch, as one value built once
+    from a role's settings (`of`); the defaults serve connections made in memory."""
+
+    max_streams: int = 2000  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
+    keepalive_interval: float = 15.0  # PING the peer this often (0: never)
+    keepalive_timeout: float = 10.0  # a PING unanswered this long is overdue
+    probe_timeout: float = 3.0  # a stream opened after a quiet second PINGs; unanswered this long, replace
+
+    @classmethod
+    def of(cls, settings: object) -> TunnelLimits:
+        """The limits a role's settings hold, by field name (the server's have no probe)."""
+        names = (f.name for f in dataclasses.fields(cls))
+        return cls(**{name: getattr(settings, name) for name in names if hasattr(settings, name)})
+
+
+DEFAULT_LIMITS = TunnelLimits()
+
+
 class TunnelConnection:
     """One HTTP/2 CONNECT connection's state; `client_side` for the agent."""
 
-    def __init__(
-        self,
-        *,
-        client_side: bool,
-        max_streams: int = 2000,
-        keepalive_interval: float = 15.0,
-        keepalive_timeout: float = 10.0,
-    ) -> None:
+    def __init__(self, *, client_side: bool, limits: TunnelLimits = DEFAULT_LIMITS) -> None:
         self.client_side = client_side
-        self.keepalive_interval, self.keepalive_timeout = keepalive_interval, keepalive_timeout
+        self.limits = limits
+        self.keepalive_interval, self.keepalive_timeout = limits.keepalive_interval, limits.keepalive_timeout
+        max_streams = limits.max_streams
         self.streams: dict[int, Stream] = {}
         # Streams with bytes queued that a window kept back, in round-robin order: a window
         # opening visits these only, so its cost does not grow with the number of streams.

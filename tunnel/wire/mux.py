@@ -212,21 +212,13 @@ class TunnelMux(Protocol):
         client_side: bool,
         clock,
         on_stream: Callable[[TunnelStream], None] | None = None,
-        max_streams: int = 2000,
-        keepalive_interval: float = 15.0,
-        keepalive_timeout: float = 10.0,
-        probe_timeout: float = 3.0,
+        limits: core.TunnelLimits = core.DEFAULT_LIMITS,
         on_drain: Callable[[TunnelMux], None] | None = None,
         on_ready: Callable[[TunnelMux], None] | None = None,
         on_lost: Callable[[TunnelMux, Failure], None] | None = None,
         peer_name: str = "",
     ) -> None:
-        self.core = core.TunnelConnection(
-            client_side=client_side,
-            max_streams=max_streams,
-            keepalive_interval=keepalive_interval,
-            keepalive_timeout=keepalive_timeout,
-        )
+        self.core = core.TunnelConnection(client_side=client_side, limits=limits)
         self.client_side = client_side
         self.clock = clock
         self.endings = Endings(clock)
@@ -234,8 +226,7 @@ class TunnelMux(Protocol):
         self.on_drain = on_drain
         self.on_ready = on_ready
         self.on_lost = on_lost
-        self.keepalive_timeout = keepalive_timeout
-        self.probe_timeout = probe_timeout
+        self.limits = limits
         self.peer_name = peer_name
         self.identity = peer_name  # the server sets the peer certificate's CN
         self.streams: dict[int, TunnelStream] = {}
@@ -463,7 +454,7 @@ class TunnelMux(Protocol):
         sid = self.core.open_stream(destination)
         stream = self.streams[sid] = TunnelStream(self, sid, destination)
         due = self.core.next_deadline()
-        self.core.probe(self.clock.seconds(), self.probe_timeout)
+        self.core.probe(self.clock.seconds(), self.limits.probe_timeout)
         self._write_out()
         if self.core.next_deadline() != due:  # the probe brought the deadline forward
             self._arm()
