@@ -425,54 +425,57 @@ def default_agent_config() -> str | None:
     return candidate if os.path.isfile(candidate) else None
 
 
+def _read_mapping(path: str) -> dict:
+    """The YAML file's top-level mapping; any way it cannot be one is a one-line error."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: {yaml_problem(e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def _file_relative(value: Any, base: str) -> Any:
+    """A path written in a config file is relative to that file, not to the working directory."""
+    if not isinstance(value, str) or not value or value.startswith("env:"):
+        return value
+    if value.startswith("~"):
+        return os.path.expanduser(value)
+    return value if os.path.isabs(value) else os.path.join(base, value)
+
+
+def _read_file(keys: Schema, path: str) -> dict[str, Any]:
+    """The file's keys, dotted, each one the schema knows; paths made absolute."""
+    raw: dict[str, Any] = {}
+    blocks = {k.name.rsplit(".", 1)[0] for k in keys if "." in k.name}
+    _flatten(_lift_role_section(_read_mapping(path), keys.role, path), "", raw, blocks, path)
+    known = [k.name for k in keys]
+    for name in raw:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{path}: unknown key {name!r}{hint}")
+    base = os.path.dirname(os.path.abspath(path))
+    return {name: _file_relative(value, base) if name in PATH_KEYS else value for name, value in raw.items()}
+
+
 def load(keys: Schema, path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
     """Defaults, then the YAML file, then command-line overrides, each value parsed by its
     key: the frozen ServerSettings (SERVER_KEYS) or AgentSettings (AGENT_KEYS), built once."""
     by_name = {k.name: k for k in keys}
-    blocks = {k.name.rsplit(".", 1)[0] for k in keys if "." in k.name}
-    raw: dict[str, Any] = {}
-    where = "defaults"
-    if path:
-        where = path
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: {yaml_problem(e)}") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys at the top level")
-        data = _lift_role_section(data, keys.role, path)
-        _flatten(data, "", raw, blocks, path)
-    for name in raw:
-        if name not in by_name:
-            close = difflib.get_close_matches(name, list(by_name), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{where}: unknown key {name!r}{hint}")
-    config: dict[str, Any] = {}
-    for key in keys:
-        config[key.name] = key.default
-    if path:  # a relative path in a config file is relative to that file, not to the working directory
-        base = os.path.dirname(os.path.abspath(path))
-        for name in PATH_KEYS & raw.keys():
-            value = raw[name]
-            if (
-                isinstance(value, str)
-                and value
-                and not value.startswith("env:")
-                and not os.path.isabs(os.path.expanduser(value))
-            ):
-                raw[name] = os.path.join(base, value)
-            elif isinstance(value, str) and value.startswith("~"):
-                raw[name] = os.path.expanduser(value)
-    for origin, values in ((where, raw), ("command line", overrides or {})):
+    config: dict[str, Any] = {k.name: k.default for k in keys}
+    where = path or "defaults"
+    for origin, values in ((where, _read_file(keys, path) if path else {}), ("command line", overrides or {})):
         for name, value in values.items():
             key = by_name[name]
             try:
