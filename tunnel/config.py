@@ -336,13 +336,16 @@ class AgentSettings:
 Settings = ServerSettings | AgentSettings
 
 
-class Schema(tuple[Key, ...]):
+S = typing.TypeVar("S", ServerSettings, AgentSettings)
+
+
+class Schema(tuple[Key, ...], typing.Generic[S]):
     """A role's keys in field order, derived from its settings class (`settings`, `role`)."""
 
-    settings: type[ServerSettings] | type[AgentSettings]
+    settings: type[S]
     role: str
 
-    def __new__(cls, settings: type[ServerSettings] | type[AgentSettings]) -> Schema:
+    def __new__(cls, settings: type[S]) -> Schema[S]:
         schema = super().__new__(cls, _keys_of(settings))
         schema.settings, schema.role = settings, settings.role
         return schema
@@ -469,7 +472,7 @@ def _read_file(keys: Schema, path: str) -> dict[str, Any]:
     return {name: _file_relative(value, base) if name in PATH_KEYS else value for name, value in raw.items()}
 
 
-def load(keys: Schema, path: str | None, overrides: dict[str, Any] | None = None) -> Settings:
+def load(keys: Schema[S], path: str | None, overrides: dict[str, Any] | None = None) -> S:
     """Defaults, then the YAML file, then command-line overrides, each value parsed by its
     key: the frozen ServerSettings (SERVER_KEYS) or AgentSettings (AGENT_KEYS), built once."""
     by_name = {k.name: k for k in keys}
@@ -483,7 +486,7 @@ def load(keys: Schema, path: str | None, overrides: dict[str, Any] | None = None
             except ValueError as e:
                 flag = f" (--{key.flag})" if origin == "command line" else ""
                 raise ConfigError(f"{origin}: '{name}'{flag}: {e}") from None
-    settings: Settings = _build(keys.settings, config, source=where)
+    settings: S = _build(keys.settings, config, source=where)
     return settings
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Sequence
 
 __all__ = ["pac_file"]
 
 
-def pac_file(proxy: str, bypass: list[str]) -> str:
+def pac_file(proxy: str, bypass: Sequence[str]) -> str:
     """The PAC script; `proxy` is `host:port` as the browser should reach the agent."""
     networks, patterns = [], []
     for entry in bypass:

@@ -18,7 +18,7 @@ from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.tunnel_client import TunnelClient
-from tunnel.config import LOOPBACK_HOSTS, Settings, read_pem
+from tunnel.config import LOOPBACK_HOSTS, AgentSettings, read_pem
 from tunnel.wire import descriptors
 from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.listening import ListenService, tcp_endpoint
@@ -78,7 +78,7 @@ NOTICE_FOR = 30.0
 class Agent(service.Service):
     """Starts the tunnel with the service and stops it (closing streams) on shutdown."""
 
-    def __init__(self, reactor, config: Settings, tls_options) -> None:
+    def __init__(self, reactor, config: AgentSettings, tls_options) -> None:
         self.reactor = reactor
         self.config = config
         self.local_names = tuple(name.lower().rstrip(".") for name in config.local_names)
@@ -89,10 +89,11 @@ class Agent(service.Service):
         self.proxies = ProxyChoice(
             config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config)
         )
-        self.control_plane = (
-            ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies) if self.lifecycle else None
-        )
-        self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle) if self.lifecycle else None
+        self.control_plane: ControlPlaneClient | None = None
+        self.locator: ServerLocator | None = None
+        if self.lifecycle:
+            self.control_plane = ControlPlaneClient(reactor, self.lifecycle, proxies=self.proxies)
+            self.locator = ServerLocator(reactor, self.control_plane, self.lifecycle)
         self.tunnel = TunnelClient(
             reactor,
             tls_options,
@@ -204,7 +205,8 @@ class Agent(service.Service):
 
     def _stopped(self, status: dict) -> None:
         self._say(f"server is {status.get('status', 'stopping')}")
-        self.locator.last_status, self.locator.since = status, None
+        if self.locator is not None:
+            self.locator.last_status, self.locator.since = status, None
 
     def _refresh_server_state(self) -> None:
         """While someone looks at the page, ask the control plane what the server does (every STATE_EVERY s)."""
@@ -214,7 +216,7 @@ class Agent(service.Service):
         self._state_asked = now
 
         def got(status: dict) -> None:
-            if self.tunnel.current is None:
+            if self.tunnel.current is None and self.locator is not None:
                 self.locator.last_status = status
 
         self.control_plane.status().addCallbacks(got, lambda failure: None)
@@ -235,6 +237,7 @@ class Agent(service.Service):
     def _kill(self) -> defer.Deferred:
         """Stop the server on the way out, bounded in time; a failure is only logged."""
         log.info("asking the control plane to stop the server (kill_on_exit)")
+        assert self.control_plane is not None  # kill_on_exit comes with a lifecycle
         d = self.control_plane.kill(attempts=2)
         d.addTimeout(KILL_TIMEOUT, self.reactor)
         d.addCallbacks(
@@ -249,7 +252,7 @@ class Agent(service.Service):
         return d
 
 
-def make_agent_service(reactor, config: Settings, tls_options) -> service.MultiService:
+def make_agent_service(reactor, config: AgentSettings, tls_options) -> service.MultiService:
     top = service.MultiService()
     agent = Agent(reactor, config, tls_options)
     agent.setServiceParent(top)

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.agent.upstream import route
 from tunnel.wire.addresses import Destination
 from tunnel.wire.connection import TunnelLimits
@@ -47,7 +48,7 @@ class TunnelClient:
         reconnect_max_delay: float,
         tunnel_wait: float,
         locator=None,
-        upstream_proxy: str = "",
+        upstream_proxy: ProxyChoice | str = "",
         ca_certificate=None,
     ) -> None:
         self.reactor = reactor
