@@ -137,3 +137,41 @@ def test_silent_connections_are_closed_at_the_handshake_deadline(certs, tmp_path
         s.close()
     finally:
         server.stop()
+
+
+def test_a_connection_whose_hello_waits_unread_is_not_taken_for_a_silent_one():
+    """Accepted in one batch with a flood, a real client is silent only until the reactor
+    reads it: its waiting bytes keep it, and the flood's oldest bare connect goes instead."""
+    budget = HandshakeBudget(total=100, per_source=2)
+    waiting = {"client"}
+    assert budget.admit("client", "A", waiting.__contains__) == []
+    assert budget.admit("bare1", "A", waiting.__contains__) == []
+    assert budget.admit("bare2", "A", waiting.__contains__) == ["bare1"]  # before: the client
+    assert "client" in budget
+
+
+def test_bytes_waiting_peeks_at_a_real_socket_without_taking_them():
+    from tunnel.server.service import _bytes_waiting
+
+    class Transport:
+        def __init__(self, sock):
+            self.transport = self  # TLS over TCP: the same object is enough here
+            self.sock = sock
+
+        def getHandle(self):
+            return self.sock
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            accepted.setblocking(False)
+            connection = type("Connection", (), {"transport": Transport(accepted)})()
+            assert _bytes_waiting(connection) is False
+            client.sendall(b"\x16\x03\x01")  # the start of a ClientHello
+            deadline = time.monotonic() + 5
+            while not _bytes_waiting(connection) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert _bytes_waiting(connection) is True
+            accepted.setblocking(True)
+            assert accepted.recv(3) == b"\x16\x03\x01"  # still there for the TLS layer

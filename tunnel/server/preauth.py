@@ -17,7 +17,7 @@ aborts them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 
 class _Queues:
@@ -55,21 +55,36 @@ class HandshakeBudget:
     def __contains__(self, connection: Hashable) -> bool:
         return connection in self._source_of
 
-    def admit(self, connection: Hashable, source: str) -> list[Hashable]:
-        """Count a new connection in; return the older ones that must go to make room."""
+    def admit(
+        self, connection: Hashable, source: str, spoken_meanwhile: Callable[[Hashable], bool] | None = None
+    ) -> list[Hashable]:
+        """Count a new connection in; return the older ones that must go to make room.
+
+        `spoken_meanwhile(c)` says whether a connection counted as silent has bytes waiting
+        that nobody has read yet: connections accepted in one batch are all silent until the
+        reactor reads them, and a real client's ClientHello is already there. Such a one is
+        counted as having spoken instead of being dropped."""
         victims = []
         mine = self._by_source.get(source)
         if mine is not None and len(mine) >= self.per_source:
-            victims.append(mine.oldest())
+            victims.append(self._oldest(mine, spoken_meanwhile))
             self.forget(victims[-1])
         if len(self._all) >= self.total:
-            victims.append(self._all.oldest())
+            victims.append(self._oldest(self._all, spoken_meanwhile))
             self.forget(victims[-1])
         self._source_of[connection] = source
         self._all.silent[connection] = None
         self._by_source.setdefault(source, _Queues()).silent[connection] = None
         self.evicted += len(victims)
         return victims
+
+    def _oldest(self, queues: _Queues, spoken_meanwhile: Callable[[Hashable], bool] | None) -> Hashable:
+        while queues.silent and spoken_meanwhile is not None:
+            candidate = next(iter(queues.silent))
+            if not spoken_meanwhile(candidate):
+                return candidate
+            self.spoke(candidate)
+        return queues.oldest()
 
     def spoke(self, connection: Hashable) -> None:
         """The peer sent its first bytes: it is doing a handshake, not just holding a socket."""

@@ -7,7 +7,8 @@ certificate). Both ask the same `DirectOpener`, which applies the egress policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Hashable
 
 import h11
 from twisted.internet import defer
@@ -184,6 +185,21 @@ class SpeakingTLS(BatchedTLS):
         super().dataReceived(data)
 
 
+def _bytes_waiting(connection: Hashable) -> bool:
+    """Whether a connection's first bytes sit unread in its socket (peeked, not taken)."""
+    transport = getattr(connection, "transport", None)
+    tcp = getattr(transport, "transport", None) or transport
+    sock = tcp.getHandle() if hasattr(tcp, "getHandle") else None
+    if not isinstance(sock, socket.socket):
+        return False
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)))
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing there yet
+    except OSError:
+        return False  # reset or closed: as good as silent
+
+
 def tls_factory(tls, server: TunnelServer) -> TLSMemoryBIOFactory:
     """What the listener runs: TLS around the tunnel server, noticing first bytes."""
     factory = TLSMemoryBIOFactory(tls, False, server)
@@ -256,7 +272,7 @@ class TunnelServer(Factory):
     def admit(self, connection: ServerConnection) -> None:
         """Count a connection into the handshake budget, dropping the ones it displaces."""
         source = getattr(connection.transport.getPeer(), "host", "?")
-        for victim in self.handshakes.admit(connection, source):
+        for victim in self.handshakes.admit(connection, source, _bytes_waiting):
             victim.transport.abortConnection()
         evicted = self.handshakes.evicted
         if evicted and evicted & (evicted - 1) == 0:  # 1, 2, 4, 8...: a flood is one line per doubling
