@@ -120,3 +120,31 @@ def test_a_port_that_does_not_speak_tls_is_named_so(certs, tmp_path, http_origin
     """Issue 26, item 7: not a raw WRONG_VERSION_NUMBER."""
     code, out = doctor(agent_config(certs, http_origin.port), tmp_path, "plain.yaml")
     assert code == 1 and "not with TLS" in out and "WRONG_VERSION_NUMBER" not in out, out
+
+
+def test_a_proxy_that_hangs_up_on_the_connect_is_a_failed_check_not_a_crash(certs, tmp_path):
+    """A proxy that reads the CONNECT and closes (or answers something that is not HTTP)."""
+    import socket
+    import threading
+
+    for answer in (b"", b"SSH-2.0-OpenSSH_9.2\r\n"):
+        listener = socket.create_server(("127.0.0.1", 0))
+
+        def hang_up(listener=listener, answer=answer):
+            with listener:
+                for _ in range(4):
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        conn.recv(65536)
+                        conn.sendall(answer)
+
+        threading.Thread(target=hang_up, daemon=True).start()
+        proxy = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        code, out = doctor(agent_config(certs, 1, upstream_proxy=proxy), tmp_path, "hangs-up.yaml")
+        listener.close()
+        assert code == 1, out
+        assert "FAIL  upstream proxy" in out and "no HTTP answer" in out, out
+        assert "Traceback" not in out, out

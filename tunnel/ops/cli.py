@@ -118,6 +118,7 @@ def _local(args) -> int:
     files = local_demo.config_files(configs)
     twistd = _twistd()
     children: list[subprocess.Popen] = []
+    running: dict[subprocess.Popen, str] = {}  # what each child runs, for the line when one exits
     stopping = False
 
     def stop(*_):
@@ -147,6 +148,7 @@ def _local(args) -> int:
             ]
             child = subprocess.Popen(command, **_child_options())
             children.append(child)
+            running[child] = f"fluidity-{role}"
             if not _wait_listening(port, child, 20):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
@@ -163,7 +165,7 @@ def _local(args) -> int:
         while not stopping:
             for child in children:
                 if child.poll() is not None:
-                    print(f"fluidity: {child.args[3]} exited with {child.returncode}", file=sys.stderr)
+                    print(f"fluidity: {running[child]} exited with {child.returncode}", file=sys.stderr)
                     status = 1
                     stopping = True
             time.sleep(0.2)
@@ -184,7 +186,7 @@ def _control_plane(args) -> int:
     import os
 
     from twisted.internet import reactor
-    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from tunnel.ops.control_plane import make_site
@@ -242,9 +244,8 @@ def _control_plane(args) -> int:
         outcome["status"] = 1
         reactor.stop()
 
+    endpoint: SSL4ServerEndpoint | TCP4ServerEndpoint
     if tls is not None:
-        from twisted.internet.endpoints import SSL4ServerEndpoint
-
         endpoint = SSL4ServerEndpoint(reactor, args.port, tls, interface=args.host)
     else:
         endpoint = TCP4ServerEndpoint(reactor, args.port, interface=args.host)
@@ -324,6 +325,10 @@ def _cost(args) -> int:
 
 class OneLineParser(argparse.ArgumentParser):
     """A mistyped command or flag is one line with a suggestion, not the usage text."""
+
+    # What shell completion offers below a command beyond its own flags (`_completion_tree`).
+    completion_words: list[str]
+    completion_subcommands: dict[str, argparse.ArgumentParser]
 
     def error(self, message: str):
         import difflib

@@ -14,6 +14,7 @@ import os
 import socket
 import ssl
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -299,7 +300,7 @@ def _handshake(
     ca_pem: bytes,
     checks: list[Check],
     timeout: float,
-    dial,
+    dial: Dial,
 ) -> None:
     """The agent's real handshake (TLS 1.3, client certificate, h2), over `dial()`: direct,
     or through the proxy. A certificate our CA did not issue is named as interception."""
@@ -316,8 +317,7 @@ def _handshake(
         with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
             f.write(key_pem)
         context.load_cert_chain(cert_path, key_path)
-    via = getattr(dial, "via", "")
-    where = f"{host}:{port}" + (f" (through {via})" if via else "")
+    where = f"{host}:{port}" + (f" (through {dial.via})" if dial.via else "")
     try:
         with dial() as raw, context.wrap_socket(raw, server_hostname=config.server_name) as tls:
             tls.settimeout(timeout)
@@ -333,7 +333,7 @@ def _handshake(
                 Check(
                     "TLS interception",
                     "FAIL",
-                    interception_message(issuer, f"{host}:{port}", via),
+                    interception_message(issuer, f"{host}:{port}", dial.via),
                     f"ask for a TLS-inspection bypass for {host}:{port}",
                 )
             )
@@ -396,7 +396,20 @@ def _presented_issuer(dial, server_name: str, ca_pem: bytes, timeout: float) -> 
     return intercepted_by([x509.load_der_x509_certificate(presented)], x509.load_pem_x509_certificate(ca_pem))
 
 
-def _upstream(config, host: str, port: int, checks: list[Check], timeout: float, choice, dns_name: str = ""):
+@dataclass(frozen=True)
+class Dial:
+    """How the handshake check opens its connection to the server; `via` names the proxy."""
+
+    open: Callable[[], socket.socket]
+    via: str = ""
+
+    def __call__(self) -> socket.socket:
+        return self.open()
+
+
+def _upstream(
+    config, host: str, port: int, checks: list[Check], timeout: float, choice, dns_name: str = ""
+) -> Dial | None:
     """Checks the proxy the agent would use; returns how to open a connection to the server
     (direct, or a CONNECT through that proxy), or None when the proxy refuses."""
     from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
@@ -410,7 +423,7 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
     if proxy is None:
         if choice.auto and host:
             checks.append(Check("upstream proxy", "ok", f"none for {host}: {why}"))
-        return lambda: socket.create_connection((host, port), timeout=timeout)
+        return Dial(lambda: socket.create_connection((host, port), timeout=timeout))
     why = why.removeprefix("from ")
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
     auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
@@ -494,8 +507,7 @@ def _upstream(config, host: str, port: int, checks: list[Check], timeout: float,
             raise OSError(f"{proxy.display} answered {head!r} to CONNECT {target}")
         return kept[0]
 
-    through_proxy.via = proxy.display
-    return through_proxy
+    return Dial(through_proxy, via=proxy.display)
 
 
 def _proxy_socket(proxy, timeout: float, ca: str = "") -> socket.socket:
@@ -535,7 +547,10 @@ def _connect_through(
                 )
                 response, event = None, None
                 while not isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    event = conn.next_event()
+                    try:
+                        event = conn.next_event()
+                    except h11.RemoteProtocolError as e:  # closed mid-answer, or not HTTP at all
+                        return None, f"no HTTP answer ({e})"
                     if event is h11.NEED_DATA:
                         conn.receive_data(sock.recv(65536))
                     elif isinstance(event, h11.Response):
@@ -544,6 +559,8 @@ def _connect_through(
                             if keep is not None and not proxy.tls:  # TLS in TLS: not with the ssl module
                                 keep.append(sock.dup())
                             return event.status_code, f"HTTP/1.1 {event.status_code} {event.reason.decode('latin-1')}"
+                if response is None:
+                    return None, "no HTTP answer (the connection closed)"
                 line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
                 challenges = [v.decode("latin-1") for n, v in response.headers if n == b"proxy-authenticate"]
                 if response.status_code not in (401, 407) or not challenges:
