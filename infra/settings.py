@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from lambdas.server_port import SERVER_PORT
 
@@ -97,7 +98,11 @@ class StackSettings:
         return self.allowed_ingress_cidr is None
 
 
-def _int(config, key: str, default: int, low: int, high: int) -> int:
+D = TypeVar("D", int, None)
+Opt = TypeVar("Opt", str, None)
+
+
+def _int(config, key: str, default: D, low: int, high: int) -> int | D:
     raw = config.get(key)
     if raw is None or raw == "":
         return default
@@ -165,10 +170,10 @@ def _float(config, key: str, default: float, low: float, high: float) -> float:
     return value
 
 
-def _schedule(config, key: str, default: str | None) -> str | None:
-    value = (config.get(key) or default or "").strip()
+def _schedule(config, key: str, default: Opt) -> str | Opt:
+    value = str(config.get(key) or "").strip()
     if not value:
-        return None
+        return default  # blank is the default (none for a schedule that has none)
     rate = _RATE.match(value)
     if rate:
         number, unit = int(rate.group(1)), rate.group(2)

@@ -608,3 +608,14 @@ def test_monitoring_can_be_left_out_for_the_cheapest_stack():
     for kind in ("aws:cloudwatch/metricAlarm:MetricAlarm", "aws:cloudwatch/dashboard:Dashboard", "aws:sns/topic:Topic"):
         assert stack.of_type(kind) == []
     assert "alarmTopicArn" not in stack.outputs and stack.outputs["wakeUrl"].endswith("/wake")
+
+
+def test_a_blank_schedule_is_its_default_not_a_missing_one():
+    """`pulumi config set fluidity:sleepSchedule ' '` keeps the sleep rule (it used to become None)."""
+    from infra.settings import from_config
+    from tunnel.ops import costs
+
+    settings = from_config(costs._Config({"sleepSchedule": "  ", "killSchedule": "", "wakeSchedule": " "}))
+    assert settings.sleep_schedule == "rate(5 minutes)"
+    assert settings.kill_schedule == "cron(0 23 * * ? *)"
+    assert settings.wake_schedule is None  # no wake schedule unless one is given
