@@ -27,17 +27,29 @@ class Pair:
         self.pump()
 
     def pump(self, now: float = 0.0, rounds: int = 20) -> None:
+        """Move what both sides wrote until neither has more; collect every event either
+        queued meanwhile (local verbs included: none is lost to an ignored return value)."""
         for _ in range(rounds):  # bounded: each round moves what both sides queued
+            self.collect()
             to_server, to_agent = self.agent.data_to_send(), self.server.data_to_send()
             if not to_server and not to_agent:
                 return
             if to_server:
-                self.events["server"] += self.server.receive(to_server, now)
+                self.server.receive(to_server, now)
             if to_agent:
-                self.events["agent"] += self.agent.receive(to_agent, now)
+                self.agent.receive(to_agent, now)
+
+    def collect(self) -> None:
+        self.events["server"] += self.server.events()
+        self.events["agent"] += self.agent.events()
 
     def of(self, side: str, kind) -> list:
         return [e for e in self.events[side] if isinstance(e, kind)]
+
+
+def ticked(conn: core.TunnelConnection, now: float) -> list:
+    conn.tick(now)
+    return conn.events()
 
 
 def test_a_connect_is_requested_answered_and_carries_bytes_both_ways_then_closes_cleanly():
@@ -58,12 +70,27 @@ def test_a_connect_is_requested_answered_and_carries_bytes_both_ways_then_closes
     p.pump()
     assert p.agent.stream_state(sid) is core.StreamState.LOCAL_ENDED
     assert p.server.stream_state(sid) is core.StreamState.REMOTE_ENDED
-    p.events["server"] += p.server.end(sid)
+    p.server.end(sid)
     p.pump()
     assert sid not in p.agent.streams and sid not in p.server.streams
     assert p.agent.stream_state(sid) is p.server.stream_state(sid) is core.StreamState.CLOSED
     assert [e.clean for e in p.of("agent", core.StreamClosed)] == [True]
     assert [e.clean for e in p.of("server", core.StreamClosed)] == [True]
+
+
+def test_every_input_returns_nothing_and_its_events_wait_once_until_taken():
+    """h11's discipline: a verb's events cannot be dropped by a caller that ignores a return
+    value; they wait in order, and `events()` hands each out once."""
+    p = Pair()
+    sid = p.agent.open_stream(DEST)
+    p.pump()
+    assert p.server.respond(sid) is None and p.server.send(sid, b"reply") is None
+    assert p.agent.reset(sid, "the client went away") is None
+    [closed] = p.agent.events()
+    assert closed == core.StreamClosed(sid, "the client went away", False)
+    assert p.agent.events() == []  # taken once
+    p.pump()
+    assert [e.sid for e in p.of("server", core.StreamClosed)] == [sid]
 
 
 def test_a_refusal_carries_its_status_and_reason_to_the_agent():
@@ -81,9 +108,9 @@ def test_bytes_wait_for_the_window_and_go_once_the_agent_has_taken_what_it_got()
     sid = p.agent.open_stream(DEST)
     p.pump()
     p.server.respond(sid)
-    blocked = p.server.send(sid, b"x" * (core.STREAM_WINDOW + 1000))
+    p.server.send(sid, b"x" * (core.STREAM_WINDOW + 1000))
     p.pump()
-    assert any(isinstance(e, core.SendBlocked) for e in blocked)
+    assert p.of("server", core.SendBlocked)
     received = sum(len(e.data) for e in p.of("agent", core.DataReceived))
     assert received == core.STREAM_WINDOW  # not a byte more than the window
     p.agent.acknowledge(sid)  # the consumer took it: the window opens again
@@ -98,10 +125,11 @@ def test_a_ping_flood_ends_the_connection_with_enhance_your_calm():
     server = core.TunnelConnection(client_side=False)
     server.start(0.0)
     server.receive(flooder.data_to_send(), 0.0)
-    events = []
+    events = server.events()
     for n in range(core.FLOOD_LIMITS["PING frames"] + 1):
         flooder.ping(n.to_bytes(8, "big"))
-        events += server.receive(flooder.data_to_send(), 1.0)
+        server.receive(flooder.data_to_send(), 1.0)
+        events += server.events()
     finished = [e for e in events if isinstance(e, core.Finished)]
     assert finished and finished[0].alarming and "PING frames" in finished[0].reason
     answer = flooder.receive_data(server.data_to_send())
@@ -112,17 +140,17 @@ def test_a_ping_flood_ends_the_connection_with_enhance_your_calm():
 def test_a_ping_is_sent_on_time_and_an_unanswered_one_is_overdue():
     p = Pair(keepalive_interval=15.0, keepalive_timeout=10.0)
     assert p.agent.next_deadline() == 15.0
-    assert p.agent.tick(14.9) == [] and p.agent.data_to_send() == b""
-    assert p.agent.tick(15.0) == []
+    assert ticked(p.agent, 14.9) == [] and p.agent.data_to_send() == b""
+    assert ticked(p.agent, 15.0) == []
     ping = p.agent.data_to_send()
     assert ping  # a PING frame
     assert p.agent.next_deadline() == 25.0
     p.server.receive(ping, 15.0)
     p.agent.receive(p.server.data_to_send(), 15.1)  # the ACK
-    assert p.agent.tick(25.0) == []  # answered: not overdue; the next PING is due instead
+    assert [e for e in ticked(p.agent, 25.0) if not isinstance(e, core.PeerReady)] == []  # answered
     p.agent.data_to_send()
-    assert p.agent.tick(40.0) == [] and p.agent.next_deadline() == 40.0 + 10.0  # sent at 40, unanswered
-    assert p.agent.tick(50.0) == [core.PingOverdue(10.0)]
+    assert ticked(p.agent, 40.0) == [] and p.agent.next_deadline() == 40.0 + 10.0  # sent at 40, unanswered
+    assert ticked(p.agent, 50.0) == [core.PingOverdue(10.0)]
 
 
 def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_done():
@@ -130,7 +158,7 @@ def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_
     sid = p.agent.open_stream(DEST)
     p.pump()
     p.server.respond(sid)
-    p.events["server"] += p.server.begin_drain()
+    p.server.begin_drain()
     p.pump()
     assert p.of("agent", core.Draining) and p.agent.draining
     assert not p.of("server", core.Finished)  # a stream is still open
@@ -140,7 +168,7 @@ def test_a_draining_server_tells_the_agent_and_finishes_when_its_last_stream_is_
     except core.OpenFailed as e:
         assert e.status == 503
     p.agent.end(sid)
-    p.events["server"] += p.server.end(sid)
+    p.server.end(sid)
     p.pump()
     assert p.of("server", core.Finished) == [core.Finished()]  # orderly: nothing to warn about
 
@@ -157,7 +185,7 @@ def test_a_stream_opened_after_a_quiet_spell_probes_the_connection():
     assert p.agent.next_deadline() == 5.0
     sent = p.agent.data_to_send()
     assert b"\x00\x00\x08\x06\x00" in sent  # a PING frame (length 8, type 6, no flags) went out
-    assert p.agent.tick(4.9) == [] and p.agent.tick(5.0) == [core.PingOverdue(3.0)]
+    assert ticked(p.agent, 4.9) == [] and ticked(p.agent, 5.0) == [core.PingOverdue(3.0)]
     assert sid in p.agent.streams
 
 
@@ -169,7 +197,8 @@ def test_a_probe_answered_keeps_the_connection_and_shortens_an_outstanding_ping(
     assert p.agent.next_deadline() == 23.0 and p.agent.data_to_send() == b""  # no second PING
     p.server.receive(ping, 21.0)
     p.agent.receive(p.server.data_to_send(), 21.5)  # the ACK
-    assert p.agent.tick(23.0) == [] and p.agent.next_deadline() == 30.0  # alive: next keepalive only
+    p.agent.events()  # what the ACK brought
+    assert ticked(p.agent, 23.0) == [] and p.agent.next_deadline() == 30.0  # alive: next keepalive only
     p.agent.probe(21.6, 3.0)  # heard 0.1 s ago: nothing to prove
     assert p.agent.data_to_send() == b"" and p.agent.next_deadline() == 30.0
 

@@ -19,7 +19,7 @@ import struct
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import h2.config
 import h2.connection
@@ -291,6 +291,21 @@ class TunnelLimits:
 
 DEFAULT_LIMITS = TunnelLimits()
 
+P = ParamSpec("P")
+
+
+def _queued(
+    verb: Callable[Concatenate[TunnelConnection, P], list[Event]],
+) -> Callable[Concatenate[TunnelConnection, P], None]:
+    """An input (the peer's bytes, the time, a local verb) whose events wait in the queue
+    until `events()` takes them: none can be dropped by a caller that ignores a return value."""
+
+    def queued(self: TunnelConnection, /, *args: P.args, **kwargs: P.kwargs) -> None:
+        self._pending.extend(verb(self, *args, **kwargs))
+
+    queued.__name__, queued.__qualname__, queued.__doc__ = verb.__name__, verb.__qualname__, verb.__doc__
+    return queued
+
 
 class TunnelConnection:
     """One HTTP/2 CONNECT connection's state; `client_side` for the agent."""
@@ -298,6 +313,7 @@ class TunnelConnection:
     def __init__(self, *, client_side: bool, limits: TunnelLimits = DEFAULT_LIMITS) -> None:
         self.client_side = client_side
         self.limits = limits
+        self._pending: list[Event] = []  # what happened, in order, until `events()` takes it
         self.keepalive_interval, self.keepalive_timeout = limits.keepalive_interval, limits.keepalive_timeout
         max_streams = limits.max_streams
         self.streams: dict[int, Stream] = {}
@@ -347,6 +363,13 @@ class TunnelConnection:
     def data_to_send(self) -> bytes:
         return self.h2.data_to_send()
 
+    def events(self) -> list[Event]:
+        """Everything that happened since the last call, in order: act on each. Every input
+        (`receive`, `tick` and the local verbs) queues its events here and returns nothing."""
+        taken, self._pending = self._pending, []
+        return taken
+
+    @_queued
     def receive(self, data: bytes, now: float) -> list[Event]:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
         if self.terminated:
@@ -375,6 +398,7 @@ class TunnelConnection:
         times = [t for t in (self._ping_at, self._ping_deadline) if t is not None]
         return min(times) if times else None
 
+    @_queued
     def tick(self, now: float) -> list[Event]:
         """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
         if self._ping_deadline is not None and now >= self._ping_deadline:
@@ -409,10 +433,12 @@ class TunnelConnection:
     def stop_timers(self) -> None:
         self._ping_at = self._ping_deadline = None
 
+    @_queued
     def set_paused(self, paused: bool) -> list[Event]:
         self.paused = paused
-        return [] if paused else self.flush_all()
+        return [] if paused else self._flush_all()
 
+    @_queued
     def begin_drain(self) -> list[Event]:
         """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
         if self.draining or self.terminated:
@@ -491,9 +517,9 @@ class TunnelConnection:
         if self._flooding("WINDOW_UPDATE frames", now, out):
             return
         if event.stream_id == 0:
-            out.extend(self.flush_all())
+            out.extend(self._flush_all())
         elif event.stream_id in self.streams:
-            out.extend(self.flush(event.stream_id))
+            out.extend(self._flush(event.stream_id))
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged, now: float, out: list[Event]) -> None:
         if self._flooding("SETTINGS frames", now, out):
@@ -506,7 +532,7 @@ class TunnelConnection:
         if self.client_side and limit is not None and limit.new_value == 0 and not self.draining:
             out.extend(self._start_draining())
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
-            out.extend(self.flush_all())
+            out.extend(self._flush_all())
 
     def _on_ping(self, event: h2.events.PingReceived, now: float, out: list[Event]) -> None:
         self._flooding("PING frames", now, out)  # h2 has queued the ACK; a flood closes the connection
@@ -603,6 +629,7 @@ class TunnelConnection:
         self.streams[sid] = Stream(sid, destination)
         return sid
 
+    @_queued
     def respond(self, sid: int) -> list[Event]:
         """Server: the destination answered: 200, then whatever waits to be sent."""
         stream = self.streams.get(sid)
@@ -614,8 +641,9 @@ class TunnelConnection:
             return out
         self.h2.send_headers(sid, [(b":status", b"200")])
         stream.answered = True
-        return self.flush(sid)
+        return self._flush(sid)
 
+    @_queued
     def refuse(self, sid: int, status: int, reason: str) -> list[Event]:
         """Server: answer the CONNECT with `status` and a Proxy-Status reason."""
         out: list[Event] = []
@@ -629,21 +657,24 @@ class TunnelConnection:
         self._close(stream, reason, True, out)
         return out
 
+    @_queued
     def send(self, sid: int, data: bytes) -> list[Event]:
         stream = self.streams.get(sid)
         if stream is None or stream.closed or stream.end_queued or not data:
             return []
         stream.outbox.append(bytes(data))
-        return self.flush(sid)
+        return self._flush(sid)
 
+    @_queued
     def end(self, sid: int) -> list[Event]:
         """Half-close: END_STREAM once the queued bytes have gone."""
         stream = self.streams.get(sid)
         if stream is None or stream.closed or stream.end_queued:
             return []
         stream.end_queued = True
-        return self.flush(sid)
+        return self._flush(sid)
 
+    @_queued
     def cancel_if_ended(self, sid: int) -> list[Event]:
         """After a full close: once our END_STREAM is out, stop the peer's direction too
         (RST_STREAM NO_ERROR: an orderly end, not an abort)."""
@@ -654,6 +685,7 @@ class TunnelConnection:
             self._close(stream, "", True, out)
         return out
 
+    @_queued
     def reset(self, sid: int, reason: str) -> list[Event]:
         """Abort a stream (RST_STREAM CANCEL)."""
         out: list[Event] = []
@@ -663,6 +695,7 @@ class TunnelConnection:
             self._close(stream, reason, False, out)
         return out
 
+    @_queued
     def close_stream(self, sid: int, reason: str) -> list[Event]:
         """Forget a stream without telling the peer (its connection is going)."""
         out: list[Event] = []
@@ -693,7 +726,7 @@ class TunnelConnection:
             pass
 
     # -- sending within the windows --------------------------------------------------------------
-    def flush(self, sid: int) -> list[Event]:
+    def _flush(self, sid: int) -> list[Event]:
         out: list[Event] = []
         stream = self.streams.get(sid)
         if stream is None or stream.closed:
@@ -731,14 +764,14 @@ class TunnelConnection:
                 out.append(SendUnblocked(sid))
         return out
 
-    def flush_all(self) -> list[Event]:
+    def _flush_all(self) -> list[Event]:
         """Send what waits, stream by stream, until the transport or the connection window is full."""
         out: list[Event] = []
         for _ in range(len(self._waiting)):
             if self.paused or self.h2.outbound_flow_control_window <= 0 or not self._waiting:
                 break
             sid, _ = self._waiting.popitem(last=False)
-            out.extend(self.flush(sid))  # puts it back at the end if it still has bytes
+            out.extend(self._flush(sid))  # puts it back at the end if it still has bytes
         return out
 
     # -- stream life -------------------------------------------------------------------------------

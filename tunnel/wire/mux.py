@@ -99,14 +99,16 @@ class TunnelStream:
     # -- ITransport ----------------------------------------------------------------
     def write(self, data: bytes) -> None:
         self.mux.bytes_sent += len(data)
-        self.mux._run(self.mux.core.send(self.stream_id, data))
+        self.mux.core.send(self.stream_id, data)
+        self.mux._run()
 
     def writeSequence(self, seq) -> None:
         self.write(b"".join(seq))
 
     def loseWriteConnection(self) -> None:
         """Half-close: END_STREAM once queued bytes have gone."""
-        self.mux._run(self.mux.core.end(self.stream_id))
+        self.mux.core.end(self.stream_id)
+        self.mux._run()
 
     def loseConnection(self) -> None:
         """Send what is queued, END_STREAM, and stop listening for more from the peer."""
@@ -114,10 +116,12 @@ class TunnelStream:
             return
         self.disconnecting = True
         self.loseWriteConnection()
-        self.mux._run(self.mux.core.cancel_if_ended(self.stream_id))
+        self.mux.core.cancel_if_ended(self.stream_id)
+        self.mux._run()
 
     def abortConnection(self) -> None:
-        self.mux._run(self.mux.core.reset(self.stream_id, "stream aborted"))
+        self.mux.core.reset(self.stream_id, "stream aborted")
+        self.mux._run()
 
     def getPeer(self) -> _Address:
         return _Address(self.destination.host, self.destination.port)
@@ -265,8 +269,8 @@ class TunnelMux(Protocol):
         self.last_activity = self.clock.seconds()
         self._in_receive = True
         try:
-            events = self.core.receive(data, self.last_activity)
-            self._handle(events)
+            self.core.receive(data, self.last_activity)
+            self._handle(self.core.events())
         finally:
             self._in_receive = False
         self._write_out()
@@ -277,7 +281,8 @@ class TunnelMux(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         for stream in list(self.streams.values()):
-            self._handle(self.core.close_stream(stream.stream_id, "tunnel connection lost"))
+            self.core.close_stream(stream.stream_id, "tunnel connection lost")
+            self._handle(self.core.events())
         if not self.closed_deferred.called:
             self.closed_deferred.callback(None)
         if self.on_lost is not None:
@@ -295,9 +300,9 @@ class TunnelMux(Protocol):
         if data and self.transport is not None:
             self.transport.write(data)
 
-    def _run(self, events: list) -> None:
-        """Handle what a local call produced, then send it."""
-        self._handle(events)
+    def _run(self) -> None:
+        """Handle what the core queued (a local call's events), then send what it wrote."""
+        self._handle(self.core.events())
         self._write_out()
 
     # -- the one timer: PINGs and their deadline -------------------------------------------
@@ -314,7 +319,8 @@ class TunnelMux(Protocol):
         self._timer = None
         if self.closed:
             return
-        self._run(self.core.tick(self.clock.seconds()))
+        self.core.tick(self.clock.seconds())
+        self._run()
         self._arm()
 
     # -- IPushProducer for the TLS transport: stop pushing stream data while it is full --
@@ -322,7 +328,8 @@ class TunnelMux(Protocol):
         self.core.set_paused(True)
 
     def resumeProducing(self) -> None:
-        self._run(self.core.set_paused(False))
+        self.core.set_paused(False)
+        self._run()
 
     def stopProducing(self) -> None:
         self.transport.abortConnection()
@@ -435,13 +442,16 @@ class TunnelMux(Protocol):
     def respond(self, stream: TunnelStream) -> None:
         if stream.closed:
             return
-        events = self.core.respond(stream.stream_id)
+        self.core.respond(stream.stream_id)
+        events = self.core.events()
         if not stream.closed and not stream.ready.called:
             stream.ready.callback(stream)
-        self._run(events)
+        self._handle(events)
+        self._write_out()
 
     def refuse(self, stream: TunnelStream, status: int, reason: str) -> None:
-        self._run(self.core.refuse(stream.stream_id, status, reason))
+        self.core.refuse(stream.stream_id, status, reason)
+        self._run()
 
     # -- agent side: opening a stream --------------------------------------------------
     def open_stream(self, destination: Destination, protocol: Protocol | None) -> TunnelStream:
@@ -467,7 +477,8 @@ class TunnelMux(Protocol):
         """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
         if self.closed:
             return
-        self._run(self.core.begin_drain())
+        self.core.begin_drain()
+        self._run()
 
 
 # What the mux does with each of the core's events but DataReceived (handled inline, the
