@@ -237,7 +237,7 @@ class TunnelClient:
                 )
             self._note_failure(f"no answer from {self.server}{self._via} in {self.connect_timeout:g}s{hint}")
             return
-        self._note_failure(failure.getErrorMessage())
+        self._note_failure(attempt_message(failure))
 
     def _note_failure(self, message: str) -> None:
         self._stale = self.locator is not None  # the server may have moved or stopped
@@ -416,6 +416,17 @@ class _OpenWhenAnswered:
             waiting.cancel()
         if stream is not None and not stream.closed:
             stream.abortConnection()
+
+
+def attempt_message(failure: Failure) -> str:
+    """What a failed connection attempt says. Twisted sometimes nests the Failure that ended
+    the attempt inside a ConnectError, whose message is then that Failure's repr (it reads
+    like a traceback in the log and on the status page): say the nested one's message."""
+    value = failure.value
+    nested = value.args[0] if isinstance(value, error.ConnectError) and value.args else None
+    if isinstance(nested, Failure):
+        return f"the connection ended while connecting ({nested.getErrorMessage()})"
+    return failure.getErrorMessage()
 
 
 def _describe(reason) -> str:
