@@ -26,7 +26,7 @@ from tunnel.server.revocation import RevocationList
 from tunnel.wire import descriptors
 from tunnel.wire.addresses import BadAddress, parse_authority
 from tunnel.wire.connection import TunnelLimits
-from tunnel.wire.endings import Endings
+from tunnel.wire.endings import Endings, socket_under
 from tunnel.wire.http_front import HttpFront
 from tunnel.wire.logs import Throttle, more
 from tunnel.wire.mux import TunnelMux, TunnelStream
@@ -187,10 +187,8 @@ class SpeakingTLS(BatchedTLS):
 
 def _bytes_waiting(connection: Hashable) -> bool:
     """Whether a connection's first bytes sit unread in its socket (peeked, not taken)."""
-    transport = getattr(connection, "transport", None)
-    tcp = getattr(transport, "transport", None) or transport
-    sock = tcp.getHandle() if hasattr(tcp, "getHandle") else None
-    if not isinstance(sock, socket.socket):
+    sock = socket_under(getattr(connection, "transport", None))
+    if sock is None:
         return False
     try:
         return bool(sock.recv(1, socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)))

@@ -30,7 +30,7 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["LINGER", "Endings", "Pipe", "arm", "delivery_progress", "ended_cleanly", "no_delay"]
+__all__ = ["LINGER", "Endings", "Pipe", "arm", "delivery_progress", "ended_cleanly", "no_delay", "socket_under"]
 
 LINGER = 3.0  # seconds a closing connection may go without its peer taking a byte
 DELIVERY_POLL = 0.05  # seconds between looks at what an aborting socket still holds
@@ -70,7 +70,7 @@ _FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 
 
 def _set_linger(transport: Any, value: bytes) -> None:
-    sock = _socket_under(transport)
+    sock = socket_under(transport)
     if sock is not None and sock.fileno() >= 0:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
@@ -114,7 +114,7 @@ class Endings:
         close_notify), a TCP reset once what is already queued for its peer has reached it,
         so a slow reader still gets every byte that got this far, then learns it was cut."""
         arm(transport)
-        sock = _socket_under(transport)
+        sock = socket_under(transport)
         if sock is None or _undelivered(transport, sock) == 0:
             _abort_now(transport)
             return
@@ -140,7 +140,7 @@ class Endings:
 
     def reader_of(self, transport: Any) -> Any:
         """What to register as `transport`'s producer elsewhere: watched if it is a socket."""
-        return WatchedReader(transport, self) if _socket_under(transport) is not None else transport
+        return WatchedReader(transport, self) if socket_under(transport) is not None else transport
 
     # -- the sweep: paused readers whose peer reset -----------------------------------------
     def _paused_now(self, reader: WatchedReader) -> None:
@@ -156,7 +156,7 @@ class Endings:
 
     def _sweep_paused(self) -> None:
         for reader in list(self._paused):
-            sock = _socket_under(reader.transport)
+            sock = socket_under(reader.transport)
             if sock is None or sock.fileno() < 0:
                 self._paused.discard(reader)
             elif _was_reset(sock):
@@ -283,13 +283,13 @@ def delivery_progress(transport: Any) -> int | None:
     counted = getattr(transport, "delivered", None)
     if counted is not None:
         return int(counted) if getattr(transport, "connected", False) else None
-    sock = _socket_under(transport)
+    sock = socket_under(transport)
     if sock is None or sock.fileno() < 0:
         return None
     return _bytes_acked(sock)
 
 
-def _socket_under(transport: Any) -> socket.socket | None:
+def socket_under(transport: Any) -> socket.socket | None:
     """The socket under a TCP transport, or under TLS (whose handle is its TLS object)."""
     for _ in range(4):
         try:

@@ -22,17 +22,12 @@ import socket
 import sys
 from typing import Any
 
+from tunnel.wire.endings import socket_under
+
 __all__ = ["RTO_FLOOR", "TCP_RTO_MIN_US", "lower_rto_floor"]
 
 TCP_RTO_MIN_US = getattr(socket, "TCP_RTO_MIN_US", 45)  # include/uapi/linux/tcp.h
 RTO_FLOOR = 0.020  # seconds
-
-
-def _socket_of(transport: Any) -> socket.socket | None:
-    tcp = getattr(transport, "transport", None) or transport  # through TLS if need be
-    get_handle = getattr(tcp, "getHandle", None)
-    handle = get_handle() if get_handle is not None else None
-    return handle if isinstance(handle, socket.socket) else None
 
 
 def lower_rto_floor(transport: Any, floor: float = RTO_FLOOR) -> bool:
@@ -40,7 +35,7 @@ def lower_rto_floor(transport: Any, floor: float = RTO_FLOOR) -> bool:
     instead of the kernel's 200 ms; whether the kernel took it."""
     if not sys.platform.startswith("linux"):
         return False  # no such option, and the number may mean something else there
-    sock = _socket_of(transport)
+    sock = socket_under(transport)
     if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return False
     try:
