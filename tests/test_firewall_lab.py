@@ -72,7 +72,10 @@ def woken_through(row: dict, caller: str) -> None:
     through one: the control plane records who called)."""
     served(row)
     calls = row["control_plane_calls"]
-    for call in ("POST /wake", "GET /status", "POST /kill"):
+    # GET /status only while the task is still starting: a wake that finds it running
+    # already carries its address (CI once saw just the wake and the kill). Whatever was
+    # called, every call came the tunnel's way.
+    for call in ("POST /wake", "POST /kill"):
         assert any(c.startswith(f"{call} from {caller} -> 200") for c in calls), calls
     assert all(f" from {caller} " in c for c in calls), calls
     assert row["server_dns_name"] == "ip-203-0-113-7.ec2.internal", row
