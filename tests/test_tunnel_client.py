@@ -2,43 +2,19 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
-from support import agent_config, start_twistd, wait_until
+from support import Listener, agent_config, start_twistd, wait_until
 from twisted.internet import error
 from twisted.python.failure import Failure
 
 from tunnel.agent.tunnel_client import attempt_message
 
 
-class HangsUp:
-    """A 'server' that accepts each connection and closes it cleanly at once (a stopping task)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_a_server_that_hangs_up_during_the_handshake_is_one_plain_line(certs, tmp_path):
     """Each failed attempt is one line a person can read: no Failure repr, nothing that looks
     like a traceback (the tests read a traceback in a log as an unhandled error)."""
-    server = HangsUp()
+    server = Listener(lambda conn: conn.close())  # accepts and closes at once: a stopping task
     agent = start_twistd("agent", agent_config(certs, server.port), tmp_path)
     try:
         wait_until(lambda: "tunnel to" in agent.log() and "failed:" in agent.log(), 15)
@@ -47,7 +23,7 @@ def test_a_server_that_hangs_up_during_the_handshake_is_one_plain_line(certs, tm
         agent.stop()
         server.close()
     failed = [line for line in agent.log().splitlines() if "failed:" in line]
-    assert failed and server.accepted >= 1, agent.log()
+    assert failed and len(server.accepted) >= 1, agent.log()
     assert all("Traceback" not in line and "Failure instance" not in line for line in failed), failed
     agent.assert_no_unhandled_errors()
 
