@@ -104,3 +104,66 @@ def test_a_client_still_there_keeps_its_open():
     opener = PendingOpener()
     agent_client(opener, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: 127.0.0.1:9\r\n\r\n")
     assert opener.opened == ["127.0.0.1:9"] and opener.cancelled == []
+
+
+def test_an_absolute_form_client_leaving_cancels_the_open():
+    opener = PendingOpener()
+    protocol, transport = agent_client(
+        opener, b"POST http://127.0.0.1:9/order HTTP/1.1\r\nHost: 127.0.0.1:9\r\nContent-Length: 2\r\n\r\nok"
+    )
+    assert opener.opened == ["127.0.0.1:9"] and opener.cancelled == []
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert opener.cancelled == ["127.0.0.1:9"]
+    assert transport.value() == b""
+
+
+@implementer(IOpener)
+class OpenerOnCue:
+    """Every open waits until the test fires it: `answer()` gives its protocol a stream."""
+
+    name = "on cue"
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[object, defer.Deferred]] = []
+
+    def answers_early(self, destination: Destination) -> bool:
+        return False
+
+    def open(self, destination: Destination, protocol) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append((protocol, d))
+        return d
+
+    def answer(self) -> SocketLikeTransport:
+        protocol, d = self.pending.pop(0)
+        stream = SocketLikeTransport()
+        protocol.makeConnection(stream)
+        d.callback(None)
+        return stream
+
+
+def test_a_held_client_is_read_up_to_a_bound_then_paused_and_its_bytes_arrive_whole_and_in_order():
+    from tunnel.wire.handover import HOLD_LIMIT
+
+    opener = OpenerOnCue()
+    protocol, client = agent_client(opener, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: x\r\n\r\nfirst;")
+    sent = b"first;"
+    chunk = bytes(range(256)) * 64  # 16 KiB
+    while client.producerState != "paused":
+        assert len(sent) <= HOLD_LIMIT + 2 * len(chunk), "a held client was never paused"
+        protocol.dataReceived(chunk)
+        sent += chunk
+    assert len(sent) > HOLD_LIMIT
+    stream = opener.answer()
+    assert client.value().startswith(b"HTTP/1.1 200")
+    assert client.producerState == "producing"
+    assert stream.value() == sent
+
+
+def test_a_client_that_ends_its_side_while_held_has_given_up():
+    opener = PendingOpener()
+    protocol, client = agent_client(opener, b"CONNECT 127.0.0.1:9 HTTP/1.1\r\nHost: x\r\n\r\nbytes for it")
+    protocol.readConnectionLost()  # a FIN before any answer: as squid and nginx take it, it left
+    assert client.disconnected and client.value() == b""
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert opener.cancelled == ["127.0.0.1:9"]

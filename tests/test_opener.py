@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import socket
 import struct
+import time
 
 import pytest
 from support import read_head
@@ -110,3 +111,54 @@ def test_both_openers_provide_the_interface():
 
     assert verifyObject(IOpener, DirectOpener(reactor, EgressPolicy(), 5.0))
     assert verifyObject(IOpener, AgentOpener(tunnel=None))
+
+
+def _gives_up_after(front: str, agent_port: int, authority: str) -> socket.socket:
+    """A client's request for a first-time destination, with bytes for it behind."""
+    host, port = authority.rsplit(":", 1)
+    if front == "socks5":
+        s = socks_connect(agent_port, int(port), host)
+        s.sendall(b"hello")
+        return s
+    s = socket.create_connection(("127.0.0.1", agent_port), timeout=5)
+    if front == "connect":
+        s.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\nhello".encode())
+    else:
+        head = f"POST http://{authority}/order HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 5\r\n\r\n"
+        s.sendall(head.encode() + b"hello")
+    return s
+
+
+@pytest.mark.parametrize("front", ["absolute-form", "connect", "socks5"])
+def test_a_client_that_gave_up_before_the_server_answered_sends_nothing_to_the_origin(pair, front):
+    """The client's request waits for the server's first answer (the server is frozen),
+    and the client gives up and closes meanwhile. When the server answers, the origin must
+    get nothing of it: not an order nobody waits for, not bytes from a client that left."""
+    from support import Listener
+
+    received: list[bytes] = []
+
+    def record(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            while chunk := conn.recv(65536):
+                received.append(chunk)
+        except OSError:
+            pass
+
+    origin = Listener(record)
+    try:
+        server, agent = pair
+        server.process.send_signal(signal.SIGSTOP)
+        s = _gives_up_after(front, agent.port, origin.authority)
+        s.settimeout(1)
+        with pytest.raises(socket.timeout):  # waiting for the frozen server
+            s.recv(1)
+        s.close()
+        time.sleep(0.5)  # the agent reads the client's leaving before the server wakes
+        server.process.send_signal(signal.SIGCONT)
+        time.sleep(2)  # time enough for the server to answer, and a wrongly sent request to arrive
+        assert b"".join(received) == b""
+        agent.assert_no_unhandled_errors()
+    finally:
+        origin.close()

@@ -6,7 +6,9 @@ use them: the agent's HTTP proxy and SOCKS5 front, and the server's HTTP/2 strea
 http/1.1 CONNECT front. Each front only says how it accepts (a 200, a SOCKS5 success
 reply, an HTTP/2 200) and how it refuses (a status, a SOCKS5 reply code, a refused
 stream); `bridge` does the rest the same way for all four: open, answer, splice, or map
-the failure.
+the failure. The agent's absolute-form `http://` forwarding parses both sides rather than
+splicing them, so it makes its open with `reach`, the part of `bridge` every open shares:
+a client that leaves cancels it, a refusal is answered only to a client still there.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tunnel.wire.endings import Endings, Pipe
 from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd, splice
 
-__all__ = ["Front", "IOpener", "OpenFailed", "as_open_failed", "bridge"]
+__all__ = ["Client", "Front", "IOpener", "OpenFailed", "as_open_failed", "bridge", "reach"]
 
 log = Logger(namespace="fluidity")
 
@@ -56,7 +58,19 @@ def as_open_failed(failure: Failure) -> OpenFailed | None:
     return OpenFailed(502, "internal error opening the connection")
 
 
-class Front(Protocol):
+class Client(Protocol):
+    """What every open needs of the client it is for: whether, and when, it left."""
+
+    def gone(self) -> bool:
+        """Whether the client has left (or the front is done with it)."""
+        ...
+
+    def when_gone(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once the client leaves (at once if it has)."""
+        ...
+
+
+class Front(Client, Protocol):
     """The one contract at the seam: how a front accepts, refuses, and says its client left.
 
     One per client connection (a TCP client of the agent, an http/1.1 CONNECT, an HTTP/2
@@ -71,12 +85,13 @@ class Front(Protocol):
         """Answer the refusal the front's way (its protocol's words for `error.status`), and close."""
         ...
 
-    def gone(self) -> bool:
-        """Whether the client has left (or the front is done with it)."""
+    def hold(self) -> None:
+        """Pass on nothing the client sends until `release` or `accept`, yet still notice
+        it leaving (one that ends its side before it is answered has given up)."""
         ...
 
-    def when_gone(self, callback: Callable[[], object]) -> None:
-        """Call `callback` once the client leaves (at once if it has)."""
+    def release(self) -> None:
+        """End `hold`: what was kept goes on to whatever reads the client now."""
         ...
 
 
@@ -104,52 +119,65 @@ def bridge(
 
     When the opener answers early, the client is accepted at once and its first bytes wait
     in its RelayEnd until the stream exists (a failure can then only cut the client);
-    otherwise the client is not read until the destination has answered, and the front
+    otherwise the client is held until the destination has answered, and the front
     answers with `accept` or `refuse`. A client that leaves before the two are joined
     cancels the open, whatever the front. `endings` ends either side the way it should.
     Returns the open's Deferred (already handled)."""
     early = opener.answers_early(destination)
     client_end: RelayEnd | None = front.accept() if early else None
     if not early:
-        client.pauseProducing()
-    joined = False
+        front.hold()
 
     def stream_exists(end: _StreamEnd) -> None:
-        nonlocal joined
         if client_end is not None and not front.gone():
-            joined = True
             splice(client, client_end, end.pipe(), end)
 
     upstream = _StreamEnd(endings, stream_exists)
 
-    def opened(_: object) -> None:
-        nonlocal joined
+    def opened() -> None:
         if early:
             return
         if front.gone():
             endings.abort(upstream.pipe())  # the client left before anything was relayed
             return
-        joined = True
         splice(client, front.accept(), upstream.pipe(), upstream)
-        client.resumeProducing()
+        front.release()
 
-    def failed(failure: Failure) -> None:
-        error = as_open_failed(failure)
-        if error is None or front.gone():
-            return
+    def refused(error: OpenFailed) -> None:
         if early:
             endings.abort(client)  # it was told "connected": a reset is all that can say it failed
             return
-        client.resumeProducing()
         front.refuse(error)
 
-    d = opener.open(destination, upstream)
-    d.addCallbacks(opened, failed)
+    return reach(opener, destination, upstream, front, refused, opened)
+
+
+def reach(
+    opener: IOpener,
+    destination: Destination,
+    protocol: Any,
+    client: Client,
+    refused: Callable[[OpenFailed], None],
+    opened: Callable[[], None] | None = None,
+) -> defer.Deferred[Any]:
+    """The open every front makes for a client: `protocol` gets the stream, `opened` runs
+    once the destination answered, `refused` gets the refusal unless the client has left.
+    A client that leaves before `protocol` has its stream cancels the open: nothing it
+    sent may reach the destination after it gave up. (Once `protocol` has the stream,
+    the front ends that stream the way the client ended.) Returns the open's Deferred,
+    already handled."""
+
+    def failed(failure: Failure) -> None:
+        error = as_open_failed(failure)
+        if error is not None and not client.gone():
+            refused(error)
+
+    d = opener.open(destination, protocol)
+    d.addCallbacks(lambda _: opened() if opened is not None else None, failed)
 
     def client_left() -> None:
-        # Once joined, the relay passes the client's ending on; before, nobody needs the open.
-        if not joined and not d.called:
+        if protocol.transport is None and not d.called:
             d.cancel()
 
-    front.when_gone(client_left)
+    client.when_gone(client_left)
     return d

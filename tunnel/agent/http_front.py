@@ -2,8 +2,9 @@
 upgrades and `GET /health`, each tunnelled through one HTTP/2 stream.
 
 A CONNECT goes through `opener.bridge` like every front's (answered early where the
-agent's opener says so); absolute-form requests are sent with their CONNECT and never
-wait for it. The front knows the agent only through a `ProxySite`: the opener, the clock
+agent's opener says so); absolute-form requests are opened with `opener.reach`, the same
+open (cancelled if the client leaves first, refusals mapped in one place), and wait in
+their link until the stream exists. The front knows the agent only through a `ProxySite`: the opener, the clock
 and limits, and the agent's own pages (/health, /proxy.pac).
 """
 
@@ -23,7 +24,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from tunnel.agent.status_page import render as render_status
-from tunnel.opener import IOpener, as_open_failed, bridge
+from tunnel.opener import IOpener, OpenFailed, bridge, reach
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.endings import Endings, arm, ended_cleanly
@@ -314,9 +315,9 @@ class ProxyFront(HttpFront):
             if link is not None:
                 self._drop_link()
             link = self.link = OriginLink(self, destination)
-            self.site.opener.open(destination, link).addErrback(self._link_failed, link)
+            reach(self.site.opener, destination, link, self, lambda error, link=link: self._link_failed(error, link))
             if link.transport is None and not self.finished:
-                self.transport.pauseProducing()  # hold the body until the tunnel takes it
+                self.hold()  # the body waits until the tunnel takes it
         upgrade = wants_upgrade(request)
         # The origin sees the Host the URL names, whatever Host the client sent (RFC 9112 §3.2.2).
         headers = [(b"host", url.host.encode())] + [
@@ -339,13 +340,10 @@ class ProxyFront(HttpFront):
         # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
         link.transport.registerProducer(self.site.endings.reader_of(self.transport), True)
         self.transport.registerProducer(link.transport, True)
-        self.transport.resumeProducing()
+        self.release()
 
-    def _link_failed(self, failure, link: OriginLink) -> None:
+    def _link_failed(self, error: OpenFailed, link: OriginLink) -> None:
         if link is not self.link:
-            return
-        error = as_open_failed(failure)
-        if error is None:
             return
         self.link = None
         if self._response_started:

@@ -228,6 +228,12 @@ class StreamFront:
     def when_gone(self, callback: Callable[[], object]) -> None:
         self.stream.when_closed(callback)
 
+    def hold(self) -> None:
+        self.stream.pauseProducing()  # flow control: a reset from the agent still arrives
+
+    def release(self) -> None:
+        self.stream.resumeProducing()
+
 
 class TunnelServer(Factory):
     """Builds connections, bounds those still in their handshake, counts agents against
