@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pulumi
@@ -107,16 +108,7 @@ class ControlPlane(pulumi.ComponentResource):
                 lambda a: f"arn:aws:ec2:{a[0]}:{a[1]}:security-group/{a[2]}" if s.ingress_for_wakers and a[2] else None
             )
             policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn).apply(
-                lambda a, role=role: json.dumps(
-                    policies.control_function(
-                        role,
-                        service_arn=a[0],
-                        cluster_arn=a[1],
-                        task_arns=a[2],
-                        log_group_arn=a[3],
-                        security_group_arn=a[4],
-                    )
-                )
+                partial(_policy_document, role)
             )
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
             roles[role] = iam_role
@@ -173,7 +165,7 @@ class ControlPlane(pulumi.ComponentResource):
                 action="lambda:InvokeFunction",
                 function=self.functions[route].name,
                 principal="apigateway.amazonaws.com",
-                source_arn=self.api.execution_arn.apply(lambda arn, verb=verb, route=route: f"{arn}/*/{verb}/{route}"),
+                source_arn=self.api.execution_arn.apply(partial(_invoke_arn, verb=verb, route=route)),
                 opts=child,
             )
             methods.append(method)
@@ -183,7 +175,7 @@ class ControlPlane(pulumi.ComponentResource):
             f"{name}-deployment",
             rest_api=self.api.id,
             triggers={"routes": json.dumps(ROUTES)},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=methods + integrations),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*methods, *integrations]),
         )
         # Access logs in a group of their own (API Gateway writes them with the account's
         # CloudWatch role, which aws.apigateway.Account sets: one per account and region).
@@ -269,3 +261,23 @@ class ControlPlane(pulumi.ComponentResource):
             lambda a: f"https://{a[0]}.execute-api.{a[1]}.amazonaws.com/{a[2]}"
         )
         self.register_outputs({"apiUrl": self.url})
+
+
+def _policy_document(role: str, arns: list) -> str:
+    """A control function's IAM policy, once the ARNs it names are known."""
+    service_arn, cluster_arn, task_arns, log_group_arn, security_group_arn = arns
+    return json.dumps(
+        policies.control_function(
+            role,
+            service_arn=service_arn,
+            cluster_arn=cluster_arn,
+            task_arns=task_arns,
+            log_group_arn=log_group_arn,
+            security_group_arn=security_group_arn,
+        )
+    )
+
+
+def _invoke_arn(execution_arn: str, verb: str, route: str) -> str:
+    """The API's permission to invoke one route's function."""
+    return f"{execution_arn}/*/{verb}/{route}"

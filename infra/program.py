@@ -48,13 +48,13 @@ def run() -> dict:
         certificates[key] = value
 
     region = aws.get_region().region
+    subnets: list[str] | None
     if settings.vpc_id:
         vpc_id, subnets = settings.vpc_id, settings.public_subnets
     else:
         vpc_id = aws.ec2.get_vpc(default=True).id
-        subnets = (
-            settings.public_subnets
-            or aws.ec2.get_subnets(
+        subnets = settings.public_subnets or list(
+            aws.ec2.get_subnets(
                 filters=[
                     aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
                     aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"]),
@@ -76,7 +76,7 @@ def run() -> dict:
             build_context=repository,
         ),
     )
-    outputs = {
+    outputs: dict[str, object] = {
         "clusterName": service.cluster.name,
         "serviceName": service.service.name,
         "repositoryUrl": service.repository.repository_url,
@@ -115,14 +115,15 @@ def run() -> dict:
                 ),
             )
             outputs.update(alarmTopicArn=monitoring.topic.arn, dashboardName=monitoring.dashboard.dashboard_name)
+        api_key: pulumi.Output[str] = pulumi.Output.secret(plane.api_key.value)
         outputs.update(
             **{f"{role}RoleArn": r.arn for role, r in plane.roles.items()},
             apiUrl=plane.url,
-            apiKey=pulumi.Output.secret(plane.api_key.value),
+            apiKey=api_key,
             wakeUrl=plane.url.apply(lambda u: f"{u}/wake"),
             statusUrl=plane.url.apply(lambda u: f"{u}/status"),
             killUrl=plane.url.apply(lambda u: f"{u}/kill"),
         )
-    for name, value in outputs.items():
-        pulumi.export(name, value)
+    for name, output in outputs.items():
+        pulumi.export(name, output)
     return outputs

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -26,7 +27,8 @@ CERT_SECRETS = (
 )
 
 
-PLATFORMS = {"X86_64": "linux/amd64", "ARM64": "linux/arm64"}  # cpuArchitecture -> the image's platform
+# cpuArchitecture -> the image's platform
+PLATFORMS = {"X86_64": docker_build.Platform.LINUX_AMD64, "ARM64": docker_build.Platform.LINUX_ARM64}
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
@@ -183,7 +185,8 @@ class FluidityService(pulumi.ComponentResource):
         # With allowedIngressCidr, one fixed rule. Without it (the default), no rule at all:
         # the control plane opens the port to each agent that wakes the server and closes
         # it when the server stops, so Pulumi leaves the ingress rules to it.
-        if s.ingress_for_wakers:
+        ingress_args: dict[str, Any]
+        if s.allowed_ingress_cidr is None:  # s.ingress_for_wakers
             ingress_args = {"description": f"Fluidity server: {s.container_port}/tcp from the agents that woke it"}
             sg_opts = pulumi.ResourceOptions(parent=self, ignore_changes=["ingress"])
         else:

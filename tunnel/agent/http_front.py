@@ -14,6 +14,7 @@ import hmac
 import json
 import typing
 from dataclasses import dataclass, field
+from functools import partial
 from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
@@ -29,6 +30,7 @@ from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_aut
 from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.endings import Endings, arm, ended_cleanly
 from tunnel.wire.http_front import HttpFront
+from tunnel.wire.mux import TunnelStream
 from tunnel.wire.refusals import http_status
 from tunnel.wire.relay import RelayEnd
 
@@ -71,8 +73,12 @@ def wants_upgrade(request: h11.Request) -> bool:
 class AgentPages(typing.Protocol):
     """What the agent answers itself; `Agent` implements it."""
 
+    csrf: str  # the status page's buttons carry it: their proof of origin
+
     def serves_host(self, host_header: str) -> bool: ...
     def health(self) -> dict: ...
+    def status(self, address: str) -> dict: ...
+    def act(self, action: str) -> None: ...
     def pac(self, requested_host: str) -> str: ...
 
 
@@ -97,6 +103,9 @@ class ProxySite:
 class OriginLink(Protocol):
     """A tunnel stream to one origin carrying absolute-form requests, parsed with h11."""
 
+    transport: TunnelStream | None  # None until the stream exists
+    stream: TunnelStream  # the same, for what runs only once it does
+
     def __init__(self, front: ProxyFront, destination: Destination) -> None:
         self.front = front
         self.destination = destination
@@ -104,11 +113,16 @@ class OriginLink(Protocol):
         self._unsent: list[bytes] = []
         self.lost = False
 
+    def makeConnection(self, transport: TunnelStream) -> None:
+        self.stream = transport
+        super().makeConnection(transport)
+
     def connectionMade(self) -> None:
+        stream = self.stream
         unsent, self._unsent = self._unsent, []
         for data in unsent:
-            self.transport.write(data)
-        self.front._link_connected(self)
+            stream.write(data)
+        self.front._link_connected(self, stream)
 
     def send(self, event) -> None:
         data = self.h11.send(event)
@@ -301,8 +315,9 @@ class ProxyFront(HttpFront):
 
     # opener.Front: what the bridge asks of this front
     def accept(self) -> RelayEnd:
-        self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        return self.relay
+        return self.accept_switch(
+            None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established")
+        )
 
     def refuse(self, error) -> None:
         self.fail(http_status(error.status), error.reason)
@@ -313,9 +328,9 @@ class ProxyFront(HttpFront):
         link = self.link
         if link is None or link.destination != destination or not link.reusable:
             if link is not None:
-                self._drop_link()
+                self._drop_link(link)
             link = self.link = OriginLink(self, destination)
-            reach(self.site.opener, destination, link, self, lambda error, link=link: self._link_failed(error, link))
+            reach(self.site.opener, destination, link, self, partial(self._link_failed, link=link))
             if link.transport is None and not self.finished:
                 self.hold()  # the body waits until the tunnel takes it
         upgrade = wants_upgrade(request)
@@ -326,20 +341,20 @@ class ProxyFront(HttpFront):
         log.debug("{method} {dest}", method=request.method.decode("ascii", "replace"), dest=destination.authority)
         link.send(h11.Request(method=request.method, target=url.path.encode(), headers=headers))
 
-    def _drop_link(self) -> None:
-        link, self.link = self.link, None
+    def _drop_link(self, link: OriginLink) -> None:
+        self.link = None
         if link.transport is not None:
             link.transport.unregisterProducer()
             self.site.endings.close(link.transport)
         self.transport.unregisterProducer()
 
-    def _link_connected(self, link: OriginLink) -> None:
+    def _link_connected(self, link: OriginLink, stream: TunnelStream) -> None:
         if link is not self.link:
             return
         arm(self.transport)  # from here a cut (even this process dying) must not look like an end
         # Backpressure both ways: a slow origin pauses the client, a slow client the stream.
-        link.transport.registerProducer(self.site.endings.reader_of(self.transport), True)
-        self.transport.registerProducer(link.transport, True)
+        stream.registerProducer(self.site.endings.reader_of(self.transport), True)
+        self.transport.registerProducer(stream, True)
         self.release()
 
     def _link_failed(self, error: OpenFailed, link: OriginLink) -> None:
@@ -414,7 +429,7 @@ class ProxyFront(HttpFront):
             + [(n, v) for n, v in response.headers if n == b"upgrade"]
             + [(b"connection", b"Upgrade")]
         )
-        stream = link.transport
+        stream = link.stream
         self.link = None
         stream.unregisterProducer()
         self.transport.unregisterProducer()

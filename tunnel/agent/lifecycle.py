@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 
 from lambdas.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
-from tunnel.config import ConfigError, Settings
+from tunnel.config import AgentSettings, ConfigError
 from tunnel.wire.addresses import BadAddress, check_host
 
 log = Logger(namespace="fluidity.lifecycle")
@@ -46,7 +46,7 @@ class LifecycleSettings:
     upstream_proxy: str = ""  # the tunnel's proxy setting: every request the agent makes takes it
 
 
-def settings_from(config: Settings) -> LifecycleSettings | None:
+def settings_from(config: AgentSettings) -> LifecycleSettings | None:
     """The checked lifecycle block, or None when the agent dials `server_ip` as configured."""
     block = config.lifecycle
     wake, status, kill = (block.wake_endpoint.strip(), block.status_endpoint.strip(), block.kill_endpoint.strip())
@@ -209,13 +209,14 @@ def _quiet_pool(reactor) -> HTTPConnectionPool:
     pool = HTTPConnectionPool(reactor, persistent=False)
     factory = getattr(pool, "_factory", None)
     if isinstance(factory, type) and hasattr(factory, "noisy"):
-        pool._factory = type("QuietHTTP11ClientFactory", (factory,), {"noisy": False})
+        pool._factory = type("QuietHTTP11ClientFactory", (factory,), {"noisy": False})  # type: ignore[assignment]
     return pool
 
 
 def _safe(url: str) -> str:
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.hostname + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
+    host = parts.hostname or ""
+    return urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, "", ""))
 
 
 def _short(error: BaseException) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 PREFERENCE = ("negotiate", "ntlm", "digest", "basic")
 MAX_ROUNDS = 4  # Negotiate/NTLM take two; anything longer is a proxy saying no
@@ -82,10 +83,14 @@ class ProxyAuthenticator:
         self.username, self.password, self.proxy_host = username, password, proxy_host
         self.scheme: str | None = None
         self.rounds = 0
-        self._context = None  # pyspnego's, for NTLM / Negotiate
+        self._context: Any = None  # pyspnego's, for NTLM / Negotiate
         self._nc = 0
         self._why: list[str] = []  # why each offered scheme could not be answered
         self.new_cnonce = lambda: os.urandom(16).hex()  # Digest's client nonce
+
+    @property
+    def _scheme_name(self) -> str:
+        return (self.scheme or "").upper()
 
     @property
     def connection_bound(self) -> bool:
@@ -116,10 +121,10 @@ class ProxyAuthenticator:
             )
         if self._context is not None:
             raise ProxyAuthError(
-                f"the proxy refused the {self.scheme.upper()} authentication of {self.username or 'the logged-in user'}"
+                f"the proxy refused the {self._scheme_name} authentication of {self.username or 'the logged-in user'}"
             )
         offered = [s for s in PREFERENCE if s in challenges]
-        self._why: list[str] = []
+        self._why = []
         for scheme in offered:
             header = self._start(scheme, challenges[scheme], method, target)
             if header is not None:
@@ -172,10 +177,10 @@ class ProxyAuthenticator:
             answer = self._context.step(base64.b64decode(token))
         except Exception as e:
             raise ProxyAuthError(
-                f"the proxy's {self.scheme.upper()} challenge could not be answered ({type(e).__name__})"
+                f"the proxy's {self._scheme_name} challenge could not be answered ({type(e).__name__})"
             ) from None
         if not answer:
-            raise ProxyAuthError(f"the proxy's {self.scheme.upper()} handshake ended without success")
+            raise ProxyAuthError(f"the proxy's {self._scheme_name} handshake ended without success")
         return f"{'Negotiate' if self.scheme == 'negotiate' else 'NTLM'} {base64.b64encode(answer).decode()}"
 
     def _digest(self, challenge: Challenge, method: str, uri: str) -> str | None:

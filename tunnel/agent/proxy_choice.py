@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, ssl, threads
 from twisted.logger import Logger
@@ -22,6 +23,9 @@ from twisted.logger import Logger
 from tunnel.agent.proxy_credentials import ProxyCredentials
 from tunnel.agent.upstream import UpstreamProxy, parse_proxy_url, proxy_for
 from tunnel.wire.addresses import format_authority
+
+if TYPE_CHECKING:
+    from pypac.parser import PACFile
 
 AUTO = "auto"
 REFRESH = 300.0
@@ -33,7 +37,7 @@ class FoundPac:
     """A PAC file and where it came from, for doctor and the log."""
 
     where: str
-    pac: object  # pypac.parser.PACFile
+    pac: PACFile
 
 
 def discover(pac_url: str = "", timeout: float = 3.0) -> FoundPac | None:
@@ -106,18 +110,18 @@ class ProxyChoice:
         if self.configured and not self.auto:
             return parse_proxy_url(self.configured), "upstream_proxy"
         if self.auto and self.found is not None:
-            return self._from_pac(host, port)
+            return self._from_pac(self.found, host, port)
         proxy = proxy_for("", host, self.environ)
         return proxy, ("$HTTPS_PROXY" if proxy else "no proxy configured") + (
             " (upstream_proxy: auto found no PAC file)" if self.auto else ""
         )
 
-    def _from_pac(self, host: str, port: int) -> tuple[UpstreamProxy | None, str]:
+    def _from_pac(self, found: FoundPac, host: str, port: int) -> tuple[UpstreamProxy | None, str]:
         from pypac.parser import parse_pac_value
 
-        where = self.found.where
+        where = found.where
         try:
-            value = self.found.pac.find_proxy_for_url(f"https://{format_authority(host, port)}/", host)
+            value = found.pac.find_proxy_for_url(f"https://{format_authority(host, port)}/", host)
         except Exception as e:  # the PAC file's own JavaScript failed: direct, and say so
             return None, f"{where} failed for {host} ({e}): direct"
         for entry in parse_pac_value(value or "DIRECT"):
@@ -149,9 +153,16 @@ class ProxyChoice:
         self._looking.addCallbacks(self._found, self._not_found)
         return self._waiter()
 
-    def _waiter(self) -> defer.Deferred:
-        d = defer.Deferred()
-        self._looking.addBoth(lambda result: (None if d.called else d.callback(None), result)[1])
+    def _waiter(self) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def done(result: Any) -> Any:
+            if not d.called:
+                d.callback(None)
+            return result
+
+        if self._looking is not None:
+            self._looking.addBoth(done)
         return d
 
     def _found(self, found: FoundPac | None) -> None:

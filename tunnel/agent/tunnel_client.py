@@ -15,18 +15,20 @@ from __future__ import annotations
 
 from collections import deque
 
+from OpenSSL import SSL
 from twisted.application.internet import backoffPolicy
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tunnel.agent.proxy_choice import ProxyChoice
-from tunnel.agent.upstream import route
+from tunnel.agent.upstream import UpstreamProxy, route
 from tunnel.wire.addresses import Destination
 from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.interception import intercepted_by, interception_message
-from tunnel.wire.mux import TunnelMux
+from tunnel.wire.mux import TunnelMux, TunnelStream
 from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.tls_batching import BatchedTLSClientEndpoint
 
@@ -59,10 +61,10 @@ class TunnelClient:
         self.upstream_proxy = upstream_proxy  # a ProxyChoice, or the configured URL (else $HTTPS_PROXY)
         self.ca_certificate = ca_certificate  # to name what answered instead when verification fails
         self._via = ""
-        self._route = None
+        self._route: IStreamClientEndpoint | None = None
         self._retired = [0, 0]  # traffic of connections that have closed
         self.recent_errors: deque = deque(maxlen=20)  # (time, message), for the status page
-        self._proxy = None  # the upstream proxy the last attempt went through, if any
+        self._proxy: UpstreamProxy | None = None  # the upstream proxy the last attempt went through, if any
         self.asleep = False  # the control plane says the server is stopped: wait for a client
         self._stale = locator is not None  # ask the control plane before dialling
         self._want_wake = locator is not None
@@ -77,7 +79,7 @@ class TunnelClient:
         self._running = False
         self._attempt: defer.Deferred | None = None
         self._retry = None
-        self._waiters: list[defer.Deferred] = []
+        self._waiters: list[defer.Deferred[TunnelMux]] = []
         self._all: set[TunnelMux] = set()
 
     @property
@@ -294,10 +296,12 @@ class TunnelClient:
         """When the handshake failed on a certificate our CA did not issue, say who did."""
         if self.ca_certificate is None:
             return None
+        handle = mux.transport.getHandle()
+        if not isinstance(handle, SSL.Connection):
+            return None
         try:
-            chain = mux.transport.getHandle().get_peer_cert_chain() or []
-            presented = [c.to_cryptography() for c in chain]
-        except Exception:  # no TLS handle, nothing presented: the usual description applies
+            presented = [c.to_cryptography() for c in handle.get_peer_cert_chain() or []]
+        except Exception:  # nothing presented: the usual description applies
             return None
         issuer = intercepted_by(presented, self.ca_certificate)
         if issuer is None:
@@ -305,10 +309,10 @@ class TunnelClient:
         return interception_message(issuer, self.server, self._proxy.display if self._proxy is not None else "")
 
     # -- streams ----------------------------------------------------------------------
-    def when_connected(self) -> defer.Deferred:
+    def when_connected(self) -> defer.Deferred[TunnelMux]:
         if self.current is not None and not self.current.closed:
             return defer.succeed(self.current)
-        waiter = defer.Deferred()
+        waiter: defer.Deferred[TunnelMux] = defer.Deferred()
         self._waiters.append(waiter)
         locating = self.locator is not None and (self._stale or self.asleep)
 
@@ -361,7 +365,7 @@ class _OpenWhenAnswered:
         self.tunnel, self.destination, self.protocol, self.retries = tunnel, destination, protocol, retries
         self.result: defer.Deferred = defer.Deferred(self._cancel)
         self._waiting: defer.Deferred | None = None  # for a connection
-        self._stream = None  # opened, not yet answered
+        self._stream: TunnelStream | None = None  # opened, not yet answered
 
     def start(self) -> defer.Deferred:
         self._attempt()
@@ -371,7 +375,7 @@ class _OpenWhenAnswered:
         current = self.tunnel.current
         # Its streams learn of a lost connection before the client does: closed is not current.
         usable = current is not None and not current.draining and not current.closed
-        waiting = defer.succeed(current) if usable else self.tunnel.when_connected()
+        waiting = defer.succeed(current) if current is not None and usable else self.tunnel.when_connected()
         waiting.addCallback(self._open).addErrback(self._fail)
         self._waiting = None if waiting.called else waiting
 

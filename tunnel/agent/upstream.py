@@ -22,7 +22,7 @@ import h11
 from OpenSSL import SSL
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from tunnel.agent.proxy_auth import MAX_ROUNDS, ProxyAuthenticator, ProxyAuthError
 from tunnel.wire.addresses import format_authority
+from tunnel.wire.transports import IConnection
 
 MAX_ANSWER_HEAD = 16 * 1024
 log = Logger(namespace="fluidity.agent")
@@ -102,11 +103,13 @@ class _ConnectHandshake(Protocol):
     while the proxy keeps it, else on a new one), then hands the connection to the real
     protocol once the proxy says 2xx."""
 
+    transport: IConnection  # set by makeConnection, before any method here runs
+
     def __init__(self, attempt: _Attempt, authorization: str | None) -> None:
         self.attempt = attempt
         self.authorization = authorization
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_ANSWER_HEAD)
-        self.inner: Protocol | None = None
+        self.inner: IProtocol | None = None
         self._refusal: h11.Response | None = None
         self._handed_on = False  # it asked for a new connection: its close is expected
 
@@ -142,11 +145,13 @@ class _ConnectHandshake(Protocol):
 
     def _connected(self) -> None:
         leftover, _ = self.h11.trailing_data
-        self.inner = self.attempt.factory.buildProtocol(self.transport.getPeer())
-        # From now on the socket's events go straight to the TLS layer.
-        self.dataReceived = self.inner.dataReceived
-        self.connectionLost = self.inner.connectionLost
-        self.inner.makeConnection(self.transport)
+        inner = self.inner = self.attempt.factory.buildProtocol(self.transport.getPeer())
+        if inner is None:
+            return self._fail("the tunnel's factory built no protocol")
+        # From now on the socket's events go straight to the TLS layer: no call in between.
+        self.dataReceived = inner.dataReceived  # type: ignore[method-assign]
+        self.connectionLost = inner.connectionLost  # type: ignore[method-assign,assignment]
+        inner.makeConnection(self.transport)
         auth = self.attempt.auth
         if self.authorization and auth.scheme:
             log.info(
@@ -154,9 +159,9 @@ class _ConnectHandshake(Protocol):
                 scheme={"ntlm": "NTLM"}.get(auth.scheme, auth.scheme.capitalize()),
                 user=auth.username or "the logged-in user",
             )
-        self.attempt.succeeded(self.inner)
+        self.attempt.succeeded(inner)
         if leftover:
-            self.inner.dataReceived(leftover)
+            inner.dataReceived(leftover)
 
     def _refused(self, response: h11.Response | None) -> None:
         status = getattr(response, "status_code", "?")
@@ -235,7 +240,7 @@ def port_hint(status, port: int) -> str:
 class _Attempt:
     """One CONNECT through the proxy, over as many proxy connections as authentication needs."""
 
-    def __init__(self, endpoint: HTTPConnectEndpoint, factory: Factory) -> None:
+    def __init__(self, endpoint: HTTPConnectEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint, self.factory = endpoint, factory
         self.target, self.port = endpoint.target, endpoint.port
         self.auth = ProxyAuthenticator(endpoint.proxy.username, endpoint.proxy.password, endpoint.proxy.host)
@@ -251,11 +256,12 @@ class _Attempt:
                     f"upstream proxy kept closing the connection during authentication for CONNECT {self.target}"
                 )
             )
-        to_proxy = HostnameEndpoint(
+        to_proxy: IStreamClientEndpoint = HostnameEndpoint(
             self.endpoint.reactor, self.endpoint.proxy.host, self.endpoint.proxy.port, timeout=self.endpoint.timeout
         )
-        if self.endpoint.proxy.tls:
-            to_proxy = wrapClientTLS(self.endpoint.proxy_tls, to_proxy)
+        tls = self.endpoint.proxy_tls if self.endpoint.proxy.tls else None  # an https:// proxy
+        if tls is not None:
+            to_proxy = wrapClientTLS(tls, to_proxy)
         self.connecting = to_proxy.connect(Factory.forProtocol(lambda: _ConnectHandshake(self, authorization)))
         self.connecting.addErrback(self.failed)
 
@@ -289,7 +295,7 @@ class HTTPConnectEndpoint:
     def __repr__(self) -> str:
         return f"CONNECT {self.target} through {self.proxy.display}"
 
-    def connect(self, factory: Factory) -> defer.Deferred:
+    def connect(self, factory: IProtocolFactory) -> defer.Deferred:
         attempt = _Attempt(self, factory)
         attempt.start(None)  # challenge-driven: credentials go only in answer to what the proxy asks
 
@@ -300,7 +306,7 @@ class HTTPConnectEndpoint:
             if not attempt.done.called:
                 attempt.done.errback(defer.CancelledError())
 
-        result = defer.Deferred(cancel)
+        result: defer.Deferred = defer.Deferred(cancel)
         attempt.done.chainDeferred(result)
         return result
 

@@ -117,68 +117,78 @@ def _local(args) -> int:
         print(f"made a development CA and certificates in {certs}/")
     files = local_demo.config_files(configs)
     twistd = _twistd()
-    children: list[subprocess.Popen] = []
-    running: dict[subprocess.Popen, str] = {}  # what each child runs, for the line when one exits
-    stopping = False
-
-    def stop(*_):
-        nonlocal stopping
-        stopping = True
-
-    # SIGHUP (the terminal closing) exists on POSIX only; Windows has Ctrl-C and Ctrl-Break.
-    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), stop)
     roles = (
         ("server", args.server_port, ["--port", str(args.server_port)]),
         ("agent", args.proxy_port, ["--proxy-port", str(args.proxy_port), "--server-port", str(args.server_port)]),
     )
-    status = 0
+    children = _Children()
     try:
         for role, port, flags in roles:
-            command = [
-                twistd,
-                "-n",
-                "--pidfile=",
-                f"fluidity-{role}",
-                "--config",
-                str(files[role]),
-                *local_demo.cert_flags(role, certs),
-                *flags,
-            ]
-            child = subprocess.Popen(command, **_child_options())
-            children.append(child)
-            running[child] = f"fluidity-{role}"
-            if not _wait_listening(port, child, 20):
+            config = ["--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
+            if not children.start(f"fluidity-{role}", [twistd, "-n", "--pidfile=", f"fluidity-{role}", *config], port):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
-        print(
-            f"\nFluidity is running: server on 127.0.0.1:{args.server_port}, proxy on 127.0.0.1:{args.proxy_port} and "
-            f"[::1]:{args.proxy_port}.\n"
-            f"  curl -x http://127.0.0.1:{args.proxy_port} https://example.com\n"
-            f"  curl --socks5-hostname 127.0.0.1:{args.proxy_port} https://example.com\n"
-            f"  browsers: http://127.0.0.1:{args.proxy_port}/proxy.pac as the automatic proxy configuration URL\n"
-            f"  curl http://127.0.0.1:{args.proxy_port}/health\n"
-            "Press Ctrl-C to stop both.\n",
-            flush=True,
-        )
-        while not stopping:
-            for child in children:
-                if child.poll() is not None:
-                    print(f"fluidity: {running[child]} exited with {child.returncode}", file=sys.stderr)
-                    status = 1
-                    stopping = True
-            time.sleep(0.2)
+        print(_running_message(args.server_port, args.proxy_port), flush=True)
+        return children.watch()
     finally:
-        for child in children:
+        children.stop()
+
+
+def _running_message(server_port: int, proxy_port: int) -> str:
+    return (
+        f"\nFluidity is running: server on 127.0.0.1:{server_port}, proxy on 127.0.0.1:{proxy_port} and "
+        f"[::1]:{proxy_port}.\n"
+        f"  curl -x http://127.0.0.1:{proxy_port} https://example.com\n"
+        f"  curl --socks5-hostname 127.0.0.1:{proxy_port} https://example.com\n"
+        f"  browsers: http://127.0.0.1:{proxy_port}/proxy.pac as the automatic proxy configuration URL\n"
+        f"  curl http://127.0.0.1:{proxy_port}/health\n"
+        "Press Ctrl-C to stop both.\n"
+    )
+
+
+class _Children:
+    """`fluidity local`'s two processes: started in turn, watched until a signal or one of
+    them exits, and always stopped."""
+
+    def __init__(self) -> None:
+        self.running: dict[subprocess.Popen, str] = {}  # each child, and what it runs
+        self.stopping = False
+
+        def stop(*_) -> None:
+            self.stopping = True
+
+        # SIGHUP (the terminal closing) exists on POSIX only; Windows has Ctrl-C and Ctrl-Break.
+        for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), stop)
+
+    def start(self, name: str, command: list[str], port: int) -> bool:
+        """Start one; whether it is listening on `port` within 20 s."""
+        child = subprocess.Popen(command, **_child_options())
+        self.running[child] = name
+        return _wait_listening(port, child, 20)
+
+    def watch(self) -> int:
+        """Until a signal (0) or a child's exit (1, said on stderr)."""
+        status = 0
+        while not self.stopping:
+            for child, name in self.running.items():
+                if child.poll() is not None:
+                    print(f"fluidity: {name} exited with {child.returncode}", file=sys.stderr)
+                    status = 1
+                    self.stopping = True
+            time.sleep(0.2)
+        return status
+
+    def stop(self) -> None:
+        for child in self.running:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
-        for child in children:
+        for child in self.running:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
-    return status
 
 
 def _control_plane(args) -> int:
@@ -615,9 +625,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"] and argv[1:2] in ([a] for a in SERVICE_ACTIONS):
+        return _agent_service(argv[1], argv[2:])
+    if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
+        return _role_help(argv[0])
+    if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
+        twistd = _twistd()
+        os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+def build_parser() -> OneLineParser:
+    """Every command, each with the function that runs it (`args.run`)."""
     parser = OneLineParser(prog="fluidity", description="Fluidity personal tunnel")
     parser.add_argument("--version", action="version", version=f"fluidity {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_certs,
+        _add_local,
+        _add_roles,
+        _add_control_plane,
+        _add_proxy_password,
+        _add_operations,
+        _add_cost,
+        _add_doctor,
+    ):
+        add(commands)
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash, zsh or fish)",
+        description='Print a completion script: `eval "$(fluidity completion bash)"` in ~/.bashrc, `zsh` in ~/.zshrc, '
+        "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.",
+    )
+    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
+
+    def print_completion(args) -> int:
+        print(completion_script(parser, args.shell))
+        return 0
+
+    completion.set_defaults(run=print_completion)
+    return parser
+
+
+def _add_certs(commands) -> None:
     certs = commands.add_parser("certs", help="make the private CA and certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
     init = certs_commands.add_parser("init", help="CA, server certificate and one client certificate")
@@ -626,6 +679,10 @@ def _main(argv: list[str] | None) -> int:
     for p in (init, client):
         p.add_argument("--dir", default="certs", help="where the files live (default: certs)")
         p.add_argument("--force", action="store_true", help="replace existing files")
+    certs.set_defaults(run=_certs)
+
+
+def _add_local(commands) -> None:
     local = commands.add_parser(
         "local",
         help="run server and agent on loopback (the demo)",
@@ -655,6 +712,11 @@ def _main(argv: list[str] | None) -> int:
         default=8080,
         help="the agent's HTTP/SOCKS5 proxy port on 127.0.0.1 (default: %(default)d)",
     )
+    local.set_defaults(run=_local)
+
+
+def _add_roles(commands) -> None:
+    """`fluidity agent|server FLAGS`: parsed here only for --help and completion; _main hands them to twistd."""
     for role in ("agent", "server"):
         run = commands.add_parser(
             role,
@@ -667,6 +729,9 @@ def _main(argv: list[str] | None) -> int:
         run.completion_words = _twistd_flags(role)
         if role == "agent":
             run.completion_subcommands = {action: _service_parser(action) for action in SERVICE_ACTIONS}
+
+
+def _add_control_plane(commands) -> None:
     plane = commands.add_parser("control-plane", help="serve wake/status/kill locally (API Gateway stand-in)")
     plane.add_argument("--api-key", help="required x-api-key (default: $FLUIDITY_API_KEY)")
     plane.add_argument("--host", default="127.0.0.1")
@@ -680,6 +745,10 @@ def _main(argv: list[str] | None) -> int:
         "--tls-cert", metavar="PEM", help="serve HTTPS with this certificate instead of plain HTTP, as API Gateway does"
     )
     plane.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    plane.set_defaults(run=_control_plane)
+
+
+def _add_proxy_password(commands) -> None:
     secret = commands.add_parser(
         "proxy-password",
         help="store the corporate proxy's password in the system's credential store",
@@ -693,6 +762,10 @@ def _main(argv: list[str] | None) -> int:
     )
     secret.add_argument("--stdin", action="store_true", help="read the password from standard input instead of asking")
     secret.add_argument("--delete", action="store_true", help="remove the stored password")
+    secret.set_defaults(run=_proxy_password)
+
+
+def _add_operations(commands) -> None:
     for name, text in (
         ("start", "start the server (desiredCount 1), wait for its public IP"),
         ("stop", "stop the server (desiredCount 0)"),
@@ -703,6 +776,7 @@ def _main(argv: list[str] | None) -> int:
             help=text,
             description=text + ". Uses AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL.",
         )
+        op.set_defaults(run=_operate)
         op.add_argument("--region", help="AWS region (default: $AWS_REGION, $AWS_DEFAULT_REGION, or the profile's)")
         op.add_argument("--profile", help="AWS profile (default: $AWS_PROFILE)")
         op.add_argument("--cluster", default="fluidity", help="ECS cluster (default: fluidity)")
@@ -742,6 +816,9 @@ def _main(argv: list[str] | None) -> int:
             )
         else:
             op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")
+
+
+def _add_cost(commands) -> None:
     cost = commands.add_parser(
         "cost",
         help="what a month of the stack costs, line by line",
@@ -759,6 +836,10 @@ def _main(argv: list[str] | None) -> int:
     cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
+    cost.set_defaults(run=_cost)
+
+
+def _add_doctor(commands) -> None:
     doctor = commands.add_parser(
         "doctor",
         help="check the agent's set-up: config, certificates, the server, proxy, AWS",
@@ -779,44 +860,17 @@ def _main(argv: list[str] | None) -> int:
     )
     doctor.add_argument("--stack", help="with --deploy: the stack (Pulumi.NAME.yaml; default: the only one there)")
     doctor.add_argument("--project", help="with --deploy: the folder holding Pulumi.yaml (default: this one)")
-    completion = commands.add_parser(
-        "completion",
-        help="print a shell completion script (bash, zsh or fish)",
-        description='Print a completion script: `eval "$(fluidity completion bash)"` in ~/.bashrc, `zsh` in ~/.zshrc, '
-        "or `fluidity completion fish > ~/.config/fish/completions/fluidity.fish`.",
-    )
-    completion.add_argument("shell", choices=("bash", "zsh", "fish"))
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["agent"] and argv[1:2] in ([a] for a in SERVICE_ACTIONS):
-        return _agent_service(argv[1], argv[2:])
-    if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
-        return _role_help(argv[0])
-    if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
-        twistd = _twistd()
-        os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
-    args = parser.parse_args(argv)
-    if args.command == "doctor" and args.deploy:
+    doctor.set_defaults(run=_doctor)
+
+
+def _doctor(args) -> int:
+    if args.deploy:
         from tunnel.ops import deploy_checks
 
         return deploy_checks.main(args.project, args.stack)
-    if args.command == "doctor":
-        from tunnel.ops import doctor as doctor_checks
+    from tunnel.ops import doctor as doctor_checks
 
-        return doctor_checks.main(args.config)
-    if args.command == "completion":
-        print(completion_script(parser, args.shell))
-        return 0
-    if args.command == "cost":
-        return _cost(args)
-    if args.command in ("start", "stop", "status"):
-        return _operate(args)
-    if args.command == "certs":
-        return _certs(args)
-    if args.command == "control-plane":
-        return _control_plane(args)
-    if args.command == "proxy-password":
-        return _proxy_password(args)
-    return _local(args)
+    return doctor_checks.main(args.config)
 
 
 def _proxy_password(args) -> int:

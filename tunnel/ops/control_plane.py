@@ -14,6 +14,7 @@ from pathlib import Path
 
 from twisted.internet import threads
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import resource, server
 
 from lambdas import kill, status, wake
@@ -66,7 +67,7 @@ class ControlPlane(resource.Resource):
             return self._answer(request, 413, {"message": "request body too large"})
         event = proxy_event(request, path, body)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), handler, event, None)
-        gone = []
+        gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
 
         def answered(reply: dict) -> None:

@@ -18,53 +18,54 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+C = TypeVar("C", bound=Hashable)  # a pending connection
 
 
-class _Queues:
+class _Queues(Generic[C]):
     """Pending connections in arrival order: silent ones, and those that have spoken."""
 
     def __init__(self) -> None:
-        self.silent: OrderedDict[Hashable, None] = OrderedDict()
-        self.spoken: OrderedDict[Hashable, None] = OrderedDict()
+        self.silent: OrderedDict[C, None] = OrderedDict()
+        self.spoken: OrderedDict[C, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.silent) + len(self.spoken)
 
-    def oldest(self) -> Hashable:
+    def oldest(self) -> C:
         return next(iter(self.silent or self.spoken))
 
-    def discard(self, item: Hashable) -> None:
+    def discard(self, item: C) -> None:
         self.silent.pop(item, None)
         self.spoken.pop(item, None)
 
 
-class HandshakeBudget:
+class HandshakeBudget(Generic[C]):
     """At most `total` unauthenticated connections, and `per_source` from one address."""
 
     def __init__(self, total: int, per_source: int) -> None:
         self.total = total
         self.per_source = per_source
-        self._all = _Queues()
-        self._by_source: dict[str, _Queues] = {}
-        self._source_of: dict[Hashable, str] = {}
+        self._all: _Queues[C] = _Queues()
+        self._by_source: dict[str, _Queues[C]] = {}
+        self._source_of: dict[C, str] = {}
         self.evicted = 0  # how many were dropped to make room, for the log and tests
 
     def __len__(self) -> int:
         return len(self._all)
 
-    def __contains__(self, connection: Hashable) -> bool:
+    def __contains__(self, connection: C) -> bool:
         return connection in self._source_of
 
-    def admit(
-        self, connection: Hashable, source: str, spoken_meanwhile: Callable[[Hashable], bool] | None = None
-    ) -> list[Hashable]:
+    def admit(self, connection: C, source: str, spoken_meanwhile: Callable[[C], bool] | None = None) -> list[C]:
         """Count a new connection in; return the older ones that must go to make room.
 
         `spoken_meanwhile(c)` says whether a connection counted as silent has bytes waiting
         that nobody has read yet: connections accepted in one batch are all silent until the
         reactor reads them, and a real client's ClientHello is already there. Such a one is
         counted as having spoken instead of being dropped."""
-        victims = []
+        victims: list[C] = []
         mine = self._by_source.get(source)
         if mine is not None and len(mine) >= self.per_source:
             victims.append(self._oldest(mine, spoken_meanwhile))
@@ -78,7 +79,7 @@ class HandshakeBudget:
         self.evicted += len(victims)
         return victims
 
-    def _oldest(self, queues: _Queues, spoken_meanwhile: Callable[[Hashable], bool] | None) -> Hashable:
+    def _oldest(self, queues: _Queues[C], spoken_meanwhile: Callable[[C], bool] | None) -> C:
         while queues.silent and spoken_meanwhile is not None:
             candidate = next(iter(queues.silent))
             if not spoken_meanwhile(candidate):
@@ -86,7 +87,7 @@ class HandshakeBudget:
             self.spoke(candidate)
         return queues.oldest()
 
-    def spoke(self, connection: Hashable) -> None:
+    def spoke(self, connection: C) -> None:
         """The peer sent its first bytes: it is doing a handshake, not just holding a socket."""
         source = self._source_of.get(connection)
         if source is None or connection not in self._all.silent:
@@ -95,7 +96,7 @@ class HandshakeBudget:
             del queues.silent[connection]
             queues.spoken[connection] = None
 
-    def forget(self, connection: Hashable) -> None:
+    def forget(self, connection: C) -> None:
         """The handshake finished, or the connection is gone."""
         source = self._source_of.pop(connection, None)
         if source is None:

@@ -8,9 +8,10 @@ certificate). Both ask the same `DirectOpener`, which applies the egress policy.
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import h11
+from OpenSSL.crypto import X509
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Factory, Protocol
@@ -34,6 +35,7 @@ from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd
 from tunnel.wire.tls import ALPN_H2
 from tunnel.wire.tls_batching import BatchedTLS
+from tunnel.wire.transports import IConnection, ITLSConnection
 
 log = Logger(namespace="fluidity.server")
 _refusals = Throttle()
@@ -73,8 +75,9 @@ class ConnectFront(HttpFront):
 
     # -- opener.Front: what the bridge asks of this front (it cancels the dial if we go) --
     def accept(self) -> RelayEnd:
-        self.accept_switch(None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established"))
-        return self.relay
+        return self.accept_switch(
+            None, None, h11.Response(status_code=200, headers=[], reason=b"Connection established")
+        )
 
     def refuse(self, error) -> None:
         self.fail(error.status, error.reason)
@@ -84,11 +87,13 @@ class ConnectFront(HttpFront):
 class ServerConnection(Protocol):
     """Waits for the TLS handshake, then hands the connection to the framing ALPN chose."""
 
+    transport: ITLSConnection  # set by makeConnection, before any method here runs
+
     def __init__(self, server: TunnelServer) -> None:
         self.server = server
         self.inner: Protocol | None = None
         self.peer_name = "?"
-        self.certificate = None
+        self.certificate: X509 | None = None
         self.authenticated = False  # handshake done, certificate accepted, within max_connections
         self._handshake_timer = None
 
@@ -103,11 +108,12 @@ class ServerConnection(Protocol):
         if self._handshake_timer is not None and self._handshake_timer.active():
             self._handshake_timer.cancel()
         self.server.handshakes.forget(self)
-        cert = self.certificate = self.transport.getPeerCertificate()
+        offered = self.transport.getPeerCertificate()
+        cert = self.certificate = offered if isinstance(offered, X509) else None
         common_name = (cert.get_subject().CN if cert is not None else None) or "?"
         address = self.transport.getPeer()
         self.peer_name = f"{common_name}@{getattr(address, 'host', '?')}"
-        if self.server.revocations.revoked(cert):
+        if cert is not None and self.server.revocations.revoked(cert):
             log.warn(
                 "refusing {peer}: certificate serial {serial:x} is revoked",
                 peer=self.peer_name,
@@ -168,6 +174,8 @@ class ServerConnection(Protocol):
 class Refused(Protocol):
     """A connection the server will not take: dropped at once."""
 
+    transport: IConnection
+
     def connectionMade(self) -> None:
         self.transport.abortConnection()
 
@@ -185,9 +193,9 @@ class SpeakingTLS(BatchedTLS):
         super().dataReceived(data)
 
 
-def _bytes_waiting(connection: Hashable) -> bool:
+def _bytes_waiting(connection: ServerConnection) -> bool:
     """Whether a connection's first bytes sit unread in its socket (peeked, not taken)."""
-    sock = socket_under(getattr(connection, "transport", None))
+    sock = socket_under(connection.transport)
     if sock is None:
         return False
     try:
@@ -253,7 +261,9 @@ class TunnelServer(Factory):
         self.opener = opener
         self.max_connections = settings.max_connections
         self.handshake_timeout = settings.handshake_timeout
-        self.handshakes = HandshakeBudget(settings.max_handshakes, settings.max_handshakes_per_source)
+        self.handshakes: HandshakeBudget[ServerConnection] = HandshakeBudget(
+            settings.max_handshakes, settings.max_handshakes_per_source
+        )
         self.max_streams_per_agent = settings.max_streams_per_agent
         self.limits = TunnelLimits.of(settings)  # each agent connection's streams and keepalive
         # Not `revocations or ...`: an empty list (every operator's first) is still the file to watch.

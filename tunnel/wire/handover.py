@@ -16,11 +16,13 @@ gives up and closes, and its leaving must cancel the open.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from zope.interface import implementer
+
+from tunnel.wire.transports import IConnection
 
 HOLD_LIMIT = 65536  # bytes a held client may send before its socket is paused
 
@@ -29,7 +31,7 @@ HOLD_LIMIT = 65536  # bytes a held client may send before its socket is paused
 class HandsOver(Protocol):
     # Typed as Twisted's TCP transport, not Protocol's Optional: makeConnection sets it
     # before any of these methods runs, and it is a TCP (or TLS) connection or a tunnel stream.
-    transport: ITCPTransport
+    transport: IConnection
     successor: Any = None  # a Protocol that is also IHalfCloseableProtocol
     _left = False
     _on_gone: list[Callable[[], object]] | None = None
@@ -60,7 +62,7 @@ class HandsOver(Protocol):
         held, self._held = self._held, None
         if self._paused_by_hold:
             self._paused_by_hold = False
-            cast(IPushProducer, self.transport).resumeProducing()
+            self.transport.resumeProducing()
         if held:
             self.dataReceived(b"".join(held))
 
@@ -89,7 +91,7 @@ class HandsOver(Protocol):
             self._held_bytes += len(data)
             if self._held_bytes > HOLD_LIMIT and not self._paused_by_hold:
                 self._paused_by_hold = True
-                cast(IPushProducer, self.transport).pauseProducing()
+                self.transport.pauseProducing()
         elif self.successor is not None:
             self.successor.dataReceived(data)
         else:

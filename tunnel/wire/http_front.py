@@ -7,10 +7,9 @@ The server's http/1.1 CONNECT listener and the agent's local proxy both build on
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import cast
 
 import h11
-from twisted.internet.interfaces import IDelayedCall, ITransport
+from twisted.internet.interfaces import IDelayedCall
 
 from tunnel.wire.endings import Endings, Pipe, no_delay
 from tunnel.wire.handover import HandsOver
@@ -167,22 +166,27 @@ class HttpFront(HandsOver):
         self.endings.close(self.transport)
 
     def accept_switch(
-        self, upstream: ITransport, upstream_end: RelayEnd, response: h11.Response | h11.InformationalResponse
-    ) -> None:
+        self,
+        upstream: Pipe | None,
+        upstream_end: RelayEnd | None,
+        response: h11.Response | h11.InformationalResponse,
+    ) -> RelayEnd:
         """Send the 200/101 that switches protocols and relay raw bytes from here on."""
         self.transport.write(self.h11.send(response))
-        self.start_relay(upstream, upstream_end)
+        return self.start_relay(upstream, upstream_end)
 
-    def start_relay(self, upstream: ITransport | None, upstream_end: RelayEnd | None) -> None:
-        """Relay raw bytes from here on; with `upstream`, spliced to it through `upstream_end`."""
+    def start_relay(self, upstream: Pipe | None, upstream_end: RelayEnd | None) -> RelayEnd:
+        """Relay raw bytes from here on; with `upstream`, spliced to it through `upstream_end`.
+        Returns the RelayEnd now reading the client."""
         self._disarm()
         early, closed = self.h11.trailing_data
-        self.relay = RelayEnd(self.endings)
-        self.relay.makeConnection(self.transport)
-        self.hand_over(self.relay)
+        relay = self.relay = RelayEnd(self.endings)
+        relay.makeConnection(self.transport)
+        self.hand_over(relay)
         if early:
-            self.relay.dataReceived(early)
+            relay.dataReceived(early)
         if upstream is not None and upstream_end is not None:  # given together, or neither
-            splice(cast(Pipe, self.transport), self.relay, cast(Pipe, upstream), upstream_end)
+            splice(self.transport, relay, upstream, upstream_end)
         if closed:
-            self.relay.readConnectionLost()
+            relay.readConnectionLost()
+        return relay

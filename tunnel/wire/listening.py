@@ -8,6 +8,7 @@ import os
 from twisted.application import service
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -55,7 +56,7 @@ class ListenService(service.Service):
         skipped with a warning instead of stopping the process."""
         self.endpoint, self.factory = endpoint, factory
         self.what, self.host, self.port, self.optional = what, host, port, optional
-        self.listening: object = None  # the IListeningPort; False once listening failed
+        self.listening: IListeningPort | bool | None = None  # False once listening failed where that may
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -104,5 +105,6 @@ class ListenService(service.Service):
     def stopService(self):
         super().stopService()
         listening, self.listening = self.listening, None
-        if listening:  # False: an optional address this machine does not have
-            return listening.stopListening()
+        if isinstance(listening, bool) or listening is None:  # False: an optional address this machine lacks
+            return None
+        return listening.stopListening()

@@ -17,7 +17,13 @@ from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.interfaces import IConsumer, IHalfCloseableProtocol, IPushProducer, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    ITransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -28,6 +34,7 @@ from tunnel.wire.addresses import Destination
 from tunnel.wire.endings import Endings, no_delay
 from tunnel.wire.recovery import lower_rto_floor
 from tunnel.wire.refusals import OpenFailed
+from tunnel.wire.transports import ITLSConnection
 
 log = Logger(namespace="fluidity.mux")
 
@@ -35,6 +42,7 @@ log = Logger(namespace="fluidity.mux")
 STREAM_WINDOW, CONNECTION_WINDOW, MAX_FRAME = core.STREAM_WINDOW, core.CONNECTION_WINDOW, core.MAX_FRAME
 
 
+@implementer(IAddress)
 class _Address:
     """What getPeer/getHost answer for a stream: the tunnelled destination."""
 
@@ -47,7 +55,7 @@ class _Address:
         return f"TunnelAddress({self.host}, {self.port})"
 
 
-@implementer(IPushProducer)
+@implementer(ITransport, IConsumer, IPushProducer)
 class TunnelStream:
     """One CONNECT stream as a Twisted transport, producer and consumer."""
 
@@ -208,7 +216,7 @@ class TunnelMux(Protocol):
 
     # The TLS connection under the tunnel, set by makeConnection before any callback here
     # (Twisted types Protocol.transport as Optional).
-    transport: ITCPTransport
+    transport: ITLSConnection
 
     def __init__(
         self,
@@ -415,7 +423,7 @@ class TunnelMux(Protocol):
         """One line naming the error and where it was raised; then reset that stream."""
         where = failure.frames[-1] if failure.frames else None
         at = f" (at {where[1].rsplit('/', 1)[-1]}:{where[2]} in {where[0]})" if where else ""
-        error = f"{failure.type.__name__}: {failure.getErrorMessage()}{at}"
+        error = f"{type(failure.value).__name__}: {failure.getErrorMessage()}{at}"
         if stream is None:
             log.error(
                 "{peer}: error handling the tunnel connection's event: {error}; ignored",
