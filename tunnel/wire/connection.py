@@ -311,19 +311,19 @@ class TunnelConnection:
     """One HTTP/2 CONNECT connection's state; `client_side` for the agent."""
 
     def __init__(self, *, client_side: bool, limits: TunnelLimits = DEFAULT_LIMITS) -> None:
-        self.client_side = client_side
-        self.limits = limits
+        self._client_side = client_side
+        self._limits = limits
         self._pending: list[Event] = []  # what happened, in order, until `events()` takes it
-        self.keepalive_interval, self.keepalive_timeout = limits.keepalive_interval, limits.keepalive_timeout
+        self._keepalive_interval, self._keepalive_timeout = limits.keepalive_interval, limits.keepalive_timeout
         max_streams = limits.max_streams
-        self.streams: dict[int, Stream] = {}
+        self._streams: dict[int, Stream] = {}
         # Streams with bytes queued that a window kept back, in round-robin order: a window
         # opening visits these only, so its cost does not grow with the number of streams.
         self._waiting: OrderedDict[int, Stream] = OrderedDict()
-        self.peer_ready = False
-        self.draining = False
-        self.terminated = False  # a GOAWAY went either way: h2 accepts nothing more
-        self.paused = False  # the transport is full: stream data waits
+        self._peer_ready = False
+        self._draining = False
+        self._terminated = False  # a GOAWAY went either way: h2 accepts nothing more
+        self._paused = False  # the transport is full: stream data waits
         self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
         self._ping_ids = itertools.count(1)
         self._ping_at: float | None = None
@@ -338,8 +338,8 @@ class TunnelConnection:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = h2.connection.H2Connection(config=config)
-        self.h2.local_settings = h2.settings.Settings(
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
@@ -350,18 +350,18 @@ class TunnelConnection:
             },
         )
         # Settings given before the preface count as already in force; h2 only syncs this on ACK.
-        self.h2.max_inbound_frame_size = MAX_FRAME
+        self._h2.max_inbound_frame_size = MAX_FRAME
 
     # -- the connection ------------------------------------------------------------------
     def start(self, now: float) -> None:
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        if self.keepalive_interval > 0:
-            self._ping_at = now + self.keepalive_interval
+        self._h2.initiate_connection()
+        self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        if self._keepalive_interval > 0:
+            self._ping_at = now + self._keepalive_interval
         self._last_heard = now
 
     def data_to_send(self) -> bytes:
-        return self.h2.data_to_send()
+        return self._h2.data_to_send()
 
     def events(self) -> list[Event]:
         """Everything that happened since the last call, in order: act on each. Every input
@@ -372,22 +372,22 @@ class TunnelConnection:
     @_queued
     def receive(self, data: bytes, now: float) -> list[Event]:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
-        if self.terminated:
+        if self._terminated:
             return []
         self._last_heard = now
         out: list[Event] = []
         try:
-            for event in self.h2.receive_data(data):
+            for event in self._h2.receive_data(data):
                 self._dispatch(event, now, out)
-                if self.terminated:
+                if self._terminated:
                     break
         except h2.exceptions.ProtocolError as e:
-            self.terminated = True  # the rest of what this peer sends is not read
+            self._terminated = True  # the rest of what this peer sends is not read
             # h2 queues its own GOAWAY for errors in what it received: one is enough.
-            state = getattr(getattr(self.h2, "state_machine", None), "state", None)
+            state = getattr(getattr(self._h2, "state_machine", None), "state", None)
             if state is not h2.connection.ConnectionState.CLOSED:
                 try:
-                    self.h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
+                    self._h2.close_connection(error_code=getattr(e, "error_code", h2.errors.ErrorCodes.PROTOCOL_ERROR))
                 except h2.exceptions.ProtocolError:
                     pass
             out.append(Finished(f"HTTP/2 protocol error: {str(e) or type(e).__name__}", alarming=True))
@@ -405,8 +405,8 @@ class TunnelConnection:
             self._ping_deadline = self._ping_at = None
             return [PingOverdue(now - (self._ping_sent if self._ping_sent is not None else now))]
         if self._ping_at is not None and now >= self._ping_at:
-            self._ping_at = now + self.keepalive_interval
-            if self._ping_deadline is None and not self.terminated and not self._ping(now, self.keepalive_timeout):
+            self._ping_at = now + self._keepalive_interval
+            if self._ping_deadline is None and not self._terminated and not self._ping(now, self._keepalive_timeout):
                 self._ping_at = None  # the connection is closing; nothing to keep alive
         return []
 
@@ -415,7 +415,7 @@ class TunnelConnection:
         sure the connection still works, within `timeout` (a PING now, or the one already
         awaiting its ACK given the shorter deadline). A middlebox that forgot an idle flow
         drops what we send without a word; this notices in seconds, not at the next PING."""
-        if self.terminated or now - self._last_heard < quiet:
+        if self._terminated or now - self._last_heard < quiet:
             return
         if self._ping_deadline is not None:
             self._ping_deadline = min(self._ping_deadline, now + timeout)
@@ -424,7 +424,7 @@ class TunnelConnection:
 
     def _ping(self, now: float, timeout: float) -> bool:
         try:
-            self.h2.ping(struct.pack(">Q", next(self._ping_ids)))
+            self._h2.ping(struct.pack(">Q", next(self._ping_ids)))
         except h2.exceptions.ProtocolError:
             return False
         self._ping_sent, self._ping_deadline = now, now + timeout
@@ -435,27 +435,27 @@ class TunnelConnection:
 
     @_queued
     def set_paused(self, paused: bool) -> list[Event]:
-        self.paused = paused
+        self._paused = paused
         return [] if paused else self._flush_all()
 
     @_queued
     def begin_drain(self) -> list[Event]:
         """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
-        if self.draining or self.terminated:
+        if self._draining or self._terminated:
             return []
-        self.h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
+        self._h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
         return self._start_draining()
 
     def _start_draining(self) -> list[Event]:
-        self.draining = True
-        return [Draining()] + (self._finish_drain() if not self.streams else [])
+        self._draining = True
+        return [Draining()] + (self._finish_drain() if not self._streams else [])
 
     def _finish_drain(self) -> list[Event]:
-        if self.terminated:
+        if self._terminated:
             return []
-        self.terminated = True
+        self._terminated = True
         try:
-            self.h2.close_connection()
+            self._h2.close_connection()
         except h2.exceptions.ProtocolError:
             pass
         return [Finished()]
@@ -464,8 +464,8 @@ class TunnelConnection:
         """Spend from `what`'s budget; when it runs out, GOAWAY ENHANCE_YOUR_CALM."""
         if self._budgets[what].spend(now):
             return False
-        self.terminated = True
-        self.h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self._terminated = True
+        self._h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         out.append(Finished(f"more than {FLOOD_LIMITS[what]} {what} in {FLOOD_WINDOW:g}s", alarming=True))
         return True
 
@@ -479,9 +479,9 @@ class TunnelConnection:
     def _on_data(self, event: h2.events.DataReceived, now: float, out: list[Event]) -> None:
         if not event.data and not event.stream_ended and self._flooding("empty DATA frames", now, out):
             return
-        stream = self.streams.get(event.stream_id)
+        stream = self._streams.get(event.stream_id)
         if stream is None:
-            self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             return
         stream.unacked += event.flow_controlled_length
         out.append(DataReceived(stream.sid, event.data))
@@ -489,19 +489,19 @@ class TunnelConnection:
             self._remote_end(stream, out)
 
     def _on_stream_ended(self, event: h2.events.StreamEnded, now: float, out: list[Event]) -> None:
-        stream = self.streams.get(event.stream_id)
+        stream = self._streams.get(event.stream_id)
         if stream is not None and not stream.remote_ended:  # a DATA frame's END_STREAM came first
             self._remote_end(stream, out)
 
     def _on_reset(self, event: h2.events.StreamReset, now: float, out: list[Event]) -> None:
         if event.remote_reset and self._flooding("stream resets", now, out):
             return
-        stream = self.streams.get(event.stream_id)
+        stream = self._streams.get(event.stream_id)
         if stream is None:
             return
         code = event.error_code
         name = getattr(code, "name", str(code))
-        if not stream.answered and self.client_side:
+        if not stream.answered and self._client_side:
             error = (
                 OpenFailed(503, "server refused the stream (draining); retry")
                 if code == h2.errors.ErrorCodes.REFUSED_STREAM
@@ -518,18 +518,18 @@ class TunnelConnection:
             return
         if event.stream_id == 0:
             out.extend(self._flush_all())
-        elif event.stream_id in self.streams:
+        elif event.stream_id in self._streams:
             out.extend(self._flush(event.stream_id))
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged, now: float, out: list[Event]) -> None:
         if self._flooding("SETTINGS frames", now, out):
             return
-        if not self.peer_ready:
-            self.peer_ready = True
+        if not self._peer_ready:
+            self._peer_ready = True
             out.append(PeerReady())
         changed = event.changed_settings
         limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
-        if self.client_side and limit is not None and limit.new_value == 0 and not self.draining:
+        if self._client_side and limit is not None and limit.new_value == 0 and not self._draining:
             out.extend(self._start_draining())
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
             out.extend(self._flush_all())
@@ -541,7 +541,7 @@ class TunnelConnection:
         self._ping_deadline = self._ping_sent = None
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated, now: float, out: list[Event]) -> None:
-        self.terminated = True
+        self._terminated = True
         name = getattr(event.error_code, "name", event.error_code)
         out.append(Finished(f"the peer closed the tunnel connection ({name})"))
 
@@ -554,11 +554,11 @@ class TunnelConnection:
     def _on_request(self, event: h2.events.RequestReceived, out: list[Event]) -> None:
         sid = event.stream_id
         headers = dict(event.headers)
-        if self.client_side:
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        if self._client_side:
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
-        if self.draining:
-            self.h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+        if self._draining:
+            self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if headers.get(b":method") != b"CONNECT" or b":protocol" in headers:
             self._answer(
@@ -573,13 +573,13 @@ class TunnelConnection:
         except BadAddress as e:
             self._answer(sid, 400, str(e))
             return
-        stream = self.streams[sid] = Stream(sid, destination)
+        stream = self._streams[sid] = Stream(sid, destination)
         if event.stream_ended:
             stream.move(StreamInput.RECEIVED_END)
         out.append(StreamRequested(sid, destination))
 
     def _on_response(self, event: h2.events.ResponseReceived, out: list[Event]) -> None:
-        stream = self.streams.get(event.stream_id)
+        stream = self._streams.get(event.stream_id)
         if stream is None or stream.answered:
             return
         headers = dict(event.headers)
@@ -596,50 +596,70 @@ class TunnelConnection:
             out.append(StreamRefused(stream.sid, OpenFailed(http_status(status), reason)))
 
     def _answer(self, sid: int, status: int, reason: str) -> None:
-        self.h2.send_headers(
+        self._h2.send_headers(
             sid, [(b":status", str(status).encode()), (b"proxy-status", proxy_status(reason).encode())], end_stream=True
         )
 
     # -- what a stream is now (values, never the record) --------------------------------------
+    @property
+    def peer_ready(self) -> bool:
+        """The peer's SETTINGS arrived: streams may be opened."""
+        return self._peer_ready
+
+    @property
+    def draining(self) -> bool:
+        """A drain began (either side): no new streams."""
+        return self._draining
+
+    @property
+    def terminated(self) -> bool:
+        """A GOAWAY went either way: h2 accepts nothing more."""
+        return self._terminated
+
+    @property
+    def open_streams(self) -> int:
+        """Streams the table still holds (a closed one is forgotten)."""
+        return len(self._streams)
+
     def stream_state(self, sid: int) -> StreamState:
         """CLOSED too for a stream the table no longer has."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         return StreamState.CLOSED if stream is None else stream.state
 
     def delivered(self, sid: int) -> int:
         """Bytes sent on `sid` within the peer's window (0 once it is gone)."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         return 0 if stream is None else stream.delivered
 
     def queued(self, sid: int) -> int:
         """Bytes written to `sid` that wait for a window."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         return 0 if stream is None else sum(len(chunk) for chunk in stream.outbox)
 
     # -- what the local side wants -------------------------------------------------------------
     def open_stream(self, destination: Destination) -> int:
         """Agent: send CONNECT; bytes may be sent on it before the 200 arrives."""
-        if self.draining or self.terminated:
+        if self._draining or self._terminated:
             raise OpenFailed(503, "tunnel connection is closing")
-        sid = self.h2.get_next_available_stream_id()
+        sid = self._h2.get_next_available_stream_id()
         try:
-            self.h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", destination.authority.encode())])
+            self._h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", destination.authority.encode())])
         except h2.exceptions.TooManyStreamsError:
             raise OpenFailed(503, "the server's stream limit is reached") from None
-        self.streams[sid] = Stream(sid, destination)
+        self._streams[sid] = Stream(sid, destination)
         return sid
 
     @_queued
     def respond(self, sid: int) -> list[Event]:
         """Server: the destination answered: 200, then whatever waits to be sent."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return []
-        if self.terminated:  # a GOAWAY went either way: h2 sends nothing more
+        if self._terminated:  # a GOAWAY went either way: h2 sends nothing more
             out: list[Event] = []
             self._close(stream, "tunnel connection is closing", False, out)
             return out
-        self.h2.send_headers(sid, [(b":status", b"200")])
+        self._h2.send_headers(sid, [(b":status", b"200")])
         stream.answered = True
         return self._flush(sid)
 
@@ -647,10 +667,10 @@ class TunnelConnection:
     def refuse(self, sid: int, status: int, reason: str) -> list[Event]:
         """Server: answer the CONNECT with `status` and a Proxy-Status reason."""
         out: list[Event] = []
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return out
-        if not self.terminated:
+        if not self._terminated:
             self._answer(sid, status, reason)
             if not stream.remote_ended:
                 self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
@@ -659,7 +679,7 @@ class TunnelConnection:
 
     @_queued
     def send(self, sid: int, data: bytes) -> list[Event]:
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is None or stream.closed or stream.end_queued or not data:
             return []
         stream.outbox.append(bytes(data))
@@ -668,7 +688,7 @@ class TunnelConnection:
     @_queued
     def end(self, sid: int) -> list[Event]:
         """Half-close: END_STREAM once the queued bytes have gone."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is None or stream.closed or stream.end_queued:
             return []
         stream.end_queued = True
@@ -679,7 +699,7 @@ class TunnelConnection:
         """After a full close: once our END_STREAM is out, stop the peer's direction too
         (RST_STREAM NO_ERROR: an orderly end, not an abort)."""
         out: list[Event] = []
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is not None and stream.state is StreamState.LOCAL_ENDED:
             self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
             self._close(stream, "", True, out)
@@ -689,7 +709,7 @@ class TunnelConnection:
     def reset(self, sid: int, reason: str) -> list[Event]:
         """Abort a stream (RST_STREAM CANCEL)."""
         out: list[Event] = []
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is not None and not stream.closed:
             self._reset_quietly(sid, h2.errors.ErrorCodes.CANCEL)
             self._close(stream, reason, False, out)
@@ -699,56 +719,56 @@ class TunnelConnection:
     def close_stream(self, sid: int, reason: str) -> list[Event]:
         """Forget a stream without telling the peer (its connection is going)."""
         out: list[Event] = []
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is not None:
             self._close(stream, reason, False, out)
         return out
 
     def acknowledge(self, sid: int) -> None:
         """The consumer took what arrived on `sid`: let the peer send as much again."""
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is not None and stream.unacked and not stream.closed:
             n, stream.unacked = stream.unacked, 0
             self._acknowledge(sid, n)
 
     def _acknowledge(self, sid: int, n: int) -> None:
-        if self.terminated:
+        if self._terminated:
             return
         try:
-            self.h2.acknowledge_received_data(n, sid)
+            self._h2.acknowledge_received_data(n, sid)
         except h2.exceptions.ProtocolError:
             pass
 
     def _reset_quietly(self, sid: int, code: h2.errors.ErrorCodes) -> None:
         try:
-            self.h2.reset_stream(sid, code)
+            self._h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
             pass
 
     # -- sending within the windows --------------------------------------------------------------
     def _flush(self, sid: int) -> list[Event]:
         out: list[Event] = []
-        stream = self.streams.get(sid)
+        stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return out
         outbox = stream.outbox
         try:
-            while outbox and not self.paused:
-                window = self.h2.local_flow_control_window(sid)
+            while outbox and not self._paused:
+                window = self._h2.local_flow_control_window(sid)
                 if window <= 0:
                     break
-                n = min(window, self.h2.max_outbound_frame_size)
+                n = min(window, self._h2.max_outbound_frame_size)
                 chunk = outbox.popleft()
                 if len(chunk) > n:
                     outbox.appendleft(chunk[n:])
                     chunk = chunk[:n]
                 last = stream.end_queued and not outbox
-                self.h2.send_data(sid, chunk, end_stream=last)
+                self._h2.send_data(sid, chunk, end_stream=last)
                 stream.delivered += len(chunk)
                 if last:
                     self._local_end(stream, out)
             if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
-                self.h2.end_stream(sid)
+                self._h2.end_stream(sid)
                 self._local_end(stream, out)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
             self._close(stream, str(e), False, out)
@@ -768,7 +788,7 @@ class TunnelConnection:
         """Send what waits, stream by stream, until the transport or the connection window is full."""
         out: list[Event] = []
         for _ in range(len(self._waiting)):
-            if self.paused or self.h2.outbound_flow_control_window <= 0 or not self._waiting:
+            if self._paused or self._h2.outbound_flow_control_window <= 0 or not self._waiting:
                 break
             sid, _ = self._waiting.popitem(last=False)
             out.extend(self._flush(sid))  # puts it back at the end if it still has bytes
@@ -789,7 +809,7 @@ class TunnelConnection:
 
     def _close(self, stream: Stream, reason: str, clean: bool, out: list[Event]) -> None:
         """Out of the table, once: after its last END_STREAM (already CLOSED) or at a reset."""
-        if self.streams.get(stream.sid) is not stream:
+        if self._streams.get(stream.sid) is not stream:
             return
         if not stream.closed:
             stream.move(StreamInput.ENDED)
@@ -798,10 +818,10 @@ class TunnelConnection:
         if stream.unacked:
             n, stream.unacked = stream.unacked, 0
             self._acknowledge(stream.sid, n)
-        del self.streams[stream.sid]
+        del self._streams[stream.sid]
         self._waiting.pop(stream.sid, None)
         out.append(StreamClosed(stream.sid, reason, clean))
-        if self.draining and not self.streams:
+        if self._draining and not self._streams:
             out.extend(self._finish_drain())
 
 
