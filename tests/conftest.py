@@ -27,6 +27,31 @@ from support import (  # noqa: E402 (the profile is chosen before any test modul
     wait_connected,
 )
 
+# -- which tests start real processes -------------------------------------------------------
+# A test that starts a process (twistd, curl, openssl, squid, a namespace...) is marked
+# `processes`; `pytest -m "not processes"` runs the in-memory and in-process rest in
+# seconds. Tests using the shared twistd pair are marked here; the others say so in their
+# module. The mark is kept honest: an unmarked test that starts a process fails.
+PROCESS_FIXTURES = {"tunnel", "pair"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.processes)
+
+
+@pytest.fixture(autouse=True)
+def _only_marked_tests_start_processes(request, monkeypatch):
+    if request.node.get_closest_marker("processes") is None:
+        import subprocess
+
+        def refuse(self, *args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} starts a process: mark it @pytest.mark.processes")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    yield
+
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory) -> CertSet:

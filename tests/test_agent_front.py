@@ -9,6 +9,8 @@ import urllib.request
 import pytest
 from support import curl, proxy_connect, read_head
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def test_connect_to_https_origin_with_its_own_ca(tunnel, https_origin):
     result = curl("-x", tunnel.proxy, "--cacert", https_origin.ca, f"https://127.0.0.1:{https_origin.port}/hi")

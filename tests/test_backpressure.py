@@ -6,7 +6,10 @@ import socket
 import threading
 import time
 
+import pytest
 from support import proxy_connect
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 
 class Firehose:

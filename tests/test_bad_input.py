@@ -11,6 +11,8 @@ import pytest
 from support import agent_config, curl, start_twistd, wait_connected
 from test_agent_front import _raw
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 @pytest.mark.parametrize(
     "request_bytes, status",

@@ -9,6 +9,8 @@ import subprocess
 import pytest
 from support import FLUIDITY
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def complete(script: str, *words: str) -> list[str]:
     """What bash offers after typing `words` (the last one partial) with the script loaded."""

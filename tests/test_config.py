@@ -145,6 +145,7 @@ def test_relative_certificate_paths_are_relative_to_the_config_file(tmp_path):
     assert loaded.key_file == "/abs/me.key" and loaded.ca_file == "env:CA"
 
 
+@pytest.mark.processes
 def test_the_agent_finds_its_config_in_the_users_config_folder(certs, tmp_path):
     """No --config: $FLUIDITY_CONFIG, else ~/.config/fluidity/agent.yaml, with certificates
     next to it, whatever the working directory."""

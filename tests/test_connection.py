@@ -7,6 +7,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.errors
+import pytest
 
 from tunnel.wire import connection as core
 from tunnel.wire.addresses import parse_authority
@@ -203,6 +204,7 @@ def test_a_probe_answered_keeps_the_connection_and_shortens_an_outstanding_ping(
     assert p.agent.data_to_send() == b"" and p.agent.next_deadline() == 30.0
 
 
+@pytest.mark.processes
 def test_the_core_imports_no_twisted_and_no_zope_and_patches_nothing():
     """Sans-IO for real: a fresh interpreter that imports the core has loaded no Twisted and
     no zope module, and hyperframe is exactly as it was (patches are installed at start)."""

@@ -10,6 +10,8 @@ import pytest
 from aws import ControlPlaneProc
 from support import FLUIDITY, curl
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 @pytest.fixture
 def plane(aws, tmp_path):

@@ -47,6 +47,7 @@ def test_worked_example_arm64_spot_hundred_hours_three_agents():
     assert by_item(est.running, "CloudWatch custom metrics").high == round(5 * 0.30 * 100 / 730, 4)  # 2 + one per agent
 
 
+@pytest.mark.processes
 def test_the_targets_and_the_settings_that_reach_them(tmp_path):
     """40 hours a month, one agent: at most $0.40 a month all in and $0.02 while stopped
     (after the free tiers) with ARM64 on Spot; the defaults cost more."""
@@ -71,6 +72,7 @@ def test_the_targets_and_the_settings_that_reach_them(tmp_path):
     assert dearer["month_total"]["free"] > 0.40  # x86 on demand: the defaults the seed had
 
 
+@pytest.mark.processes
 def test_the_table_a_person_reads(tmp_path):
     stack = tmp_path / "Pulumi.dev.yaml"
     stack.write_text("config:\n  aws:region: eu-west-1\n")
@@ -84,6 +86,7 @@ def test_the_table_a_person_reads(tmp_path):
     assert "rates are us-east-1's" in text  # another region is said, not hidden
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -99,6 +102,7 @@ def test_a_bad_stack_file_is_one_line(tmp_path, content, message):
     assert done.returncode == 1 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+@pytest.mark.processes
 def test_a_missing_stack_file_and_bad_flags(tmp_path):
     done = subprocess.run(
         [FLUIDITY, "cost", "--stack", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=60
@@ -116,6 +120,7 @@ def test_leaving_monitoring_out_is_what_keeps_a_stopped_month_under_two_cents_at
     assert not [line for line in without.stopped if line.item.startswith(("alarms", "dashboard"))]
 
 
+@pytest.mark.processes
 def test_a_reader_that_stops_early_is_no_error(tmp_path):
     """`fluidity cost --json | head -c 20` (issue 26, item 7): no BrokenPipeError traceback."""
     stack = tmp_path / "Pulumi.mine.yaml"
@@ -131,6 +136,7 @@ def test_a_reader_that_stops_early_is_no_error(tmp_path):
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
 
 
+@pytest.mark.processes
 def test_outside_the_repository_it_prices_the_defaults_and_says_so(tmp_path):
     """No Pulumi.<stack>.yaml where it runs (an installed `fluidity`, any folder)."""
     done = subprocess.run([FLUIDITY, "cost"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
@@ -142,6 +148,7 @@ def test_outside_the_repository_it_prices_the_defaults_and_says_so(tmp_path):
     ), done
 
 
+@pytest.mark.processes
 def test_several_stack_files_ask_which(tmp_path):
     for name in ("dev", "prod"):
         (tmp_path / f"Pulumi.{name}.yaml").write_text("config: {}\n")
@@ -152,6 +159,7 @@ def test_several_stack_files_ask_which(tmp_path):
     ), done
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "region, code, says",
     [

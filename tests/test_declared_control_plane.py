@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from support import make_certs
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 @pytest.fixture
 def plane(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from support import FLUIDITY
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 ROOT = Path(__file__).resolve().parent.parent
 SECURE = {"secure": "v1:c2VjcmV0:ZW5jcnlwdGVk"}  # what `pulumi config set --secret` writes
 

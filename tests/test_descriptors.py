@@ -50,6 +50,7 @@ def soft_limit(pid: int) -> tuple[int, int]:
     raise AssertionError("no open-file limit listed")
 
 
+@pytest.mark.processes
 def test_both_roles_raise_the_soft_limit_to_the_hard_limit(certs, tmp_path):
     server = start_twistd("server", server_config(certs), tmp_path, prefix=("prlimit", "--nofile=256:4096"))
     agent = start_twistd("agent", agent_config(certs, server.port), tmp_path, prefix=("prlimit", "--nofile=256:4096"))
@@ -78,6 +79,7 @@ def many_sockets():
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.processes
 def test_a_thousand_idle_local_connections_do_not_lock_users_out(certs, tmp_path, http_origin, many_sockets):
     server = start_twistd("server", server_config(certs), tmp_path)
     agent = start_twistd("agent", agent_config(certs, server.port), tmp_path, prefix=("prlimit", "--nofile=1024:1024"))
@@ -112,6 +114,7 @@ def test_a_thousand_idle_local_connections_do_not_lock_users_out(certs, tmp_path
     agent.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_streams_cannot_take_the_servers_last_descriptors(certs, tmp_path, echo, many_sockets):
     """A server with 300 descriptors keeps room for agents: past its budget, streams get a
     readable 503 and a second agent still connects and is served."""

@@ -9,10 +9,13 @@ import os
 import shutil
 import subprocess
 
+import pytest
 import yaml
 from support import FLUIDITY, agent_config, server_config, start_twistd
 
 from tunnel.wire import pki
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 
 def doctor(config: dict, tmp_path, name: str = "agent.yaml", env: dict | None = None) -> tuple[int, str]:

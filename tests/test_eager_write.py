@@ -171,6 +171,7 @@ print(got)
 """
 
 
+@pytest.mark.processes
 def test_start_tls_is_honoured(mode):
     """A transport that starts TLS must send TLS records, never the plaintext it is given."""
     import subprocess

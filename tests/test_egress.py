@@ -149,6 +149,7 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode == 0
 
 
+@pytest.mark.processes
 def test_forbidden_destinations_refused_in_loopback_only_namespace(certs, tmp_path):
     if not _can_unshare():
         if os.environ.get("CI"):

@@ -10,6 +10,7 @@ import datetime
 import json
 import time
 
+import pytest
 from support import agent_config, server_config, start_twistd, wait_connected, wait_until
 
 from tunnel.server import emf
@@ -75,6 +76,7 @@ def test_lines_follow_the_specification():
     assert {r.get("Agent") for r in records[1:]} == {"alice", "bob"}
 
 
+@pytest.mark.processes
 def test_the_server_writes_emf_and_sleep_decides_from_it(aws, certs, tmp_path):
     from lambdas import sleep
     from lambdas.settings import from_env
@@ -107,6 +109,7 @@ def test_the_server_writes_emf_and_sleep_decides_from_it(aws, certs, tmp_path):
     server.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_without_boto3_the_api_transport_is_refused_at_start(certs, tmp_path):
     """The image has no AWS SDK: asking it for PutMetricData is a one-line error, emf works."""
     import subprocess

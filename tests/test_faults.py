@@ -7,8 +7,11 @@ import socket
 import threading
 import time
 
+import pytest
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 from test_resilience import health
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 FAST = {"keepalive_interval": "0.5s", "keepalive_timeout": "1s", "reconnect_max_delay": "0.5s", "tunnel_wait": "2s"}
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 LAB = Path(__file__).resolve().parent.parent / "bench" / "firewall_lab.py"
 
 

@@ -16,6 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "forgotten_flow.py"
 
 

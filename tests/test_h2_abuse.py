@@ -22,6 +22,8 @@ from h2_raw import (
 )
 from support import agent_config, curl, server_config, start_twistd, wait_connected
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, PROTOCOL_ERROR = 0xB, 0x3, 0x1
 
 

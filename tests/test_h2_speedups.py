@@ -1,6 +1,7 @@
 """The hyperframe repr fix returns exactly what the original does, and installs only then."""
 
 import hyperframe.frame
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ def test_same_text_as_the_original(data):
     assert h2_speedups._raw_data_repr(memoryview(data)) == original(memoryview(data))
 
 
+@pytest.mark.processes
 def test_installed_when_a_role_starts_and_not_on_import():
     """Both roles install it where they install eager writes (the taps), never on import."""
     import subprocess
@@ -46,6 +48,7 @@ def test_left_alone_when_hyperframe_formats_differently(monkeypatch):
     assert hyperframe.frame._raw_data_repr is other
 
 
+@pytest.mark.processes
 def test_the_server_starts_when_hyperframe_changed(tmp_path):
     """Before, a missing function was an AttributeError on import: no server at all."""
     import subprocess

@@ -416,6 +416,7 @@ def test_container_image_overrides_the_build():
     assert container(stack)["image"] == "public.ecr.aws/example/fluidity:1.2"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("digest", ["", "latest", "sha256:xyz"])
 def test_an_unreadable_digest_stops_the_program_in_one_line(digest):
     # In a process of its own: a program that fails inside an apply leaves Pulumi's runtime

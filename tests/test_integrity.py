@@ -7,7 +7,10 @@ import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from support import curl, pattern, proxy_connect
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 SIZE = 200 * 1024 * 1024
 

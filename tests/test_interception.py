@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import pytest
 from mitmproxy_lab import Mitmproxy
 from support import agent_config, curl, server_config, start_twistd, wait_until
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 
 def health(agent) -> dict:

@@ -9,6 +9,8 @@ import stat
 import subprocess
 import sys
 
+import pytest
+
 from tunnel.wire import key_privacy
 
 # What `icacls C:\Users\alice\certs\client.key` prints on Windows 11.
@@ -47,6 +49,7 @@ def test_a_key_is_written_private_without_fchmod(tmp_path, monkeypatch):
     assert key_privacy.exposure(str(path)) is None
 
 
+@pytest.mark.processes
 def test_fluidity_certs_init_without_the_posix_only_calls(tmp_path):
     """The real command, in an interpreter whose os has no fchmod and signal no SIGHUP."""
     code = (
@@ -61,6 +64,7 @@ def test_fluidity_certs_init_without_the_posix_only_calls(tmp_path):
         assert stat.S_IMODE((tmp_path / "certs" / key).stat().st_mode) == 0o600
 
 
+@pytest.mark.processes
 def test_a_world_readable_key_stops_the_agent_with_the_fix(certs, tmp_path):
     import shutil
 
@@ -94,6 +98,7 @@ def test_the_local_demo_starts_its_children_without_posix_sessions(monkeypatch):
     assert cli._child_options()["start_new_session"] is True
 
 
+@pytest.mark.processes
 def test_fluidity_local_runs_and_stops_without_sighup_or_fchmod(tmp_path, http_origin):
     from support import curl, free_port, wait_until
 

@@ -37,6 +37,7 @@ def test_a_virtualenv_without_the_capable_copy_runs_the_plain_one(tmp_path):
     assert interpreter(tmp_path, DEFAULT.replace("NoNewPrivs:\t0", "NoNewPrivs:\t1")) == Path(sys.executable)
 
 
+@pytest.mark.processes
 def test_the_entry_point_runs_twistd_with_the_arguments_it_was_given():
     """This checkout's venv has no python3-net: the plain interpreter runs twistd itself."""
     result = subprocess.run(

@@ -61,6 +61,7 @@ def health(agent) -> dict:
         return json.load(r)
 
 
+@pytest.mark.processes
 def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin, tmp_path):
     assert world.aws.desired_count(world.service) == 0
     agent = start_twistd("agent", world.agent_config(), tmp_path)
@@ -79,6 +80,7 @@ def test_agent_wakes_finds_connects_proxies_and_kills_on_exit(world, http_origin
     agent.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=2.5)
     try:
@@ -95,6 +97,7 @@ def test_clients_are_held_while_the_server_starts(aws, certs, tmp_path, http_ori
         world.close()
 
 
+@pytest.mark.processes
 def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp_path, http_origin):
     world = World(aws, certs, tmp_path, start_delay=None)  # ECS never places the task
     try:
@@ -114,6 +117,7 @@ def test_a_server_that_does_not_start_in_time_is_a_503_saying_so(aws, certs, tmp
         world.close()
 
 
+@pytest.mark.processes
 def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(), tmp_path)
     try:
@@ -134,6 +138,7 @@ def test_a_slept_server_is_woken_again_by_the_next_client(world, http_origin, tm
     agent.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     config = world.agent_config(api_key="not-the-key")
     agent = start_twistd("agent", config, tmp_path)
@@ -218,6 +223,7 @@ def test_lifecycle_settings_are_derived(certs, tmp_path, monkeypatch):
         _agent_options(certs, tmp_path, server_ip="")
 
 
+@pytest.mark.processes
 def test_the_control_plane_going_away_does_not_touch_the_tunnel(world, http_origin, tmp_path):
     agent = start_twistd("agent", world.agent_config(kill_on_exit=False), tmp_path)
     try:
@@ -291,6 +297,7 @@ class SlowStatus:
         self.server.server_close()
 
 
+@pytest.mark.processes
 def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(world, http_origin, tmp_path):
     """Found by the cloud rehearsal: the tunnel drops, the agent asks for the status, and a
     client arrives before the answer ("stopped"). That client must wake the server, not wait
@@ -324,6 +331,7 @@ def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(wo
     agent.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
     """Issue 25, item 2: wake, status and kill go through the same proxy as the tunnel, by
     CONNECT with the control plane's name left to the proxy (real tinyproxy, Basic auth)."""
@@ -372,6 +380,7 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
         proxy.wait(10)
 
 
+@pytest.mark.processes
 def test_behind_a_proxy_that_refuses_raw_addresses_the_agent_dials_the_servers_dns_name(world, http_origin, tmp_path):
     """Issue 25, item 6: the control plane reports the task's public DNS name beside its IP
     (moto names 127.0.0.1 `ip-127-0-0-1.ec2.internal`, as a VPC with DNS host names does),
@@ -409,6 +418,7 @@ def test_behind_a_proxy_that_refuses_raw_addresses_the_agent_dials_the_servers_d
         squid.stop()
 
 
+@pytest.mark.processes
 def test_a_raw_ip_refusing_proxy_refuses_what_the_agent_would_dial_without_a_name(tmp_path):
     """The lab's filter is real: squid refuses CONNECT to a bare address (so the test above
     proves the name was used, not that this squid lets anything through)."""

@@ -14,8 +14,11 @@ import termios
 import threading
 import time
 
+import pytest
 import support
 from support import pattern, proxy_connect, wait_until
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 ESTABLISHED = 1
 

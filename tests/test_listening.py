@@ -13,8 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 from support import TWISTD, agent_config, server_config, start_twistd, wait_connected
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 BURST = 300
 

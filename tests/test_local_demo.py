@@ -14,6 +14,7 @@ from support import FLUIDITY, curl, free_port, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.processes
 def test_local_demo_serves_and_stops_on_ctrl_c(tmp_path, http_origin):
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
     server_port, proxy_port = free_port(), free_port()
@@ -64,6 +65,7 @@ def _listening(port: int) -> bool:
         return False
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("how", ["SIGHUP", "SIGKILL"])
 def test_closing_the_terminal_or_killing_it_stops_both(tmp_path, how):
     server_port, proxy_port = free_port(), free_port()
@@ -77,6 +79,7 @@ def test_closing_the_terminal_or_killing_it_stops_both(tmp_path, how):
     wait_until(lambda: not _listening(server_port) and not _listening(proxy_port), 30, interval=0.3)
 
 
+@pytest.mark.processes
 def test_a_port_in_use_is_reported_before_anything_claims_to_run(tmp_path):
     import socket
 
@@ -94,6 +97,7 @@ def test_a_port_in_use_is_reported_before_anything_claims_to_run(tmp_path):
     assert "Fluidity is running" not in out
 
 
+@pytest.mark.processes
 def test_help_describes_every_option_of_local():
     done = subprocess.run([FLUIDITY, "local", "--help"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0
@@ -107,6 +111,7 @@ def test_help_describes_every_option_of_local():
         assert option in text and words in text, (option, text)
 
 
+@pytest.mark.processes
 def test_it_restarts_at_once_on_the_same_ports(tmp_path, http_origin):
     """Issue 26, item 2: connections left in TIME_WAIT by the last run are not 'in use'."""
     server_port, proxy_port = free_port(), free_port()
@@ -144,6 +149,7 @@ def test_the_built_in_demo_configs_are_the_checkouts(tmp_path):
         assert checkout == built_in, role
 
 
+@pytest.mark.processes
 def test_outside_a_checkout_it_runs_with_its_own_settings(tmp_path, http_origin):
     """No configs/ where it runs: the built-in settings, certificates in the user's data folder."""
     server_port, proxy_port = free_port(), free_port()

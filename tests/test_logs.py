@@ -1,5 +1,7 @@
 """Log helpers: the throttle that keeps repeated refusals from flooding the log."""
 
+import pytest
+
 
 def test_throttle_lets_a_burst_through_then_counts_and_reports():
     from tunnel.wire.logs import Throttle, more
@@ -13,6 +15,7 @@ def test_throttle_lets_a_burst_through_then_counts_and_reports():
     assert more(2) == " (2 more like it not logged)" and more(0) == ""
 
 
+@pytest.mark.processes
 def test_a_peers_control_characters_cannot_forge_or_rewrite_a_text_log_line(certs, tmp_path):
     """Issue 24, item 7: an HTTP/2 refusal quotes the peer's header value; through the real
     server's text log, CR, ESC, C1 and U+2028 come out as visible escapes."""

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 LOSS = Path(__file__).resolve().parent.parent / "bench" / "loss.py"
 
 

@@ -7,8 +7,11 @@ import json
 import time
 import urllib.request
 
+import pytest
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
 from test_metrics import DIMENSIONS, maxima
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 LIMITS = {
     "max_connections": 2,

@@ -8,6 +8,7 @@ import datetime
 import socket
 import time
 
+import pytest
 from support import agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 
 DIMENSIONS = [{"Name": "ServiceName", "Value": "fluidity-server"}]
@@ -38,6 +39,7 @@ def maxima(aws, metric: str, since: float) -> list[float]:
     return [p["Maximum"] for p in points]
 
 
+@pytest.mark.processes
 def test_metrics_follow_agents_and_traffic(aws, certs, http_origin, tmp_path):
     server = start_twistd("server", server_config(certs, **METRICS, **QUIET), tmp_path, env=aws.env)
     agent = None
@@ -77,6 +79,7 @@ def test_metrics_follow_agents_and_traffic(aws, certs, http_origin, tmp_path):
     server.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_a_final_publication_on_clean_stop(aws, certs, tmp_path):
     slow = {"metrics": {**METRICS["metrics"], "metrics_interval": "5m"}}
     started = time.time()  # before the start: the first tick may be stamped before the port is up
@@ -90,6 +93,7 @@ def test_a_final_publication_on_clean_stop(aws, certs, tmp_path):
     server.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_a_silent_cloudwatch_never_touches_the_tunnel(aws, certs, http_origin, tmp_path):
     # A listener that accepts connections and never answers: every PutMetricData times out.
     hole = socket.socket()

@@ -10,6 +10,8 @@ import pytest
 from aws import EcsScheduler
 from support import FLUIDITY
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def fluidity(aws, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     environment = {**os.environ, **aws.env, "AWS_EC2_METADATA_DISABLED": "true", **(env or {})}

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import stat
 
+import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import FLUIDITY, run
+
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
 
 def _cert(path):

@@ -89,6 +89,7 @@ def test_budget_drops_silent_connections_before_speaking_ones_and_caps_each_sour
     assert len(budget) == 2 and "b1" not in budget
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "source,hello",
     [("127.0.0.1", False), ("127.0.0.2", False), ("127.0.0.2", True)],
@@ -123,6 +124,7 @@ def test_agents_connect_during_a_pre_auth_flood(certs, tmp_path, source, hello):
     server.assert_no_unhandled_errors()
 
 
+@pytest.mark.processes
 def test_silent_connections_are_closed_at_the_handshake_deadline(certs, tmp_path):
     server = start_twistd("server", server_config(certs, handshake_timeout="1s"), tmp_path)
     try:

@@ -15,6 +15,8 @@ from test_doctor import doctor
 
 from tunnel.agent.proxy_choice import ProxyChoice, discover
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 class PacServer:
     """A web server with one file, /proxy.pac, as a corporate network serves it."""

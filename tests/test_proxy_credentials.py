@@ -109,6 +109,7 @@ def test_a_password_from_the_keyring_stored_by_fluidity_proxy_password(tunnel, h
     assert again.returncode == 0 and "no proxy password was stored for corp" in again.stdout, again
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     "settings, env, message",
     [
@@ -155,6 +156,7 @@ def test_a_password_that_cannot_be_had_is_one_line_at_start(certs, tmp_path, key
     assert done.returncode != 0 and message in output and "Traceback" not in output, output
 
 
+@pytest.mark.processes
 def test_proxy_password_refuses_an_empty_password(tmp_path, keyring_env):
     done = store("corp", "", keyring_env)
     assert done.returncode == 1 and "an empty password; nothing stored" in done.stderr, done

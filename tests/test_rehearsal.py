@@ -25,7 +25,7 @@ from support import Origin, curl, free_port, https_context, make_certs, start_tw
 
 from lambdas.server_port import SERVER_PORT
 
-pytestmark = pytest.mark.rehearsal
+pytestmark = [pytest.mark.rehearsal, pytest.mark.processes]
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = os.environ.get("FLUIDITY_REHEARSAL_IMAGE", "fluidity-server:test")

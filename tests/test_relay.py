@@ -328,6 +328,7 @@ def test_websocket_client_reset_reaches_the_destination_as_a_reset(shared_pair, 
     assert how == "reset", (how, total)
 
 
+@pytest.mark.processes
 def test_the_server_stopping_cleanly_still_aborts_streams_it_cuts(certs, tmp_path, destinations):
     """A drain that times out cuts what is left: the client must see that as a reset."""
     from support import agent_config, server_config, start_twistd, wait_connected
@@ -366,6 +367,7 @@ def answer_then_record(dest: Destination, conn: socket.socket) -> None:
             dest.endings.put(("reset", 0))
 
 
+@pytest.mark.processes
 def test_a_complete_exchange_never_resets_the_origin(shared_pair, destinations):
     """The control for the other direction: curl's http:// request and a CONNECT whose
     client simply closes end at the origin in a FIN, never a reset."""

@@ -12,6 +12,8 @@ import urllib.request
 import pytest
 from support import agent_config, curl, proxy_connect, server_config, start_twistd, wait_connected, wait_until
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def health(agent) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{agent.port}/health", timeout=5) as r:

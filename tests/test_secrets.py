@@ -6,6 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 from support import TWISTD, server_config
 
@@ -27,6 +28,7 @@ def test_debug_logs_of_a_busy_pair_hold_no_key_material(tunnel, http_origin):
         assert_clean(text, Path(tunnel.certs.path("client.key")).read_text().splitlines()[1])
 
 
+@pytest.mark.processes
 def test_a_broken_pem_is_named_but_never_echoed(certs, tmp_path):
     body = "MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg" + "S3CR3T" * 8
     env = {**os.environ, "FLUIDITY_SERVER_KEY": f"-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"}

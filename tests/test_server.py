@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from support import curl, read_head
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def _via_server(tunnel, https_origin, cert: str | None, key: str | None, proxy_host: str = "127.0.0.1", extra=()):
     args = [

@@ -43,6 +43,7 @@ def write_config(home: Path, server_port: int, proxy_port: int) -> Path:
     return path
 
 
+@pytest.mark.processes
 def test_the_unit_is_valid_and_its_command_runs_the_agent(certs, home, tmp_path):
     server = start_twistd("server", server_config(certs), tmp_path)
     proxy_port = free_port()
@@ -105,6 +106,7 @@ def test_a_launchd_agent_on_macos(home, monkeypatch):
     assert "launchctl load -w" in lines[-1]
 
 
+@pytest.mark.processes
 def test_a_config_that_cannot_start_is_not_installed(home):
     (home / ".config" / "fluidity" / "agent.yaml").write_text("proxy_prot: 8080\n")
     done = subprocess.run(
@@ -122,6 +124,7 @@ def test_a_config_that_cannot_start_is_not_installed(home):
     assert not (home / ".config" / "systemd").exists()
 
 
+@pytest.mark.processes
 def test_a_daemonised_agent_writes_its_log_where_logfile_says(certs, tmp_path):
     """twistd without -n: before, our JSON/text observer wrote to a closed stdout and the log was lost."""
     logfile, pidfile = tmp_path / "agent.log", tmp_path / "agent.pid"
@@ -155,6 +158,7 @@ def test_a_daemonised_agent_writes_its_log_where_logfile_says(certs, tmp_path):
             os.kill(int(pidfile.read_text()), 15)
 
 
+@pytest.mark.processes
 def test_a_service_manager_that_fails_is_a_failure(home, tmp_path):
     """Issue 26, item 7: a systemctl that cannot reach the user's manager (no session bus,
     as over ssh or in a container) makes install-service exit 1 saying what to run."""

@@ -17,6 +17,8 @@ from aws import ControlPlaneProc, EcsScheduler
 from browser import Browser
 from support import FLUIDITY, agent_config, curl, server_config, start_twistd, wait_connected, wait_until
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 SHOTS = Path(__file__).resolve().parent.parent / "build" / "screenshots"  # kept for a person to look at
 API_KEY = "status-page-key"
 

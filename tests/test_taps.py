@@ -12,6 +12,8 @@ import pytest
 import yaml
 from support import FLUIDITY, TWISTD, agent_config, free_port, server_config
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -197,6 +197,7 @@ def test_the_agent_class_still_gathers_small_writes_for_a_reactor_turn(certs):
     assert len(server.wrappedProtocol.deliveries) == 1
 
 
+@pytest.mark.processes
 def test_speedups_off_runs_every_library_as_shipped():
     """FLUIDITY_LIBRARY_SPEEDUPS=off: the baseline bench/compare.py measures against."""
     code = (

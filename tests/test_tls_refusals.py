@@ -63,6 +63,7 @@ def test_the_servers_own_certificate_is_not_a_client_certificate(tunnel, https_o
     assert result.returncode != 0 and b"hello from" not in result.stdout
 
 
+@pytest.mark.processes
 def test_revoked_certificates_and_a_live_reload(certs, https_origin, http_origin, tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
@@ -116,6 +117,7 @@ def test_a_bad_revoked_file_is_one_line_at_start(certs, tmp_path):
         ServerOptions().parseOptions(["--config", str(path)])
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("first", ["", "# nobody revoked yet\n"])
 def test_a_list_that_starts_empty_is_still_watched(certs, tmp_path, first):
     """Issue 24, item 2: the first revocation ever written cuts the agent's open streams

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from support import Listener, agent_config, start_twistd, wait_until
 from twisted.internet import error
 from twisted.python.failure import Failure
@@ -11,6 +12,7 @@ from twisted.python.failure import Failure
 from tunnel.agent.tunnel_client import attempt_message
 
 
+@pytest.mark.processes
 def test_a_server_that_hangs_up_during_the_handshake_is_one_plain_line(certs, tmp_path):
     """Each failed attempt is one line a person can read: no Failure repr, nothing that looks
     like a traceback (the tests read a traceback in a log as an unhandled error)."""

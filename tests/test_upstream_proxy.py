@@ -18,6 +18,8 @@ from support import (
     wait_until,
 )
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 USER, PASSWORD = "fluid", "s3cret-pass"
 
 

@@ -14,6 +14,8 @@ from websockets.sync.client import connect
 from websockets.sync.server import serve
 from websockets.uri import parse_uri
 
+pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
+
 
 def _echo(ws) -> None:
     for message in ws:
