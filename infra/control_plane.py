@@ -56,7 +56,9 @@ class ControlPlaneArgs:
     service_arn: pulumi.Input[str]
     region: pulumi.Input[str]
     account_id: pulumi.Input[str]
-    security_group_id: pulumi.Input[str] = ""  # the server's, opened to wakers when the stack names no CIDR
+    security_group_id: pulumi.Input[str] = ""  # where agents come in, opened to wakers when the stack names no CIDR
+    endpoint: pulumi.Input[str] = ""  # stableEndpoint nlb: the load balancer's DNS name, reported to agents
+    scaling_target_arn: pulumi.Input[str] = ""  # maxTasks > 1: the bounds the control plane moves
 
 
 def code_archive() -> pulumi.AssetArchive:
@@ -65,16 +67,23 @@ def code_archive() -> pulumi.AssetArchive:
     return pulumi.AssetArchive({f"lambdas/{p.name}": pulumi.FileAsset(str(p)) for p in files})
 
 
-def function_environment(s: StackSettings, security_group_id: str = "") -> dict[str, str]:
+def function_environment(s: StackSettings, security_group_id: str = "", endpoint: str = "") -> dict[str, str]:
     ingress = {"INGRESS_GROUP_ID": security_group_id} if s.ingress_for_wakers and security_group_id else {}
-    return ingress | {
-        "CLUSTER_NAME": s.cluster_name,
-        "SERVICE_NAME": s.service_name,
-        "CONTAINER_PORT": str(s.container_port),
-        "METRICS_NAMESPACE": s.metrics_namespace,
-        "IDLE_THRESHOLD_MINUTES": str(s.idle_threshold_minutes),
-        "LOOKBACK_MINUTES": str(s.lookback_minutes),
-    }
+    stable = {"STABLE_ENDPOINT": endpoint} if endpoint else {}
+    scaling = {"MAX_TASKS": str(s.max_tasks)} if s.scales else {}
+    return (
+        ingress
+        | stable
+        | scaling
+        | {
+            "CLUSTER_NAME": s.cluster_name,
+            "SERVICE_NAME": s.service_name,
+            "CONTAINER_PORT": str(s.container_port),
+            "METRICS_NAMESPACE": s.metrics_namespace,
+            "IDLE_THRESHOLD_MINUTES": str(s.idle_threshold_minutes),
+            "LOOKBACK_MINUTES": str(s.lookback_minutes),
+        }
+    )
 
 
 class ControlPlane(pulumi.ComponentResource):
@@ -107,9 +116,9 @@ class ControlPlane(pulumi.ComponentResource):
             group_arn = pulumi.Output.all(args.region, args.account_id, args.security_group_id).apply(
                 lambda a: f"arn:aws:ec2:{a[0]}:{a[1]}:security-group/{a[2]}" if s.ingress_for_wakers and a[2] else None
             )
-            policy = pulumi.Output.all(args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn).apply(
-                partial(_policy_document, role)
-            )
+            policy = pulumi.Output.all(
+                args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn, args.scaling_target_arn
+            ).apply(partial(_policy_document, role))
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
             roles[role] = iam_role
             self.functions[role] = aws.lambda_.Function(
@@ -122,8 +131,8 @@ class ControlPlane(pulumi.ComponentResource):
                 timeout=30,
                 memory_size=128,
                 environment=aws.lambda_.FunctionEnvironmentArgs(
-                    variables=pulumi.Output.from_input(args.security_group_id).apply(
-                        lambda group: function_environment(s, group)
+                    variables=pulumi.Output.all(args.security_group_id, args.endpoint).apply(
+                        lambda a: function_environment(s, a[0], a[1])
                     )
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[logs]),
@@ -265,7 +274,7 @@ class ControlPlane(pulumi.ComponentResource):
 
 def _policy_document(role: str, arns: list) -> str:
     """A control function's IAM policy, once the ARNs it names are known."""
-    service_arn, cluster_arn, task_arns, log_group_arn, security_group_arn = arns
+    service_arn, cluster_arn, task_arns, log_group_arn, security_group_arn, scaling_target_arn = arns
     return json.dumps(
         policies.control_function(
             role,
@@ -274,6 +283,7 @@ def _policy_document(role: str, arns: list) -> str:
             task_arns=task_arns,
             log_group_arn=log_group_arn,
             security_group_arn=security_group_arn,
+            scaling_target_arn=scaling_target_arn or None,
         )
     )
 

@@ -38,6 +38,7 @@ def control_function(
     task_arns: str,
     log_group_arn: str,
     security_group_arn: str | None = None,
+    scaling_target_arn: str | None = None,
 ) -> dict:
     """What one control-plane Lambda (`wake`, `status`, `kill` or `sleep`) may do."""
     changes = role in ("wake", "kill", "sleep")
@@ -77,6 +78,16 @@ def control_function(
         )
         statements.append(
             {"Sid": "ReadSecurityGroups", "Effect": "Allow", "Action": ["ec2:DescribeSecurityGroups"], "Resource": "*"}
+        )
+    if scaling_target_arn and changes:
+        # maxTasks > 1: the lower bound is 1 while the server runs, 0 to stop it.
+        statements.append(
+            {
+                "Sid": "ScalingBounds",
+                "Effect": "Allow",
+                "Action": ["application-autoscaling:RegisterScalableTarget"],
+                "Resource": scaling_target_arn,
+            }
         )
     if role == "sleep":
         statements.append(

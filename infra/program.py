@@ -89,6 +89,8 @@ def run() -> dict:
         "taskRoleArn": service.task_role.arn,
         "publicIpCommand": public_ip_command(settings, region),
     }
+    if service.load_balancer is not None:  # agents dial this name, whichever task answers
+        outputs.update(endpoint=service.load_balancer.dns_name, loadBalancerArn=service.load_balancer.arn)
     if settings.control_plane:
         account = aws.get_caller_identity().account_id
         plane = ControlPlane(
@@ -99,7 +101,9 @@ def run() -> dict:
                 service_arn=service.service.id,
                 region=region,
                 account_id=account,
-                security_group_id=service.security_group.id,
+                security_group_id=service.ingress_group.id,
+                endpoint=service.load_balancer.dns_name if service.load_balancer is not None else "",
+                scaling_target_arn=service.scaling_target.arn if service.scaling_target is not None else "",
             ),
         )
         if settings.monitoring:

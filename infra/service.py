@@ -20,6 +20,8 @@ from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.server.healthcheck"]
+DRAIN_SECONDS = 20  # the server's drain_timeout in the task (--drain-timeout), and the target group's delay
+SCALE_AT_CPU_PERCENT = 60.0  # maxTasks > 1: the average CPU Application Auto Scaling keeps the tasks near
 CERT_SECRETS = (
     ("serverCert", "server-cert", "FLUIDITY_SERVER_CERT"),
     ("serverKey", "server-key", "FLUIDITY_SERVER_KEY"),
@@ -77,6 +79,8 @@ def container_definitions(settings: StackSettings, image: str, region: str, secr
                 settings.metrics_namespace,
                 "--metrics-service-name",
                 settings.service_name,
+                "--drain-timeout",
+                f"{DRAIN_SECONDS}s",
             ],
             "environment": [
                 {"name": "FLUIDITY_LOG_LEVEL", "value": settings.log_level},
@@ -182,43 +186,29 @@ class FluidityService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # With allowedIngressCidr, one fixed rule. Without it (the default), no rule at all:
-        # the control plane opens the port to each agent that wakes the server and closes
-        # it when the server stops, so Pulumi leaves the ingress rules to it.
-        ingress_args: dict[str, Any]
-        if s.allowed_ingress_cidr is None:  # s.ingress_for_wakers
-            ingress_args = {"description": f"Fluidity server: {s.container_port}/tcp from the agents that woke it"}
-            sg_opts = pulumi.ResourceOptions(parent=self, ignore_changes=["ingress"])
-        else:
-            ingress_args = {
-                "description": f"Fluidity server: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
-                "ingress": [
+        # Where agents come in: the task itself, or (stableEndpoint nlb) the load balancer,
+        # whose group then takes the agents' rules and the task's takes only its traffic.
+        self.load_balancer: aws.lb.LoadBalancer | None = None
+        self.target_group: aws.lb.TargetGroup | None = None
+        if s.behind_nlb:
+            self.ingress_group = self._agents_group(f"{name}-lb-sg", "the load balancer", s, args.vpc_id)
+            self.security_group = self._group(
+                f"{name}-sg",
+                args.vpc_id,
+                child,
+                description=f"Fluidity server: {s.container_port}/tcp from its load balancer",
+                ingress=[
                     aws.ec2.SecurityGroupIngressArgs(
                         protocol="tcp",
                         from_port=s.container_port,
                         to_port=s.container_port,
-                        cidr_blocks=[s.allowed_ingress_cidr],
-                        description="agents (mTLS)",
+                        security_groups=[self.ingress_group.id],
+                        description="agents and health checks, through the load balancer",
                     )
                 ],
-            }
-            sg_opts = child
-        self.security_group = aws.ec2.SecurityGroup(
-            f"{name}-sg",
-            vpc_id=args.vpc_id,
-            egress=[
-                aws.ec2.SecurityGroupEgressArgs(
-                    protocol="-1",
-                    from_port=0,
-                    to_port=0,
-                    cidr_blocks=["0.0.0.0/0"],
-                    description="onward to the internet",
-                )
-            ],
-            tags={INGRESS_TAG: "wakers" if s.ingress_for_wakers else "cidr"},
-            opts=sg_opts,
-            **ingress_args,
-        )
+            )
+        else:
+            self.security_group = self.ingress_group = self._agents_group(f"{name}-sg", "the server", s, args.vpc_id)
 
         if s.container_image:
             image = pulumi.Output.from_input(s.container_image)
@@ -254,6 +244,20 @@ class FluidityService(pulumi.ComponentResource):
             if s.capacity == "FARGATE_SPOT"
             else {"launch_type": "FARGATE"}
         )
+        balancing: dict[str, Any] = {}
+        listener = None
+        if s.behind_nlb:
+            listener = self._load_balancer(name, s, args, child)
+            balancing = {
+                "load_balancers": [
+                    aws.ecs.ServiceLoadBalancerArgs(
+                        target_group_arn=self.target_group.arn if self.target_group else None,
+                        container_name="server",
+                        container_port=s.container_port,
+                    )
+                ],
+                "health_check_grace_period_seconds": 60,  # a cold start on a quarter of a vCPU
+            }
         self.service = aws.ecs.Service(
             f"{name}-service",
             name=s.service_name,
@@ -269,19 +273,25 @@ class FluidityService(pulumi.ComponentResource):
                 security_groups=[self.security_group.id],
                 assign_public_ip=s.assign_public_ip == "ENABLED",
             ),
-            # One task: let a deployment stop the old one before the new one starts.
-            deployment_minimum_healthy_percent=0,
-            deployment_maximum_percent=100,
+            # Without a load balancer, one task at one address: a deployment stops the old one
+            # before the new one starts. Behind one, the new task is healthy before the old
+            # one drains, and agents move over through the same name.
+            deployment_minimum_healthy_percent=100 if s.behind_nlb else 0,
+            deployment_maximum_percent=200 if s.behind_nlb else 100,
+            **balancing,
             enable_ecs_managed_tags=True,
             propagate_tags="SERVICE",
             wait_for_steady_state=False,
             **placement,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[capacity] if capacity else None,
+                depends_on=[r for r in (capacity, listener) if r is not None] or None,
                 ignore_changes=[] if s.desired_count is not None else ["desiredCount"],
             ),
         )
+        self.scaling_target: aws.appautoscaling.Target | None = None
+        if s.scales:
+            self._scale(name, s, child)
         self.register_outputs(
             {
                 "image": image,
@@ -291,6 +301,127 @@ class FluidityService(pulumi.ComponentResource):
                 "logGroupName": self.log_group.name,
                 "securityGroupId": self.security_group.id,
             }
+        )
+
+    # -- where agents come in ---------------------------------------------------------------
+    def _group(self, resource_name: str, vpc_id, opts: pulumi.ResourceOptions, **args: Any) -> aws.ec2.SecurityGroup:
+        return aws.ec2.SecurityGroup(
+            resource_name,
+            vpc_id=vpc_id,
+            egress=[
+                aws.ec2.SecurityGroupEgressArgs(
+                    protocol="-1",
+                    from_port=0,
+                    to_port=0,
+                    cidr_blocks=["0.0.0.0/0"],
+                    description="onward to the internet",
+                )
+            ],
+            opts=opts,
+            **args,
+        )
+
+    def _agents_group(self, resource_name: str, what: str, s: StackSettings, vpc_id) -> aws.ec2.SecurityGroup:
+        """The group agents come in through. With allowedIngressCidr, one fixed rule. Without
+        it (the default), no rule at all: the control plane opens the port to each agent that
+        wakes the server and closes it when the server stops, so Pulumi leaves the ingress
+        rules to it (the tag tells the Lambdas which it is)."""
+        tags = {INGRESS_TAG: "wakers" if s.ingress_for_wakers else "cidr"}
+        if s.allowed_ingress_cidr is None:  # s.ingress_for_wakers
+            return self._group(
+                resource_name,
+                vpc_id,
+                pulumi.ResourceOptions(parent=self, ignore_changes=["ingress"]),
+                description=f"Fluidity {what}: {s.container_port}/tcp from the agents that woke it",
+                tags=tags,
+            )
+        return self._group(
+            resource_name,
+            vpc_id,
+            pulumi.ResourceOptions(parent=self),
+            description=f"Fluidity {what}: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(
+                    protocol="tcp",
+                    from_port=s.container_port,
+                    to_port=s.container_port,
+                    cidr_blocks=[s.allowed_ingress_cidr],
+                    description="agents (mTLS)",
+                )
+            ],
+            tags=tags,
+        )
+
+    def _load_balancer(
+        self, name: str, s: StackSettings, args: FluidityServiceArgs, child: pulumi.ResourceOptions
+    ) -> aws.lb.Listener:
+        """stableEndpoint nlb: a Network Load Balancer passing TCP through untouched (mutual
+        TLS stays end to end), client addresses preserved, targets the tasks' own IPs."""
+        self.load_balancer = aws.lb.LoadBalancer(
+            f"{name}-nlb",
+            name=f"{s.service_name}"[:32],
+            load_balancer_type="network",
+            internal=False,
+            subnets=args.subnet_ids,
+            security_groups=[self.ingress_group.id],
+            enable_cross_zone_load_balancing=True,
+            opts=child,
+        )
+        self.target_group = aws.lb.TargetGroup(
+            f"{name}-targets",
+            name=f"{s.service_name}"[:32],
+            port=s.container_port,
+            protocol="TCP",
+            target_type="ip",
+            vpc_id=args.vpc_id,
+            preserve_client_ip="true",
+            # A leaving task keeps its connections this long: no shorter than the server's
+            # own drain, in which it sends GOAWAY and agents move to another task.
+            deregistration_delay=DRAIN_SECONDS,
+            health_check=aws.lb.TargetGroupHealthCheckArgs(
+                protocol="TCP", port="traffic-port", interval=10, healthy_threshold=2, unhealthy_threshold=2
+            ),
+            opts=child,
+        )
+        return aws.lb.Listener(
+            f"{name}-listener",
+            load_balancer_arn=self.load_balancer.arn,
+            port=s.container_port,
+            protocol="TCP",
+            default_actions=[aws.lb.ListenerDefaultActionArgs(type="forward", target_group_arn=self.target_group.arn)],
+            opts=child,
+        )
+
+    def _scale(self, name: str, s: StackSettings, child: pulumi.ResourceOptions) -> None:
+        """maxTasks > 1: Application Auto Scaling keeps CPU near a target between 1 and
+        maxTasks while the server runs. The control plane owns the lower bound (1 while
+        running, 0 to stop), so Pulumi sets it once and then leaves it alone."""
+        self.scaling_target = aws.appautoscaling.Target(
+            f"{name}-scaling",
+            service_namespace="ecs",
+            scalable_dimension="ecs:service:DesiredCount",
+            resource_id=pulumi.Output.all(self.cluster.name, self.service.name).apply(
+                lambda names: f"service/{names[0]}/{names[1]}"
+            ),
+            min_capacity=0,
+            max_capacity=s.max_tasks,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["minCapacity"]),
+        )
+        aws.appautoscaling.Policy(
+            f"{name}-scaling-cpu",
+            policy_type="TargetTrackingScaling",
+            service_namespace=self.scaling_target.service_namespace,
+            scalable_dimension=self.scaling_target.scalable_dimension,
+            resource_id=self.scaling_target.resource_id,
+            target_tracking_scaling_policy_configuration=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationArgs(
+                target_value=SCALE_AT_CPU_PERCENT,
+                predefined_metric_specification=aws.appautoscaling.PolicyTargetTrackingScalingPolicyConfigurationPredefinedMetricSpecificationArgs(
+                    predefined_metric_type="ECSServiceAverageCPUUtilization"
+                ),
+                scale_out_cooldown=60,
+                scale_in_cooldown=300,
+            ),
+            opts=child,
         )
 
     def _build_image(self, name: str, s: StackSettings, context: str, child: pulumi.ResourceOptions) -> pulumi.Output:

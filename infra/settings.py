@@ -87,6 +87,8 @@ class StackSettings:
     api_rate_limit: float = 2.0  # requests per second, steady
     api_burst_limit: int = 10
     api_monthly_quota: int = 20000  # requests per month; an agent makes a few per wake
+    stable_endpoint: str = "none"  # "nlb": a Network Load Balancer whose DNS name never changes
+    max_tasks: int = 1  # above 1, Application Auto Scaling runs 1..max_tasks while the server runs
     warnings: list[str] = field(default_factory=list, compare=False)
 
     @property
@@ -96,6 +98,14 @@ class StackSettings:
     @property
     def ingress_for_wakers(self) -> bool:
         return self.allowed_ingress_cidr is None
+
+    @property
+    def behind_nlb(self) -> bool:
+        return self.stable_endpoint == "nlb"
+
+    @property
+    def scales(self) -> bool:
+        return self.max_tasks > 1
 
 
 D = TypeVar("D", int, None)
@@ -285,7 +295,10 @@ def from_config(config) -> StackSettings:
         api_rate_limit=_float(config, "apiRateLimit", 2.0, 0.1, 10000.0),
         api_burst_limit=_int(config, "apiBurstLimit", 10, 1, 5000),
         api_monthly_quota=_int(config, "apiMonthlyQuota", 20000, 100, 10**9),
+        stable_endpoint=_choice(config, "stableEndpoint", "none", ("none", "nlb")),
+        max_tasks=_int(config, "maxTasks", 1, 1, 10),
     )
+    _check_scaling(settings)
     if settings.ingress_open_to_world:
         settings.warnings.append(
             f"fluidity:allowedIngressCidr is {settings.allowed_ingress_cidr}: port {settings.container_port} is open "
@@ -293,8 +306,28 @@ def from_config(config) -> StackSettings:
             "(only holders of a client certificate get through, but set your own network with `pulumi config set "
             "allowedIngressCidr 203.0.113.0/24`)"
         )
-    if settings.assign_public_ip == "DISABLED":
+    if settings.assign_public_ip == "DISABLED" and not settings.behind_nlb:
         settings.warnings.append(
             "fluidity:assignPublicIp is DISABLED: the agent cannot reach the task unless your subnets route to it"
         )
     return settings
+
+
+def _check_scaling(settings: StackSettings) -> None:
+    """Combinations that would deploy something that cannot work, refused before anything exists."""
+    if settings.scales and settings.desired_count is not None:
+        raise SettingsError(
+            f"fluidity:maxTasks is {settings.max_tasks}, so Application Auto Scaling sets the number of tasks while "
+            "the server runs: remove fluidity:desiredCount (`pulumi config rm desiredCount`), or keep it with "
+            "maxTasks 1"
+        )
+    if settings.scales and not settings.behind_nlb:
+        raise SettingsError(
+            f"fluidity:maxTasks is {settings.max_tasks}, but each task has its own address: set "
+            "fluidity:stableEndpoint nlb so agents dial one name that reaches them all"
+        )
+    if settings.behind_nlb and settings.assign_public_ip == "DISABLED":
+        settings.warnings.append(
+            "fluidity:assignPublicIp is DISABLED behind the load balancer: the tasks reach the internet only if "
+            "your subnets route them through a NAT gateway"
+        )

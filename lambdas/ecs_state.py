@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import time
 
+from . import scaling
 from .settings import Settings
 
 PENDING_STATES = {"PROVISIONING", "PENDING", "ACTIVATING"}
@@ -100,6 +101,9 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
         "pendingCount": len(pending) + len(up) - len(running),
         "publicIp": ip,
         "publicDnsName": dns_name,
+        # Behind the stack's load balancer: the name agents dial, whichever task answers.
+        "endpoint": settings.stable_endpoint or None,
+        "maxTasks": settings.max_tasks,
         "port": settings.container_port,
         "taskStatus": newest.get("lastStatus") if newest else None,
         "health": (newest.get("healthStatus") or _containers_health(newest)) if newest else None,
@@ -151,11 +155,18 @@ def owner(ecs, service: dict) -> str:
     return next((t.get("value") for t in tags if t.get("key") == OWNER_TAG), None) or "control-plane"
 
 
-def set_desired(ecs, settings: Settings, count: int, service: dict | None = None) -> None:
-    """Change desiredCount, unless the stack config owns it (OwnedByPulumi)."""
+def set_desired(ecs, settings: Settings, count: int, service: dict | None = None, autoscaling=None) -> None:
+    """Change desiredCount, unless the stack config owns it (OwnedByPulumi). With scaling
+    (maxTasks > 1) the lower bound moves first: 1 to run, 0 to stop (`scaling`)."""
     service = service or describe_service(ecs, settings)
     if owner(ecs, service) == PULUMI_OWNS:
         raise OwnedByPulumi(settings)
+    if settings.max_tasks > 1:
+        if autoscaling is None:
+            from .clients import client
+
+            autoscaling = client("application-autoscaling")
+        scaling.set_bounds(autoscaling, settings.cluster, settings.service, settings.max_tasks, running=count > 0)
     ecs.update_service(cluster=settings.cluster, service=settings.service, desiredCount=count)
 
 

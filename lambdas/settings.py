@@ -22,6 +22,8 @@ class Settings:
     idle_threshold_minutes: float = 5
     lookback_minutes: float = 10
     ingress: IngressSettings | None = None  # None: the stack opens the port to a fixed CIDR
+    stable_endpoint: str = ""  # stableEndpoint nlb: the load balancer's DNS name, what agents dial
+    max_tasks: int = 1  # above 1, Application Auto Scaling sets the count between bounds set here
 
 
 def _number(env, name: str, default, cast, low, high):
@@ -50,7 +52,16 @@ def from_env(env=None) -> Settings:
         idle_threshold_minutes=_number(env, "IDLE_THRESHOLD_MINUTES", 5, float, 1, 24 * 60),
         lookback_minutes=_number(env, "LOOKBACK_MINUTES", 10, float, 1, 24 * 60),
         ingress=_ingress(env),
+        stable_endpoint=_endpoint(env),
+        max_tasks=_number(env, "MAX_TASKS", 1, int, 1, 10),
     )
+
+
+def _endpoint(env) -> str:
+    name = env.get("STABLE_ENDPOINT", "").strip().lower().rstrip(".")
+    if name and not all(part and part.replace("-", "").isalnum() for part in name.split(".")):
+        raise SettingsError(f"STABLE_ENDPOINT must be a DNS name, got {name!r}")
+    return name
 
 
 def _ingress(env) -> IngressSettings | None:

@@ -107,14 +107,40 @@ class MotoAws:
         port: int = 443,
         health_check: bool = False,
         wakers: bool = False,
+        balanced: bool = False,
     ) -> Service:
         """`wakers`: the security group is tagged as the Pulumi program tags it when the
-        control plane opens the port to the agents that wake the server."""
+        control plane opens the port to the agents that wake the server. `balanced`: behind
+        a Network Load Balancer (stableEndpoint nlb), whose group is then the one agents
+        come in through (the Service's security_group)."""
         ec2, ecs = self.client("ec2"), self.client("ecs")
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         ec2.modify_vpc_attribute(VpcId=vpc, EnableDnsHostnames={"Value": True})  # as in a default VPC
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         group = ec2.create_security_group(GroupName=f"{name}-sg", Description="fluidity", VpcId=vpc)["GroupId"]
+        task_group, balancing = group, {}
+        if balanced:
+            task_group = ec2.create_security_group(GroupName=f"{name}-task-sg", Description="task", VpcId=vpc)[
+                "GroupId"
+            ]
+            elbv2 = self.client("elbv2")
+            balancer = elbv2.create_load_balancer(
+                Name=name[:32], Subnets=[subnet], SecurityGroups=[group], Type="network", Scheme="internet-facing"
+            )["LoadBalancers"][0]
+            targets = elbv2.create_target_group(Name=name[:32], Protocol="TCP", Port=port, VpcId=vpc, TargetType="ip")[
+                "TargetGroups"
+            ][0]
+            elbv2.create_listener(
+                LoadBalancerArn=balancer["LoadBalancerArn"],
+                Protocol="TCP",
+                Port=port,
+                DefaultActions=[{"Type": "forward", "TargetGroupArn": targets["TargetGroupArn"]}],
+            )
+            balancing = {
+                "loadBalancers": [
+                    {"targetGroupArn": targets["TargetGroupArn"], "containerName": "server", "containerPort": port}
+                ]
+            }
         if wakers:
             ec2.create_tags(Resources=[group], Tags=[{"Key": "fluidity:ingress", "Value": "wakers"}])
         ecs.create_cluster(clusterName=cluster)
@@ -146,8 +172,13 @@ class MotoAws:
             desiredCount=desired,
             launchType="FARGATE",
             networkConfiguration={
-                "awsvpcConfiguration": {"subnets": [subnet], "securityGroups": [group], "assignPublicIp": "ENABLED"}
+                "awsvpcConfiguration": {
+                    "subnets": [subnet],
+                    "securityGroups": [task_group],
+                    "assignPublicIp": "ENABLED",
+                }
             },
+            **balancing,
         )
         return Service(cluster, name, subnet, group)
 

@@ -203,7 +203,12 @@ class MotoMocks(RecordingMocks):
                         "FromPort": int(rule["fromPort"]),
                         "ToPort": int(rule["toPort"]),
                         "IpRanges": [
-                            {"CidrIp": c, "Description": rule.get("description", "")} for c in rule["cidrBlocks"]
+                            {"CidrIp": c, "Description": rule.get("description", "")}
+                            for c in rule.get("cidrBlocks", [])
+                        ],
+                        "UserIdGroupPairs": [
+                            {"GroupId": g, "Description": rule.get("description", "")}
+                            for g in rule.get("securityGroups", [])
                         ],
                     }
                 ],
@@ -243,11 +248,104 @@ class MotoMocks(RecordingMocks):
                 "maximumPercent": int(inputs["deploymentMaximumPercent"]),
             },
             tags=[{"key": k, "value": v} for k, v in (inputs.get("tags") or {}).items()],
+            loadBalancers=[
+                {
+                    "targetGroupArn": b["targetGroupArn"],
+                    "containerName": b["containerName"],
+                    "containerPort": int(b["containerPort"]),
+                }
+                for b in inputs.get("loadBalancers", [])
+            ],
+            **(
+                {"healthCheckGracePeriodSeconds": int(inputs["healthCheckGracePeriodSeconds"])}
+                if inputs.get("healthCheckGracePeriodSeconds")
+                else {}
+            ),
             enableECSManagedTags=bool(inputs.get("enableEcsManagedTags")),
             propagateTags=inputs.get("propagateTags", "NONE"),
             **placement,
         )["service"]
         return service["serviceArn"], {"arn": service["serviceArn"]}
+
+    def _loadbalancer(self, name: str, inputs: dict):
+        balancer = self.aws.client("elbv2").create_load_balancer(
+            Name=inputs["name"],
+            Subnets=inputs["subnets"],
+            SecurityGroups=inputs.get("securityGroups", []),
+            Scheme="internal" if inputs.get("internal") else "internet-facing",
+            Type=inputs["loadBalancerType"],
+        )["LoadBalancers"][0]
+        return balancer["LoadBalancerArn"], {"arn": balancer["LoadBalancerArn"], "dnsName": balancer["DNSName"]}
+
+    def _targetgroup(self, name: str, inputs: dict):
+        check = inputs.get("healthCheck") or {}
+        group = self.aws.client("elbv2").create_target_group(
+            Name=inputs["name"],
+            Protocol=inputs["protocol"],
+            Port=int(inputs["port"]),
+            VpcId=inputs["vpcId"],
+            TargetType=inputs["targetType"],
+            HealthCheckProtocol=check.get("protocol", "TCP"),
+            HealthCheckPort=str(check.get("port", "traffic-port")),
+            HealthCheckIntervalSeconds=int(check.get("interval", 30)),
+            HealthyThresholdCount=int(check.get("healthyThreshold", 3)),
+            UnhealthyThresholdCount=int(check.get("unhealthyThreshold", 3)),
+        )["TargetGroups"][0]
+        self.aws.client("elbv2").modify_target_group_attributes(
+            TargetGroupArn=group["TargetGroupArn"],
+            Attributes=[
+                {"Key": "deregistration_delay.timeout_seconds", "Value": str(int(inputs["deregistrationDelay"]))},
+                {"Key": "preserve_client_ip.enabled", "Value": str(inputs["preserveClientIp"])},
+            ],
+        )
+        return group["TargetGroupArn"], {"arn": group["TargetGroupArn"]}
+
+    def _listener(self, name: str, inputs: dict):
+        listener = self.aws.client("elbv2").create_listener(
+            LoadBalancerArn=inputs["loadBalancerArn"],
+            Protocol=inputs["protocol"],
+            Port=int(inputs["port"]),
+            DefaultActions=[
+                {"Type": a["type"], "TargetGroupArn": a["targetGroupArn"]} for a in inputs["defaultActions"]
+            ],
+        )["Listeners"][0]
+        return listener["ListenerArn"], {"arn": listener["ListenerArn"]}
+
+    def _target(self, name: str, inputs: dict):
+        scaling = self.aws.client("application-autoscaling")
+        scaling.register_scalable_target(
+            ServiceNamespace=inputs["serviceNamespace"],
+            ResourceId=inputs["resourceId"],
+            ScalableDimension=inputs["scalableDimension"],
+            MinCapacity=int(inputs["minCapacity"]),
+            MaxCapacity=int(inputs["maxCapacity"]),
+        )
+        found = scaling.describe_scalable_targets(
+            ServiceNamespace=inputs["serviceNamespace"], ResourceIds=[inputs["resourceId"]]
+        )["ScalableTargets"][0]
+        arn = found.get("ScalableTargetARN") or (
+            f"arn:aws:application-autoscaling:{self.region}:{ACCOUNT}:scalable-target/{name}"
+        )
+        return arn, {"arn": arn}
+
+    def _policy(self, name: str, inputs: dict):
+        tracking = inputs["targetTrackingScalingPolicyConfiguration"]
+        self.aws.client("application-autoscaling").put_scaling_policy(
+            PolicyName=name,
+            ServiceNamespace=inputs["serviceNamespace"],
+            ResourceId=inputs["resourceId"],
+            ScalableDimension=inputs["scalableDimension"],
+            PolicyType=inputs["policyType"],
+            TargetTrackingScalingPolicyConfiguration={
+                "TargetValue": float(tracking["targetValue"]),
+                "PredefinedMetricSpecification": {
+                    "PredefinedMetricType": tracking["predefinedMetricSpecification"]["predefinedMetricType"]
+                },
+                "ScaleInCooldown": int(tracking["scaleInCooldown"]),
+                "ScaleOutCooldown": int(tracking["scaleOutCooldown"]),
+            },
+        )
+        return name, {}
 
 
 class Declared:

@@ -69,6 +69,13 @@ class RecordingMocks(pulumi_mocks.Mocks):
             state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{args.inputs['name']}"
         if args.typ == "aws:ecs/service:Service":
             resource_id = f"arn:aws:ecs:{REGION}:{ACCOUNT}:service/{args.inputs.get('name')}"
+        if args.typ == "aws:lb/loadBalancer:LoadBalancer":
+            state["dnsName"] = f"{args.inputs['name']}-0123456789abcdef.elb.{REGION}.amazonaws.com"
+            state["arn"] = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/net/{args.inputs['name']}/1"
+        if args.typ == "aws:lb/targetGroup:TargetGroup":
+            state["arn"] = f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:targetgroup/{args.inputs['name']}/2"
+        if args.typ == "aws:appautoscaling/target:Target":
+            state["arn"] = f"arn:aws:application-autoscaling:{REGION}:{ACCOUNT}:scalable-target/0ec2abc"
         if args.typ == "aws:ecs/cluster:Cluster":
             state["arn"] = f"arn:aws:ecs:{REGION}:{ACCOUNT}:cluster/{args.inputs['name']}"
         if args.typ == "aws:ssm/parameter:Parameter":

@@ -174,3 +174,25 @@ def test_a_region_is_priced_or_said_to_be_not(tmp_path, region, code, says):
     assert done.returncode == code and says in done.stdout + done.stderr, done
     if code == 0:
         assert region in done.stdout
+
+
+def test_the_load_balancer_is_priced_in_the_stopped_month_and_extra_tasks_as_a_range():
+    """Issue 29: an NLB is billed every hour it exists, tasks stopped or not; maxTasks 3
+    makes the running lines a range from one task to three."""
+    est = estimate_for(
+        {"stableEndpoint": "nlb", "maxTasks": "3", "vpcId": "vpc-1", "publicSubnets": "subnet-1,subnet-2"},
+        costs.Usage(hours_per_month=40),
+    )
+    balancer = by_item(est.stopped, "Network Load Balancer")
+    assert balancer.low == balancer.high == balancer.free == round(730 * 0.0225, 4)  # no free tier
+    assert by_item(est.stopped, "the load balancer's public IPv4 addresses: 2").high == round(730 * 2 * 0.005, 4)
+    assert by_item(est.running, "load balancer capacity").high == round(40 * 0.006, 4)
+    one_task = 40 * (0.25 * 0.04048 + 0.5 * 0.004445)
+    fargate = by_item(est.running, "Fargate")
+    assert (fargate.low, fargate.high) == (round(one_task, 4), round(3 * one_task, 4))
+    assert by_item(est.running, "public IPv4 address of each running task").high == round(3 * 40 * 0.005, 4)
+    assert any("even while the server is stopped" in w for w in est.warnings)
+    stopped = est.as_dict()["stopped_total"]["free"]
+    assert stopped >= 730 * (0.0225 + 2 * 0.005)  # the stopped month carries the load balancer
+    plain = estimate_for({}, costs.Usage(hours_per_month=40))
+    assert not [line for line in plain.stopped + plain.running if "oad balancer" in line.item]

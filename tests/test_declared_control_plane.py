@@ -33,8 +33,8 @@ def plane(tmp_path, monkeypatch):
     }
     running = []
 
-    def start():
-        deployment = deploy(aws, {"idleThresholdMinutes": "1"}, pem)
+    def start(config: dict | None = None):
+        deployment = deploy(aws, {"idleThresholdMinutes": "1", **(config or {})}, pem)
         runtime = LambdaRuntime(deployment.declared, deployment.credentials, aws.env, tmp_path)
         running.append(runtime)
         gateway = ApiGateway(deployment.declared, runtime)
@@ -146,8 +146,8 @@ def test_an_environment_name_the_lambdas_do_not_read_fails_the_call(plane, monke
     monkeypatch.setattr(
         control_plane,
         "function_environment",
-        lambda s, group="": {
-            ("ECS_CLUSTER" if k == "CLUSTER_NAME" else k): v for k, v in declared_environment(s, group).items()
+        lambda s, *places: {
+            ("ECS_CLUSTER" if k == "CLUSTER_NAME" else k): v for k, v in declared_environment(s, *places).items()
         },
     )
     _, declared, gateway = plane()
@@ -188,3 +188,45 @@ def test_a_route_api_gateway_may_not_invoke_is_an_internal_error(plane, monkeypa
         500,
         {"message": "Internal server error"},
     )
+
+
+def test_behind_the_declared_load_balancer_the_api_reports_its_name_and_moves_the_scaling_bounds(plane):
+    """Issue 29 in moto, IAM enforced: the NLB, its TCP listener and ip target group exist as
+    declared, the service registers its tasks with them, and the declared roles may move
+    the lower scaling bound (1 on wake, 0 on kill) and nothing else of it."""
+    aws, declared, gateway = plane({"stableEndpoint": "nlb", "maxTasks": "3"})
+    outputs, key = declared.outputs, declared.outputs["apiKey"]
+    elbv2 = aws.client("elbv2")
+    balancer = elbv2.describe_load_balancers()["LoadBalancers"][0]
+    assert (balancer["Type"], balancer["Scheme"]) == ("network", "internet-facing")
+    assert outputs["endpoint"] == balancer["DNSName"]
+    listener = elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"][0]
+    assert (listener["Protocol"], listener["Port"]) == ("TCP", 443)
+    group = elbv2.describe_target_groups()["TargetGroups"][0]
+    assert (group["Protocol"], group["Port"], group["TargetType"]) == ("TCP", 443, "ip")
+    assert listener["DefaultActions"][0]["TargetGroupArn"] == group["TargetGroupArn"]
+    attributes = {
+        a["Key"]: a["Value"]
+        for a in elbv2.describe_target_group_attributes(TargetGroupArn=group["TargetGroupArn"])["Attributes"]
+    }
+    assert attributes["deregistration_delay.timeout_seconds"] == "20"
+    service = aws.client("ecs").describe_services(cluster=outputs["clusterName"], services=[outputs["serviceName"]])[
+        "services"
+    ][0]
+    assert service["loadBalancers"][0]["targetGroupArn"] == group["TargetGroupArn"]
+
+    def bounds():
+        target = aws.client("application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")[
+            "ScalableTargets"
+        ][0]
+        return target["MinCapacity"], target["MaxCapacity"]
+
+    assert bounds() == (0, 3)
+    status, body = call(gateway, outputs["wakeUrl"], "POST", key)
+    assert status == 200 and body["endpoint"] == balancer["DNSName"] and body["maxTasks"] == 3, body
+    assert bounds() == (1, 3) and desired(aws, declared) == 1
+    status, body = call(gateway, outputs["statusUrl"], "GET", key)
+    assert status == 200 and body["endpoint"] == balancer["DNSName"], body
+    status, body = call(gateway, outputs["killUrl"], "POST", key)
+    assert status == 200 and body["desiredCount"] == 0, body
+    assert bounds() == (0, 3)

@@ -620,3 +620,105 @@ def test_a_blank_schedule_is_its_default_not_a_missing_one():
     assert settings.sleep_schedule == "rate(5 minutes)"
     assert settings.kill_schedule == "cron(0 23 * * ? *)"
     assert settings.wake_schedule is None  # no wake schedule unless one is given
+
+
+# -- a stable endpoint and more than one task (issue 29) ---------------------------------------
+
+
+def test_by_default_there_is_no_load_balancer_and_no_scaling(stack):
+    for kind in ("aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup", "aws:lb/listener:Listener"):
+        assert stack.of_type(kind) == []
+    assert stack.of_type("aws:appautoscaling/target:Target") == []
+    assert "endpoint" not in stack.outputs
+    service = stack.one("aws:ecs/service:Service").inputs
+    assert "loadBalancers" not in service and service["deploymentMinimumHealthyPercent"] == 0
+
+
+def test_an_nlb_passes_the_servers_port_through_to_the_tasks_and_its_name_is_what_agents_dial():
+    stack = synthesize({"stableEndpoint": "nlb"})
+    balancer = stack.one("aws:lb/loadBalancer:LoadBalancer")
+    assert balancer.inputs["loadBalancerType"] == "network" and balancer.inputs["internal"] is False
+    assert balancer.inputs["subnets"] == ["subnet-a", "subnet-b", "subnet-c"]
+    groups = {g.name: g for g in stack.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    assert balancer.inputs["securityGroups"] == [groups["fluidity-lb-sg"].id]
+    # Agents come in through the balancer's group, opened to wakers by the control plane...
+    assert groups["fluidity-lb-sg"].inputs["tags"] == {"fluidity:ingress": "wakers"}
+    assert "ingress" in groups["fluidity-lb-sg"].ignore_changes
+    # ...and the task takes the port only from the balancer (its traffic and health checks).
+    task_rules = groups["fluidity-sg"].inputs["ingress"]
+    assert [(r["fromPort"], r["toPort"], r["securityGroups"]) for r in task_rules] == [
+        (443, 443, [groups["fluidity-lb-sg"].id])
+    ]
+    assert "tags" not in groups["fluidity-sg"].inputs
+    targets = stack.one("aws:lb/targetGroup:TargetGroup").inputs
+    assert (targets["protocol"], targets["port"], targets["targetType"]) == ("TCP", 443, "ip")
+    assert targets["preserveClientIp"] == "true"
+    drain = container(stack)["command"]
+    assert targets["deregistrationDelay"] >= int(drain[drain.index("--drain-timeout") + 1].rstrip("s"))
+    assert targets["healthCheck"]["protocol"] == "TCP" and targets["healthCheck"]["port"] == "traffic-port"
+    listener = stack.one("aws:lb/listener:Listener").inputs
+    assert (listener["protocol"], listener["port"]) == ("TCP", 443)  # TLS passes through: mTLS stays end to end
+    assert listener["defaultActions"] == [
+        {"type": "forward", "targetGroupArn": stack.one("aws:lb/targetGroup:TargetGroup").state["arn"]}
+    ]
+    service = stack.one("aws:ecs/service:Service").inputs
+    assert service["loadBalancers"] == [
+        {
+            "targetGroupArn": listener["defaultActions"][0]["targetGroupArn"],
+            "containerName": "server",
+            "containerPort": 443,
+        }
+    ]
+    assert (service["deploymentMinimumHealthyPercent"], service["deploymentMaximumPercent"]) == (100, 200)
+    name = balancer.state["dnsName"]
+    assert stack.outputs["endpoint"] == name
+    for function in stack.of_type("aws:lambda/function:Function"):
+        variables = function.inputs["environment"]["variables"]
+        assert variables["STABLE_ENDPOINT"] == name
+        assert variables["INGRESS_GROUP_ID"] == groups["fluidity-lb-sg"].id
+
+
+def test_max_tasks_scales_on_cpu_between_bounds_the_control_plane_moves(aws):
+    stack = synthesize({"stableEndpoint": "nlb", "maxTasks": "4"})
+    for index, resource in enumerate(stack.of_type("aws:iam/rolePolicy:RolePolicy")):
+        aws.client("iam").create_policy(PolicyName=f"scaled-{index}", PolicyDocument=resource.inputs["policy"])
+    target = stack.one("aws:appautoscaling/target:Target")
+    assert target.inputs["resourceId"] == "service/fluidity/fluidity-server"
+    assert (target.inputs["minCapacity"], target.inputs["maxCapacity"]) == (0, 4)
+    assert "minCapacity" in target.ignore_changes  # the control plane's: 1 while running, 0 to stop
+    policy = stack.one("aws:appautoscaling/policy:Policy").inputs
+    tracking = policy["targetTrackingScalingPolicyConfiguration"]
+    assert policy["policyType"] == "TargetTrackingScaling"
+    assert tracking["predefinedMetricSpecification"]["predefinedMetricType"] == "ECSServiceAverageCPUUtilization"
+    policies = {
+        r.name: json.loads(unwrap(r.inputs["policy"]))
+        for r in stack.of_type("aws:iam/rolePolicy:RolePolicy")
+        if r.name.startswith("fluidity-control-")
+    }
+    for role in ("wake", "kill", "sleep", "status"):
+        granted = {
+            a: s["Resource"] for s in _statements(policies[f"fluidity-control-{role}-policy"]) for a in s["Action"]
+        }
+        if role == "status":
+            assert "application-autoscaling:RegisterScalableTarget" not in granted
+        else:
+            assert granted["application-autoscaling:RegisterScalableTarget"] == target.state["arn"]
+    for function in stack.of_type("aws:lambda/function:Function"):
+        assert function.inputs["environment"]["variables"]["MAX_TASKS"] == "4"
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"maxTasks": "0"}, "fluidity:maxTasks must be between 1 and 10, got 0"),
+        ({"maxTasks": "two"}, "fluidity:maxTasks must be a whole number"),
+        ({"stableEndpoint": "alb"}, "fluidity:stableEndpoint must be one of none, nlb, got 'alb'"),
+        ({"maxTasks": "3"}, "set fluidity:stableEndpoint nlb"),
+        ({"maxTasks": "3", "stableEndpoint": "nlb", "desiredCount": "1"}, "remove fluidity:desiredCount"),
+        ({"stableEndpoint": "nlb", "vpcId": "vpc-1"}, "fluidity:publicSubnets is required"),
+    ],
+)
+def test_bad_endpoint_and_scaling_combinations_stop_before_anything_is_created(config, message):
+    with pytest.raises(pulumi.RunError) as raised:
+        synthesize(config)
+    assert message in str(raised.value)

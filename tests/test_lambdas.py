@@ -478,3 +478,71 @@ def test_wake_kill_and_sleep_log_their_decisions_for_the_dashboard(aws, caplog):
             decisions[role] = json.loads(payload)
     assert decisions["wake"]["action"] == "started" and decisions["kill"]["action"] == "stopped"
     assert decisions["sleep"]["action"] == "none" and aws.desired_count(service) == 0
+
+
+# -- a stable endpoint and more than one task (issue 29) ---------------------------------------
+
+
+def _bounds(aws) -> tuple[int, int]:
+    targets = aws.client("application-autoscaling").describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"]
+    assert [t["ResourceId"] for t in targets] == ["service/fluidity/fluidity-server"]
+    return targets[0]["MinCapacity"], targets[0]["MaxCapacity"]
+
+
+def test_behind_the_load_balancer_status_reports_its_name_as_the_endpoint(aws, monkeypatch):
+    monkeypatch.setenv("STABLE_ENDPOINT", "fluidity-server-0123.elb.eu-west-1.amazonaws.com")
+    service = aws.make_service(desired=1)
+    aws.reconcile(service)
+    code, body = call(status.handler, "GET", "/status")
+    assert (code, body["status"], body["endpoint"]) == (
+        200,
+        "running",
+        "fluidity-server-0123.elb.eu-west-1.amazonaws.com",
+    )
+    monkeypatch.delenv("STABLE_ENDPOINT")
+    assert call(status.handler, "GET", "/status")[1]["endpoint"] is None
+
+
+def test_with_scaling_wake_raises_the_lower_bound_to_one_and_every_stop_lowers_it_first(aws, monkeypatch):
+    """maxTasks 3: Application Auto Scaling moves the count between 1 and 3 while the server
+    runs; wake sets the lower bound to 1, sleep and kill set it to 0 before desiredCount 0,
+    and a wake while running changes nothing."""
+    monkeypatch.setenv("MAX_TASKS", "3")
+    service = aws.make_service(desired=0)
+    scaling = aws.client("application-autoscaling")
+    scaling.register_scalable_target(  # as the stack declares it
+        ServiceNamespace="ecs",
+        ResourceId="service/fluidity/fluidity-server",
+        ScalableDimension="ecs:service:DesiredCount",
+        MinCapacity=0,
+        MaxCapacity=3,
+    )
+    code, body = call(wake.handler, "POST", "/wake")
+    assert (code, body["desiredCount"], body["maxTasks"]) == (200, 1, 3)
+    assert _bounds(aws) == (1, 3)
+    aws.client("ecs").update_service(cluster="fluidity", service="fluidity-server", desiredCount=2)  # scaled out
+    aws.reconcile(service)
+    code, body = call(wake.handler, "POST", "/wake")
+    assert (code, body["desiredCount"], body["runningCount"]) == (200, 2, 2)  # a wake while running: nothing
+    code, body = call(kill.handler, "POST", "/kill")
+    assert (code, body["desiredCount"]) == (200, 0) and _bounds(aws) == (0, 3)
+    call(wake.handler, "POST", "/wake")
+    assert _bounds(aws) == (1, 3)
+    aws.reconcile(service)
+    decision = sleep.decide(
+        aws.client("ecs"), aws.client("cloudwatch"), from_env(), time.time() + 3600, aws.client("ec2")
+    )
+    assert decision["action"] == "stopped", decision
+    assert aws.desired_count(service) == 0 and _bounds(aws) == (0, 3)
+
+
+def test_sleep_stops_several_tasks_only_when_every_one_of_them_is_idle(aws):
+    """Each task reports under the same ServiceName: one task with an agent keeps them all."""
+    service = woken_service(aws)
+    now = time.time() + 6 * 60
+    stale = now - 3600
+    put_metrics(aws, active=0, last_activity=stale, when=now - 60)  # task 1: idle
+    put_metrics(aws, active=2, last_activity=stale, when=now - 60)  # task 2: two agents, quiet
+    decision = sleep.decide(aws.client("ecs"), aws.client("cloudwatch"), from_env(), now, aws.client("ec2"))
+    assert decision["action"] == "none" and "agent(s) connected" in decision["reason"], decision
+    assert aws.desired_count(service) == 1

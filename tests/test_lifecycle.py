@@ -433,3 +433,33 @@ def test_a_raw_ip_refusing_proxy_refuses_what_the_agent_would_dial_without_a_nam
             assert s.recv(100).startswith(b"HTTP/1.1 403"), "squid let a bare address through"
     finally:
         squid.stop()
+
+
+@pytest.mark.processes
+def test_behind_the_stacks_load_balancer_the_agent_dials_its_name_not_a_tasks_address(
+    aws, certs, tmp_path, http_origin
+):
+    """Issue 29: with stableEndpoint nlb the control plane reports the load balancer's DNS
+    name (`endpoint`) beside the task's address; the agent dials the name, which stays the
+    same whichever task answers ("localhost" stands in for it here)."""
+    world = World(aws, certs, tmp_path)
+    world.plane.stop()
+    world.plane = ControlPlaneProc(
+        aws,
+        tmp_path,
+        API_KEY,
+        {"CONTAINER_PORT": str(world.server_config["port"]), "STABLE_ENDPOINT": "localhost"},
+    )
+    try:
+        agent = start_twistd("agent", world.agent_config(), tmp_path)
+        try:
+            wait_connected(agent, 20)
+            assert health(agent)["server"] == f"localhost:{world.server_config['port']}"
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain")
+            assert result.returncode == 0 and b"http-origin" in result.stdout, result.stderr
+        finally:
+            assert agent.stop() == 0
+        assert f"server is running at localhost:{world.server_config['port']}" in agent.log()
+        agent.assert_no_unhandled_errors()
+    finally:
+        world.close()

@@ -214,10 +214,12 @@ def _open_to(aws, service, port: int) -> set[str]:
     return {r["CidrIp"] for p in group["IpPermissions"] if p.get("FromPort") == port for r in p.get("IpRanges", [])}
 
 
-def test_start_opens_the_port_to_the_operator_and_stop_closes_it(aws, tmp_path):
+@pytest.mark.parametrize("balanced", [False, True], ids=["task", "behind-nlb"])
+def test_start_opens_the_port_to_the_operator_and_stop_closes_it(aws, tmp_path, balanced):
+    """Behind the stack's load balancer (issue 29) the port opens on the balancer's group."""
     from aws import ControlPlaneProc
 
-    service = aws.make_service(desired=0, port=9443, wakers=True)
+    service = aws.make_service(desired=0, port=9443, wakers=True, balanced=balanced)
     plane = ControlPlaneProc(aws, tmp_path, extra_env={"CONTAINER_PORT": "9443"})
     scheduler = EcsScheduler(aws, service, start_delay=0.2)
     try:
@@ -255,3 +257,31 @@ def test_start_without_allow_ip_says_how_to_open_the_port(aws):
     assert done.returncode == 0 and "--allow-ip" in done.stdout
     bad = fluidity(aws, "start", "--timeout", "5", "--allow-ip", "not-an-ip")
     assert bad.returncode == 1 and "--allow-ip takes an IPv4 address or auto" in bad.stderr
+
+
+def test_start_and_stop_move_the_scaling_lower_bound_where_the_service_scales(aws, service):
+    """Issue 29: with maxTasks > 1 the operator's start and stop own the count the way the
+    control plane does: the lower bound to 1 before starting, to 0 before stopping."""
+    scaling = aws.client("application-autoscaling")
+    scaling.register_scalable_target(
+        ServiceNamespace="ecs",
+        ResourceId="service/fluidity/fluidity-server",
+        ScalableDimension="ecs:service:DesiredCount",
+        MinCapacity=0,
+        MaxCapacity=4,
+    )
+
+    def bounds():
+        target = scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"][0]
+        return target["MinCapacity"], target["MaxCapacity"]
+
+    scheduler = EcsScheduler(aws, service)
+    try:
+        done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "30")
+        assert done.returncode == 0, done.stderr
+        assert bounds() == (1, 4) and aws.desired_count(service) == 1
+        done = fluidity(aws, "stop", "--no-wait")
+        assert done.returncode == 0, done.stderr
+        assert bounds() == (0, 4) and aws.desired_count(service) == 0
+    finally:
+        scheduler.stop()

@@ -309,7 +309,9 @@ class ServerLocator:
 
 class ServerAddress(NamedTuple):
     """Where the control plane says the server is: its IP, its port, and its public DNS
-    name when the task has one ("" otherwise), for proxies that refuse raw addresses."""
+    name when the task has one ("" otherwise), for proxies that refuse raw addresses.
+    Behind the stack's load balancer (`endpoint`) the IP is that name too: it never
+    changes, whichever task answers."""
 
     ip: str
     port: int
@@ -318,6 +320,15 @@ class ServerAddress(NamedTuple):
 
 def _address(status: dict) -> ServerAddress | None:
     ip, port, name = status.get("publicIp"), status.get("port"), status.get("publicDnsName")
+    port = port if isinstance(port, int) and 0 < port < 65536 else SERVER_PORT
+    endpoint = status.get("endpoint")
+    if isinstance(endpoint, str) and endpoint and ":" not in endpoint:
+        try:
+            stable = check_host(endpoint)
+        except BadAddress:
+            stable = ""  # not a name: the task's own address, if any, still works
+        if stable:
+            return ServerAddress(stable, port, stable)
     if not isinstance(ip, str) or not ip:
         return None
     try:
@@ -328,4 +339,4 @@ def _address(status: dict) -> ServerAddress | None:
         name = check_host(name) if isinstance(name, str) and name and ":" not in name else ""
     except BadAddress:
         name = ""  # a name that is not one: the IP still works
-    return ServerAddress(ip, port if isinstance(port, int) and 0 < port < 65536 else SERVER_PORT, name)
+    return ServerAddress(ip, port, name)

@@ -117,6 +117,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
 
     price = rates.FARGATE[s.cpu_architecture]
     compute = hours * (s.cpu / 1024 * price["vcpu_hour"] + s.memory / 1024 * price["gb_hour"])
+    tasks = s.max_tasks  # scaled: one task at the least, maxTasks at the most
     if s.capacity == "FARGATE_SPOT":
         low, high = compute * (1 - rates.SPOT_DISCOUNT[1]), compute * (1 - rates.SPOT_DISCOUNT[0])
         note = (
@@ -126,10 +127,14 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     else:
         low = high = compute
         note = "on-demand"
+    high *= tasks
+    if tasks > 1:
+        note += f"; 1 to {tasks} tasks as Application Auto Scaling decides"
     run = est.running
     run.append(
         Line(
-            f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h",
+            f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h"
+            + (f", x1-{tasks} tasks" if tasks > 1 else ""),
             low,
             high,
             high,
@@ -137,7 +142,17 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         )
     )
     ipv4 = hours * rates.PUBLIC_IPV4_HOUR
-    run.append(Line("public IPv4 address while the task runs", ipv4, ipv4, ipv4, "$0.005 an hour"))
+    run.append(
+        Line(
+            "public IPv4 address while the task runs" if tasks == 1 else "public IPv4 address of each running task",
+            ipv4,
+            ipv4 * tasks,
+            ipv4 * tasks,
+            "$0.005 an hour",
+        )
+    )
+    if s.behind_nlb:
+        _load_balancer(est, s, hours)
     # ActiveConnections and LastActivityEpochSeconds; per-agent series are opt-in
     # (metrics.per_agent, one more series each) and the task does not turn them on.
     series = 2 + (u.agents if u.per_agent_series else 0)
@@ -245,6 +260,46 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est
+
+
+def _load_balancer(est: Estimate, s, hours: float) -> None:
+    """stableEndpoint nlb: billed every hour it exists, also while the tasks are stopped."""
+    month = rates.HOURS_PER_MONTH
+    subnets = len(s.public_subnets) if s.public_subnets else 3  # the default VPC: a subnet per zone, often 3
+    est.stopped.append(
+        Line(
+            "Network Load Balancer (stableEndpoint nlb)",
+            month * rates.NLB_HOUR,
+            month * rates.NLB_HOUR,
+            month * rates.NLB_HOUR,
+            "$0.0225 an hour, whether the tasks run or not",
+        )
+    )
+    ipv4 = month * subnets * rates.PUBLIC_IPV4_HOUR
+    est.stopped.append(
+        Line(
+            f"the load balancer's public IPv4 addresses: {subnets}",
+            ipv4,
+            ipv4,
+            ipv4,
+            "one per subnet" + ("" if s.public_subnets else " (assumed: the default VPC's, one per zone)"),
+        )
+    )
+    lcu = hours * rates.NLCU_HOUR
+    est.running.append(
+        Line(
+            f"load balancer capacity: 0-1 NLCU, {hours:g} h",
+            0.0,
+            lcu,
+            lcu,
+            "an NLCU is 1 GB an hour (or 800 new connections a second): one person stays under one",
+        )
+    )
+    always = month * (rates.NLB_HOUR + subnets * rates.PUBLIC_IPV4_HOUR)
+    est.warnings.append(
+        f"stableEndpoint nlb: the load balancer and its addresses cost about ${always:.2f} a month even while the "
+        "server is stopped; with stableEndpoint none (the default) there is no such line"
+    )
 
 
 def _images_kept() -> int:

@@ -19,7 +19,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdas import ecs_state, ingress
+from lambdas import ecs_state, ingress, scaling
 from lambdas.settings import Settings
 from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
 
@@ -77,6 +77,28 @@ def _clients(target: AwsTarget = AwsTarget()):
         ) from None
 
 
+def _session(target: AwsTarget):
+    """The operator's AWS session (after `_clients` has checked it can be made)."""
+    import boto3
+
+    return boto3.session.Session(profile_name=target.profile or None, region_name=target.resolved_region)
+
+
+def _set_desired(ecs, settings: Settings, count: int, target: AwsTarget) -> None:
+    """desiredCount as the control plane sets it: where Application Auto Scaling has the
+    service (maxTasks > 1), its lower bound moves too (1 to run, 0 to stop)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    autoscaling = _session(target).client("application-autoscaling")
+    try:
+        settings = dataclasses.replace(
+            settings, max_tasks=scaling.max_tasks_of(autoscaling, settings.cluster, settings.service)
+        )
+    except (ClientError, BotoCoreError):  # not allowed to look: one task, as before
+        pass
+    _aws_call(ecs_state.set_desired, ecs, settings, count, autoscaling=autoscaling)
+
+
 def _aws_call(fn, *args, **kwargs):
     """Run a boto3-using function, turning AWS failures into one readable line."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -129,10 +151,19 @@ def _progress_word(state: dict) -> str:
     return "waiting for ECS to place a task" if state["desiredCount"] else "no task"
 
 
-def _waker_ingress(ec2, service: dict, port: int):
-    """The server's security group when the control plane manages its port for wakers
-    (tagged so by the Pulumi program), else None (a fixed CIDR, or not ours)."""
+def _waker_ingress(ec2, service: dict, port: int, elbv2=None):
+    """The security group agents come in through, when the control plane manages its port
+    for wakers (tagged so by the Pulumi program), else None (a fixed CIDR, or not ours):
+    the task's own, or behind the stack's load balancer (stableEndpoint nlb) the balancer's."""
     groups = ((service.get("networkConfiguration") or {}).get("awsvpcConfiguration") or {}).get("securityGroups") or []
+    balanced = [b["targetGroupArn"] for b in service.get("loadBalancers") or [] if b.get("targetGroupArn")]
+    if balanced and elbv2 is not None:
+        target_groups = elbv2.describe_target_groups(TargetGroupArns=balanced[:1]).get("TargetGroups", [])
+        balancers = [arn for g in target_groups for arn in g.get("LoadBalancerArns", [])]
+        found = (
+            elbv2.describe_load_balancers(LoadBalancerArns=balancers[:1]).get("LoadBalancers", []) if balancers else []
+        )
+        groups = [g for b in found for g in b.get("SecurityGroups", [])]
     for group in ec2.describe_security_groups(GroupIds=groups[:1]).get("SecurityGroups", []) if groups else []:
         if any(t.get("Key") == ingress.INGRESS_TAG and t.get("Value") == "wakers" for t in group.get("Tags", [])):
             return ingress.IngressSettings(group_id=group["GroupId"], port=port)
@@ -168,7 +199,7 @@ def start(
     ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     settings = _with_task_port(ecs, settings, service)
-    wakers = _aws_call(_waker_ingress, ec2, service, settings.container_port)
+    wakers = _aws_call(_waker_ingress, ec2, service, settings.container_port, _session(aws).client("elbv2"))
     if wakers is not None and allow_ip:
         opened = _aws_call(ingress.allow, ec2, wakers, allow_ip, time.time())
         print(f"opened port {settings.container_port} to {opened['allowed']}", file=out, flush=True)
@@ -181,7 +212,7 @@ def start(
             flush=True,
         )
     if int(service.get("desiredCount", 0)) == 0:
-        _aws_call(ecs_state.set_desired, ecs, settings, 1)
+        _set_desired(ecs, settings, 1, aws)
         try:
             ecs_state.mark_woken(ecs, service)
         except Exception:
@@ -247,9 +278,10 @@ def stop(
     ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     if int(service.get("desiredCount", 0)) != 0:
-        _aws_call(ecs_state.set_desired, ecs, settings, 0)
+        _set_desired(ecs, settings, 0, aws)
     print(f"asked ECS to stop {settings.cluster}/{settings.service} (desiredCount 0)", file=out, flush=True)
-    wakers = _aws_call(_waker_ingress, ec2, service, _with_task_port(ecs, settings, service).container_port)
+    port = _with_task_port(ecs, settings, service).container_port
+    wakers = _aws_call(_waker_ingress, ec2, service, port, _session(aws).client("elbv2"))
     if wakers is not None:
         closed = _aws_call(ingress.close_all, ec2, wakers)
         print(f"closed the server's port to {closed} waker address(es)", file=out, flush=True)

@@ -31,6 +31,8 @@ LAMBDA_PER_MILLION = 0.20
 LAMBDA_GB_SECOND = 0.0000166667
 API_GATEWAY_REST_PER_MILLION = 3.50
 SCHEDULER_PER_MILLION = 1.00
+NLB_HOUR = 0.0225  # a Network Load Balancer, every hour it exists
+NLCU_HOUR = 0.006  # per NLCU-hour: the largest of 800 new TCP flows/s, 100,000 active flows, 1 GB processed an hour
 
 FREE_TIER = {  # per month; "12 months" ones only for a new account's first year
     "custom metrics": "10 metric series",
