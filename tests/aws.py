@@ -88,14 +88,16 @@ class MotoAws:
         self.server.stop()
 
     # -- ECS ---------------------------------------------------------------------------------
-    def set_health(self, service: Service, health: str) -> None:
-        """What ECS's health check concludes, on the service's running tasks (moto has no
-        health checks of its own: it reports every container HEALTHY)."""
+    def set_health(self, service: Service, health: str, task_arn: str | None = None) -> None:
+        """What ECS's health check concludes, on the service's running tasks (or the one
+        named): moto has no health checks of its own, it reports every container HEALTHY."""
         from moto.core import DEFAULT_ACCOUNT_ID
         from moto.ecs.models import ecs_backends
 
         tasks = ecs_backends[DEFAULT_ACCOUNT_ID][self.region].tasks.get(service.cluster, {})
         for task in tasks.values():
+            if task_arn is not None and task.task_arn != task_arn:
+                continue
             for container in task.containers:
                 container.health_status = health
 

@@ -15,6 +15,13 @@ The container runs with `--network host` (the only network here reaches nothing 
 this machine); the one thing added to the declared command is `--egress-allow
 127.0.0.0/8`, because the rehearsal's origin is on loopback, which the server refuses by
 default.
+
+Behind the stack's load balancer (the declared service names a target group) ECS runs as
+many tasks as desiredCount says, each at an address of its own as its network interface
+would give it: 127.0.0.11, .12, ... (`--host` and FLUIDITY_HOST for its health check are
+then the other things added). ECS registers each running task with the target group and,
+before stopping one, deregisters it and waits the group's deregistration delay, as it does
+for a service with a load balancer.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import shlex
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -31,6 +39,21 @@ from aws import MotoAws, Service
 from moto_stack import Declared
 
 REHEARSAL_OVERRIDES = ["--egress-allow", "127.0.0.0/8"]
+
+
+@dataclass
+class Task:
+    """One running (or starting) task: its container, its ARN in moto, its own address."""
+
+    container: str
+    arn: str
+    address: str
+    port: int
+    health: str = "UNKNOWN"
+    registered: bool = False  # with the service's target group
+    logs: subprocess.Popen | None = None
+    log_thread: threading.Thread | None = None
+    lines: list[str] = field(default_factory=list)  # what the server logged
 
 
 def emf_metric_data(line: str) -> list[tuple[str, dict]]:
@@ -77,12 +100,11 @@ class Fargate:
             aws_session_token=execution_credentials["SessionToken"],
             region_name=aws.region,
         )
-        self.container: str | None = None
-        self.task_arn: str | None = None
+        balancers = service.inputs.get("loadBalancers") or []
+        self.target_group = balancers[0]["targetGroupArn"] if balancers else None
+        self.tasks: list[Task] = []  # running or starting, oldest first
         self.starts = 0
         self.metrics_put = 0
-        self.health = "UNKNOWN"
-        self._logs: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.errors: list[str] = []
@@ -103,12 +125,27 @@ class Fargate:
                 "services"
             ][0]
             desired = service["desiredCount"]
-            if desired >= 1 and self.container is None:
+            if len(self.tasks) < desired and (self.target_group or not self.tasks):
                 self._launch(service["taskDefinition"])
-            elif self.container is not None and desired == 0:
-                self._stop_task("Scaling activity initiated by (service fluidity)")
-            elif self.container is not None:
-                self._follow_health()
+            elif len(self.tasks) > desired:
+                self._stop_task(self.tasks[-1], "Scaling activity initiated by (service fluidity)")
+            for task in list(self.tasks):
+                self._follow_health(task)
+
+    # The first task, as the single-task rehearsal looks at it.
+    @property
+    def container(self) -> str | None:
+        return self.tasks[0].container if self.tasks else None
+
+    @property
+    def health(self) -> str:
+        return self.tasks[0].health if self.tasks else "UNKNOWN"
+
+    def interrupt(self, task: Task) -> float:
+        """Stop one task as Spot or a new revision would, while desiredCount stays: ECS then
+        starts another. Returns when the container got SIGTERM (time.monotonic())."""
+        with self._lock:
+            return self._stop_task(task, "Task stopped: Spot interruption (rehearsal)")
 
     def _launch(self, task_definition_arn: str) -> None:
         ecs = self.aws.client("ecs")
@@ -126,6 +163,8 @@ class Fargate:
         port = container["portMappings"][0]["containerPort"]
         self.starts += 1
         name = f"fluidity-rehearsal-{self.starts}-{int(time.time())}"
+        # Its own address behind a load balancer (an ENI of its own); the host's otherwise.
+        address = f"127.0.0.{10 + self.starts}" if self.target_group else "127.0.0.1"
         args = [
             "docker",
             "run",
@@ -148,22 +187,24 @@ class Fargate:
         args += ["--health-retries", str(check["retries"]), "--health-start-period", f"{check['startPeriod']}s"]
         if container.get("user"):
             args += ["--user", container["user"]]
+        own_address = ["--host", address] if self.target_group else []
+        if self.target_group:
+            env["FLUIDITY_HOST"] = address
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
-        args += [self.image, *container.get("command", []), *REHEARSAL_OVERRIDES]
+        args += [self.image, *container.get("command", []), *REHEARSAL_OVERRIDES, *own_address]
         subprocess.run(args, check=True, capture_output=True, timeout=60)
-        self.container = name
-        self.events("container started", f"{name}, port {port}")
-        task = self.aws.start_task(self.service, public_ip="127.0.0.1", task_definition=task_definition_arn)
-        self.task_arn = task["taskArn"]
-        self.health = "UNKNOWN"
-        self.aws.set_health(self.service, "UNKNOWN")
-        self._follow_logs(container["logConfiguration"], self.task_arn.rsplit("/", 1)[-1])
+        self.events("container started", f"{name}, {address}:{port}")
+        arn = self.aws.start_task(self.service, public_ip=address, task_definition=task_definition_arn)["taskArn"]
+        task = Task(name, arn, address, port)
+        self.tasks.append(task)
+        self.aws.set_health(self.service, "UNKNOWN", task_arn=arn)
+        self._follow_logs(task, container["logConfiguration"])
 
     def container_uid(self) -> str:
         """Who the server runs as: the image's USER, unless the task definition names one."""
         return subprocess.run(
-            ["docker", "exec", self.container, "id", "-u"], capture_output=True, text=True, timeout=30
+            ["docker", "exec", str(self.container), "id", "-u"], capture_output=True, text=True, timeout=30
         ).stdout.strip()
 
     def _secrets(self, secrets: list[dict]) -> dict[str, str]:
@@ -176,68 +217,87 @@ class Fargate:
         by_arn = {p["ARN"]: p["Value"] for p in answer["Parameters"]}
         return {s["name"]: by_arn[s["valueFrom"]] for s in secrets}
 
-    def _follow_health(self) -> None:
+    def _follow_health(self, task: Task) -> None:
         state = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Running}} {{.State.Health.Status}}", self.container],
+            ["docker", "inspect", "-f", "{{.State.Running}} {{.State.Health.Status}}", task.container],
             capture_output=True,
             text=True,
             timeout=30,
         ).stdout.split()
         if not state or state[0] != "true":
-            self.events("container exited", self.container)
-            self._stop_task("Essential container in task exited")
+            self.events("container exited", task.container)
+            self._stop_task(task, "Essential container in task exited")
             return
         health = {"healthy": "HEALTHY", "unhealthy": "UNHEALTHY"}.get(state[1], "UNKNOWN")
-        if health != self.health:
-            self.health = health
-            self.aws.set_health(self.service, health)
-            self.events(f"task {health.lower()}", "Docker ran the declared health check")
+        if health != task.health:
+            task.health = health
+            self.aws.set_health(self.service, health, task_arn=task.arn)
+            self.events(f"task {health.lower()}", f"{task.container}: Docker ran the declared health check")
+            if health == "HEALTHY" and self.target_group and not task.registered:
+                self.aws.client("elbv2").register_targets(
+                    TargetGroupArn=self.target_group, Targets=[{"Id": task.address, "Port": task.port}]
+                )
+                task.registered = True
+                self.events("target registered", f"{task.address}:{task.port}")
 
-    def _stop_task(self, reason: str) -> None:
-        if self.container is not None:
-            started = time.monotonic()
-            subprocess.run(["docker", "stop", self.container], capture_output=True, timeout=120)
-            code = subprocess.run(
-                ["docker", "inspect", "-f", "{{.State.ExitCode}}", self.container],
-                capture_output=True,
-                text=True,
-                timeout=30,
-            ).stdout.strip()
-            self.events("container stopped", f"exit {code} after {time.monotonic() - started:.1f}s")
-            self._drain_logs()
-            subprocess.run(["docker", "rm", "-f", self.container], capture_output=True, timeout=60)
-            self.container = None
-        if self.task_arn is not None:
-            self.aws.client("ecs").stop_task(cluster=self.cluster_arn, task=self.task_arn, reason=reason)
-            self.task_arn = None
+    def _stop_task(self, task: Task, reason: str) -> float:
+        if task.registered and self.target_group:
+            elbv2 = self.aws.client("elbv2")
+            elbv2.deregister_targets(
+                TargetGroupArn=self.target_group, Targets=[{"Id": task.address, "Port": task.port}]
+            )
+            task.registered = False
+            attributes = elbv2.describe_target_group_attributes(TargetGroupArn=self.target_group)["Attributes"]
+            delay = next(int(a["Value"]) for a in attributes if a["Key"] == "deregistration_delay.timeout_seconds")
+            self.events("target deregistered", f"{task.address}: draining for {delay}s before the task stops")
+            time.sleep(delay)
+        started = time.monotonic()
+        subprocess.run(["docker", "stop", task.container], capture_output=True, timeout=120)
+        code = subprocess.run(
+            ["docker", "inspect", "-f", "{{.State.ExitCode}}", task.container],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        self.events("container stopped", f"{task.container}: exit {code} after {time.monotonic() - started:.1f}s")
+        self._drain_logs(task)
+        subprocess.run(["docker", "rm", "-f", task.container], capture_output=True, timeout=60)
+        self.aws.client("ecs").stop_task(cluster=self.cluster_arn, task=task.arn, reason=reason)
+        if task in self.tasks:
+            self.tasks.remove(task)
+        return started
 
     # -- the awslogs driver and CloudWatch Logs' metric extraction ------------------------
-    def _follow_logs(self, configuration: dict, task_id: str) -> None:
+    def _follow_logs(self, task: Task, configuration: dict) -> None:
         assert configuration["logDriver"] == "awslogs"
         options = configuration["options"]
         assert options["awslogs-region"] == self.aws.region, (
             f"logs go to {options['awslogs-region']}, the stack is in {self.aws.region}"
         )
-        self._group, self._stream = options["awslogs-group"], f"{options['awslogs-stream-prefix']}/server/{task_id}"
-        self._logs_client = self.execution.client("logs", endpoint_url=self.aws.url)
-        self._logs_client.create_log_stream(logGroupName=self._group, logStreamName=self._stream)
-        self._logs = subprocess.Popen(
-            ["docker", "logs", "-f", self.container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        group = options["awslogs-group"]
+        stream = f"{options['awslogs-stream-prefix']}/server/{task.arn.rsplit('/', 1)[-1]}"
+        client = self.execution.client("logs", endpoint_url=self.aws.url)
+        client.create_log_stream(logGroupName=group, logStreamName=stream)
+        task.logs = subprocess.Popen(
+            ["docker", "logs", "-f", task.container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        self._log_thread = threading.Thread(target=self._ship_logs, args=(self._logs,), daemon=True)
-        self._log_thread.start()
+        task.log_thread = threading.Thread(target=self._ship_logs, args=(task, client, group, stream), daemon=True)
+        task.log_thread.start()
 
-    def _ship_logs(self, process: subprocess.Popen) -> None:
+    def _ship_logs(self, task: Task, client, group: str, stream: str) -> None:
         cloudwatch = self.aws.client("cloudwatch")
-        with open(self.workdir / "server-container.log", "ab") as copy:
-            for raw in process.stdout:
+        assert task.logs is not None and task.logs.stdout is not None
+        copy_name = "server-container.log" if not self.target_group else f"server-{task.container}.log"
+        with open(self.workdir / copy_name, "ab") as copy:
+            for raw in task.logs.stdout:
                 copy.write(raw)
                 copy.flush()
                 line = raw.decode(errors="replace").rstrip("\n")
+                task.lines.append(line)
                 try:
-                    self._logs_client.put_log_events(
-                        logGroupName=self._group,
-                        logStreamName=self._stream,
+                    client.put_log_events(
+                        logGroupName=group,
+                        logStreamName=stream,
                         logEvents=[{"timestamp": int(time.time() * 1000), "message": line}],
                     )
                     for namespace, datum in emf_metric_data(line):
@@ -246,17 +306,20 @@ class Fargate:
                 except Exception as e:
                     self.errors.append(f"shipping logs: {type(e).__name__}: {e}")
 
-    def _drain_logs(self) -> None:
-        if self._logs is not None:
+    def _drain_logs(self, task: Task) -> None:
+        if task.logs is not None:
             try:
-                self._logs.wait(10)
-                self._log_thread.join(10)
+                task.logs.wait(10)
+                if task.log_thread is not None:
+                    task.log_thread.join(10)
             except subprocess.TimeoutExpired:
-                self._logs.kill()
-            self._logs = None
+                task.logs.kill()
+            task.logs = None
 
     def stop(self) -> None:
         self._stop.set()
         self.thread.join(10)
         with self._lock:
-            self._stop_task("rehearsal over")
+            for task in list(self.tasks):
+                task.registered = False  # the rehearsal is over: no draining wait
+                self._stop_task(task, "rehearsal over")

@@ -67,8 +67,9 @@ def _port_free(port: int) -> bool:
 
 
 @pytest.fixture
-def cloud(tmp_path):
-    """Everything up to (not including) the agent; torn down whatever happens."""
+def cloud(tmp_path, request):
+    """Everything up to (not including) the agent; torn down whatever happens. A test may
+    give stack keys of its own (indirect parametrisation)."""
     from aws import MotoAws
     from control_front import ApiGateway, LambdaRuntime, Scheduler
     from fargate import Fargate
@@ -92,7 +93,7 @@ def cloud(tmp_path):
             key: Path(certs.path(name)).read_text()
             for key, name in (("serverCert", "server.pem"), ("serverKey", "server.key"), ("caCert", "ca.pem"))
         }
-        deployment = deploy(aws, stack_config(), pem, image_id)
+        deployment = deploy(aws, stack_config() | getattr(request, "param", {}), pem, image_id)
         declared, credentials = deployment.declared, deployment.credentials
         timeline("stack declared and created in moto", f"{len(declared.resources)} resources; IAM enforced from here")
         task_definition = declared.one("aws:ecs/taskDefinition:TaskDefinition")
@@ -294,3 +295,116 @@ def poll_sleep(cloud, seconds: float) -> dict:
             return decision
         assert time.monotonic() < deadline, f"still running after {seconds}s: {decision}"
         time.sleep(10)
+
+
+# -- a stable endpoint and two tasks (issue 29) -------------------------------------------------
+
+
+def owned_by(cloud, task) -> bool:
+    """Whether the agent's tunnel connection is on this task (its server said so in its log)."""
+    return any("agent " in line and "connected (h2)" in line for line in task.lines)
+
+
+@pytest.mark.parametrize("cloud", [{"stableEndpoint": "nlb", "maxTasks": "2"}], indirect=True)
+def test_two_tasks_behind_the_load_balancer(cloud, tmp_path):
+    """The declared Network Load Balancer reproduced by a real HAProxy in front of two server
+    containers started as the task definition says; an agent configured from the stack's
+    outputs dials the balancer's name. The task carrying the agent is stopped mid-use (as a
+    Spot interruption or a new revision would): the agent follows its GOAWAY to the other
+    task through the same name, and local clients wait at most tunnel_wait. Sleep then
+    stops both tasks once nobody uses them."""
+    import threading
+
+    from nlb import LoadBalancer
+
+    t = cloud.timeline
+    outputs, certs = cloud.outputs, cloud.certs
+    balancer = LoadBalancer(cloud.aws, cloud.declared, tmp_path, t)
+    assert outputs["endpoint"] == balancer.dns_name
+    context, origin_ca = https_context(tmp_path / "origin")
+    origin = Origin("rehearsal-origin", context)
+    url = f"https://127.0.0.1:{origin.port}/bytes/20000"
+    tunnel_wait = 10.0
+    agent_config = {
+        "proxy_port": free_port(),
+        "cert_file": certs.path("client.pem"),
+        "key_file": certs.path("client.key"),
+        "ca_file": certs.path("ca.pem"),
+        "tunnel_wait": f"{tunnel_wait:g}s",
+        "lifecycle": {
+            "wake_endpoint": cloud.gateway.local(outputs["wakeUrl"]),
+            "status_endpoint": cloud.gateway.local(outputs["statusUrl"]),
+            "kill_endpoint": cloud.gateway.local(outputs["killUrl"]),
+            "api_key": outputs["apiKey"],
+        },
+    }
+    # The laptop resolves the balancer's name to the balancer (a hosts file of its own).
+    resolves = ("unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(balancer.hosts_file()))
+    agent = start_twistd("agent", agent_config, tmp_path, prefix=resolves)
+    proxy = f"http://127.0.0.1:{agent_config['proxy_port']}"
+    scaling = cloud.aws.client("application-autoscaling")
+
+    def bounds():
+        target = scaling.describe_scalable_targets(ServiceNamespace="ecs")["ScalableTargets"][0]
+        return target["MinCapacity"], target["MaxCapacity"]
+
+    try:
+        until(cloud, lambda: wake_calls(cloud), 30, 0.2)
+        t("woken", f"scaling bounds {bounds()}")
+        assert bounds() == (1, 2)
+        got = curl("-sS", "--max-time", "150", "--cacert", origin_ca, "-x", proxy, url, timeout=160)
+        assert got.returncode == 0 and len(got.stdout) == 20000, got.stderr + agent.log()[-3000:].encode()
+        assert f"server is running at {balancer.dns_name}" in agent.log()
+        t("first byte through the balancer's name", balancer.dns_name)
+
+        # Application Auto Scaling's part: the tasks' CPU asked for a second one.
+        cloud.aws.client("ecs").update_service(
+            cluster=outputs["clusterName"], service=outputs["serviceName"], desiredCount=2
+        )
+        until(cloud, lambda: balancer.targets is not None and len(balancer.targets) == 2, 120)
+        t("two tasks behind the balancer", ", ".join(task.address for task in cloud.fargate.tasks))
+        carrying = next(task for task in cloud.fargate.tasks if owned_by(cloud, task))
+
+        results: list[tuple[float, float, bool]] = []  # (started, seconds, carried)
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                began = time.monotonic()
+                done = curl("-sS", "--max-time", "60", "--cacert", origin_ca, "-x", proxy, url, timeout=70)
+                results.append((began, time.monotonic() - began, done.returncode == 0 and len(done.stdout) == 20000))
+                time.sleep(0.2)
+
+        clients = threading.Thread(target=client, daemon=True)
+        clients.start()
+        sigterm = cloud.fargate.interrupt(carrying)  # deregistered, drained, then SIGTERM
+        t("task carrying the agent stopped", f"{carrying.address}: SIGTERM after its deregistration delay")
+        moved = until(cloud, lambda: next((b for b, _, ok in results if ok and b > sigterm), None), 60, 0.2)
+        time.sleep(3)
+        stop.set()
+        clients.join(90)
+        after = [r for r in results if r[0] >= sigterm - 1]
+        assert results and all(ok for _, _, ok in results), [r for r in results if not r[2]]
+        slowest = max(seconds for _, seconds, _ in after)
+        t(
+            "agent moved to the other task",
+            f"first request carried {moved - sigterm:.2f}s after SIGTERM; slowest request meanwhile {slowest:.2f}s "
+            f"(tunnel_wait {tunnel_wait:g}s); {len(results)} requests, none failed",
+        )
+        assert slowest <= tunnel_wait + 5
+        assert "is draining this connection; opening a new one" in agent.log(), agent.log()[-3000:]
+
+        os.kill(agent.process.pid, signal.SIGSTOP)
+        t("agent gone", "SIGSTOP")
+        decision = poll_sleep(cloud, seconds=300)
+        t("slept", decision["reason"])
+        until(cloud, lambda: cloud.fargate.tasks == [], 120)
+        assert bounds() == (0, 2)
+        t("every task stopped", f"scaling bounds {bounds()}")
+        assert cloud.fargate.errors == [] and balancer.errors == [], (cloud.fargate.errors, balancer.errors)
+    finally:
+        if agent.process.poll() is None:
+            os.kill(agent.process.pid, signal.SIGCONT)
+            agent.stop()
+        balancer.stop()
+        origin.close()
