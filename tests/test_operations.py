@@ -285,3 +285,19 @@ def test_start_and_stop_move_the_scaling_lower_bound_where_the_service_scales(aw
         assert bounds() == (0, 4) and aws.desired_count(service) == 0
     finally:
         scheduler.stop()
+
+
+def test_behind_the_load_balancer_start_gives_its_name_not_a_tasks_address(aws, tmp_path):
+    """Issue 29: the agent config gets the balancer's DNS name, the same at every start."""
+    service = aws.make_service(desired=0, port=9443, balanced=True)
+    name = aws.client("elbv2").describe_load_balancers()["LoadBalancers"][0]["DNSName"]
+    config = tmp_path / "agent.yaml"
+    config.write_text('server_ip: ""\n')
+    scheduler = EcsScheduler(aws, service, start_delay=0)
+    try:
+        done = fluidity(aws, "start", "--poll-interval", "0.2", "--timeout", "30", "--write-config", str(config))
+    finally:
+        scheduler.stop()
+    assert done.returncode == 0, done.stderr
+    assert f"The server is running at {name}:9443 (the stack's load balancer" in done.stdout
+    assert config.read_text() == f"server_ip: {name}\n"

@@ -151,19 +151,25 @@ def _progress_word(state: dict) -> str:
     return "waiting for ECS to place a task" if state["desiredCount"] else "no task"
 
 
+def _balancer(service: dict, elbv2) -> dict | None:
+    """The load balancer in front of the service (stableEndpoint nlb), as elbv2 describes it."""
+    balanced = [b["targetGroupArn"] for b in service.get("loadBalancers") or [] if b.get("targetGroupArn")]
+    if not balanced or elbv2 is None:
+        return None
+    target_groups = elbv2.describe_target_groups(TargetGroupArns=balanced[:1]).get("TargetGroups", [])
+    arns = [arn for g in target_groups for arn in g.get("LoadBalancerArns", [])]
+    found = elbv2.describe_load_balancers(LoadBalancerArns=arns[:1]).get("LoadBalancers", []) if arns else []
+    return found[0] if found else None
+
+
 def _waker_ingress(ec2, service: dict, port: int, elbv2=None):
     """The security group agents come in through, when the control plane manages its port
     for wakers (tagged so by the Pulumi program), else None (a fixed CIDR, or not ours):
     the task's own, or behind the stack's load balancer (stableEndpoint nlb) the balancer's."""
     groups = ((service.get("networkConfiguration") or {}).get("awsvpcConfiguration") or {}).get("securityGroups") or []
-    balanced = [b["targetGroupArn"] for b in service.get("loadBalancers") or [] if b.get("targetGroupArn")]
-    if balanced and elbv2 is not None:
-        target_groups = elbv2.describe_target_groups(TargetGroupArns=balanced[:1]).get("TargetGroups", [])
-        balancers = [arn for g in target_groups for arn in g.get("LoadBalancerArns", [])]
-        found = (
-            elbv2.describe_load_balancers(LoadBalancerArns=balancers[:1]).get("LoadBalancers", []) if balancers else []
-        )
-        groups = [g for b in found for g in b.get("SecurityGroups", [])]
+    balancer = _balancer(service, elbv2)
+    if balancer is not None:
+        groups = balancer.get("SecurityGroups", [])
     for group in ec2.describe_security_groups(GroupIds=groups[:1]).get("SecurityGroups", []) if groups else []:
         if any(t.get("Key") == ingress.INGRESS_TAG and t.get("Value") == "wakers" for t in group.get("Tags", [])):
             return ingress.IngressSettings(group_id=group["GroupId"], port=port)
@@ -199,7 +205,11 @@ def start(
     ecs, ec2, _ = _clients(aws)
     service = _aws_call(ecs_state.describe_service, ecs, settings)
     settings = _with_task_port(ecs, settings, service)
-    wakers = _aws_call(_waker_ingress, ec2, service, settings.container_port, _session(aws).client("elbv2"))
+    elbv2 = _session(aws).client("elbv2")
+    wakers = _aws_call(_waker_ingress, ec2, service, settings.container_port, elbv2)
+    balancer = _aws_call(_balancer, service, elbv2)
+    if balancer is not None:  # agents dial its name, which stays the same at every start
+        settings = dataclasses.replace(settings, stable_endpoint=balancer["DNSName"])
     if wakers is not None and allow_ip:
         opened = _aws_call(ingress.allow, ec2, wakers, allow_ip, time.time())
         print(f"opened port {settings.container_port} to {opened['allowed']}", file=out, flush=True)
@@ -232,7 +242,7 @@ def start(
         if word != shown:
             print(f"  [{round(time.monotonic() - began):>3}s] {word}", file=out, flush=True)
             shown = word
-        if state["status"] == "running" and state["publicIp"]:
+        if state["status"] == "running" and (state["publicIp"] or state.get("endpoint")):
             break
         if time.monotonic() - began >= timeout:
             stuck = state["taskStatus"] or "no task placed"
@@ -250,6 +260,8 @@ def start(
         if state.get("publicDnsName")
         else ""
     )
+    if state.get("endpoint"):
+        ip, named = state["endpoint"], " (the stack's load balancer: the name stays the same at every start)"
     print(f"\nThe server is running at {ip}:{port}{named}.", file=out)
     if write_config:
         set_server_ip(Path(write_config), ip)
