@@ -44,6 +44,12 @@ class FluidityServiceArgs:
     build_context: str = "."  # the repository: its Dockerfile builds the server image
 
 
+def balancer_name(service_name: str) -> str:
+    """A load balancer's or target group's name: at most 32 letters, digits and hyphens,
+    no hyphen at either end (a service name may also hold underscores)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", service_name)[:32].strip("-") or "fluidity"
+
+
 def pinned_image(repository_url: str, digest: str | None) -> str:
     """`repository@sha256:...`: a new image is a new task definition revision, and ECS
     runs exactly what was built (a tag is resolved once per deployment)."""
@@ -359,7 +365,7 @@ class FluidityService(pulumi.ComponentResource):
         TLS stays end to end), client addresses preserved, targets the tasks' own IPs."""
         self.load_balancer = aws.lb.LoadBalancer(
             f"{name}-nlb",
-            name=f"{s.service_name}"[:32],
+            name=balancer_name(s.service_name),
             load_balancer_type="network",
             internal=False,
             subnets=args.subnet_ids,
@@ -369,7 +375,7 @@ class FluidityService(pulumi.ComponentResource):
         )
         self.target_group = aws.lb.TargetGroup(
             f"{name}-targets",
-            name=f"{s.service_name}"[:32],
+            name=balancer_name(s.service_name),
             port=s.container_port,
             protocol="TCP",
             target_type="ip",

@@ -722,3 +722,10 @@ def test_bad_endpoint_and_scaling_combinations_stop_before_anything_is_created(c
     with pytest.raises(pulumi.RunError) as raised:
         synthesize(config)
     assert message in str(raised.value)
+
+
+def test_the_balancers_name_is_one_elbv2_accepts_whatever_the_service_is_called():
+    stack = synthesize({"stableEndpoint": "nlb", "serviceName": "my_fluidity_server_for_the_whole_family_2026"})
+    for kind in ("aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup"):
+        name = stack.one(kind).inputs["name"]
+        assert name == "my-fluidity-server-for-the-whole" and len(name) <= 32

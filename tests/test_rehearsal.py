@@ -132,6 +132,9 @@ def cloud(tmp_path, request):
         ).stdout.split()
         if leftover:
             subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
+        from moto_stack import enforce_iam
+
+        enforce_iam(aws, False)  # moto's setting, for this whole process: the next rehearsal starts without it
         aws.stop()
 
 
