@@ -729,3 +729,14 @@ def test_the_balancers_name_is_one_elbv2_accepts_whatever_the_service_is_called(
     for kind in ("aws:lb/loadBalancer:LoadBalancer", "aws:lb/targetGroup:TargetGroup"):
         name = stack.one(kind).inputs["name"]
         assert name == "my-fluidity-server-for-the-whole" and len(name) <= 32
+
+
+def test_behind_the_nlb_a_fixed_cidr_goes_on_the_balancers_group():
+    stack = synthesize({"stableEndpoint": "nlb", "allowedIngressCidr": "203.0.113.0/24"})
+    groups = {g.name: g for g in stack.of_type("aws:ec2/securityGroup:SecurityGroup")}
+    balancer = groups["fluidity-lb-sg"]
+    assert [(r["fromPort"], r["cidrBlocks"]) for r in balancer.inputs["ingress"]] == [(443, ["203.0.113.0/24"])]
+    assert balancer.inputs["tags"] == {"fluidity:ingress": "cidr"}
+    assert [r.get("cidrBlocks") for r in groups["fluidity-sg"].inputs["ingress"]] == [None]  # only the balancer
+    for function in stack.of_type("aws:lambda/function:Function"):
+        assert "INGRESS_GROUP_ID" not in function.inputs["environment"]["variables"]
