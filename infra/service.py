@@ -44,6 +44,13 @@ class FluidityServiceArgs:
     build_context: str = "."  # the repository: its Dockerfile builds the server image
 
 
+def _server_port(s: StackSettings, description: str, **source: Any) -> aws.ec2.SecurityGroupIngressArgs:
+    """An inbound rule for the server's port from `source` (addresses or a security group)."""
+    return aws.ec2.SecurityGroupIngressArgs(
+        protocol="tcp", from_port=s.container_port, to_port=s.container_port, description=description, **source
+    )
+
+
 def balancer_name(service_name: str) -> str:
     """A load balancer's or target group's name: at most 32 letters, digits and hyphens,
     no hyphen at either end (a service name may also hold underscores)."""
@@ -204,12 +211,10 @@ class FluidityService(pulumi.ComponentResource):
                 child,
                 description=f"Fluidity server: {s.container_port}/tcp from its load balancer",
                 ingress=[
-                    aws.ec2.SecurityGroupIngressArgs(
-                        protocol="tcp",
-                        from_port=s.container_port,
-                        to_port=s.container_port,
+                    _server_port(
+                        s,
+                        "agents and health checks, through the load balancer",
                         security_groups=[self.ingress_group.id],
-                        description="agents and health checks, through the load balancer",
                     )
                 ],
             )
@@ -346,15 +351,7 @@ class FluidityService(pulumi.ComponentResource):
             vpc_id,
             pulumi.ResourceOptions(parent=self),
             description=f"Fluidity {what}: {s.container_port}/tcp from {s.allowed_ingress_cidr}",
-            ingress=[
-                aws.ec2.SecurityGroupIngressArgs(
-                    protocol="tcp",
-                    from_port=s.container_port,
-                    to_port=s.container_port,
-                    cidr_blocks=[s.allowed_ingress_cidr],
-                    description="agents (mTLS)",
-                )
-            ],
+            ingress=[_server_port(s, "agents (mTLS)", cidr_blocks=[s.allowed_ingress_cidr])],
             tags=tags,
         )
 

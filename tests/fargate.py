@@ -84,6 +84,12 @@ def emf_metric_data(line: str) -> list[tuple[str, dict]]:
     return data
 
 
+def _inspect(container: str, template: str) -> str:
+    return subprocess.run(
+        ["docker", "inspect", "-f", template, container], capture_output=True, text=True, timeout=30
+    ).stdout
+
+
 class Fargate:
     def __init__(
         self, aws: MotoAws, declared: Declared, image: str, execution_credentials: dict, workdir: Path, events
@@ -218,12 +224,7 @@ class Fargate:
         return {s["name"]: by_arn[s["valueFrom"]] for s in secrets}
 
     def _follow_health(self, task: Task) -> None:
-        state = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.Running}} {{.State.Health.Status}}", task.container],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
+        state = _inspect(task.container, "{{.State.Running}} {{.State.Health.Status}}").split()
         if not state or state[0] != "true":
             self.events("container exited", task.container)
             self._stop_task(task, "Essential container in task exited")
@@ -253,12 +254,7 @@ class Fargate:
             time.sleep(delay)
         started = time.monotonic()
         subprocess.run(["docker", "stop", task.container], capture_output=True, timeout=120)
-        code = subprocess.run(
-            ["docker", "inspect", "-f", "{{.State.ExitCode}}", task.container],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.strip()
+        code = _inspect(task.container, "{{.State.ExitCode}}").strip()
         self.events("container stopped", f"{task.container}: exit {code} after {time.monotonic() - started:.1f}s")
         self._drain_logs(task)
         subprocess.run(["docker", "rm", "-f", task.container], capture_output=True, timeout=60)
