@@ -120,22 +120,79 @@ def test_bytes_wait_for_the_window_and_go_once_the_agent_has_taken_what_it_got()
     assert any(isinstance(e, core.SendUnblocked) for e in p.events["server"])
 
 
-def test_a_ping_flood_ends_the_connection_with_enhance_your_calm():
+CONNECT = [(":method", "CONNECT"), (":authority", "example.test:443")]
+
+
+def _open(flooder) -> int:
+    sid = flooder.get_next_available_stream_id()
+    flooder.send_headers(sid, CONNECT)
+    return sid
+
+
+def _reset(flooder) -> None:
+    flooder.reset_stream(_open(flooder))
+
+
+FLOODS = {  # one frame of each flood the core bounds, as an abusive peer sends it
+    "stream resets": _reset,  # Rapid Reset (CVE-2023-44487)
+    "SETTINGS frames": lambda flooder: flooder.update_settings({}),
+    "PING frames": lambda flooder: flooder.ping(b"12345678"),
+    "empty DATA frames": None,  # on one open stream, below
+    "WINDOW_UPDATE frames": lambda flooder: flooder.increment_flow_control_window(1),
+}
+
+
+@pytest.mark.parametrize("what", sorted(core.FLOOD_LIMITS))
+def test_a_flood_of_each_kind_ends_the_connection_with_enhance_your_calm_and_its_limit_does_not(what):
+    """Bytes in, no process: the limit itself is let through, one more frame within the
+    window ends the connection with GOAWAY(ENHANCE_YOUR_CALM), saying which flood."""
+    assert set(FLOODS) == set(core.FLOOD_LIMITS)
     flooder = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     flooder.initiate_connection()
     server = core.TunnelConnection(client_side=False)
     server.start(0.0)
     server.receive(flooder.data_to_send(), 0.0)
+    flooder.receive_data(server.data_to_send())
     events = server.events()
-    for n in range(core.FLOOD_LIMITS["PING frames"] + 1):
-        flooder.ping(n.to_bytes(8, "big"))
+    send = FLOODS[what]
+    if send is None:
+        sid = _open(flooder)
+
+        def send(flooder):
+            flooder.send_data(sid, b"")
+
+    def finished() -> list:
+        return [e for e in events if isinstance(e, core.Finished)]
+
+    already = 1 if what == "SETTINGS frames" else 0  # the preface's own SETTINGS frame counts
+    for _ in range(core.FLOOD_LIMITS[what] - already):
+        send(flooder)
         server.receive(flooder.data_to_send(), 1.0)
         events += server.events()
-    finished = [e for e in events if isinstance(e, core.Finished)]
-    assert finished and finished[0].alarming and "PING frames" in finished[0].reason
+        flooder.receive_data(server.data_to_send())
+    assert finished() == []  # the limit itself is an honest peer's worst case
+    send(flooder)
+    server.receive(flooder.data_to_send(), 1.0)
+    events += server.events()
+    [ended] = finished()
+    assert ended.alarming and what in ended.reason
     answer = flooder.receive_data(server.data_to_send())
     goaway = [e for e in answer if type(e).__name__ == "ConnectionTerminated"]
     assert goaway and goaway[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+
+
+def test_the_same_frames_spread_over_windows_are_no_flood():
+    flooder = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    flooder.initiate_connection()
+    server = core.TunnelConnection(client_side=False)
+    server.start(0.0)
+    server.receive(flooder.data_to_send(), 0.0)
+    limit = core.FLOOD_LIMITS["PING frames"]
+    for n in range(3 * limit):
+        flooder.ping(n.to_bytes(8, "big"))
+        server.receive(flooder.data_to_send(), 1.0 + n * (core.FLOOD_WINDOW / limit) * 1.01)
+        flooder.receive_data(server.data_to_send())
+        assert not [e for e in server.events() if isinstance(e, core.Finished)], n
 
 
 def test_a_ping_is_sent_on_time_and_an_unanswered_one_is_overdue():
