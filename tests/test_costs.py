@@ -196,3 +196,16 @@ def test_the_load_balancer_is_priced_in_the_stopped_month_and_extra_tasks_as_a_r
     assert stopped >= 730 * (0.0225 + 2 * 0.005)  # the stopped month carries the load balancer
     plain = estimate_for({}, costs.Usage(hours_per_month=40))
     assert not [line for line in plain.stopped + plain.running if "oad balancer" in line.item]
+
+
+@pytest.mark.processes
+def test_the_stopped_line_says_the_load_balancer_is_in_it(tmp_path):
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_text(
+        "config:\n  fluidity:stableEndpoint: nlb\n"
+        "  fluidity:publicSubnets: subnet-1,subnet-2\n  fluidity:vpcId: vpc-1\n"
+    )
+    done = subprocess.run([FLUIDITY, "cost", "--stack", str(stack)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    balancer = round(730 * (0.0225 + 2 * 0.005), 2)  # the balancer and its two addresses
+    assert f"of which the load balancer ${balancer:.2f} (billed while stopped)" in done.stdout, done.stdout

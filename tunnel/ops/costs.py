@@ -329,9 +329,17 @@ def render(est: Estimate, usage: Usage) -> str:
         out.append("")
     month = est.as_dict()["month_total"]
     stopped = est.as_dict()["stopped_total"]
+    balancer = [line for line in est.stopped if "load balancer" in line.item.lower()]
+    of_which = (
+        f", of which the load balancer {money(sum(x.high for x in balancer), sum(x.high for x in balancer))} "
+        "(billed while stopped)"
+        if balancer
+        else ""
+    )
     out.append(
         f"A month: {money(month['low'], month['high'])} at list price, {money(month['free'], month['free'])} after the "
-        f"free tiers; stopped: {money(stopped['low'], stopped['high'])} ({money(stopped['free'], stopped['free'])})."
+        f"free tiers; stopped: {money(stopped['low'], stopped['high'])} ({money(stopped['free'], stopped['free'])})"
+        f"{of_which}."
     )
     out += [f"note: {w}" for w in est.warnings]
     return "\n".join(out)
