@@ -156,3 +156,48 @@ def test_a_relay_end_passes_on_a_clean_end_as_a_close_and_an_abort_as_an_abort()
         end.attach(sink)
         end.connectionLost(reason)
         assert sink.aborted is aborted and sink.disconnecting is not aborted
+
+
+class CountingSocket(socket.socket):
+    """A real socket whose setsockopt calls are counted."""
+
+    calls: list
+
+    def setsockopt(self, *args) -> None:  # type: ignore[override]
+        self.calls.append(args)
+        super().setsockopt(*args)
+
+
+class ClosingTransport(SocketTransport):
+    """As a TCP transport: it may be closed or half-closed with no producer registered."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def loseWriteConnection(self) -> None:
+        pass
+
+
+def test_so_linger_is_set_only_when_it_changes():
+    """Issue 27, system calls per connection: a socket starts with a FIN on close, so only
+    arming changes it, and a half-close then a close disarm it once, not twice."""
+    from tunnel.wire.endings import arm
+
+    near, far = tcp_pair()
+    counting = CountingSocket(fileno=near.detach())
+    counting.calls = []
+    try:
+        endings = Endings(Clock())
+        endings.half_close(ClosingTransport(counting))  # never armed: nothing to undo
+        assert counting.calls == []
+        arm(ClosingTransport(counting))
+        arm(ClosingTransport(counting))
+        assert len(counting.calls) == 1
+        assert counting.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == struct.pack("ii", 1, 0)
+        endings.half_close(ClosingTransport(counting))
+        endings.close(ClosingTransport(counting))
+        assert len(counting.calls) == 2
+        assert counting.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) == struct.pack("ii", 0, 0)
+    finally:
+        counting.close()
+        far.close()

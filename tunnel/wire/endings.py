@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import weakref
 from typing import Any, Protocol
 
 try:  # POSIX: how much a socket still holds for its peer
@@ -69,13 +70,23 @@ _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 _FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 
 
+_ARMED: weakref.WeakSet[socket.socket] = weakref.WeakSet()  # sockets whose close would now reset
+
+
 def _set_linger(transport: Any, value: bytes) -> None:
+    """Set SO_LINGER only when it changes: a socket starts with a close that sends a FIN, and
+    a relayed connection is half-closed, then closed (one system call each saved)."""
     sock = socket_under(transport)
-    if sock is not None and sock.fileno() >= 0:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
-        except OSError:
-            pass
+    if sock is None or sock.fileno() < 0 or (value == _FIN_ON_CLOSE) == (sock not in _ARMED):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, value)
+    except OSError:
+        return
+    if value == _FIN_ON_CLOSE:
+        _ARMED.discard(sock)
+    else:
+        _ARMED.add(sock)
 
 
 def arm(transport: Any) -> None:
