@@ -43,6 +43,7 @@ class Producer:
 @pytest.fixture(params=["eager", "twisted"])
 def mode(request, monkeypatch):
     monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
+    monkeypatch.setattr(tcp.Connection, "loseWriteConnection", tcp.Connection.loseWriteConnection)
     if request.param == "eager":
         assert eager_write.install()
     return request.param
@@ -126,6 +127,40 @@ def test_a_write_to_a_reset_connection_is_reported_as_a_lost_connection(connecte
     while protocol.lost is None and time.monotonic() < deadline:
         reactor.iterate(0.01)
     assert protocol.lost is not None
+
+
+@pytest.mark.parametrize("producer", [False, True], ids=["no-producer", "streaming-producer"])
+def test_a_half_close_with_nothing_queued_is_on_the_wire_before_the_reactor_turns(connected, mode, producer):
+    """As a relay does it: the other side's stream still registered as the producer."""
+    _reactor, protocol, peer = connected
+    if producer:
+        protocol.transport.registerProducer(Producer(), True)
+    protocol.transport.write(b"last")
+    protocol.transport.loseWriteConnection()
+    peer.settimeout(0.3)
+    got = b""
+    try:
+        while chunk := peer.recv(16):
+            got += chunk
+        ended = True
+    except TimeoutError:
+        ended = False
+    # Twisted's own transport sends both a reactor turn later: the control case.
+    assert (got, ended) == ((b"last", True) if mode == "eager" else (b"", False))
+
+
+def test_a_half_close_waits_for_what_is_queued_and_the_peer_can_still_send(connected, mode):
+    reactor, protocol, peer = connected
+    transport = protocol.transport
+    transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    big = bytes(range(256)) * (8 << 10)  # 2 MiB: queued behind what the socket takes
+    transport.write(big)
+    transport.loseWriteConnection()
+    assert receive(reactor, peer, len(big) + 1) == big  # every byte, then the end
+    peer.sendall(b"still open this way")
+    for _ in range(20):
+        reactor.iterate(0.01)
+    assert protocol.lost is None  # half-closed, not closed: the other way still carries bytes
 
 
 def test_non_bytes_are_refused_as_twisted_does(connected, mode):
