@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_write, h2_speedups, logs, tls_batching
+from tunnel.wire import descriptors, eager_write, h2_speedups, heap, logs, tls_batching
 
 log = Logger(namespace="fluidity")
 
@@ -161,4 +161,5 @@ def _speed_up_writes() -> None:
 def prepare_process() -> None:
     """What every role does before building its services."""
     _speed_up_writes()
+    log.info("heap: {what}", what=heap.keep_freed_memory())
     use_the_descriptors_allowed()
