@@ -201,10 +201,11 @@ def test_the_agent_class_still_gathers_small_writes_for_a_reactor_turn(certs):
 def test_speedups_off_runs_every_library_as_shipped():
     """FLUIDITY_LIBRARY_SPEEDUPS=off: the baseline bench/compare.py measures against."""
     code = (
-        "import hyperframe.frame as f, twisted.internet.tcp as tcp; before = (f._raw_data_repr, tcp.Connection.write); "
+        "import hyperframe.frame as f, twisted.internet.tcp as tcp; "
+        "before = (f._raw_data_repr, tcp.Connection.write, tcp.BaseClient.doConnect); "
         "import tunnel.taps; tunnel.taps._speed_up_writes(); "
         "from tunnel.wire import tls_batching; "
-        "assert (f._raw_data_repr, tcp.Connection.write) == before, 'patched'; "
+        "assert (f._raw_data_repr, tcp.Connection.write, tcp.BaseClient.doConnect) == before, 'patched'; "
         "assert '_body_repr' not in vars(f.DataFrame), 'DATA repr patched'; "
         "assert not tls_batching.applies(), 'batching on'; print('as shipped')"
     )

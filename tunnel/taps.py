@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from typing import Any, ClassVar
 
 from twisted.application import service
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_write, h2_speedups, heap, logs, tls_batching
+from tunnel.wire import descriptors, eager_connect, eager_write, h2_speedups, heap, logs, tls_batching
 
 log = Logger(namespace="fluidity")
 
@@ -152,6 +153,8 @@ def _speed_up_writes() -> None:
         return
     if not eager_write.install():
         log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
+    if not eager_connect.install() and sys.platform.startswith("linux"):
+        log.warn("this Twisted's outgoing connect is not the one eager connects were made for; using its own")
     if not h2_speedups.install():
         log.warn("this hyperframe's DATA frame repr is not the one the speed-up was made for; using its own")
     if not tls_batching.applies():
