@@ -88,6 +88,7 @@ class CountingPoller:
 @pytest.fixture(params=["eager", "twisted"])
 def mode(request, monkeypatch):
     monkeypatch.setattr(tcp.BaseClient, "doConnect", tcp.BaseClient.doConnect)  # restored afterwards
+    monkeypatch.setattr(tcp.BaseClient, "createInternetSocket", tcp.BaseClient.createInternetSocket)
     if request.param == "eager":
         assert eager_connect.install()
     return request.param
@@ -100,14 +101,26 @@ def turn_until(reactor, done, seconds: float = 5.0) -> None:
 
 
 def connect(reactor, port: int, calls: Counter):
+    """connectTCP, counting the calls on the client's socket from its making on."""
+
+    class MadeSocket(socket.socket):
+        def setblocking(self, flag: bool) -> None:
+            calls["setblocking"] += 1
+            super().setblocking(flag)
+
     factory = Factory()
-    connector = reactor.connectTCP("127.0.0.1", port, factory)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket, "socket", MadeSocket)
+        connector = reactor.connectTCP("127.0.0.1", port, factory)
     transport = connector.transport
+    assert transport.socket.gettimeout() == 0.0  # non-blocking, either way
     transport.socket = CountingSocket(transport.socket, calls)  # before its first doConnect
     return connector, factory
 
 
 def test_a_connect_takes_one_connect_one_error_read_and_three_epoll_calls(mode):
+    """And one setblocking() fewer: the socket is made non-blocking by socket() itself
+    (tcp.Connection's own setblocking(), which accepted sockets need, stays)."""
     reactor = EPollReactor()
     calls: Counter = Counter()
     reactor._poller = CountingPoller(reactor._poller, calls)
@@ -118,9 +131,9 @@ def test_a_connect_takes_one_connect_one_error_read_and_three_epoll_calls(mode):
     transport = connector.transport
     # Registered for reading only, as Twisted leaves it.
     assert transport in reactor.getReaders() and transport not in reactor.getWriters()
-    expected = {"connect_ex": 1, "getsockopt": 1, "epoll_ctl": 3}
+    expected = {"setblocking": 1, "connect_ex": 1, "getsockopt": 1, "epoll_ctl": 3}
     if mode == "twisted":
-        expected = {"connect_ex": 2, "getsockopt": 2, "epoll_ctl": 5}
+        expected = {"setblocking": 2, "connect_ex": 2, "getsockopt": 2, "epoll_ctl": 5}
     assert dict(calls) == expected
     listener.settimeout(5)
     peer, _ = listener.accept()
@@ -184,9 +197,14 @@ def test_it_installs_only_over_the_doconnect_it_was_written_against(monkeypatch)
     def changed(self):  # a Twisted whose doConnect is another one
         return None
 
+    twisted_create = tcp.BaseClient.createInternetSocket
     monkeypatch.setattr(tcp.BaseClient, "doConnect", changed)
     assert not eager_connect.installable()
     assert not eager_connect.install()
     assert tcp.BaseClient.doConnect is changed
+    assert tcp.BaseClient.createInternetSocket is twisted_create  # neither is replaced
+    monkeypatch.undo()
+    monkeypatch.setattr(tcp.BaseClient, "createInternetSocket", changed)
+    assert not eager_connect.installable()
     monkeypatch.setattr(eager_connect.sys, "platform", "darwin")
     assert not eager_connect.installable()

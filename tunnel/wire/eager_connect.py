@@ -4,17 +4,21 @@ Twisted's `BaseClient.doConnect` runs twice per connection and does everything b
 it reads `SO_ERROR` of a socket just made, calls `connect()`, registers the socket for
 reading and writing; when the socket turns writable it reads `SO_ERROR` again, calls
 `connect()` again only to be told `EISCONN` (its own comment says this is not needed),
-then unregisters both directions and registers reading again. That is ten system calls
-for what takes six: the server makes one such connect for every stream it opens.
+then unregisters both directions and registers reading again. The socket is also made
+non-blocking twice, an `ioctl` each. That is twelve system calls for what takes seven: the
+server makes one such connect for every stream it opens.
 
 `doConnect` here keeps every decision Twisted makes and drops the repeats: the first
 call connects without asking a new socket for an error it cannot have; the second takes
 `SO_ERROR` (0 after the socket became writable or readable) as the answer; and the socket
-stays registered for reading, so only writing is unregistered. Errors are reported as
+stays registered for reading, so only writing is unregistered. The socket is made
+non-blocking by `socket()` itself (`SOCK_NONBLOCK`), so only `tcp.Connection`'s own
+`setblocking` (which accepted sockets need) remains. Errors are reported as
 Twisted reports them (`getConnectError` of the same errno), from the same places.
 
-It replaces a method of Twisted's for the whole process, so it fails closed: it installs
-only over the exact `doConnect` it was written against (Twisted 26.10, by source), only
+It replaces two methods of Twisted's for the whole process, so it fails closed: it
+installs only over the exact `doConnect` and `createInternetSocket` it was written against
+(Twisted 26.10, by source), only
 on Linux (elsewhere, Twisted's retries cover platform quirks this was not tried on), and
 only where the names it uses exist. (Offered upstream: see the README.)
 """
@@ -34,11 +38,16 @@ from twisted.internet import error, tcp
 
 __all__ = ["install", "installable", "installed"]
 
-# sha256 of the dedented source of tcp.BaseClient.doConnect in Twisted 26.10.
-_WRITTEN_AGAINST = "bf038b84cdf680af"
+# sha256 of the dedented source of each method replaced, as in Twisted 26.10.
+_WRITTEN_AGAINST = {"doConnect": "bf038b84cdf680af", "createInternetSocket": "935395a0647c719c"}
 _USES = ("_connectDone", "failIfNotConnected", "stopWriting", "startReading", "startWriting")
-_replaced: Any = None
+_replaced: dict[str, Any] = {}
 _STILL_CONNECTING = (EINPROGRESS, EWOULDBLOCK, EALREADY)
+
+
+def _create_socket(self) -> socket.socket:
+    """A non-blocking socket in one system call (Twisted's: `socket()`, then an `ioctl`)."""
+    return socket.socket(self.addressFamily, self.socketType | socket.SOCK_NONBLOCK)
 
 
 def _do_connect(self) -> None:
@@ -79,26 +88,31 @@ def _fingerprint(method) -> str | None:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+_OURS = {"doConnect": _do_connect, "createInternetSocket": _create_socket}
+
+
 def installable() -> bool:
-    """Linux, and Twisted's `doConnect` is the one this was written against."""
-    if not sys.platform.startswith("linux"):
+    """Linux, and Twisted's two methods are the ones this was written against."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SOCK_NONBLOCK"):
         return False
-    current = tcp.BaseClient.doConnect
-    if current is _do_connect:
-        return True
-    return _fingerprint(current) == _WRITTEN_AGAINST and all(hasattr(tcp.BaseClient, n) for n in _USES)
+    for name, ours in _OURS.items():
+        current = getattr(tcp.BaseClient, name, None)
+        if current is not ours and _fingerprint(current) != _WRITTEN_AGAINST[name]:
+            return False
+    return all(hasattr(tcp.BaseClient, n) for n in _USES)
 
 
 def install() -> bool:
     """Connect this way for every outgoing TCP connection of this process; False if Twisted changed."""
-    global _replaced
     if not installable():
         return False
-    if tcp.BaseClient.doConnect is not _do_connect:
-        _replaced = tcp.BaseClient.doConnect
-        tcp.BaseClient.doConnect = _do_connect  # type: ignore[method-assign]
+    for name, ours in _OURS.items():
+        current = getattr(tcp.BaseClient, name)
+        if current is not ours:
+            _replaced[name] = current
+            setattr(tcp.BaseClient, name, ours)
     return True
 
 
 def installed() -> bool:
-    return tcp.BaseClient.doConnect is _do_connect
+    return all(getattr(tcp.BaseClient, name) is ours for name, ours in _OURS.items())
