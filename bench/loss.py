@@ -260,17 +260,25 @@ def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: fl
     started = time.monotonic()
     deadline = started + seconds
 
+    stuck: list[str] = []  # how each stream that did not finish ended, to say where it stopped
+
     def one() -> None:
-        total, ok = 0, False
+        total, ok, phase = 0, False, "connecting"
         try:
             with socket.create_connection(("127.0.0.1", agent_port), timeout=10) as sock:
                 sock.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                if read_head_exactly(sock).startswith(b"HTTP/1.1 200"):
+                phase = "waiting for the answer"
+                head = read_head_exactly(sock)
+                status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+                phase = f"answered {status!r}"
+                if head.startswith(b"HTTP/1.1 200"):
                     total, ok = send(sock, size, deadline) if upload else receive(sock, size, deadline)
-        except OSError:
-            pass
+        except OSError as e:
+            phase += f", then {type(e).__name__}"
         with lock:
             results.append((total, ok, time.monotonic() - started))
+            if not ok:
+                stuck.append(f"{phase}; {total} bytes counted after {time.monotonic() - started:.1f} s")
 
     threads = [threading.Thread(target=one, daemon=True) for _ in range(streams)]
     for t in threads:
@@ -287,6 +295,7 @@ def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: fl
         "mb_s": moved / 1e6 / elapsed if elapsed else 0.0,
         "fastest_s": min((r[2] for r in results if r[1]), default=None),
         "slowest_s": max((r[2] for r in results if r[1]), default=None),
+        "unfinished": stuck,
     }
 
 
