@@ -25,16 +25,15 @@ only where the names it uses exist. (Offered upstream: see the README.)
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import socket
 import sys
-import textwrap
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 from typing import Any
 
 from twisted.internet import error, tcp
+
+from tunnel.wire.tls_batching import source_fingerprint
 
 __all__ = ["install", "installable", "installed"]
 
@@ -80,14 +79,6 @@ def _do_connect(self) -> None:
     self._connectDone()
 
 
-def _fingerprint(method) -> str | None:
-    try:
-        source = textwrap.dedent(inspect.getsource(method))
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
 _OURS = {"doConnect": _do_connect, "createInternetSocket": _create_socket}
 
 
@@ -97,7 +88,7 @@ def installable() -> bool:
         return False
     for name, ours in _OURS.items():
         current = getattr(tcp.BaseClient, name, None)
-        if current is not ours and _fingerprint(current) != _WRITTEN_AGAINST[name]:
+        if current is not ours and source_fingerprint(current) != _WRITTEN_AGAINST[name]:
             return False
     return all(hasattr(tcp.BaseClient, n) for n in _USES)
 

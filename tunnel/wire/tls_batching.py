@@ -36,7 +36,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TL
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["BatchedBufferingTLS", "BatchedTLS", "BatchedTLSClientEndpoint", "applies", "disable"]
+__all__ = ["BatchedBufferingTLS", "BatchedTLS", "BatchedTLSClientEndpoint", "applies", "disable", "source_fingerprint"]
 
 RECORD = 2**14  # the largest TLS plaintext record
 RECORD_READ = 2**15  # what Twisted asks SSL_read for; one record fits
@@ -57,7 +57,9 @@ _WRITTEN_AGAINST = {
 _USES = ("_lostTLSConnection", "_aborted", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS", "_reason")
 
 
-def _fingerprint(method) -> str | None:
+def source_fingerprint(method) -> str | None:
+    """The first 16 hex digits of the sha256 of a method's dedented source: what a guarded
+    patch compares against the version it was written for (None without source)."""
     try:
         source = textwrap.dedent(inspect.getsource(method))
     except (OSError, TypeError):
@@ -67,7 +69,7 @@ def _fingerprint(method) -> str | None:
 
 def _check() -> bool:
     base = TLSMemoryBIOProtocol
-    if any(_fingerprint(getattr(base, name, None)) != digest for name, digest in _WRITTEN_AGAINST.items()):
+    if any(source_fingerprint(getattr(base, name, None)) != digest for name, digest in _WRITTEN_AGAINST.items()):
         return False
     made = base.__init__, base.makeConnection, base._tlsShutdownFinished, base.connectionLost
     names = set().union(*(m.__code__.co_names for m in made)) | set(vars(base))
