@@ -29,7 +29,6 @@ import socket
 import sys
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
-from typing import Any
 
 from twisted.internet import error, tcp
 
@@ -40,7 +39,6 @@ __all__ = ["install", "installable", "installed"]
 # sha256 of the dedented source of each method replaced, as in Twisted 26.10.
 _WRITTEN_AGAINST = {"doConnect": "bf038b84cdf680af", "createInternetSocket": "935395a0647c719c"}
 _USES = ("_connectDone", "failIfNotConnected", "stopWriting", "startReading", "startWriting")
-_replaced: dict[str, Any] = {}
 _STILL_CONNECTING = (EINPROGRESS, EWOULDBLOCK, EALREADY)
 
 
@@ -98,9 +96,7 @@ def install() -> bool:
     if not installable():
         return False
     for name, ours in _OURS.items():
-        current = getattr(tcp.BaseClient, name)
-        if current is not ours:
-            _replaced[name] = current
+        if getattr(tcp.BaseClient, name) is not ours:
             setattr(tcp.BaseClient, name, ours)
     return True
 
