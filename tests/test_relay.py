@@ -19,11 +19,6 @@ import time
 import pytest
 from support import Listener, pattern, read_head, read_head_exactly, wait_until
 from test_socks import connect_request, socks_open
-from twisted.internet.epollreactor import EPollReactor
-from twisted.internet.protocol import ClientFactory, ServerFactory
-
-from tunnel.wire.endings import Endings
-from tunnel.wire.relay import READ_SIZE, RelayEnd, splice
 
 CHUNK = 64 * 1024
 
@@ -476,78 +471,3 @@ def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(share
         time.sleep(9)  # two lingers and more, reading nothing
         total, how = ending(sock)
     assert (how, total < 6 << 20) == ("reset", True), (total, how)
-
-
-# -- how much a relayed socket reads at a time ---------------------------------------------------
-
-
-class _RecordingEnd(RelayEnd):
-    """A relay end that keeps the size of every read it relays."""
-
-    def __init__(self, endings: Endings) -> None:
-        super().__init__(endings)
-        self.reads: list[int] = []
-
-    def dataReceived(self, data: bytes) -> None:
-        self.reads.append(len(data))
-        super().dataReceived(data)
-
-
-class _Accepting(ServerFactory):
-    noisy = False
-
-    def __init__(self, endings: Endings) -> None:
-        self.endings = endings
-        self.ends: list[_RecordingEnd] = []
-
-    def buildProtocol(self, addr) -> _RecordingEnd:
-        self.ends.append(_RecordingEnd(self.endings))
-        return self.ends[-1]
-
-
-def test_a_relayed_socket_reads_a_quarter_megabyte_at_a_time():
-    """Every read is one HTTP/2 send, one TLS write and one send() on the tunnel: a bulk
-    sender's bytes go in reads of up to READ_SIZE (Twisted's default is 64 KiB), whole and
-    in order, on real loopback sockets and a real epoll reactor turned by hand."""
-    reactor = EPollReactor()
-    endings = Endings(reactor)
-    factory = _Accepting(endings)
-    accepted = factory.ends
-    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
-    sink = socket.create_server(("127.0.0.1", 0))
-    outbound = _RecordingEnd(endings)
-    client_factory = ClientFactory.forProtocol(lambda: outbound)
-    client_factory.noisy = False
-    reactor.connectTCP("127.0.0.1", sink.getsockname()[1], client_factory)
-    client = socket.create_connection(("127.0.0.1", port.getHost().port))
-    deadline = time.monotonic() + 5
-    while not (accepted and outbound.transport and outbound.transport.connected) and time.monotonic() < deadline:
-        reactor.iterate(0.01)
-    sink.settimeout(5)
-    destination, _ = sink.accept()
-    inbound = accepted[0]
-    splice(inbound.transport, inbound, outbound.transport, outbound)
-
-    size = 8 << 20
-    data = pattern(size)
-    received = bytearray()
-    sender = threading.Thread(target=client.sendall, args=(data,), daemon=True)
-    sender.start()
-    destination.setblocking(False)
-    deadline = time.monotonic() + 30
-    while len(received) < size and time.monotonic() < deadline:
-        reactor.iterate(0.001)
-        try:
-            received += destination.recv(1 << 20)
-        except BlockingIOError:
-            pass
-    sender.join(5)
-    assert bytes(received) == data
-    assert sum(inbound.reads) == size
-    assert max(inbound.reads) > 1 << 16, f"largest read {max(inbound.reads)} bytes"
-    assert max(inbound.reads) <= READ_SIZE
-    client.close()
-    destination.close()
-    sink.close()
-    port.stopListening()
-    reactor.disconnectAll()

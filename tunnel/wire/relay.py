@@ -9,7 +9,6 @@ abort a reset).
 
 from __future__ import annotations
 
-from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -17,14 +16,7 @@ from zope.interface import implementer
 
 from tunnel.wire.endings import Endings, Pipe, arm, ended_cleanly
 
-__all__ = ["READ_SIZE", "RelayEnd", "splice"]
-
-# A relayed TCP socket reads up to this much per recv(), not Twisted's 64 KiB: every read is
-# one HTTP/2 send, one TLS write and one send() on the tunnel, so bulk data costs a quarter
-# of the per-read work (about a fifth of the sending side's CPU per GB, bench/). Twisted
-# also pauses the socket's producer (the other side's reader) once this much waits unsent;
-# a tunnel stream's flow-control window (8 MiB) bounds what can arrive meanwhile anyway.
-READ_SIZE = 2**18
+__all__ = ["RelayEnd", "splice"]
 
 
 @implementer(IHalfCloseableProtocol)
@@ -82,10 +74,8 @@ class RelayEnd(Protocol):
 
 def splice(a: Pipe, a_end: RelayEnd, b: Pipe, b_end: RelayEnd) -> None:
     """Join two connected ends: a's reads go to b, b's to a, each pausing the other."""
-    for end in (a, b):
-        arm(end)
-        if isinstance(end, tcp.Connection):
-            end.bufferSize = READ_SIZE
+    arm(a)
+    arm(b)
     a.registerProducer(a_end.endings.reader_of(b), True)
     b.registerProducer(b_end.endings.reader_of(a), True)
     a_end.attach(b)
