@@ -7,7 +7,7 @@ import socket
 import urllib.request
 
 import pytest
-from support import curl, proxy_connect, read_head
+from support import curl, free_port, proxy_connect, read_head
 
 pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, namespaces...)
 
@@ -420,3 +420,67 @@ def test_bad_proxy_hosts_are_one_line(certs, tmp_path, settings, message):
     assert (
         done.returncode != 0 and message in done.stdout + done.stderr and "Traceback" not in done.stdout + done.stderr
     ), done
+
+
+# -- the agent's own pages: HEAD, and never framed (issue 39, item 4) --
+
+OWN_PAGES = [
+    ("/", "127.0.0.1", b"200 OK"),
+    ("/health", "127.0.0.1", b"200 OK"),
+    ("/status.json", "127.0.0.1", b"200 OK"),
+    ("/proxy.pac", "localhost", b"200 OK"),
+    ("/nothing-here", "127.0.0.1", b"400 Bad Request"),
+    ("/", "evil.example", b"403 Forbidden"),
+]
+
+
+def framing_headers(head: bytes) -> dict[str, str]:
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    return {k.strip().lower(): v.strip() for k, v in fields.items()}
+
+
+@pytest.mark.parametrize("path, host, status", OWN_PAGES)
+def test_head_on_every_own_page_is_a_head_without_a_body_and_no_traceback(tunnel, path, host, status):
+    """Any web page can send HEAD to the agent: the answer is the GET's head alone (the next
+    answer on the connection follows it at once), and the log gets no traceback."""
+    logged = len(tunnel.agent.log())
+    with socket.create_connection(("127.0.0.1", tunnel.agent.port), timeout=10) as sock:
+        sock.sendall(f"HEAD {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        head = read_head(sock)
+        assert head.startswith(b"HTTP/1.1 " + status + b"\r\n"), head
+        assert head.endswith(b"\r\n\r\n") and int(framing_headers(head)["content-length"]) > 0, head
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        rest = b""
+        while data := sock.recv(65536):
+            rest += data
+    assert head.split(b"\r\n\r\n", 1)[1] == b"" and rest.startswith(b"HTTP/1.1 200 OK\r\n"), (head, rest[:200])
+    assert b'"connected"' in rest
+    later = tunnel.agent.log()[logged:]
+    assert "Traceback" not in later and "Unhandled" not in later, later[-3000:]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST"])
+@pytest.mark.parametrize("path, host, status", OWN_PAGES)
+def test_every_own_page_refuses_to_be_framed(tunnel, method, path, host, status):
+    body = "Content-Length: 11\r\n\r\ntoken=guess" if method == "POST" else "\r\n"
+    answer = raw_request(
+        tunnel.agent.port, f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{body}".encode()
+    )
+    headers = framing_headers(answer)
+    assert headers.get("x-frame-options") == "DENY", answer
+    assert headers.get("content-security-policy") == "frame-ancestors 'none'", answer
+
+
+def test_a_refusal_to_a_head_has_no_body(tunnel):
+    """The shared one-line refusals (here a 502 for a port nothing listens on) carry the
+    same headers, and to a HEAD no body."""
+    port = free_port()
+    with socket.create_connection(("127.0.0.1", tunnel.agent.port), timeout=10) as sock:
+        sock.sendall(f"HEAD http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        answer = b""
+        while data := sock.recv(65536):
+            answer += data
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 502 ") and body == b"", answer
+    assert framing_headers(head + b"\r\n\r\n").get("x-frame-options") == "DENY", answer

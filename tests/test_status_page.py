@@ -239,3 +239,52 @@ document.getElementById("f").submit();</script>"""
         wait_until(lambda: aws.desired_count(service) == 0, 20, interval=0.3)
     finally:
         evil.shutdown()
+
+
+def test_a_page_of_another_site_cannot_frame_the_page_and_take_a_click(world, browser, tmp_path):
+    """Clickjacking, tried in the browser (issue 39, item 4): a page on another origin lays
+    the status page in a transparent frame over its own bait and the user clicks where Stop
+    is. The frame must not render the page, and the click must reach no control plane."""
+    aws, service, agent, plane, _state, _config = world
+    status_page = f"http://127.0.0.1:{agent.port}/"
+    browser.open(status_page)
+    page_says(browser, "Server: running")
+    stop = read(
+        browser,
+        "(() => { const r = document.querySelector('button[value=stop]').getBoundingClientRect();"
+        " return [r.x + r.width / 2, r.y + r.height / 2]; })()",
+    )
+    (tmp_path / "bait.html").write_text(
+        "<!doctype html><style>body { margin: 0; } iframe { position: absolute; top: 0; left: 0; border: 0;"
+        " width: 760px; height: 1000px; opacity: 0.01; }</style><p>Win a prize: click anywhere!</p>"
+        f'<iframe src="{status_page}"></iframe>'
+    )
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    bait = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=bait.serve_forever, daemon=True).start()
+    try:
+        browser.open(f"http://localhost:{bait.server_address[1]}/bait.html")
+        time.sleep(1)  # the frame's own load
+
+        def frames() -> list[dict]:  # the frame is another site's: a target of its own
+            return [t for t in browser.call("Target.getTargets")["targetInfos"] if t["type"] == "iframe"]
+
+        framed = frames()
+        assert [f["url"] for f in framed] == [status_page], framed  # the bait did frame it...
+        assert not any("Fluidity" in f["title"] for f in framed), framed  # ...and nothing of the page rendered
+        deadline = time.monotonic() + 5  # a few clicks: the page reloads itself every 2 s
+        while time.monotonic() < deadline and "POST /kill from" not in plane.log():
+            for kind in ("mousePressed", "mouseReleased"):
+                browser.call("Input.dispatchMouseEvent", type=kind, x=stop[0], y=stop[1], button="left", clickCount=1)
+            time.sleep(0.5)
+        time.sleep(1)
+        assert "POST /kill from" not in plane.log() and aws.desired_count(service) == 1, plane.log()[-2000:]
+    finally:
+        bait.shutdown()

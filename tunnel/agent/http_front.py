@@ -70,6 +70,15 @@ def wants_upgrade(request: h11.Request) -> bool:
     return b"upgrade" in _connection_tokens(request.headers) and any(n == b"upgrade" for n, _ in request.headers)
 
 
+# Every page the agent serves: no other site may frame it (clickjacking the Stop button),
+# and no browser may take a page of ours for another type than the one it says.
+OWN_PAGE_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+)
+
+
 class AgentPages(typing.Protocol):
     """What the agent answers itself; `Agent` implements it."""
 
@@ -214,6 +223,8 @@ class ProxyFront(HttpFront):
             if self.link is not None and self._request is not None and self._request.method != b"CONNECT":
                 self.link.send(h11.EndOfMessage())
                 self._maybe_next_cycle()
+            elif self.link is None:  # an own page, answered before the request's end was read
+                self._maybe_next_cycle()
 
     def _on_request(self, request: h11.Request) -> None:
         self.site.local.busy(self.transport)
@@ -249,14 +260,15 @@ class ProxyFront(HttpFront):
                 b"text/plain",
             )
             return
-        if path == b"/health" and request.method == b"GET":
+        reading = request.method in (b"GET", b"HEAD")  # HEAD: the same head, no body
+        if path == b"/health" and reading:
             body = json.dumps(self.site.pages.health()).encode() + b"\n"
             self._answer(200, body, b"application/json")
-        elif path == b"/" and request.method in (b"GET", b"HEAD"):
+        elif path == b"/" and reading:
             self._answer(
                 200, render_status(self.site.pages.status(host), self.site.pages.csrf), b"text/html; charset=utf-8"
             )
-        elif path == b"/status.json" and request.method == b"GET":
+        elif path == b"/status.json" and reading:
             self._answer(200, json.dumps(self.site.pages.status(host)).encode() + b"\n", b"application/json")
         elif path in (b"/server/wake", b"/server/stop") and request.method == b"POST":
             refusal = cross_site(dict(request.headers), host)
@@ -264,7 +276,7 @@ class ProxyFront(HttpFront):
                 self._answer(403, refusal.encode() + b"\n", b"text/plain")
                 return
             self._form = (path.rsplit(b"/", 1)[1].decode(), bytearray())  # the token arrives in the body
-        elif path == b"/proxy.pac" and request.method in (b"GET", b"HEAD"):
+        elif path == b"/proxy.pac" and reading:
             host = dict(request.headers).get(b"host", b"").decode("ascii", "replace")
             self._answer(200, self.site.pages.pac(host).encode(), b"application/x-ns-proxy-autoconfig")
         else:
@@ -289,18 +301,26 @@ class ProxyFront(HttpFront):
         self._answer(303, b"", b"text/plain", extra=[(b"location", b"/")])
 
     def _answer(self, status: int, body: bytes, content_type: bytes, extra: list | None = None) -> None:
+        """One of the agent's own answers: never framed by another page (a click there would
+        press a button here), and to a HEAD only its head (its body's length said)."""
         headers = [
             (b"content-type", content_type),
             (b"content-length", str(len(body)).encode()),
             (b"cache-control", b"no-store"),
+            *OWN_PAGE_HEADERS,
             *(extra or []),
         ]
         self.transport.write(
             self.h11.send(h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase.encode()))
         )
-        self.transport.write(self.h11.send(h11.Data(data=body)))
+        if self._request is None or self._request.method != b"HEAD":
+            self.transport.write(self.h11.send(h11.Data(data=body)))
         self.transport.write(self.h11.send(h11.EndOfMessage()))
         self._maybe_next_cycle()
+
+    def fail(self, status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        """The shared one-line refusal, with the agent's own pages' headers: it is a page of ours too."""
+        super().fail(status, reason, (*((n.decode(), v.decode()) for n, v in OWN_PAGE_HEADERS), *extra))
 
     # -- CONNECT ---------------------------------------------------------------------
     def _connect(self, destination: Destination) -> None:

@@ -16,21 +16,22 @@ from tunnel.wire.handover import HandsOver
 from tunnel.wire.relay import RelayEnd, splice
 
 
-def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
-    """A complete `Connection: close` answer whose body is the one-line reason."""
+def plain_response(status: int, reason: str, extra: tuple[tuple[str, str], ...] = (), body: bool = True) -> bytes:
+    """A complete `Connection: close` answer whose body is the one-line reason (without
+    it, for a HEAD: the length is still the body's, RFC 9110 §9.3.2)."""
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "Error"
-    body = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
+    text = (reason.replace("\r", " ").replace("\n", " ") + "\n").encode("utf-8", "replace")
     head = [
         f"HTTP/1.1 {status} {phrase}",
         "Content-Type: text/plain; charset=utf-8",
-        f"Content-Length: {len(body)}",
+        f"Content-Length: {len(text)}",
         "Connection: close",
     ]
     head += [f"{k}: {v}" for k, v in extra]
-    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + (text if body else b"")
 
 
 def _smuggling(request: h11.Request) -> bool:
@@ -67,6 +68,7 @@ class HttpFront(HandsOver):
         self.clock = endings.clock
         self.head_timeout = head_timeout  # 0: none
         self._head_timer: IDelayedCall | None = None
+        self.method = b""  # the request being answered: a HEAD's answer has no body
 
     def connectionMade(self) -> None:
         no_delay(self.transport)
@@ -129,6 +131,7 @@ class HttpFront(HandsOver):
                 return
             if isinstance(event, h11.Request):
                 self._disarm()
+                self.method = event.method
                 if _head_size(event) > self.max_header_bytes:
                     # h11 bounds only heads still arriving; one that came whole is measured here.
                     self.fail(431, "request headers too large")
@@ -162,7 +165,7 @@ class HttpFront(HandsOver):
             return
         self.finished = True
         if self.h11 is not None and self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            self.transport.write(plain_response(status, reason, extra))
+            self.transport.write(plain_response(status, reason, extra, body=self.method != b"HEAD"))
         self.endings.close(self.transport)
 
     def accept_switch(
