@@ -20,6 +20,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
+from tunnel.redaction import redact
 from tunnel.wire import descriptors, eager_connect, eager_write, h2_speedups, heap, logs, tls_batching
 
 log = Logger(namespace="fluidity")
@@ -71,7 +72,7 @@ class RoleOptions(usage.Options):
             self.validate(self.config)
             self.tls = self.tls_options(self.config)
         except cfg.ConfigError as e:
-            raise SystemExit(f"fluidity-{self.role}: {e}") from None
+            raise SystemExit(f"fluidity-{self.role}: {redact(str(e))}") from None
         parent = getattr(self, "parent", None)
         if parent is not None:  # twistd reads its `logger` option after ours are parsed
             # Our observer replaces twistd's, so it honours --logfile itself; a daemon

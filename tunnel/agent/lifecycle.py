@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
@@ -25,6 +25,7 @@ from twisted.web.http_headers import Headers
 from lambdas.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import AgentSettings, ConfigError
+from tunnel.redaction import redact
 from tunnel.wire.addresses import BadAddress, check_host
 
 log = Logger(namespace="fluidity.lifecycle")
@@ -38,12 +39,12 @@ class LifecycleSettings:
     wake_url: str
     status_url: str
     kill_url: str
-    api_key: str
+    api_key: str = field(repr=False)
     wake_timeout: float
     retry_interval: float
     request_timeout: float
     kill_on_exit: bool
-    upstream_proxy: str = ""  # the tunnel's proxy setting: every request the agent makes takes it
+    upstream_proxy: str = field(default="", repr=False)  # the tunnel's proxy setting (its URL may hold a password)
 
 
 def settings_from(config: AgentSettings) -> LifecycleSettings | None:
@@ -106,9 +107,9 @@ def _check_url(url: str, what: str) -> None:
         parts = urlsplit(url)
         parts.port  # noqa: B018 (raises for a port out of range)
     except ValueError as e:
-        raise ConfigError(f"{what}: bad URL {url!r}: {e}") from None
+        raise ConfigError(f"{what}: bad URL {redact(url)!r}: {redact(str(e))}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{what}: expected an http(s) URL, got {url!r}")
+        raise ConfigError(f"{what}: expected an http(s) URL, got {redact(url)!r}")
     if parts.username or parts.password or parts.query:
         raise ConfigError(f"{what}: put the API key in 'lifecycle.api_key', not in the URL")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):

@@ -12,7 +12,7 @@ line then rather than a 407 later.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 from tunnel.agent.upstream import UpstreamProxy
@@ -28,7 +28,7 @@ class CredentialsError(ValueError):
 @dataclass(frozen=True)
 class ProxyCredentials:
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
 
     def apply(self, proxy: UpstreamProxy | None) -> UpstreamProxy | None:
         """The proxy with these credentials where its own URL left them out."""

@@ -17,6 +17,8 @@ from collections import deque
 
 from twisted.internet.task import LoopingCall
 
+from tunnel.redaction import redact
+
 HISTORY = 300  # one sample a second: five minutes
 REFRESH = 2  # seconds between reloads of the page
 
@@ -91,9 +93,14 @@ def graph(samples: list[tuple[int, int]], width: int = 600, height: int = 120) -
     )
 
 
+def _shown(text: str) -> str:
+    """Text on the page: escaped, and without a URL's password should a message quote one."""
+    return html.escape(redact(str(text)))
+
+
 def render(status: dict, token: str) -> bytes:
     """The page for this status (what `Agent.status()` returns)."""
-    e = html.escape
+    e = _shown
     up = status["connected"]
     tunnel = (
         f'<p class="state up">Connected to <b>{e(status["server"])}</b> for '

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.agent.upstream import UpstreamProxy, route
+from tunnel.redaction import redact
 from tunnel.wire.addresses import Destination
 from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.interception import intercepted_by, interception_message
@@ -146,7 +147,12 @@ class TunnelClient:
         if self.locator is not None and (self._stale or not self.host):
             self._locate()
             return
-        endpoint = BatchedTLSClientEndpoint(self.tls_options, self._tcp_endpoint())
+        try:
+            tcp = self._tcp_endpoint()
+        except ValueError as e:  # a proxy URL from $HTTPS_PROXY or a PAC file that does not parse
+            self._note_failure(f"cannot use the upstream proxy: {e}")
+            return
+        endpoint = BatchedTLSClientEndpoint(self.tls_options, tcp)
         factory = Factory.forProtocol(
             lambda: TunnelMux(
                 client_side=True,
@@ -242,6 +248,7 @@ class TunnelClient:
         self._note_failure(attempt_message(failure))
 
     def _note_failure(self, message: str) -> None:
+        message = redact(message)  # the log, the status page and /health show it
         self._stale = self.locator is not None  # the server may have moved or stopped
         if message != self.last_error:
             log.warn("tunnel to {server} failed: {error}", server=self.server, error=message)

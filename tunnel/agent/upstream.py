@@ -15,7 +15,7 @@ but a 2xx fails the connection attempt with the proxy's status and reason.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 import h11
@@ -31,6 +31,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
 from tunnel.agent.proxy_auth import MAX_ROUNDS, ProxyAuthenticator, ProxyAuthError
+from tunnel.redaction import redact, redact_url
 from tunnel.wire.addresses import format_authority
 from tunnel.wire.transports import IConnection
 
@@ -47,7 +48,7 @@ class UpstreamProxy:
     host: str
     port: int
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)  # never in a repr, a log or a traceback
     tls: bool = False  # an https:// proxy: TLS to the proxy, then CONNECT inside it
 
     @property
@@ -60,18 +61,19 @@ class UpstreamProxy:
 def parse_proxy_url(url: str) -> UpstreamProxy:
     """`http://[user:pass@]host[:port]` (port 3128 by default) or `https://...` (TLS to the
     proxy, port 443 by default); ValueError otherwise."""
+    shown = redact_url(url)  # what an error quotes: never the password
     try:
         parts = urlsplit(url.strip() if "://" in url else f"http://{url.strip()}")
     except ValueError as e:  # unbalanced brackets, a bracketed host that is no IP
-        raise ValueError(f"bad proxy URL {url!r}: {e}") from None
+        raise ValueError(f"bad proxy URL {shown!r}: {redact(str(e))}") from None
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"only http:// and https:// upstream proxies are supported, got {parts.scheme}://")
     if not parts.hostname:
-        raise ValueError(f"no proxy host in {url!r}")
+        raise ValueError(f"no proxy host in {shown!r}")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 3128)
     except ValueError:
-        raise ValueError(f"bad proxy port in {url!r}") from None
+        raise ValueError(f"bad proxy port in {shown!r}") from None
     if parts.path not in ("", "/") or parts.query:
         raise ValueError("an upstream proxy URL has no path or query")
     return UpstreamProxy(

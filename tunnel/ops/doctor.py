@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
+from tunnel.redaction import redact
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.key_privacy import exposure
 
@@ -35,7 +36,8 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
-        return f"{self.state:<4}  {self.name}: {self.detail}" + (f"  -> {self.fix}" if self.fix else "")
+        """What is printed: a URL's password or a key that any message quoted never is."""
+        return redact(f"{self.state:<4}  {self.name}: {self.detail}" + (f"  -> {self.fix}" if self.fix else ""))
 
 
 def _pem_file(spec: str) -> bytes:
@@ -254,7 +256,8 @@ def _status(config, url: str, checks: list[Check], timeout: float, choice) -> di
             Check(
                 "control plane",
                 "warn",
-                f"not asked: doctor cannot reach {url} through the https:// proxy {proxy.display} (the agent can)",
+                f"not asked: doctor cannot reach {redact(url)} through the https:// proxy {proxy.display} (the agent "
+                f"can)",
                 "",
             )
         )
@@ -275,19 +278,19 @@ def _status(config, url: str, checks: list[Check], timeout: float, choice) -> di
             if e.code == 403
             else "see the control plane's logs"
         )
-        checks.append(Check("control plane", "FAIL", f"{url} answered {e.code}", fix))
+        checks.append(Check("control plane", "FAIL", f"{redact(url)} answered {e.code}", fix))
         return None
     except (OSError, ValueError) as e:
         checks.append(
             Check(
                 "control plane",
                 "FAIL",
-                f"cannot reach {url}: {getattr(e, 'reason', e)}",
+                f"cannot reach {redact(url)}: {redact(str(getattr(e, 'reason', e)))}",
                 "check the URL (`pulumi stack output statusUrl`) and your network",
             )
         )
         return None
-    checks.append(Check("control plane", "ok", f"{url} answers: the server is {status.get('status', '?')}"))
+    checks.append(Check("control plane", "ok", f"{redact(url)} answers: the server is {status.get('status', '?')}"))
     return status
 
 

@@ -26,6 +26,8 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from tunnel.redaction import redact
+
 LEVELS = {
     "debug": LogLevel.debug,
     "info": LogLevel.info,
@@ -48,11 +50,11 @@ class JsonLineObserver:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time()))) + "Z",
             "level": level.name if level is not None else "info",
             "logger": event.get("log_namespace", ""),
-            "message": formatEvent(event),
+            "message": redact(formatEvent(event)),
         }
         failure = event.get("log_failure")
         if failure is not None:
-            record["traceback"] = failure.getTraceback()
+            record["traceback"] = redact(failure.getTraceback())
         self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
 
@@ -75,30 +77,31 @@ def _escaped(match: re.Match) -> str:
 
 
 class _EscapingFormatter(string.Formatter):
-    """Formats a log line's fields, each escaped: a peer's header value is one of them."""
+    """Formats a log line's fields, each escaped (a peer's header value is one of them) and
+    redacted (a proxy URL's password, wherever a message quoted one)."""
 
     def format_field(self, value, format_spec: str) -> str:
-        return escape(super().format_field(value, format_spec))
+        return escape(redact(super().format_field(value, format_spec)))
 
 
 _formatter = _EscapingFormatter()
 
 
 def safe_text(event: dict) -> str:
-    """The event's message with every interpolated field escaped, and its traceback (whose
-    exception messages may quote a peer too) escaped line by line."""
+    """The event's message with every interpolated field escaped and redacted, and its
+    traceback (whose exception messages may quote a peer, or a URL, too) likewise."""
     fmt = event.get("log_format")
     try:
-        text = _formatter.vformat(fmt, (), event) if fmt is not None else escape(formatEvent(event))
+        text = _formatter.vformat(fmt, (), event) if fmt is not None else escape(redact(formatEvent(event)))
     except Exception:  # a field it cannot format: Twisted's own text, escaped whole
-        text = escape(formatEvent(event))
+        text = escape(redact(formatEvent(event)))
     failure = event.get("log_failure")
     if failure is not None:
         try:
             trace = failure.getTraceback()
         except Exception:
             trace = "(the traceback could not be formatted)"
-        text += "\n" + "\n".join(escape(line) for line in trace.rstrip("\n").split("\n"))
+        text += "\n" + "\n".join(escape(line) for line in redact(trace).rstrip("\n").split("\n"))
     return text
 
 
