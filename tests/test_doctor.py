@@ -8,6 +8,7 @@ import datetime
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
@@ -108,6 +109,38 @@ def test_the_control_plane_and_its_key(certs, aws, tmp_path):
         code, out = doctor(agent_config(certs, 8443, server_ip="", lifecycle=wrong), tmp_path, "key.yaml")
         assert code == 1 and "answered 403" in out and "lifecycle.api_key" in out
     finally:
+        plane.stop()
+
+
+@pytest.mark.parametrize("plane_host", ["127.0.0.1", "localhost"])
+def test_a_loopback_control_plane_is_asked_directly_never_through_the_proxy(certs, aws, tmp_path, plane_host):
+    """With $HTTPS_PROXY (and $HTTP_PROXY) set, doctor's status call with the API key to a
+    plain http:// control plane on this machine never reaches the proxy (a real squid, which
+    records every request it gets), nor does `--allow-ip auto`'s question for this
+    machine's address."""
+    from aws import ControlPlaneProc
+    from squid import Squid
+
+    from tunnel.ops.operations import my_address
+
+    aws.make_service(desired=0)
+    plane = ControlPlaneProc(aws, tmp_path)
+    url = plane.url.replace("127.0.0.1", plane_host)
+    squid = Squid((), {}, ssl_ports=(plane.port,))
+    proxies = {"HTTPS_PROXY": f"http://127.0.0.1:{squid.port}", "HTTP_PROXY": f"http://127.0.0.1:{squid.port}"}
+    try:
+        lifecycle = {"wake_endpoint": f"{url}/wake", "status_endpoint": f"{url}/status", "api_key": plane.api_key}
+        _code, out = doctor(agent_config(certs, 8443, server_ip="", lifecycle=lifecycle), tmp_path, env=proxies)
+        assert f"ok    control plane: {url}/status answers: the server is stopped" in out, out
+        with pytest.MonkeyPatch.context() as patch:
+            for name, value in proxies.items():
+                patch.setenv(name, value)
+            assert my_address(f"{url}/status", plane.api_key) == "127.0.0.1"
+        time.sleep(0.5)  # squid writes its access log as each request ends
+        assert str(plane.port) not in squid.access_log(), squid.access_log()
+        assert "POST /wake from" not in plane.log() and "GET /status from 127.0.0.1 -> 200" in plane.log()
+    finally:
+        squid.stop()
         plane.stop()
 
 

@@ -332,9 +332,17 @@ def test_a_client_arriving_while_the_agent_learns_the_server_stopped_wakes_it(wo
 
 
 @pytest.mark.processes
-def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
-    """Issue 25, item 2: wake, status and kill go through the same proxy as the tunnel, by
-    CONNECT with the control plane's name left to the proxy (real tinyproxy, Basic auth)."""
+@pytest.mark.parametrize(
+    "given_as, plane_host",
+    [("upstream_proxy", "localhost"), ("$HTTPS_PROXY", "127.0.0.1"), ("$HTTPS_PROXY", "localhost")],
+)
+def test_the_tunnel_takes_the_proxy_and_a_loopback_control_plane_never_does(world, tmp_path, given_as, plane_host):
+    """Issue 25, item 2: the tunnel goes through the proxy (real tinyproxy, Basic auth), by
+    the server's name first. Issue 39, item 3: a control plane on this machine (plain
+    http://, allowed only because loopback never leaves it) is called directly, never
+    through the proxy, whether the proxy is configured or comes from $HTTPS_PROXY: its
+    wake, status, kill and x-api-key stay on the machine. (Through a proxy by name, the
+    firewall lab's `api.lab.test` over https.)"""
     import shutil
     import subprocess
 
@@ -346,34 +354,39 @@ def test_every_request_the_agent_makes_takes_the_tunnels_proxy(world, tmp_path):
     conf = tmp_path / "tinyproxy.conf"
     conf.write_text(
         f"Port {port}\nListen 127.0.0.1\nTimeout 60\nMaxClients 32\nAllow 127.0.0.1\nBasicAuth corp pw-1\nLogLevel "
-        f"Connect\n"
+        f"Info\n"
     )
     proxy_log = tmp_path / "tinyproxy.log"
     with open(proxy_log, "wb") as out:
         proxy = subprocess.Popen([binary, "-d", "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for_port(port, process=proxy)
-        named = world.plane.url.replace("127.0.0.1", "localhost")  # a name, for the proxy to resolve
-        config = world.agent_config(wake_endpoint=f"{named}/wake", kill_endpoint=f"{named}/kill")
-        config["upstream_proxy"] = f"http://corp:pw-1@127.0.0.1:{port}"
-        agent = start_twistd("agent", config, tmp_path)
+        plane = world.plane.url.replace("127.0.0.1", plane_host)
+        config = world.agent_config(wake_endpoint=f"{plane}/wake", kill_endpoint=f"{plane}/kill")
+        env = {}
+        if given_as == "upstream_proxy":
+            config["upstream_proxy"] = f"http://corp:pw-1@127.0.0.1:{port}"
+        else:
+            env = {"HTTPS_PROXY": f"http://corp:pw-1@127.0.0.1:{port}", "HTTP_PROXY": f"http://127.0.0.1:{port}"}
+        agent = start_twistd("agent", config, tmp_path, env=env)
         try:
             wait_connected(agent, 20)
-            plane_port = world.plane.url.rsplit(":", 1)[1]
+            # the tunnel went through the proxy: by the server's DNS name first, which
+            # tinyproxy cannot resolve here, then by its address
             seen = proxy_log.read_text()
-            assert f"localhost:{plane_port}" in seen, seen  # wake and status went through the proxy, by name
-            # and so did the tunnel: by the server's DNS name first, which tinyproxy cannot
-            # resolve here, then by its address
             assert (
                 f"ip-127-0-0-1.ec2.internal:{world.server_config['port']}" in seen
                 and f"127.0.0.1:{world.server_config['port']}" in seen
             ), seen
-            before = seen.count(f"localhost:{plane_port}")
         finally:
             assert agent.stop() == 0
-        assert world.aws.desired_count(world.service) == 0  # the kill arrived ...
-        assert proxy_log.read_text().count(f"localhost:{plane_port}") > before  # ... through the proxy
-        assert "pw-1" not in agent.log()
+        assert world.aws.desired_count(world.service) == 0  # the kill arrived, directly
+        plane_port = world.plane.url.rsplit(":", 1)[1]
+        seen = proxy_log.read_text()
+        for host in ("localhost", "127.0.0.1", "[::1]"):
+            assert f"{host}:{plane_port}" not in seen, seen
+        assert "POST /wake from 127.0.0.1 -> 200" in world.plane.log()
+        assert "pw-1" not in agent.log() and API_KEY not in seen
         agent.assert_no_unhandled_errors()
     finally:
         proxy.terminate()

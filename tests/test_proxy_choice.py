@@ -10,7 +10,15 @@ import threading
 
 import pytest
 from squid import Squid
-from support import agent_config, curl, served_by_a_new_agent, server_config, start_twistd, wait_connected
+from support import (
+    agent_config,
+    curl,
+    served_by_a_new_agent,
+    server_config,
+    start_twistd,
+    wait_connected,
+    wait_until,
+)
 from test_doctor import doctor
 
 from tunnel.agent.proxy_choice import ProxyChoice, discover
@@ -205,3 +213,25 @@ def test_wpad_finds_the_pac_file_by_the_laptops_domain(tmp_path):
         found["proxy"] == ["proxy.corp.lab.test", 3128]
         and found["why"] == "from the PAC file at http://wpad.corp.lab.test/wpad.dat (WPAD)"
     ), found
+
+
+def test_a_loopback_pac_file_is_fetched_directly_whatever_the_environment_says(monkeypatch):
+    """Issue 39, item 3: a PAC file on this machine is read directly, never through the
+    proxy $HTTP_PROXY / $HTTPS_PROXY name (a real squid, which records every request)."""
+    squid = Squid((), {})
+    pac = PacServer('function FindProxyForURL(url, host) { return "DIRECT"; }')
+    try:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{squid.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        for url in (pac.url, pac.url.replace("127.0.0.1", "localhost")):
+            found = discover(url)
+            assert found is not None and found.pac.find_proxy_for_url("https://a.example/", "a.example") == "DIRECT"
+        # The control: a request that does go through squid is in its log.
+        curl("-x", f"http://127.0.0.1:{squid.port}", pac.url.replace("proxy.pac", "through-squid"))
+        wait_until(lambda: "through-squid" in squid.access_log(), 5)
+        assert "proxy.pac" not in squid.access_log(), squid.access_log()
+    finally:
+        pac.close()
+        squid.stop()

@@ -26,7 +26,7 @@ from lambdas.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import AgentSettings, ConfigError
 from tunnel.redaction import redact
-from tunnel.wire.addresses import BadAddress, check_host
+from tunnel.wire.addresses import BadAddress, check_host, is_loopback
 
 log = Logger(namespace="fluidity.lifecycle")
 
@@ -112,15 +112,8 @@ def _check_url(url: str, what: str) -> None:
         raise ConfigError(f"{what}: expected an http(s) URL, got {redact(url)!r}")
     if parts.username or parts.password or parts.query:
         raise ConfigError(f"{what}: put the API key in 'lifecycle.api_key', not in the URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError(f"{what}: plain http would send the API key in clear to {parts.hostname}; use https")
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class ControlPlaneError(Exception):

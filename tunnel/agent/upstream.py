@@ -32,7 +32,7 @@ from zope.interface import implementer
 
 from tunnel.agent.proxy_auth import MAX_ROUNDS, ProxyAuthenticator, ProxyAuthError
 from tunnel.redaction import redact, redact_url
-from tunnel.wire.addresses import format_authority
+from tunnel.wire.addresses import format_authority, is_loopback
 from tunnel.wire.transports import IConnection
 
 MAX_ANSWER_HEAD = 16 * 1024
@@ -385,7 +385,8 @@ class FirstThatConnects:
 
 @implementer(IAgentEndpointFactory)
 class ProxiedEndpoints:
-    """For twisted.web's Agent: each request's connection takes `route`, then TLS for https."""
+    """For twisted.web's Agent: each request's connection takes `route`, then TLS for https;
+    a loopback host (127/8, ::1, localhost) is dialled directly, whatever the proxy choice."""
 
     def __init__(self, reactor, configured: str, timeout: float, tls_policy=None, environ=os.environ) -> None:
         self.reactor, self.configured, self.timeout, self.environ = reactor, configured, timeout, environ
@@ -393,7 +394,10 @@ class ProxiedEndpoints:
 
     def endpointForURI(self, uri):
         host = uri.host.decode("ascii")
-        endpoint, _ = route(self.reactor, self.configured, host, uri.port, self.timeout, self.environ)
+        if is_loopback(host):  # this machine: a plain http:// control plane's key never goes to a proxy
+            endpoint: IStreamClientEndpoint = HostnameEndpoint(self.reactor, host, uri.port, timeout=self.timeout)
+        else:
+            endpoint, _ = route(self.reactor, self.configured, host, uri.port, self.timeout, self.environ)
         if uri.scheme == b"https":
             endpoint = wrapClientTLS(self.tls_policy.creatorForNetloc(uri.host, uri.port), endpoint)
         return endpoint

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
 from tunnel.redaction import redact
+from tunnel.wire.addresses import is_loopback
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.key_privacy import exposure
 
@@ -244,10 +245,15 @@ def _status(config, url: str, checks: list[Check], timeout: float, choice) -> di
     if key.startswith("env:"):
         key = os.environ.get(key[4:], "")
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
-    # The agent's own route for this host: its proxy choice (configured, auto, $HTTPS_PROXY).
+    # The agent's own route for this host: its proxy choice (configured, auto, $HTTPS_PROXY),
+    # except for this machine, which is always dialled directly.
     parts = urlsplit(url)
     try:
-        proxy, _ = choice.choose(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        proxy = (
+            None
+            if is_loopback(parts.hostname or "")
+            else choice.choose(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))[0]
+        )
     except ValueError as e:
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
         return None

@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ from pathlib import Path
 from lambdas import ecs_state, ingress, scaling
 from lambdas.settings import Settings
 from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
+from tunnel.redaction import redact
+from tunnel.wire.addresses import is_loopback
 
 HINTS = """If the task never reaches RUNNING:
   * the image must exist in ECR: docker push to `pulumi stack output repositoryUrl` (tag latest)
@@ -179,14 +182,18 @@ def _waker_ingress(ec2, service: dict, port: int, elbv2=None):
 def my_address(status_url: str, api_key: str, timeout: float = 10.0) -> str:
     """This machine's address as the control plane sees it (its status endpoint's `callerIp`)."""
     request = urllib.request.Request(status_url, headers={"x-api-key": api_key, "Accept": "application/json"})
+    # The environment's proxy, except for this machine: its plain http:// key stays on it.
+    host = urllib.parse.urlsplit(status_url).hostname or ""
+    handlers = [urllib.request.ProxyHandler({})] if is_loopback(host) else []
+    shown = redact(status_url)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
             caller = json.load(answer).get("callerIp")
     except (OSError, ValueError) as e:
-        raise OperatorError(f"cannot ask {status_url} for this machine's address: {e}") from None
+        raise OperatorError(f"cannot ask {shown} for this machine's address: {redact(str(e))}") from None
     if not caller:
         raise OperatorError(
-            f"{status_url} did not say which address it sees (callerIp); pass --allow-ip with your public IPv4"
+            f"{shown} did not say which address it sees (callerIp); pass --allow-ip with your public IPv4"
         )
     return caller
 

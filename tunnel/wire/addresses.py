@@ -42,6 +42,20 @@ def _check_port(text: str) -> int:
     return port
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (also as ::ffff:127.x), `localhost` and names under `.localhost`
+    (RFC 6761): this machine, which no proxy elsewhere can reach for us."""
+    bare = host.strip().strip("[]").split("%", 1)[0].rstrip(".").lower()
+    if bare == "localhost" or bare.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(bare)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def check_host(host: str) -> str:
     """A host name or IP literal as given, lower-cased; BadAddress says why it is not one."""
     if not host:
