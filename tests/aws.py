@@ -261,10 +261,11 @@ class ControlPlaneProc:
             "CLUSTER_NAME": "fluidity",
             "SERVICE_NAME": "fluidity-server",
             **(extra_env or {}),
+            "FLUIDITY_API_KEY": api_key,  # never on the command line: every user can read those
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                [FLUIDITY, "control-plane", "--api-key", api_key, "--port", str(self.port), *flags],
+                [FLUIDITY, "control-plane", "--api-key", "env:FLUIDITY_API_KEY", "--port", str(self.port), *flags],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,

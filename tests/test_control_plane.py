@@ -78,10 +78,10 @@ def test_served_over_https_as_api_gateway_is(aws, tmp_path):
 )
 def test_bad_tls_flags_are_one_clear_line(flags, message):
     result = subprocess.run(
-        [FLUIDITY, "control-plane", "--api-key", "k", "--port", "1", *flags],
+        [FLUIDITY, "control-plane", "--port", "1", *flags],
         capture_output=True,
         timeout=30,
-        env={"PATH": "/usr/bin:/bin"},
+        env={"PATH": "/usr/bin:/bin", "FLUIDITY_API_KEY": "k"},
     )
     assert result.returncode == 2 and message in result.stderr and b"Traceback" not in result.stderr, result
 
@@ -125,10 +125,10 @@ def test_a_busy_port_is_one_clear_line(aws):
     holder.listen(1)
     try:
         result = subprocess.run(
-            [FLUIDITY, "control-plane", "--api-key", "k", "--port", str(holder.getsockname()[1])],
+            [FLUIDITY, "control-plane", "--port", str(holder.getsockname()[1])],
             capture_output=True,
             timeout=30,
-            env={"PATH": "/usr/bin:/bin"},
+            env={"PATH": "/usr/bin:/bin", "FLUIDITY_API_KEY": "k"},
         )
     finally:
         holder.close()

@@ -476,3 +476,80 @@ def test_behind_the_stacks_load_balancer_the_agent_dials_its_name_not_a_tasks_ad
         agent.assert_no_unhandled_errors()
     finally:
         world.close()
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("form", ["file:PATH", "keyring", "env:VAR"])
+def test_the_api_key_from_a_file_the_keyring_or_the_environment_wakes_the_server(world, tmp_path, form):
+    """Issue 39, item 3: `api_key: file:PATH`, `keyring` (the entry fluidity-control-plane /
+    the wake endpoint's host, stored with the keyring package's own command; its file
+    backend here) or `env:VAR`: the agent wakes the server with it, and the key is nowhere
+    in its log; `fluidity doctor` reads it the same way."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_doctor import doctor
+
+    env = {"PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring", "XDG_DATA_HOME": str(tmp_path / "data")}
+    if form == "file:PATH":
+        (tmp_path / "api-key").write_text(API_KEY + "\n")
+        spec = f"file:{tmp_path / 'api-key'}"
+    elif form == "keyring":
+        stored = subprocess.run(
+            [str(Path(sys.executable).with_name("keyring")), "set", "fluidity-control-plane", "127.0.0.1"],
+            input=API_KEY + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+        )
+        assert stored.returncode == 0, stored
+        spec = "keyring"
+    else:
+        env["PLANE_KEY"] = API_KEY
+        spec = "env:PLANE_KEY"
+    config = world.agent_config(api_key=spec)
+    agent = start_twistd("agent", config, tmp_path, env=env)
+    try:
+        wait_connected(agent, 20)
+        assert world.aws.desired_count(world.service) == 1
+    finally:
+        assert agent.stop() == 0
+    assert "POST /wake from 127.0.0.1 -> 200" in world.plane.log()
+    assert API_KEY not in agent.log()
+    agent.assert_no_unhandled_errors()
+    _code, out = doctor(config, tmp_path, env=env)
+    assert "ok    control plane:" in out and API_KEY not in out, out
+
+
+@pytest.mark.processes
+def test_an_api_key_that_cannot_be_had_is_one_line_at_start(world, tmp_path):
+    import os
+    import subprocess
+
+    from support import TWISTD
+
+    for spec, message in (
+        (f"file:{tmp_path / 'missing'}", f"'lifecycle.api_key': cannot read {tmp_path / 'missing'}"),
+        (
+            "keyring",
+            "'lifecycle.api_key: keyring': no API key for 127.0.0.1 in the system's credential store; store "
+            "one with: keyring set fluidity-control-plane 127.0.0.1",
+        ),
+    ):
+        path = tmp_path / "agent.yaml"
+        path.write_text(json.dumps(world.agent_config(api_key=spec)))
+        done = subprocess.run(
+            [TWISTD, "-n", "--pidfile=", "fluidity-agent", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+                "XDG_DATA_HOME": str(tmp_path / "empty"),
+            },
+        )
+        assert done.returncode != 0 and message in done.stderr and "Traceback" not in done.stderr, done

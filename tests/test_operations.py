@@ -235,7 +235,8 @@ def test_start_opens_the_port_to_the_operator_and_stop_closes_it(aws, tmp_path, 
             "--status-url",
             f"{plane.url}/status",
             "--api-key",
-            plane.api_key,
+            "env:PLANE_KEY",
+            env={"PLANE_KEY": plane.api_key},
         )
         assert done.returncode == 0, done.stderr
         assert "opened port 9443 to 127.0.0.1/32" in done.stdout  # the address the control plane saw

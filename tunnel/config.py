@@ -20,6 +20,8 @@ import yaml
 
 from lambdas.server_port import SERVER_PORT
 from tunnel.bypass import DEFAULT_BYPASS, check_bypass
+from tunnel.redaction import redact_url
+from tunnel.secret_source import command_line_refusal
 
 
 class ConfigError(Exception):
@@ -143,16 +145,30 @@ class Key:
     parse: Callable[[Any], Any]
     default: Any
     help: str
+    secret: Callable[[str], str] | None = None  # why a value may not be given as a flag ("" when it may)
 
     @property
     def flag(self) -> str:
         return self.name.replace(".", "-").replace("_", "-")
 
 
-def setting(parse: Callable[[Any], Any], default: Any, help: str) -> Any:
+def setting(parse: Callable[[Any], Any], default: Any, help: str, secret: Callable[[str], str] | None = None) -> Any:
     """Declare a setting once, as a settings field: how its text is read, its default, what
-    it is for. The key, its flag, its `--help` line and its documentation come from here."""
-    return field(default=default, metadata={"parse": parse, "help": help})
+    it is for. The key, its flag, its `--help` line and its documentation come from here.
+    A `secret` one is kept out of reprs, and `secret(value)` says why a value may not be
+    given as a flag (a command line is readable by every user of the machine)."""
+    return field(default=default, repr=secret is None, metadata={"parse": parse, "help": help, "secret": secret})
+
+
+def _password_in_url(value: str) -> str:
+    """A proxy URL with a password may not be a flag; one without may."""
+    if redact_url(value.strip()) == value.strip():
+        return ""
+    return (
+        "a password in the URL is refused on a command line, where every user of this machine can read it (the "
+        "process list): leave it out (the user may stay) and give --upstream-proxy-password env:VAR, file:PATH or "
+        "keyring, or set the URL in the config file"
+    )
 
 
 def _cert(role: str, what: str) -> str:
@@ -245,7 +261,13 @@ class LifecycleSettingsBlock:
     wake_endpoint: str = setting(_parse_str, "", "control-plane URL that starts the server")
     kill_endpoint: str = setting(_parse_str, "", "control-plane URL that stops the server")
     status_endpoint: str = setting(_parse_str, "", "control-plane URL that reports the server")
-    api_key: str = setting(_parse_str, "", "x-api-key for the control plane (or env:VAR)")
+    api_key: str = setting(
+        _parse_str,
+        "",
+        "x-api-key for the control plane: env:VAR, file:PATH, keyring (the system's credential store, entry "
+        "fluidity-control-plane and the wake endpoint's host), or the key (in the config file only)",
+        secret=command_line_refusal,
+    )
     wake_timeout: float = setting(parse_duration, 90.0, "how long a wake may take")
     wake_retry_interval: float = setting(parse_duration, 5.0, "poll interval while waking")
     kill_on_exit: bool | None = setting(
@@ -307,6 +329,7 @@ class AgentSettings:
         "",
         "reach the server (and the control plane) through this proxy: http://user:pass@host:port, https://... "
         "(TLS to the proxy), or auto (the platform's PAC file: its settings, then WPAD); default $HTTPS_PROXY",
+        secret=_password_in_url,
     )
     pac_url: str = setting(
         _parse_str,
@@ -326,8 +349,9 @@ class AgentSettings:
     upstream_proxy_password: str = setting(
         _parse_str,
         "",
-        "that user's password: env:VAR, keyring (the system's credential store; fluidity proxy-password stores "
-        "it), or the password",
+        "that user's password: env:VAR, file:PATH, keyring (the system's credential store; fluidity "
+        "proxy-password stores it), or the password (in the config file only)",
+        secret=command_line_refusal,
     )
     lifecycle: LifecycleSettingsBlock = field(default_factory=LifecycleSettingsBlock)  # the `lifecycle:` block
     source: str = field(default="defaults", compare=False)
@@ -359,7 +383,9 @@ def _keys_of(cls: type, prefix: str = "") -> list[Key]:
             keys += _keys_of(hints[f.name], f"{prefix}{f.name}.")
         elif "parse" in f.metadata:
             default = list(f.default) if isinstance(f.default, tuple) else f.default
-            keys.append(Key(prefix + f.name, f.metadata["parse"], default, f.metadata["help"]))
+            keys.append(
+                Key(prefix + f.name, f.metadata["parse"], default, f.metadata["help"], f.metadata.get("secret"))
+            )
     return keys
 
 
@@ -481,6 +507,9 @@ def load(keys: Schema[S], path: str | None, overrides: dict[str, Any] | None = N
     for origin, values in ((where, _read_file(keys, path) if path else {}), ("command line", overrides or {})):
         for name, value in values.items():
             key = by_name[name]
+            refusal = key.secret(str(value)) if key.secret is not None and origin == "command line" else ""
+            if refusal:
+                raise ConfigError(f"{origin}: '{name}' (--{key.flag}): {refusal}")
             try:
                 config[name] = key.parse(value)
             except ValueError as e:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +25,7 @@ from lambdas.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import AgentSettings, ConfigError
 from tunnel.redaction import redact
+from tunnel.secret_source import SecretUnavailable, api_key_entry, resolve
 from tunnel.wire.addresses import BadAddress, check_host, is_loopback
 
 log = Logger(namespace="fluidity.lifecycle")
@@ -67,13 +67,10 @@ def settings_from(config: AgentSettings) -> LifecycleSettings | None:
                 f"does not end in /wake)"
             )
         status = urlunsplit(parts._replace(path=parts.path.rstrip("/")[: -len("wake")] + "status"))
-    key = config.lifecycle.api_key
-    if key.startswith("env:"):
-        key = os.environ.get(key[4:], "")
-        if not key:
-            raise ConfigError(
-                f"{where}: 'lifecycle.api_key': environment variable {config.lifecycle.api_key[4:]} is not set or empty"
-            )
+    try:
+        key = api_key_of(config)
+    except SecretUnavailable as e:
+        raise ConfigError(f"{where}: {e}") from None
     if not key:
         raise ConfigError(
             f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)"
@@ -100,6 +97,18 @@ def settings_from(config: AgentSettings) -> LifecycleSettings | None:
         kill_on_exit=kill_on_exit,
         upstream_proxy=config.upstream_proxy,
     )
+
+
+def api_key_of(config: AgentSettings) -> str:
+    """The control plane's key from where `lifecycle.api_key` says it is (`env:VAR`,
+    `file:PATH`, `keyring`: the entry for the wake endpoint's host), or as written;
+    SecretUnavailable says why it cannot be had."""
+    block = config.lifecycle
+    try:
+        host = urlsplit(block.wake_endpoint.strip() or block.status_endpoint.strip()).hostname or ""
+    except ValueError:
+        host = ""
+    return resolve(block.api_key, "lifecycle.api_key", api_key_entry(host))
 
 
 def _check_url(url: str, what: str) -> None:

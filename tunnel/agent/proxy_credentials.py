@@ -2,11 +2,11 @@
 
 A proxy found by `upstream_proxy: auto` (a PAC file) or $HTTPS_PROXY has no credentials in
 it, and a password written into a config file is one more copy of it. `upstream_proxy_user`
-names the user; `upstream_proxy_password` says where the password is: `env:VAR`, `keyring`
-(the platform's credential store through the keyring package: Windows Credential Manager,
-the macOS Keychain, the Secret Service on Linux; `fluidity proxy-password` stores it), or
-the password itself. Looked up once, when the agent starts, so a missing one is a clear
-line then rather than a 407 later.
+names the user; `upstream_proxy_password` says where the password is (`secret_source`):
+`env:VAR`, `file:PATH`, `keyring` (the platform's credential store through the keyring
+package: Windows Credential Manager, the macOS Keychain, the Secret Service on Linux;
+`fluidity proxy-password` stores it), or the password itself. Looked up once, when the
+agent starts, so a missing one is a clear line then rather than a 407 later.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import unquote, urlsplit
 
 from tunnel.agent.upstream import UpstreamProxy
+from tunnel.secret_source import KeyringEntry, SecretUnavailable, is_reference, keyring_package, resolve
 
-KEYRING = "keyring"
 KEYRING_SERVICE = "fluidity-proxy"  # the keyring entry: this service, the user's name
 
 
@@ -63,14 +63,13 @@ def credentials_from(
         raise CredentialsError(
             "'upstream_proxy_password' needs a user name: set 'upstream_proxy_user' (e.g. CORP\\alice)"
         )
-    if spec.startswith("env:"):
-        value = environ.get(spec[4:], "")
-        if not value:
-            raise CredentialsError(f"'upstream_proxy_password': environment variable {spec[4:]} is not set or empty")
-        return ProxyCredentials(username, value)
-    if spec == KEYRING:
-        return ProxyCredentials(username, _from_keyring(username, keyring_module))
-    return ProxyCredentials(username, password_spec)
+    if not is_reference(spec):
+        return ProxyCredentials(username, password_spec)
+    entry = KeyringEntry(KEYRING_SERVICE, username, f"fluidity proxy-password --user '{username}'")
+    try:
+        return ProxyCredentials(username, resolve(spec, "upstream_proxy_password", entry, environ, keyring_module))
+    except SecretUnavailable as e:
+        raise CredentialsError(str(e)) from None
 
 
 def from_settings(config, environ=os.environ) -> ProxyCredentials:
@@ -78,31 +77,11 @@ def from_settings(config, environ=os.environ) -> ProxyCredentials:
     return credentials_from(config.upstream_proxy_user, config.upstream_proxy_password, config.upstream_proxy, environ)
 
 
-def _from_keyring(username: str, keyring_module=None) -> str:
-    keyring = keyring_module or _keyring()
-    try:
-        value = keyring.get_password(KEYRING_SERVICE, username)
-    except Exception as e:  # no backend on this system, a locked store, D-Bus gone
-        raise CredentialsError(
-            f"'upstream_proxy_password: keyring': the system's credential store did not answer ({type(e).__name__}: "
-            f"{e})"
-        ) from None
-    if not value:
-        raise CredentialsError(
-            f"'upstream_proxy_password: keyring': no password for {username} in the system's credential store; store "
-            f"one with: fluidity proxy-password --user '{username}'"
-        )
-    return value
-
-
 def _keyring():
     try:
-        import keyring
-    except ImportError:
-        raise CredentialsError(
-            "'upstream_proxy_password: keyring' needs the keyring package (pip install keyring)"
-        ) from None
-    return keyring
+        return keyring_package("upstream_proxy_password")
+    except SecretUnavailable as e:
+        raise CredentialsError(str(e)) from None
 
 
 def store(username: str, password: str, keyring_module=None) -> str:

@@ -191,6 +191,30 @@ class _Children:
                 child.kill()
 
 
+def _api_key(given: str | None, host: str) -> str:
+    """`--api-key` as given (env:VAR, file:PATH or keyring: never the key itself, which every
+    user could read in the process list), else $FLUIDITY_API_KEY; ValueError says why not."""
+    from tunnel.secret_source import api_key_entry, command_line_refusal, resolve
+
+    if given is None:
+        return os.environ.get("FLUIDITY_API_KEY", "")
+    refusal = command_line_refusal(given)
+    if refusal:
+        raise ValueError(f"--api-key: {refusal}")
+    return resolve(given, "--api-key", api_key_entry(host))
+
+
+def _operator_api_key(given: str | None, status_url: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    from tunnel.ops.operations import OperatorError
+
+    try:
+        return _api_key(given, urlsplit(status_url or "").hostname or "")
+    except ValueError as e:
+        raise OperatorError(str(e)) from None
+
+
 def _control_plane(args) -> int:
     """Serve the Lambda handlers on a local port until Ctrl-C."""
     import os
@@ -201,9 +225,16 @@ def _control_plane(args) -> int:
 
     from tunnel.ops.control_plane import make_site
 
-    api_key = args.api_key or os.environ.get("FLUIDITY_API_KEY", "")
+    try:
+        api_key = _api_key(args.api_key, args.host)
+    except ValueError as e:
+        print(f"fluidity control-plane: {e}", file=sys.stderr)
+        return 2
     if not api_key:
-        print("fluidity control-plane: give --api-key or set FLUIDITY_API_KEY", file=sys.stderr)
+        print(
+            "fluidity control-plane: give --api-key env:VAR, file:PATH or keyring, or set FLUIDITY_API_KEY",
+            file=sys.stderr,
+        )
         return 2
     try:
         import boto3  # noqa: F401  (the handlers talk to AWS)
@@ -275,11 +306,12 @@ def _operate(args) -> int:
         if args.command == "start":
             allow_ip = args.allow_ip
             if allow_ip == "auto":
-                if not args.status_url or not args.api_key:
+                api_key = _operator_api_key(args.api_key, args.status_url)
+                if not args.status_url or not api_key:
                     raise operations.OperatorError(
                         "--allow-ip auto needs --status-url and --api-key (or FLUIDITY_STATUS_URL and FLUIDITY_API_KEY)"
                     )
-                allow_ip = operations.my_address(args.status_url, args.api_key)
+                allow_ip = operations.my_address(args.status_url, api_key)
             elif allow_ip is not None:
                 try:
                     allow_ip = str(ipaddress.IPv4Address(allow_ip))
@@ -733,7 +765,12 @@ def _add_roles(commands) -> None:
 
 def _add_control_plane(commands) -> None:
     plane = commands.add_parser("control-plane", help="serve wake/status/kill locally (API Gateway stand-in)")
-    plane.add_argument("--api-key", help="required x-api-key (default: $FLUIDITY_API_KEY)")
+    plane.add_argument(
+        "--api-key",
+        metavar="env:VAR|file:PATH|keyring",
+        help="where the required x-api-key is (the key itself is refused here: the process list shows it; "
+        "default: $FLUIDITY_API_KEY)",
+    )
     plane.add_argument("--host", default="127.0.0.1")
     plane.add_argument("--port", type=int, default=8000)
     plane.add_argument("--cluster", help="ECS cluster (default: $CLUSTER_NAME or fluidity)")
@@ -811,8 +848,9 @@ def _add_operations(commands) -> None:
             )
             op.add_argument(
                 "--api-key",
-                default=os.environ.get("FLUIDITY_API_KEY"),
-                help="its x-api-key (default: $FLUIDITY_API_KEY)",
+                metavar="env:VAR|file:PATH|keyring",
+                help="where its x-api-key is (the key itself is refused here: the process list shows it; default: "
+                "$FLUIDITY_API_KEY)",
             )
         else:
             op.add_argument("--no-wait", action="store_true", help="return once ECS has been asked")

@@ -241,9 +241,14 @@ def _server_address(config, checks: list[Check], timeout: float, choice) -> tupl
 def _status(config, url: str, checks: list[Check], timeout: float, choice) -> dict | None:
     from urllib.parse import quote, urlsplit
 
-    key = config.lifecycle.api_key
-    if key.startswith("env:"):
-        key = os.environ.get(key[4:], "")
+    from tunnel.agent.lifecycle import api_key_of
+    from tunnel.secret_source import FORMS, SecretUnavailable
+
+    try:
+        key = api_key_of(config)
+    except SecretUnavailable as e:
+        checks.append(Check("control plane", "FAIL", str(e), f"give lifecycle.api_key as {FORMS}, or the key"))
+        return None
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
     # The agent's own route for this host: its proxy choice (configured, auto, $HTTPS_PROXY),
     # except for this machine, which is always dialled directly.

@@ -224,7 +224,8 @@ def start(
         print(
             f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a "
             f"lifecycle block add "
-            "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL --api-key KEY",
+            "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL (the key in "
+            "$FLUIDITY_API_KEY, or --api-key env:VAR, file:PATH or keyring)",
             file=out,
             flush=True,
         )
