@@ -210,14 +210,18 @@ class ControlPlane:
             force=True,
         )
         self.log_path = work / "control-plane.log"
-        env = {**self.moto.env, "CLUSTER_NAME": "fluidity", "SERVICE_NAME": "fluidity-server", "CONTAINER_PORT": "443"}
+        env = {
+            **self.moto.env,
+            "CLUSTER_NAME": "fluidity",
+            "SERVICE_NAME": "fluidity-server",
+            "CONTAINER_PORT": "443",
+            "FLUIDITY_API_KEY": API_KEY,  # never on the command line: every user can read those
+        }
         self.process = start(
             INTERNET,
             [
                 FLUIDITY,
                 "control-plane",
-                "--api-key",
-                API_KEY,
                 "--host",
                 PLANE,
                 "--port",
