@@ -339,16 +339,19 @@ class TunnelConnection:
             normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.local_settings = h2.settings.Settings(
-            client=client_side,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams if not client_side else 0,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
+        settings = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        }
+        if not client_side:
+            settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = max_streams
+        # The agent sets no stream limit: with push off a server opens no streams anyway (the
+        # core resets any it tries), and h2 checks the limit against every HEADERS frame on a
+        # stream id it has pruned, so a limit of 0 made the server's late answer to a stream
+        # the agent had reset end the whole connection (issue 39; upstream/h2-closed-stream-limit.md).
+        self._h2.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
         # Settings given before the preface count as already in force; h2 only syncs this on ACK.
         self._h2.max_inbound_frame_size = MAX_FRAME
 
