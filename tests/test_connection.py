@@ -28,12 +28,12 @@ DEST = parse_authority("example.test:443")
 
 
 class Pair:
-    def __init__(self, keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0) -> None:
+    def __init__(self, keepalive_interval: float = 0.0, keepalive_timeout: float = 10.0, max_streams: int = 10) -> None:
         self.agent = core.TunnelConnection(
             client_side=True,
             limits=core.TunnelLimits(keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout),
         )
-        self.server = core.TunnelConnection(client_side=False, limits=core.TunnelLimits(max_streams=10))
+        self.server = core.TunnelConnection(client_side=False, limits=core.TunnelLimits(max_streams=max_streams))
         self.agent.start(0.0)
         self.server.start(0.0)
         self.events = {"agent": [], "server": []}
@@ -563,3 +563,61 @@ def test_a_stream_the_server_tries_to_open_is_refused_alone():
     [refused] = [f for f in w.answers if isinstance(f, RstStreamFrame)]
     assert refused.stream_id == 2 and refused.error_code == h2.errors.ErrorCodes.PROTOCOL_ERROR
     _still_serves(w, bystander)
+
+
+def test_clients_cancelling_faster_than_the_server_allows_wait_instead_of_losing_the_tunnel():
+    """Every stream a client cancels before its answer is a reset the server counts against
+    Rapid Reset. The agent keeps under that budget: past 90% of it in one window, new streams
+    are refused locally with a 503 that says why, the connection and its open streams carry
+    on, and once the window has passed streams open again."""
+    p = Pair(max_streams=core.DEFAULT_LIMITS.max_streams)
+    bystander = p.agent.open_stream(DEST)
+    p.pump(now=0.0)
+    p.server.respond(bystander)
+    cancelled = refused = 0
+    for n in range(core.FLOOD_LIMITS["stream resets"] + 200):
+        now = 1.0 + n * 0.001  # all within one flood window
+        p.agent.tick(now)
+        try:
+            sid = p.agent.open_stream(DEST)
+        except core.OpenFailed as e:
+            assert e.status == 503 and "cancelled before their answer" in e.reason
+            refused += 1
+            continue
+        p.pump(now=now)
+        p.agent.reset(sid, "the client went away")
+        cancelled += 1
+        p.pump(now=now)
+    allowed = core.FLOOD_LIMITS["stream resets"] * 9 // 10
+    assert cancelled == allowed and refused == core.FLOOD_LIMITS["stream resets"] + 200 - allowed
+    assert not p.of("server", core.Finished) and not p.of("agent", core.Finished)
+    assert p.agent.stream_state(bystander) is core.StreamState.OPEN
+    p.agent.tick(1.0 + core.FLOOD_WINDOW)
+    assert p.agent.open_stream(DEST)  # the window has passed
+
+
+def test_a_server_resetting_the_agent_s_streams_is_no_flood_to_the_agent():
+    """A port scan whose destinations all refuse: the server refuses and resets each stream
+    the agent opened. That is the agent's own doing, not an attack on it: no flood budget."""
+    p = Pair(max_streams=core.DEFAULT_LIMITS.max_streams)
+    for _n in range(core.FLOOD_LIMITS["stream resets"] + 100):
+        sid = p.agent.open_stream(DEST)
+        p.pump(now=1.0)
+        p.server.refuse(sid, 502, "connection refused")
+        p.pump(now=1.0)
+    assert len(p.of("agent", core.StreamRefused)) == core.FLOOD_LIMITS["stream resets"] + 100
+    assert not p.of("agent", core.Finished) and not p.agent.terminated
+
+
+def test_resets_of_answered_streams_are_no_rapid_reset():
+    """A download the user cancels is reset after its 200: work the server was asked for and
+    did. Only resets before the answer count against the server's Rapid Reset budget."""
+    p = Pair(max_streams=core.DEFAULT_LIMITS.max_streams)
+    for _ in range(core.FLOOD_LIMITS["stream resets"] + 100):
+        sid = p.agent.open_stream(DEST)
+        p.pump(now=1.0)
+        p.server.respond(sid)
+        p.pump(now=1.0)
+        p.agent.reset(sid, "the user cancelled the download")
+        p.pump(now=1.0)
+    assert not p.of("server", core.Finished) and not p.server.terminated

@@ -76,7 +76,7 @@ FLOOD_WINDOW = 10.0
 # WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
 # 16 MiB the connection), a few hundred a second at gigabit rates.
 FLOOD_LIMITS = {
-    "stream resets": 2000,
+    "stream resets": 2000,  # of streams not yet answered: what Rapid Reset sends
     "SETTINGS frames": 100,
     "PING frames": 100,
     "empty DATA frames": 1000,
@@ -98,6 +98,10 @@ class Budget:
             self.start, self.count = now, 0
         self.count += 1
         return self.count <= self.limit
+
+    def left(self, now: float) -> int:
+        """What may still be spent in the window `now` falls in."""
+        return self.limit if now - self.start >= self.window else max(0, self.limit - self.count)
 
 
 class StreamState(enum.Enum):
@@ -325,6 +329,11 @@ class TunnelConnection:
         self._terminated = False  # a GOAWAY went either way: h2 accepts nothing more
         self._paused = False  # the transport is full: stream data waits
         self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
+        # The agent keeps its own resets of unanswered streams under the server's budget for
+        # them, so that clients cancelling faster than that wait a moment instead of the
+        # server ending the connection that carries everyone's streams.
+        self._own_resets = Budget(FLOOD_LIMITS["stream resets"] * 9 // 10, FLOOD_WINDOW)
+        self._now = 0.0  # the time the latest timed input (start, receive, tick, probe) carried
         self._ping_ids = itertools.count(1)
         self._ping_at: float | None = None
         self._ping_deadline: float | None = None
@@ -361,7 +370,7 @@ class TunnelConnection:
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if self._keepalive_interval > 0:
             self._ping_at = now + self._keepalive_interval
-        self._last_heard = now
+        self._last_heard = self._now = now
 
     def data_to_send(self) -> bytes:
         return self._h2.data_to_send()
@@ -377,7 +386,7 @@ class TunnelConnection:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
         if self._terminated:
             return []
-        self._last_heard = now
+        self._last_heard = self._now = now
         out: list[Event] = []
         try:
             for event in self._h2.receive_data(data):
@@ -404,6 +413,7 @@ class TunnelConnection:
     @_queued
     def tick(self, now: float) -> list[Event]:
         """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
+        self._now = now
         if self._ping_deadline is not None and now >= self._ping_deadline:
             self._ping_deadline = self._ping_at = None
             return [PingOverdue(now - (self._ping_sent if self._ping_sent is not None else now))]
@@ -418,6 +428,7 @@ class TunnelConnection:
         sure the connection still works, within `timeout` (a PING now, or the one already
         awaiting its ACK given the shorter deadline). A middlebox that forgot an idle flow
         drops what we send without a word; this notices in seconds, not at the next PING."""
+        self._now = now
         if self._terminated or now - self._last_heard < quiet:
             return
         if self._ping_deadline is not None:
@@ -497,9 +508,12 @@ class TunnelConnection:
             self._remote_end(stream, out)
 
     def _on_reset(self, event: h2.events.StreamReset, now: float, out: list[Event]) -> None:
-        if event.remote_reset and self._flooding("stream resets", now, out):
-            return
         stream = self._streams.get(event.stream_id)
+        # Rapid Reset opens streams and resets them before their answer; only a server has
+        # streams opened by its peer. The agent's own streams reset by the server cost it nothing.
+        rapid = stream is None or not stream.answered
+        if event.remote_reset and rapid and not self._client_side and self._flooding("stream resets", now, out):
+            return
         if stream is None:
             return
         code = event.error_code
@@ -644,6 +658,12 @@ class TunnelConnection:
         """Agent: send CONNECT; bytes may be sent on it before the 200 arrives."""
         if self._draining or self._terminated:
             raise OpenFailed(503, "tunnel connection is closing")
+        if not self._own_resets.left(self._now):
+            raise OpenFailed(
+                503,
+                f"more than {self._own_resets.limit} connections were cancelled before their answer in "
+                f"{FLOOD_WINDOW:g}s; new ones wait a few seconds (the server takes more for an attack)",
+            )
         sid = self._h2.get_next_available_stream_id()
         try:
             self._h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", destination.authority.encode())])
@@ -743,6 +763,9 @@ class TunnelConnection:
             pass
 
     def _reset_quietly(self, sid: int, code: h2.errors.ErrorCodes) -> None:
+        stream = self._streams.get(sid)
+        if self._client_side and stream is not None and not stream.answered:
+            self._own_resets.spend(self._now)  # what the server counts as a rapid reset
         try:
             self._h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
