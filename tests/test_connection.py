@@ -4,6 +4,9 @@ each other `data_to_send()`."""
 
 from __future__ import annotations
 
+import dataclasses
+import types
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -326,6 +329,45 @@ def test_a_stream_moves_only_as_the_table_says_and_an_impossible_step_raises():
     assert not any(state is core.StreamState.CLOSED for state, _ in core.STREAM_TRANSITIONS)  # closed is the end
 
 
+def test_the_connection_moves_only_as_its_table_says_and_each_state_is_reached_as_it_happens():
+    """The connection's own state is one value moved by one table (no flags beside it): every
+    pair not in the table raises and leaves the state as it was; the states a real exchange
+    passes through are the table's."""
+    for state in core.ConnectionState:
+        for what in core.ConnectionInput:
+            conn = core.TunnelConnection(client_side=False)
+            conn._state = state
+            allowed = core.CONNECTION_TRANSITIONS.get((state, what))
+            if allowed is None:
+                with pytest.raises(core.StreamStateError, match="connection"):
+                    conn._move(what)
+                assert conn.state is state
+            else:
+                conn._move(what)
+                assert conn.state is allowed
+    ended = (core.ConnectionState.CLOSED, core.ConnectionState.FAILED)
+    assert not any(state in ended for state, _ in core.CONNECTION_TRANSITIONS)  # both are ends
+
+    p = Pair()  # an exchange: starting, open, the server drains, its last stream ends, closed
+    assert p.agent.state is p.server.state is core.ConnectionState.OPEN
+    assert p.agent.peer_ready and not p.agent.draining and not p.agent.terminated
+    sid = p.agent.open_stream(DEST)
+    p.pump()
+    p.server.begin_drain()
+    p.pump()
+    assert p.agent.state is p.server.state is core.ConnectionState.DRAINING
+    p.server.refuse(sid, 503, "draining")
+    p.pump()
+    assert p.server.state is p.agent.state is core.ConnectionState.CLOSED
+    assert p.agent.peer_ready and p.agent.terminated  # it did work, once
+
+    never = core.TunnelConnection(client_side=True)  # a peer that says goodbye before its SETTINGS
+    never.start(0.0)
+    assert never.state is core.ConnectionState.STARTING and not never.peer_ready
+    never.receive(GoAwayFrame(0).serialize(), 1.0)
+    assert never.state is core.ConnectionState.FAILED and never.terminated and not never.peer_ready
+
+
 # -- frames about a stream this side closed, reset or forgot (RFC 9113 §5.1) ------------------
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -621,3 +663,54 @@ def test_resets_of_answered_streams_are_no_rapid_reset():
         p.agent.reset(sid, "the user cancelled the download")
         p.pump(now=1.0)
     assert not p.of("server", core.Finished) and not p.server.terminated
+
+
+@pytest.mark.parametrize("client_side", [False, True], ids=["server", "agent"])
+def test_every_limit_a_role_has_comes_from_its_settings_and_reaches_the_core(client_side, tmp_path):
+    """Each limit is set in a config file to a value no default has, loaded as the role loads
+    it, and then seen in what the core does; a settings class that lost one fails at start."""
+    from tunnel.config import AGENT_KEYS, SERVER_KEYS, load
+
+    chosen = {"max_streams": 37, "keepalive_interval": 41.0, "keepalive_timeout": 43.0, "probe_timeout": 4.5}
+    skipped = core.SERVER_ONLY_LIMITS if client_side else core.AGENT_ONLY_LIMITS
+    role = {n: v for n, v in chosen.items() if n not in skipped}
+    assert set(role) | skipped == {f.name for f in dataclasses.fields(core.TunnelLimits)}  # none forgotten
+    path = tmp_path / "role.yaml"
+    path.write_text("".join(f"{name}: {value}\n" for name, value in role.items()))
+    settings = load(AGENT_KEYS if client_side else SERVER_KEYS, str(path))
+    limits = core.TunnelLimits.of(settings, client_side=client_side)
+    assert {n: getattr(limits, n) for n in role} == role
+
+    conn = core.TunnelConnection(client_side=client_side, limits=limits)
+    conn.start(100.0)
+    assert conn.next_deadline() == 100.0 + role["keepalive_interval"]
+    conn.tick(100.0 + role["keepalive_interval"])
+    conn.tick(100.0 + role["keepalive_interval"] + role["keepalive_timeout"])
+    [overdue] = [e for e in conn.events() if isinstance(e, core.PingOverdue)]
+    assert overdue.waited == role["keepalive_timeout"]
+    [settings_frame] = [f for f in _frames(conn.data_to_send(), client_side) if isinstance(f, SettingsFrame)]
+    advertised = settings_frame.settings.get(SettingsFrame.MAX_CONCURRENT_STREAMS)
+    if client_side:
+        assert advertised is None  # the agent limits nothing (see the late-frames tests)
+        fresh = core.TunnelConnection(client_side=True, limits=limits)
+        fresh.start(0.0)
+        fresh.probe(5.0, limits.probe_timeout)  # quiet for 5 s: a PING goes with the stream
+        assert fresh.next_deadline() == 5.0 + role["probe_timeout"]
+    else:
+        assert advertised == role["max_streams"]
+
+    for name in role:  # a settings class in which one limit was renamed
+        renamed = types.SimpleNamespace(**{(n + "_renamed" if n == name else n): v for n, v in role.items()})
+        with pytest.raises(TypeError, match=name):
+            core.TunnelLimits.of(renamed, client_side=client_side)
+
+
+def _frames(data: bytes, client_side: bool) -> list:
+    data = data[len(PREFACE) :] if client_side else data
+    frames = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        frames.append(frame)
+        data = data[9 + length :]
+    return frames

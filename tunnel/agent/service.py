@@ -100,7 +100,7 @@ class Agent(service.Service):
             host=config.server_ip,
             port=config.server_port,
             connect_timeout=config.connect_timeout,
-            limits=TunnelLimits.of(config),
+            limits=TunnelLimits.of(config, client_side=True),
             reconnect_max_delay=config.reconnect_max_delay,
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,

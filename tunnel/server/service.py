@@ -265,7 +265,7 @@ class TunnelServer(Factory):
             settings.max_handshakes, settings.max_handshakes_per_source
         )
         self.max_streams_per_agent = settings.max_streams_per_agent
-        self.limits = TunnelLimits.of(settings)  # each agent connection's streams and keepalive
+        self.limits = TunnelLimits.of(settings, client_side=False)  # each agent connection's streams and keepalive
         # Not `revocations or ...`: an empty list (every operator's first) is still the file to watch.
         self.revocations = revocations if revocations is not None else RevocationList("")
         self.connections: set[ServerConnection] = set()
