@@ -139,14 +139,15 @@ class ProxyChoice:
             else ssl.optionsForClientTLS(proxy.host)
         )
 
-    def refresh(self, reactor) -> defer.Deferred | None:
-        """For `auto`: look for the PAC file again if it is time; None when nothing to wait for."""
+    def refresh(self, reactor, force: bool = False) -> defer.Deferred | None:
+        """For `auto`: look for the PAC file again if it is time (`force`: the network changed,
+        so now); None when nothing to wait for."""
         if not self.auto:
             return None
         if self._looking is not None:
             return self._waiter()
         now = reactor.seconds()
-        if self._looked_at is not None and now - self._looked_at < REFRESH:
+        if not force and self._looked_at is not None and now - self._looked_at < REFRESH:
             return None
         self._looked_at = now
         self._looking = threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._find, self.pac_url)
