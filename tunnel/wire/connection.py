@@ -831,38 +831,43 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return out
-        outbox = stream.outbox
         try:
-            while outbox and not self._paused:
-                window = self._h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                n = min(window, self._h2.max_outbound_frame_size)
-                chunk = outbox.popleft()
-                if len(chunk) > n:
-                    outbox.appendleft(chunk[n:])
-                    chunk = chunk[:n]
-                last = stream.end_queued and not outbox
-                self._h2.send_data(sid, chunk, end_stream=last)
-                stream.delivered += len(chunk)
-                if last:
-                    self._local_end(stream, out)
-            if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
-                self._h2.end_stream(sid)
-                self._local_end(stream, out)
+            self._send_within_windows(stream, out)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
             self._close(stream, str(e), False, out)
-        if stream.outbox and not stream.closed:
-            self._waiting[sid] = stream
-            if not stream.blocked:
-                stream.blocked = True
-                out.append(SendBlocked(sid))
-        else:
-            self._waiting.pop(sid, None)
-            if stream.blocked:
-                stream.blocked = False
-                out.append(SendUnblocked(sid))
+        self._mark_blocked(stream, bool(stream.outbox) and not stream.closed, out)
         return out
+
+    def _send_within_windows(self, stream: Stream, out: list[Event]) -> None:
+        """As much of the outbox as the windows and the transport take; END_STREAM after the last byte."""
+        sid, outbox = stream.sid, stream.outbox
+        while outbox and not self._paused:
+            window = self._h2.local_flow_control_window(sid)
+            if window <= 0:
+                break
+            n = min(window, self._h2.max_outbound_frame_size)
+            chunk = outbox.popleft()
+            if len(chunk) > n:
+                outbox.appendleft(chunk[n:])
+                chunk = chunk[:n]
+            last = stream.end_queued and not outbox
+            self._h2.send_data(sid, chunk, end_stream=last)
+            stream.delivered += len(chunk)
+            if last:
+                self._local_end(stream, out)
+        if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
+            self._h2.end_stream(sid)
+            self._local_end(stream, out)
+
+    def _mark_blocked(self, stream: Stream, blocked: bool, out: list[Event]) -> None:
+        """Keep the stream in the round-robin of those waiting for a window, and say when that changes."""
+        if blocked:
+            self._waiting[stream.sid] = stream
+        else:
+            self._waiting.pop(stream.sid, None)
+        if stream.blocked is not blocked:
+            stream.blocked = blocked
+            out.append(SendBlocked(stream.sid) if blocked else SendUnblocked(stream.sid))
 
     def _flush_all(self) -> list[Event]:
         """Send what waits, stream by stream, until the transport or the connection window is full."""
