@@ -87,7 +87,11 @@ class Agent(service.Service):
         self.lifecycle = settings_from(config)
         # One proxy policy for every connection the agent makes: the tunnel and the control plane.
         self.proxies = ProxyChoice(
-            config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config)
+            config.upstream_proxy,
+            config.pac_url,
+            config.upstream_proxy_ca,
+            credentials=proxy_credentials(config),
+            auth_allow=config.upstream_proxy_auth_allow,
         )
         self.control_plane: ControlPlaneClient | None = None
         self.locator: ServerLocator | None = None

@@ -156,7 +156,13 @@ def _proxy_choice(config, checks: list[Check]):
         )
         return None
     try:
-        choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=credentials)
+        choice = ProxyChoice(
+            config.upstream_proxy,
+            config.pac_url,
+            config.upstream_proxy_ca,
+            credentials=credentials,
+            auth_allow=config.upstream_proxy_auth_allow,
+        )
     except Exception as e:  # an unreadable upstream_proxy_ca, or pyOpenSSL's error for bad PEM
         checks.append(
             Check(
@@ -426,7 +432,7 @@ def _upstream(
         return Dial(lambda: socket.create_connection((host, port), timeout=timeout))
     why = why.removeprefix("from ")
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
-    auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
+    auth = ProxyAuthenticator.for_proxy(proxy)
     try:
         status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
         if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
@@ -438,7 +444,7 @@ def _upstream(
                 )
             )
             target = f"{host}:{port}"
-            auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
+            auth = ProxyAuthenticator.for_proxy(proxy)
             status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
     except ProxyAuthError as e:
         checks.append(
@@ -446,7 +452,9 @@ def _upstream(
                 "upstream proxy",
                 "FAIL",
                 f"{proxy.display} (from {why}): {e}",
-                "check the proxy's user name and password in upstream_proxy",
+                "if it is your network's proxy, add it to upstream_proxy_auth_allow"
+                if proxy.credentials_withheld
+                else "check the proxy's user name and password in upstream_proxy",
             )
         )
         return None
@@ -498,7 +506,7 @@ def _upstream(
         _, head = _connect_through(
             proxy,
             target,
-            ProxyAuthenticator(proxy.username, proxy.password, proxy.host),
+            ProxyAuthenticator.for_proxy(proxy),
             timeout,
             kept,
             config.upstream_proxy_ca,
