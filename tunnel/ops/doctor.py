@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
+from tunnel.wire import patches
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.key_privacy import exposure
 
@@ -49,6 +50,7 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
     except cfg.ConfigError as e:
         return [Check("config", "FAIL", str(e), "fix the file or the flag it names")]
     checks.append(Check("config", "ok", f"{config.source} is valid"))
+    checks.append(_library_patches())
 
     material = _certificates(config, checks)
     if material is None:
@@ -63,6 +65,18 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
         _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout, dial)
     _aws(checks)
     return checks
+
+
+def _library_patches() -> Check:
+    """Which library patches the agent installs at start with these libraries (a refused one
+    only costs speed: the library runs as shipped)."""
+    if os.environ.get(patches.OFF_SWITCH) == "off":
+        return Check("library patches", "ok", f"{patches.OFF_SWITCH}=off: every library runs as shipped")
+    found = {patch.name: patch.unfit() for patch in patches.registry().patches()}
+    said = "; ".join(f"{name}: {'fits' if why is None else 'off (' + why + ')'}" for name, why in found.items())
+    if all(why is None for why in found.values()):
+        return Check("library patches", "ok", said)
+    return Check("library patches", "warn", said, "an upgraded library: the agent runs it as shipped, a little slower")
 
 
 def _certificates(config, checks: list[Check]):
