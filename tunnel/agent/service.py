@@ -11,13 +11,13 @@ from twisted.logger import Logger
 
 from tunnel.agent.http_front import ProxySite
 from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
-from tunnel.agent.opener import AgentOpener
 from tunnel.agent.pac import pac_file
 from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.tunnel_client import TunnelClient
+from tunnel.agent.tunnel_opener import AgentOpener
 from tunnel.config import LOOPBACK_HOSTS, AgentSettings, read_pem
 from tunnel.wire import descriptors
 from tunnel.wire.connection import TunnelLimits

@@ -28,7 +28,7 @@ from tunnel.wire import descriptors
 from tunnel.wire.addresses import BadAddress, parse_authority
 from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.endings import Endings, socket_under
-from tunnel.wire.http_front import HttpFront
+from tunnel.wire.http11_front import HttpFront
 from tunnel.wire.logs import Throttle
 from tunnel.wire.mux import TunnelMux, TunnelStream
 from tunnel.wire.refusals import OpenFailed
