@@ -120,6 +120,12 @@ class ProxyAuthenticator:
             raise ProxyAuthError(f"the proxy asks for {names} authentication and gets no credentials: {self.withheld}")
         if self._context is not None and self.scheme in challenges and challenges[self.scheme].token:
             return self._continue(challenges[self.scheme].token)
+        self._refused_already(challenges)
+        return self._first_answer(challenges, method, target)
+
+    def _refused_already(self, challenges: dict[str, Challenge]) -> None:
+        """A second 407 after an answer (not a stale Digest nonce, not a connection-bound
+        handshake going on): the proxy said no to these credentials."""
         if (
             self.scheme is not None
             and not self.connection_bound
@@ -133,9 +139,11 @@ class ProxyAuthenticator:
             raise ProxyAuthError(
                 f"the proxy refused the {self._scheme_name} authentication of {self.username or 'the logged-in user'}"
             )
-        offered = [s for s in PREFERENCE if s in challenges]
+
+    def _first_answer(self, challenges: dict[str, Challenge], method: str, target: str) -> str:
+        """The first scheme, in order of preference, that can be answered; else why none can."""
         self._why = []
-        for scheme in offered:
+        for scheme in (s for s in PREFERENCE if s in challenges):
             header = self._start(scheme, challenges[scheme], method, target)
             if header is not None:
                 return header
