@@ -60,9 +60,13 @@ class Browser:
         self.call("Runtime.enable")
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
 
-    def call(self, method: str, timeout: float = 30.0, **params) -> dict:
+    def call(self, method: str, timeout: float = 30.0, session: str | None = None, **params) -> dict:
+        """One CDP command; `session` sends it to an attached target (a frame of another site)."""
         self._id += 1
-        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        message = {"id": self._id, "method": method, "params": params}
+        if session is not None:
+            message["sessionId"] = session
+        self.ws.send(json.dumps(message))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             message = json.loads(self.ws.recv(timeout=max(0.1, deadline - time.monotonic())))
