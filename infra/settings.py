@@ -75,7 +75,8 @@ class StackSettings:
     sleep_schedule: str = "rate(5 minutes)"
     kill_schedule: str = "cron(0 23 * * ? *)"
     control_plane: bool = True
-    monitoring: bool = True  # alarms, topic and dashboard (with the control plane)
+    monitoring: bool = True  # the error alarm and its topic (with the control plane)
+    dashboard: bool = False  # a CloudWatch dashboard too (with monitoring): $3.00 a month at list price
     capacity: str = "FARGATE"
     cpu_architecture: str = "X86_64"
     metrics_namespace: str = "Fluidity"
@@ -284,6 +285,7 @@ def from_config(config) -> StackSettings:
         kill_schedule=_schedule(config, "killSchedule", "cron(0 23 * * ? *)"),
         control_plane=_bool(config, "controlPlane", True),
         monitoring=_bool(config, "monitoring", True),
+        dashboard=_bool(config, "dashboard", False),
         capacity=_choice(config, "capacity", "FARGATE", ("FARGATE", "FARGATE_SPOT")),
         cpu_architecture=_choice(config, "cpuArchitecture", "X86_64", ("X86_64", "ARM64")),
         metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),

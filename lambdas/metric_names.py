@@ -3,3 +3,4 @@
 
 ACTIVE_CONNECTIONS = "ActiveConnections"  # agents connected now (dimension ServiceName, and Agent per identity)
 LAST_ACTIVITY = "LastActivityEpochSeconds"  # when an agent last sent a byte, connected or opened a stream
+CONTROL_PLANE_ERRORS = "ControlPlaneErrors"  # the Lambdas' error lines and the API's 5xx, by metric filter (infra/)

@@ -105,5 +105,6 @@ def handler(event, context=None) -> dict:
                 decision = {"action": "error", "reason": f"internal error: {type(e).__name__}"}
             else:
                 decision = {"action": "error", "reason": aws_reason(e)}
-    log.info("sleep decision: %s", json.dumps(decision))
+    # An error decision is an error line, which the stack's alarm counts (infra/monitoring.py).
+    (log.error if decision["action"] == "error" else log.info)("sleep decision: %s", json.dumps(decision))
     return decision

@@ -32,7 +32,9 @@ def test_worked_example_defaults_forty_hours_one_agent():
     assert not [line for line in est.running if "PutMetricData" in line.item]  # EMF lines: no API requests
     ecr = by_item(est.stopped, "ECR")
     assert ecr.high == round(costs.IMAGE_MB / 1024 * 2 * 0.10, 4)  # the lifecycle rule keeps two images
-    assert by_item(est.stopped, "alarms").high == 0.90 and by_item(est.stopped, "dashboard").high == 3.00
+    assert by_item(est.stopped, "monitoring: 1 alarm reading 2 metrics").high == 0.20  # $0.10 a metric
+    assert not [line for line in est.stopped if line.item.startswith("dashboard")]  # opt-in
+    assert by_item(estimate_for({"dashboard": "true"}, costs.Usage()).stopped, "dashboard").high == 3.00
 
 
 def test_worked_example_arm64_spot_hundred_hours_three_agents():
@@ -112,12 +114,16 @@ def test_a_missing_stack_file_and_bad_flags(tmp_path):
     assert done.returncode == 2 and "--hours-per-month" in done.stderr
 
 
-def test_leaving_monitoring_out_is_what_keeps_a_stopped_month_under_two_cents_at_list_price():
+def test_a_stopped_stack_costs_at_most_fifty_cents_at_list_price_with_monitoring():
+    """Issue 43: $3.94 a month stopped (nine alarms and a dashboard) became the alarm's two
+    metrics, the ECR images and the schedule's runs; without monitoring only the last two."""
     with_monitoring = estimate_for({}, costs.Usage())
     without = estimate_for({"monitoring": "false"}, costs.Usage())
+    assert with_monitoring.total(with_monitoring.stopped, "high") <= 0.50
     dropped = with_monitoring.total(with_monitoring.stopped, "high") - without.total(without.stopped, "high")
-    assert round(dropped, 2) == 3.90  # nine alarms and one dashboard
-    assert not [line for line in without.stopped if line.item.startswith(("alarms", "dashboard"))]
+    assert round(dropped, 2) == 0.20  # the one alarm
+    assert not [line for line in without.stopped if line.item.startswith(("monitoring", "dashboard"))]
+    assert without.total(without.stopped, "high") <= 0.05 and without.total(without.stopped, "free") == 0.0
 
 
 @pytest.mark.processes

@@ -237,29 +237,41 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
                 "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
             )
         )
-        if s.monitoring:
-            alarms = 9 * rates.ALARM_MONTH
-            idle.append(
-                Line(
-                    "alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)",
-                    alarms,
-                    alarms,
-                    0.0,
-                    "free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops them",
-                )
-            )
-            idle.append(
-                Line(
-                    "dashboard: 1",
-                    rates.DASHBOARD_MONTH,
-                    rates.DASHBOARD_MONTH,
-                    0.0,
-                    "free tier: " + rates.FREE_TIER["dashboards"] + "; monitoring: false drops it",
-                )
-            )
+    _monitoring(est, s)
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est
+
+
+def _monitoring(est: Estimate, s) -> None:
+    """The alarm, billed per metric it reads, and the opt-in dashboard: counted from what
+    the stack declares (`infra.alarm_specs`), billed whether the server runs or not."""
+    from infra.alarm_specs import alarm_metric_count, dashboards
+
+    metrics = alarm_metric_count(s)
+    if metrics:
+        alarms = metrics * rates.ALARM_MONTH
+        est.stopped.append(
+            Line(
+                f"monitoring: 1 alarm reading {metrics} metrics (control plane errors, sleep throttles)",
+                alarms,
+                alarms,
+                0.0,
+                "$0.10 a metric; free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops it",
+            )
+        )
+    count = dashboards(s)
+    if count:
+        cost = count * rates.DASHBOARD_MONTH
+        est.stopped.append(
+            Line(
+                f"dashboard: {count} (dashboard: true)",
+                cost,
+                cost,
+                0.0,
+                "free tier: " + rates.FREE_TIER["dashboards"] + "; dashboard: false (the default) drops it",
+            )
+        )
 
 
 def _load_balancer(est: Estimate, s, hours: float) -> None:

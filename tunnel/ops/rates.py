@@ -22,7 +22,7 @@ SPOT_DISCOUNT = (0.50, 0.70)
 PUBLIC_IPV4_HOUR = 0.005  # every public IPv4 address, while attached
 CUSTOM_METRIC_MONTH = 0.30  # per metric series (first 10,000), prorated by the hour it is published
 CLOUDWATCH_API_PER_1000 = 0.01  # PutMetricData, GetMetricStatistics
-ALARM_MONTH = 0.10  # standard resolution
+ALARM_MONTH = 0.10  # per alarm metric, standard resolution: a metric-math alarm pays for each metric it reads
 DASHBOARD_MONTH = 3.00
 LOGS_INGEST_GB = 0.50
 LOGS_STORE_GB_MONTH = 0.03
@@ -37,7 +37,7 @@ NLCU_HOUR = 0.006  # per NLCU-hour: the largest of 800 new TCP flows/s, 100,000 
 FREE_TIER = {  # per month; "12 months" ones only for a new account's first year
     "custom metrics": "10 metric series",
     "CloudWatch API requests": "1,000,000 requests",
-    "alarms": "10 alarms",
+    "alarms": "10 alarm metrics",
     "dashboards": "3 dashboards",
     "log ingestion": "5 GB (with storage)",
     "ECR storage": "500 MB (12 months)",
