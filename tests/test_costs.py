@@ -28,7 +28,7 @@ def test_worked_example_defaults_forty_hours_one_agent():
     assert fargate.low == fargate.high == round(40 * (0.25 * 0.04048 + 0.5 * 0.004445), 4) == 0.4937
     assert by_item(est.running, "public IPv4").high == 0.20
     metrics = by_item(est.running, "CloudWatch custom metrics")
-    assert metrics.high == round(2 * 0.30 * 40 / 730, 4) and metrics.free == 0  # two series, 40 of 730 hours
+    assert metrics.high == round(3 * 0.30 * 40 / 730, 4) and metrics.free == 0  # three series, 40 of 730 hours
     assert not [line for line in est.running if "PutMetricData" in line.item]  # EMF lines: no API requests
     ecr = by_item(est.stopped, "ECR")
     assert ecr.high == round(costs.IMAGE_MB / 1024 * 2 * 0.10, 4)  # the lifecycle rule keeps two images
@@ -46,7 +46,7 @@ def test_worked_example_arm64_spot_hundred_hours_three_agents():
     on_demand = 100 * (0.5 * 0.03238 + 1.0 * 0.00356)  # 1.975
     assert (fargate.low, fargate.high) == (round(on_demand * 0.30, 4), round(on_demand * 0.50, 4))  # 50-70% off
     assert by_item(est.running, "public IPv4").high == 0.50
-    assert by_item(est.running, "CloudWatch custom metrics").high == round(5 * 0.30 * 100 / 730, 4)  # 2 + one per agent
+    assert by_item(est.running, "CloudWatch custom metrics").high == round(6 * 0.30 * 100 / 730, 4)  # 3 + one per agent
 
 
 @pytest.mark.processes
@@ -215,3 +215,32 @@ def test_the_stopped_line_says_the_load_balancer_is_in_it(tmp_path):
     assert done.returncode == 0, done.stderr
     balancer = round(730 * (0.0225 + 2 * 0.005), 2)  # the balancer and its two addresses
     assert f"of which the load balancer ${balancer:.2f} (billed while stopped)" in done.stdout, done.stdout
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("gb, listed, after_free", [(0, None, None), (60, 5.40, 0.0), (150, 13.50, 4.50)])
+def test_data_transfer_out_is_priced_past_the_accounts_free_hundred_gb(tmp_path, gb, listed, after_free):
+    """Issue 43: every byte a user downloads through the tunnel leaves AWS from the task."""
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_text("config:\n  aws:region: us-east-1\n")
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--stack", str(stack), "--gb-per-month", str(gb), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in json.loads(done.stdout)["running"] if line["item"].startswith("data transfer out")]
+    if listed is None:
+        assert lines == []
+    else:
+        assert [(line["high"], line["free"]) for line in lines] == [(listed, after_free)]
+        assert rates.DATA_TRANSFER_OUT_GB == 0.09 and rates.DATA_TRANSFER_FREE_GB == 100
+        assert "data transfer out" in rates.SOURCES
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("value", ["-1", "nan", "2e6"])
+def test_a_bad_gb_per_month_is_refused(value):
+    done = subprocess.run([FLUIDITY, "cost", "--gb-per-month", value], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--gb-per-month in 0-1000000" in done.stderr, done.stderr

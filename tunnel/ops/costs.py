@@ -20,6 +20,7 @@ EMF_LINE_BYTES = 330  # one metrics line a minute (tunnel/server/emf.py)
 IMAGE_MB = 93.0  # the server image compressed, as ECR stores it (measured: `docker save | gzip`, 2026-11-27)
 POLLS_PER_WAKE = 20  # one wake, then status every 5 s while the task starts (about 90 s)
 LAMBDA_SECONDS = 0.5  # a control-plane invocation, billed at 128 MB
+SERVER_SERIES = 3  # the server's metrics (tunnel/server/emf.py), one series each
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Usage:
     log_mb_per_hour: float = 0.5  # the server's JSON log at info level, with a connected agent
     image_mb: float = IMAGE_MB
     per_agent_series: bool = False
+    gb_per_month: float = 0.0  # sent to agents (downloads through the tunnel): data transfer out
 
 
 @dataclass
@@ -153,9 +155,11 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     )
     if s.behind_nlb:
         _load_balancer(est, s, hours)
-    # ActiveConnections and LastActivityEpochSeconds; per-agent series are opt-in
-    # (metrics.per_agent, one more series each) and the task does not turn them on.
-    series = 2 + (u.agents if u.per_agent_series else 0)
+    if u.gb_per_month:
+        run.append(data_transfer(u.gb_per_month))
+    # ActiveConnections, LastActivityEpochSeconds and BytesSentToAgents; per-agent series
+    # are opt-in (metrics.per_agent, one more series each) and the task does not turn them on.
+    series = SERVER_SERIES + (u.agents if u.per_agent_series else 0)
     metrics = series * rates.CUSTOM_METRIC_MONTH * hours / rates.HOURS_PER_MONTH
     run.append(
         Line(
@@ -241,6 +245,18 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est
+
+
+def data_transfer(gb: float) -> Line:
+    """What leaves AWS from the task: the account's first 100 GB a month are free."""
+    paid = max(0.0, gb - rates.DATA_TRANSFER_FREE_GB)
+    return Line(
+        f"data transfer out: {gb:,.1f} GB",
+        gb * rates.DATA_TRANSFER_OUT_GB,
+        gb * rates.DATA_TRANSFER_OUT_GB,
+        paid * rates.DATA_TRANSFER_OUT_GB,
+        f"${rates.DATA_TRANSFER_OUT_GB} a GB; free tier: " + rates.FREE_TIER["data transfer out"],
+    )
 
 
 def _monitoring(est: Estimate, s) -> None:
