@@ -1,12 +1,13 @@
 """POST /wake: start the server (desiredCount 1) when it is stopped, and open its port to
-the caller's address; idempotent."""
+the caller's address; idempotent. With a monthly budget spent it starts nothing and
+answers 402 with the reason (`budget.refusal`), which the agent shows its clients."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from . import ecs_state, ingress
+from . import budget, ecs_state, ingress
 from .api import log, respond
 from .clients import client
 from .settings import from_env
@@ -14,6 +15,13 @@ from .settings import from_env
 
 def wake(event) -> tuple[int, dict]:
     settings = from_env()
+    if settings.budget is not None:
+        so_far = budget.month_so_far(
+            client("cloudwatch"), settings.namespace, settings.service, settings.budget, time.time()
+        )
+        if so_far["spent"]:
+            log.info("wake decision: %s", json.dumps({"action": "refused", "budget": so_far}))
+            return 402, {"error": budget.refusal(so_far), "budget": so_far}
     ecs, ec2 = client("ecs"), client("ec2")
     service = ecs_state.describe_service(ecs, settings)
     started = int(service.get("desiredCount", 0)) == 0

@@ -244,3 +244,63 @@ def test_data_transfer_out_is_priced_past_the_accounts_free_hundred_gb(tmp_path,
 def test_a_bad_gb_per_month_is_refused(value):
     done = subprocess.run([FLUIDITY, "cost", "--gb-per-month", value], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--gb-per-month in 0-1000000" in done.stderr, done.stderr
+
+
+@pytest.mark.processes
+def test_the_month_so_far_against_the_budget_from_moto(aws, tmp_path):
+    """`fluidity cost --month`: invented usage in moto's CloudWatch, weighed as the control
+    plane weighs it, against monthlyBudget; crossing it says what happens."""
+    import os
+    import time
+
+    from test_lambdas import put_usage, this_months_minutes
+
+    from lambdas.budget import GB
+
+    now = time.time()
+    minutes = this_months_minutes(now, 180) or [now]
+    put_usage(aws, minutes, sent=2 * GB)
+    stack = tmp_path / "Pulumi.dev.yaml"
+    env = {**os.environ, **aws.env}
+
+    def month(budget: str) -> subprocess.CompletedProcess:
+        stack.write_text(f"config:\n  aws:region: us-east-1\n  fluidity:monthlyBudget: '{budget}'\n")
+        return subprocess.run(
+            [FLUIDITY, "cost", "--month", "--stack", str(stack)], capture_output=True, text=True, timeout=60, env=env
+        )
+
+    under = month("100")
+    assert under.returncode == 0, under.stderr
+    hours = round(len(minutes) / 60, 2)
+    assert f"{hours:g} task-hours" in under.stdout and "2 GB" in under.stdout and "Budget $100.00:" in under.stdout
+    from infra.settings import from_config
+
+    prices = costs.budget_prices(from_config(costs._Config({})))
+    total = round(len(minutes) / 60 * prices["task_hour"] + 2 * 0.09 + prices["fixed"], 2)
+    assert f"total                                  ${total:,.2f}" in under.stdout, under.stdout
+    over = month(f"{max(0.01, total - 0.05):.2f}")
+    assert over.returncode == 0 and "is spent: wake refuses and sleep stops the server until" in over.stdout
+    stack.write_text("config:\n  aws:region: us-east-1\n")
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--month", "--stack", str(stack), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    figures = json.loads(done.stdout)
+    assert figures["budget"] is None and figures["cost"] == total and figures["spent"] is False
+
+
+@pytest.mark.processes
+def test_the_month_without_aws_credentials_is_one_line(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--month"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "no AWS region" in done.stderr or "no AWS credentials" in done.stderr

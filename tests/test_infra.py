@@ -621,6 +621,10 @@ def test_schedules_in_the_users_time_zone_and_a_working_hours_wake():
         ({"wakeSchedule": "every morning"}, "fluidity:wakeSchedule"),
         ({"alarmEmail": "not-an-address"}, "fluidity:alarmEmail must be an e-mail address"),
         ({"apiMonthlyQuota": "lots"}, "fluidity:apiMonthlyQuota must be a whole number"),
+        ({"monthlyBudget": "five"}, "fluidity:monthlyBudget must be a number"),
+        ({"monthlyBudget": "0"}, "fluidity:monthlyBudget must be between 0.01 and"),
+        ({"monthlyBudget": "nan"}, "fluidity:monthlyBudget must be between 0.01 and"),
+        ({"monthlyBudget": "5", "controlPlane": "false"}, "fluidity:monthlyBudget needs the control plane"),
     ],
 )
 def test_bad_operations_settings_stop_the_program_naming_the_key(config, message):
@@ -787,3 +791,35 @@ def test_behind_the_nlb_a_fixed_cidr_goes_on_the_balancers_group():
     assert [r.get("cidrBlocks") for r in groups["fluidity-sg"].inputs["ingress"]] == [None]  # only the balancer
     for function in stack.of_type("aws:lambda/function:Function"):
         assert "INGRESS_GROUP_ID" not in function.inputs["environment"]["variables"]
+
+
+def test_a_monthly_budget_reaches_every_lambda_with_the_prices_fluidity_cost_uses():
+    """Issue 43: the Lambdas weigh the month with the cost model's own figures, and wake may
+    read the metrics it weighs it from."""
+    from infra.settings import from_config
+    from tunnel.ops import costs, rates
+
+    config = {"monthlyBudget": "5", "cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT"}
+    stack = synthesize(config)
+    est = costs.estimate(from_config(costs._Config(config)), costs.Usage(hours_per_month=100), None)
+    fargate = next(line for line in est.running if line.item.startswith("Fargate"))
+    for role in ("wake", "status", "kill", "sleep"):
+        env = stack.one("aws:lambda/function:Function", f"fluidity-control-{role}").inputs["environment"]["variables"]
+        assert env["MONTHLY_BUDGET"] == "5"
+        assert float(env["BUDGET_TASK_HOUR"]) == pytest.approx(
+            fargate.high / 100 / (1 - rates.SPOT_DISCOUNT[0]) + 0.005, abs=1e-5
+        )  # on demand: Spot's discount is not promised
+        assert float(env["BUDGET_GB_SENT"]) == rates.DATA_TRANSFER_OUT_GB
+        assert float(env["BUDGET_FIXED"]) == pytest.approx(est.total(est.stopped, "high"), abs=1e-4)
+    wake_policy = json.loads(
+        stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-wake-policy").inputs["policy"]
+    )
+    reads = [s for s in wake_policy["Statement"] if s["Sid"] == "ReadMetrics"]
+    assert reads and reads[0]["Action"] == ["cloudwatch:GetMetricStatistics"]
+    unbudgeted = synthesize({})
+    env = unbudgeted.one("aws:lambda/function:Function", "fluidity-control-wake").inputs["environment"]["variables"]
+    assert not [name for name in env if "BUDGET" in name]
+    policy = json.loads(
+        unbudgeted.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-wake-policy").inputs["policy"]
+    )
+    assert not [s for s in policy["Statement"] if s["Sid"] == "ReadMetrics"]  # no budget: wake reads no metric

@@ -207,6 +207,8 @@ class TunnelClient:
         if failure.check(defer.CancelledError) and not self._running:
             return
         message = failure.getErrorMessage()
+        if getattr(failure.value, "retry", True) is False:
+            self._want_wake = False  # refused (a spent budget, a wrong key): only the next client asks again
         self._fail_waiters(OpenFailed(503, message))
         self._note_failure(message)
 

@@ -336,9 +336,14 @@ def _cost(args) -> int:
         wakes_per_month=args.wakes_per_month,
         gb_per_month=args.gb_per_month,
     )
+    from tunnel.ops.operations import OperatorError
+
     try:
-        print(costs.main(stack, usage, args.region, args.json))
-    except ValueError as e:
+        if args.month:
+            print(costs.month_report(stack, args.region, args.json))
+        else:
+            print(costs.main(stack, usage, args.region, args.json))
+    except (ValueError, OperatorError) as e:
         print(f"fluidity cost: {e}", file=sys.stderr)
         return 1
     return 0
@@ -850,6 +855,12 @@ def _add_cost(commands) -> None:
         type=float,
         default=0.0,
         help="GB sent to agents (downloads through the tunnel), priced as data transfer out (default: %(default)g)",
+    )
+    cost.add_argument(
+        "--month",
+        action="store_true",
+        help="the month so far from the server's metrics in CloudWatch, against fluidity:monthlyBudget (AWS "
+        "credentials: AWS_PROFILE, AWS_REGION as for fluidity status)",
     )
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
