@@ -71,11 +71,13 @@ def function_environment(s: StackSettings, security_group_id: str = "", endpoint
     ingress = {"INGRESS_GROUP_ID": security_group_id} if s.ingress_for_wakers and security_group_id else {}
     stable = {"STABLE_ENDPOINT": endpoint} if endpoint else {}
     scaling = {"MAX_TASKS": str(s.max_tasks)} if s.scales else {}
+    spot = {"CAPACITY": s.capacity} if s.capacity == "FARGATE_SPOT" else {}
     return (
         ingress
         | stable
         | scaling
         | budget_environment(s)
+        | spot
         | {
             "CLUSTER_NAME": s.cluster_name,
             "SERVICE_NAME": s.service_name,

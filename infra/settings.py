@@ -77,7 +77,7 @@ class StackSettings:
     control_plane: bool = True
     monitoring: bool = True  # the error alarm and its topic (with the control plane)
     dashboard: bool = False  # a CloudWatch dashboard too (with monitoring): $3.00 a month at list price
-    capacity: str = "FARGATE"
+    capacity: str = "FARGATE_SPOT"  # on-demand FARGATE when Spot places no task (lambdas/capacity.py)
     cpu_architecture: str = "X86_64"
     metrics_namespace: str = "Fluidity"
     log_level: str = "info"
@@ -287,7 +287,7 @@ def from_config(config) -> StackSettings:
         control_plane=_bool(config, "controlPlane", True),
         monitoring=_bool(config, "monitoring", True),
         dashboard=_bool(config, "dashboard", False),
-        capacity=_choice(config, "capacity", "FARGATE", ("FARGATE", "FARGATE_SPOT")),
+        capacity=_choice(config, "capacity", "FARGATE_SPOT", ("FARGATE", "FARGATE_SPOT")),
         cpu_architecture=_choice(config, "cpuArchitecture", "X86_64", ("X86_64", "ARM64")),
         metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),
         log_level=_choice(config, "logLevel", "info", ("debug", "info", "warn", "error")),

@@ -26,6 +26,7 @@ class Settings:
     stable_endpoint: str = ""  # stableEndpoint nlb: the load balancer's DNS name, what agents dial
     max_tasks: int = 1  # above 1, Application Auto Scaling sets the count between bounds set here
     budget: Budget | None = None  # monthlyBudget: past it, wake refuses and sleep stops the server
+    capacity: str = "FARGATE"  # FARGATE_SPOT: on-demand when Spot places no task (`capacity`)
 
 
 def _number(env, name: str, default, cast, low, high):
@@ -57,7 +58,15 @@ def from_env(env=None) -> Settings:
         stable_endpoint=_endpoint(env),
         max_tasks=_number(env, "MAX_TASKS", 1, int, 1, 10),
         budget=_budget(env),
+        capacity=_capacity(env),
     )
+
+
+def _capacity(env) -> str:
+    value = env.get("CAPACITY", "").strip() or "FARGATE"
+    if value not in ("FARGATE", "FARGATE_SPOT"):
+        raise SettingsError(f"CAPACITY must be FARGATE or FARGATE_SPOT, got {value!r}")
+    return value
 
 
 def _budget(env) -> Budget | None:

@@ -14,7 +14,7 @@ import datetime
 import json
 import time
 
-from . import budget, ecs_state, ingress
+from . import budget, capacity, ecs_state, ingress
 from .api import aws_reason, log
 from .clients import client
 from .metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
@@ -61,6 +61,9 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
     active = newest_maximum(cloudwatch, settings, ACTIVE_CONNECTIONS, now)
     reported = newest_maximum(cloudwatch, settings, LAST_ACTIVITY, now)
     started = ecs_state.last_started(ecs, service, tasks)
+    fallback = capacity.fall_back_if_stuck(ecs, settings, service, tasks, started, now)
+    if fallback:  # placing a task starts over: idle time counts from here
+        return {"action": "on-demand", "reason": fallback, **figures}
     known = [m for m in (reported, started) if m is not None]
     last = max(known) if known else None
     figures.update(

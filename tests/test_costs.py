@@ -23,7 +23,7 @@ def estimate_for(values: dict, usage: costs.Usage):
 
 
 def test_worked_example_defaults_forty_hours_one_agent():
-    est = estimate_for({}, costs.Usage(hours_per_month=40, agents=1))
+    est = estimate_for({"capacity": "FARGATE"}, costs.Usage(hours_per_month=40, agents=1))
     fargate = by_item(est.running, "Fargate")
     assert fargate.low == fargate.high == round(40 * (0.25 * 0.04048 + 0.5 * 0.004445), 4) == 0.4937
     assert by_item(est.running, "public IPv4").high == 0.20
@@ -186,7 +186,13 @@ def test_the_load_balancer_is_priced_in_the_stopped_month_and_extra_tasks_as_a_r
     """Issue 29: an NLB is billed every hour it exists, tasks stopped or not; maxTasks 3
     makes the running lines a range from one task to three."""
     est = estimate_for(
-        {"stableEndpoint": "nlb", "maxTasks": "3", "vpcId": "vpc-1", "publicSubnets": "subnet-1,subnet-2"},
+        {
+            "stableEndpoint": "nlb",
+            "maxTasks": "3",
+            "vpcId": "vpc-1",
+            "publicSubnets": "subnet-1,subnet-2",
+            "capacity": "FARGATE",
+        },
         costs.Usage(hours_per_month=40),
     )
     balancer = by_item(est.stopped, "Network Load Balancer")
@@ -304,3 +310,30 @@ def test_the_month_without_aws_credentials_is_one_line(tmp_path):
     )
     assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "no AWS region" in done.stderr or "no AWS credentials" in done.stderr
+
+
+def test_the_sample_stacks_figures_for_issue_43():
+    """Pulumi.dev.yaml, 40 hours, one agent, at list price: stopped at most $0.50 with the
+    alarm; running at most $0.45 at Spot's usual 70% off (the public IPv4 address
+    included); Spot is the default and ARM64 cheaper still."""
+    from pathlib import Path
+
+    from infra.settings import from_config
+
+    values, region = costs.read_stack(Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml")
+    sample = costs.estimate(from_config(costs._Config(values)), costs.Usage(hours_per_month=40), region)
+    assert from_config(costs._Config({})).capacity == "FARGATE_SPOT" and values["capacity"] == "FARGATE_SPOT"
+    assert sample.total(sample.stopped, "high") <= 0.50
+    assert sample.total(sample.running, "low") <= 0.45 < sample.total(sample.running, "high")  # a range, said so
+    assert by_item(sample.running, "public IPv4").high == 0.20
+    arm = costs.estimate(
+        from_config(costs._Config({**values, "cpuArchitecture": "ARM64"})), costs.Usage(hours_per_month=40), region
+    )
+    on_demand = costs.estimate(
+        from_config(costs._Config({**values, "capacity": "FARGATE"})), costs.Usage(hours_per_month=40), region
+    )
+    assert (
+        arm.total(arm.running, "high")
+        < sample.total(sample.running, "high")
+        < on_demand.total(on_demand.running, "low")
+    )

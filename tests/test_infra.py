@@ -33,7 +33,8 @@ def test_service_side_defaults_equal_the_seeds(stack):
     cluster = stack.one("aws:ecs/cluster:Cluster").inputs
     assert cluster["name"] == "fluidity"
     service = stack.one("aws:ecs/service:Service").inputs
-    assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and service["launchType"] == "FARGATE"
+    assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and "launchType" not in service
+    assert service["capacityProviderStrategies"] == [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]  # issue 43
     assert service["cluster"].endswith(":cluster/fluidity")
     assert service["networkConfiguration"] == {
         "assignPublicIp": True,
@@ -139,6 +140,7 @@ def test_control_plane_defaults(stack):
             "IDLE_THRESHOLD_MINUTES": "5",
             "LOOKBACK_MINUTES": "10",
             "INGRESS_GROUP_ID": "fluidity-sg-id",  # the server's own security group, opened to wakers
+            "CAPACITY": "FARGATE_SPOT",  # on demand when Spot places no task (issue 43)
         }
         archive = function["code"]
         assert isinstance(archive, pulumi.AssetArchive)

@@ -667,3 +667,73 @@ def test_a_misconfigured_budget_is_500_with_reason(aws, monkeypatch, name, value
     monkeypatch.setenv(name, value)
     code, body = call(wake.handler, "POST", "/wake")
     assert code == 500 and message in body["error"], body
+
+
+# -- Fargate Spot, and on-demand when it has no room (issue 43) --------------------------------
+
+
+def strategy(aws, service) -> list[str]:
+    """Where the service asks ECS to place its task, by the control plane's record: moto
+    (5.2) accepts a service's capacityProviderStrategy but does not report it back."""
+    found = aws.client("ecs").describe_services(cluster=service.cluster, services=[service.name], include=["TAGS"])
+    tags = {t["key"]: t["value"] for t in found["services"][0].get("tags", [])}
+    return ["FARGATE"] if tags.get("fluidity:capacity") == "on-demand" else ["FARGATE_SPOT"]
+
+
+def test_a_spot_task_that_is_never_placed_falls_back_to_on_demand_and_says_so(aws, monkeypatch):
+    """ECS places no task when Spot has no room: after two minutes wanted with none, the
+    service asks for on-demand FARGATE; the next wake of the stopped server asks for Spot."""
+    from lambdas import capacity
+
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    service = aws.make_service(desired=0, spot=True)
+    assert strategy(aws, service) == ["FARGATE_SPOT"]
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and body["capacity"] is None and aws.desired_count(service) == 1
+    # Spot has no room: no task appears (nothing reconciles). Soon after, a second wake changes nothing ...
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and body["capacity"] is None and strategy(aws, service) == ["FARGATE_SPOT"]
+    # ... two minutes on, sleep moves it to on-demand instead of calling it idle.
+    later = time.time() + capacity.SPOT_PATIENCE + 5
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] == "on-demand" and decision["reason"].startswith("Fargate Spot placed no task in"), (
+        decision
+    )
+    assert "running on demand (FARGATE) until the server next stops" in decision["reason"]
+    assert strategy(aws, service) == ["FARGATE"] and aws.desired_count(service) == 1
+    aws.reconcile(service)  # on demand has room
+    assert len(aws.service_tasks(service)) == 1
+    call(kill.handler, "POST", "/kill")
+    aws.reconcile(service)
+    code, body = call(wake.handler, "POST", "/wake")  # a new start: Spot first again
+    assert code == 200 and strategy(aws, service) == ["FARGATE_SPOT"] and aws.desired_count(service) == 1
+
+
+def test_a_wake_finds_spot_stuck_and_falls_back_itself(aws, monkeypatch):
+    """The agent wakes again when its wait runs out: that wake, two minutes on, moves it."""
+    from lambdas import capacity
+
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    service = aws.make_service(desired=0, spot=True)
+    call(wake.handler, "POST", "/wake")
+    code, body = wake.wake(api_event("POST", "/wake"), now=time.time() + capacity.SPOT_PATIENCE + 5)
+    assert code == 200 and (body["capacity"] or "").startswith("Fargate Spot placed no task"), body
+    assert strategy(aws, service) == ["FARGATE"]
+    code, body = wake.wake(api_event("POST", "/wake"), now=time.time() + 2 * capacity.SPOT_PATIENCE)
+    assert code == 200 and body["capacity"] is None  # once
+
+
+def test_on_demand_stacks_and_running_spot_tasks_are_left_alone(aws, monkeypatch):
+    from lambdas import capacity
+
+    service = aws.make_service(desired=1)
+    later = time.time() + capacity.SPOT_PATIENCE + 5
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] != "on-demand" and strategy(aws, service) == ["FARGATE_SPOT"]  # untouched
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    spot = aws.make_service(name="spot-server", desired=1, spot=True)
+    monkeypatch.setenv("SERVICE_NAME", "spot-server")
+    aws.reconcile(spot)  # Spot placed it
+    put_metrics(aws, active=1, last_activity=time.time(), when=time.time())
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] == "none" and strategy(aws, spot) == ["FARGATE_SPOT"], decision
