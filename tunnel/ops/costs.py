@@ -446,13 +446,14 @@ def month_report(stack_file: Path | None, region: str | None, as_json: bool, now
     if as_json:
         return json.dumps(so_far, indent=2)
     hours, gb = so_far["taskHours"], so_far["gbSent"]
-    out = [
-        f"{so_far['month']} so far (UTC), {settings.service_name}, at list price before free tiers and Spot:",
-        f"  the task running: {hours:g} task-hours   ${hours * budget.task_hour:,.2f}",
-        f"  sent to agents:   {gb:g} GB            ${gb * budget.gb_sent:,.2f}",
-        f"  the month's fixed lines                ${budget.fixed:,.2f}",
-        f"  total                                  ${so_far['cost']:,.2f}",
+    rows = [
+        (f"the task running: {hours:g} task-hours", hours * budget.task_hour),
+        (f"sent to agents: {gb:g} GB", gb * budget.gb_sent),
+        ("the month's fixed lines", budget.fixed),
+        ("total", so_far["cost"]),
     ]
+    out = [f"{so_far['month']} so far (UTC), {settings.service_name}, at list price before free tiers and Spot:"]
+    out += [f"  {label:<40}{'$' + format(amount, ',.2f'):>10}" for label, amount in rows]
     if limit is None:
         out.append("No budget: set one with `pulumi config set fluidity:monthlyBudget 5` and `pulumi up`.")
     elif so_far["spent"]:
