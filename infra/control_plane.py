@@ -71,10 +71,13 @@ def function_environment(s: StackSettings, security_group_id: str = "", endpoint
     ingress = {"INGRESS_GROUP_ID": security_group_id} if s.ingress_for_wakers and security_group_id else {}
     stable = {"STABLE_ENDPOINT": endpoint} if endpoint else {}
     scaling = {"MAX_TASKS": str(s.max_tasks)} if s.scales else {}
+    spot = {"CAPACITY": s.capacity} if s.capacity == "FARGATE_SPOT" else {}
     return (
         ingress
         | stable
         | scaling
+        | budget_environment(s)
+        | spot
         | {
             "CLUSTER_NAME": s.cluster_name,
             "SERVICE_NAME": s.service_name,
@@ -84,6 +87,22 @@ def function_environment(s: StackSettings, security_group_id: str = "", endpoint
             "LOOKBACK_MINUTES": str(s.lookback_minutes),
         }
     )
+
+
+def budget_environment(s: StackSettings) -> dict[str, str]:
+    """monthlyBudget and the prices the Lambdas weigh the month with (`lambdas/budget.py`),
+    from the same model as `fluidity cost`."""
+    if s.monthly_budget is None:
+        return {}
+    from tunnel.ops.costs import budget_prices
+
+    prices = budget_prices(s)
+    return {
+        "MONTHLY_BUDGET": f"{s.monthly_budget:g}",
+        "BUDGET_TASK_HOUR": f"{prices['task_hour']:.6f}",
+        "BUDGET_GB_SENT": f"{prices['gb_sent']:.6f}",
+        "BUDGET_FIXED": f"{prices['fixed']:.6f}",
+    }
 
 
 class ControlPlane(pulumi.ComponentResource):
@@ -118,7 +137,7 @@ class ControlPlane(pulumi.ComponentResource):
             )
             policy = pulumi.Output.all(
                 args.service_arn, args.cluster_arn, task_arns, logs.arn, group_arn, args.scaling_target_arn
-            ).apply(partial(_policy_document, role))
+            ).apply(partial(_policy_document, role, s.monthly_budget is not None))
             aws.iam.RolePolicy(f"{name}-{role}-policy", role=iam_role.id, policy=policy, opts=child)
             roles[role] = iam_role
             self.functions[role] = aws.lambda_.Function(
@@ -272,7 +291,7 @@ class ControlPlane(pulumi.ComponentResource):
         self.register_outputs({"apiUrl": self.url})
 
 
-def _policy_document(role: str, arns: list) -> str:
+def _policy_document(role: str, budget: bool, arns: list) -> str:
     """A control function's IAM policy, once the ARNs it names are known."""
     service_arn, cluster_arn, task_arns, log_group_arn, security_group_arn, scaling_target_arn = arns
     return json.dumps(
@@ -284,6 +303,7 @@ def _policy_document(role: str, arns: list) -> str:
             log_group_arn=log_group_arn,
             security_group_arn=security_group_arn,
             scaling_target_arn=scaling_target_arn or None,
+            budget=budget,
         )
     )
 

@@ -1,6 +1,13 @@
-"""What someone running Fluidity needs to notice trouble: alarms on the control plane's
-Lambdas and API, sent to an SNS topic (with an optional e-mail subscription), and one
-dashboard with the server's own metrics, the control plane's decisions and its errors."""
+"""What someone running Fluidity needs to notice trouble, at a price a stopped stack can
+carry: one alarm on the control plane's errors, sent to an SNS topic (with an optional
+e-mail subscription), and a dashboard only when asked for (`dashboard: true`, $3.00 a
+month at list price).
+
+The alarm is billed per metric it reads ($0.10 each), so it reads two, not nine: every
+error line the four Lambdas log and every 5xx in the API's access log become one custom
+metric through free metric filters (it has data, and so costs, only in the hours it has
+errors), and the sleep Lambda's throttles, the one failure that logs nothing and would
+leave a server running."""
 
 from __future__ import annotations
 
@@ -10,11 +17,10 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from lambdas.metric_names import ACTIVE_CONNECTIONS, CONTROL_PLANE_ERRORS, LAST_ACTIVITY
 
+from .alarm_specs import PERIOD, alarm_metrics, error_filters
 from .settings import StackSettings
-
-PERIOD = 300  # seconds: alarms look at five-minute sums
 
 
 @dataclass
@@ -25,34 +31,34 @@ class MonitoringArgs:
     log_groups: dict  # role -> Output[str], their log group names
     api_name: pulumi.Input[str]
     stage: str
+    access_log_group: pulumi.Input[str] = ""  # the API's access logs, where 5xx answers show
 
 
-def alarm_specs(s: StackSettings, roles: list[str]) -> list[dict]:
-    """Every alarm, as plain data (metric, dimensions, threshold): errors and throttles of
-    each Lambda, and API Gateway 5xx answers."""
-    specs = []
-    for role in roles:
-        function = f"{s.service_name}-{role}"
-        for metric in ("Errors", "Throttles"):
-            specs.append(
-                {
-                    "name": f"{function}-{metric.lower()}",
-                    "namespace": "AWS/Lambda",
-                    "metric": metric,
-                    "dimensions": {"FunctionName": function},
-                    "description": f"the {role} Lambda had {metric.lower()} (see /aws/lambda/{function})",
-                }
+def alarm_queries(s: StackSettings) -> list[aws.cloudwatch.MetricAlarmMetricQueryArgs]:
+    """One expression over `alarm_metrics`: the alarm fires when their sum reaches 1."""
+    metrics = alarm_metrics(s)
+    return [
+        aws.cloudwatch.MetricAlarmMetricQueryArgs(
+            id="total",
+            expression=" + ".join(f"FILL({m['id']}, 0)" for m in metrics),
+            label="control plane errors and sleep throttles",
+            return_data=True,
+        ),
+        *(
+            aws.cloudwatch.MetricAlarmMetricQueryArgs(
+                id=m["id"],
+                return_data=False,
+                metric=aws.cloudwatch.MetricAlarmMetricQueryMetricArgs(
+                    namespace=m["namespace"],
+                    metric_name=m["metric"],
+                    dimensions=m["dimensions"] or None,
+                    period=PERIOD,
+                    stat="Sum",
+                ),
             )
-    specs.append(
-        {
-            "name": f"{s.service_name}-control-5xx",
-            "namespace": "AWS/ApiGateway",
-            "metric": "5XXError",
-            "dimensions": {"ApiName": f"{s.service_name}-control", "Stage": "prod"},
-            "description": "the control plane's API answered 5xx (see its access logs)",
-        }
-    )
-    return specs
+            for m in metrics
+        ),
+    ]
 
 
 def dashboard_body(s: StackSettings, region: str, roles: list[str], log_groups: list[str]) -> dict:
@@ -162,30 +168,47 @@ class Monitoring(pulumi.ComponentResource):
             aws.sns.TopicSubscription(
                 f"{name}-alarm-email", topic=self.topic.arn, protocol="email", endpoint=s.alarm_email, opts=child
             )
-        self.alarms = [
-            aws.cloudwatch.MetricAlarm(
-                f"{name}-{spec['name']}",
-                name=spec["name"],
-                alarm_description=f"Fluidity: {spec['description']}",
-                namespace=spec["namespace"],
-                metric_name=spec["metric"],
-                dimensions=spec["dimensions"],
-                statistic="Sum",
-                period=PERIOD,
-                evaluation_periods=1,
-                threshold=1,
-                comparison_operator="GreaterThanOrEqualToThreshold",
-                treat_missing_data="notBreaching",
-                alarm_actions=[self.topic.arn],
-                ok_actions=[self.topic.arn],
+        groups = {**args.log_groups, "access": args.access_log_group}
+        self.filters = [
+            aws.cloudwatch.LogMetricFilter(
+                f"{name}-{spec['source']}-errors",
+                name=f"{s.service_name}-{spec['source']}-errors",
+                log_group_name=groups[spec["source"]],
+                pattern=spec["pattern"],
+                metric_transformation=aws.cloudwatch.LogMetricFilterMetricTransformationArgs(
+                    namespace=s.metrics_namespace,
+                    name=CONTROL_PLANE_ERRORS,
+                    value="1",
+                    unit="Count",
+                ),
                 opts=child,
             )
-            for spec in alarm_specs(s, roles)
+            for spec in error_filters(s, roles)
         ]
-        body = pulumi.Output.all(args.region, *(args.log_groups[role] for role in roles)).apply(
-            lambda a: json.dumps(dashboard_body(s, a[0], roles, list(a[1:])))
+        self.alarm = aws.cloudwatch.MetricAlarm(
+            f"{name}-errors",
+            name=f"{s.service_name}-control-plane-errors",
+            alarm_description=(
+                f"Fluidity: the control plane logged errors, its API answered 5xx or sleep was throttled (see "
+                f"/aws/lambda/{s.service_name}-* and /aws/apigateway/{s.service_name}-control)"
+            ),
+            metric_queries=alarm_queries(s),
+            evaluation_periods=1,
+            threshold=1,
+            comparison_operator="GreaterThanOrEqualToThreshold",
+            treat_missing_data="notBreaching",
+            alarm_actions=[self.topic.arn],
+            ok_actions=[self.topic.arn],
+            opts=child,
         )
-        self.dashboard = aws.cloudwatch.Dashboard(
-            f"{name}-dashboard", dashboard_name=s.service_name, dashboard_body=body, opts=child
-        )
-        self.register_outputs({"alarmTopicArn": self.topic.arn, "dashboardName": self.dashboard.dashboard_name})
+        outputs: dict = {"alarmTopicArn": self.topic.arn}
+        self.dashboard = None
+        if s.dashboard:
+            body = pulumi.Output.all(args.region, *(args.log_groups[role] for role in roles)).apply(
+                lambda a: json.dumps(dashboard_body(s, a[0], roles, list(a[1:])))
+            )
+            self.dashboard = aws.cloudwatch.Dashboard(
+                f"{name}-dashboard", dashboard_name=s.service_name, dashboard_body=body, opts=child
+            )
+            outputs["dashboardName"] = self.dashboard.dashboard_name
+        self.register_outputs(outputs)

@@ -39,6 +39,7 @@ def control_function(
     log_group_arn: str,
     security_group_arn: str | None = None,
     scaling_target_arn: str | None = None,
+    budget: bool = False,
 ) -> dict:
     """What one control-plane Lambda (`wake`, `status`, `kill` or `sleep`) may do."""
     changes = role in ("wake", "kill", "sleep")
@@ -89,11 +90,11 @@ def control_function(
                 "Resource": scaling_target_arn,
             }
         )
-    if role == "sleep":
+    if role == "sleep" or (role == "wake" and budget):  # idle time; the month so far against the budget
         statements.append(
             {"Sid": "ReadMetrics", "Effect": "Allow", "Action": ["cloudwatch:GetMetricStatistics"], "Resource": "*"}
         )
-    else:
+    if role != "sleep":
         statements.append(
             {"Sid": "FindPublicIp", "Effect": "Allow", "Action": ["ec2:DescribeNetworkInterfaces"], "Resource": "*"}
         )

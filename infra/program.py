@@ -116,9 +116,12 @@ def run() -> dict:
                     log_groups=plane.log_groups,
                     api_name=plane.api.name,
                     stage=STAGE,
+                    access_log_group=plane.access_logs.name,
                 ),
             )
-            outputs.update(alarmTopicArn=monitoring.topic.arn, dashboardName=monitoring.dashboard.dashboard_name)
+            outputs.update(alarmTopicArn=monitoring.topic.arn)
+            if monitoring.dashboard is not None:
+                outputs.update(dashboardName=monitoring.dashboard.dashboard_name)
         api_key: pulumi.Output[str] = pulumi.Output.secret(plane.api_key.value)
         outputs.update(
             **{f"{role}RoleArn": r.arn for role, r in plane.roles.items()},

@@ -75,8 +75,9 @@ class StackSettings:
     sleep_schedule: str = "rate(5 minutes)"
     kill_schedule: str = "cron(0 23 * * ? *)"
     control_plane: bool = True
-    monitoring: bool = True  # alarms, topic and dashboard (with the control plane)
-    capacity: str = "FARGATE"
+    monitoring: bool = True  # the error alarm and its topic (with the control plane)
+    dashboard: bool = False  # a CloudWatch dashboard too (with monitoring): $3.00 a month at list price
+    capacity: str = "FARGATE_SPOT"  # on-demand FARGATE when Spot places no task (lambdas/capacity.py)
     cpu_architecture: str = "X86_64"
     metrics_namespace: str = "Fluidity"
     log_level: str = "info"
@@ -89,6 +90,7 @@ class StackSettings:
     api_monthly_quota: int = 20000  # requests per month; an agent makes a few per wake
     stable_endpoint: str = "none"  # "nlb": a Network Load Balancer whose DNS name never changes
     max_tasks: int = 1  # above 1, Application Auto Scaling runs 1..max_tasks while the server runs
+    monthly_budget: float | None = None  # dollars: past it, wake refuses and sleep stops the server
     warnings: list[str] = field(default_factory=list, compare=False)
 
     @property
@@ -284,7 +286,8 @@ def from_config(config) -> StackSettings:
         kill_schedule=_schedule(config, "killSchedule", "cron(0 23 * * ? *)"),
         control_plane=_bool(config, "controlPlane", True),
         monitoring=_bool(config, "monitoring", True),
-        capacity=_choice(config, "capacity", "FARGATE", ("FARGATE", "FARGATE_SPOT")),
+        dashboard=_bool(config, "dashboard", False),
+        capacity=_choice(config, "capacity", "FARGATE_SPOT", ("FARGATE", "FARGATE_SPOT")),
         cpu_architecture=_choice(config, "cpuArchitecture", "X86_64", ("X86_64", "ARM64")),
         metrics_namespace=_name(config, "metricsNamespace", "Fluidity"),
         log_level=_choice(config, "logLevel", "info", ("debug", "info", "warn", "error")),
@@ -297,6 +300,7 @@ def from_config(config) -> StackSettings:
         api_monthly_quota=_int(config, "apiMonthlyQuota", 20000, 100, 10**9),
         stable_endpoint=_choice(config, "stableEndpoint", "none", ("none", "nlb")),
         max_tasks=_int(config, "maxTasks", 1, 1, 10),
+        monthly_budget=_budget(config),
     )
     _check_scaling(settings)
     if settings.ingress_open_to_world:
@@ -313,6 +317,13 @@ def from_config(config) -> StackSettings:
     return settings
 
 
+def _budget(config) -> float | None:
+    raw = config.get("monthlyBudget")
+    if raw is None or str(raw).strip() == "":
+        return None
+    return _float(config, "monthlyBudget", 0.0, 0.01, 1e6)
+
+
 def _check_scaling(settings: StackSettings) -> None:
     """Combinations that would deploy something that cannot work, refused before anything exists."""
     if settings.scales and settings.desired_count is not None:
@@ -320,6 +331,11 @@ def _check_scaling(settings: StackSettings) -> None:
             f"fluidity:maxTasks is {settings.max_tasks}, so Application Auto Scaling sets the number of tasks while "
             "the server runs: remove fluidity:desiredCount (`pulumi config rm desiredCount`), or keep it with "
             "maxTasks 1"
+        )
+    if settings.monthly_budget is not None and not settings.control_plane:
+        raise SettingsError(
+            "fluidity:monthlyBudget needs the control plane (it is what stops the server and refuses wakes): remove "
+            "fluidity:controlPlane false, or the budget"
         )
     if settings.scales and not settings.behind_nlb:
         raise SettingsError(

@@ -110,7 +110,7 @@ def respond(event, allowed: str, action: Callable[..., tuple[int, dict]]) -> dic
 
         if isinstance(e, (ClientError, BotoCoreError)):
             reason = aws_reason(e)
-            log.warning("AWS error: %s", reason)
+            log.error("AWS error: %s", reason)  # an error line: the alarm counts it
             return error(502, reason)
         log.exception("unexpected error")
         return error(500, "internal error (see the function's logs)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from .budget import Budget
 from .ingress import IngressSettings
 from .server_port import SERVER_PORT
 
@@ -24,6 +25,8 @@ class Settings:
     ingress: IngressSettings | None = None  # None: the stack opens the port to a fixed CIDR
     stable_endpoint: str = ""  # stableEndpoint nlb: the load balancer's DNS name, what agents dial
     max_tasks: int = 1  # above 1, Application Auto Scaling sets the count between bounds set here
+    budget: Budget | None = None  # monthlyBudget: past it, wake refuses and sleep stops the server
+    capacity: str = "FARGATE"  # FARGATE_SPOT: on-demand when Spot places no task (`capacity`)
 
 
 def _number(env, name: str, default, cast, low, high):
@@ -54,6 +57,28 @@ def from_env(env=None) -> Settings:
         ingress=_ingress(env),
         stable_endpoint=_endpoint(env),
         max_tasks=_number(env, "MAX_TASKS", 1, int, 1, 10),
+        budget=_budget(env),
+        capacity=_capacity(env),
+    )
+
+
+def _capacity(env) -> str:
+    value = env.get("CAPACITY", "").strip() or "FARGATE"
+    if value not in ("FARGATE", "FARGATE_SPOT"):
+        raise SettingsError(f"CAPACITY must be FARGATE or FARGATE_SPOT, got {value!r}")
+    return value
+
+
+def _budget(env) -> Budget | None:
+    """MONTHLY_BUDGET and the three prices the stack derives from its settings."""
+    limit = _number(env, "MONTHLY_BUDGET", None, float, 0.01, 1e6)
+    if limit is None:
+        return None
+    return Budget(
+        limit=limit,
+        task_hour=_number(env, "BUDGET_TASK_HOUR", 0.0, float, 0.0, 1e3),
+        gb_sent=_number(env, "BUDGET_GB_SENT", 0.0, float, 0.0, 1e3),
+        fixed=_number(env, "BUDGET_FIXED", 0.0, float, 0.0, 1e6),
     )
 
 

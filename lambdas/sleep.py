@@ -14,7 +14,7 @@ import datetime
 import json
 import time
 
-from . import ecs_state, ingress
+from . import budget, capacity, ecs_state, ingress
 from .api import aws_reason, log
 from .clients import client
 from .metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
@@ -52,10 +52,18 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
         return {"action": "none", "reason": "already stopped", **figures}
     if ecs_state.owner(ecs, service) == ecs_state.PULUMI_OWNS:
         return {"action": "none", "reason": "desiredCount is set by the stack config (Pulumi owns it)", **figures}
+    if settings.budget is not None:
+        so_far = budget.month_so_far(cloudwatch, settings.namespace, settings.service, settings.budget, now)
+        figures["budget"] = so_far
+        if so_far["spent"]:
+            return _stop(ecs, ec2, settings, service, budget.refusal(so_far), figures)
     tasks = ecs_state.service_tasks(ecs, settings)
     active = newest_maximum(cloudwatch, settings, ACTIVE_CONNECTIONS, now)
     reported = newest_maximum(cloudwatch, settings, LAST_ACTIVITY, now)
     started = ecs_state.last_started(ecs, service, tasks)
+    fallback = capacity.fall_back_if_stuck(ecs, settings, service, tasks, started, now)
+    if fallback:  # placing a task starts over: idle time counts from here
+        return {"action": "on-demand", "reason": fallback, **figures}
     known = [m for m in (reported, started) if m is not None]
     last = max(known) if known else None
     figures.update(
@@ -78,8 +86,12 @@ def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:
             ),
             **figures,
         }
-    ecs_state.set_desired(ecs, settings, 0, service)
     why = "no activity or start time on record" if last is None else f"idle for {round(now - last)}s"
+    return _stop(ecs, ec2, settings, service, why, figures)
+
+
+def _stop(ecs, ec2, settings: Settings, service: dict, why: str, figures: dict) -> dict:
+    ecs_state.set_desired(ecs, settings, 0, service)
     if settings.ingress is not None and ec2 is not None:
         figures["ingressRulesRemoved"] = ingress.close_all(ec2, settings.ingress)
     return {"action": "stopped", "reason": why, **figures}
@@ -105,5 +117,6 @@ def handler(event, context=None) -> dict:
                 decision = {"action": "error", "reason": f"internal error: {type(e).__name__}"}
             else:
                 decision = {"action": "error", "reason": aws_reason(e)}
-    log.info("sleep decision: %s", json.dumps(decision))
+    # An error decision is an error line, which the stack's alarm counts (infra/monitoring.py).
+    (log.error if decision["action"] == "error" else log.info)("sleep decision: %s", json.dumps(decision))
     return decision

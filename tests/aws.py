@@ -113,6 +113,7 @@ class MotoAws:
         health_check: bool = False,
         wakers: bool = False,
         balanced: bool = False,
+        spot: bool = False,
     ) -> Service:
         """`wakers`: the security group is tagged as the Pulumi program tags it when the
         control plane opens the port to the agents that wake the server. `balanced`: behind
@@ -148,7 +149,12 @@ class MotoAws:
             }
         if wakers:
             ec2.create_tags(Resources=[group], Tags=[{"Key": "fluidity:ingress", "Value": "wakers"}])
-        ecs.create_cluster(clusterName=cluster)
+        placement: dict = {"launchType": "FARGATE"}
+        if spot:  # capacity: FARGATE_SPOT, as infra/service.py declares it
+            ecs.create_cluster(clusterName=cluster, capacityProviders=["FARGATE", "FARGATE_SPOT"])
+            placement = {"capacityProviderStrategy": [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]}
+        else:
+            ecs.create_cluster(clusterName=cluster)
         ecs.register_task_definition(
             family=name,
             networkMode="awsvpc",
@@ -175,7 +181,7 @@ class MotoAws:
             serviceName=name,
             taskDefinition=name,
             desiredCount=desired,
-            launchType="FARGATE",
+            **placement,
             networkConfiguration={
                 "awsvpcConfiguration": {
                     "subnets": [subnet],

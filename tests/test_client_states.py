@@ -170,6 +170,25 @@ def test_a_control_plane_failure_tells_the_waiting_clients_and_backs_off():
     ]
 
 
+def test_a_refused_wake_is_not_asked_again_until_a_client_wants_the_server():
+    """A spent budget or a wrong key: retrying the wake every few seconds would only add calls."""
+    life = Life()
+    life.feed(In.START)
+    assert life.feed(In.PROXY_FOUND) == [Locate(wake=True)]
+    life.waiting = 1
+    assert life.feed(In.WAKE_REFUSED, "wake answered 402: the month's budget is spent") == [
+        FailWaiters("wake answered 402: the month's budget is spent"),
+        RetryIn(0.2),
+    ]
+    life.waiting = 0
+    life.wait(0.2)
+    assert life.feed(In.PROXY_FOUND) == [Locate(wake=False)]  # where it is, not a wake
+    life.feed(In.FOUND_ASLEEP)
+    life.waiting = 1
+    life.feed(In.CLIENT_WAITS)
+    assert life.feed(In.PROXY_FOUND) == [Locate(wake=True)]  # a client asks: this one may wake it
+
+
 def test_the_user_s_wake_goes_now_and_asks_the_control_plane_first():
     life = Life()
     life.feed(In.START)

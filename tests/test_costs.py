@@ -23,16 +23,18 @@ def estimate_for(values: dict, usage: costs.Usage):
 
 
 def test_worked_example_defaults_forty_hours_one_agent():
-    est = estimate_for({}, costs.Usage(hours_per_month=40, agents=1))
+    est = estimate_for({"capacity": "FARGATE"}, costs.Usage(hours_per_month=40, agents=1))
     fargate = by_item(est.running, "Fargate")
     assert fargate.low == fargate.high == round(40 * (0.25 * 0.04048 + 0.5 * 0.004445), 4) == 0.4937
     assert by_item(est.running, "public IPv4").high == 0.20
     metrics = by_item(est.running, "CloudWatch custom metrics")
-    assert metrics.high == round(2 * 0.30 * 40 / 730, 4) and metrics.free == 0  # two series, 40 of 730 hours
+    assert metrics.high == round(3 * 0.30 * 40 / 730, 4) and metrics.free == 0  # three series, 40 of 730 hours
     assert not [line for line in est.running if "PutMetricData" in line.item]  # EMF lines: no API requests
     ecr = by_item(est.stopped, "ECR")
     assert ecr.high == round(costs.IMAGE_MB / 1024 * 2 * 0.10, 4)  # the lifecycle rule keeps two images
-    assert by_item(est.stopped, "alarms").high == 0.90 and by_item(est.stopped, "dashboard").high == 3.00
+    assert by_item(est.stopped, "monitoring: 1 alarm reading 2 metrics").high == 0.20  # $0.10 a metric
+    assert not [line for line in est.stopped if line.item.startswith("dashboard")]  # opt-in
+    assert by_item(estimate_for({"dashboard": "true"}, costs.Usage()).stopped, "dashboard").high == 3.00
 
 
 def test_worked_example_arm64_spot_hundred_hours_three_agents():
@@ -44,7 +46,7 @@ def test_worked_example_arm64_spot_hundred_hours_three_agents():
     on_demand = 100 * (0.5 * 0.03238 + 1.0 * 0.00356)  # 1.975
     assert (fargate.low, fargate.high) == (round(on_demand * 0.30, 4), round(on_demand * 0.50, 4))  # 50-70% off
     assert by_item(est.running, "public IPv4").high == 0.50
-    assert by_item(est.running, "CloudWatch custom metrics").high == round(5 * 0.30 * 100 / 730, 4)  # 2 + one per agent
+    assert by_item(est.running, "CloudWatch custom metrics").high == round(6 * 0.30 * 100 / 730, 4)  # 3 + one per agent
 
 
 @pytest.mark.processes
@@ -112,12 +114,16 @@ def test_a_missing_stack_file_and_bad_flags(tmp_path):
     assert done.returncode == 2 and "--hours-per-month" in done.stderr
 
 
-def test_leaving_monitoring_out_is_what_keeps_a_stopped_month_under_two_cents_at_list_price():
+def test_a_stopped_stack_costs_at_most_fifty_cents_at_list_price_with_monitoring():
+    """Issue 43: $3.94 a month stopped (nine alarms and a dashboard) became the alarm's two
+    metrics, the ECR images and the schedule's runs; without monitoring only the last two."""
     with_monitoring = estimate_for({}, costs.Usage())
     without = estimate_for({"monitoring": "false"}, costs.Usage())
+    assert with_monitoring.total(with_monitoring.stopped, "high") <= 0.50
     dropped = with_monitoring.total(with_monitoring.stopped, "high") - without.total(without.stopped, "high")
-    assert round(dropped, 2) == 3.90  # nine alarms and one dashboard
-    assert not [line for line in without.stopped if line.item.startswith(("alarms", "dashboard"))]
+    assert round(dropped, 2) == 0.20  # the one alarm
+    assert not [line for line in without.stopped if line.item.startswith(("monitoring", "dashboard"))]
+    assert without.total(without.stopped, "high") <= 0.05 and without.total(without.stopped, "free") == 0.0
 
 
 @pytest.mark.processes
@@ -180,7 +186,13 @@ def test_the_load_balancer_is_priced_in_the_stopped_month_and_extra_tasks_as_a_r
     """Issue 29: an NLB is billed every hour it exists, tasks stopped or not; maxTasks 3
     makes the running lines a range from one task to three."""
     est = estimate_for(
-        {"stableEndpoint": "nlb", "maxTasks": "3", "vpcId": "vpc-1", "publicSubnets": "subnet-1,subnet-2"},
+        {
+            "stableEndpoint": "nlb",
+            "maxTasks": "3",
+            "vpcId": "vpc-1",
+            "publicSubnets": "subnet-1,subnet-2",
+            "capacity": "FARGATE",
+        },
         costs.Usage(hours_per_month=40),
     )
     balancer = by_item(est.stopped, "Network Load Balancer")
@@ -209,3 +221,121 @@ def test_the_stopped_line_says_the_load_balancer_is_in_it(tmp_path):
     assert done.returncode == 0, done.stderr
     balancer = round(730 * (0.0225 + 2 * 0.005), 2)  # the balancer and its two addresses
     assert f"of which the load balancer ${balancer:.2f} (billed while stopped)" in done.stdout, done.stdout
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("gb, listed, after_free", [(0, None, None), (60, 5.40, 0.0), (150, 13.50, 4.50)])
+def test_data_transfer_out_is_priced_past_the_accounts_free_hundred_gb(tmp_path, gb, listed, after_free):
+    """Issue 43: every byte a user downloads through the tunnel leaves AWS from the task."""
+    stack = tmp_path / "Pulumi.dev.yaml"
+    stack.write_text("config:\n  aws:region: us-east-1\n")
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--stack", str(stack), "--gb-per-month", str(gb), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in json.loads(done.stdout)["running"] if line["item"].startswith("data transfer out")]
+    if listed is None:
+        assert lines == []
+    else:
+        assert [(line["high"], line["free"]) for line in lines] == [(listed, after_free)]
+        assert rates.DATA_TRANSFER_OUT_GB == 0.09 and rates.DATA_TRANSFER_FREE_GB == 100
+        assert "data transfer out" in rates.SOURCES
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize("value", ["-1", "nan", "2e6"])
+def test_a_bad_gb_per_month_is_refused(value):
+    done = subprocess.run([FLUIDITY, "cost", "--gb-per-month", value], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--gb-per-month in 0-1000000" in done.stderr, done.stderr
+
+
+@pytest.mark.processes
+def test_the_month_so_far_against_the_budget_from_moto(aws, tmp_path):
+    """`fluidity cost --month`: invented usage in moto's CloudWatch, weighed as the control
+    plane weighs it, against monthlyBudget; crossing it says what happens."""
+    import os
+    import time
+
+    from test_lambdas import put_usage, this_months_minutes
+
+    from lambdas.budget import GB
+
+    now = time.time()
+    minutes = this_months_minutes(now, 180) or [now]
+    put_usage(aws, minutes, sent=2 * GB)
+    stack = tmp_path / "Pulumi.dev.yaml"
+    env = {**os.environ, **aws.env}
+
+    def month(budget: str) -> subprocess.CompletedProcess:
+        stack.write_text(f"config:\n  aws:region: us-east-1\n  fluidity:monthlyBudget: '{budget}'\n")
+        return subprocess.run(
+            [FLUIDITY, "cost", "--month", "--stack", str(stack)], capture_output=True, text=True, timeout=60, env=env
+        )
+
+    under = month("100")
+    assert under.returncode == 0, under.stderr
+    hours = round(len(minutes) / 60, 2)
+    assert f"{hours:g} task-hours" in under.stdout and "2 GB" in under.stdout and "Budget $100.00:" in under.stdout
+    from infra.settings import from_config
+
+    prices = costs.budget_prices(from_config(costs._Config({})))
+    total = round(len(minutes) / 60 * prices["task_hour"] + 2 * 0.09 + prices["fixed"], 2)
+    assert [line.split()[-1] for line in under.stdout.splitlines() if line.strip().startswith("total")] == [
+        f"${total:,.2f}"
+    ], under.stdout
+    over = month(f"{max(0.01, total - 0.05):.2f}")
+    assert over.returncode == 0 and "is spent: wake refuses and sleep stops the server until" in over.stdout
+    stack.write_text("config:\n  aws:region: us-east-1\n")
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--month", "--stack", str(stack), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    figures = json.loads(done.stdout)
+    assert figures["budget"] is None and figures["cost"] == total and figures["spent"] is False
+
+
+@pytest.mark.processes
+def test_the_month_without_aws_credentials_is_one_line(tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"))
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    done = subprocess.run(
+        [FLUIDITY, "cost", "--month"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "no AWS region" in done.stderr or "no AWS credentials" in done.stderr
+
+
+def test_the_sample_stacks_figures_for_issue_43():
+    """Pulumi.dev.yaml, 40 hours, one agent, at list price: stopped at most $0.50 with the
+    alarm; running at most $0.45 at Spot's usual 70% off (the public IPv4 address
+    included); Spot is the default and ARM64 cheaper still."""
+    from pathlib import Path
+
+    from infra.settings import from_config
+
+    values, region = costs.read_stack(Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml")
+    sample = costs.estimate(from_config(costs._Config(values)), costs.Usage(hours_per_month=40), region)
+    assert from_config(costs._Config({})).capacity == "FARGATE_SPOT" and values["capacity"] == "FARGATE_SPOT"
+    assert sample.total(sample.stopped, "high") <= 0.50
+    assert sample.total(sample.running, "low") <= 0.45 < sample.total(sample.running, "high")  # a range, said so
+    assert by_item(sample.running, "public IPv4").high == 0.20
+    arm = costs.estimate(
+        from_config(costs._Config({**values, "cpuArchitecture": "ARM64"})), costs.Usage(hours_per_month=40), region
+    )
+    on_demand = costs.estimate(
+        from_config(costs._Config({**values, "capacity": "FARGATE"})), costs.Usage(hours_per_month=40), region
+    )
+    assert (
+        arm.total(arm.running, "high")
+        < sample.total(sample.running, "high")
+        < on_demand.total(on_demand.running, "low")
+    )

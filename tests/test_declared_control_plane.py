@@ -230,3 +230,35 @@ def test_behind_the_declared_load_balancer_the_api_reports_its_name_and_moves_th
     status, body = call(gateway, outputs["killUrl"], "POST", key)
     assert status == 200 and body["desiredCount"] == 0, body
     assert bounds() == (0, 3)
+
+
+def test_a_budget_crossing_end_to_end_with_the_declared_roles(plane):
+    """Issue 43: monthlyBudget as declared (its prices in the Lambdas' environment, wake's
+    right to read metrics) against invented usage in moto's CloudWatch: under it wake
+    starts the server; once the month's bytes sent cross it, sleep stops the server in use
+    and wake refuses with 402 and the reason."""
+    import datetime
+    import time
+
+    from control_front import Scheduler
+
+    aws, declared, gateway = plane({"monthlyBudget": "0.5"})
+    outputs, key = declared.outputs, declared.outputs["apiKey"]
+    status, body = call(gateway, outputs["wakeUrl"], "POST", key)
+    assert status == 200 and desired(aws, declared) == 1, body  # only the fixed lines so far: $0.24 of $0.50
+    now = datetime.datetime.now(datetime.UTC)
+    dims = [{"Name": "ServiceName", "Value": outputs["serviceName"]}]
+    aws.client("cloudwatch").put_metric_data(
+        Namespace="Fluidity",
+        MetricData=[
+            {"MetricName": "ActiveConnections", "Dimensions": dims, "Timestamp": now, "Value": 1.0},
+            {"MetricName": "LastActivityEpochSeconds", "Dimensions": dims, "Timestamp": now, "Value": time.time()},
+            {"MetricName": "BytesSentToAgents", "Dimensions": dims, "Timestamp": now, "Value": 3.0 * 2**30},
+        ],
+    )
+    decision = Scheduler(declared, gateway.runtime).fire(f"{outputs['serviceName']}-sleep")
+    assert decision["action"] == "stopped" and "monthly budget of $0.50 is spent" in decision["reason"], decision
+    assert decision["budget"]["gbSent"] == 3.0 and desired(aws, declared) == 0
+    status, body = call(gateway, outputs["wakeUrl"], "POST", key)
+    assert status == 402 and body["error"].startswith("the monthly budget of $0.50 is spent: $0.5"), body
+    assert desired(aws, declared) == 0 and gateway.runtime.errors == []

@@ -58,7 +58,9 @@ def extracted(record: dict) -> list[dict]:
 
 
 def test_lines_follow_the_specification():
-    lines = emf.lines("Fluidity", "fluidity-server", 2, 1_700_000_000.9, 1_700_000_100.25, {"alice": 1, "bob": 1})
+    lines = emf.lines(
+        "Fluidity", "fluidity-server", 2, 1_700_000_000.9, 1_700_000_100.25, {"alice": 1, "bob": 1}, 123456
+    )
     records = [json.loads(line) for line in lines]
     assert len(records) == 3 and all("\n" not in line for line in lines)
     for record in records:
@@ -71,8 +73,18 @@ def test_lines_follow_the_specification():
                     isinstance(record[name], str) for name in dimension_set
                 )  # each dimension is a top-level string
             for metric in directive["Metrics"]:
-                assert isinstance(record[metric["Name"]], (int, float)) and metric["Unit"] in ("Count", "Seconds")
+                assert isinstance(record[metric["Name"]], (int, float)) and metric["Unit"] in (
+                    "Count",
+                    "Seconds",
+                    "Bytes",
+                )
     assert records[0]["ActiveConnections"] == 2 and records[0]["LastActivityEpochSeconds"] == 1_700_000_000
+    assert records[0]["BytesSentToAgents"] == 123456  # sent since the last line: CloudWatch sums them
+    assert {m["Name"] for m in records[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"]} == {
+        "ActiveConnections",
+        "LastActivityEpochSeconds",
+        "BytesSentToAgents",
+    }
     assert {r.get("Agent") for r in records[1:]} == {"alice", "bob"}
 
 

@@ -33,7 +33,8 @@ def test_service_side_defaults_equal_the_seeds(stack):
     cluster = stack.one("aws:ecs/cluster:Cluster").inputs
     assert cluster["name"] == "fluidity"
     service = stack.one("aws:ecs/service:Service").inputs
-    assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and service["launchType"] == "FARGATE"
+    assert service["name"] == "fluidity-server" and service["desiredCount"] == 0 and "launchType" not in service
+    assert service["capacityProviderStrategies"] == [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]  # issue 43
     assert service["cluster"].endswith(":cluster/fluidity")
     assert service["networkConfiguration"] == {
         "assignPublicIp": True,
@@ -139,6 +140,7 @@ def test_control_plane_defaults(stack):
             "IDLE_THRESHOLD_MINUTES": "5",
             "LOOKBACK_MINUTES": "10",
             "INGRESS_GROUP_ID": "fluidity-sg-id",  # the server's own security group, opened to wakers
+            "CAPACITY": "FARGATE_SPOT",  # on demand when Spot places no task (issue 43)
         }
         archive = function["code"]
         assert isinstance(archive, pulumi.AssetArchive)
@@ -473,46 +475,90 @@ def test_ingress_for_wakers_is_the_default_and_a_cidr_replaces_it():
 # -- operations: alarms, dashboard, access logs, schedules in a time zone, outputs (issue 20) --
 
 
-def test_alarms_on_every_lambda_and_the_api_go_to_the_topic(stack):
+def test_one_alarm_reads_two_metrics_that_cover_the_control_planes_errors(stack):
+    """Errors of every Lambda and the API's 5xx reach one metric through metric filters; the
+    alarm reads it and the sleep Lambda's throttles (issue 43: one alarm at $0.20, not nine)."""
+    from lambdas.metric_names import CONTROL_PLANE_ERRORS
+
     topic = stack.one("aws:sns/topic:Topic").inputs
     assert topic["name"] == "fluidity-server-alarms"
     assert stack.of_type("aws:sns/topicSubscription:TopicSubscription") == []  # no e-mail unless asked
-    alarms = {r.inputs["name"]: r.inputs for r in stack.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")}
-    expected = {
-        f"fluidity-server-{role}-{m}" for role in ("wake", "status", "kill", "sleep") for m in ("errors", "throttles")
-    } | {"fluidity-server-control-5xx"}
-    assert set(alarms) == expected
-    for name, alarm in alarms.items():
-        assert (alarm["statistic"], alarm["threshold"], alarm["comparisonOperator"], alarm["period"]) == (
-            "Sum",
-            1,
-            "GreaterThanOrEqualToThreshold",
-            300,
+    alarm = stack.one("aws:cloudwatch/metricAlarm:MetricAlarm").inputs
+    assert alarm["name"] == "fluidity-server-control-plane-errors"
+    assert (alarm["threshold"], alarm["comparisonOperator"], alarm["treatMissingData"]) == (
+        1,
+        "GreaterThanOrEqualToThreshold",
+        "notBreaching",
+    )
+    assert alarm["alarmActions"] == alarm["okActions"] and alarm["alarmActions"][0].endswith(
+        "fluidity-monitoring-alarms"
+    )
+    queries = {q["id"]: q for q in alarm["metricQueries"]}
+    assert queries["total"]["expression"] == "FILL(errors, 0) + FILL(throttles, 0)" and queries["total"]["returnData"]
+    read = {(q["metric"]["namespace"], q["metric"]["metricName"]) for q in queries.values() if "metric" in q}
+    assert read == {("Fluidity", CONTROL_PLANE_ERRORS), ("AWS/Lambda", "Throttles")}
+    assert queries["throttles"]["metric"]["dimensions"] == {"FunctionName": "fluidity-server-sleep"}
+    assert all(q["metric"]["stat"] == "Sum" and q["metric"]["period"] == 300 for q in queries.values() if "metric" in q)
+    filters = {
+        f.inputs["logGroupName"]: f.inputs for f in stack.of_type("aws:cloudwatch/logMetricFilter:LogMetricFilter")
+    }
+    lambda_groups = {
+        stack.one("aws:lambda/function:Function", f"fluidity-control-{role}").inputs["name"]
+        for role in ("wake", "status", "kill", "sleep")
+    }
+    assert set(filters) == {f"/aws/lambda/{name}" for name in lambda_groups} | {
+        "/aws/apigateway/fluidity-server-control"
+    }
+    for group, spec in filters.items():
+        assert spec["metricTransformation"] == {
+            "namespace": "Fluidity",
+            "name": CONTROL_PLANE_ERRORS,
+            "value": "1",
+            "unit": "Count",
+        }
+        assert spec["pattern"] == (
+            '{ $.status = "5*" }' if "apigateway" in group else '?"[ERROR]" ?"Task timed out" ?"Runtime exited"'
         )
-        assert (
-            alarm["treatMissingData"] == "notBreaching"
-            and len(alarm["alarmActions"]) == 1
-            and alarm["alarmActions"][0].endswith("fluidity-monitoring-alarms")
-        )
-        if name.endswith("5xx"):
-            assert (alarm["namespace"], alarm["metricName"], alarm["dimensions"]) == (
-                "AWS/ApiGateway",
-                "5XXError",
-                {"ApiName": "fluidity-server-control", "Stage": "prod"},
-            )
-        else:
-            function = name.rsplit("-", 1)[0]
-            assert alarm["namespace"] == "AWS/Lambda" and alarm["dimensions"] == {"FunctionName": function}
-            assert alarm["metricName"] == ("Errors" if name.endswith("errors") else "Throttles")
-    api = stack.one("aws:apigateway/restApi:RestApi").inputs["name"]
-    assert api == "fluidity-server-control"  # what the 5xx alarm's ApiName dimension names
+    access = stack.one("aws:apigateway/stage:Stage").inputs["accessLogSettings"]["format"]
+    assert json.loads(access)["status"] == "$context.status"  # the field the 5xx filter reads
     emailed = synthesize({"alarmEmail": "ops@example.com"}).one("aws:sns/topicSubscription:TopicSubscription").inputs
     assert (emailed["protocol"], emailed["endpoint"]) == ("email", "ops@example.com")
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        {"dashboard": "true"},
+        {"monitoring": "false"},
+        {"controlPlane": "false"},
+        {"monitoring": "false", "dashboard": "true"},
+    ],
+)
+def test_the_cost_model_prices_the_alarms_and_dashboards_the_stack_declares(config):
+    """Counted from what the program registers, so `fluidity cost` cannot drift from it."""
+    from infra.settings import from_config
+    from tunnel.ops import costs, rates
+
+    stack = synthesize(config)
+    alarm_metrics = sum(
+        len([q for q in a.inputs.get("metricQueries", []) if "metric" in q]) or 1
+        for a in stack.of_type("aws:cloudwatch/metricAlarm:MetricAlarm")
+    )
+    dashboards = len(stack.of_type("aws:cloudwatch/dashboard:Dashboard"))
+    est = costs.estimate(from_config(costs._Config(config)), costs.Usage(), "eu-west-1")
+    priced = {line.item.split(":")[0]: line.high for line in est.stopped}
+    assert priced.get("monitoring", 0.0) == round(alarm_metrics * rates.ALARM_MONTH, 4)
+    assert priced.get("dashboard", 0.0) == round(dashboards * rates.DASHBOARD_MONTH, 4)
+    assert ("dashboardName" in stack.outputs) == bool(dashboards)
+
+
 def test_dashboard_shows_the_servers_metrics_decisions_errors_and_calls(stack):
+    """Opt-in (`dashboard: true`): $3.00 a month at list price, so the default stack has none."""
     from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
 
+    assert stack.of_type("aws:cloudwatch/dashboard:Dashboard") == []
+    stack = synthesize({"dashboard": "true"})
     dashboard = stack.one("aws:cloudwatch/dashboard:Dashboard").inputs
     body = json.loads(dashboard["dashboardBody"])
     flat = json.dumps(body)
@@ -577,6 +623,10 @@ def test_schedules_in_the_users_time_zone_and_a_working_hours_wake():
         ({"wakeSchedule": "every morning"}, "fluidity:wakeSchedule"),
         ({"alarmEmail": "not-an-address"}, "fluidity:alarmEmail must be an e-mail address"),
         ({"apiMonthlyQuota": "lots"}, "fluidity:apiMonthlyQuota must be a whole number"),
+        ({"monthlyBudget": "five"}, "fluidity:monthlyBudget must be a number"),
+        ({"monthlyBudget": "0"}, "fluidity:monthlyBudget must be between 0.01 and"),
+        ({"monthlyBudget": "nan"}, "fluidity:monthlyBudget must be between 0.01 and"),
+        ({"monthlyBudget": "5", "controlPlane": "false"}, "fluidity:monthlyBudget needs the control plane"),
     ],
 )
 def test_bad_operations_settings_stop_the_program_naming_the_key(config, message):
@@ -594,19 +644,22 @@ def test_the_seeds_outputs(stack):
     )
     for role in ("wake", "status", "kill", "sleep"):
         assert outputs[f"{role}RoleArn"].endswith(f":fluidity-control-{role}-role")
-    assert (
-        outputs["alarmTopicArn"].endswith("fluidity-monitoring-alarms")
-        and outputs["dashboardName"] == "fluidity-server"
-    )
+    assert outputs["alarmTopicArn"].endswith("fluidity-monitoring-alarms") and "dashboardName" not in outputs
+    assert synthesize({"dashboard": "true"}).outputs["dashboardName"] == "fluidity-server"  # opt-in
     command = outputs["publicIpCommand"]
     assert command.startswith("aws --region eu-west-1 ecs list-tasks --cluster fluidity --service-name fluidity-server")
     assert "describe-network-interfaces" in command and "Association.PublicIp" in command
 
 
 def test_monitoring_can_be_left_out_for_the_cheapest_stack():
-    """Alarms and the dashboard cost $3.90 a month at list price beyond the free tier."""
-    stack = synthesize({"monitoring": "false"})
-    for kind in ("aws:cloudwatch/metricAlarm:MetricAlarm", "aws:cloudwatch/dashboard:Dashboard", "aws:sns/topic:Topic"):
+    """The alarm costs $0.20 a month at list price beyond the free tier; a dashboard asked for goes too."""
+    stack = synthesize({"monitoring": "false", "dashboard": "true"})
+    for kind in (
+        "aws:cloudwatch/metricAlarm:MetricAlarm",
+        "aws:cloudwatch/dashboard:Dashboard",
+        "aws:sns/topic:Topic",
+        "aws:cloudwatch/logMetricFilter:LogMetricFilter",
+    ):
         assert stack.of_type(kind) == []
     assert "alarmTopicArn" not in stack.outputs and stack.outputs["wakeUrl"].endswith("/wake")
 
@@ -740,3 +793,35 @@ def test_behind_the_nlb_a_fixed_cidr_goes_on_the_balancers_group():
     assert [r.get("cidrBlocks") for r in groups["fluidity-sg"].inputs["ingress"]] == [None]  # only the balancer
     for function in stack.of_type("aws:lambda/function:Function"):
         assert "INGRESS_GROUP_ID" not in function.inputs["environment"]["variables"]
+
+
+def test_a_monthly_budget_reaches_every_lambda_with_the_prices_fluidity_cost_uses():
+    """Issue 43: the Lambdas weigh the month with the cost model's own figures, and wake may
+    read the metrics it weighs it from."""
+    from infra.settings import from_config
+    from tunnel.ops import costs, rates
+
+    config = {"monthlyBudget": "5", "cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT"}
+    stack = synthesize(config)
+    est = costs.estimate(from_config(costs._Config(config)), costs.Usage(hours_per_month=100), None)
+    fargate = next(line for line in est.running if line.item.startswith("Fargate"))
+    for role in ("wake", "status", "kill", "sleep"):
+        env = stack.one("aws:lambda/function:Function", f"fluidity-control-{role}").inputs["environment"]["variables"]
+        assert env["MONTHLY_BUDGET"] == "5"
+        assert float(env["BUDGET_TASK_HOUR"]) == pytest.approx(
+            fargate.high / 100 / (1 - rates.SPOT_DISCOUNT[0]) + 0.005, abs=1e-5
+        )  # on demand: Spot's discount is not promised
+        assert float(env["BUDGET_GB_SENT"]) == rates.DATA_TRANSFER_OUT_GB
+        assert float(env["BUDGET_FIXED"]) == pytest.approx(est.total(est.stopped, "high"), abs=1e-4)
+    wake_policy = json.loads(
+        stack.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-wake-policy").inputs["policy"]
+    )
+    reads = [s for s in wake_policy["Statement"] if s["Sid"] == "ReadMetrics"]
+    assert reads and reads[0]["Action"] == ["cloudwatch:GetMetricStatistics"]
+    unbudgeted = synthesize({})
+    env = unbudgeted.one("aws:lambda/function:Function", "fluidity-control-wake").inputs["environment"]["variables"]
+    assert not [name for name in env if "BUDGET" in name]
+    policy = json.loads(
+        unbudgeted.one("aws:iam/rolePolicy:RolePolicy", "fluidity-control-wake-policy").inputs["policy"]
+    )
+    assert not [s for s in policy["Statement"] if s["Sid"] == "ReadMetrics"]  # no budget: wake reads no metric

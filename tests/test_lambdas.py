@@ -546,3 +546,194 @@ def test_sleep_stops_several_tasks_only_when_every_one_of_them_is_idle(aws):
     decision = sleep.decide(aws.client("ecs"), aws.client("cloudwatch"), from_env(), now, aws.client("ec2"))
     assert decision["action"] == "none" and "agent(s) connected" in decision["reason"], decision
     assert aws.desired_count(service) == 1
+
+
+# -- a monthly budget (issue 43) -------------------------------------------------------------
+
+
+def put_usage(aws, minutes: list[float], sent: float = 0.0) -> None:
+    """Invented usage, as the server reports it: an ActiveConnections point each minute a
+    task ran (at these moments), and BytesSentToAgents spread over them."""
+    dims = [{"Name": "ServiceName", "Value": "fluidity-server"}]
+    data = []
+    for moment in minutes:
+        stamp = datetime.datetime.fromtimestamp(moment, datetime.UTC)
+        data.append({"MetricName": "ActiveConnections", "Dimensions": dims, "Timestamp": stamp, "Value": 1.0})
+        data.append(
+            {"MetricName": "BytesSentToAgents", "Dimensions": dims, "Timestamp": stamp, "Value": sent / len(minutes)}
+        )
+    for start in range(0, len(data), 500):
+        aws.client("cloudwatch").put_metric_data(Namespace="Fluidity", MetricData=data[start : start + 500])
+
+
+def budget_env(monkeypatch, limit: str, task_hour: str = "0.2", gb: str = "0.09", fixed: str = "0.24") -> None:
+    for name, value in (
+        ("MONTHLY_BUDGET", limit),
+        ("BUDGET_TASK_HOUR", task_hour),
+        ("BUDGET_GB_SENT", gb),
+        ("BUDGET_FIXED", fixed),
+    ):
+        monkeypatch.setenv(name, value)
+
+
+def this_months_minutes(now: float, count: int) -> list[float]:
+    """`count` one-minute moments before `now`, none before this month began."""
+    from lambdas.budget import month_start
+
+    start = month_start(now).timestamp()
+    return [m for m in (now - 60 * (i + 1) for i in range(count)) if m >= start]
+
+
+def test_the_month_so_far_is_task_hours_bytes_sent_and_the_fixed_lines(aws):
+    from lambdas.budget import GB, Budget, month_so_far, month_start
+
+    now = time.time()
+    minutes = this_months_minutes(now, 120)
+    put_usage(aws, minutes, sent=3 * GB)
+    last_month = month_start(now).timestamp() - 86400
+    put_usage(aws, [last_month - 60 * i for i in range(600)], sent=500 * GB)  # last month's: not this one's
+    so_far = month_so_far(aws.client("cloudwatch"), "Fluidity", "fluidity-server", Budget(5.0, 0.25, 0.09, 0.24), now)
+    hours = len(minutes) / 60
+    assert so_far["taskHours"] == round(hours, 2) and so_far["gbSent"] == (3.0 if minutes else 0.0)
+    assert so_far["cost"] == round(hours * 0.25 + (3 * 0.09 if minutes else 0) + 0.24, 2)
+    assert so_far["spent"] is False and so_far["month"] == month_start(now).strftime("%Y-%m")
+
+
+def test_past_the_budget_wake_refuses_with_402_and_a_reason_until_it_is_raised(aws, monkeypatch):
+    service = aws.make_service(desired=0)
+    now = time.time()
+    put_usage(aws, this_months_minutes(now, 30) or [now], sent=0)
+    budget_env(monkeypatch, "1", task_hour="600", fixed="0.24")  # an invented price: any minute spends it
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 402, body
+    assert (
+        body["error"].startswith("the monthly budget of $1.00 is spent: $")
+        and "until the budget is raised" in body["error"]
+    )
+    assert body["budget"]["spent"] is True and body["budget"]["taskHours"] > 0
+    assert aws.desired_count(service) == 0  # nothing started
+    monkeypatch.setenv("MONTHLY_BUDGET", "1000000")  # `pulumi config set monthlyBudget` and `pulumi up`
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and aws.desired_count(service) == 1
+
+
+def test_past_the_budget_sleep_stops_a_server_in_use_and_the_next_month_wakes_again(aws, monkeypatch):
+    from lambdas.budget import next_month
+
+    service = aws.make_service(desired=1)
+    aws.reconcile(service)
+    now = time.time()
+    put_metrics(aws, active=1, last_activity=now - 30, when=now - 30)  # an agent connected: not idle
+    put_usage(aws, this_months_minutes(now, 30) or [now], sent=0)
+    budget_env(monkeypatch, "1", task_hour="600")
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), now)
+    assert decision["action"] == "stopped" and decision["reason"].startswith("the monthly budget of $1.00 is spent")
+    assert decision["budget"]["spent"] and aws.desired_count(service) == 0
+    # The month turns: only the fixed lines count, which are under the budget.
+    turned = next_month(now).timestamp() + 3600
+    code, _ = call(wake.handler, "POST", "/wake")
+    assert code == 402
+    from lambdas.budget import month_so_far
+
+    settings = from_env()
+    assert settings.budget is not None
+    again = month_so_far(client("cloudwatch"), "Fluidity", "fluidity-server", settings.budget, turned)
+    assert again["spent"] is False and again["taskHours"] == 0 and again["cost"] == 0.24
+
+
+def test_under_the_budget_wake_and_sleep_go_on_as_before(aws, monkeypatch):
+    service = aws.make_service(desired=0)
+    budget_env(monkeypatch, "5")
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and body["status"] == "starting" and aws.desired_count(service) == 1
+    aws.reconcile(service)
+    now = time.time()
+    put_metrics(aws, active=1, last_activity=now - 30, when=now - 30)
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), now)
+    assert decision["action"] == "none" and decision["budget"]["spent"] is False, decision
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("MONTHLY_BUDGET", "lots", "MONTHLY_BUDGET must be a number"),
+        ("MONTHLY_BUDGET", "0", "MONTHLY_BUDGET must be between"),
+        ("BUDGET_TASK_HOUR", "nan", "BUDGET_TASK_HOUR must be between"),
+    ],
+)
+def test_a_misconfigured_budget_is_500_with_reason(aws, monkeypatch, name, value, message):
+    aws.make_service(desired=0)
+    budget_env(monkeypatch, "5")
+    monkeypatch.setenv(name, value)
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 500 and message in body["error"], body
+
+
+# -- Fargate Spot, and on-demand when it has no room (issue 43) --------------------------------
+
+
+def strategy(aws, service) -> list[str]:
+    """Where the service asks ECS to place its task, by the control plane's record: moto
+    (5.2) accepts a service's capacityProviderStrategy but does not report it back."""
+    found = aws.client("ecs").describe_services(cluster=service.cluster, services=[service.name], include=["TAGS"])
+    tags = {t["key"]: t["value"] for t in found["services"][0].get("tags", [])}
+    return ["FARGATE"] if tags.get("fluidity:capacity") == "on-demand" else ["FARGATE_SPOT"]
+
+
+def test_a_spot_task_that_is_never_placed_falls_back_to_on_demand_and_says_so(aws, monkeypatch):
+    """ECS places no task when Spot has no room: after two minutes wanted with none, the
+    service asks for on-demand FARGATE; the next wake of the stopped server asks for Spot."""
+    from lambdas import capacity
+
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    service = aws.make_service(desired=0, spot=True)
+    assert strategy(aws, service) == ["FARGATE_SPOT"]
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and body["capacity"] is None and aws.desired_count(service) == 1
+    # Spot has no room: no task appears (nothing reconciles). Soon after, a second wake changes nothing ...
+    code, body = call(wake.handler, "POST", "/wake")
+    assert code == 200 and body["capacity"] is None and strategy(aws, service) == ["FARGATE_SPOT"]
+    # ... two minutes on, sleep moves it to on-demand instead of calling it idle.
+    later = time.time() + capacity.SPOT_PATIENCE + 5
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] == "on-demand" and decision["reason"].startswith("Fargate Spot placed no task in"), (
+        decision
+    )
+    assert "running on demand (FARGATE) until the server next stops" in decision["reason"]
+    assert strategy(aws, service) == ["FARGATE"] and aws.desired_count(service) == 1
+    aws.reconcile(service)  # on demand has room
+    assert len(aws.service_tasks(service)) == 1
+    call(kill.handler, "POST", "/kill")
+    aws.reconcile(service)
+    code, body = call(wake.handler, "POST", "/wake")  # a new start: Spot first again
+    assert code == 200 and strategy(aws, service) == ["FARGATE_SPOT"] and aws.desired_count(service) == 1
+
+
+def test_a_wake_finds_spot_stuck_and_falls_back_itself(aws, monkeypatch):
+    """The agent wakes again when its wait runs out: that wake, two minutes on, moves it."""
+    from lambdas import capacity
+
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    service = aws.make_service(desired=0, spot=True)
+    call(wake.handler, "POST", "/wake")
+    code, body = wake.wake(api_event("POST", "/wake"), now=time.time() + capacity.SPOT_PATIENCE + 5)
+    assert code == 200 and (body["capacity"] or "").startswith("Fargate Spot placed no task"), body
+    assert strategy(aws, service) == ["FARGATE"]
+    code, body = wake.wake(api_event("POST", "/wake"), now=time.time() + 2 * capacity.SPOT_PATIENCE)
+    assert code == 200 and body["capacity"] is None  # once
+
+
+def test_on_demand_stacks_and_running_spot_tasks_are_left_alone(aws, monkeypatch):
+    from lambdas import capacity
+
+    service = aws.make_service(desired=1)
+    later = time.time() + capacity.SPOT_PATIENCE + 5
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] != "on-demand" and strategy(aws, service) == ["FARGATE_SPOT"]  # untouched
+    monkeypatch.setenv("CAPACITY", "FARGATE_SPOT")
+    spot = aws.make_service(name="spot-server", desired=1, spot=True)
+    monkeypatch.setenv("SERVICE_NAME", "spot-server")
+    aws.reconcile(spot)  # Spot placed it
+    put_metrics(aws, active=1, last_activity=time.time(), when=time.time())
+    decision = sleep.decide(client("ecs"), client("cloudwatch"), from_env(), later)
+    assert decision["action"] == "none" and strategy(aws, spot) == ["FARGATE_SPOT"], decision

@@ -19,11 +19,13 @@ API_KEY = "lifecycle-secret-key"
 class World:
     """Control plane, ECS scheduler and the server that a task 'is'."""
 
-    def __init__(self, aws, certs, tmp_path, start_delay: float | None = 0.0) -> None:
+    def __init__(self, aws, certs, tmp_path, start_delay: float | None = 0.0, plane_env: dict | None = None) -> None:
         self.aws, self.certs, self.tmp_path = aws, certs, tmp_path
         self.server_config = server_config(certs)
         self.service = aws.make_service(desired=0, port=self.server_config["port"])
-        self.plane = ControlPlaneProc(aws, tmp_path, API_KEY, {"CONTAINER_PORT": str(self.server_config["port"])})
+        self.plane = ControlPlaneProc(
+            aws, tmp_path, API_KEY, {"CONTAINER_PORT": str(self.server_config["port"]), **(plane_env or {})}
+        )
         self.scheduler = EcsScheduler(aws, self.service, start_delay)
         self.server = None
         self.start_server()
@@ -152,6 +154,38 @@ def test_a_wrong_api_key_is_a_clear_503(world, http_origin, tmp_path):
     finally:
         assert agent.stop() == 0
     assert "not-the-key" not in agent.log()
+    agent.assert_no_unhandled_errors()
+
+
+@pytest.mark.processes
+def test_a_spent_budget_is_a_503_saying_so_and_the_agent_stops_asking(aws, certs, http_origin, tmp_path):
+    """Issue 43: wake refuses (402, with the reason) past monthlyBudget; the agent's clients,
+    its status page and its log say why, and it asks again only when a client does."""
+    from test_lambdas import put_usage, this_months_minutes
+
+    now = time.time()
+    put_usage(aws, this_months_minutes(now, 30) or [now])
+    budget = {"MONTHLY_BUDGET": "1", "BUDGET_TASK_HOUR": "600", "BUDGET_GB_SENT": "0.09", "BUDGET_FIXED": "0.24"}
+    world = World(aws, certs, tmp_path, plane_env=budget)
+    agent = None
+    try:
+        agent = start_twistd("agent", world.agent_config(), tmp_path)
+        result = curl(
+            "-i", "-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/plain", timeout=30
+        )
+        head = result.stdout.decode(errors="replace")
+        assert head.startswith("HTTP/1.1 503") and "answered 402: the monthly budget of $1.00 is spent" in head, head
+        assert "until the budget is raised" in head
+        assert "the monthly budget of $1.00 is spent" in (health(agent)["last_error"] or "")
+        assert "the monthly budget of $1.00 is spent" in agent.log()
+        assert world.aws.desired_count(world.service) == 0
+        time.sleep(3)  # reconnection backoff is well under this: the agent must not wake again on its own
+        refused = world.plane.log().count("POST /wake from 127.0.0.1 -> 402")
+        assert refused == 1, world.plane.log()[-3000:]
+    finally:
+        if agent is not None:
+            assert agent.stop() == 0
+        world.close()
     agent.assert_no_unhandled_errors()
 
 

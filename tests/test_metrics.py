@@ -79,6 +79,46 @@ def test_metrics_follow_agents_and_traffic(aws, certs, http_origin, tmp_path):
     server.assert_no_unhandled_errors()
 
 
+def sums(aws, metric: str, since: float) -> float:
+    """The Sum of `metric` from `since`, over every data point moto holds."""
+    utc = datetime.UTC
+    points = aws.client("cloudwatch").get_metric_statistics(
+        Namespace="Fluidity",
+        MetricName=metric,
+        Dimensions=DIMENSIONS,
+        StartTime=datetime.datetime.fromtimestamp(since, utc),
+        EndTime=datetime.datetime.fromtimestamp(time.time() + 60, utc),
+        Period=60,
+        Statistics=["Sum"],
+    )["Datapoints"]
+    return sum(p["Sum"] for p in points)
+
+
+@pytest.mark.processes
+def test_bytes_sent_to_agents_add_up_to_what_clients_downloaded_once(aws, certs, http_origin, tmp_path):
+    """Issue 43: BytesSentToAgents is summed per interval, so a month's Sum is its data
+    transfer out: two downloads count once each, also across the agent's reconnection."""
+    started = time.time() - 1
+    server = start_twistd("server", server_config(certs, **METRICS, **QUIET), tmp_path, env=aws.env)
+    agent = None
+    try:
+        for _ in range(2):  # the second download through a new agent connection: gone ones still count
+            agent = start_twistd("agent", agent_config(certs, server.port, **QUIET), tmp_path, env=aws.env)
+            wait_connected(agent)
+            result = curl("-x", f"http://127.0.0.1:{agent.port}", f"http://127.0.0.1:{http_origin.port}/bytes/100000")
+            assert result.returncode == 0 and len(result.stdout) == 100000, result.stderr
+            assert agent.stop() == 0
+        assert wait_until(lambda: sums(aws, "BytesSentToAgents", started) >= 200000, 10)
+        time.sleep(2.5)  # more ticks with nothing new to send
+        total = sums(aws, "BytesSentToAgents", started)
+        assert 200000 <= total <= 200000 + 2 * 1000, total  # the payload and the origin's response headers
+    finally:
+        if agent is not None:
+            agent.stop()
+        assert server.stop() == 0
+    server.assert_no_unhandled_errors()
+
+
 @pytest.mark.processes
 def test_a_final_publication_on_clean_stop(aws, certs, tmp_path):
     slow = {"metrics": {**METRICS["metrics"], "metrics_interval": "5m"}}

@@ -49,6 +49,7 @@ class ClientInput(enum.Enum):
     LOCATED = "the control plane gave the server's address"
     FOUND_ASLEEP = "the control plane says the server is stopped"
     LOCATE_FAILED = "the control plane could not be asked"
+    WAKE_REFUSED = "the control plane refused to start the server (a spent budget, a wrong key)"
     READY = "the server's HTTP/2 SETTINGS arrived"
     CONNECT_FAILED = "the attempt failed (TCP, proxy, TLS, or no answer in time)"
     DRAINING = "the server drains the current connection"
@@ -79,6 +80,7 @@ CLIENT_TRANSITIONS: dict[tuple[ClientState, ClientInput], Target] = {
     (S.LOCATING, In.LOCATED): S.CONNECTING,
     (S.LOCATING, In.FOUND_ASLEEP): S.ASLEEP,  # and with a client waiting, on at once as CLIENT_WAITS
     (S.LOCATING, In.LOCATE_FAILED): S.BACKING_OFF,
+    (S.LOCATING, In.WAKE_REFUSED): S.BACKING_OFF,  # asked again, without waking, until a client wants it
     (S.LOCATING, In.CLIENT_WAITS): S.LOCATING,
     (S.LOCATING, In.WAKE_ASKED): S.LOCATING,
     (S.LOCATING, In.NETWORK_CHANGED): S.FINDING_PROXY,
@@ -195,16 +197,17 @@ class ClientMachine:
             self.want_wake = True
         elif what is In.LOCATED:
             self.stale = self.want_wake = False
-        elif what in (In.LOCATE_FAILED, In.CONNECT_FAILED):
+        elif what in (In.LOCATE_FAILED, In.WAKE_REFUSED, In.CONNECT_FAILED):
             self.failures += 1
             self.stale = self.located  # the server may have moved or stopped
+            self.want_wake = self.want_wake and what is not In.WAKE_REFUSED
         elif what is In.LOST:
             self.stale = self.located
         elif what is In.NETWORK_CHANGED:
             self.stale, self.failures = self.located, 0
         elif what is In.READY:
             self.failures = 0
-        if what is In.LOCATE_FAILED:
+        if what in (In.LOCATE_FAILED, In.WAKE_REFUSED):
             return [FailWaiters(reason)]
         if what is In.STOP:
             return [FailWaiters("agent is stopping")]

@@ -230,7 +230,9 @@ class TunnelClient:
             self._attempt = None
             message = failure.getErrorMessage()
             self._note_failure(message)
-            self._feed(ClientInput.LOCATE_FAILED, message)
+            # A refusal (a spent budget, a wrong key) is not asked again on its own: the next client does.
+            refused = getattr(failure.value, "retry", True) is False
+            self._feed(ClientInput.WAKE_REFUSED if refused else ClientInput.LOCATE_FAILED, message)
 
         locating.addCallbacks(located, failed)
 

@@ -350,16 +350,32 @@ def _cost(args) -> int:
             )
             return 2
         stack = found[0] if found else None
-    if args.hours_per_month < 0 or args.hours_per_month > 744 or args.agents < 0 or args.wakes_per_month < 0:
+    if (
+        not 0 <= args.hours_per_month <= 744  # also refuses nan
+        or not 0 <= args.gb_per_month <= 10**6
+        or args.agents < 0
+        or args.wakes_per_month < 0
+    ):
         print(
-            "fluidity cost: --hours-per-month must lie in 0-744, --agents and --wakes-per-month must not be negative",
+            "fluidity cost: --hours-per-month must lie in 0-744, --gb-per-month in 0-1000000, --agents and "
+            "--wakes-per-month must not be negative",
             file=sys.stderr,
         )
         return 2
-    usage = costs.Usage(hours_per_month=args.hours_per_month, agents=args.agents, wakes_per_month=args.wakes_per_month)
+    usage = costs.Usage(
+        hours_per_month=args.hours_per_month,
+        agents=args.agents,
+        wakes_per_month=args.wakes_per_month,
+        gb_per_month=args.gb_per_month,
+    )
+    from tunnel.ops.operations import OperatorError
+
     try:
-        print(costs.main(stack, usage, args.region, args.json))
-    except ValueError as e:
+        if args.month:
+            print(costs.month_report(stack, args.region, args.json))
+        else:
+            print(costs.main(stack, usage, args.region, args.json))
+    except (ValueError, OperatorError) as e:
         print(f"fluidity cost: {e}", file=sys.stderr)
         return 1
     return 0
@@ -872,6 +888,18 @@ def _add_cost(commands) -> None:
     )
     cost.add_argument("--agents", type=int, default=1, help="agent identities connected (default: %(default)d)")
     cost.add_argument("--wakes-per-month", type=int, default=30, help="(default: %(default)d)")
+    cost.add_argument(
+        "--gb-per-month",
+        type=float,
+        default=0.0,
+        help="GB sent to agents (downloads through the tunnel), priced as data transfer out (default: %(default)g)",
+    )
+    cost.add_argument(
+        "--month",
+        action="store_true",
+        help="the month so far from the server's metrics in CloudWatch, against fluidity:monthlyBudget (AWS "
+        "credentials: AWS_PROFILE, AWS_REGION as for fluidity status)",
+    )
     cost.add_argument("--region", help="AWS region (default: the stack's aws:region)")
     cost.add_argument("--json", action="store_true", help="print JSON for scripts")
     cost.set_defaults(run=_cost)

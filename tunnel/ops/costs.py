@@ -20,6 +20,7 @@ EMF_LINE_BYTES = 330  # one metrics line a minute (tunnel/server/emf.py)
 IMAGE_MB = 93.0  # the server image compressed, as ECR stores it (measured: `docker save | gzip`, 2026-11-27)
 POLLS_PER_WAKE = 20  # one wake, then status every 5 s while the task starts (about 90 s)
 LAMBDA_SECONDS = 0.5  # a control-plane invocation, billed at 128 MB
+SERVER_SERIES = 3  # the server's metrics (tunnel/server/emf.py), one series each
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Usage:
     log_mb_per_hour: float = 0.5  # the server's JSON log at info level, with a connected agent
     image_mb: float = IMAGE_MB
     per_agent_series: bool = False
+    gb_per_month: float = 0.0  # sent to agents (downloads through the tunnel): data transfer out
 
 
 @dataclass
@@ -153,9 +155,11 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     )
     if s.behind_nlb:
         _load_balancer(est, s, hours)
-    # ActiveConnections and LastActivityEpochSeconds; per-agent series are opt-in
-    # (metrics.per_agent, one more series each) and the task does not turn them on.
-    series = 2 + (u.agents if u.per_agent_series else 0)
+    if u.gb_per_month:
+        run.append(data_transfer(u.gb_per_month))
+    # ActiveConnections, LastActivityEpochSeconds and BytesSentToAgents; per-agent series
+    # are opt-in (metrics.per_agent, one more series each) and the task does not turn them on.
+    series = SERVER_SERIES + (u.agents if u.per_agent_series else 0)
     metrics = series * rates.CUSTOM_METRIC_MONTH * hours / rates.HOURS_PER_MONTH
     run.append(
         Line(
@@ -216,9 +220,12 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         invocations = sleeps + others
         lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
         scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
-        # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first).
+        # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first);
+        # with a budget, two more, and wake two per call.
         running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
-        reads = running_sleeps * 2 / 1000 * rates.CLOUDWATCH_API_PER_1000
+        budgeted = s.monthly_budget is not None
+        count = running_sleeps * (4 if budgeted else 2) + (u.wakes_per_month * 2 if budgeted else 0)
+        reads = count / 1000 * rates.CLOUDWATCH_API_PER_1000
         idle.append(
             Line(
                 f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
@@ -230,36 +237,78 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         )
         run.append(
             Line(
-                f"sleep's metric reads: {running_sleeps * 2:,.0f} GetMetricStatistics",
+                f"{'sleep and wake' if budgeted else 'sleep'}'s metric reads: {count:,.0f} GetMetricStatistics",
                 reads,
                 reads,
                 0.0,
                 "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
             )
         )
-        if s.monitoring:
-            alarms = 9 * rates.ALARM_MONTH
-            idle.append(
-                Line(
-                    "alarms: 9 (errors and throttles of 4 Lambdas, API 5xx)",
-                    alarms,
-                    alarms,
-                    0.0,
-                    "free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops them",
-                )
-            )
-            idle.append(
-                Line(
-                    "dashboard: 1",
-                    rates.DASHBOARD_MONTH,
-                    rates.DASHBOARD_MONTH,
-                    0.0,
-                    "free tier: " + rates.FREE_TIER["dashboards"] + "; monitoring: false drops it",
-                )
-            )
+    _monitoring(est, s)
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
     return est
+
+
+def budget_prices(settings) -> dict[str, float]:
+    """What the control plane weighs a month with (`lambdas/budget.py`), at list price and
+    on the dear side: a task-hour on demand (Spot's discount is not counted) with its
+    public IPv4 address, a GB sent with no free allowance, and the month's fixed lines."""
+    price = rates.FARGATE[settings.cpu_architecture]
+    task_hour = settings.cpu / 1024 * price["vcpu_hour"] + settings.memory / 1024 * price["gb_hour"]
+    if settings.assign_public_ip == "ENABLED":
+        task_hour += rates.PUBLIC_IPV4_HOUR
+    if settings.behind_nlb:
+        task_hour += rates.NLCU_HOUR
+    stopped = estimate(settings, Usage(), None)
+    return {
+        "task_hour": task_hour,
+        "gb_sent": rates.DATA_TRANSFER_OUT_GB,
+        "fixed": stopped.total(stopped.stopped, "high"),
+    }
+
+
+def data_transfer(gb: float) -> Line:
+    """What leaves AWS from the task: the account's first 100 GB a month are free."""
+    paid = max(0.0, gb - rates.DATA_TRANSFER_FREE_GB)
+    return Line(
+        f"data transfer out: {gb:,.1f} GB",
+        gb * rates.DATA_TRANSFER_OUT_GB,
+        gb * rates.DATA_TRANSFER_OUT_GB,
+        paid * rates.DATA_TRANSFER_OUT_GB,
+        f"${rates.DATA_TRANSFER_OUT_GB} a GB; free tier: " + rates.FREE_TIER["data transfer out"],
+    )
+
+
+def _monitoring(est: Estimate, s) -> None:
+    """The alarm, billed per metric it reads, and the opt-in dashboard: counted from what
+    the stack declares (`infra.alarm_specs`), billed whether the server runs or not."""
+    from infra.alarm_specs import alarm_metric_count, dashboards
+
+    metrics = alarm_metric_count(s)
+    if metrics:
+        alarms = metrics * rates.ALARM_MONTH
+        est.stopped.append(
+            Line(
+                f"monitoring: 1 alarm reading {metrics} metrics (control plane errors, sleep throttles)",
+                alarms,
+                alarms,
+                0.0,
+                "$0.10 a metric; free tier: " + rates.FREE_TIER["alarms"] + "; monitoring: false drops it",
+            )
+        )
+    count = dashboards(s)
+    if count:
+        cost = count * rates.DASHBOARD_MONTH
+        est.stopped.append(
+            Line(
+                f"dashboard: {count} (dashboard: true)",
+                cost,
+                cost,
+                0.0,
+                "free tier: " + rates.FREE_TIER["dashboards"] + "; dashboard: false (the default) drops it",
+            )
+        )
 
 
 def _load_balancer(est: Estimate, s, hours: float) -> None:
@@ -366,3 +415,52 @@ def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: boo
             "--stack FILE)"
         )
     return json.dumps(est.as_dict(), indent=2) if as_json else render(est, usage)
+
+
+def month_report(stack_file: Path | None, region: str | None, as_json: bool, now: float | None = None) -> str:
+    """`fluidity cost --month`: the month so far, weighed as the control plane weighs it
+    (`lambdas.budget`, from the server's metrics in CloudWatch), against monthlyBudget."""
+    import time
+
+    from infra.settings import SettingsError, from_config
+    from lambdas.budget import Budget, month_so_far
+    from tunnel.ops.operations import AwsTarget, _aws_call, _clients
+
+    if region is not None and not REGION_NAME.match(region):
+        raise ValueError(f"--region {region!r} is not an AWS region name (e.g. eu-west-1)")
+    values, stack_region = read_stack(stack_file) if stack_file is not None else ({}, None)
+    try:
+        settings = from_config(_Config(values))
+    except SettingsError as e:
+        raise ValueError(f"{stack_file}: {e}") from None
+    prices = budget_prices(settings)
+    limit = settings.monthly_budget
+    budget = Budget(
+        limit if limit is not None else float("inf"), prices["task_hour"], prices["gb_sent"], prices["fixed"]
+    )
+    _, _, cloudwatch = _clients(AwsTarget(region=region or stack_region))
+    moment = time.time() if now is None else now
+    so_far = _aws_call(month_so_far, cloudwatch, settings.metrics_namespace, settings.service_name, budget, moment)
+    if limit is None:
+        so_far["budget"] = None
+    if as_json:
+        return json.dumps(so_far, indent=2)
+    hours, gb = so_far["taskHours"], so_far["gbSent"]
+    rows = [
+        (f"the task running: {hours:g} task-hours", hours * budget.task_hour),
+        (f"sent to agents: {gb:g} GB", gb * budget.gb_sent),
+        ("the month's fixed lines", budget.fixed),
+        ("total", so_far["cost"]),
+    ]
+    out = [f"{so_far['month']} so far (UTC), {settings.service_name}, at list price before free tiers and Spot:"]
+    out += [f"  {label:<40}{'$' + format(amount, ',.2f'):>10}" for label, amount in rows]
+    if limit is None:
+        out.append("No budget: set one with `pulumi config set fluidity:monthlyBudget 5` and `pulumi up`.")
+    elif so_far["spent"]:
+        out.append(
+            f"The budget of ${limit:,.2f} is spent: wake refuses and sleep stops the server until "
+            f"{so_far['resumes']} (UTC), or until the budget is raised."
+        )
+    else:
+        out.append(f"Budget ${limit:,.2f}: {so_far['cost'] / limit:.0%} used, ${limit - so_far['cost']:,.2f} left.")
+    return "\n".join(out)

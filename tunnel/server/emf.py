@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from lambdas.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
+from tunnel.server.metrics import Unsent
 
 MAX_AGENT_LINES = 100
 
@@ -27,9 +28,11 @@ def lines(
     last_activity: float,
     now: float,
     by_agent: dict[str, int] | None = None,
+    sent: int = 0,
 ) -> list[str]:
-    """One line with ActiveConnections and LastActivityEpochSeconds (dimension ServiceName),
-    and one per connected agent identity (dimensions ServiceName and Agent) when given."""
+    """One line with ActiveConnections, LastActivityEpochSeconds and BytesSentToAgents
+    (dimension ServiceName), and one per connected agent identity (dimensions ServiceName
+    and Agent) when given."""
     stamp = int(now * 1000)
     out = [
         {
@@ -42,6 +45,7 @@ def lines(
                         "Metrics": [
                             {"Name": ACTIVE_CONNECTIONS, "Unit": "Count"},
                             {"Name": LAST_ACTIVITY, "Unit": "Seconds"},
+                            {"Name": BYTES_SENT, "Unit": "Bytes"},
                         ],
                     }
                 ],
@@ -49,6 +53,7 @@ def lines(
             "ServiceName": service_name,
             ACTIVE_CONNECTIONS: agents,
             LAST_ACTIVITY: int(last_activity),
+            BYTES_SENT: sent,
         }
     ]
     for agent, count in sorted((by_agent or {}).items())[:MAX_AGENT_LINES]:
@@ -98,14 +103,23 @@ class EmfPublisher:
         self.write = write
         self.failures = 0
         self.published = 0
+        self.unsent = Unsent()
 
     def publish(self) -> defer.Deferred:
         server = self.server
         by_agent = server.agents_by_identity() if self.per_agent else None
+        total = server.bytes_sent_to_agents
+        sent = self.unsent.since_reported(total)
         text = "".join(
             line + "\n"
             for line in lines(
-                self.namespace, self.service_name, server.agents, server.activity, self.reactor.seconds(), by_agent
+                self.namespace,
+                self.service_name,
+                server.agents,
+                server.activity,
+                self.reactor.seconds(),
+                by_agent,
+                sent,
             )
         )
         try:
@@ -113,5 +127,6 @@ class EmfPublisher:
         except (OSError, ValueError):
             self.failures += 1
         else:
+            self.unsent.confirm(total)
             self.published += 1
         return defer.succeed(None)

@@ -1,12 +1,14 @@
 """CloudWatch metrics from the server, published off the reactor thread.
 
 Every `metrics_interval` (and once more on a clean stop) the server publishes
-`ActiveConnections` (agents connected now) and `LastActivityEpochSeconds` under one
-dimension `ServiceName`, which is what the sleep Lambda and the seed's
-`aws cloudwatch get-metric-statistics` queries read. The sample is taken on the reactor
-thread (it reads live state); boto3 runs in the reactor's thread pool, bounded by short
-timeouts, so a slow or absent CloudWatch never touches the tunnel. Failures are logged
-once per streak; the next tick simply tries again.
+`ActiveConnections` (agents connected now), `LastActivityEpochSeconds` and
+`BytesSentToAgents` (payload sent to agents since the last publication that got through,
+so a month's Sum is the month's data transfer out) under one dimension `ServiceName`,
+which is what the sleep Lambda and the seed's `aws cloudwatch get-metric-statistics`
+queries read. The sample is taken on the reactor thread (it reads live state); boto3
+runs in the reactor's thread pool, bounded by short timeouts, so a slow or absent
+CloudWatch never touches the tunnel. Failures are logged once per streak; the next tick
+simply tries again.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from lambdas.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
 
 log = Logger(namespace="fluidity.metrics")
 
@@ -40,10 +42,29 @@ def cloudwatch_client(timeout: float):
 MAX_AGENT_SERIES = 100  # per publication: PutMetricData takes 1000 data points
 
 
+class Unsent:
+    """Bytes sent to agents and not yet in a publication that got through: each one is
+    published once, a failed publication's in the next."""
+
+    def __init__(self) -> None:
+        self.reported = 0
+
+    def since_reported(self, total: int) -> int:
+        return max(0, total - self.reported)
+
+    def confirm(self, total: int) -> None:
+        self.reported = max(self.reported, total)
+
+
 def metric_data(
-    service_name: str, agents: int, last_activity: float, now: float, by_agent: dict[str, int] | None = None
+    service_name: str,
+    agents: int,
+    last_activity: float,
+    now: float,
+    by_agent: dict[str, int] | None = None,
+    sent: int = 0,
 ) -> list[dict]:
-    """The two data points in PutMetricData's shape, plus ActiveConnections per agent
+    """The three data points in PutMetricData's shape, plus ActiveConnections per agent
     (dimensions ServiceName and Agent, the certificate CN) when agents are connected."""
     dimensions = [{"Name": "ServiceName", "Value": service_name}]
     timestamp = datetime.datetime.fromtimestamp(now, datetime.UTC)
@@ -61,6 +82,13 @@ def metric_data(
             "Timestamp": timestamp,
             "Value": float(int(last_activity)),
             "Unit": "Seconds",
+        },
+        {
+            "MetricName": BYTES_SENT,
+            "Dimensions": dimensions,
+            "Timestamp": timestamp,
+            "Value": float(sent),
+            "Unit": "Bytes",
         },
     ]
     for agent, count in sorted((by_agent or {}).items())[:MAX_AGENT_SERIES]:
@@ -100,17 +128,25 @@ class MetricsPublisher:
         self._client: Any = None
         self.failures = 0  # length of the current failure streak
         self.published = 0
+        self.unsent = Unsent()
 
-    def sample(self) -> list[dict]:
+    def sample(self, sent_total: int) -> list[dict]:
         by_agent = self.server.agents_by_identity() if self.per_agent else None
         return metric_data(
-            self.service_name, self.server.agents, self.server.activity, self.reactor.seconds(), by_agent
+            self.service_name,
+            self.server.agents,
+            self.server.activity,
+            self.reactor.seconds(),
+            by_agent,
+            self.unsent.since_reported(sent_total),
         )
 
     def publish(self) -> defer.Deferred:
         """One publication; never fails (the error is logged), so a LoopingCall keeps going."""
-        data = self.sample()
+        total = self.server.bytes_sent_to_agents
+        data = self.sample(total)
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), self._put, data)
+        d.addCallback(lambda _: self.unsent.confirm(total))
         d.addCallbacks(self._sent, self._failed)
         return d
 

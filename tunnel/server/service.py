@@ -271,6 +271,7 @@ class TunnelServer(Factory):
         self.stopping = False
         self._drained: defer.Deferred | None = None
         self.last_activity = reactor.seconds()
+        self.sent_by_gone = 0  # stream payload sent to agents whose connections have ended
         total = descriptors.capacity(reactor)
         # Kept back for handshakes, agents' connections, the listener and logs: streams
         # (one dial each) never take the descriptors that let agents in.
@@ -333,6 +334,12 @@ class TunnelServer(Factory):
         return sum(len(m.streams) for m in self._muxes() if m.identity == identity)
 
     @property
+    def bytes_sent_to_agents(self) -> int:
+        """Stream payload sent to agents since the server started: what leaves AWS as data
+        transfer out (before TLS and TCP framing), published as a metric."""
+        return self.sent_by_gone + sum(m.bytes_sent for m in self._muxes())
+
+    @property
     def activity(self) -> float:
         """When bytes last arrived from an agent, or one connected or opened a stream."""
         return max([self.last_activity] + [m.last_activity for m in self._muxes()])
@@ -373,8 +380,9 @@ class TunnelServer(Factory):
         bridge(self.opener, stream.destination, stream, StreamFront(mux, stream, self.endings), self.endings)
 
     def forget(self, connection: ServerConnection) -> None:
-        if isinstance(connection.inner, TunnelMux):  # keep its activity once it is gone
+        if isinstance(connection.inner, TunnelMux) and connection in self.connections:  # keep what it did
             self.last_activity = max(self.last_activity, connection.inner.last_activity)
+            self.sent_by_gone += connection.inner.bytes_sent
         self.connections.discard(connection)
         if self._drained is not None and not self.connections and not self._drained.called:
             self._drained.callback(None)
