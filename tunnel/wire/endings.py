@@ -31,7 +31,17 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["LINGER", "Endings", "Pipe", "arm", "delivery_progress", "ended_cleanly", "no_delay", "socket_under"]
+__all__ = [
+    "LINGER",
+    "Endings",
+    "Pipe",
+    "arm",
+    "delivery_progress",
+    "ended_cleanly",
+    "no_delay",
+    "socket_under",
+    "undelivered",
+]
 
 LINGER = 3.0  # seconds a closing connection may go without its peer taking a byte
 DELIVERY_POLL = 0.05  # seconds between looks at what an aborting socket still holds
@@ -296,6 +306,13 @@ def _undelivered(transport: Any, sock: socket.socket) -> int:
         except OSError:
             pass
     return queued
+
+
+def undelivered(transport: Any) -> int:
+    """Bytes a socket transport (or TLS over one) holds for its peer, in this process and in
+    the kernel, that the peer has not acknowledged; what this process holds for anything else."""
+    sock = socket_under(transport)
+    return _queued_in_process(transport) if sock is None else _undelivered(transport, sock)
 
 
 def delivery_progress(transport: Any) -> int | None:
