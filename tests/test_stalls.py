@@ -42,4 +42,6 @@ def test_a_relayed_socket_says_what_it_holds_and_that_its_end_waits(connected): 
     held = int(said.split(" B ")[0])
     assert (2 << 20) - 65536 < held <= 2 << 20, said
     assert said.endswith("B not yet delivered, its producer paused, write side closing"), said
+    transport.unregisterProducer()  # gone: Twisted still says producerPaused, this does not
+    assert "producer" not in socket_side(transport)
     assert socket_side(None) == "none" and socket_side(object()) == "none"

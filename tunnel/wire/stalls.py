@@ -57,13 +57,15 @@ def socket_side(transport: Any) -> str:
     flags = [
         name
         for name, attribute in (
-            ("its producer paused", "producerPaused"),
             ("write side closing", "_writeDisconnecting"),
             ("write side closed", "_writeDisconnected"),
             ("closing", "disconnecting"),
         )
         if getattr(transport, attribute, False)
     ]
+    if getattr(transport, "producer", None) is not None:  # Twisted keeps producerPaused after it goes
+        paused = getattr(transport, "producerPaused", False)
+        flags.insert(0, "its producer paused" if paused else "its producer running")
     if not getattr(transport, "connected", True):
         flags.append("gone")
     return f"{undelivered(transport)} B not yet delivered" + "".join(f", {flag}" for flag in flags)
