@@ -32,7 +32,7 @@ LONGEST_WAIT = 20.0
 # Each direction alone at full speed; then both at once with readers (the downloading clients,
 # the uploads' destination) that take 1 MB/s, less than the tunnel brings each stream: a
 # relayed socket's buffer is then full when its stream's end arrives, as on a loaded machine
-# or with a slow client. That end was lost before issue 44's fix (2 to 9 of the 40 never ended).
+# or with a slow client. That end was lost before issue 44's fix (0 to 13 of the 40 never ended a round).
 CASES = {
     "down": ["--direction", "down", "--mb", "4"],
     "up": ["--direction", "up", "--mb", "4"],
