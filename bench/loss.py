@@ -376,10 +376,13 @@ def through_tunnel(agent_port: int, targets: list[Source | Sink], streams: int, 
     }
 
 
-def one_round(certs, server_port: int, work: Path, targets: list, streams: int, size: int, seconds: float) -> dict:
-    """A new server and agent, the streams through them, and what it cost."""
-    server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work)
-    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work)
+def one_round(
+    certs, server_port: int, work: Path, targets: list, streams: int, size: int, seconds: float, n: int = 1
+) -> dict:
+    """A new server and agent (their logs kept as server-n.log, agent-n.log), the streams
+    through them, and what it cost."""
+    server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work, f"server-{n}")
+    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work, f"agent-{n}")
     try:
         wait_connected(agent, 30)
         before = packet_counts()
@@ -391,6 +394,7 @@ def one_round(certs, server_port: int, work: Path, targets: list, streams: int, 
         after = packet_counts()
         tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
         tunnel["reconnects"] = agent.log().count(" is up") - 1  # "tunnel to ... is up": once, unless it reconnected
+        tunnel["logs"] = str(work)
     finally:
         agent.stop()
         server.stop()
@@ -425,7 +429,7 @@ def run(
         targets.append(Source(size, reader_rate))
     if direction in ("up", "both"):
         targets.append(Sink(reader_rate))
-    every = [one_round(certs, server_port, work, targets, streams, size, seconds) for _ in range(rounds)]
+    every = [one_round(certs, server_port, work, targets, streams, size, seconds, n) for n in range(1, rounds + 1)]
     mb_s = sum(t["mb_s"] for t in every) / len(every)
     return {
         "loss_percent": loss,
@@ -521,6 +525,8 @@ def report(result: dict, args: argparse.Namespace) -> None:
             print(f"    streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
         for where in t["unfinished"]:
             print(f"    unfinished: {where}")
+        if t["unfinished"]:
+            print(f"    the server's and the agent's logs: {t['logs']}/server-{n}.log, agent-{n}.log")
     print(
         f"  over {summary['rounds']} rounds: {summary['finished']}/{summary['streams']} finished, "
         f"{summary['never_ended']} never ended {summary['never_ended_per_round']}, longest wait of any stream "
