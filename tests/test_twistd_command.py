@@ -1,10 +1,9 @@
 """How `fluidity` starts twistd on each platform (tunnel.ops.twistd_command): found where pip put
-it, with the flags that platform's twistd takes, and on Windows run as a child whose stop and exit
-code are passed through. Under Wine, scripts/windows-check runs the Windows side for real."""
+it, with the flags that platform's twistd takes, and on Windows run in the process itself, so its
+Ctrl-C and exit code are fluidity's. Under Wine, scripts/windows-check runs the Windows side for real."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from support import agent_config, free_port, wait_until
 
-from tunnel.ops.twistd_command import child_options, foreground_flags, stop_signal, twistd_command
+from tunnel.ops.twistd_command import foreground_flags, stop_signal, twistd_command
 
 pytestmark = pytest.mark.processes
 
@@ -28,7 +27,6 @@ def test_windows_twistd_gets_no_pidfile_flag_and_posix_twistd_does():
     assert foreground_flags("agent", "win32") == ["-n", "fluidity-agent"]
     assert foreground_flags("server", "linux") == ["-n", "--pidfile=", "fluidity-server"]
     assert twistd_command("win32") == [sys.executable, "-m", "tunnel.ops.twistd_windows"]
-    assert child_options("win32")["creationflags"] == 0x200  # CREATE_NEW_PROCESS_GROUP
     assert stop_signal("win32") == 1 and stop_signal("linux") == signal.SIGTERM  # CTRL_BREAK_EVENT
 
 
@@ -60,36 +58,32 @@ def test_a_user_install_finds_twistd_in_the_user_scripts_dir(tmp_path):
     assert "--proxy-port" in done.stdout and "--server-ip" in done.stdout, done.stdout
 
 
-def _parent(command: list[str], forward: int, log: Path) -> subprocess.Popen:
-    """A process that runs `command` as its child the Windows way (run_child), told to pass a
-    stop on as `forward`; both write to `log`."""
+def _windows_way(args: list[str], log: Path) -> subprocess.Popen:
+    """`fluidity agent ARGS` as it runs on Windows (run_in_foreground for win32: twistd in this
+    process, through tunnel.ops.twistd_windows), writing to `log`."""
     code = (
-        "import sys, json; from tunnel.ops.twistd_command import run_child; "
-        "sys.exit(run_child(json.loads(sys.argv[1]), int(sys.argv[2]), {}))"
+        "import sys; from tunnel.ops.twistd_command import run_in_foreground; "
+        "sys.exit(run_in_foreground(sys.argv[1:], 'win32'))"
     )
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, json.dumps(command), str(forward)], cwd=REPO, stdout=out, stderr=out
-        )
+        return subprocess.Popen([sys.executable, "-c", code, *args], cwd=REPO, stdout=out, stderr=out)
 
 
-def test_a_stop_reaches_the_child_and_its_exit_code_is_returned(certs, tmp_path):
-    """What `fluidity agent` does on Windows: Ctrl-C to it is passed on to the agent, which stops
-    cleanly (exit 0), and that exit code is fluidity's; a child that fails gives its own code."""
+def test_the_windows_way_stops_on_ctrl_c_with_exit_code_0_and_fails_with_twistds_code(certs, tmp_path):
+    """Issue 40: `fluidity agent` on Windows is the agent's own process: Ctrl-C (SIGINT) stops it
+    cleanly and its exit code is 0; a usage error is twistd's exit code and message."""
     config = tmp_path / "agent.yaml"
     config.write_text(yaml.safe_dump(agent_config(certs, free_port(), proxy_port=free_port())))
-    agent = [str(VENV_BIN / "twistd"), *foreground_flags("agent", "linux"), "--config", str(config)]
-    log = tmp_path / "parent.log"
-    parent = _parent(agent, signal.SIGTERM, log)
+    log = tmp_path / "agent.log"
+    agent = _windows_way([*foreground_flags("agent", "win32"), "--config", str(config)], log)
     try:
-        wait_until(lambda: "local proxy listening" in log.read_text() or parent.poll() is not None, 30)
-        children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()
-        assert len(children) == 1, log.read_text()
-        parent.send_signal(signal.SIGINT)
-        assert parent.wait(timeout=30) == 0, log.read_text()
+        wait_until(lambda: "local proxy listening" in log.read_text() or agent.poll() is not None, 30)
+        assert agent.poll() is None, log.read_text()
+        agent.send_signal(signal.SIGINT)
+        assert agent.wait(timeout=30) == 0, log.read_text()
     finally:
-        parent.kill()
-    assert "Received SIGTERM, shutting down." in log.read_text()
-    assert not Path(f"/proc/{children[0]}").exists()  # the agent is gone with it
-    failing = _parent([sys.executable, "-c", "import sys; sys.exit(3)"], signal.SIGTERM, tmp_path / "failing.log")
-    assert failing.wait(timeout=30) == 3
+        agent.kill()
+    assert "Received SIGINT, shutting down." in log.read_text()
+    wrong = _windows_way([*foreground_flags("agent", "win32"), "--proxy-prot", "1"], tmp_path / "wrong.log")
+    assert wrong.wait(timeout=60) == 1
+    assert "--proxy-prot" in (tmp_path / "wrong.log").read_text()

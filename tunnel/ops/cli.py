@@ -4,7 +4,6 @@ local control plane."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import ipaddress
 import os
@@ -179,8 +178,10 @@ class _Children:
     def stop(self) -> None:
         for child in self.running:
             if child.poll() is None:
-                with contextlib.suppress(OSError):  # gone since
+                try:
                     child.send_signal(stop_signal())
+                except OSError:  # gone since, or (Windows) no console to carry a Ctrl-Break
+                    child.kill()
         for child in self.running:
             try:
                 child.wait(timeout=30)
@@ -629,7 +630,7 @@ def _main(argv: list[str] | None) -> int:
     if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
         return _role_help(argv[0])
     if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
-        return run_in_foreground([*_twistd(), *foreground_flags(argv[0]), *argv[1:]])
+        return run_in_foreground([*foreground_flags(argv[0]), *argv[1:]])
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -2,9 +2,9 @@
 takes, and a run in the foreground whose Ctrl-C and exit code are the caller's.
 
 POSIX runs the `twistd` script pip installed (found where pip puts scripts, not only on PATH)
-and becomes it (exec). Windows runs `python -m tunnel.ops.twistd_windows` (twistd, with
-Twisted's CPython 3.12 path bug mended first) as a child, because exec there starts a new
-process and returns at once."""
+and becomes it (exec). Windows runs twistd through `tunnel.ops.twistd_windows` (Twisted's
+CPython 3.12 path bug mended first): in this process for `fluidity agent`, as
+`python -m tunnel.ops.twistd_windows` for the logon task and `fluidity local`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
@@ -60,48 +59,21 @@ def foreground_flags(role: str, platform: str = sys.platform) -> list[str]:
 
 def stop_signal(platform: str = sys.platform) -> int:
     """What asks a twistd child to stop cleanly: SIGTERM on POSIX; on Windows CTRL_BREAK_EVENT,
-    which reaches a child started in its own process group (`child_options`) as SIGBREAK."""
+    which reaches a child started in its own process group (as `fluidity local` starts them) as
+    SIGBREAK, where there is a console to carry it."""
     if platform == WINDOWS:
         return int(getattr(signal, "CTRL_BREAK_EVENT", 1))
     return signal.SIGTERM
 
 
-def child_options(platform: str = sys.platform) -> dict:
-    """Windows: the child in a process group of its own, so a Ctrl-Break can be sent to it alone
-    (and a Ctrl-C typed in the console reaches only us, who pass it on)."""
-    if platform == WINDOWS:
-        return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)}
-    return {}
-
-
-# What a user or a service manager sends to stop the foreground command (SIGBREAK: Windows only).
-STOP_REQUESTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGBREAK") if hasattr(signal, name))
-
-
-def run_child(command: list[str], forward: int, options: dict) -> int:
-    """Run `command` until it exits and return its exit code; every stop request we get is
-    passed on to it as `forward` (it decides when to exit, so its exit code stays its own)."""
-    child = subprocess.Popen(command, **options)
-
-    def pass_on(number: int, frame: object) -> None:
-        with contextlib.suppress(OSError):  # already gone: wait() below returns its code
-            child.send_signal(forward)
-
-    previous = {number: signal.signal(number, pass_on) for number in STOP_REQUESTS}
-    try:
-        while True:
-            try:  # a timeout, so that our signal handlers run (Windows' wait does not wake for them)
-                return child.wait(timeout=0.2)
-            except subprocess.TimeoutExpired:
-                continue
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def run_in_foreground(command: list[str], platform: str = sys.platform) -> int:
-    """POSIX: become the command (its signals and exit code are the caller's; never returns).
-    Windows: run it as a child and return its exit code."""
+def run_in_foreground(args: list[str], platform: str = sys.platform) -> int:
+    """Run twistd ARGS so that its Ctrl-C and exit code are the caller's. POSIX: become it (exec;
+    never returns). Windows: exec there starts a new process and returns at once, and a Ctrl-Break
+    cannot be passed on to a child when there is no console (a logon task, a pipe, Wine), so
+    twistd runs here, in this process."""
     if platform != WINDOWS:
+        command = [*twistd_command(platform), *args]
         os.execv(command[0], command)
-    return run_child(command, stop_signal(platform), child_options(platform))
+    from tunnel.ops.twistd_windows import run
+
+    return run(args)

@@ -1,5 +1,5 @@
 """`python -m tunnel.ops.twistd_windows ARGS`: twistd ARGS, with a Twisted bug on Windows mended
-first (what `fluidity agent`, `fluidity local` and the logon task run on Windows).
+first (how `fluidity agent`, `fluidity local` and the logon task run twistd on Windows).
 
 Twisted 26.10's `twisted/python/filepath.py` imports `PureWindowsPath` only when
 `sys.version_info <= (3, 12)`, false for every 3.12.x, while `_isreserved` (Windows only) calls it
@@ -36,15 +36,18 @@ def mend(filepath: ModuleType) -> bool:
     return True
 
 
-def main() -> None:
+def run(args: list[str]) -> int:
+    """twistd ARGS in this process, after the mend: 0 once it stopped on request (a usage error or a
+    failure at start is twistd's own SystemExit, with its message)."""
     from twisted.python import filepath
 
     mend(filepath)
-    from twisted.scripts.twistd import run
+    from twisted.scripts import twistd
 
-    sys.argv[0] = "twistd"  # usage and errors name the command the user knows
-    run()
+    sys.argv = ["twistd", *args]  # what twistd parses; usage and errors name the command the user knows
+    twistd.run()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run(sys.argv[1:]))
