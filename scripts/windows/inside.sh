@@ -151,3 +151,18 @@ wait_health "$TASK" task.log
 transfer "HTTP CONNECT (logon task)" -p -x "http://127.0.0.1:$PROXY_PORT"
 stop_by_ctrl_c "$TASK" "tunnel.ops.twistd_windows" task.log
 say "the logon task's command runs the agent; Ctrl-C, exit code 0"
+
+say "upstream_proxy: auto: a proxy set by hand in Internet Settings (wine reg add), read through winreg"
+settings='HKCU\Software\Microsoft\Windows\CurrentVersion\Internet Settings'
+wrun 60 reg add "$settings" /v ProxyEnable /t REG_DWORD /d 1 /f > /dev/null || fail "reg add ProxyEnable"
+wrun 60 reg add "$settings" /v ProxyServer /t REG_SZ /d "http=127.0.0.1:1;https=127.0.0.1:3128" /f > /dev/null ||
+  fail "reg add ProxyServer"
+wrun 60 reg add "$settings" /v ProxyOverride /t REG_SZ /d "*.intranet.test;<local>" /f > /dev/null ||
+  fail "reg add ProxyOverride"
+read_back=$(wrun 120 "$(win "$PY/python.exe")" -c "from tunnel.agent.windows_proxy_settings import read
+m = read()
+print(m.url, m.bypassed('wiki.intranet.test'), m.bypassed('fileserver'), m.bypassed('example.com'))") ||
+  fail "reading the settings: $read_back"
+[ "$(echo "$read_back" | tr -d '\r')" = "http://127.0.0.1:3128 True True False" ] ||
+  fail "the settings read back as: $read_back"
+say "the hand-set proxy read back: https= entry taken, exceptions honoured"
