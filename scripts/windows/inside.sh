@@ -187,6 +187,16 @@ left=$(ps -eo args= | OURS="$(win "$PY")\\python.exe" awk '$1 == ENVIRON["OURS"]
 [ -z "$left" ] || fail "fluidity local left running: $left"
 say "fluidity local: a transfer, then Ctrl-C stops both (exit code 0)"
 
+say "fluidity proxy-password: the Windows Credential Manager through keyring"
+out=$(printf 'pa55 word\n' | timeout 120 "$WINE" "$FLUIDITY" proxy-password --user 'CORP\alice' --stdin 2>&1 | cat)
+case "$out" in *"stored the proxy password of CORP\alice (WinVaultKeyring)"*) ;; *) fail "proxy-password: $out" ;; esac
+read_back=$(wrun 120 "$(win "$PY/python.exe")" -c "from tunnel.agent.proxy_credentials import credentials_from
+print(repr(credentials_from('CORP\\\\alice', 'keyring').password))") || fail "reading the password back: $read_back"
+[ "$(echo "$read_back" | tr -d '\r')" = "'pa55 word'" ] || fail "the agent read the password back as: $read_back"
+out=$(wrun 120 "$FLUIDITY" proxy-password --user 'CORP\alice' --delete) || fail "proxy-password --delete: $out"
+case "$out" in *"removed the proxy password"*) ;; *) fail "proxy-password --delete: $out" ;; esac
+say "the proxy password stored (WinVaultKeyring), read back as the agent reads it, removed"
+
 say "upstream_proxy: auto: a proxy set by hand in Internet Settings (wine reg add), read through winreg"
 settings='HKCU\Software\Microsoft\Windows\CurrentVersion\Internet Settings'
 wrun 60 reg add "$settings" /v ProxyEnable /t REG_DWORD /d 1 /f > /dev/null || fail "reg add ProxyEnable"
