@@ -180,7 +180,9 @@ class _Children:
             if child.poll() is None:
                 try:
                     child.send_signal(stop_signal())
-                except OSError:  # gone since, or (Windows) no console to carry a Ctrl-Break
+                # Gone since, or (Windows) no console to carry a Ctrl-Break: CPython 3.11's os.kill
+                # then raises SystemError (the OSError it set, not returned), 3.12 an OSError.
+                except (OSError, SystemError):
                     child.kill()
         for child in self.running:
             try:
