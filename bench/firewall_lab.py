@@ -1,6 +1,6 @@
 """The firewalls Fluidity's users sit behind, as a lab of network namespaces (issue 25, item 8).
 
-    .venv/bin/python bench/firewall_lab.py [--json]        (root; tests/test_firewall_lab.py runs it)
+    .venv/bin/python bench/firewall_lab.py [--json] [--only TEXT]   (root; tests/test_firewall_lab.py runs it)
 
 Everything runs inside `unshare --net --mount` (nothing can leave the machine: the lab's
 namespaces are joined only to each other, by veth pairs, on documentation addresses):
@@ -44,6 +44,7 @@ SERVER_DNS_NAME = "ip-203-0-113-7.ec2.internal"  # the task's public DNS name, a
 AWS_SIDE, AWS_LINK = "198.51.100.1", "198.51.100.2"  # moto, on a link of its own from the lab's host to the internet
 MITMDUMP = os.environ.get("FLUIDITY_MITMDUMP", "/opt/fluidity-mitmproxy/bin/mitmdump")
 HELPERS = Path("/usr/lib/squid")
+ONLY = ""  # --only: run just the rows whose scenario contains this text
 
 
 def sh(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
@@ -163,6 +164,9 @@ class Squid:
         conf += (
             f"\npid_filename {self.folder}/squid.pid\ncache_log {self.folder}/cache.log\naccess_log "
             f"stdio:{self.folder}/access.log\ncoredump_dir {self.folder}\nshutdown_lifetime 1 seconds\n"
+            # The scheme of each Proxy-Authorization that reached squid ("-": none), as tests/squid.py logs it.
+            "logformat authorization %rm %ru %{Proxy-Authorization}>h\n"
+            f"access_log stdio:{self.folder}/authorization.log authorization\n"
         )
         (self.folder / "squid.conf").write_text(conf)
         for f in self.folder.iterdir():
@@ -179,6 +183,13 @@ class Squid:
     def access_log(self) -> str:
         path = self.folder / "access.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def authorizations(self) -> list[str]:
+        """The scheme of every Proxy-Authorization that reached squid, in order (never the value)."""
+        path = self.folder / "authorization.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        values = (line.split(" ", 2)[2] for line in lines if line.count(" ") >= 2)
+        return [value.replace("%20", " ").split(" ")[0] for value in values if value != "-"]
 
     def stop(self) -> None:
         self.process.kill()
@@ -348,8 +359,11 @@ def row(
 ) -> dict:
     """`plane`: the agent has no server address, only the control plane (in `config`'s
     lifecycle block). `squid`: the row keeps what that proxy logged meanwhile."""
+    if ONLY.lower() not in scenario.lower():
+        return {"scenario": scenario, "skipped": True}
     seen = len(plane.calls()) if plane else 0
     logged = len(squid.access_log()) if squid else 0
+    answered = len(squid.authorizations()) if squid else 0
     if plane:
         env = {
             **(env or {}),
@@ -376,7 +390,7 @@ def row(
         "tunnel_up": up,
         "ok": code == 0 and got == "origin",
         "ttfb_s": ttfb,
-        "got": got[:300],
+        "got": got[:800],
         "notes": notes,
     }
     if plane:
@@ -388,6 +402,7 @@ def row(
     if squid:
         time.sleep(0.5)  # squid logs a tunnel when it closes: the agent's last ones just did
         result["proxy_log"] = squid.access_log()[logged:]
+        result["proxy_authorizations"] = squid.authorizations()[answered:]  # the schemes the agent answered with
     return result
 
 
@@ -395,6 +410,9 @@ def forgotten_flow_row(work: Path, certs) -> dict:
     """The router forgets the tunnel's flow (its conntrack table flushed) while the tunnel is
     quiet; then a client asks for a destination. The keepalive is set long (30 s / 20 s) so
     the wait shows what the agent's probe does (probe_timeout, 3 s)."""
+    scenario = "port filter forgets the tunnel's flow (conntrack flushed)"
+    if ONLY.lower() not in scenario.lower():
+        return {"scenario": scenario, "skipped": True}
     agent, log = run_agent(
         work, certs, "forgotten-flow", keepalive_interval="30s", keepalive_timeout="20s", tunnel_wait="20s"
     )
@@ -410,13 +428,13 @@ def forgotten_flow_row(work: Path, certs) -> dict:
         stop(agent)
     text = log.read_text(errors="replace")
     return {
-        "scenario": "port filter forgets the tunnel's flow (conntrack flushed)",
+        "scenario": scenario,
         "expect": "served",
         "tunnel_up": up,
         "ok": code == 0 and got == "origin",
         "ttfb_s": ttfb,
         "waited_s": round(waited, 2),
-        "got": got[:300],
+        "got": got[:800],
         "flushed": forgot.returncode == 0 and "emptied" in forgot.stdout + forgot.stderr,
         "tunnels_up": text.count(" is up"),
         "notes": [line.split("] ", 1)[-1] for line in text.splitlines() if "probe" in line.lower() or " is up" in line],
@@ -586,6 +604,7 @@ def run() -> list[dict]:
                             pac_url=str(pac),
                             upstream_proxy_user="CORP\\alice",
                             upstream_proxy_password="keyring",
+                            upstream_proxy_auth_allow=[ROUTER_IN],  # the PAC file names it: credentials once allowed
                             **woken,
                             lifecycle=plane.lifecycle(PLANE_NAME),
                             squid=squid,
@@ -613,6 +632,30 @@ def run() -> list[dict]:
                         squid=squid,
                     )
                 )  # whom squid's Kerberos helper let through
+                by_name = work / "proxy-by-name.pac"
+                by_name.write_text(f'function FindProxyForURL(url, host) {{ return "PROXY {PROXY_NAME}:3128"; }}')
+                os.chmod(by_name, 0o644)
+                for scenario, expect, allow in (
+                    (
+                        "squid asking for Negotiate, found by a PAC file, its domain allowed",
+                        "served",
+                        ["*.corp.lab.test"],
+                    ),
+                    ("squid asking for Negotiate, found by a PAC file, not allowed", "refused", []),
+                ):
+                    rows.append(
+                        row(
+                            work,
+                            certs,
+                            scenario,
+                            expect,
+                            env=ticket,
+                            upstream_proxy="auto",
+                            pac_url=str(by_name),
+                            **({"upstream_proxy_auth_allow": allow} if allow else {}),
+                            squid=squid,
+                        )
+                    )
                 no_ticket = {"KRB5_CONFIG": ticket["KRB5_CONFIG"], "KRB5CCNAME": f"FILE:{work}/kdc/nobody.ccache"}
                 rows.append(
                     row(
@@ -667,14 +710,17 @@ def run() -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--only", default="", help="run just the rows whose scenario contains this text")
     args = parser.parse_args()
+    global ONLY
+    ONLY = args.only
     if os.environ.get("FLUIDITY_LAB_NS") != "1":
         if os.geteuid() != 0 or not shutil.which("unshare"):
             raise SystemExit("bench/firewall_lab.py needs root and unshare(1)")
         return subprocess.call(
             ["unshare", "--net", "--mount", sys.executable, *sys.argv], env={**os.environ, "FLUIDITY_LAB_NS": "1"}
         )
-    rows = run()
+    rows = [r for r in run() if not r.get("skipped")]
     if args.json:
         print(json.dumps(rows))
         return 0

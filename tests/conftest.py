@@ -53,6 +53,39 @@ def _only_marked_tests_start_processes(request, monkeypatch):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _library_patches_restored():
+    """A test leaves the library patches as it found them (installing one is a fixture's job,
+    undone after): later tests on the same worker must not run patched by accident."""
+    from tunnel.wire import patches
+
+    registry = patches.registry()
+    before = registry.snapshot()
+    yield
+    differed = registry.restore(before)
+    if differed:
+        pytest.fail(f"the test left library patches changed: {', '.join(differed)} (restore them)")
+
+
+@pytest.fixture
+def patched():
+    """Install registered patches by name for one test; removed after."""
+    from tunnel.wire import patches
+
+    registry = patches.registry()
+    installed: list[str] = []
+
+    def install(*names: str) -> None:
+        for name in names:
+            if not registry.active(name):
+                assert registry.install(name), registry.refusal(name)
+                installed.append(name)
+
+    yield install
+    for name in installed:
+        registry.remove(name)
+
+
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory) -> CertSet:
     return make_certs(tmp_path_factory.mktemp("certs"))

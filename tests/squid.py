@@ -6,6 +6,7 @@ configuration; `ssl_ports` adds the test's own server port to that list. `hosts`
 squid resolves (its `hosts_file`: the lab has no DNS); `refuse_raw_ips` adds the category
 filter's rule that refuses a CONNECT to a bare IPv4 address. `tls` (certificate, key) makes
 it an HTTPS proxy (`https_port`: TLS from the client to squid, CONNECT inside).
+`authorizations()` reads squid's own log of the Proxy-Authorization each request brought.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 from support import free_port, wait_for_port
 
@@ -85,6 +87,9 @@ class Squid:
             f"{listen}"
             f"pid_filename {self.folder}/squid.pid\ncache_log {self.folder}/cache.log\naccess_log "
             f"stdio:{self.folder}/access.log\n"
+            # What each request carried in Proxy-Authorization, as it reached squid ("-": nothing).
+            "logformat fluidity_authorization %rm %ru %{Proxy-Authorization}>h\n"
+            f"access_log stdio:{self.folder}/authorization.log fluidity_authorization\n"
             f"coredump_dir {self.folder}\ncache deny all\ncache_mem 8 MB\nshutdown_lifetime 1 seconds\n"
             f"{blocks}"
             f"acl SSL_ports port 443 {' '.join(str(p) for p in ssl_ports)}\nacl CONNECT method CONNECT\n"
@@ -107,6 +112,13 @@ class Squid:
     def access_log(self) -> str:
         path = self.folder / "access.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    def authorizations(self) -> list[str]:
+        """Every Proxy-Authorization value that reached squid, in order (its own log of them)."""
+        path = self.folder / "authorization.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        values = (line.split(" ", 2)[2] for line in lines if line.count(" ") >= 2)
+        return [unquote(value) for value in values if value != "-"]  # squid writes it %-encoded
 
     def stop(self) -> None:
         if self.process.poll() is None:  # a test's proxy: no need to wait out its shutdown

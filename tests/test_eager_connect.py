@@ -14,7 +14,7 @@ from twisted.internet import error, tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from tunnel.wire import eager_connect
+from tunnel.wire import eager_connect, patches
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="installs on Linux only")
 
@@ -86,11 +86,9 @@ class CountingPoller:
 
 
 @pytest.fixture(params=["eager", "twisted"])
-def mode(request, monkeypatch):
-    monkeypatch.setattr(tcp.BaseClient, "doConnect", tcp.BaseClient.doConnect)  # restored afterwards
-    monkeypatch.setattr(tcp.BaseClient, "createInternetSocket", tcp.BaseClient.createInternetSocket)
+def mode(request, patched):
     if request.param == "eager":
-        assert eager_connect.install()
+        patched(eager_connect.PATCH.name)
     return request.param
 
 
@@ -192,19 +190,21 @@ def test_a_connect_cancelled_before_the_reactor_turns_fails_as_cancelled(mode):
 
 
 def test_it_installs_only_over_the_doconnect_it_was_written_against(monkeypatch):
-    assert eager_connect.installable()
+    registry, name = patches.registry(), eager_connect.PATCH.name
+    assert eager_connect.PATCH.unfit() is None
 
     def changed(self):  # a Twisted whose doConnect is another one
         return None
 
     twisted_create = tcp.BaseClient.createInternetSocket
     monkeypatch.setattr(tcp.BaseClient, "doConnect", changed)
-    assert not eager_connect.installable()
     assert not eager_connect.install()
+    assert "BaseClient.doConnect is not the version it was written against" in registry.refusal(name)
     assert tcp.BaseClient.doConnect is changed
     assert tcp.BaseClient.createInternetSocket is twisted_create  # neither is replaced
     monkeypatch.undo()
     monkeypatch.setattr(tcp.BaseClient, "createInternetSocket", changed)
-    assert not eager_connect.installable()
-    monkeypatch.setattr(eager_connect.sys, "platform", "darwin")
-    assert not eager_connect.installable()
+    assert eager_connect.PATCH.unfit() is not None
+    monkeypatch.undo()
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert eager_connect.PATCH.unfit() == "not tried on darwin (only linux)"

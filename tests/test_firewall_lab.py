@@ -156,3 +156,22 @@ def test_tls_interception_is_named(rows):
     row = rows.get("TLS-intercepting proxy (mitmproxy)")
     assert row is not None, "mitmproxy is needed (.ci/run installs it in /opt/fluidity-mitmproxy)"
     assert not row["ok"] and "intercepts TLS" in row["got"] and "mitmproxy" in row["got"], row
+
+
+def test_kerberos_goes_to_a_pac_named_proxy_only_in_an_allowed_domain(rows):
+    """Negotiate as the logged-in user is a credential too: a proxy a PAC file names gets the
+    user's Kerberos token only when upstream_proxy_auth_allow covers it (here *.corp.lab.test)."""
+    allowed = rows["squid asking for Negotiate, found by a PAC file, its domain allowed"]
+    served(allowed)
+    sso = "authenticated to the upstream proxy with Negotiate as the logged-in user"
+    assert any(sso in n for n in allowed["notes"]), allowed
+    assert "alice@CORP.LAB.TEST" in allowed["proxy_log"] and set(allowed["proxy_authorizations"]) == {"Negotiate"}, (
+        allowed
+    )
+    refused = rows["squid asking for Negotiate, found by a PAC file, not allowed"]
+    assert (
+        not refused["ok"]
+        and "asks for Negotiate authentication and gets no credentials" in refused["got"]
+        and "upstream_proxy_auth_allow: [proxy.corp.lab.test]" in refused["got"]
+    ), refused
+    assert refused["proxy_authorizations"] == [] and "alice@" not in refused["proxy_log"], refused

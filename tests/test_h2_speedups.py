@@ -1,4 +1,5 @@
-"""The hyperframe repr fix returns exactly what the original does, and installs only then."""
+"""The hyperframe repr fix returns exactly what the original does, and installs only over the
+hyperframe it was written against (one patch of tunnel/wire/patches.py)."""
 
 import hyperframe.frame
 import pytest
@@ -7,13 +8,15 @@ from hypothesis import strategies as st
 
 from tunnel.wire import h2_speedups
 
+_ORIGINAL = vars(hyperframe.frame)["_raw_data_repr"]  # hyperframe's own (no test leaves it patched)
+NAME = h2_speedups.PATCH.name
+
 
 @given(st.binary(max_size=64))
 def test_same_text_as_the_original(data):
-    assert h2_speedups.install()  # keeps hyperframe's own in _replaced
-    original = h2_speedups._replaced
-    assert h2_speedups._raw_data_repr(data) == original(data)
-    assert h2_speedups._raw_data_repr(memoryview(data)) == original(memoryview(data))
+    assert _ORIGINAL is not h2_speedups._raw_data_repr
+    assert h2_speedups._raw_data_repr(data) == _ORIGINAL(data)
+    assert h2_speedups._raw_data_repr(memoryview(data)) == _ORIGINAL(memoryview(data))
 
 
 @pytest.mark.processes
@@ -37,6 +40,7 @@ def test_left_alone_when_hyperframe_has_no_such_function(monkeypatch):
     monkeypatch.delattr(hyperframe.frame, "_raw_data_repr")
     assert not h2_speedups.install()
     assert not hasattr(hyperframe.frame, "_raw_data_repr")
+    assert "_body_repr" not in vars(hyperframe.frame.DataFrame)  # all or nothing
 
 
 def test_left_alone_when_hyperframe_formats_differently(monkeypatch):
@@ -46,6 +50,7 @@ def test_left_alone_when_hyperframe_formats_differently(monkeypatch):
     monkeypatch.setattr(hyperframe.frame, "_raw_data_repr", other)
     assert not h2_speedups.install()
     assert hyperframe.frame._raw_data_repr is other
+    assert "_body_repr" not in vars(hyperframe.frame.DataFrame)
 
 
 @pytest.mark.processes
@@ -75,8 +80,8 @@ def test_a_data_frame_repr_is_the_same_text_without_serialising_the_payload(data
     assert h2_speedups._data_body_repr(frame) == expected
 
 
-def test_a_received_data_frames_repr_copies_nothing_of_its_payload():
-    assert h2_speedups.install()
+def test_a_received_data_frames_repr_copies_nothing_of_its_payload(patched):
+    patched(NAME)
     frame = hyperframe.frame.DataFrame(1, b"\x01" * 300_000)
     frame.serialize_body = None  # the original builds the repr by serialising the whole frame
     assert repr(frame) == "DataFrame(stream_id=1, flags=[]): <hex:01010101010101010101...>"
@@ -87,13 +92,13 @@ def test_a_data_frame_repr_is_left_alone_when_hyperframe_gives_data_frames_their
         return "own"
 
     monkeypatch.setattr(hyperframe.frame.DataFrame, "_body_repr", own, raising=False)
-    assert not h2_speedups.data_repr_installable()
     assert not h2_speedups.install()
     assert hyperframe.frame.DataFrame._body_repr is own
+    assert hyperframe.frame._raw_data_repr is _ORIGINAL
 
 
 def test_a_data_frame_repr_is_left_alone_when_the_fallback_formats_differently(monkeypatch):
-    monkeypatch.delattr(hyperframe.frame.DataFrame, "_body_repr", raising=False)
+    assert "_body_repr" not in vars(hyperframe.frame.DataFrame)  # inherited, as hyperframe ships it
     monkeypatch.setattr(hyperframe.frame.Frame, "_body_repr", lambda self: "other")
-    assert not h2_speedups.data_repr_installable()
+    assert not h2_speedups.install()
     assert "_body_repr" not in vars(hyperframe.frame.DataFrame)

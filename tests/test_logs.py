@@ -15,6 +15,26 @@ def test_throttle_lets_a_burst_through_then_counts_and_reports():
     assert more(2) == " (2 more like it not logged)" and more(0) == ""
 
 
+def test_one_call_logs_a_throttled_line_with_the_count_held_back():
+    from twisted.logger import Logger, LogLevel
+
+    from tunnel.wire.logs import Throttle
+
+    now, seen = [0.0], []
+    throttle = Throttle(burst=2, window=10.0, clock=lambda: now[0])
+    log = Logger(namespace="test", observer=seen.append)
+    for _ in range(5):
+        throttle.log(log.warn, "egress", "egress refused {host}", host="10.0.0.1")
+    now[0] = 10.0
+    throttle.log(log.warn, "egress", "egress refused {host}", host="10.0.0.1")
+    from twisted.logger import formatEvent
+
+    assert [formatEvent(e) for e in seen] == ["egress refused 10.0.0.1"] * 2 + [
+        "egress refused 10.0.0.1 (3 more like it not logged)"
+    ]
+    assert {e["log_level"] for e in seen} == {LogLevel.warn}
+
+
 @pytest.mark.processes
 def test_a_peers_control_characters_cannot_forge_or_rewrite_a_text_log_line(certs, tmp_path):
     """Issue 24, item 7: an HTTP/2 refusal quotes the peer's header value; through the real

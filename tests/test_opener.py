@@ -104,7 +104,7 @@ def test_a_refusal_of_a_first_time_destination_is_readable_on_each_front(pair):
 def test_both_openers_provide_the_interface():
     from twisted.internet import reactor
 
-    from tunnel.agent.opener import AgentOpener
+    from tunnel.agent.tunnel_opener import AgentOpener
     from tunnel.opener import IOpener
     from tunnel.server.dialer import DirectOpener
     from tunnel.server.egress import EgressPolicy

@@ -172,3 +172,17 @@ def test_doctor_authenticates_as_the_agent_does_and_says_how(tunnel, tmp_path):
         ), out
     finally:
         squid.stop()
+
+
+def test_a_proxy_denied_credentials_gets_no_token_of_any_scheme():
+    """Checked before any token is made: a Negotiate or NTLM token is already a credential
+    (a Kerberos ticket, the start of an NTLM exchange), and the refusal names every scheme asked."""
+    auth = ProxyAuthenticator("alice", "s3cret", "wpad-proxy", withheld="found in WPAD; allow it: X")
+    offered = ["Negotiate", "NTLM", 'Digest realm="r", nonce="n"', "Basic realm=r"]
+    with pytest.raises(ProxyAuthError) as refused:
+        auth.answer(offered, "CONNECT", "server:443")
+    assert str(refused.value) == (
+        "the proxy asks for Negotiate, NTLM, Digest, Basic authentication and gets no credentials: "
+        "found in WPAD; allow it: X"
+    )
+    assert auth.scheme is None and auth._context is None and "s3cret" not in str(refused.value)

@@ -19,14 +19,21 @@ pytestmark = pytest.mark.processes  # real processes (twistd, curl, openssl, nam
 
 
 class PacServer:
-    """A web server with one file, /proxy.pac, as a corporate network serves it."""
+    """A web server with one file, /proxy.pac, as a corporate network serves it (or
+    /wpad.dat on port 80 of `address`, as a WPAD host does)."""
 
-    def __init__(self, script: str, content_type: str = "application/x-ns-proxy-autoconfig") -> None:
+    def __init__(
+        self,
+        script: str,
+        content_type: str = "application/x-ns-proxy-autoconfig",
+        address: tuple[str, int] = ("127.0.0.1", 0),
+        path: str = "/proxy.pac",
+    ) -> None:
         body = script.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
-                self.send_response(200 if self.path == "/proxy.pac" else 404)
+                self.send_response(200 if self.path == path else 404)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -35,8 +42,8 @@ class PacServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/proxy.pac"
+        self.httpd = http.server.ThreadingHTTPServer(address, Handler)
+        self.url = f"http://{address[0]}:{self.httpd.server_address[1]}{path}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self) -> None:

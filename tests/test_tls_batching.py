@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.test import iosim
 
-from tunnel.wire import tls_batching
+from tunnel.wire import patches, tls_batching
 from tunnel.wire.tls_batching import BatchedBufferingTLS, BatchedTLS
 
 KIB = 1024
@@ -77,9 +77,10 @@ def pair(certs, server_class=BatchedTLS, client_class=BatchedTLS, handshake=True
 
 @pytest.fixture(autouse=True)
 def fresh_check():
-    tls_batching._applies = None
+    registry = patches.registry()
+    registry.reset(tls_batching.PATCH.name)
     yield
-    tls_batching._applies = None
+    registry.reset(tls_batching.PATCH.name)
 
 
 def test_it_was_written_against_this_twisted():
@@ -180,11 +181,12 @@ def test_twisted_own_code_runs_when_a_replaced_method_changed(certs, monkeypatch
 
 def test_a_missing_attribute_or_source_is_a_refusal(monkeypatch):
     monkeypatch.delattr(TLSMemoryBIOProtocol, "_shutdownTLS")
-    assert not tls_batching._check()
+    assert "_shutdownTLS" in tls_batching.PATCH.unfit()
     monkeypatch.undo()
-    assert tls_batching._check()
-    monkeypatch.setattr(tls_batching.inspect, "getsource", lambda _: (_ for _ in ()).throw(OSError("no source")))
-    assert not tls_batching._check()
+    assert tls_batching.PATCH.unfit() is None
+    monkeypatch.setattr(patches.inspect, "getsource", lambda _: (_ for _ in ()).throw(OSError("no source")))
+    assert "not the version it was written against" in tls_batching.PATCH.unfit()
+    assert not tls_batching.applies()
 
 
 def test_the_agent_class_still_gathers_small_writes_for_a_reactor_turn(certs):
@@ -204,7 +206,7 @@ def test_speedups_off_runs_every_library_as_shipped():
         "import hyperframe.frame as f, twisted.internet.tcp as tcp; "
         "before = (f._raw_data_repr, tcp.Connection.write, tcp.BaseClient.doConnect); "
         "import tunnel.taps; tunnel.taps._speed_up_writes(); "
-        "from tunnel.wire import tls_batching; "
+        "from tunnel.wire import patches, tls_batching; "
         "assert (f._raw_data_repr, tcp.Connection.write, tcp.BaseClient.doConnect) == before, 'patched'; "
         "assert '_body_repr' not in vars(f.DataFrame), 'DATA repr patched'; "
         "assert not tls_batching.applies(), 'batching on'; print('as shipped')"

@@ -20,6 +20,7 @@ import yaml
 
 from lambdas.server_port import SERVER_PORT
 from tunnel.bypass import DEFAULT_BYPASS, check_bypass
+from tunnel.proxy_trust import check_allowed as check_proxy_allow
 
 
 class ConfigError(Exception):
@@ -124,6 +125,10 @@ def _parse_listen_hosts(value: Any) -> list[str]:
 
 def _parse_pac_bypass(value: Any) -> list[str]:
     return check_bypass(_parse_str_list(value))
+
+
+def _parse_proxy_allow(value: Any) -> list[str]:
+    return check_proxy_allow(_parse_str_list(value))
 
 
 def _parse_optional_bool(value: Any) -> bool | None:
@@ -317,6 +322,13 @@ class AgentSettings:
         _parse_str,
         "",
         "CA (PEM path) an https:// upstream proxy's certificate must chain to; default the system's",
+    )
+    upstream_proxy_auth_allow: tuple[str, ...] = setting(
+        _parse_proxy_allow,
+        (),
+        "proxies the agent finds by itself (PAC file, WPAD, system settings) that may still be answered with "
+        "credentials: host names, *.domain patterns or addresses (a proxy you name in upstream_proxy or "
+        "$HTTPS_PROXY needs no entry)",
     )
     upstream_proxy_user: str = setting(
         _parse_str,

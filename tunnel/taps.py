@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from typing import Any, ClassVar
 
 from twisted.application import service
@@ -20,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from tunnel import config as cfg
-from tunnel.wire import descriptors, eager_connect, eager_write, h2_speedups, heap, logs, tls_batching
+from tunnel.wire import descriptors, eager_write, heap, logs, patches
 
 log = Logger(namespace="fluidity")
 
@@ -141,24 +140,22 @@ def use_the_descriptors_allowed() -> None:
         log.info("open-file limit {n}", n=limit)
 
 
-SPEEDUPS_OFF = "FLUIDITY_LIBRARY_SPEEDUPS"  # =off: every library as shipped (a baseline to measure against)
+SPEEDUPS_OFF = patches.OFF_SWITCH
 
 
 def _speed_up_writes() -> None:
-    """The guarded library changes, installed at start (never on import): each is a no-op,
-    with a line in the log, where the library is not the one it was written for."""
+    """The library patches (tunnel/wire/patches.py), installed at start (never on import): each
+    is left off, with its reason in the log, where the library is not the one it was written for."""
     if os.environ.get(SPEEDUPS_OFF) == "off":
-        tls_batching.disable()
+        patches.registry().remove_all(f"{SPEEDUPS_OFF}=off")
         log.info("{name}=off: Twisted, h2 and hyperframe run as shipped", name=SPEEDUPS_OFF)
         return
     if not eager_write.install():
         log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
-    if not eager_connect.install() and sys.platform.startswith("linux"):
-        log.warn("this Twisted's outgoing connect is not the one eager connects were made for; using its own")
-    if not h2_speedups.install():
-        log.warn("this hyperframe's DATA frame repr is not the one the speed-up was made for; using its own")
-    if not tls_batching.applies():
-        log.warn("this Twisted's TLS protocol is not the one record batching was made for; using its own")
+    registry = patches.registry()
+    registry.install_all()
+    for line in registry.report():
+        log.info("library patch: {line}", line=line)
 
 
 def prepare_process() -> None:

@@ -29,7 +29,7 @@ from tunnel.opener import IOpener, OpenFailed, bridge, reach
 from tunnel.wire.addresses import BadAddress, Destination, HttpTarget, parse_authority, parse_http_url
 from tunnel.wire.descriptors import LocalConnections
 from tunnel.wire.endings import Endings, arm, ended_cleanly
-from tunnel.wire.http_front import HttpFront
+from tunnel.wire.http11_front import HttpFront
 from tunnel.wire.mux import TunnelStream
 from tunnel.wire.refusals import http_status
 from tunnel.wire.relay import RelayEnd

@@ -77,16 +77,23 @@ def parse_challenges(values: list[str]) -> list[Challenge]:
 
 class ProxyAuthenticator:
     """Answers one proxy's challenges for one CONNECT. `username` empty: only what the
-    platform can do without a password (Negotiate with a Kerberos ticket or SSPI)."""
+    platform can do without a password (Negotiate with a Kerberos ticket or SSPI).
+    `withheld` set: a proxy that gets no credentials at all (tunnel/proxy_trust.py), and why."""
 
-    def __init__(self, username: str, password: str, proxy_host: str) -> None:
+    def __init__(self, username: str, password: str, proxy_host: str, withheld: str = "") -> None:
         self.username, self.password, self.proxy_host = username, password, proxy_host
+        self.withheld = withheld
         self.scheme: str | None = None
         self.rounds = 0
         self._context: Any = None  # pyspnego's, for NTLM / Negotiate
         self._nc = 0
         self._why: list[str] = []  # why each offered scheme could not be answered
         self.new_cnonce = lambda: os.urandom(16).hex()  # Digest's client nonce
+
+    @classmethod
+    def for_proxy(cls, proxy) -> ProxyAuthenticator:
+        """For an UpstreamProxy: its credentials, and whether it may have any."""
+        return cls(proxy.username, proxy.password, proxy.host, proxy.credentials_withheld)
 
     @property
     def _scheme_name(self) -> str:
@@ -108,8 +115,17 @@ class ProxyAuthenticator:
         if self.rounds > MAX_ROUNDS:
             raise ProxyAuthError("the proxy kept asking for authentication")
         challenges = {c.scheme: c for c in parse_challenges(values)}
+        if self.withheld:  # before any token is made: a Negotiate token already carries a ticket
+            names = ", ".join(_display(c) for c in challenges) or "unknown"
+            raise ProxyAuthError(f"the proxy asks for {names} authentication and gets no credentials: {self.withheld}")
         if self._context is not None and self.scheme in challenges and challenges[self.scheme].token:
             return self._continue(challenges[self.scheme].token)
+        self._refused_already(challenges)
+        return self._first_answer(challenges, method, target)
+
+    def _refused_already(self, challenges: dict[str, Challenge]) -> None:
+        """A second 407 after an answer (not a stale Digest nonce, not a connection-bound
+        handshake going on): the proxy said no to these credentials."""
         if (
             self.scheme is not None
             and not self.connection_bound
@@ -123,13 +139,15 @@ class ProxyAuthenticator:
             raise ProxyAuthError(
                 f"the proxy refused the {self._scheme_name} authentication of {self.username or 'the logged-in user'}"
             )
-        offered = [s for s in PREFERENCE if s in challenges]
+
+    def _first_answer(self, challenges: dict[str, Challenge], method: str, target: str) -> str:
+        """The first scheme, in order of preference, that can be answered; else why none can."""
         self._why = []
-        for scheme in offered:
+        for scheme in (s for s in PREFERENCE if s in challenges):
             header = self._start(scheme, challenges[scheme], method, target)
             if header is not None:
                 return header
-        names = ", ".join(c.capitalize() for c in challenges) or "none"
+        names = ", ".join(_display(c) for c in challenges) or "none"
         if not self.username:
             self._why.append("no username is configured (upstream_proxy: http://user:password@host:port)")
         raise ProxyAuthError(
@@ -232,6 +250,10 @@ def _no_single_sign_on() -> str:
                 "fluidity gssapi krb5; on Debian they build against libkrb5-dev)"
             )
     return "the logged-in user has no Kerberos ticket for it (log in to the domain, or run kinit)"
+
+
+def _display(scheme: str) -> str:
+    return {"ntlm": "NTLM"}.get(scheme, scheme.capitalize())
 
 
 def _basic(username: str, password: str) -> str:

@@ -6,7 +6,8 @@ file the way the platform does (pypac: `pac_url` if given, else the Windows or m
 automatic-configuration setting, else WPAD by DNS), and asks its `FindProxyForURL` for each
 host it dials: the server and the control plane alike, `DIRECT` honoured. No PAC file
 anywhere falls back to the proxy set by hand in Windows' settings (windows_proxy_settings),
-then $HTTPS_PROXY / $NO_PROXY, then to direct. Finding the file blocks
+then $HTTPS_PROXY / $NO_PROXY, then to direct. A proxy a PAC file names gets credentials
+only when `upstream_proxy_auth_allow` lists it (tunnel/proxy_trust.py). Finding the file blocks
 (DNS, HTTP), so it runs in a thread, once and then every `REFRESH` seconds at most: a
 laptop moves between networks.
 """
@@ -14,7 +15,7 @@ laptop moves between networks.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from twisted.logger import Logger
 from tunnel.agent import windows_proxy_settings
 from tunnel.agent.proxy_credentials import ProxyCredentials
 from tunnel.agent.upstream import UpstreamProxy, parse_proxy_url, proxy_for
+from tunnel.proxy_trust import allows, withheld
 from tunnel.wire.addresses import format_authority
 
 if TYPE_CHECKING:
@@ -91,9 +93,11 @@ class ProxyChoice:
         environ=os.environ,
         find=discover,
         credentials: ProxyCredentials | None = None,
+        auth_allow: tuple[str, ...] = (),
         manual=windows_proxy_settings.read,
     ) -> None:
         self.configured = configured.strip()
+        self.auth_allow = auth_allow  # discovered proxies that may still have credentials (upstream_proxy_auth_allow)
         self.credentials = credentials or ProxyCredentials()  # for a proxy whose URL names no user
         self.pac_url, self.environ, self._find = pac_url, environ, find
         self._manual = manual  # `auto` without a PAC file: the proxy set by hand (Windows)
@@ -137,8 +141,14 @@ class ProxyChoice:
             if entry == "DIRECT":
                 return None, f"DIRECT from {where}"
             if entry.startswith(("http://", "https://")):
-                return parse_proxy_url(entry), f"from {where}"
+                return self._discovered(parse_proxy_url(entry), where), f"from {where}"
         return None, f"{where} named only proxies the agent cannot use ({value!r}): direct"
+
+    def _discovered(self, proxy: UpstreamProxy, where: str) -> UpstreamProxy:
+        """A proxy the user did not name: no credentials unless upstream_proxy_auth_allow lists it."""
+        if allows(self.auth_allow, proxy.host):
+            return proxy
+        return replace(proxy, credentials_withheld=withheld(proxy.display, proxy.host, where))
 
     def proxy_tls(self, proxy: UpstreamProxy):
         """How an https:// proxy's certificate is checked: its name, against upstream_proxy_ca or the system's CAs."""
@@ -148,14 +158,15 @@ class ProxyChoice:
             else ssl.optionsForClientTLS(proxy.host)
         )
 
-    def refresh(self, reactor) -> defer.Deferred | None:
-        """For `auto`: look for the PAC file again if it is time; None when nothing to wait for."""
+    def refresh(self, reactor, force: bool = False) -> defer.Deferred | None:
+        """For `auto`: look for the PAC file again if it is time (`force`: the network changed,
+        so now); None when nothing to wait for."""
         if not self.auto:
             return None
         if self._looking is not None:
             return self._waiter()
         now = reactor.seconds()
-        if self._looked_at is not None and now - self._looked_at < REFRESH:
+        if not force and self._looked_at is not None and now - self._looked_at < REFRESH:
             return None
         self._looked_at = now
         self._looking = threads.deferToThreadPool(reactor, reactor.getThreadPool(), self._find, self.pac_url)

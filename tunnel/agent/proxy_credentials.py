@@ -31,8 +31,8 @@ class ProxyCredentials:
     password: str = ""
 
     def apply(self, proxy: UpstreamProxy | None) -> UpstreamProxy | None:
-        """The proxy with these credentials where its own URL left them out."""
-        if proxy is None or not self.username:
+        """The proxy with these credentials where its own URL left them out; none for a proxy they are withheld from."""
+        if proxy is None or not self.username or proxy.credentials_withheld:
             return proxy
         if not proxy.username:
             return replace(proxy, username=self.username, password=self.password)

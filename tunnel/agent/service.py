@@ -11,13 +11,13 @@ from twisted.logger import Logger
 
 from tunnel.agent.http_front import ProxySite
 from tunnel.agent.lifecycle import KILL_TIMEOUT, ControlPlaneClient, ServerLocator, settings_from
-from tunnel.agent.opener import AgentOpener
 from tunnel.agent.pac import pac_file
 from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.agent.proxy_credentials import from_settings as proxy_credentials
 from tunnel.agent.socks_front import ProxyFactory
 from tunnel.agent.status_page import TrafficMeter
 from tunnel.agent.tunnel_client import TunnelClient
+from tunnel.agent.tunnel_opener import AgentOpener
 from tunnel.config import LOOPBACK_HOSTS, AgentSettings, read_pem
 from tunnel.wire import descriptors
 from tunnel.wire.connection import TunnelLimits
@@ -87,7 +87,11 @@ class Agent(service.Service):
         self.lifecycle = settings_from(config)
         # One proxy policy for every connection the agent makes: the tunnel and the control plane.
         self.proxies = ProxyChoice(
-            config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=proxy_credentials(config)
+            config.upstream_proxy,
+            config.pac_url,
+            config.upstream_proxy_ca,
+            credentials=proxy_credentials(config),
+            auth_allow=config.upstream_proxy_auth_allow,
         )
         self.control_plane: ControlPlaneClient | None = None
         self.locator: ServerLocator | None = None
@@ -100,7 +104,7 @@ class Agent(service.Service):
             host=config.server_ip,
             port=config.server_port,
             connect_timeout=config.connect_timeout,
-            limits=TunnelLimits.of(config),
+            limits=TunnelLimits.of(config, client_side=True),
             reconnect_max_delay=config.reconnect_max_delay,
             tunnel_wait=config.tunnel_wait,
             locator=self.locator,

@@ -19,7 +19,7 @@ from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.opener import bridge
 from tunnel.wire.endings import Pipe, no_delay
 from tunnel.wire.handover import HandsOver
-from tunnel.wire.logs import Throttle, more
+from tunnel.wire.logs import Throttle
 from tunnel.wire.relay import RelayEnd
 
 log = Logger(namespace="fluidity.agent")
@@ -119,13 +119,12 @@ class SniffingFront(HandsOver):
     def connectionMade(self) -> None:
         # Counted from the first moment: idle connections are what exhausts descriptors.
         if not self.site.local.opened(self.transport):
-            suppressed = _refusals("local connections")
-            if suppressed is not None:
-                log.warn(
-                    "refusing a local connection: {n} are open, all busy (the descriptor limit less a reserve){more}",
-                    n=self.site.local.open,
-                    more=more(suppressed),
-                )
+            _refusals.log(
+                log.warn,
+                "local connections",
+                "refusing a local connection: {n} are open, all busy (the descriptor limit less a reserve)",
+                n=self.site.local.open,
+            )
             self.transport.abortConnection()
             return
         self._counted = True

@@ -23,6 +23,19 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tunnel.agent.client_states import (
+    ClientInput,
+    ClientMachine,
+    ClientState,
+    Command,
+    Dial,
+    DropConnection,
+    FailWaiters,
+    FindProxy,
+    Locate,
+    RetryIn,
+    ServeWaiters,
+)
 from tunnel.agent.proxy_choice import ProxyChoice
 from tunnel.agent.upstream import UpstreamProxy, route
 from tunnel.wire.addresses import Destination
@@ -36,7 +49,8 @@ log = Logger(namespace="fluidity.agent")
 
 
 class TunnelClient:
-    """Owns the connection to the server and hands out streams on it."""
+    """Owns the connection to the server and hands out streams on it: the I/O around a
+    `ClientMachine`, which decides each next step (client_states.py)."""
 
     def __init__(
         self,
@@ -65,19 +79,18 @@ class TunnelClient:
         self._retired = [0, 0]  # traffic of connections that have closed
         self.recent_errors: deque = deque(maxlen=20)  # (time, message), for the status page
         self._proxy: UpstreamProxy | None = None  # the upstream proxy the last attempt went through, if any
-        self.asleep = False  # the control plane says the server is stopped: wait for a client
-        self._stale = locator is not None  # ask the control plane before dialling
-        self._want_wake = locator is not None
         self.connect_timeout = connect_timeout
         self.limits = limits  # each connection's keepalive and probe
         self.tunnel_wait = tunnel_wait
         self.current: TunnelMux | None = None
         self.last_error: str | None = None
         self.connected_since: float | None = None
-        self._delay = backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay, factor=2.0)
-        self._failures = 0
-        self._running = False
-        self._attempt: defer.Deferred | None = None
+        self.machine = ClientMachine(
+            located=locator is not None,
+            backoff=backoffPolicy(initialDelay=0.2, maxDelay=reconnect_max_delay, factor=2.0),
+        )
+        self._attempt: defer.Deferred | None = None  # the look-up, locate or dial under way
+        self._connecting: TunnelMux | None = None  # TCP is up; TLS and the HTTP/2 preface are not yet
         self._retry = None
         self._waiters: list[defer.Deferred[TunnelMux]] = []
         self._all: set[TunnelMux] = set()
@@ -85,6 +98,18 @@ class TunnelClient:
     @property
     def server(self) -> str:
         return f"{self.host}:{self.port}" if self.host else "(not located yet)"
+
+    @property
+    def state(self) -> ClientState:
+        return self.machine.state
+
+    @property
+    def running(self) -> bool:
+        return self.machine.state is not ClientState.STOPPED
+
+    @property
+    def asleep(self) -> bool:
+        return self.machine.asleep
 
     @property
     def open_streams(self) -> int:
@@ -104,48 +129,111 @@ class TunnelClient:
             self._retired[1] + sum(m.bytes_sent for m in self._all),
         )
 
-    def wake(self) -> None:
-        """Find (and wake, if it is stopped) the server now rather than at the next client."""
-        if self._running and self.current is None and self.locator is not None:
-            self._want_wake = self._stale = True
-            self._connect()
-
-    # -- lifecycle ------------------------------------------------------------------
+    # -- inputs: what happened, fed to the machine; its commands, carried out --------------
     def start(self) -> None:
-        self._running = True
-        self._connect()
+        self._feed(ClientInput.START)
 
     def stop(self) -> defer.Deferred:
-        self._running = False
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        if self._attempt is not None:
-            self._attempt.cancel()
+        self._feed(ClientInput.STOP)
+        self._cancel_attempt()
+        self.current, self.connected_since = None, None  # its end is no news to the machine
         closing = [m.closed_deferred for m in self._all if not m.closed]
         for mux in list(self._all):
             mux.close()
-        self._fail_waiters(OpenFailed(503, "agent is stopping"))
         return defer.DeferredList(closing)
 
-    def _connect(self) -> None:
-        if not self._running or self._attempt is not None:
-            return
+    def wake(self) -> None:
+        """Find (and wake, if it is stopped) the server now rather than at the next client."""
+        if self.running and self.locator is not None:
+            self._feed(ClientInput.WAKE_ASKED)
+
+    def network_changed(self) -> None:
+        """The laptop's network changed: find the proxy and the server again, at once."""
+        if self.running:
+            self._feed(ClientInput.NETWORK_CHANGED)
+
+    def _feed(self, what: ClientInput, reason: str = "") -> None:
+        commands = self.machine.handle(what, reason=reason, clients_waiting=len(self._waiters))
+        if self.machine.state is not ClientState.BACKING_OFF and self._retry is not None and self._retry.active():
+            self._retry.cancel()  # a client or the user did not want to wait for it
+        for command in commands:
+            self._carry_out(command)
+
+    def _carry_out(self, command: Command) -> None:
+        if isinstance(command, FindProxy):
+            self._find_proxy(command.forced)
+        elif isinstance(command, Locate):
+            self._locate(command.wake)
+        elif isinstance(command, Dial):
+            self._dial()
+        elif isinstance(command, RetryIn):
+            self._retry = self.reactor.callLater(command.seconds, self._feed, ClientInput.RETRY_DUE)
+        elif isinstance(command, ServeWaiters):
+            self._serve_waiters()
+        elif isinstance(command, FailWaiters):
+            self._fail_waiters(OpenFailed(503, command.reason))
+        elif isinstance(command, DropConnection):
+            self._drop_connection()
+
+    def _cancel_attempt(self) -> None:
+        """End the look-up, locate or dial under way; what it would have said is not heard."""
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.cancel()
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None and not connecting.closed:
+            connecting.transport.abortConnection()
+
+    def _drop_connection(self) -> None:
+        self._cancel_attempt()
+        current, self.current = self.current, None
+        self.connected_since = None
+        if current is not None and not current.closed:
+            log.info("the network changed; dropping the tunnel connection to {server}", server=self.server)
+            current.transport.abortConnection()
+
+    # -- finding the proxy, the server, and connecting ---------------------------------------
+    def _find_proxy(self, forced: bool) -> None:
         refreshing = getattr(self.upstream_proxy, "refresh", None)
-        looking = refreshing(self.reactor) if refreshing is not None else None
-        if looking is not None:  # upstream_proxy: auto is looking for the PAC file: dial after
-            self._attempt = looking
-
-            def looked(result):
-                if self._attempt is looking:
-                    self._attempt = None
-                if not (isinstance(result, Failure) and result.check(defer.CancelledError)):
-                    self._connect()
-
-            looking.addBoth(looked)
+        looking = refreshing(self.reactor, force=forced) if refreshing is not None else None
+        if looking is None:  # nothing to look up (a named proxy, or looked up recently)
+            self._feed(ClientInput.PROXY_FOUND)
             return
-        if self.locator is not None and (self._stale or not self.host):
-            self._locate()
-            return
+        self._attempt = looking  # upstream_proxy: auto is looking for the PAC file: dial after
+
+        def looked(_):
+            if self._attempt is looking:
+                self._attempt = None
+                self._feed(ClientInput.PROXY_FOUND)
+
+        looking.addBoth(looked)
+
+    def _locate(self, wake: bool) -> None:
+        locating = self._attempt = self.locator.locate(wake=wake)
+
+        def located(address) -> None:
+            if self._attempt is not locating:
+                return
+            self._attempt = None
+            if address is None:
+                if not self._waiters:
+                    log.info("the server is stopped; the next local client will wake it")
+                self._feed(ClientInput.FOUND_ASLEEP)
+                return
+            self.host, self.port, self.dns_name = address
+            self._feed(ClientInput.LOCATED)
+
+        def failed(failure) -> None:
+            if self._attempt is not locating:
+                return
+            self._attempt = None
+            message = failure.getErrorMessage()
+            self._note_failure(message)
+            self._feed(ClientInput.LOCATE_FAILED, message)
+
+        locating.addCallbacks(located, failed)
+
+    def _dial(self) -> None:
         endpoint = BatchedTLSClientEndpoint(self.tls_options, self._tcp_endpoint())
         factory = Factory.forProtocol(
             lambda: TunnelMux(
@@ -159,9 +247,27 @@ class TunnelClient:
             )
         )
         factory.noisy = False
-        self._attempt = endpoint.connect(factory)
-        self._attempt.addTimeout(self.connect_timeout + 1, self.reactor)
-        self._attempt.addCallbacks(self._tcp_up, self._attempt_failed)
+        dialling = self._attempt = endpoint.connect(factory)
+        dialling.addTimeout(self.connect_timeout + 1, self.reactor)
+
+        def tcp_up(mux: TunnelMux) -> None:  # TLS and the HTTP/2 preface still have to succeed
+            if self._attempt is not dialling:
+                mux.transport.abortConnection()
+                return
+            self._attempt, self._connecting = None, mux
+            self._all.add(mux)
+            timer = self.reactor.callLater(self.connect_timeout, self._handshake_timeout, mux)
+            mux.closed_deferred.addBoth(lambda _: timer.cancel() if timer.active() else None)
+
+        def failed(failure) -> None:
+            if self._attempt is not dialling:
+                return
+            self._attempt = None
+            message = self._silence() if failure.check(*_SILENCE) else attempt_message(failure)
+            self._note_failure(message)
+            self._feed(ClientInput.CONNECT_FAILED, message)
+
+        dialling.addCallbacks(tcp_up, failed)
 
     def _tcp_endpoint(self):
         endpoint, proxy = route(
@@ -182,115 +288,63 @@ class TunnelClient:
         target = getattr(used, "target", "")
         return f" via {self._proxy.display}" + (f" (CONNECT {target})" if target else "")
 
-    def _locate(self) -> None:
-        wake = self._want_wake or bool(self._waiters)
-        self.asleep = False
-        self._attempt = self.locator.locate(wake=wake)
-        self._attempt.addCallbacks(self._located, self._locate_failed)
-
-    def _located(self, address) -> None:
-        self._attempt = None
-        if address is None:
-            self.asleep = True
-            if self._waiters:  # a client came while we asked: it is the one that wakes it
-                self._want_wake = True
-                self._connect()
-                return
-            log.info("the server is stopped; the next local client will wake it")
-            return
-        self.host, self.port, self.dns_name = address
-        self._stale = self._want_wake = False
-        self._connect()
-
-    def _locate_failed(self, failure) -> None:
-        self._attempt = None
-        if failure.check(defer.CancelledError) and not self._running:
-            return
-        message = failure.getErrorMessage()
-        self._fail_waiters(OpenFailed(503, message))
-        self._note_failure(message)
-
-    def _tcp_up(self, mux: TunnelMux) -> None:
-        # TLS and the HTTP/2 preface still have to succeed: see _ready / _lost.
-        self._attempt = None
-        self._all.add(mux)
-        timer = self.reactor.callLater(self.connect_timeout, self._handshake_timeout, mux)
-        mux.closed_deferred.addBoth(lambda _: timer.cancel() if timer.active() else None)
+    def _silence(self) -> str:
+        """No answer at all: a firewall dropping the port looks exactly like this; say what helps."""
+        if self._proxy is not None:
+            hint = ""
+        elif self.port != 443:
+            hint = "; networks that filter ports commonly pass only 80 and 443: run the server on 443"
+        else:
+            hint = (
+                "; if this network has a proxy, set upstream_proxy (upstream_proxy: auto finds it the way the "
+                "system does)"
+            )
+        return f"no answer from {self.server}{self._via} in {self.connect_timeout:g}s{hint}"
 
     def _handshake_timeout(self, mux: TunnelMux) -> None:
         if not mux.peer_ready and not mux.closed:
             self.last_error = f"no TLS/HTTP2 answer from {self.server} in {self.connect_timeout:g}s"
             mux.transport.abortConnection()
 
-    def _attempt_failed(self, failure) -> None:
-        self._attempt = None
-        if failure.check(defer.CancelledError) and not self._running:
-            return
-        if failure.check(defer.TimeoutError, defer.CancelledError, error.TimeoutError):
-            # Silence, not a refusal: a firewall dropping the port looks exactly like this.
-            if self._proxy is not None:
-                hint = ""
-            elif self.port != 443:
-                hint = "; networks that filter ports commonly pass only 80 and 443: run the server on 443"
-            else:
-                hint = (
-                    "; if this network has a proxy, set upstream_proxy (upstream_proxy: auto finds it the way the "
-                    "system does)"
-                )
-            self._note_failure(f"no answer from {self.server}{self._via} in {self.connect_timeout:g}s{hint}")
-            return
-        self._note_failure(attempt_message(failure))
-
     def _note_failure(self, message: str) -> None:
-        self._stale = self.locator is not None  # the server may have moved or stopped
         if message != self.last_error:
             log.warn("tunnel to {server} failed: {error}", server=self.server, error=message)
             self.recent_errors.append((self.reactor.seconds(), message))
         self.last_error = message
-        self._failures += 1
-        self._schedule()
 
-    def _schedule(self) -> None:
-        if not self._running or self._attempt is not None or (self._retry is not None and self._retry.active()):
-            return
-        delay = self._delay(self._failures) if self._failures else 0
-        self._retry = self.reactor.callLater(delay, self._connect)
-
+    # -- the connection's own news ----------------------------------------------------------
     def _ready(self, mux: TunnelMux) -> None:
-        if not self._running:
+        if mux is not self._connecting:  # the agent stopped, or the network changed, meanwhile
             mux.close()
             return
-        self.current = mux
-        self._failures = 0
+        self._connecting, self.current = None, mux
         self.last_error = None
         self.connected_since = self.reactor.seconds()
         log.info("tunnel to {server} is up{via}", server=self.server, via=self._how_it_went())
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.called:
-                waiter.callback(mux)
+        self._feed(ClientInput.READY)
 
     def _draining(self, mux: TunnelMux) -> None:
         if mux is self.current:
             log.info("server {server} is draining this connection; opening a new one", server=self.server)
             self.current = None
             self.connected_since = None
-            self._connect()
+            self._feed(ClientInput.DRAINING)
 
     def _lost(self, mux: TunnelMux, reason) -> None:
         self._all.discard(mux)
         self._retired[0] += mux.bytes_received
         self._retired[1] += mux.bytes_sent
-        if not mux.peer_ready:
-            self._note_failure(self._interception(mux) or _describe(reason))
-            return
-        if mux is self.current:
+        if mux is self._connecting:  # the handshake never finished
+            self._connecting = None
+            message = self._interception(mux) or _describe(reason)
+            self._note_failure(message)
+            self._feed(ClientInput.CONNECT_FAILED, message)
+        elif mux is self.current:
             self.current = None
             self.connected_since = None
-            self._stale = self.locator is not None
             log.warn("tunnel to {server} lost: {why}", server=self.server, why=_describe(reason))
             self.recent_errors.append((self.reactor.seconds(), f"tunnel lost: {_describe(reason)}"))
-            self._schedule()
+            self._feed(ClientInput.LOST)
 
     def _interception(self, mux: TunnelMux) -> str | None:
         """When the handshake failed on a certificate our CA did not issue, say who did."""
@@ -314,7 +368,7 @@ class TunnelClient:
             return defer.succeed(self.current)
         waiter: defer.Deferred[TunnelMux] = defer.Deferred()
         self._waiters.append(waiter)
-        locating = self.locator is not None and (self._stale or self.asleep)
+        locating = self.machine.may_need_waking
 
         def timed_out(result, timeout):
             if self.locator is not None and self.locator.phase in ("waking", "starting"):
@@ -326,13 +380,7 @@ class TunnelClient:
             self.reactor,
             onTimeoutCancel=timed_out,
         )
-        if self.asleep:
-            self._want_wake = True  # a client wants the server: wake it
-            self._connect()
-        elif self._failures and self._retry is not None and self._retry.active():
-            # A client is waiting: try now rather than at the end of the back-off.
-            self._retry.cancel()
-            self._connect()
+        self._feed(ClientInput.CLIENT_WAITS)
         return waiter
 
     def open(self, destination: Destination, protocol: Protocol, attach_at_once: bool = True) -> defer.Deferred:
@@ -349,11 +397,24 @@ class TunnelClient:
                 return defer.fail(e)
         return self.when_connected().addCallback(lambda mux: mux.open_stream(destination, protocol).ready)
 
+    def _serve_waiters(self) -> None:
+        current = self.current
+        if current is None:  # READY comes with the connection: the I/O side's own mistake
+            raise RuntimeError("serving the waiting clients without a connection")
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(current)
+
     def _fail_waiters(self, error: Exception) -> None:
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.called:
                 waiter.errback(error)
+
+
+# An attempt that met silence rather than a refusal.
+_SILENCE = (defer.TimeoutError, defer.CancelledError, error.TimeoutError)
 
 
 class _OpenWhenAnswered:
@@ -398,7 +459,7 @@ class _OpenWhenAnswered:
         self._stream = None
         if self.result.called:
             return
-        if mux.closed and self.retries > 0 and self.tunnel._running:
+        if mux.closed and self.retries > 0 and self.tunnel.running:
             self.retries -= 1
             log.info(
                 "the tunnel connection ended before {dest} was answered; opening it on the next one",

@@ -49,6 +49,8 @@ class UpstreamProxy:
     username: str = ""
     password: str = ""
     tls: bool = False  # an https:// proxy: TLS to the proxy, then CONNECT inside it
+    # Why this proxy may not have credentials (found by the agent, not on the allowed list); "" when it may.
+    credentials_withheld: str = ""
 
     @property
     def display(self) -> str:
@@ -243,7 +245,7 @@ class _Attempt:
     def __init__(self, endpoint: HTTPConnectEndpoint, factory: IProtocolFactory) -> None:
         self.endpoint, self.factory = endpoint, factory
         self.target, self.port = endpoint.target, endpoint.port
-        self.auth = ProxyAuthenticator(endpoint.proxy.username, endpoint.proxy.password, endpoint.proxy.host)
+        self.auth = ProxyAuthenticator.for_proxy(endpoint.proxy)
         self.done: defer.Deferred = defer.Deferred()
         self.connecting: defer.Deferred | None = None
         self._connections = 0

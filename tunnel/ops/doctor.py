@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tunnel import config as cfg
+from tunnel.wire import patches
 from tunnel.wire.interception import intercepted_by, interception_message
 from tunnel.wire.key_privacy import exposure
 
@@ -49,6 +50,7 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
     except cfg.ConfigError as e:
         return [Check("config", "FAIL", str(e), "fix the file or the flag it names")]
     checks.append(Check("config", "ok", f"{config.source} is valid"))
+    checks.append(_library_patches())
 
     material = _certificates(config, checks)
     if material is None:
@@ -63,6 +65,18 @@ def run(config_path: str | None, timeout: float = 10.0) -> list[Check]:
         _handshake(config, host, port, cert_pem, key_pem, ca_pem, checks, timeout, dial)
     _aws(checks)
     return checks
+
+
+def _library_patches() -> Check:
+    """Which library patches the agent installs at start with these libraries (a refused one
+    only costs speed: the library runs as shipped)."""
+    if os.environ.get(patches.OFF_SWITCH) == "off":
+        return Check("library patches", "ok", f"{patches.OFF_SWITCH}=off: every library runs as shipped")
+    found = {patch.name: patch.unfit() for patch in patches.registry().patches()}
+    said = "; ".join(f"{name}: {'fits' if why is None else 'off (' + why + ')'}" for name, why in found.items())
+    if all(why is None for why in found.values()):
+        return Check("library patches", "ok", said)
+    return Check("library patches", "warn", said, "an upgraded library: the agent runs it as shipped, a little slower")
 
 
 def _certificates(config, checks: list[Check]):
@@ -156,7 +170,13 @@ def _proxy_choice(config, checks: list[Check]):
         )
         return None
     try:
-        choice = ProxyChoice(config.upstream_proxy, config.pac_url, config.upstream_proxy_ca, credentials=credentials)
+        choice = ProxyChoice(
+            config.upstream_proxy,
+            config.pac_url,
+            config.upstream_proxy_ca,
+            credentials=credentials,
+            auth_allow=config.upstream_proxy_auth_allow,
+        )
     except Exception as e:  # an unreadable upstream_proxy_ca, or pyOpenSSL's error for bad PEM
         checks.append(
             Check(
@@ -426,7 +446,7 @@ def _upstream(
         return Dial(lambda: socket.create_connection((host, port), timeout=timeout))
     why = why.removeprefix("from ")
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
-    auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
+    auth = ProxyAuthenticator.for_proxy(proxy)
     try:
         status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
         if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
@@ -438,7 +458,7 @@ def _upstream(
                 )
             )
             target = f"{host}:{port}"
-            auth = ProxyAuthenticator(proxy.username, proxy.password, proxy.host)
+            auth = ProxyAuthenticator.for_proxy(proxy)
             status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
     except ProxyAuthError as e:
         checks.append(
@@ -446,7 +466,9 @@ def _upstream(
                 "upstream proxy",
                 "FAIL",
                 f"{proxy.display} (from {why}): {e}",
-                "check the proxy's user name and password in upstream_proxy",
+                "if it is your network's proxy, add it to upstream_proxy_auth_allow"
+                if proxy.credentials_withheld
+                else "check the proxy's user name and password in upstream_proxy",
             )
         )
         return None
@@ -498,7 +520,7 @@ def _upstream(
         _, head = _connect_through(
             proxy,
             target,
-            ProxyAuthenticator(proxy.username, proxy.password, proxy.host),
+            ProxyAuthenticator.for_proxy(proxy),
             timeout,
             kept,
             config.upstream_proxy_ca,

@@ -15,7 +15,7 @@ import pathlib
 import sys
 from types import ModuleType
 
-from tunnel.wire.tls_batching import source_fingerprint
+from tunnel.wire.patches import source_fingerprint
 
 # sha256 (first 16 hex digits) of `_isreserved` as Twisted 26.10.0 defines it for Windows before 3.13.
 WRITTEN_AGAINST = "5bfd7830b919c79c"

@@ -26,7 +26,7 @@ from tunnel.opener import IOpener
 from tunnel.server.egress import EgressDenied, EgressPolicy, IPAddress
 from tunnel.wire.addresses import Destination
 from tunnel.wire.endings import no_delay
-from tunnel.wire.logs import Throttle, more
+from tunnel.wire.logs import Throttle
 from tunnel.wire.refusals import OpenFailed
 
 log = Logger(namespace="fluidity.dialer")
@@ -82,15 +82,9 @@ class DirectOpener:
         try:
             self.policy.check_all(addresses, port)
         except EgressDenied as e:
-            suppressed = _refusals("egress")
-            if suppressed is not None:
-                log.info(
-                    "egress refused {host}:{port}: {reason}{more}",
-                    host=host,
-                    port=port,
-                    reason=str(e),
-                    more=more(suppressed),
-                )
+            _refusals.log(
+                log.info, "egress", "egress refused {host}:{port}: {reason}", host=host, port=port, reason=str(e)
+            )
             raise OpenFailed(
                 403,
                 f"egress policy refuses {destination.authority}: {e} (the server's egress_allow setting opens chosen "

@@ -28,8 +28,8 @@ from tunnel.wire import descriptors
 from tunnel.wire.addresses import BadAddress, parse_authority
 from tunnel.wire.connection import TunnelLimits
 from tunnel.wire.endings import Endings, socket_under
-from tunnel.wire.http_front import HttpFront
-from tunnel.wire.logs import Throttle, more
+from tunnel.wire.http11_front import HttpFront
+from tunnel.wire.logs import Throttle
 from tunnel.wire.mux import TunnelMux, TunnelStream
 from tunnel.wire.refusals import OpenFailed
 from tunnel.wire.relay import RelayEnd
@@ -122,14 +122,13 @@ class ServerConnection(Protocol):
             self.transport.abortConnection()
             return
         if self.server.authenticated >= self.server.max_connections:
-            suppressed = _refusals("max_connections")
-            if suppressed is not None:
-                log.warn(
-                    "refusing {peer}: max_connections ({n}) reached{more}",
-                    peer=self.peer_name,
-                    n=self.server.max_connections,
-                    more=more(suppressed),
-                )
+            _refusals.log(
+                log.warn,
+                "max_connections",
+                "refusing {peer}: max_connections ({n}) reached",
+                peer=self.peer_name,
+                n=self.server.max_connections,
+            )
             self.transport.abortConnection()
             return
         self.authenticated = True
@@ -265,7 +264,7 @@ class TunnelServer(Factory):
             settings.max_handshakes, settings.max_handshakes_per_source
         )
         self.max_streams_per_agent = settings.max_streams_per_agent
-        self.limits = TunnelLimits.of(settings)  # each agent connection's streams and keepalive
+        self.limits = TunnelLimits.of(settings, client_side=False)  # each agent connection's streams and keepalive
         # Not `revocations or ...`: an empty list (every operator's first) is still the file to watch.
         self.revocations = revocations if revocations is not None else RevocationList("")
         self.connections: set[ServerConnection] = set()
@@ -355,21 +354,18 @@ class TunnelServer(Factory):
         self.last_activity = self.reactor.seconds()
         limit = self.max_streams_per_agent
         if limit and self.streams_of(mux.identity) > limit:  # this stream is already counted
-            suppressed = _refusals(f"streams of {mux.identity}")
-            if suppressed is not None:
-                log.info(
-                    "{peer}: refusing a stream, {n} open (max_streams_per_agent){more}",
-                    peer=mux.peer_name,
-                    n=limit,
-                    more=more(suppressed),
-                )
+            _refusals.log(
+                log.info,
+                f"streams of {mux.identity}",
+                "{peer}: refusing a stream, {n} open (max_streams_per_agent)",
+                peer=mux.peer_name,
+                n=limit,
+            )
             mux.refuse(stream, 429, f"agent {mux.identity} already has {limit} streams open (max_streams_per_agent)")
             return
         full = self.out_of_descriptors()
         if full:
-            suppressed = _refusals("descriptors")
-            if suppressed is not None:
-                log.warn("{peer}: refusing a stream: {why}{more}", peer=mux.peer_name, why=full, more=more(suppressed))
+            _refusals.log(log.warn, "descriptors", "{peer}: refusing a stream: {why}", peer=mux.peer_name, why=full)
             mux.refuse(stream, 503, full)
             return
         log.debug("{peer} CONNECT {dest}", peer=mux.peer_name, dest=stream.destination.authority)

@@ -32,12 +32,15 @@ from tunnel.wire.addresses import BadAddress, Destination, parse_authority
 from tunnel.wire.refusals import OpenFailed, http_status
 
 __all__ = [
+    "CONNECTION_TRANSITIONS",
     "CONNECTION_WINDOW",
     "DEFAULT_LIMITS",
     "FLOOD_LIMITS",
     "MAX_FRAME",
     "STREAM_TRANSITIONS",
     "STREAM_WINDOW",
+    "ConnectionInput",
+    "ConnectionState",
     "DataReceived",
     "Draining",
     "Event",
@@ -76,7 +79,7 @@ FLOOD_WINDOW = 10.0
 # WINDOW_UPDATE: an honest h2 peer sends one per half window consumed (4 MiB a stream,
 # 16 MiB the connection), a few hundred a second at gigabit rates.
 FLOOD_LIMITS = {
-    "stream resets": 2000,
+    "stream resets": 2000,  # of streams not yet answered: what Rapid Reset sends
     "SETTINGS frames": 100,
     "PING frames": 100,
     "empty DATA frames": 1000,
@@ -98,6 +101,10 @@ class Budget:
             self.start, self.count = now, 0
         self.count += 1
         return self.count <= self.limit
+
+    def left(self, now: float) -> int:
+        """What may still be spent in the window `now` falls in."""
+        return self.limit if now - self.start >= self.window else max(0, self.limit - self.count)
 
 
 class StreamState(enum.Enum):
@@ -133,6 +140,31 @@ STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
 class StreamStateError(RuntimeError):
     """A transition the table does not allow: the core's own mistake, never the peer's
     (h2 has refused whatever a peer may not send before it reaches the table)."""
+
+
+class ConnectionState(enum.Enum):
+    """Where the connection itself is; the stream table is beside it."""
+
+    STARTING = "starting"  # our preface is out, the peer's SETTINGS not yet in
+    OPEN = "open"
+    DRAINING = "draining"  # no new streams; the open ones finish
+    CLOSED = "closed"  # a GOAWAY went either way after the peer was ready: h2 accepts nothing more
+    FAILED = "failed"  # ended before the peer's SETTINGS arrived: TLS or HTTP/2 never worked
+
+
+class ConnectionInput(enum.Enum):
+    PEER_SETTINGS = "the peer's first SETTINGS arrived"
+    DRAIN = "a drain began (ours, or the peer's limit of 0 streams)"
+    GOAWAY = "a GOAWAY went either way (an orderly end, a flood, a protocol error)"
+
+
+CONNECTION_TRANSITIONS: dict[tuple[ConnectionState, ConnectionInput], ConnectionState] = {
+    (ConnectionState.STARTING, ConnectionInput.PEER_SETTINGS): ConnectionState.OPEN,
+    (ConnectionState.OPEN, ConnectionInput.DRAIN): ConnectionState.DRAINING,
+    (ConnectionState.STARTING, ConnectionInput.GOAWAY): ConnectionState.FAILED,
+    (ConnectionState.OPEN, ConnectionInput.GOAWAY): ConnectionState.CLOSED,
+    (ConnectionState.DRAINING, ConnectionInput.GOAWAY): ConnectionState.CLOSED,
+}
 
 
 @dataclass(slots=True)
@@ -277,16 +309,28 @@ class TunnelLimits:
     """What one tunnel connection is allowed and how it keeps watch, as one value built once
     from a role's settings (`of`); the defaults serve connections made in memory."""
 
-    max_streams: int = 2000  # the server's SETTINGS_MAX_CONCURRENT_STREAMS
+    max_streams: int = 2000  # the server's SETTINGS_MAX_CONCURRENT_STREAMS (the agent advertises none)
     keepalive_interval: float = 15.0  # PING the peer this often (0: never)
     keepalive_timeout: float = 10.0  # a PING unanswered this long is overdue
     probe_timeout: float = 3.0  # a stream opened after a quiet second PINGs; unanswered this long, replace
 
     @classmethod
-    def of(cls, settings: object) -> TunnelLimits:
-        """The limits a role's settings hold, by field name (the server's have no probe)."""
-        names = (f.name for f in dataclasses.fields(cls))
-        return cls(**{name: getattr(settings, name) for name in names if hasattr(settings, name)})
+    def of(cls, settings: object, *, client_side: bool) -> TunnelLimits:
+        """Every limit of the role from its settings, by field name. A limit the settings do not
+        hold is an error at start (a renamed setting must not quietly fall back to a default)."""
+        values = {}
+        for name in (f.name for f in dataclasses.fields(cls)):
+            if name in (SERVER_ONLY_LIMITS if client_side else AGENT_ONLY_LIMITS):
+                continue
+            if not hasattr(settings, name):
+                raise TypeError(f"{type(settings).__name__} has no setting {name!r}, which the tunnel core needs")
+            values[name] = getattr(settings, name)
+        return cls(**values)
+
+
+# Limits that belong to one role only: the other keeps the default, which it never uses.
+SERVER_ONLY_LIMITS = frozenset({"max_streams"})  # only a server limits the streams its peer opens
+AGENT_ONLY_LIMITS = frozenset({"probe_timeout"})  # only the agent opens streams, and probes first
 
 
 DEFAULT_LIMITS = TunnelLimits()
@@ -320,11 +364,14 @@ class TunnelConnection:
         # Streams with bytes queued that a window kept back, in round-robin order: a window
         # opening visits these only, so its cost does not grow with the number of streams.
         self._waiting: OrderedDict[int, Stream] = OrderedDict()
-        self._peer_ready = False
-        self._draining = False
-        self._terminated = False  # a GOAWAY went either way: h2 accepts nothing more
+        self._state = ConnectionState.STARTING
         self._paused = False  # the transport is full: stream data waits
         self._budgets = {what: Budget(limit, FLOOD_WINDOW) for what, limit in FLOOD_LIMITS.items()}
+        # The agent keeps its own resets of unanswered streams under the server's budget for
+        # them, so that clients cancelling faster than that wait a moment instead of the
+        # server ending the connection that carries everyone's streams.
+        self._own_resets = Budget(FLOOD_LIMITS["stream resets"] * 9 // 10, FLOOD_WINDOW)
+        self._now = 0.0  # the time the latest timed input (start, receive, tick, probe) carried
         self._ping_ids = itertools.count(1)
         self._ping_at: float | None = None
         self._ping_deadline: float | None = None
@@ -339,26 +386,41 @@ class TunnelConnection:
             normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.local_settings = h2.settings.Settings(
-            client=client_side,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams if not client_side else 0,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
+        settings = {
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            h2.settings.SettingCodes.ENABLE_PUSH: 0,
+        }
+        if not client_side:
+            settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = max_streams
+        # The agent sets no stream limit: with push off a server opens no streams anyway (the
+        # core resets any it tries), and h2 checks the limit against every HEADERS frame on a
+        # stream id it has pruned, so a limit of 0 made the server's late answer to a stream
+        # the agent had reset end the whole connection (issue 39; upstream/h2-closed-stream-limit.md).
+        self._h2.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
         # Settings given before the preface count as already in force; h2 only syncs this on ACK.
         self._h2.max_inbound_frame_size = MAX_FRAME
 
     # -- the connection ------------------------------------------------------------------
+    def _move(self, what: ConnectionInput) -> None:
+        """Take one step of CONNECTION_TRANSITIONS; a step it does not have is this module's bug."""
+        try:
+            self._state = CONNECTION_TRANSITIONS[(self._state, what)]
+        except KeyError:
+            raise StreamStateError(f"connection: {what.value} while {self._state.value}") from None
+
+    def _end(self) -> None:
+        """A GOAWAY went (or came): nothing more is read or sent on any stream."""
+        if not self.terminated:
+            self._move(ConnectionInput.GOAWAY)
+
     def start(self, now: float) -> None:
         self._h2.initiate_connection()
         self._h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         if self._keepalive_interval > 0:
             self._ping_at = now + self._keepalive_interval
-        self._last_heard = now
+        self._last_heard = self._now = now
 
     def data_to_send(self) -> bytes:
         return self._h2.data_to_send()
@@ -372,17 +434,17 @@ class TunnelConnection:
     @_queued
     def receive(self, data: bytes, now: float) -> list[Event]:
         """The peer's bytes in, events out (the bytes to answer with wait in data_to_send)."""
-        if self._terminated:
+        if self.terminated:
             return []
-        self._last_heard = now
+        self._last_heard = self._now = now
         out: list[Event] = []
         try:
             for event in self._h2.receive_data(data):
                 self._dispatch(event, now, out)
-                if self._terminated:
+                if self.terminated:
                     break
         except h2.exceptions.ProtocolError as e:
-            self._terminated = True  # the rest of what this peer sends is not read
+            self._end()  # the rest of what this peer sends is not read
             # h2 queues its own GOAWAY for errors in what it received: one is enough.
             state = getattr(getattr(self._h2, "state_machine", None), "state", None)
             if state is not h2.connection.ConnectionState.CLOSED:
@@ -401,12 +463,13 @@ class TunnelConnection:
     @_queued
     def tick(self, now: float) -> list[Event]:
         """PING the peer every keepalive_interval; one unanswered for keepalive_timeout is overdue."""
+        self._now = now
         if self._ping_deadline is not None and now >= self._ping_deadline:
             self._ping_deadline = self._ping_at = None
             return [PingOverdue(now - (self._ping_sent if self._ping_sent is not None else now))]
         if self._ping_at is not None and now >= self._ping_at:
             self._ping_at = now + self._keepalive_interval
-            if self._ping_deadline is None and not self._terminated and not self._ping(now, self._keepalive_timeout):
+            if self._ping_deadline is None and not self.terminated and not self._ping(now, self._keepalive_timeout):
                 self._ping_at = None  # the connection is closing; nothing to keep alive
         return []
 
@@ -415,7 +478,8 @@ class TunnelConnection:
         sure the connection still works, within `timeout` (a PING now, or the one already
         awaiting its ACK given the shorter deadline). A middlebox that forgot an idle flow
         drops what we send without a word; this notices in seconds, not at the next PING."""
-        if self._terminated or now - self._last_heard < quiet:
+        self._now = now
+        if self.terminated or now - self._last_heard < quiet:
             return
         if self._ping_deadline is not None:
             self._ping_deadline = min(self._ping_deadline, now + timeout)
@@ -441,19 +505,19 @@ class TunnelConnection:
     @_queued
     def begin_drain(self) -> list[Event]:
         """Server: refuse new streams (SETTINGS max streams 0), let open ones finish."""
-        if self._draining or self._terminated:
-            return []
+        if self._state is not ConnectionState.OPEN:  # a connection still starting has no streams to finish
+            return [Draining(), *self._finish_drain()] if self._state is ConnectionState.STARTING else []
         self._h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0})
         return self._start_draining()
 
     def _start_draining(self) -> list[Event]:
-        self._draining = True
+        self._move(ConnectionInput.DRAIN)
         return [Draining()] + (self._finish_drain() if not self._streams else [])
 
     def _finish_drain(self) -> list[Event]:
-        if self._terminated:
+        if self.terminated:
             return []
-        self._terminated = True
+        self._end()
         try:
             self._h2.close_connection()
         except h2.exceptions.ProtocolError:
@@ -464,7 +528,7 @@ class TunnelConnection:
         """Spend from `what`'s budget; when it runs out, GOAWAY ENHANCE_YOUR_CALM."""
         if self._budgets[what].spend(now):
             return False
-        self._terminated = True
+        self._end()
         self._h2.close_connection(error_code=h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         out.append(Finished(f"more than {FLOOD_LIMITS[what]} {what} in {FLOOD_WINDOW:g}s", alarming=True))
         return True
@@ -494,9 +558,12 @@ class TunnelConnection:
             self._remote_end(stream, out)
 
     def _on_reset(self, event: h2.events.StreamReset, now: float, out: list[Event]) -> None:
-        if event.remote_reset and self._flooding("stream resets", now, out):
-            return
         stream = self._streams.get(event.stream_id)
+        # Rapid Reset opens streams and resets them before their answer; only a server has
+        # streams opened by its peer. The agent's own streams reset by the server cost it nothing.
+        rapid = stream is None or not stream.answered
+        if event.remote_reset and rapid and not self._client_side and self._flooding("stream resets", now, out):
+            return
         if stream is None:
             return
         code = event.error_code
@@ -524,12 +591,12 @@ class TunnelConnection:
     def _on_settings(self, event: h2.events.RemoteSettingsChanged, now: float, out: list[Event]) -> None:
         if self._flooding("SETTINGS frames", now, out):
             return
-        if not self._peer_ready:
-            self._peer_ready = True
+        if self._state is ConnectionState.STARTING:
+            self._move(ConnectionInput.PEER_SETTINGS)
             out.append(PeerReady())
         changed = event.changed_settings
         limit = changed.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS)
-        if self._client_side and limit is not None and limit.new_value == 0 and not self._draining:
+        if self._client_side and limit is not None and limit.new_value == 0 and self._state is ConnectionState.OPEN:
             out.extend(self._start_draining())
         if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in changed:
             out.extend(self._flush_all())
@@ -541,7 +608,7 @@ class TunnelConnection:
         self._ping_deadline = self._ping_sent = None
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated, now: float, out: list[Event]) -> None:
-        self._terminated = True
+        self._end()
         name = getattr(event.error_code, "name", event.error_code)
         out.append(Finished(f"the peer closed the tunnel connection ({name})"))
 
@@ -557,7 +624,7 @@ class TunnelConnection:
         if self._client_side:
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
             return
-        if self._draining:
+        if self.draining:
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         if headers.get(b":method") != b"CONNECT" or b":protocol" in headers:
@@ -602,19 +669,23 @@ class TunnelConnection:
 
     # -- what a stream is now (values, never the record) --------------------------------------
     @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
     def peer_ready(self) -> bool:
-        """The peer's SETTINGS arrived: streams may be opened."""
-        return self._peer_ready
+        """The peer's SETTINGS arrived (TLS and HTTP/2 both worked), whatever happened since."""
+        return self._state not in (ConnectionState.STARTING, ConnectionState.FAILED)
 
     @property
     def draining(self) -> bool:
         """A drain began (either side): no new streams."""
-        return self._draining
+        return self._state is ConnectionState.DRAINING
 
     @property
     def terminated(self) -> bool:
         """A GOAWAY went either way: h2 accepts nothing more."""
-        return self._terminated
+        return self._state in (ConnectionState.CLOSED, ConnectionState.FAILED)
 
     @property
     def open_streams(self) -> int:
@@ -639,8 +710,14 @@ class TunnelConnection:
     # -- what the local side wants -------------------------------------------------------------
     def open_stream(self, destination: Destination) -> int:
         """Agent: send CONNECT; bytes may be sent on it before the 200 arrives."""
-        if self._draining or self._terminated:
+        if self.draining or self.terminated:
             raise OpenFailed(503, "tunnel connection is closing")
+        if not self._own_resets.left(self._now):
+            raise OpenFailed(
+                503,
+                f"more than {self._own_resets.limit} connections were cancelled before their answer in "
+                f"{FLOOD_WINDOW:g}s; new ones wait a few seconds (the server takes more for an attack)",
+            )
         sid = self._h2.get_next_available_stream_id()
         try:
             self._h2.send_headers(sid, [(b":method", b"CONNECT"), (b":authority", destination.authority.encode())])
@@ -655,7 +732,7 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return []
-        if self._terminated:  # a GOAWAY went either way: h2 sends nothing more
+        if self.terminated:  # a GOAWAY went either way: h2 sends nothing more
             out: list[Event] = []
             self._close(stream, "tunnel connection is closing", False, out)
             return out
@@ -670,7 +747,7 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return out
-        if not self._terminated:
+        if not self.terminated:
             self._answer(sid, status, reason)
             if not stream.remote_ended:
                 self._reset_quietly(sid, h2.errors.ErrorCodes.NO_ERROR)
@@ -732,7 +809,7 @@ class TunnelConnection:
             self._acknowledge(sid, n)
 
     def _acknowledge(self, sid: int, n: int) -> None:
-        if self._terminated:
+        if self.terminated:
             return
         try:
             self._h2.acknowledge_received_data(n, sid)
@@ -740,6 +817,9 @@ class TunnelConnection:
             pass
 
     def _reset_quietly(self, sid: int, code: h2.errors.ErrorCodes) -> None:
+        stream = self._streams.get(sid)
+        if self._client_side and stream is not None and not stream.answered:
+            self._own_resets.spend(self._now)  # what the server counts as a rapid reset
         try:
             self._h2.reset_stream(sid, code)
         except h2.exceptions.ProtocolError:
@@ -751,38 +831,43 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         if stream is None or stream.closed:
             return out
-        outbox = stream.outbox
         try:
-            while outbox and not self._paused:
-                window = self._h2.local_flow_control_window(sid)
-                if window <= 0:
-                    break
-                n = min(window, self._h2.max_outbound_frame_size)
-                chunk = outbox.popleft()
-                if len(chunk) > n:
-                    outbox.appendleft(chunk[n:])
-                    chunk = chunk[:n]
-                last = stream.end_queued and not outbox
-                self._h2.send_data(sid, chunk, end_stream=last)
-                stream.delivered += len(chunk)
-                if last:
-                    self._local_end(stream, out)
-            if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
-                self._h2.end_stream(sid)
-                self._local_end(stream, out)
+            self._send_within_windows(stream, out)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as e:
             self._close(stream, str(e), False, out)
-        if stream.outbox and not stream.closed:
-            self._waiting[sid] = stream
-            if not stream.blocked:
-                stream.blocked = True
-                out.append(SendBlocked(sid))
-        else:
-            self._waiting.pop(sid, None)
-            if stream.blocked:
-                stream.blocked = False
-                out.append(SendUnblocked(sid))
+        self._mark_blocked(stream, bool(stream.outbox) and not stream.closed, out)
         return out
+
+    def _send_within_windows(self, stream: Stream, out: list[Event]) -> None:
+        """As much of the outbox as the windows and the transport take; END_STREAM after the last byte."""
+        sid, outbox = stream.sid, stream.outbox
+        while outbox and not self._paused:
+            window = self._h2.local_flow_control_window(sid)
+            if window <= 0:
+                break
+            n = min(window, self._h2.max_outbound_frame_size)
+            chunk = outbox.popleft()
+            if len(chunk) > n:
+                outbox.appendleft(chunk[n:])
+                chunk = chunk[:n]
+            last = stream.end_queued and not outbox
+            self._h2.send_data(sid, chunk, end_stream=last)
+            stream.delivered += len(chunk)
+            if last:
+                self._local_end(stream, out)
+        if stream.end_queued and not outbox and not stream.local_ended and not stream.closed:
+            self._h2.end_stream(sid)
+            self._local_end(stream, out)
+
+    def _mark_blocked(self, stream: Stream, blocked: bool, out: list[Event]) -> None:
+        """Keep the stream in the round-robin of those waiting for a window, and say when that changes."""
+        if blocked:
+            self._waiting[stream.sid] = stream
+        else:
+            self._waiting.pop(stream.sid, None)
+        if stream.blocked is not blocked:
+            stream.blocked = blocked
+            out.append(SendBlocked(stream.sid) if blocked else SendUnblocked(stream.sid))
 
     def _flush_all(self) -> list[Event]:
         """Send what waits, stream by stream, until the transport or the connection window is full."""
@@ -821,7 +906,7 @@ class TunnelConnection:
         del self._streams[stream.sid]
         self._waiting.pop(stream.sid, None)
         out.append(StreamClosed(stream.sid, reason, clean))
-        if self._draining and not self._streams:
+        if self.draining and not self._streams:
             out.extend(self._finish_drain())
 
 

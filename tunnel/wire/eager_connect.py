@@ -16,28 +16,25 @@ non-blocking by `socket()` itself (`SOCK_NONBLOCK`), so only `tcp.Connection`'s 
 `setblocking` (which accepted sockets need) remains. Errors are reported as
 Twisted reports them (`getConnectError` of the same errno), from the same places.
 
-It replaces two methods of Twisted's for the whole process, so it fails closed: it
-installs only over the exact `doConnect` and `createInternetSocket` it was written against
-(Twisted 26.10, by source), only
-on Linux (elsewhere, Twisted's retries cover platform quirks this was not tried on), and
-only where the names it uses exist. (Offered upstream: see the README.)
+It replaces two methods of Twisted's for the whole process, so it is a patch of the registry
+(tunnel/wire/patches.py) and fails closed: it installs only over the exact `doConnect` and
+`createInternetSocket` it was written against (Twisted 26.10, by source), only on Linux
+(elsewhere, Twisted's retries cover platform quirks this was not tried on), and only where
+the names it uses exist. (Offered upstream: see the README.)
 """
 
 from __future__ import annotations
 
 import socket
-import sys
 from errno import EALREADY, EINPROGRESS, EISCONN, EWOULDBLOCK
 from os import strerror
 
 from twisted.internet import error, tcp
 
-from tunnel.wire.tls_batching import source_fingerprint
+from tunnel.wire.patches import REGISTRY, Patch, Replacement
 
-__all__ = ["install", "installable", "installed"]
+__all__ = ["PATCH", "install"]
 
-# sha256 of the dedented source of each method replaced, as in Twisted 26.10.
-_WRITTEN_AGAINST = {"doConnect": "bf038b84cdf680af", "createInternetSocket": "935395a0647c719c"}
 _USES = ("_connectDone", "failIfNotConnected", "stopWriting", "startReading", "startWriting")
 _STILL_CONNECTING = (EINPROGRESS, EWOULDBLOCK, EALREADY)
 
@@ -77,29 +74,28 @@ def _do_connect(self) -> None:
     self._connectDone()
 
 
-_OURS = {"doConnect": _do_connect, "createInternetSocket": _create_socket}
+def _twisted_names() -> str | None:
+    if not hasattr(socket, "SOCK_NONBLOCK"):
+        return "no SOCK_NONBLOCK on this platform"
+    missing = [n for n in _USES if not hasattr(tcp.BaseClient, n)]
+    return f"twisted.internet.tcp.BaseClient has no {', '.join(missing)}" if missing else None
 
 
-def installable() -> bool:
-    """Linux, and Twisted's two methods are the ones this was written against."""
-    if not sys.platform.startswith("linux") or not hasattr(socket, "SOCK_NONBLOCK"):
-        return False
-    for name, ours in _OURS.items():
-        current = getattr(tcp.BaseClient, name, None)
-        if current is not ours and source_fingerprint(current) != _WRITTEN_AGAINST[name]:
-            return False
-    return all(hasattr(tcp.BaseClient, n) for n in _USES)
+PATCH = REGISTRY.register(
+    Patch(
+        "eager TCP connects",
+        "an outgoing connect in 1 connect, 1 SO_ERROR read and 3 epoll_ctl (Twisted's: 2, 2 and 5)",
+        replaces=(
+            # As in Twisted 26.10: the source each replaces, by sha256 (patches.source_fingerprint).
+            Replacement(tcp.BaseClient, "doConnect", "bf038b84cdf680af", ours=_do_connect),
+            Replacement(tcp.BaseClient, "createInternetSocket", "935395a0647c719c", ours=_create_socket),
+        ),
+        platforms=("linux",),
+        also_needs=_twisted_names,
+    )
+)
 
 
 def install() -> bool:
     """Connect this way for every outgoing TCP connection of this process; False if Twisted changed."""
-    if not installable():
-        return False
-    for name, ours in _OURS.items():
-        if getattr(tcp.BaseClient, name) is not ours:
-            setattr(tcp.BaseClient, name, ours)
-    return True
-
-
-def installed() -> bool:
-    return all(getattr(tcp.BaseClient, name) is ours for name, ours in _OURS.items())
+    return REGISTRY.install(PATCH.name)

@@ -14,6 +14,7 @@ import string
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.logger import (
     FileLogObserver,
@@ -166,6 +167,13 @@ class Throttle:
         if len(self._windows) > 1024:  # keys are few in practice; never let them grow without bound
             self._windows = {key: self._windows[key]}
         return suppressed
+
+    def log(self, emit: Callable[..., None], key: str, text: str, **fields: Any) -> None:
+        """`emit(text)` (a Logger's warn, info, ...) unless `key` is over its budget; the count
+        of lines held back before it rides on its end."""
+        suppressed = self(key)
+        if suppressed is not None:
+            emit(text + "{more}", more=more(suppressed), **fields)
 
 
 def more(suppressed: int) -> str:

@@ -25,10 +25,6 @@ The fix offered upstream is written up in upstream/twisted-tls-batching.md.
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import textwrap
-
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.internet import interfaces, tcp
 from twisted.protocols.policies import ProtocolWrapper
@@ -36,7 +32,9 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory, TL
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["BatchedBufferingTLS", "BatchedTLS", "BatchedTLSClientEndpoint", "applies", "disable", "source_fingerprint"]
+from tunnel.wire.patches import REGISTRY, Patch, Reliance
+
+__all__ = ["PATCH", "BatchedBufferingTLS", "BatchedTLS", "BatchedTLSClientEndpoint", "applies", "disable"]
 
 RECORD = 2**14  # the largest TLS plaintext record
 RECORD_READ = 2**15  # what Twisted asks SSL_read for; one record fits
@@ -48,49 +46,41 @@ RECORD_OVERHEAD = 5 + 1 + 16
 # one connection's queue, not a stream's (bench/compare.py measures RSS either way).
 READ_SIZE = 2**18
 
-# sha256 of the dedented source of each method replaced, as in Twisted 26.10.
-_WRITTEN_AGAINST = {
-    "_write": "a40fbe73ccc059fb",
-    "_flushSendBIO": "9b2043777ab2ef33",
-    "_flushReceiveBIO": "2105d14b4edd4c1d",
-}
 _USES = ("_lostTLSConnection", "_aborted", "_bufferedWrite", "_tlsShutdownFinished", "_shutdownTLS", "_reason")
 
 
-def source_fingerprint(method) -> str | None:
-    """The first 16 hex digits of the sha256 of a method's dedented source: what a guarded
-    patch compares against the version it was written for (None without source)."""
-    try:
-        source = textwrap.dedent(inspect.getsource(method))
-    except (OSError, TypeError):
-        return None
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
-def _check() -> bool:
+def _twisted_names() -> str | None:
     base = TLSMemoryBIOProtocol
-    if any(source_fingerprint(getattr(base, name, None)) != digest for name, digest in _WRITTEN_AGAINST.items()):
-        return False
     made = base.__init__, base.makeConnection, base._tlsShutdownFinished, base.connectionLost
     names = set().union(*(m.__code__.co_names for m in made)) | set(vars(base))
-    return all(name in names for name in _USES)
+    missing = [name for name in _USES if name not in names]
+    return f"TLSMemoryBIOProtocol no longer uses {', '.join(missing)}" if missing else None
 
 
-_applies: bool | None = None
+PATCH = REGISTRY.register(
+    Patch(
+        "TLS record batching",
+        "one transport write per application write and one delivery per read, not one per TLS record",
+        relies_on=(  # overridden in BatchedTLS, as in Twisted 26.10 (patches.source_fingerprint)
+            Reliance(TLSMemoryBIOProtocol, "_write", "a40fbe73ccc059fb"),
+            Reliance(TLSMemoryBIOProtocol, "_flushSendBIO", "9b2043777ab2ef33"),
+            Reliance(TLSMemoryBIOProtocol, "_flushReceiveBIO", "2105d14b4edd4c1d"),
+        ),
+        also_needs=_twisted_names,
+    )
+)
 
 
 def applies() -> bool:
-    """Twisted's TLS protocol is the one this was written against (checked once)."""
-    global _applies
-    if _applies is None:
-        _applies = _check()
-    return _applies
+    """Twisted's TLS protocol is the one this was written against (checked once, on first use)."""
+    if REGISTRY.active(PATCH.name):
+        return True
+    return REGISTRY.refusal(PATCH.name) is None and REGISTRY.install(PATCH.name)
 
 
-def disable() -> None:
+def disable(why: str = "switched off") -> None:
     """Twisted's own TLS paths from now on, for every connection of this process."""
-    global _applies
-    _applies = False
+    REGISTRY.remove(PATCH.name, why)
 
 
 class BatchedTLS(TLSMemoryBIOProtocol):

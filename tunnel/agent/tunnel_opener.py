@@ -17,10 +17,10 @@ from zope.interface import implementer
 
 from tunnel.opener import IOpener, as_open_failed
 from tunnel.wire.addresses import Destination
-from tunnel.wire.logs import Throttle, more
+from tunnel.wire.logs import Throttle
 
 log = Logger(namespace="fluidity.agent")
-refusals = Throttle()  # one budget for every front's refusals
+_refusals = Throttle()  # one budget for every front's refusals
 
 
 class KnownDestinations:
@@ -73,15 +73,14 @@ class AgentOpener:
         self.known.discard(destination.authority)
         error = as_open_failed(failure)
         if error is not None:
-            suppressed = refusals(f"{error.status} {destination.authority}")
-            if suppressed is not None:
-                log.info(
-                    "{dest}: {status} {reason}{more}",
-                    dest=destination.authority,
-                    status=error.status,
-                    reason=error.reason,
-                    more=more(suppressed),
-                )
+            _refusals.log(
+                log.info,
+                f"{error.status} {destination.authority}",
+                "{dest}: {status} {reason}",
+                dest=destination.authority,
+                status=error.status,
+                reason=error.reason,
+            )
             if error is not failure.value:
                 return Failure(error)
         return failure
