@@ -5,8 +5,9 @@ found by WPAD, not from $HTTPS_PROXY. With `upstream_proxy: auto` the agent find
 file the way the platform does (pypac: `pac_url` if given, else the Windows or macOS
 automatic-configuration setting, else WPAD by DNS), and asks its `FindProxyForURL` for each
 host it dials: the server and the control plane alike, `DIRECT` honoured. No PAC file
-anywhere falls back to $HTTPS_PROXY / $NO_PROXY, then to direct. A proxy a PAC file names
-gets credentials only when `upstream_proxy_auth_allow` lists it (tunnel/proxy_trust.py). Finding the file blocks
+anywhere falls back to the proxy set by hand in Windows' settings (windows_proxy_settings),
+then $HTTPS_PROXY / $NO_PROXY, then to direct. A proxy a PAC file names gets credentials
+only when `upstream_proxy_auth_allow` lists it (tunnel/proxy_trust.py). Finding the file blocks
 (DNS, HTTP), so it runs in a thread, once and then every `REFRESH` seconds at most: a
 laptop moves between networks.
 """
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, ssl, threads
 from twisted.logger import Logger
 
+from tunnel.agent import windows_proxy_settings
 from tunnel.agent.proxy_credentials import ProxyCredentials
 from tunnel.agent.upstream import UpstreamProxy, parse_proxy_url, proxy_for
 from tunnel.proxy_trust import allows, withheld
@@ -92,11 +94,13 @@ class ProxyChoice:
         find=discover,
         credentials: ProxyCredentials | None = None,
         auth_allow: tuple[str, ...] = (),
+        manual=windows_proxy_settings.read,
     ) -> None:
         self.configured = configured.strip()
         self.auth_allow = auth_allow  # discovered proxies that may still have credentials (upstream_proxy_auth_allow)
         self.credentials = credentials or ProxyCredentials()  # for a proxy whose URL names no user
         self.pac_url, self.environ, self._find = pac_url, environ, find
+        self._manual = manual  # `auto` without a PAC file: the proxy set by hand (Windows)
         self.found: FoundPac | None = None
         self._looked_at: float | None = None
         self._looking: defer.Deferred | None = None
@@ -115,6 +119,11 @@ class ProxyChoice:
             return parse_proxy_url(self.configured), "upstream_proxy"
         if self.auto and self.found is not None:
             return self._from_pac(self.found, host, port)
+        manual = self._manual() if self.auto else None
+        if manual is not None:
+            if manual.bypassed(host):
+                return None, f"direct: {host} is an exception in the Windows proxy settings"
+            return parse_proxy_url(manual.url), "the Windows proxy settings (set by hand; no PAC file)"
         proxy = proxy_for("", host, self.environ)
         return proxy, ("$HTTPS_PROXY" if proxy else "no proxy configured") + (
             " (upstream_proxy: auto found no PAC file)" if self.auto else ""

@@ -7,7 +7,6 @@ import argparse
 import errno
 import ipaddress
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +15,7 @@ import time
 from pathlib import Path
 
 from lambdas.server_port import SERVER_PORT
+from tunnel.ops.twistd_command import foreground_flags, run_in_foreground, stop_signal, twistd_command
 from tunnel.wire import pki
 
 
@@ -34,14 +34,9 @@ def _certs(args) -> int:
     return 0
 
 
-def _twistd() -> str:
-    """The twistd of the environment fluidity runs in (`twistd.exe` in a Windows venv's Scripts)."""
-    here = Path(sys.executable)
-    beside = next((here.with_name(n) for n in ("twistd", "twistd.exe") if here.with_name(n).exists()), None)
-    found = str(beside) if beside else shutil.which("twistd")
-    if not found:
-        raise SystemExit("fluidity: twistd not found; install the package with pip first")
-    return found
+def _twistd() -> list[str]:
+    """The command that runs twistd on this platform (tunnel.ops.twistd_command)."""
+    return twistd_command()
 
 
 def _wait_listening(port: int, process: subprocess.Popen, seconds: float) -> bool:
@@ -125,7 +120,7 @@ def _local(args) -> int:
     try:
         for role, port, flags in roles:
             config = ["--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
-            if not children.start(f"fluidity-{role}", [twistd, "-n", "--pidfile=", f"fluidity-{role}", *config], port):
+            if not children.start(f"fluidity-{role}", [*twistd, *foreground_flags(role), *config], port):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
         print(_running_message(args.server_port, args.proxy_port), flush=True)
@@ -183,7 +178,12 @@ class _Children:
     def stop(self) -> None:
         for child in self.running:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                try:
+                    child.send_signal(stop_signal())
+                # Gone since, or (Windows) no console to carry a Ctrl-Break: CPython 3.11's os.kill
+                # then raises SystemError (the OSError it set, not returned), 3.12 an OSError.
+                except (OSError, SystemError):
+                    child.kill()
         for child in self.running:
             try:
                 child.wait(timeout=30)
@@ -553,7 +553,7 @@ def _role_help(role: str) -> int:
             "(also its page, http://127.0.0.1:8080/)"
         )
     print(f"\nFLAGS (those of `twistd fluidity-{role}`; each setting of the config file has one):", flush=True)
-    done = subprocess.run([_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
     lines = done.stdout.splitlines()
     start = next(
         (
@@ -680,8 +680,7 @@ def _main(argv: list[str] | None) -> int:
     if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
         return _role_help(argv[0])
     if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
-        twistd = _twistd()
-        os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
+        return run_in_foreground([*foreground_flags(argv[0]), *argv[1:]])
     args = parser.parse_args(argv)
     return int(args.run(args))
 
