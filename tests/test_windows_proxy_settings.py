@@ -5,7 +5,8 @@ scripts/windows-check writes them with `wine reg add` and reads them back throug
 from __future__ import annotations
 
 from tunnel.agent.proxy_choice import ProxyChoice
-from tunnel.agent.windows_proxy_settings import ManualProxy, parse, read
+from tunnel.agent.system_proxy import ManualProxy
+from tunnel.agent.windows_proxy_settings import parse, read
 
 
 def test_the_forms_windows_writes():

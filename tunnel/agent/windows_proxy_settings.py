@@ -10,30 +10,11 @@ one for every scheme; like Windows, a list with neither means direct.
 
 from __future__ import annotations
 
-import fnmatch
 import sys
-from dataclasses import dataclass
+
+from tunnel.agent.system_proxy import ManualProxy
 
 KEY = r"Software\Microsoft\Windows\CurrentVersion\Internet Settings"
-
-
-@dataclass(frozen=True)
-class ManualProxy:
-    """A proxy set by hand: its URL, and the hosts that bypass it."""
-
-    url: str
-    bypass: tuple[str, ...] = ()
-
-    def bypassed(self, host: str) -> bool:
-        """Whether `host` goes direct (ProxyOverride), matched as Windows does: case-insensitive
-        wildcards; `<local>` for a name without a dot."""
-        host = host.lower().strip("[]")
-        for entry in self.bypass:
-            if entry == "<local>" and "." not in host and ":" not in host:
-                return True
-            if entry != "<local>" and fnmatch.fnmatchcase(host, entry):
-                return True
-        return False
 
 
 def parse(enabled: int, server: str, override: str = "") -> ManualProxy | None:
