@@ -206,7 +206,12 @@ class Registry:
 REGISTRY = Registry()
 
 # The modules that each register one patch (docs/design.md lists the same; a test holds both to the tree).
-PATCH_MODULES = ("tunnel.wire.eager_connect", "tunnel.wire.h2_speedups", "tunnel.wire.tls_batching")
+PATCH_MODULES = (
+    "tunnel.wire.eager_connect",
+    "tunnel.wire.eager_write",
+    "tunnel.wire.h2_speedups",
+    "tunnel.wire.tls_batching",
+)
 
 
 def registry() -> Registry:
