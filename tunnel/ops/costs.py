@@ -110,13 +110,8 @@ def _runs_per_month(expression: str | None) -> float:
     return 22.0 if "MON-FRI" in expression.upper() else 30.0
 
 
-def estimate(settings, usage: Usage, region: str | None) -> Estimate:
-    s, u = settings, usage
-    hours = u.hours_per_month
-    est = Estimate(region=rates.REGION, rates_taken=rates.TAKEN)
-    if region and region != rates.REGION:
-        est.warnings.append(f"the rates are {rates.REGION}'s (taken {rates.TAKEN}); {region} differs by a few per cent")
-
+def _fargate(s, hours: float) -> Line:
+    """The task's compute: on-demand, or Spot's range of discounts, times the tasks scaling may run."""
     price = rates.FARGATE[s.cpu_architecture]
     compute = hours * (s.cpu / 1024 * price["vcpu_hour"] + s.memory / 1024 * price["gb_hour"])
     tasks = s.max_tasks  # scaled: one task at the least, maxTasks at the most
@@ -132,17 +127,75 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     high *= tasks
     if tasks > 1:
         note += f"; 1 to {tasks} tasks as Application Auto Scaling decides"
-    run = est.running
-    run.append(
+    return Line(
+        f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h"
+        + (f", x1-{tasks} tasks" if tasks > 1 else ""),
+        low,
+        high,
+        high,
+        note,
+    )
+
+
+def _control_plane_calls(u: Usage) -> Line:
+    """API Gateway and Lambda for the wakes and the agents' polls while waking."""
+    calls = u.wakes_per_month * POLLS_PER_WAKE
+    api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (
+        rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND
+    )
+    return Line(
+        f"control plane: {calls} API calls ({u.wakes_per_month} wakes)",
+        api,
+        api,
+        0.0,
+        "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"],
+    )
+
+
+def _schedules(est: Estimate, s, u: Usage, hours: float) -> None:
+    """The scheduled Lambdas (sleep, kill, wake) while stopped, and sleep's metric reads while running."""
+    run, idle = est.running, est.stopped
+    sleeps = _runs_per_month(s.sleep_schedule)
+    others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
+    invocations = sleeps + others
+    lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
+    scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
+    # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first);
+    # with a budget, two more, and wake two per call.
+    running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
+    budgeted = s.monthly_budget is not None
+    count = running_sleeps * (4 if budgeted else 2) + (u.wakes_per_month * 2 if budgeted else 0)
+    reads = count / 1000 * rates.CLOUDWATCH_API_PER_1000
+    idle.append(
         Line(
-            f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h"
-            + (f", x1-{tasks} tasks" if tasks > 1 else ""),
-            low,
-            high,
-            high,
-            note,
+            f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
+            lambda_cost + scheduler,
+            lambda_cost + scheduler,
+            0.0,
+            "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"],
         )
     )
+    run.append(
+        Line(
+            f"{'sleep and wake' if budgeted else 'sleep'}'s metric reads: {count:,.0f} GetMetricStatistics",
+            reads,
+            reads,
+            0.0,
+            "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
+        )
+    )
+
+
+def estimate(settings, usage: Usage, region: str | None) -> Estimate:
+    s, u = settings, usage
+    hours = u.hours_per_month
+    est = Estimate(region=rates.REGION, rates_taken=rates.TAKEN)
+    if region and region != rates.REGION:
+        est.warnings.append(f"the rates are {rates.REGION}'s (taken {rates.TAKEN}); {region} differs by a few per cent")
+
+    tasks = s.max_tasks  # scaled: one task at the least, maxTasks at the most
+    run = est.running
+    run.append(_fargate(s, hours))
     ipv4 = hours * rates.PUBLIC_IPV4_HOUR
     run.append(
         Line(
@@ -185,19 +238,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         )
     )
     if s.control_plane:
-        calls = u.wakes_per_month * POLLS_PER_WAKE
-        api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (
-            rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND
-        )
-        run.append(
-            Line(
-                f"control plane: {calls} API calls ({u.wakes_per_month} wakes)",
-                api,
-                api,
-                0.0,
-                "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"],
-            )
-        )
+        run.append(_control_plane_calls(u))
 
     idle = est.stopped
     keep = _images_kept()
@@ -215,35 +256,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         Line("SSM SecureString parameters (3, standard tier)", 0.0, 0.0, 0.0, rates.FREE_TIER["SSM parameters"])
     )
     if s.control_plane:
-        sleeps = _runs_per_month(s.sleep_schedule)
-        others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
-        invocations = sleeps + others
-        lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
-        scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
-        # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first);
-        # with a budget, two more, and wake two per call.
-        running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
-        budgeted = s.monthly_budget is not None
-        count = running_sleeps * (4 if budgeted else 2) + (u.wakes_per_month * 2 if budgeted else 0)
-        reads = count / 1000 * rates.CLOUDWATCH_API_PER_1000
-        idle.append(
-            Line(
-                f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
-                lambda_cost + scheduler,
-                lambda_cost + scheduler,
-                0.0,
-                "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"],
-            )
-        )
-        run.append(
-            Line(
-                f"{'sleep and wake' if budgeted else 'sleep'}'s metric reads: {count:,.0f} GetMetricStatistics",
-                reads,
-                reads,
-                0.0,
-                "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
-            )
-        )
+        _schedules(est, s, u, hours)
     _monitoring(est, s)
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
