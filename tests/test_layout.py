@@ -66,3 +66,40 @@ def test_no_bottom_layer_module_imports_a_role():
                 names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
                 offenders += [f"{module.relative_to(ROOT)} imports {name}" for name in names if name.startswith(ROLES)]
     assert not offenders, offenders
+
+
+# Cyclomatic complexity as radon counts it (ruff's C901 counts a little differently, and
+# misses methods nested in classes the same way): past 15, a function does more than one job.
+MOST_BRANCHES = 15
+MEASURED = ["tunnel", "infra", "lambdas"]
+
+
+def radon_blocks(code: str):
+    """Every function, method and closure radon measures in `code` (its blocks hold the
+    functions and the classes' methods; closures hang off their function)."""
+    from radon.complexity import cc_visit
+    from radon.visitors import Class
+
+    pending = [block for block in cc_visit(code) if not isinstance(block, Class)]
+    while pending:
+        block = pending.pop()
+        pending += block.closures
+        yield block
+
+
+def test_no_function_is_above_cyclomatic_15():
+    over = []
+    for folder in MEASURED:
+        for module in sorted((ROOT / folder).rglob("*.py")):
+            for block in radon_blocks(module.read_text()):
+                if block.complexity > MOST_BRANCHES:
+                    over.append(f"{module.relative_to(ROOT)}:{block.lineno} {block.fullname} {block.complexity}")
+    assert not over, f"split these into functions with one job each: {over}"
+
+
+def test_the_complexity_count_sees_methods_and_closures():
+    code = "class A:\n    def m(self, x):\n        def inner(y):\n" + "".join(
+        f"            if y == {i}:\n                return {i}\n" for i in range(MOST_BRANCHES)
+    )
+    counted = {block.fullname: block.complexity for block in radon_blocks(code)}
+    assert counted["A.m"] == 1 and counted["inner"] == MOST_BRANCHES + 1, counted
