@@ -7,10 +7,11 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
+from deployment.stack_settings import SettingsError, from_config
+
 from .control_plane import STAGE, ControlPlane, ControlPlaneArgs
 from .monitoring import Monitoring, MonitoringArgs
 from .service import CERT_SECRETS, FluidityService, FluidityServiceArgs
-from .settings import SettingsError, from_config
 
 CERT_HELP = "pulumi config set --secret {key} < {path}"
 CERT_PATHS = {"serverCert": "certs/server.pem", "serverKey": "certs/server.key", "caCert": "certs/ca.pem"}

@@ -12,11 +12,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
-from lambdas.ingress import INGRESS_TAG
+from deployment.ecs_state import OWNER_TAG, PULUMI_OWNS
+from deployment.ingress import INGRESS_TAG
+from deployment.stack_settings import StackSettings
 
 from . import policies
-from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.server.healthcheck"]

@@ -1,6 +1,6 @@
 """Every setting the code accepts is documented once, in docs/configuration.md: each key
 of the server and the agent (tunnel/config.py), of the server's `metrics:` block, and of
-the stack (infra/settings.py and the three certificate secrets)."""
+the stack (deployment/stack_settings.py and the three certificate secrets)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def documented(heading: str) -> list[str]:
 
 
 def stack_keys() -> set[str]:
-    source = (ROOT / "infra" / "settings.py").read_text()
+    source = (ROOT / "deployment" / "stack_settings.py").read_text()
     found = set(re.findall(r"\(config, \"(\w+)\"", source)) - {"get_object"} | set(
         re.findall(r'config\.get(?:_object)?\("(\w+)"\)', source)
     )

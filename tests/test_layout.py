@@ -54,24 +54,61 @@ BOTTOM = ["tunnel/config.py", "tunnel/bypass.py", "tunnel/opener.py", "tunnel/wi
 ROLES = ("tunnel.agent", "tunnel.server", "tunnel.ops", "tunnel.taps")
 
 
-def test_no_bottom_layer_module_imports_a_role():
+def imported_names(source: str) -> list[str]:
+    """Every module `source` imports, at the top or inside a function (`from a import b`: `a.b`
+    as well as `a`, so that `from lambdas import wake` names the handler)."""
     import ast
 
+    names = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level == 0:
+            names += [node.module or ""] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def test_no_bottom_layer_module_imports_a_role():
     offenders = []
     for place in BOTTOM:
         path = ROOT / place
         for module in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            for node in ast.walk(ast.parse(module.read_text())):
-                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-                names += [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
-                offenders += [f"{module.relative_to(ROOT)} imports {name}" for name in names if name.startswith(ROLES)]
+            offenders += [
+                f"{module.relative_to(ROOT)} imports {name}"
+                for name in imported_names(module.read_text())
+                if name.startswith(ROLES)
+            ]
     assert not offenders, offenders
+
+
+# The tunnel and the operator CLI share with the Lambdas and the Pulumi program through
+# `deployment/`, never by reaching into the deployed Lambda code or the stack's resources.
+# One exception, by design: `fluidity control-plane` serves the very handlers the Lambdas run.
+DEPLOYED = ("lambdas", "infra")
+RUNS_THE_HANDLERS = {"tunnel/ops/control_plane.py": {"lambdas", "lambdas.kill", "lambdas.status", "lambdas.wake"}}
+
+
+def test_the_tunnel_and_the_operator_cli_import_nothing_from_lambdas_or_infra():
+    offenders = []
+    for module in sorted([*(ROOT / "tunnel").rglob("*.py"), *(ROOT / "twisted" / "plugins").glob("*.py")]):
+        allowed = RUNS_THE_HANDLERS.get(module.relative_to(ROOT).as_posix(), set())
+        offenders += [
+            f"{module.relative_to(ROOT)} imports {name}"
+            for name in imported_names(module.read_text())
+            if name.split(".")[0] in DEPLOYED and name not in allowed
+        ]
+    assert not offenders, f"move what both need to deployment/: {offenders}"
+
+
+def test_the_import_rule_sees_imports_inside_functions():
+    code = "def f():\n    from infra.policies import ECR_KEEP_IMAGES\n    import lambdas.sleep\n"
+    assert {"infra.policies", "lambdas.sleep"} <= set(imported_names(code))
 
 
 # Cyclomatic complexity as radon counts it (ruff's C901 counts a little differently, and
 # misses methods nested in classes the same way): past 15, a function does more than one job.
 MOST_BRANCHES = 15
-MEASURED = ["tunnel", "infra", "lambdas"]
+MEASURED = ["tunnel", "deployment", "infra", "lambdas"]
 
 
 def radon_blocks(code: str):

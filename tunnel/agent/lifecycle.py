@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import AgentSettings, ConfigError
 from tunnel.redaction import redact

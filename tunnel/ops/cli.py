@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 from tunnel.wire import pki
 
 
@@ -297,7 +297,7 @@ def _control_plane(args) -> int:
 
 def _operate(args) -> int:
     """start / stop / status of the ECS service, with boto3."""
-    from lambdas.settings import Settings
+    from deployment.settings import Settings
     from tunnel.ops import operations
 
     settings = Settings(cluster=args.cluster, service=args.service)

@@ -1,6 +1,6 @@
 """`fluidity cost`: what a month of the stack costs, line by line, for a given use.
 
-Reads the stack's settings the way the Pulumi program does (`infra.settings`, from
+Reads the stack's settings the way the Pulumi program does (`deployment.stack_settings`, from
 `Pulumi.<stack>.yaml`), applies the prices in `rates.py`, and shows each line at list
 price and after the free tiers AWS names (free tiers are per account: other use of the
 same account shares them). Fargate Spot is a range, not a promise.
@@ -91,7 +91,7 @@ def read_stack(path: Path) -> tuple[dict, str | None]:
 
 
 class _Config(dict):
-    """What `infra.settings.from_config` reads: `get(key)` like pulumi.Config."""
+    """What `deployment.stack_settings.from_config` reads: `get(key)` like pulumi.Config."""
 
     def get(self, key, default=None):
         value = super().get(key, default)
@@ -264,7 +264,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
 
 
 def budget_prices(settings) -> dict[str, float]:
-    """What the control plane weighs a month with (`lambdas/budget.py`), at list price and
+    """What the control plane weighs a month with (`deployment/budget.py`), at list price and
     on the dear side: a task-hour on demand (Spot's discount is not counted) with its
     public IPv4 address, a GB sent with no free allowance, and the month's fixed lines."""
     price = rates.FARGATE[settings.cpu_architecture]
@@ -295,8 +295,8 @@ def data_transfer(gb: float) -> Line:
 
 def _monitoring(est: Estimate, s) -> None:
     """The alarm, billed per metric it reads, and the opt-in dashboard: counted from what
-    the stack declares (`infra.alarm_specs`), billed whether the server runs or not."""
-    from infra.alarm_specs import alarm_metric_count, dashboards
+    the stack declares (`deployment.alarm_specs`), billed whether the server runs or not."""
+    from deployment.alarm_specs import alarm_metric_count, dashboards
 
     metrics = alarm_metric_count(s)
     if metrics:
@@ -365,7 +365,7 @@ def _load_balancer(est: Estimate, s, hours: float) -> None:
 
 
 def _images_kept() -> int:
-    from infra.policies import ECR_KEEP_IMAGES
+    from deployment.stack_settings import ECR_KEEP_IMAGES
 
     return ECR_KEEP_IMAGES
 
@@ -412,7 +412,7 @@ REGION_NAME = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 
 def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: bool) -> str:
     """The estimate for a stack file, or (None: no stack here) for the stack's defaults."""
-    from infra.settings import SettingsError, from_config
+    from deployment.stack_settings import SettingsError, from_config
 
     values, stack_region = read_stack(stack_file) if stack_file is not None else ({}, None)
     if region is not None and not REGION_NAME.match(region):
@@ -432,11 +432,11 @@ def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: boo
 
 def month_report(stack_file: Path | None, region: str | None, as_json: bool, now: float | None = None) -> str:
     """`fluidity cost --month`: the month so far, weighed as the control plane weighs it
-    (`lambdas.budget`, from the server's metrics in CloudWatch), against monthlyBudget."""
+    (`deployment.budget`, from the server's metrics in CloudWatch), against monthlyBudget."""
     import time
 
-    from infra.settings import SettingsError, from_config
-    from lambdas.budget import Budget, month_so_far
+    from deployment.budget import Budget, month_so_far
+    from deployment.stack_settings import SettingsError, from_config
     from tunnel.ops.operations import AwsTarget, _aws_call, _clients
 
     if region is not None and not REGION_NAME.match(region):

@@ -2,7 +2,7 @@
 
 Honours AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL like every
 AWS tool, and `--region` / `--profile`. The status
-words and the public-IP lookup are the Lambdas' own (`lambdas.ecs_state`), so the CLI,
+words and the public-IP lookup are the Lambdas' own (`deployment.ecs_state`), so the CLI,
 the control plane and the agent never disagree about what "running" means.
 """
 
@@ -20,9 +20,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdas import ecs_state, ingress, scaling
-from lambdas.settings import Settings
-from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
+from deployment import ecs_state, ingress, scaling
+from deployment.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from deployment.metric_reads import newest_maximum
+from deployment.settings import Settings
 from tunnel.redaction import redact
 from tunnel.wire.addresses import is_loopback
 

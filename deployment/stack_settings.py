@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from lambdas.server_port import SERVER_PORT
+from .server_port import SERVER_PORT
+
+ECR_KEEP_IMAGES = 2  # images the repository keeps: the running one and the one before it, for a rollback
 
 # Fargate's CPU units and the memory (MiB) each allows.
 FARGATE_MEMORY = {
