@@ -1,14 +1,18 @@
-"""Throughput and completion on a lossy tunnel hop (not a test; issue 24, item 4).
+"""Throughput and completion on a lossy tunnel hop (not a test; issues 24 and 44).
 
     .venv/bin/python bench/loss.py [--loss 3] [--streams 40] [--mb 10] [--seconds 120]
+        [--direction down|up|both] [--rounds 1] [--reader-rate MB/s]
 
 Runs inside a network namespace of its own (`unshare -n`, as root: it re-executes itself
 there), so nothing leaves the machine: only its loopback exists. nftables drops `--loss`
 percent of the packets to and from the server's port (both directions, at random), and
 the same share on a second port that carries the baseline: one plain TCP connection
 moving `--streams` x `--mb` MB over the same lossy path. Then `--streams` parallel
-downloads of `--mb` MB each go through the agent (CONNECT), and it prints how many
-finished, the total MB/s, and the ratio to the baseline.
+downloads of `--mb` MB each go through the agent (CONNECT), or uploads, or with `--direction
+both` that many downloads and as many uploads at the same time; `--rounds` repeats that with
+a new server and agent each time. It prints how many finished, the total MB/s, the ratio to
+the baseline, the longest any stream waited without progress (a byte, or its end), and the
+streams that never ended, with where each stopped.
 """
 
 from __future__ import annotations
@@ -139,10 +143,12 @@ table inet fluidity_loss {{
 
 
 class Source(Listener):
-    """Sends `size` bytes to every connection, then closes it cleanly."""
+    """Sends `size` bytes to every connection, then closes it cleanly. `reader_rate`: how
+    fast the clients that download from it take their bytes (MB/s; None: as fast as they can)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, reader_rate: float | None = None) -> None:
         self.size = size
+        self.reader_rate = reader_rate
         super().__init__(self._send)
 
     def _send(self, conn: socket.socket) -> None:
@@ -158,14 +164,16 @@ class Source(Listener):
 
 
 class Sink(Listener):
-    """Reads each connection to its end, then answers with the count and SHA-256 it read."""
+    """Reads each connection to its end, then answers with the count and SHA-256 it read,
+    each at most `reader_rate` MB/s (None: as fast as it can)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reader_rate: float | None = None) -> None:
+        self.reader_rate = reader_rate
         super().__init__(self._read)
 
     def _read(self, conn: socket.socket) -> None:
         with conn:
-            digest, total = hashlib.sha256(), 0
+            digest, total, pace = hashlib.sha256(), 0, Pace(self.reader_rate)
             try:
                 while True:
                     data = conn.recv(1 << 20)
@@ -173,6 +181,7 @@ class Sink(Listener):
                         break
                     digest.update(data)
                     total += len(data)
+                    pace.took(total)
                 conn.sendall(f"{total} {digest.hexdigest()}\n".encode())
             except OSError:
                 pass
@@ -186,15 +195,48 @@ def expected_digest(size: int) -> str:
     return expected.hexdigest()
 
 
-def send(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
-    """Upload `size` bytes, half-close, and read the sink's count: (bytes it got, intact)."""
+class Pace:
+    """Holds a reader to `rate` MB/s (None: as fast as it can): a slow client or destination."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.rate = rate
+        self.started = time.monotonic()
+
+    def took(self, total: int) -> None:
+        if self.rate:
+            ahead = total / (self.rate * 1e6) - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+
+class Progress:
+    """When a stream last moved (a byte, an answer, its end), and the longest it went without."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.longest = 0.0
+
+    def moved(self) -> None:
+        now = time.monotonic()
+        self.longest, self.last = max(self.longest, now - self.last), now
+
+    def waited(self) -> float:
+        """The longest wait, counting the one still going on (a stream that never ended)."""
+        return max(self.longest, time.monotonic() - self.last)
+
+
+def send(sock: socket.socket, size: int, deadline: float, progress: Progress) -> tuple[int, bool, str]:
+    """Upload `size` bytes, half-close, and read the sink's count: (bytes it got, intact, how it ended)."""
+    sent = 0  # until the sink's answer says what arrived
     try:
-        sent = 0
         while sent < size and time.monotonic() < deadline:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
-            chunk = BLOCK[: min(len(BLOCK), size - sent)]
-            sock.sendall(chunk)
-            sent += len(chunk)
+            chunk = memoryview(BLOCK)[: min(len(BLOCK), size - sent)]
+            while chunk:
+                n = sock.send(chunk)
+                chunk = chunk[n:]
+                sent += n
+                progress.moved()
         sock.shutdown(socket.SHUT_WR)
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         answer = b""
@@ -203,28 +245,40 @@ def send(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
             if not data:
                 break
             answer += data
+        progress.moved()
         count, digest = answer.decode().split()
-        return int(count), int(count) == size and digest == expected_digest(size)
-    except (OSError, ValueError):
-        return 0, False
+        return int(count), int(count) == size and digest == expected_digest(size), "answered"
+    except TimeoutError:
+        return sent, False, "no answer by the deadline"
+    except (OSError, ValueError) as e:
+        return 0, False, type(e).__name__
 
 
-def receive(sock: socket.socket, size: int, deadline: float) -> tuple[int, bool]:
-    """(bytes received, intact and complete) by the deadline."""
+def receive(
+    sock: socket.socket, size: int, deadline: float, progress: Progress, pace: Pace | None = None
+) -> tuple[int, bool, str]:
+    """(bytes received, intact and complete, how it ended) by the deadline."""
     digest, total = hashlib.sha256(), 0
     buffer = bytearray(1 << 20)
     view = memoryview(buffer)
+    how = "no end by the deadline"
     try:
         while time.monotonic() < deadline:
             sock.settimeout(max(0.1, deadline - time.monotonic()))
             n = sock.recv_into(buffer)
+            progress.moved()
             if not n:
+                how = "eof"
                 break
             digest.update(view[:n])
             total += n
-    except OSError:
+            if pace is not None:
+                pace.took(total)
+    except TimeoutError:
         pass
-    return total, total == size and digest.hexdigest() == expected_digest(size)
+    except OSError as e:
+        how = type(e).__name__
+    return total, total == size and digest.hexdigest() == expected_digest(size), how
 
 
 def baseline(port: int, size: int, seconds: float) -> dict:
@@ -247,56 +301,104 @@ def baseline(port: int, size: int, seconds: float) -> dict:
     threading.Thread(target=forward, daemon=True).start()
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        total, ok = receive(sock, size, started + seconds)
+        total, ok, _ = receive(sock, size, started + seconds, Progress())
     elapsed = time.monotonic() - started
     return {"mb": total / 1e6, "seconds": elapsed, "complete": ok, "mb_s": total / 1e6 / elapsed}
 
 
-def through_tunnel(agent_port: int, target, streams: int, size: int, seconds: float) -> dict:
-    """`streams` parallel CONNECTs: downloads from a Source, or uploads to a Sink."""
+def one_stream(agent_port: int, target: Source | Sink, size: int, started: float, deadline: float) -> dict:
+    """One CONNECT through the agent, a download from a Source or an upload to a Sink."""
     upload = isinstance(target, Sink)
-    results: list[tuple[int, bool, float]] = []
+    progress = Progress()
+    total, ok, how, phase = 0, False, "", "connecting"
+    try:
+        with socket.socket() as sock:
+            sock.settimeout(10)
+            sock.connect(("127.0.0.1", agent_port))
+            sock.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            phase = "waiting for the answer"
+            head = read_head_exactly(sock)
+            progress.moved()
+            status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            phase = f"answered {status!r}"
+            if head.startswith(b"HTTP/1.1 200"):
+                if upload:
+                    total, ok, how = send(sock, size, deadline, progress)
+                else:
+                    total, ok, how = receive(sock, size, deadline, progress, Pace(target.reader_rate))
+    except OSError as e:
+        how = type(e).__name__
+    now = time.monotonic()
+    return {
+        "direction": "up" if upload else "down",
+        "bytes": total,
+        "ok": ok,
+        # It never ended: still waiting for its bytes, its end or its answer at the deadline.
+        "never_ended": not ok and now >= deadline,
+        "seconds": now - started,
+        "longest_wait_s": progress.waited(),
+        "where": f"{phase}, then {how}; {total} bytes counted after {now - started:.1f} s",
+    }
+
+
+def through_tunnel(agent_port: int, targets: list[Source | Sink], streams: int, size: int, seconds: float) -> dict:
+    """`streams` parallel CONNECTs to each target (a Source: downloads; a Sink: uploads), all at once."""
+    results: list[dict] = []
     lock = threading.Lock()
     started = time.monotonic()
     deadline = started + seconds
 
-    stuck: list[str] = []  # how each stream that did not finish ended, to say where it stopped
-
-    def one() -> None:
-        total, ok, phase = 0, False, "connecting"
-        try:
-            with socket.create_connection(("127.0.0.1", agent_port), timeout=10) as sock:
-                sock.sendall(f"CONNECT 127.0.0.1:{target.port} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                phase = "waiting for the answer"
-                head = read_head_exactly(sock)
-                status = head.split(b"\r\n", 1)[0].decode(errors="replace")
-                phase = f"answered {status!r}"
-                if head.startswith(b"HTTP/1.1 200"):
-                    total, ok = send(sock, size, deadline) if upload else receive(sock, size, deadline)
-        except OSError as e:
-            phase += f", then {type(e).__name__}"
+    def one(target: Source | Sink) -> None:
+        result = one_stream(agent_port, target, size, started, deadline)
         with lock:
-            results.append((total, ok, time.monotonic() - started))
-            if not ok:
-                stuck.append(f"{phase}; {total} bytes counted after {time.monotonic() - started:.1f} s")
+            results.append(result)
 
-    threads = [threading.Thread(target=one, daemon=True) for _ in range(streams)]
+    threads = [threading.Thread(target=one, args=(t,), daemon=True) for t in targets for _ in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(max(0.1, deadline - time.monotonic() + 5))
-    elapsed = max((r[2] for r in results), default=seconds)
-    moved = sum(r[0] for r in results)
+    finished = [r for r in results if r["ok"]]
+    elapsed = max((r["seconds"] for r in results), default=seconds)
+    moved = sum(r["bytes"] for r in results)
     return {
-        "streams": streams,
-        "finished": sum(1 for r in results if r[1]),
+        "streams": len(threads),
+        "finished": len(finished),
+        "never_ended": sum(1 for r in results if r["never_ended"]) + len(threads) - len(results),
         "mb": moved / 1e6,
         "seconds": elapsed,
         "mb_s": moved / 1e6 / elapsed if elapsed else 0.0,
-        "fastest_s": min((r[2] for r in results if r[1]), default=None),
-        "slowest_s": max((r[2] for r in results if r[1]), default=None),
-        "unfinished": stuck,
+        "fastest_s": min((r["seconds"] for r in finished), default=None),
+        "slowest_s": max((r["seconds"] for r in finished), default=None),
+        "longest_wait_s": max((r["longest_wait_s"] for r in results), default=None),
+        # where each stream that did not finish stopped, to say where to look
+        "unfinished": [f"{r['direction']}: {r['where']}" for r in results if not r["ok"]],
     }
+
+
+def one_round(
+    certs, server_port: int, work: Path, targets: list, streams: int, size: int, seconds: float, n: int = 1
+) -> dict:
+    """A new server and agent (their logs kept as server-n.log, agent-n.log), the streams
+    through them, and what it cost."""
+    server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work, f"server-{n}")
+    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work, f"agent-{n}")
+    try:
+        wait_connected(agent, 30)
+        before = packet_counts()
+        processes = {"agent": agent.process.pid, "server": server.process.pid, "this benchmark (clients, origin)": None}
+        cpu_before, resent = {name: cpu_seconds(pid) for name, pid in processes.items()}, retransmissions()
+        tunnel = through_tunnel(agent.port, targets, streams, size, seconds)
+        tunnel["retransmitted"] = since(resent)
+        tunnel["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in processes.items()}
+        after = packet_counts()
+        tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
+        tunnel["reconnects"] = agent.log().count(" is up") - 1  # "tunnel to ... is up": once, unless it reconnected
+        tunnel["logs"] = str(work)
+    finally:
+        agent.stop()
+        server.stop()
+    return tunnel
 
 
 def run(
@@ -307,6 +409,8 @@ def run(
     hook: str = "input",
     direction: str = "down",
     rate: float | None = None,
+    rounds: int = 1,
+    reader_rate: float | None = None,
 ) -> dict:
     size = int(mb * (1 << 20))
     work = Path(tempfile.mkdtemp(prefix="fluidity-loss-"))
@@ -320,39 +424,39 @@ def run(
     plain["retransmitted"] = since(resent)
     plain["cpu_s"] = {"this benchmark (source, relay, reader)": round(cpu_seconds() - cpu_before, 2)}
     plain["packets"], plain["dropped"] = packet_counts()
-    target = Sink() if direction == "up" else Source(size)
-    server = start_twistd("server", server_config(certs, port=server_port, log_level="info"), work)
-    agent = start_twistd("agent", agent_config(certs, server_port, log_level="info"), work)
-    try:
-        wait_connected(agent, 30)
-        before = packet_counts()
-        processes = {"agent": agent.process.pid, "server": server.process.pid, "this benchmark (clients, origin)": None}
-        cpu_before, resent = {name: cpu_seconds(pid) for name, pid in processes.items()}, retransmissions()
-        tunnel = through_tunnel(agent.port, target, streams, size, seconds)
-        tunnel["retransmitted"] = since(resent)
-        tunnel["cpu_s"] = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in processes.items()}
-        after = packet_counts()
-        tunnel["packets"], tunnel["dropped"] = after[0] - before[0], after[1] - before[1]
-        reconnects = agent.log().count(" is up") - 1  # "tunnel to ... is up": once, unless it reconnected
-    finally:
-        agent.stop()
-        server.stop()
+    targets: list[Source | Sink] = []
+    if direction in ("down", "both"):
+        targets.append(Source(size, reader_rate))
+    if direction in ("up", "both"):
+        targets.append(Sink(reader_rate))
+    every = [one_round(certs, server_port, work, targets, streams, size, seconds, n) for n in range(1, rounds + 1)]
+    mb_s = sum(t["mb_s"] for t in every) / len(every)
     return {
         "loss_percent": loss,
         "direction": direction,
         "baseline": plain,
-        "tunnel": tunnel,
-        "ratio": tunnel["mb_s"] / plain["mb_s"] if plain["mb_s"] else None,
-        "reconnects": reconnects,
+        "rounds": every,
+        "summary": {
+            "rounds": len(every),
+            "streams": sum(t["streams"] for t in every),
+            "finished": sum(t["finished"] for t in every),
+            "never_ended": sum(t["never_ended"] for t in every),
+            "never_ended_per_round": [t["never_ended"] for t in every],
+            "longest_wait_s": max((t["longest_wait_s"] or 0.0) for t in every),
+            "slowest_s": max((t["slowest_s"] or 0.0) for t in every),
+            "mb_s": mb_s,
+            "reconnects": sum(t["reconnects"] for t in every),
+        },
+        "ratio": mb_s / plain["mb_s"] if plain["mb_s"] else None,
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--loss", type=float, default=3.0, help="percent of packets dropped each way")
-    parser.add_argument("--streams", type=int, default=40)
+    parser.add_argument("--streams", type=int, default=40, help="streams each way (--direction both: twice as many)")
     parser.add_argument("--mb", type=float, default=10.0, help="MB per stream")
-    parser.add_argument("--seconds", type=float, default=120.0)
+    parser.add_argument("--seconds", type=float, default=120.0, help="the deadline of each round")
     parser.add_argument(
         "--hook",
         choices=("input", "output"),
@@ -360,41 +464,75 @@ def main() -> int:
         help="where packets are dropped: input sees one segment a packet, output 64 KiB GSO bursts",
     )
     parser.add_argument(
-        "--direction", choices=("down", "up"), default="down", help="downloads (destination to client) or uploads"
+        "--direction",
+        choices=("down", "up", "both"),
+        default="down",
+        help="downloads (destination to client), uploads, or both at the same time",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="times to run the streams, a new server and agent each")
     parser.add_argument(
         "--rate", type=float, default=None, help="a link of this many Mbit/s each way (default: loopback speed)"
+    )
+    parser.add_argument(
+        "--reader-rate",
+        type=float,
+        default=None,
+        help="every reader (a downloading client, the uploads' destination) takes at most this many MB/s",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not in_own_namespace():
         return reexec_in_namespace()
-    result = run(args.loss, args.streams, args.mb, args.seconds, args.hook, args.direction, args.rate)
+    result = run(
+        args.loss,
+        args.streams,
+        args.mb,
+        args.seconds,
+        args.hook,
+        args.direction,
+        args.rate,
+        args.rounds,
+        args.reader_rate,
+    )
     if args.json:
         print(json.dumps(result))
         return 0
-    t, b = result["tunnel"], result["baseline"]
+    report(result, args)
+    return 0
+
+
+def report(result: dict, args: argparse.Namespace) -> None:
+    b, summary = result["baseline"], result["summary"]
     link = f", a {args.rate:g} Mbit/s link" if args.rate else ", loopback speed"
+    kind = {"down": "downloads", "up": "uploads", "both": "downloads and as many uploads at once"}[args.direction]
     print(f"{args.loss:g}% loss each way on the tunnel's hop{link}")
     print(
         f"  one plain TCP connection: {b['mb']:.0f} MB in {b['seconds']:.1f} s = {b['mb_s']:.1f} MB/s ({b['dropped']} "
         f"of {b['packets']} packets dropped)"
     )
-    print(
-        f"  {t['streams']} {'uploads' if args.direction == 'up' else 'downloads'} x {args.mb:g} MB through Fluidity: "
-        f"{t['finished']}/{t['streams']} finished, {t['mb']:.0f} MB in {t['seconds']:.1f} s = {t['mb_s']:.1f} MB/s "
-        f"({result['ratio']:.2f}x the plain connection; {t['dropped']} of {t['packets']} packets dropped)"
-    )
-    for name, phase in (("plain", b), ("Fluidity", t)):
-        resent = phase["retransmitted"]
-        cpu = ", ".join(f"{who} {seconds:.2f}" for who, seconds in phase["cpu_s"].items())
+    for n, t in enumerate(result["rounds"], 1):
         print(
-            f"  {name}: {resent['segments']} segments resent, {resent['timeouts']} retransmission timeouts; "
-            f"CPU seconds: {cpu}"
+            f"  round {n}: {args.streams} {kind} x {args.mb:g} MB through Fluidity: {t['finished']}/{t['streams']} "
+            f"finished, {t['never_ended']} never ended, {t['mb']:.0f} MB in {t['seconds']:.1f} s = "
+            f"{t['mb_s']:.1f} MB/s; "
+            f"longest wait of a stream {t['longest_wait_s']:.1f} s ({t['dropped']} of {t['packets']} packets dropped, "
+            f"{t['reconnects']} reconnects)"
         )
-    if t["finished"]:
-        print(f"  streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
-    return 0
+        resent = t["retransmitted"]
+        cpu = ", ".join(f"{who} {seconds:.2f}" for who, seconds in t["cpu_s"].items())
+        print(f"    {resent['segments']} segments resent, {resent['timeouts']} retransmission timeouts; CPU s: {cpu}")
+        if t["finished"]:
+            print(f"    streams finished between {t['fastest_s']:.1f} s and {t['slowest_s']:.1f} s")
+        for where in t["unfinished"]:
+            print(f"    unfinished: {where}")
+        if t["unfinished"]:
+            print(f"    the server's and the agent's logs: {t['logs']}/server-{n}.log, agent-{n}.log")
+    print(
+        f"  over {summary['rounds']} rounds: {summary['finished']}/{summary['streams']} finished, "
+        f"{summary['never_ended']} never ended {summary['never_ended_per_round']}, longest wait of any stream "
+        f"{summary['longest_wait_s']:.1f} s, {summary['mb_s']:.1f} MB/s a round ({result['ratio']:.2f}x the plain "
+        f"connection)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Every setting the code accepts is documented once, in docs/configuration.md: each key
 of the server and the agent (tunnel/config.py), of the server's `metrics:` block, and of
-the stack (deployment/stack_settings.py and the three certificate secrets)."""
+the stack (deployment/stack_settings.py and the three certificate secrets). The performance figures
+of the README and docs/performance.md are those of the run `bench/results.md` holds."""
 
 from __future__ import annotations
 
@@ -70,3 +71,93 @@ def test_every_stack_key_once():
     wanted = stack_keys()
     assert {"serverCert", "serverKey", "caCert", "cpu", "monitoring"} <= wanted, wanted  # the scan found them
     once(documented("Stack keys (`fluidity:`)"), wanted)
+
+
+# -- performance figures: the README's table and docs/performance.md against bench/results.md ----
+
+
+def table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header starts with `first_cell`, by first cell,
+    each cell without its bold marks."""
+    rows: dict[str, list[str]] = {}
+    inside = False
+    for line in text.splitlines():
+        cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            if inside:
+                break
+            continue
+        if cells[0] == first_cell:
+            inside = True
+        elif inside and not set(cells[0]) <= set("-"):
+            rows[cells[0]] = cells[1:]
+    assert rows, f"no table starting with {first_cell!r}"
+    return rows
+
+
+def results() -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
+    """bench/results.md: the date of its run, its CPU-per-GB table and its scenario table."""
+    text = (ROOT / "bench" / "results.md").read_text()
+    date = re.match(r"# Fluidity benchmark \((\d{4}-\d\d-\d\d \d\d:\d\d),", text)
+    assert date, "bench/results.md names the date of its run"
+    return date.group(1), table_rows(text, "direction"), table_rows(text, "scenario")
+
+
+def readme_table() -> dict[str, list[str]]:
+    section = (ROOT / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n## ", 1)[0]
+    return table_rows(section, "")
+
+
+def test_the_readmes_performance_table_is_bench_results():
+    """Each figure of the README's table, where bench/results.md has it: a run of bench/run
+    rewrites results.md, and the README must not keep the figures of another run."""
+    date, cpu, scenario = results()
+    readme = readme_table()
+    head = (ROOT / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n|", 1)[0]
+    assert f"the run of {date}" in " ".join(head.split()), "the README dates its figures with results.md's run"
+    for direction in ("download", "upload"):
+        agent, server, fluidity, _shipped, _client, _chain_server, chain, ratio = cpu[direction][:8]
+        assert readme[f"CPU seconds per GB, {direction}"][:3] == [
+            f"{fluidity} ({agent} + {server})",
+            chain,
+            ratio,
+        ], direction
+    down, up = scenario["download MB/s"], scenario["upload MB/s"]
+    assert readme["MB/s, download / upload"][:3] == [
+        f"{down[1]} / {up[1]}",
+        f"{down[2]} / {up[2]}",
+        f"{down[4]} / {up[4]}",
+    ]
+    connections = scenario["new connections/s (hey -c 1, 15s)"]
+    assert readme["new HTTPS connections per second (`hey -c 1`)"][:3] == [
+        connections[1],
+        connections[2],
+        connections[4],
+    ]
+    cpu_ms = scenario["CPU ms per new connection (the path's processes together)"]
+    assert readme["CPU ms per new connection"][:3] == [cpu_ms[1], cpu_ms[2], cpu_ms[4]]
+    trips = scenario["time to first byte, round trips (100 ms RTT)"]
+    assert readme["round trips to the first byte of a new connection"][:2] == [trips[1], trips[2]]
+
+
+def test_docs_performance_tables_are_bench_results():
+    """docs/performance.md's two tables hold the same figures as bench/results.md, from the
+    run it names."""
+    date, cpu, scenario = results()
+    page = (ROOT / "docs" / "performance.md").read_text()
+    assert f"the run of {date}" in " ".join(page.split()), "docs/performance.md dates its figures"
+    page_cpu = table_rows(page, "direction")
+    for direction in ("download", "upload"):
+        expected = [cell.split(" (")[0] for cell in cpu[direction][:8]]  # "7.38 (-40%)": the figure
+        assert page_cpu[direction][:8] == expected, direction
+    page_scenario = table_rows(page, "scenario")
+    pairs = {
+        "1 GiB download MB/s": "download MB/s",
+        "1 GiB upload MB/s": "upload MB/s",
+        "new HTTPS connections/s (hey -c 1)": "new connections/s (hey -c 1, 15s)",
+        "CPU ms per new connection, the path's processes together": (
+            "CPU ms per new connection (the path's processes together)"
+        ),
+    }
+    for mine, theirs in pairs.items():
+        assert page_scenario[mine][:5] == scenario[theirs][:5], mine

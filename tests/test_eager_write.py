@@ -11,7 +11,7 @@ from twisted.internet import tcp
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from tunnel.wire import eager_write
+from tunnel.wire import eager_write, patches
 
 
 class Recorder(Protocol):
@@ -41,11 +41,9 @@ class Producer:
 
 
 @pytest.fixture(params=["eager", "twisted"])
-def mode(request, monkeypatch):
-    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
-    monkeypatch.setattr(tcp.Connection, "loseWriteConnection", tcp.Connection.loseWriteConnection)
+def mode(request, patched):
     if request.param == "eager":
-        assert eager_write.install()
+        patched(eager_write.PATCH.name)  # removed after the test (conftest)
     return request.param
 
 
@@ -216,17 +214,20 @@ def test_start_tls_is_honoured(mode):
     assert done.stdout.decode().strip() == "['secret']", done.stdout + done.stderr
 
 
-def test_installable_on_the_pinned_twisted(monkeypatch):
-    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)  # restored afterwards
-    assert eager_write.install()
-    assert eager_write.installed()
+def test_installable_on_the_pinned_twisted():
+    registry, name = patches.registry(), eager_write.PATCH.name
+    assert eager_write.install() and registry.active(name)
+    assert tcp.Connection.write is eager_write._write
+    assert tcp.Connection.loseWriteConnection is eager_write._lose_write_connection
+    registry.remove(name)  # both back as Twisted has them: inherited, not copied down
+    assert "write" not in vars(tcp.Connection) and "loseWriteConnection" not in vars(tcp.Connection)
 
 
 def test_not_installed_when_twisted_changed(monkeypatch):
-    monkeypatch.setattr(tcp.Connection, "write", tcp.Connection.write)
     monkeypatch.delattr(eager_write.abstract.FileDescriptor, "_writeDisconnected")
     assert not eager_write.install()
-    assert not eager_write.installed()
+    assert "_writeDisconnected" in patches.registry().refusal(eager_write.PATCH.name)
+    assert "write" not in vars(tcp.Connection) and "loseWriteConnection" not in vars(tcp.Connection)
 
 
 def test_not_installed_over_another_write_method(monkeypatch):
@@ -237,3 +238,15 @@ def test_not_installed_over_another_write_method(monkeypatch):
     monkeypatch.setattr(tcp.Connection, "write", write)
     assert not eager_write.install()
     assert tcp.Connection.write is write
+    assert "loseWriteConnection" not in vars(tcp.Connection)  # all or nothing
+
+
+def test_not_installed_when_the_half_close_it_relies_on_changed(monkeypatch):
+    def do_write(self):  # a Twisted whose doWrite finishes a half-close some other way
+        return None
+
+    monkeypatch.setattr(eager_write.abstract.FileDescriptor, "doWrite", do_write)
+    assert not eager_write.install()
+    assert "FileDescriptor.doWrite is not the version it was written against" in patches.registry().refusal(
+        eager_write.PATCH.name
+    )

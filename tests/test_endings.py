@@ -4,14 +4,28 @@ waits for queued bytes, and the sweep of paused readers whose peer reset."""
 
 from __future__ import annotations
 
+import queue
 import socket
+import ssl
 import struct
+import threading
+import time
+from typing import Any
 
+import pytest
+from support import Listener, pattern
+from test_eager_write import mode  # noqa: F401 (a fixture: Twisted's TCP writes, and eager ones)
+from test_relay import ending
+from twisted.internet.epollreactor import EPollReactor
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.ssl import CertificateOptions
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from tunnel.wire.endings import LINGER, Endings
+from tunnel.wire.endings import LINGER, Endings, socket_under
 from tunnel.wire.relay import RelayEnd
+from tunnel.wire.tls_batching import BatchedBufferingTLS
 
 
 class Stream(StringTransport):
@@ -201,3 +215,97 @@ def test_so_linger_is_set_only_when_it_changes():
     finally:
         counting.close()
         far.close()
+
+
+# -- a half-close (or close) while the producer is paused: the end still goes out (issue 44) -----
+
+END_SIZE = 4 << 20  # far over Twisted's 64 KiB: the producer is paused when the end is asked for
+
+
+class PausedProducer:
+    """The other side's reader, registered on the transport being ended; records what it is told."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.events.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.events.append("resume")
+
+    def stopProducing(self) -> None:
+        self.events.append("stop")
+
+
+class Connected(Protocol):
+    def connectionMade(self) -> None:
+        self.made = True
+
+
+def _slow_reader(tls: ssl.SSLContext | None, go: threading.Event, seen: queue.Queue):
+    """A peer that takes nothing until `go`, then reads to the end: how did it end?"""
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            if tls is not None:
+                conn = tls.wrap_socket(conn, server_side=True)
+            go.wait(10)
+            seen.put(ending(conn, 10))
+
+    return serve
+
+
+@pytest.mark.usefixtures("mode")
+@pytest.mark.parametrize("how", ["half_close", "close"])
+@pytest.mark.parametrize("kind", ["tcp", "tls", "tls-batched"])
+def test_the_end_goes_out_after_what_is_queued_while_the_producer_is_paused(certs, kind, how):
+    """Issue 44: bytes queued past Twisted's buffer level, the producer (the other side's
+    reader) paused, then the end. On real loopback sockets, Twisted's TCP transport with and
+    without eager writes (`mode`), and its TLS transports (which cannot half-close, so
+    close): the peer reads every byte and then the end, never waits for one that does not come."""
+    tls_server = None
+    factory: Any = ClientFactory.forProtocol(Connected)
+    if kind != "tcp":
+        tls_server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls_server.load_cert_chain(certs.path("server.pem"), certs.path("server.key"))
+        factory = TLSMemoryBIOFactory(CertificateOptions(), True, factory)
+        if kind == "tls-batched":
+            factory.protocol = BatchedBufferingTLS
+    go, seen = threading.Event(), queue.Queue()
+    peer = Listener(_slow_reader(tls_server, go, seen), receive_buffer=1 << 16)
+    reactor = EPollReactor()
+    try:
+        connector = reactor.connectTCP("127.0.0.1", peer.port, factory)
+        protocol = _turn_until(reactor, lambda: _connected_protocol(connector))
+        transport = protocol.transport
+        socket_under(transport).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+        producer = PausedProducer()
+        transport.registerProducer(producer, True)
+        transport.write(pattern(END_SIZE))
+        assert _turn_until(reactor, lambda: producer.events == ["pause"]), producer.events
+        getattr(Endings(reactor), how)(transport)
+        go.set()
+        _turn_until(reactor, lambda: not seen.empty(), seconds=15)
+        assert seen.get(timeout=1) == (END_SIZE, "eof")
+    finally:
+        go.set()
+        peer.close()
+        reactor.disconnectAll()
+
+
+def _connected_protocol(connector) -> Any:
+    """The protocol the test talks to (under TLS, the one TLS wraps), once connected."""
+    transport = getattr(connector, "transport", None)
+    protocol = getattr(transport, "protocol", None)
+    protocol = getattr(protocol, "wrappedProtocol", protocol)
+    return protocol if getattr(protocol, "made", False) else None
+
+
+def _turn_until(reactor: EPollReactor, predicate, seconds: float = 5.0) -> Any:
+    """Turn the test's own reactor until `predicate()` is truthy (bounded in time); its value."""
+    deadline = time.monotonic() + seconds
+    while not (value := predicate()) and time.monotonic() < deadline:
+        reactor.iterate(0.001)
+    return value

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
+from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.test import iosim
 
 from tunnel.wire import connection as core
+from tunnel.wire import mux
 from tunnel.wire.addresses import Destination
 from tunnel.wire.mux import TunnelMux
+from tunnel.wire.stalls import STALL_AFTER
 
 
 class Collect(Protocol):
@@ -102,3 +105,83 @@ def test_every_event_the_core_emits_has_a_handler_in_the_mux():
     emitted = set(typing.get_args(core.Event))
     assert emitted - set(mux._ON_EVENT) == {core.DataReceived}  # handled inline, the hot path
     assert set(mux._ON_EVENT) <= emitted
+
+
+# -- a stream that stopped moving is said in the log (issue 44) -------------------------------
+
+
+class Recorder:
+    """A streaming producer writing into a stream: records whether it was paused."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        pass
+
+
+def stall_lines(events: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in events if "has not moved" in e.get("log_format", "")]
+
+
+def test_a_stream_that_stops_moving_is_logged_once_at_debug_with_where_its_bytes_wait(monkeypatch):
+    """While PINGs keep the tunnel alive, a stream whose consumer stopped taking bytes (its
+    window spent, bytes queued, its writer paused) is logged once by each side, at debug,
+    after STALL_AFTER seconds; a stream that keeps moving is not."""
+    events: list[dict] = []
+    monkeypatch.setattr(mux, "log", Logger(namespace="fluidity.mux", observer=events.append))
+    accepted = []
+
+    def on_stream(stream):
+        accepted.append(stream)
+        stream.attach(Collect())
+        stream.mux.respond(stream)
+
+    clock = Clock()
+    limits = core.TunnelLimits(keepalive_interval=5.0, keepalive_timeout=4.0)
+    agent = TunnelMux(client_side=True, clock=clock, limits=limits, peer_name="agent's peer")
+    server = TunnelMux(client_side=False, clock=clock, on_stream=on_stream, limits=limits, peer_name="server's peer")
+    pump = iosim.connect(
+        server, iosim.FakeTransport(server, True), agent, iosim.FakeTransport(agent, False), clock=clock
+    )
+    pump.flush()
+    stuck = agent.open_stream(Destination("stuck.example", 443), Collect())
+    moving = agent.open_stream(Destination("moving.example", 443), Collect())
+    pump.flush()
+    stuck_there, _ = accepted
+    stuck_there.pauseProducing()  # its consumer takes nothing more: no WINDOW_UPDATE
+    writer = Recorder()
+    stuck.registerProducer(writer, True)
+    stuck.write(b"x" * (core.STREAM_WINDOW + 65536))  # past the window: the rest waits
+    pump.flush()
+    assert writer.paused
+
+    for _ in range(int(STALL_AFTER * 2)):  # a minute: PINGs answered, one stream moving
+        moving.write(b"tick")
+        clock.advance(1.0)
+        pump.flush()
+    assert not agent.closed and not server.closed
+
+    lines = stall_lines(events)
+    assert len(lines) == 2, lines  # once on each side, and only the stuck stream
+    assert all(e["log_level"] is LogLevel.debug for e in events if "has not moved" in e["log_format"])
+    agent_line = next(line for line in lines if line.startswith("agent's peer"))
+    server_line = next(line for line in lines if line.startswith("server's peer"))
+    assert "stuck.example:443" in agent_line and "send window 0," in agent_line
+    assert "queued for a window 65536" in agent_line and "its producer paused" in agent_line
+    assert f"received, not taken {core.STREAM_WINDOW}" in server_line and "its reader paused" in server_line
+
+    stuck_there.resumeProducing()  # it moves again, and stalls again once the rest has gone
+    for _ in range(int(STALL_AFTER * 2)):
+        moving.write(b"tick")
+        clock.advance(1.0)
+        pump.flush()
+    lines = stall_lines(events)
+    assert len(lines) == 4, lines  # the new stall, on each side; not a line a tick
+    assert all("stuck.example:443" in line for line in lines)

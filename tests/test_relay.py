@@ -471,3 +471,62 @@ def test_bytes_dropped_when_a_reader_stalls_past_the_linger_end_in_a_reset(share
         time.sleep(9)  # two lingers and more, reading nothing
         total, how = ending(sock)
     assert (how, total < 6 << 20) == ("reset", True), (total, how)
+
+
+# -- the end of a stream whose reader is slow (issue 44) --------------------------------------
+# A relayed socket whose peer reads late holds more than Twisted's 64 KiB when the other side
+# ends, so the stream that feeds it is a paused producer at the half-close: the FIN must still
+# follow the last byte. Every front, both directions; the server's http/1.1 front is TLS.
+
+LATE = 6 << 20  # past what the kernel's buffers take, within a stream's 8 MiB window
+SMALL_BUFFER = 1 << 16
+THROUGH = [*FRONTS, "server http/1.1"]
+
+
+def open_for(through: str, shared_pair, certs, authority: str) -> socket.socket:
+    server, agent = shared_pair
+    if through == "server http/1.1":
+        sock: socket.socket = tls_to_server(certs, server)
+        connect_over_tls(sock, authority)
+    else:
+        sock = open_through(through, agent.port, authority)
+    return sock
+
+
+def send_then_close(size: int):
+    def serve(dest: Destination, conn: socket.socket) -> None:
+        with conn:
+            conn.sendall(pattern(size))
+
+    return serve
+
+
+def read_late(dest: Destination, conn: socket.socket) -> None:
+    """Take nothing for a second (the upload and its end pile up before us), then read it all."""
+    time.sleep(1.0)
+    record_ending(dest, conn)
+
+
+@pytest.mark.parametrize("through", THROUGH)
+def test_a_download_read_late_still_ends_in_eof(shared_pair, certs, destinations, through):
+    dest = destinations(send_then_close(LATE))
+    sock = open_for(through, shared_pair, certs, dest.authority)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+        time.sleep(1.0)  # the whole download and its END_STREAM reach the agent meanwhile
+        assert ending(sock) == (LATE, "eof")
+
+
+@pytest.mark.parametrize("through", THROUGH)
+def test_an_upload_read_late_still_ends_in_eof(shared_pair, certs, destinations, through):
+    dest = destinations(read_late)
+    dest.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)  # inherited when accepted
+    sock = open_for(through, shared_pair, certs, dest.authority)
+    with sock:
+        sock.sendall(pattern(LATE))
+        if isinstance(sock, ssl.SSLSocket):
+            sock = sock.unwrap()  # close_notify: TLS's clean end of what it sends
+        else:
+            sock.shutdown(socket.SHUT_WR)
+        assert dest.endings.get(timeout=40) == ("eof", LATE)
+        assert ending(sock)[1] == "eof"

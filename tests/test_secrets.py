@@ -54,7 +54,7 @@ def test_metrics_carry_names_and_numbers_only():
     data = metric_data("fluidity-server", 2, 1_700_000_000.9, 1_700_000_100.0, {"alice": 1, "client": 1})
     text = repr(data)
     assert_clean(text)
-    assert {d["MetricName"] for d in data} == {"ActiveConnections", "LastActivityEpochSeconds"}
+    assert {d["MetricName"] for d in data} == {"ActiveConnections", "LastActivityEpochSeconds", "BytesSentToAgents"}
     assert all(isinstance(d["Value"], float) for d in data)
     assert sorted(dim["Value"] for d in data for dim in d["Dimensions"] if dim["Name"] == "Agent") == [
         "alice",

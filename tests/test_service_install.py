@@ -92,7 +92,7 @@ def test_a_launchd_agent_on_macos(home, monkeypatch):
 
     monkeypatch.setenv("HOME", str(home))
     config = write_config(home, 8443, 8080)
-    lines = service_install.install("/opt/fluidity/bin/twistd", config, platform="darwin", start=False)
+    lines = service_install.install(["/opt/fluidity/bin/twistd"], config, platform="darwin", start=False)
     plist = plistlib.loads((home / "Library" / "LaunchAgents" / "io.fluidity.agent.plist").read_bytes())
     assert plist["ProgramArguments"] == [
         "/opt/fluidity/bin/twistd",
@@ -178,24 +178,27 @@ def test_a_service_manager_that_fails_is_a_failure(home, tmp_path):
 
 def test_a_logon_task_on_windows(home, monkeypatch, tmp_path):
     """Issue 26, item 8: Task Scheduler's task definition, as `schtasks /Create /XML` reads
-    it; with no schtasks here, installing it is a failure that says what to run."""
+    it; with no schtasks here, installing it is a failure that says what to run. Issue 40: its
+    command is what `fluidity agent` runs on Windows, without POSIX twistd's --pidfile."""
     import xml.etree.ElementTree as ET
 
-    from tunnel.ops import service_install
+    from tunnel.ops import service_install, twistd_command
 
     monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "AppData" / "Local"))
     monkeypatch.setenv("USERNAME", "alice")
     monkeypatch.setenv("PATH", str(tmp_path / "no-tools"))
     config = write_config(home, 8443, 8080)
-    twistd = r"C:\Users\alice\pipx\venvs\fluidity\Scripts\twistd.exe"
+    python = r"C:\Users\alice\pipx\venvs\fluidity\Scripts\python.exe"
+    monkeypatch.setattr("sys.executable", python)
+    twistd = twistd_command.twistd_command("win32")
     lines = service_install.install(twistd, config, platform="win32", start=False)
     path = tmp_path / "AppData" / "Local" / "fluidity" / "fluidity-agent-task.xml"
     assert lines[0] == f"wrote {path}" and "schtasks /Create /TN Fluidity\\agent /XML" in lines[-1], lines
     ns = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
     task = ET.fromstring(path.read_bytes().decode("utf-16").split("?>", 1)[1])
-    assert task.find("t:Actions/t:Exec/t:Command", ns).text == twistd
+    assert task.find("t:Actions/t:Exec/t:Command", ns).text == python
     arguments = task.find("t:Actions/t:Exec/t:Arguments", ns).text
-    assert arguments.startswith("-n --pidfile= fluidity-agent --config ") and str(config.resolve()) in arguments
+    assert arguments == f"-m tunnel.ops.twistd_windows -n fluidity-agent --config {config.resolve()}"
     assert task.find("t:Triggers/t:LogonTrigger/t:UserId", ns).text == "alice"
     assert task.find("t:Principals/t:Principal/t:RunLevel", ns).text == "LeastPrivilege"
     assert task.find("t:Settings/t:RestartOnFailure/t:Count", ns).text == "999"

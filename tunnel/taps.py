@@ -20,7 +20,7 @@ from twisted.python import usage
 
 from tunnel import config as cfg
 from tunnel.redaction import redact
-from tunnel.wire import descriptors, eager_write, heap, logs, patches
+from tunnel.wire import descriptors, heap, logs, patches
 
 log = Logger(namespace="fluidity")
 
@@ -151,8 +151,6 @@ def _speed_up_writes() -> None:
         patches.registry().remove_all(f"{SPEEDUPS_OFF}=off")
         log.info("{name}=off: Twisted, h2 and hyperframe run as shipped", name=SPEEDUPS_OFF)
         return
-    if not eager_write.install():
-        log.warn("this Twisted's TCP transport is not the one eager writes were made for; using its own writes")
     registry = patches.registry()
     registry.install_all()
     for line in registry.report():

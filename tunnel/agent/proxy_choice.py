@@ -5,8 +5,10 @@ found by WPAD, not from $HTTPS_PROXY. With `upstream_proxy: auto` the agent find
 file the way the platform does (pypac: `pac_url` if given, else the Windows or macOS
 automatic-configuration setting, else WPAD by DNS), and asks its `FindProxyForURL` for each
 host it dials: the server and the control plane alike, `DIRECT` honoured. No PAC file
-anywhere falls back to $HTTPS_PROXY / $NO_PROXY, then to direct. A proxy a PAC file names
-gets credentials only when `upstream_proxy_auth_allow` lists it (tunnel/proxy_trust.py). Finding the file blocks
+anywhere falls back to the proxy set by hand in the system's settings (system_proxy: Windows'
+registry, macOS's `scutil --proxy`),
+then $HTTPS_PROXY / $NO_PROXY, then to direct. A proxy a PAC file names gets credentials
+only when `upstream_proxy_auth_allow` lists it (tunnel/proxy_trust.py). Finding the file blocks
 (DNS, HTTP), so it runs in a thread, once and then every `REFRESH` seconds at most: a
 laptop moves between networks.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer, ssl, threads
 from twisted.logger import Logger
 
+from tunnel.agent import macos_proxy_settings, system_proxy
 from tunnel.agent.proxy_credentials import ProxyCredentials
 from tunnel.agent.upstream import UpstreamProxy, parse_proxy_url, proxy_for
 from tunnel.proxy_trust import allows, withheld
@@ -45,7 +48,7 @@ class FoundPac:
 def discover(pac_url: str = "", timeout: float = 3.0) -> FoundPac | None:
     """Blocking: the PAC file the platform would use, or None when there is none."""
     from pypac.api import download_pac
-    from pypac.os_settings import ON_DARWIN, ON_WINDOWS, autoconfig_url_from_preferences, autoconfig_url_from_registry
+    from pypac.os_settings import ON_DARWIN, ON_WINDOWS, autoconfig_url_from_registry
     from pypac.parser import PACFile
     from pypac.wpad import proxy_urls_from_dns
 
@@ -53,9 +56,7 @@ def discover(pac_url: str = "", timeout: float = 3.0) -> FoundPac | None:
     if pac_url:
         candidates.append((pac_url, "pac_url"))
     else:
-        setting = (
-            autoconfig_url_from_registry() if ON_WINDOWS else autoconfig_url_from_preferences() if ON_DARWIN else None
-        )
+        setting = autoconfig_url_from_registry() if ON_WINDOWS else _macos_pac_url() if ON_DARWIN else None
         if setting:
             candidates.append((setting, "the Windows proxy settings" if ON_WINDOWS else "the macOS network settings"))
         candidates += [(url, "WPAD") for url in proxy_urls_from_dns()]
@@ -68,6 +69,17 @@ def discover(pac_url: str = "", timeout: float = 3.0) -> FoundPac | None:
         if text:
             return FoundPac(f"the PAC file at {url} ({why})", PACFile(text))
     return None
+
+
+def _macos_pac_url() -> str | None:
+    """The automatic-configuration URL of macOS's network settings: pypac asks PyObjC, which a
+    pip-installed agent rarely has (ImportError); `scutil --proxy` is on every Mac."""
+    from pypac.os_settings import autoconfig_url_from_preferences
+
+    try:
+        return autoconfig_url_from_preferences() or macos_proxy_settings.read().pac_url or None
+    except ImportError:
+        return macos_proxy_settings.read().pac_url or None
 
 
 def _read_local(url: str) -> str | None:
@@ -92,11 +104,13 @@ class ProxyChoice:
         find=discover,
         credentials: ProxyCredentials | None = None,
         auth_allow: tuple[str, ...] = (),
+        manual=system_proxy.read,
     ) -> None:
         self.configured = configured.strip()
         self.auth_allow = auth_allow  # discovered proxies that may still have credentials (upstream_proxy_auth_allow)
         self.credentials = credentials or ProxyCredentials()  # for a proxy whose URL names no user
         self.pac_url, self.environ, self._find = pac_url, environ, find
+        self._manual = manual  # `auto` without a PAC file: the proxy set by hand (Windows, macOS)
         self.found: FoundPac | None = None
         self._looked_at: float | None = None
         self._looking: defer.Deferred | None = None
@@ -115,6 +129,11 @@ class ProxyChoice:
             return parse_proxy_url(self.configured), "upstream_proxy"
         if self.auto and self.found is not None:
             return self._from_pac(self.found, host, port)
+        manual = self._manual() if self.auto else None
+        if manual is not None:
+            if manual.bypassed(host):
+                return None, f"direct: {host} is an exception in {manual.where}"
+            return parse_proxy_url(manual.url), f"{manual.where} (set by hand; no PAC file)"
         proxy = proxy_for("", host, self.environ)
         return proxy, ("$HTTPS_PROXY" if proxy else "no proxy configured") + (
             " (upstream_proxy: auto found no PAC file)" if self.auto else ""

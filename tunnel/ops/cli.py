@@ -15,6 +15,7 @@ from tunnel.ops.agent_status import _agent_status
 from tunnel.ops.cli_parser import SERVICE_ACTIONS, _service_parser, build_parser
 from tunnel.ops.completion import completion_script
 from tunnel.ops.local_supervisor import _local, _twistd
+from tunnel.ops.twistd_command import foreground_flags, run_in_foreground
 from tunnel.wire import pki
 
 
@@ -37,8 +38,7 @@ def _main(argv: list[str] | None) -> int:
     if argv[:1] in (["agent"], ["server"]) and argv[1:] in (["--help"], ["-h"]):
         return _role_help(argv[0])
     if argv and argv[0] in ("agent", "server"):  # everything after it belongs to the service
-        twistd = _twistd()
-        os.execv(twistd, [twistd, "-n", "--pidfile=", f"fluidity-{argv[0]}", *argv[1:]])
+        return run_in_foreground([*foreground_flags(argv[0]), *argv[1:]])
     args = parser.parse_args(argv)
     return int(RUNS[args.command](args))
 
@@ -308,7 +308,7 @@ def _role_help(role: str) -> int:
             "(also its page, http://127.0.0.1:8080/)"
         )
     print(f"\nFLAGS (those of `twistd fluidity-{role}`; each setting of the config file has one):", flush=True)
-    done = subprocess.run([_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([*_twistd(), f"fluidity-{role}", "--help"], capture_output=True, text=True, timeout=60)
     lines = done.stdout.splitlines()
     start = next(
         (

@@ -75,7 +75,7 @@ def _library_patches() -> Check:
     only costs speed: the library runs as shipped)."""
     if os.environ.get(patches.OFF_SWITCH) == "off":
         return Check("library patches", "ok", f"{patches.OFF_SWITCH}=off: every library runs as shipped")
-    found = {patch.name: patch.unfit() for patch in patches.registry().patches()}
+    found = {patch.name: patch.unfit() for patch in patches.registry().patches() if patch.needed_here()}
     said = "; ".join(f"{name}: {'fits' if why is None else 'off (' + why + ')'}" for name, why in found.items())
     if all(why is None for why in found.values()):
         return Check("library patches", "ok", said)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,17 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+from tunnel.ops.twistd_command import foreground_flags, stop_signal, twistd_command
 from tunnel.wire import pki
 
 
-def _twistd() -> str:
-    """The twistd of the environment fluidity runs in (`twistd.exe` in a Windows venv's Scripts)."""
-    here = Path(sys.executable)
-    beside = next((here.with_name(n) for n in ("twistd", "twistd.exe") if here.with_name(n).exists()), None)
-    found = str(beside) if beside else shutil.which("twistd")
-    if not found:
-        raise SystemExit("fluidity: twistd not found; install the package with pip first")
-    return found
+def _twistd() -> list[str]:
+    """The command that runs twistd on this platform (tunnel.ops.twistd_command)."""
+    return twistd_command()
 
 
 def _wait_listening(port: int, process: subprocess.Popen, seconds: float) -> bool:
@@ -107,7 +102,7 @@ def _local(args) -> int:
     try:
         for role, port, flags in roles:
             config = ["--config", str(files[role]), *local_demo.cert_flags(role, certs), *flags]
-            if not children.start(f"fluidity-{role}", [twistd, "-n", "--pidfile=", f"fluidity-{role}", *config], port):
+            if not children.start(f"fluidity-{role}", [*twistd, *foreground_flags(role), *config], port):
                 print(f"fluidity: the {role} did not start (see its output above)", file=sys.stderr)
                 return 1
         print(_running_message(args.server_port, args.proxy_port), flush=True)
@@ -165,7 +160,12 @@ class _Children:
     def stop(self) -> None:
         for child in self.running:
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                try:
+                    child.send_signal(stop_signal())
+                # Gone since, or (Windows) no console to carry a Ctrl-Break: CPython 3.11's os.kill
+                # then raises SystemError (the OSError it set, not returned), 3.12 an OSError.
+                except (OSError, SystemError):
+                    child.kill()
         for child in self.running:
             try:
                 child.wait(timeout=30)

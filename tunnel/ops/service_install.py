@@ -3,8 +3,9 @@
 Linux: a systemd *user* unit (no root), started at login and restarted on failure.
 macOS: a launchd agent in ~/Library/LaunchAgents with the same behaviour. Windows: a Task
 Scheduler task run at the user's logon, without elevation, restarted on failure, from a
-task definition (XML) kept in %LOCALAPPDATA%\fluidity. All run the same command as
-`twistd -n fluidity-agent --config <file>`, with absolute paths, so the service does not
+task definition (XML) kept in %LOCALAPPDATA%\fluidity. All run what `fluidity agent --config
+<file>` runs (`twistd -n fluidity-agent --config <file>`; on Windows `python -m
+tunnel.ops.twistd_windows`, see twistd_command), with absolute paths, so the service does not
 depend on the shell's PATH or working directory.
 """
 
@@ -16,6 +17,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from tunnel.ops.twistd_command import WINDOWS, foreground_flags
 
 UNIT = "fluidity-agent.service"
 LABEL = "io.fluidity.agent"
@@ -43,12 +46,12 @@ def task_path() -> Path:
     return Path(base) / "fluidity" / "fluidity-agent-task.xml"
 
 
-def task_xml(twistd: str, config: Path, user: str = "") -> bytes:
+def task_xml(twistd: list[str], config: Path, user: str = "") -> bytes:
     """The Task Scheduler definition: at this user's logon, as this user, not elevated,
     restarted every minute (up to 999 times) when it fails, never stopped for running long."""
     from xml.sax.saxutils import escape
 
-    arguments = subprocess.list2cmdline(command(twistd, config)[1:])
+    program, *arguments = command(twistd, config, WINDOWS)
     user = user or os.environ.get("USERNAME", "")
     who = f"<UserId>{escape(user)}</UserId>" if user else ""
     return f"""<?xml version="1.0" encoding="UTF-16"?>
@@ -65,18 +68,20 @@ def task_xml(twistd: str, config: Path, user: str = "") -> bytes:
     <RestartOnFailure><Interval>PT1M</Interval><Count>999</Count></RestartOnFailure>
     <Enabled>true</Enabled>
   </Settings>
-  <Actions Context="Author"><Exec><Command>{escape(twistd)}</Command>
-    <Arguments>{escape(arguments)}</Arguments></Exec></Actions>
+  <Actions Context="Author"><Exec><Command>{escape(program)}</Command>
+    <Arguments>{escape(subprocess.list2cmdline(arguments))}</Arguments></Exec></Actions>
 </Task>
 """.encode("utf-16")
 
 
-def command(twistd: str, config: Path) -> list[str]:
-    return [twistd, "-n", "--pidfile=", "fluidity-agent", "--config", str(config)]
+def command(twistd: list[str], config: Path, platform: str = sys.platform) -> list[str]:
+    """What the service runs: twistd (the command `twistd_command` gives) with the flags that
+    platform's twistd takes, in the foreground, with this config."""
+    return [*twistd, *foreground_flags("agent", platform), "--config", str(config)]
 
 
-def unit_text(twistd: str, config: Path) -> str:
-    quoted = " ".join(f'"{part}"' if " " in part else part for part in command(twistd, config))
+def unit_text(twistd: list[str], config: Path) -> str:
+    quoted = " ".join(f'"{part}"' if " " in part else part for part in command(twistd, config, "linux"))
     return f"""[Unit]
 Description=Fluidity agent: a local proxy through the tunnel
 After=network-online.target
@@ -96,11 +101,11 @@ WantedBy=default.target
 """
 
 
-def plist_text(twistd: str, config: Path, log: Path) -> bytes:
+def plist_text(twistd: list[str], config: Path, log: Path) -> bytes:
     return plistlib.dumps(
         {
             "Label": LABEL,
-            "ProgramArguments": command(twistd, config),
+            "ProgramArguments": command(twistd, config, "darwin"),
             "RunAtLoad": True,
             "KeepAlive": {"SuccessfulExit": False},  # restarted when it fails, not when stopped
             "StandardOutPath": str(log),
@@ -118,8 +123,9 @@ def _run(args: list[str]) -> tuple[bool, str]:
     return done.returncode == 0, (done.stderr or done.stdout).strip()
 
 
-def install(twistd: str, config: Path, platform: str = sys.platform, start: bool = True) -> list[str]:
-    """Write the unit or plist; enable and start it when `start`. Returns lines to print."""
+def install(twistd: list[str], config: Path, platform: str = sys.platform, start: bool = True) -> list[str]:
+    """Write the unit, plist or task; enable and start it when `start`. Returns lines to print.
+    `twistd` is the command that runs twistd on `platform` (`twistd_command`)."""
     config = config.resolve()
     if platform == "darwin":
         path, log = plist_path(), Path.home() / "Library" / "Logs" / "fluidity-agent.log"
@@ -132,7 +138,7 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(unit_text(twistd, config))
         steps = [["systemctl", "--user", "daemon-reload"], ["systemctl", "--user", "enable", "--now", UNIT]]
-    elif platform == "win32":
+    elif platform == WINDOWS:
         path = task_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(task_xml(twistd, config))
@@ -155,7 +161,7 @@ def install(twistd: str, config: Path, platform: str = sys.platform, start: bool
 
 
 def uninstall(platform: str = sys.platform) -> list[str]:
-    if platform == "win32":
+    if platform == WINDOWS:
         path = task_path()
         if shutil.which("schtasks"):
             _run(["schtasks", "/End", "/TN", TASK])

@@ -175,6 +175,7 @@ class Stream:
     outbox: deque[bytes] = field(default_factory=deque)  # chunks as written: sent without copying when they fit
     end_queued: bool = False  # END_STREAM waits behind the outbox
     unacked: int = 0  # received, not yet acknowledged (the consumer has not taken it)
+    acked: int = 0  # received and acknowledged: with `unacked`, all that has arrived
     delivered: int = 0  # bytes sent within the peer's window: how a closing stream shows progress
     answered: bool = False  # the CONNECT was answered 200
     blocked: bool = False  # bytes wait for a window (SendBlocked said, SendUnblocked not yet)
@@ -707,6 +708,35 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         return 0 if stream is None else sum(len(chunk) for chunk in stream.outbox)
 
+    def progress(self, sid: int) -> tuple[StreamState, int, int]:
+        """What changes whenever `sid` moves: its state, bytes sent, bytes received."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            return StreamState.CLOSED, 0, 0
+        return stream.state, stream.delivered, stream.acked + stream.unacked
+
+    def flow(self, sid: int) -> dict[str, int | bool]:
+        """Where `sid`'s bytes wait, for a log line about a stream that stopped moving."""
+        stream = self._streams.get(sid)
+        if stream is None:
+            return {}
+        try:
+            send_window = self._h2.local_flow_control_window(sid)
+            receive_window = self._h2.remote_flow_control_window(sid)
+        except (h2.exceptions.ProtocolError, KeyError):
+            send_window = receive_window = -1  # h2 has forgotten it
+        return {
+            "sent": stream.delivered,
+            "received": stream.acked + stream.unacked,
+            "send window": send_window,
+            "connection send window": self._h2.outbound_flow_control_window,
+            "peer's send window": receive_window,
+            "queued for a window": self.queued(sid),
+            "END_STREAM queued": stream.end_queued,
+            "received, not taken": stream.unacked,
+            "transport full": self._paused,
+        }
+
     # -- what the local side wants -------------------------------------------------------------
     def open_stream(self, destination: Destination) -> int:
         """Agent: send CONNECT; bytes may be sent on it before the 200 arrives."""
@@ -806,6 +836,7 @@ class TunnelConnection:
         stream = self._streams.get(sid)
         if stream is not None and stream.unacked and not stream.closed:
             n, stream.unacked = stream.unacked, 0
+            stream.acked += n
             self._acknowledge(sid, n)
 
     def _acknowledge(self, sid: int, n: int) -> None:

@@ -13,10 +13,11 @@ with `startTLS()` is routed through the TLS layer as before, and a partial send,
 or an error continues on Twisted's own path with what is left, so ordering, producer
 flow control and error reporting stay Twisted's.
 
-This replaces a method of Twisted's for the whole process, so it fails closed: it
-installs only over the exact method it was written against (by name and by what that
-method does), and only where the queue attributes it reads exist. Otherwise Twisted is
-left alone. (Offered upstream as an option of Twisted's TCP transport; see the README.)
+This replaces two methods of Twisted's for the whole process, so it is a patch of the
+registry (tunnel/wire/patches.py) and fails closed: it installs only over the exact source
+it was written against (and relies on `doWrite`'s, which finishes a half-close), and only
+where the queue attributes it reads exist. Otherwise Twisted is left alone. (Offered
+upstream as an option of Twisted's TCP transport; see the README.)
 """
 
 from __future__ import annotations
@@ -25,19 +26,17 @@ from typing import Any
 
 from twisted.internet import abstract, tcp
 
-_queued_write = abstract.FileDescriptor.write
-_replaced: Any = None  # tcp.Connection.write as it was before install()
-_replaced_lose_write: Any = None  # and its loseWriteConnection
+from tunnel.wire.patches import REGISTRY, Patch, Reliance, Replacement
 
-# What tcp.Connection.write was when this was written (Twisted 24.7 to 26.10): send
-# through the TLS layer when TLS is on, else FileDescriptor.write.
-_WRITTEN_AGAINST = "twisted.internet._newtls.ConnectionMixin.write"
-_IT_USES = {"TLS", "connected", "protocol", "write", "FileDescriptor"}
+_queued_write = abstract.FileDescriptor.write
+# Twisted's own, as this module found them: what every case but the easy one goes to.
+_twisted_write: Any = tcp.Connection.write
+_twisted_lose_write: Any = tcp.Connection.loseWriteConnection
 
 
 def _write(self, data) -> None:
     if self.TLS:
-        return _replaced(self, data)
+        return _twisted_write(self, data)
     if (
         type(data) is bytes
         and data
@@ -73,64 +72,36 @@ def _lose_write_connection(self) -> None:
         self._writeDisconnected = True  # before the handler, as doWrite sets it
         self._closeWriteConnection()
         return
-    _replaced_lose_write(self)
+    _twisted_lose_write(self)
 
 
-def _is_expected(method) -> bool:
-    code = getattr(method, "__code__", None)
-    name = f"{getattr(method, '__module__', '')}.{getattr(method, '__qualname__', '')}"
-    return name == _WRITTEN_AGAINST and code is not None and set(code.co_names) >= _IT_USES
+def _twisted_names() -> str | None:
+    """What the fast paths read, and what they hand the rest to, are Twisted's as found."""
+    if _twisted_write is _write or _twisted_lose_write is _lose_write_connection:
+        return "imported after its own install: Twisted's methods are not known"
+    missing = [n for n in ("dataBuffer", "offset", "_writeDisconnected") if not hasattr(abstract.FileDescriptor, n)]
+    if not hasattr(tcp.Connection, "TLS") or not callable(getattr(tcp.Connection, "_closeWriteConnection", None)):
+        missing.append("TLS or _closeWriteConnection")
+    if "_tempDataLen" not in abstract.FileDescriptor.__init__.__code__.co_names:
+        missing.append("_tempDataLen")
+    return f"twisted.internet.abstract.FileDescriptor lacks {', '.join(missing)}" if missing else None
 
 
-# Twisted's half-close when this was written: mark it, then let doWrite flush and shut.
-_LOSE_WRITE_AGAINST = "twisted.internet.abstract.FileDescriptor.loseWriteConnection"
-_DO_WRITE_USES = {"_writeDisconnecting", "_writeDisconnected", "_closeWriteConnection", "stopWriting"}
-
-
-def _half_close_is_expected() -> bool:
-    current = tcp.Connection.loseWriteConnection
-    if current is _lose_write_connection:
-        return True
-    name = f"{getattr(current, '__module__', '')}.{getattr(current, '__qualname__', '')}"
-    code = getattr(current, "__code__", None)
-    do_write = getattr(abstract.FileDescriptor.doWrite, "__code__", None)
-    return (
-        name == _LOSE_WRITE_AGAINST
-        and code is not None
-        and set(code.co_names) == {"_writeDisconnecting", "startWriting"}
-        and do_write is not None
-        and set(do_write.co_names) >= _DO_WRITE_USES
-        and callable(getattr(tcp.Connection, "_closeWriteConnection", None))
+PATCH = REGISTRY.register(
+    Patch(
+        "eager TCP writes",
+        "a write (or half-close) with nothing queued goes to the socket at once, not a reactor turn later",
+        replaces=(
+            # As in Twisted 26.10: the source each replaces, by sha256 (patches.source_fingerprint).
+            Replacement(tcp.Connection, "write", "9a1ac7496539526b", ours=_write),
+            Replacement(tcp.Connection, "loseWriteConnection", "7ed8b49b45bf0f57", ours=_lose_write_connection),
+        ),
+        relies_on=(Reliance(abstract.FileDescriptor, "doWrite", "33b469b3af894e6a"),),  # finishes a half-close
+        also_needs=_twisted_names,
     )
-
-
-def installable() -> bool:
-    """The methods replaced, and the queue attributes read, are the ones this was written against."""
-    current = tcp.Connection.write
-    if current is _write:
-        return _half_close_is_expected()
-    return (
-        _half_close_is_expected()
-        and _is_expected(current)
-        and hasattr(tcp.Connection, "TLS")
-        and all(hasattr(abstract.FileDescriptor, name) for name in ("dataBuffer", "offset", "_writeDisconnected"))
-        and "_tempDataLen" in abstract.FileDescriptor.__init__.__code__.co_names
-    )
+)
 
 
 def install() -> bool:
     """Use eager writes for every TCP connection of this process; False if Twisted changed."""
-    global _replaced, _replaced_lose_write
-    if not installable():
-        return False
-    if tcp.Connection.write is not _write:
-        _replaced = tcp.Connection.write
-        tcp.Connection.write = _write  # type: ignore[method-assign]
-    if tcp.Connection.loseWriteConnection is not _lose_write_connection:
-        _replaced_lose_write = tcp.Connection.loseWriteConnection
-        tcp.Connection.loseWriteConnection = _lose_write_connection  # type: ignore[method-assign]
-    return True
-
-
-def installed() -> bool:
-    return tcp.Connection.write is _write
+    return REGISTRY.install(PATCH.name)

@@ -31,7 +31,17 @@ from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["LINGER", "Endings", "Pipe", "arm", "delivery_progress", "ended_cleanly", "no_delay", "socket_under"]
+__all__ = [
+    "LINGER",
+    "Endings",
+    "Pipe",
+    "arm",
+    "delivery_progress",
+    "ended_cleanly",
+    "no_delay",
+    "socket_under",
+    "undelivered",
+]
 
 LINGER = 3.0  # seconds a closing connection may go without its peer taking a byte
 DELIVERY_POLL = 0.05  # seconds between looks at what an aborting socket still holds
@@ -111,12 +121,9 @@ class Endings:
         accepts and never reads would keep the socket and its buffers forever. So the
         connection is watched while it closes: as long as the peer keeps taking bytes it
         may take them all; once it has taken none for `linger` seconds, it is aborted.
-        (A TLS transport waits for its producer to go before it shuts down, so the
-        producer is unregistered first.)"""
+        (Its producer is let go first: `_release_producer`.)"""
         _set_linger(transport, _FIN_ON_CLOSE)
-        unregister = getattr(transport, "unregisterProducer", None)
-        if unregister is not None:
-            unregister()
+        _release_producer(transport)
         transport.loseConnection()
         _Linger(transport, self.linger if linger is None else linger, self.clock)
 
@@ -129,22 +136,23 @@ class Endings:
         if sock is None or _undelivered(transport, sock) == 0:
             _abort_now(transport)
             return
-        unregister = getattr(transport, "unregisterProducer", None)
-        if unregister is not None:
-            unregister()
+        _release_producer(transport)
         transport.pauseProducing()  # nothing more is read: it would have nowhere to go
         _ResetWhenDelivered(transport, sock, self.clock, self.linger)
 
     def half_close(self, transport: Any) -> None:
         """Send EOF but keep reading; TLS cannot half-close, so it closes once flushed.
 
-        (Twisted's TLS wrapper forwards unknown attributes to the TCP socket beneath it,
-        so `loseWriteConnection` would wrongly shut the raw socket under the TLS layer.)"""
+        The producer goes first (`_release_producer`): a half-close with a paused one
+        registered never sends its FIN. (Twisted's TLS wrapper forwards unknown attributes
+        to the TCP socket beneath it, so `loseWriteConnection` would wrongly shut the raw
+        socket under the TLS layer.)"""
         if not getattr(transport, "connected", True):
             return
         lose_write = getattr(transport, "loseWriteConnection", None)
         if lose_write is not None and not ISSLTransport.providedBy(transport):
             _set_linger(transport, _FIN_ON_CLOSE)
+            _release_producer(transport)
             lose_write()
         else:
             self.close(transport)
@@ -203,6 +211,21 @@ class WatchedReader:
         # The consumer is gone. How this side ends (FIN or reset) is the relay's decision,
         # made from the way the consumer ended: closing here would always look clean.
         self._endings._not_paused(self)
+
+
+def _release_producer(transport: Any) -> None:
+    """Unregister the producer of a transport whose write side is being closed.
+
+    Every close and half-close here goes through this first, and so does an abort that
+    waits for delivery. The producer of a relayed transport is the reader of the other
+    side, which has ended (or is being ended): it has nothing more to write. Left
+    registered and paused (the socket's buffer over Twisted's 64 KiB when the end
+    arrives), it stops the end: once the buffer drains, Twisted's `FileDescriptor.doWrite`
+    resumes it instead of sending the FIN, and never looks again; a TLS transport waits
+    for it to go before it shuts down (upstream/twisted-half-close-paused-producer.md)."""
+    unregister = getattr(transport, "unregisterProducer", None)
+    if unregister is not None:
+        unregister()
 
 
 def _abort_now(transport: Any) -> None:
@@ -283,6 +306,13 @@ def _undelivered(transport: Any, sock: socket.socket) -> int:
         except OSError:
             pass
     return queued
+
+
+def undelivered(transport: Any) -> int:
+    """Bytes a socket transport (or TLS over one) holds for its peer, in this process and in
+    the kernel, that the peer has not acknowledged; what this process holds for anything else."""
+    sock = socket_under(transport)
+    return _queued_in_process(transport) if sock is None else _undelivered(transport, sock)
 
 
 def delivery_progress(transport: Any) -> int | None:

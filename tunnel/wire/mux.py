@@ -34,6 +34,7 @@ from tunnel.wire.addresses import Destination
 from tunnel.wire.endings import Endings, no_delay
 from tunnel.wire.recovery import lower_rto_floor
 from tunnel.wire.refusals import OpenFailed
+from tunnel.wire.stalls import StallWatch, socket_side
 from tunnel.wire.transports import ITLSConnection
 
 log = Logger(namespace="fluidity.mux")
@@ -170,6 +171,17 @@ class TunnelStream:
     def stopProducing(self) -> None:
         self.abortConnection()
 
+    def ends(self) -> str:
+        """The two producers and the relayed socket, for a log line about a stalled stream."""
+        sink = getattr(self.protocol, "sink", None)  # a relay's: where this stream's bytes go
+        reader = getattr(self._producer, "transport", self._producer)  # what writes into this stream
+        read = "the same" if reader is not None and reader is sink else socket_side(reader)
+        return (
+            f"its producer {'paused' if self._producer_paused else 'running' if self._producer else 'none'}, "
+            f"its reader {'paused' if self._reader_paused else 'running'}; socket written to: {socket_side(sink)}; "
+            f"socket read from: {read}"
+        )
+
     # -- what the core says happened ------------------------------------------------
     def _receive(self, data: bytes) -> None:
         if self.protocol is None:
@@ -248,6 +260,7 @@ class TunnelMux(Protocol):
         self.closed_deferred: Deferred = Deferred()
         self._in_receive = False
         self._timer = None
+        self.stalls = StallWatch()
 
     @property
     def peer_ready(self) -> bool:
@@ -329,7 +342,24 @@ class TunnelMux(Protocol):
             return
         self.core.tick(self.clock.seconds())
         self._run()
+        self._look_for_stalls()
         self._arm()
+
+    def _look_for_stalls(self) -> None:
+        """Say which streams have stopped moving (at debug level: an idle session has too)."""
+        marks = {sid: self.core.progress(sid) for sid in self.streams}
+        for sid, seconds in self.stalls.check(self.clock.seconds(), marks):
+            stream = self.streams[sid]
+            log.debug(
+                "{peer}: stream {sid} to {dest} has not moved for at least {seconds:.0f}s ({state}): {flow}; {ends}",
+                peer=self.peer_name,
+                sid=sid,
+                dest=stream.destination.authority,
+                seconds=seconds,
+                state=self.core.stream_state(sid).value,
+                flow=", ".join(f"{k} {v}" for k, v in self.core.flow(sid).items()),
+                ends=stream.ends(),
+            )
 
     # -- IPushProducer for the TLS transport: stop pushing stream data while it is full --
     def pauseProducing(self) -> None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ABSENT",
     "OFF_SWITCH",
     "PATCH_MODULES",
     "REGISTRY",
@@ -32,6 +33,7 @@ __all__ = [
     "source_fingerprint",
 ]
 
+ABSENT = "absent"  # a Replacement's `written_against` for a name the library lacks and should have
 OFF_SWITCH = "FLUIDITY_LIBRARY_SPEEDUPS"  # =off: every library as shipped (a baseline to measure against)
 _MISSING = object()  # an attribute inherited, not the owner's own: removed again by deleting it
 
@@ -77,6 +79,8 @@ class Replacement(Reliance):
     def mismatch(self) -> str | None:
         if getattr(self.owner, self.attribute, None) is self.ours:
             return None
+        if self.written_against == ABSENT:
+            return f"{self.name} exists already" if self.attribute in vars(self.owner) else None
         return super().mismatch()
 
 
@@ -88,11 +92,19 @@ class Patch:
     relies_on: tuple[Reliance, ...] = ()  # a subclass's overridden methods go here: nothing is replaced
     platforms: tuple[str, ...] = ()  # sys.platform prefixes it was tried on; () for every platform
     also_needs: Callable[[], str | None] | None = None  # any other check: the reason it does not fit, or None
+    needed: Callable[[], bool] | None = None  # whether what it mends exists here at all; None: always
+
+    def needed_here(self) -> bool:
+        """For this platform and this library at all (a fix for Windows is not needed on Linux)."""
+        platform_ok = not self.platforms or sys.platform.startswith(self.platforms)
+        return platform_ok and (self.needed is None or self.needed())
 
     def unfit(self) -> str | None:
         """Why it cannot be installed here, or None."""
         if self.platforms and not sys.platform.startswith(self.platforms):
             return f"not tried on {sys.platform} (only {', '.join(self.platforms)})"
+        if not self.needed_here():
+            return "not needed here"
         for part in (*self.replaces, *self.relies_on):
             wrong = part.mismatch()
             if wrong:
@@ -206,7 +218,13 @@ class Registry:
 REGISTRY = Registry()
 
 # The modules that each register one patch (docs/design.md lists the same; a test holds both to the tree).
-PATCH_MODULES = ("tunnel.wire.eager_connect", "tunnel.wire.h2_speedups", "tunnel.wire.tls_batching")
+PATCH_MODULES = (
+    "tunnel.wire.eager_connect",
+    "tunnel.wire.eager_write",
+    "tunnel.wire.filepath_windows",
+    "tunnel.wire.h2_speedups",
+    "tunnel.wire.tls_batching",
+)
 
 
 def registry() -> Registry:
