@@ -10,6 +10,7 @@ FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md requirements.lock ./
 COPY tunnel ./tunnel
+COPY deployment ./deployment
 COPY lambdas ./lambdas
 COPY infra ./infra
 COPY twisted ./twisted

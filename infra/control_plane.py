@@ -13,10 +13,12 @@ from pathlib import Path
 import pulumi
 import pulumi_aws as aws
 
+from deployment.stack_settings import StackSettings
+
 from . import policies
-from .settings import StackSettings
 
 LAMBDAS = Path(__file__).resolve().parent.parent / "lambdas"
+CODE_FOLDERS = (LAMBDAS, LAMBDAS.parent / "deployment")  # what the Lambdas import: boto3 and these
 RUNTIME = "python3.12"
 APIGATEWAY_LOGS_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
 ROUTES = (("wake", "POST"), ("status", "GET"), ("kill", "POST"))
@@ -62,9 +64,10 @@ class ControlPlaneArgs:
 
 
 def code_archive() -> pulumi.AssetArchive:
-    """Only the `lambdas/` folder (its .py files), kept under that name: handler `lambdas.wake.handler`."""
-    files = sorted(p for p in LAMBDAS.glob("*.py"))
-    return pulumi.AssetArchive({f"lambdas/{p.name}": pulumi.FileAsset(str(p)) for p in files})
+    """Only the `lambdas/` folder and the `deployment/` one it imports (their .py files), kept
+    under those names: handler `lambdas.wake.handler`."""
+    files = sorted(p for folder in CODE_FOLDERS for p in folder.glob("*.py"))
+    return pulumi.AssetArchive({f"{p.parent.name}/{p.name}": pulumi.FileAsset(str(p)) for p in files})
 
 
 def function_environment(s: StackSettings, security_group_id: str = "", endpoint: str = "") -> dict[str, str]:
@@ -90,7 +93,7 @@ def function_environment(s: StackSettings, security_group_id: str = "", endpoint
 
 
 def budget_environment(s: StackSettings) -> dict[str, str]:
-    """monthlyBudget and the prices the Lambdas weigh the month with (`lambdas/budget.py`),
+    """monthlyBudget and the prices the Lambdas weigh the month with (`deployment/budget.py`),
     from the same model as `fluidity cost`."""
     if s.monthly_budget is None:
         return {}

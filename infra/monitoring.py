@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, CONTROL_PLANE_ERRORS, LAST_ACTIVITY
-
-from .alarm_specs import PERIOD, alarm_metrics, error_filters
-from .settings import StackSettings
+from deployment.alarm_specs import PERIOD, alarm_metrics, error_filters
+from deployment.metric_names import ACTIVE_CONNECTIONS, CONTROL_PLANE_ERRORS, LAST_ACTIVITY
+from deployment.stack_settings import StackSettings
 
 
 @dataclass

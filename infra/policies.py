@@ -7,6 +7,8 @@ metric statistics) are the only `*` resources.
 
 from __future__ import annotations
 
+from deployment.stack_settings import ECR_KEEP_IMAGES
+
 
 def assume_role(service: str) -> dict:
     return {
@@ -114,9 +116,6 @@ def invoke_functions(function_arns: list[str]) -> dict:
             }
         ],
     }
-
-
-ECR_KEEP_IMAGES = 2  # the running image and the one before it, for a rollback
 
 
 def ecr_lifecycle(keep: int = ECR_KEEP_IMAGES) -> dict:

@@ -12,11 +12,11 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
-from lambdas.ecs_state import OWNER_TAG, PULUMI_OWNS
-from lambdas.ingress import INGRESS_TAG
+from deployment.ecs_state import OWNER_TAG, PULUMI_OWNS
+from deployment.ingress import INGRESS_TAG
+from deployment.stack_settings import StackSettings
 
 from . import policies
-from .settings import StackSettings
 
 EXECUTION_POLICY = "arn:aws:iam::aws:policy/service-role/AmazonECSTaskExecutionRolePolicy"
 HEALTH_CHECK_COMMAND = ["CMD", "python3", "-m", "tunnel.server.healthcheck"]
@@ -145,19 +145,7 @@ class FluidityService(pulumi.ComponentResource):
         )
 
         self.cluster = aws.ecs.Cluster(f"{name}-cluster", name=s.cluster_name, opts=child)
-        capacity = None
-        if s.capacity == "FARGATE_SPOT":
-            capacity = aws.ecs.ClusterCapacityProviders(
-                f"{name}-capacity",
-                cluster_name=self.cluster.name,
-                capacity_providers=["FARGATE", "FARGATE_SPOT"],
-                default_capacity_provider_strategies=[
-                    aws.ecs.ClusterCapacityProvidersDefaultCapacityProviderStrategyArgs(
-                        capacity_provider="FARGATE_SPOT", weight=1
-                    )
-                ],
-                opts=child,
-            )
+        capacity = self._capacity(name, s, child)
 
         self.log_group = aws.cloudwatch.LogGroup(
             f"{name}-logs", name=s.log_group_name, retention_in_days=s.log_retention_days, opts=child
@@ -199,27 +187,7 @@ class FluidityService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # Where agents come in: the task itself, or (stableEndpoint nlb) the load balancer,
-        # whose group then takes the agents' rules and the task's takes only its traffic.
-        self.load_balancer: aws.lb.LoadBalancer | None = None
-        self.target_group: aws.lb.TargetGroup | None = None
-        if s.behind_nlb:
-            self.ingress_group = self._agents_group(f"{name}-lb-sg", "the load balancer", s, args.vpc_id)
-            self.security_group = self._group(
-                f"{name}-sg",
-                args.vpc_id,
-                child,
-                description=f"Fluidity server: {s.container_port}/tcp from its load balancer",
-                ingress=[
-                    _server_port(
-                        s,
-                        "agents and health checks, through the load balancer",
-                        security_groups=[self.ingress_group.id],
-                    )
-                ],
-            )
-        else:
-            self.security_group = self.ingress_group = self._agents_group(f"{name}-sg", "the server", s, args.vpc_id)
+        self._entry_groups(name, s, args.vpc_id, child)
 
         if s.container_image:
             image = pulumi.Output.from_input(s.container_image)
@@ -246,6 +214,64 @@ class FluidityService(pulumi.ComponentResource):
             opts=child,
         )
 
+        self.service = self._ecs_service(name, s, args, child, capacity)
+        self.scaling_target: aws.appautoscaling.Target | None = None
+        if s.scales:
+            self._scale(name, s, child)
+        self.register_outputs(
+            {
+                "image": image,
+                "clusterName": self.cluster.name,
+                "serviceName": self.service.name,
+                "repositoryUrl": self.repository.repository_url,
+                "logGroupName": self.log_group.name,
+                "securityGroupId": self.security_group.id,
+            }
+        )
+
+    def _capacity(self, name: str, s: StackSettings, child: pulumi.ResourceOptions):
+        """Spot as the cluster's default capacity (FARGATE_SPOT), or None for on-demand."""
+        if s.capacity != "FARGATE_SPOT":
+            return None
+        return aws.ecs.ClusterCapacityProviders(
+            f"{name}-capacity",
+            cluster_name=self.cluster.name,
+            capacity_providers=["FARGATE", "FARGATE_SPOT"],
+            default_capacity_provider_strategies=[
+                aws.ecs.ClusterCapacityProvidersDefaultCapacityProviderStrategyArgs(
+                    capacity_provider="FARGATE_SPOT", weight=1
+                )
+            ],
+            opts=child,
+        )
+
+    def _entry_groups(self, name: str, s: StackSettings, vpc_id, child: pulumi.ResourceOptions) -> None:
+        """Where agents come in: the task itself, or (stableEndpoint nlb) the load balancer,
+        whose group then takes the agents' rules and the task's takes only its traffic."""
+        self.load_balancer: aws.lb.LoadBalancer | None = None
+        self.target_group: aws.lb.TargetGroup | None = None
+        if s.behind_nlb:
+            self.ingress_group = self._agents_group(f"{name}-lb-sg", "the load balancer", s, vpc_id)
+            self.security_group = self._group(
+                f"{name}-sg",
+                vpc_id,
+                child,
+                description=f"Fluidity server: {s.container_port}/tcp from its load balancer",
+                ingress=[
+                    _server_port(
+                        s,
+                        "agents and health checks, through the load balancer",
+                        security_groups=[self.ingress_group.id],
+                    )
+                ],
+            )
+        else:
+            self.security_group = self.ingress_group = self._agents_group(f"{name}-sg", "the server", s, vpc_id)
+
+    def _ecs_service(
+        self, name: str, s: StackSettings, args: FluidityServiceArgs, child: pulumi.ResourceOptions, capacity
+    ) -> aws.ecs.Service:
+        """The service, on Spot or on-demand, behind the load balancer when there is one."""
         placement = (
             {
                 "capacity_provider_strategies": [
@@ -269,7 +295,7 @@ class FluidityService(pulumi.ComponentResource):
                 ],
                 "health_check_grace_period_seconds": 60,  # a cold start on a quarter of a vCPU
             }
-        self.service = aws.ecs.Service(
+        return aws.ecs.Service(
             f"{name}-service",
             name=s.service_name,
             cluster=self.cluster.arn,
@@ -299,19 +325,6 @@ class FluidityService(pulumi.ComponentResource):
                 depends_on=[r for r in (capacity, listener) if r is not None] or None,
                 ignore_changes=[] if s.desired_count is not None else ["desiredCount"],
             ),
-        )
-        self.scaling_target: aws.appautoscaling.Target | None = None
-        if s.scales:
-            self._scale(name, s, child)
-        self.register_outputs(
-            {
-                "image": image,
-                "clusterName": self.cluster.name,
-                "serviceName": self.service.name,
-                "repositoryUrl": self.repository.repository_url,
-                "logGroupName": self.log_group.name,
-                "securityGroupId": self.security_group.id,
-            }
         )
 
     # -- where agents come in ---------------------------------------------------------------

@@ -13,8 +13,8 @@ import json
 import logging
 from collections.abc import Callable
 
-from .ecs_state import OwnedByPulumi, ServiceMissing
-from .settings import SettingsError
+from deployment.ecs_state import OwnedByPulumi, ServiceMissing
+from deployment.settings import SettingsError
 
 log = logging.getLogger("fluidity.lambdas")
 log.setLevel(logging.INFO)

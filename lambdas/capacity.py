@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from .settings import Settings
+from deployment.settings import Settings
 
 SPOT_PATIENCE = 120.0  # seconds with the server wanted and no task before on-demand
 SPOT = [{"capacityProvider": "FARGATE_SPOT", "weight": 1}]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from . import ecs_state, ingress
+from deployment import ecs_state, ingress
+from deployment.clients import client
+from deployment.settings import from_env
+
 from .api import log, respond
-from .clients import client
-from .settings import from_env
 
 
 def kill(event=None) -> tuple[int, dict]:

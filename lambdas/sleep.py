@@ -10,33 +10,17 @@ figures behind it, is logged and returned.
 
 from __future__ import annotations
 
-import datetime
 import json
 import time
 
-from . import budget, capacity, ecs_state, ingress
+from deployment import budget, ecs_state, ingress
+from deployment.clients import client
+from deployment.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from deployment.metric_reads import newest_maximum
+from deployment.settings import Settings, SettingsError, from_env
+
+from . import capacity
 from .api import aws_reason, log
-from .clients import client
-from .metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
-from .settings import Settings, SettingsError, from_env
-
-
-def newest_maximum(cloudwatch, settings: Settings, metric: str, now: float) -> float | None:
-    """The largest Maximum of `metric` over the lookback window, or None without data."""
-    moment = datetime.datetime.fromtimestamp(now, datetime.UTC)
-    start = moment - datetime.timedelta(minutes=settings.lookback_minutes)
-    end = moment + datetime.timedelta(minutes=1)  # EndTime is exclusive: include this very minute
-    answer = cloudwatch.get_metric_statistics(
-        Namespace=settings.namespace,
-        MetricName=metric,
-        Dimensions=[{"Name": "ServiceName", "Value": settings.service}],
-        StartTime=start,
-        EndTime=end,
-        Period=60,
-        Statistics=["Maximum"],
-    )
-    values = [p["Maximum"] for p in answer.get("Datapoints", []) if "Maximum" in p]
-    return max(values) if values else None
 
 
 def decide(ecs, cloudwatch, settings: Settings, now: float, ec2=None) -> dict:

@@ -3,10 +3,11 @@ API sees it (`callerIp`: what `fluidity start` opens the port to)."""
 
 from __future__ import annotations
 
-from . import ecs_state, ingress
+from deployment import ecs_state, ingress
+from deployment.clients import client
+from deployment.settings import from_env
+
 from .api import respond
-from .clients import client
-from .settings import from_env
 
 
 def status(event) -> tuple[int, dict]:

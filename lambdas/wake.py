@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import time
 
-from . import budget, capacity, ecs_state, ingress
+from deployment import budget, ecs_state, ingress
+from deployment.clients import client
+from deployment.settings import from_env
+
+from . import capacity
 from .api import log, respond
-from .clients import client
-from .settings import from_env
 
 
 def wake(event, now: float | None = None) -> tuple[int, dict]:

@@ -176,7 +176,7 @@ def moto_server():
 @pytest.fixture
 def aws(moto_server, monkeypatch):
     """A clean moto account; this process's boto3 (the Lambda handlers) points at it."""
-    from lambdas import clients
+    from deployment import clients
 
     moto_server.reset()
     for name, value in moto_server.env.items():

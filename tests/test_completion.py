@@ -93,3 +93,16 @@ def test_agent_help_names_the_service_commands_and_the_flags():
         assert f"usage: fluidity {role}" in done.stdout and "--config" in done.stdout, done.stdout
         assert ("install-service" in done.stdout) == (role == "agent"), done.stdout
         assert ("--upstream-proxy" if role == "agent" else "--egress-allow") in done.stdout, done.stdout
+
+
+def test_every_command_of_the_parser_has_what_runs_it():
+    """The parser and the dispatch live apart (`cli_parser`, `cli.RUNS`): a command added to one
+    and not the other would parse and then fail."""
+    import argparse
+
+    from tunnel.ops.cli import RUNS
+    from tunnel.ops.cli_parser import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(commands) - {"agent", "server"} == set(RUNS)  # those two are twistd's, handed over in _main

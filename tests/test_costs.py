@@ -17,7 +17,7 @@ def by_item(lines, start: str):
 
 
 def estimate_for(values: dict, usage: costs.Usage):
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
 
     return costs.estimate(from_config(costs._Config(values)), usage, "us-east-1")
 
@@ -261,7 +261,7 @@ def test_the_month_so_far_against_the_budget_from_moto(aws, tmp_path):
 
     from test_lambdas import put_usage, this_months_minutes
 
-    from lambdas.budget import GB
+    from deployment.budget import GB
 
     now = time.time()
     minutes = this_months_minutes(now, 180) or [now]
@@ -279,7 +279,7 @@ def test_the_month_so_far_against_the_budget_from_moto(aws, tmp_path):
     assert under.returncode == 0, under.stderr
     hours = round(len(minutes) / 60, 2)
     assert f"{hours:g} task-hours" in under.stdout and "2 GB" in under.stdout and "Budget $100.00:" in under.stdout
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
 
     prices = costs.budget_prices(from_config(costs._Config({})))
     total = round(len(minutes) / 60 * prices["task_hour"] + 2 * 0.09 + prices["fixed"], 2)
@@ -320,7 +320,7 @@ def test_the_sample_stacks_figures_for_issue_43():
     included); Spot is the default and ARM64 cheaper still."""
     from pathlib import Path
 
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
 
     values, region = costs.read_stack(Path(__file__).resolve().parent.parent / "Pulumi.dev.yaml")
     sample = costs.estimate(from_config(costs._Config(values)), costs.Usage(hours_per_month=40), region)

@@ -164,7 +164,7 @@ def test_a_code_archive_missing_a_module_fails_the_call(plane, monkeypatch):
     monkeypatch.setattr(
         control_plane,
         "code_archive",
-        lambda: pulumi.AssetArchive({k: v for k, v in whole().assets.items() if k != "lambdas/ecs_state.py"}),
+        lambda: pulumi.AssetArchive({k: v for k, v in whole().assets.items() if k != "deployment/ecs_state.py"}),
     )
     _, declared, gateway = plane()
     assert call(gateway, declared.outputs["statusUrl"], "GET", declared.outputs["apiKey"]) == (

@@ -1,6 +1,6 @@
 """Every setting the code accepts is documented once, in docs/configuration.md: each key
 of the server and the agent (tunnel/config.py), of the server's `metrics:` block, and of
-the stack (infra/settings.py and the three certificate secrets). The performance figures
+the stack (deployment/stack_settings.py and the three certificate secrets). The performance figures
 of the README and docs/performance.md are those of the run `bench/results.md` holds."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def documented(heading: str) -> list[str]:
 
 
 def stack_keys() -> set[str]:
-    source = (ROOT / "infra" / "settings.py").read_text()
+    source = (ROOT / "deployment" / "stack_settings.py").read_text()
     found = set(re.findall(r"\(config, \"(\w+)\"", source)) - {"get_object"} | set(
         re.findall(r'config\.get(?:_object)?\("(\w+)"\)', source)
     )

@@ -90,8 +90,8 @@ def test_lines_follow_the_specification():
 
 @pytest.mark.processes
 def test_the_server_writes_emf_and_sleep_decides_from_it(aws, certs, tmp_path):
+    from deployment.settings import from_env
     from lambdas import sleep
-    from lambdas.settings import from_env
 
     service = aws.make_service(desired=1)
     aws.reconcile(service)

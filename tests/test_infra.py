@@ -144,7 +144,9 @@ def test_control_plane_defaults(stack):
         }
         archive = function["code"]
         assert isinstance(archive, pulumi.AssetArchive)
-        assert set(archive.assets) == {f"lambdas/{p.name}" for p in (ROOT / "lambdas").glob("*.py")}  # only that folder
+        assert set(archive.assets) == {  # only those folders
+            f"{folder}/{p.name}" for folder in ("lambdas", "deployment") for p in (ROOT / folder).glob("*.py")
+        }
     lambda_logs = [
         r.inputs
         for r in stack.of_type("aws:cloudwatch/logGroup:LogGroup")
@@ -478,7 +480,7 @@ def test_ingress_for_wakers_is_the_default_and_a_cidr_replaces_it():
 def test_one_alarm_reads_two_metrics_that_cover_the_control_planes_errors(stack):
     """Errors of every Lambda and the API's 5xx reach one metric through metric filters; the
     alarm reads it and the sleep Lambda's throttles (issue 43: one alarm at $0.20, not nine)."""
-    from lambdas.metric_names import CONTROL_PLANE_ERRORS
+    from deployment.metric_names import CONTROL_PLANE_ERRORS
 
     topic = stack.one("aws:sns/topic:Topic").inputs
     assert topic["name"] == "fluidity-server-alarms"
@@ -537,7 +539,7 @@ def test_one_alarm_reads_two_metrics_that_cover_the_control_planes_errors(stack)
 )
 def test_the_cost_model_prices_the_alarms_and_dashboards_the_stack_declares(config):
     """Counted from what the program registers, so `fluidity cost` cannot drift from it."""
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
     from tunnel.ops import costs, rates
 
     stack = synthesize(config)
@@ -555,7 +557,7 @@ def test_the_cost_model_prices_the_alarms_and_dashboards_the_stack_declares(conf
 
 def test_dashboard_shows_the_servers_metrics_decisions_errors_and_calls(stack):
     """Opt-in (`dashboard: true`): $3.00 a month at list price, so the default stack has none."""
-    from lambdas.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+    from deployment.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
 
     assert stack.of_type("aws:cloudwatch/dashboard:Dashboard") == []
     stack = synthesize({"dashboard": "true"})
@@ -666,7 +668,7 @@ def test_monitoring_can_be_left_out_for_the_cheapest_stack():
 
 def test_a_blank_schedule_is_its_default_not_a_missing_one():
     """`pulumi config set fluidity:sleepSchedule ' '` keeps the sleep rule (it used to become None)."""
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
     from tunnel.ops import costs
 
     settings = from_config(costs._Config({"sleepSchedule": "  ", "killSchedule": "", "wakeSchedule": " "}))
@@ -798,7 +800,7 @@ def test_behind_the_nlb_a_fixed_cidr_goes_on_the_balancers_group():
 def test_a_monthly_budget_reaches_every_lambda_with_the_prices_fluidity_cost_uses():
     """Issue 43: the Lambdas weigh the month with the cost model's own figures, and wake may
     read the metrics it weighs it from."""
-    from infra.settings import from_config
+    from deployment.stack_settings import from_config
     from tunnel.ops import costs, rates
 
     config = {"monthlyBudget": "5", "cpuArchitecture": "ARM64", "capacity": "FARGATE_SPOT"}

@@ -89,13 +89,13 @@ def test_a_world_readable_key_stops_the_agent_with_the_fix(certs, tmp_path):
 
 def test_the_local_demo_starts_its_children_without_posix_sessions(monkeypatch):
     """Windows has neither sessions nor preexec_fn: the demo's children get a process group."""
-    from tunnel.ops import cli
+    from tunnel.ops import local_supervisor
 
-    monkeypatch.setattr(cli, "POSIX", False)
-    options = cli._child_options()
+    monkeypatch.setattr(local_supervisor, "POSIX", False)
+    options = local_supervisor._child_options()
     assert "preexec_fn" not in options and "start_new_session" not in options and "creationflags" in options
-    monkeypatch.setattr(cli, "POSIX", True)
-    assert cli._child_options()["start_new_session"] is True
+    monkeypatch.setattr(local_supervisor, "POSIX", True)
+    assert local_supervisor._child_options()["start_new_session"] is True
 
 
 @pytest.mark.processes

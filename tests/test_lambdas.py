@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from deployment.clients import client
+from deployment.settings import from_env
 from lambdas import kill, sleep, status, wake
-from lambdas.clients import client
-from lambdas.settings import from_env
 
 
 def api_event(method: str, path: str, **extra) -> dict:
@@ -209,7 +209,7 @@ def test_unknown_service_is_502_with_reason(aws, monkeypatch, handler, method):
 def test_unreachable_aws_is_502(aws, monkeypatch):
     from support import free_port
 
-    from lambdas import clients
+    from deployment import clients
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     clients.forget()
@@ -429,7 +429,7 @@ def test_sleep_closes_the_port_when_it_stops_the_server(aws, wakers):
 
 
 def test_many_wakers_stay_within_the_limit_and_stale_rules_are_pruned(aws, wakers, monkeypatch):
-    from lambdas import ingress
+    from deployment import ingress
 
     ec2 = aws.client("ec2")
     old = time.time() - 3 * 86400
@@ -578,14 +578,14 @@ def budget_env(monkeypatch, limit: str, task_hour: str = "0.2", gb: str = "0.09"
 
 def this_months_minutes(now: float, count: int) -> list[float]:
     """`count` one-minute moments before `now`, none before this month began."""
-    from lambdas.budget import month_start
+    from deployment.budget import month_start
 
     start = month_start(now).timestamp()
     return [m for m in (now - 60 * (i + 1) for i in range(count)) if m >= start]
 
 
 def test_the_month_so_far_is_task_hours_bytes_sent_and_the_fixed_lines(aws):
-    from lambdas.budget import GB, Budget, month_so_far, month_start
+    from deployment.budget import GB, Budget, month_so_far, month_start
 
     now = time.time()
     minutes = this_months_minutes(now, 120)
@@ -618,7 +618,7 @@ def test_past_the_budget_wake_refuses_with_402_and_a_reason_until_it_is_raised(a
 
 
 def test_past_the_budget_sleep_stops_a_server_in_use_and_the_next_month_wakes_again(aws, monkeypatch):
-    from lambdas.budget import next_month
+    from deployment.budget import next_month
 
     service = aws.make_service(desired=1)
     aws.reconcile(service)
@@ -633,7 +633,7 @@ def test_past_the_budget_sleep_stops_a_server_in_use_and_the_next_month_wakes_ag
     turned = next_month(now).timestamp() + 3600
     code, _ = call(wake.handler, "POST", "/wake")
     assert code == 402
-    from lambdas.budget import month_so_far
+    from deployment.budget import month_so_far
 
     settings = from_env()
     assert settings.budget is not None

@@ -13,8 +13,8 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from deployment.ingress import source_ipv4
 from lambdas.api import BadEvent, body_of, method_of, respond
-from lambdas.ingress import source_ipv4
 from tunnel.agent import socks
 from tunnel.agent.http_front import ProxyFront, ProxySite
 from tunnel.config import AGENT_KEYS, SERVER_KEYS, ConfigError, load

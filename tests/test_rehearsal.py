@@ -23,7 +23,7 @@ import pytest
 import yaml
 from support import Origin, curl, free_port, https_context, make_certs, start_twistd, wait_until
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 
 pytestmark = [pytest.mark.rehearsal, pytest.mark.processes]
 
@@ -148,7 +148,7 @@ def active_connections(cloud) -> list[float]:
     import datetime
 
     now = datetime.datetime.now(datetime.UTC)
-    from lambdas.metric_names import ACTIVE_CONNECTIONS
+    from deployment.metric_names import ACTIVE_CONNECTIONS
 
     namespace = cloud.declared.function(cloud.outputs["serviceName"] + "-sleep").inputs["environment"]["variables"][
         "METRICS_NAMESPACE"

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 from tunnel.bypass import DEFAULT_BYPASS, check_bypass
 from tunnel.proxy_trust import check_allowed as check_proxy_allow
 from tunnel.redaction import redact_url

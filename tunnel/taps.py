@@ -48,7 +48,7 @@ class RoleOptions(usage.Options):
 
     def opt_version(self) -> None:
         """Print Fluidity's version and exit."""
-        from tunnel.ops.cli import _version
+        from tunnel.ops.cli_parser import _version
 
         print(f"fluidity-{self.role} {_version()}")
         raise SystemExit(0)

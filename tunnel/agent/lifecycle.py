@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 from tunnel.agent.upstream import ProxiedEndpoints
 from tunnel.config import AgentSettings, ConfigError
 from tunnel.redaction import redact
@@ -59,28 +59,9 @@ def settings_from(config: AgentSettings) -> LifecycleSettings | None:
             _check_url(url, f"{where}: 'lifecycle.{name}'")
     if not wake:
         raise ConfigError(f"{where}: 'lifecycle.wake_endpoint' is required when the lifecycle block is used")
-    if not status:
-        parts = urlsplit(wake)
-        if not parts.path.rstrip("/").endswith("/wake"):
-            raise ConfigError(
-                f"{where}: 'lifecycle.status_endpoint' is required (it cannot be derived from a wake_endpoint that "
-                f"does not end in /wake)"
-            )
-        status = urlunsplit(parts._replace(path=parts.path.rstrip("/")[: -len("wake")] + "status"))
-    try:
-        key = api_key_of(config)
-    except SecretUnavailable as e:
-        raise ConfigError(f"{where}: {e}") from None
-    if not key:
-        raise ConfigError(
-            f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)"
-        )
-    if (
-        config.lifecycle.wake_timeout < 1
-        or config.lifecycle.wake_retry_interval <= 0
-        or config.lifecycle.request_timeout <= 0
-    ):
-        raise ConfigError(f"{where}: 'lifecycle.wake_timeout' must be at least 1s and the intervals above 0")
+    status = status or _status_from_wake(wake, where)
+    key = _required_key(config, where)
+    _check_timings(config.lifecycle, where)
     kill_on_exit = config.lifecycle.kill_on_exit
     if kill_on_exit is None:
         kill_on_exit = bool(kill)
@@ -97,6 +78,35 @@ def settings_from(config: AgentSettings) -> LifecycleSettings | None:
         kill_on_exit=kill_on_exit,
         upstream_proxy=config.upstream_proxy,
     )
+
+
+def _status_from_wake(wake: str, where: str) -> str:
+    """The status URL beside a wake URL ending in /wake, as the stack's outputs are laid out."""
+    parts = urlsplit(wake)
+    if not parts.path.rstrip("/").endswith("/wake"):
+        raise ConfigError(
+            f"{where}: 'lifecycle.status_endpoint' is required (it cannot be derived from a wake_endpoint that "
+            f"does not end in /wake)"
+        )
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/")[: -len("wake")] + "status"))
+
+
+def _required_key(config: AgentSettings, where: str) -> str:
+    """The control plane's key, read now so that a missing one stops the start, not the first wake."""
+    try:
+        key = api_key_of(config)
+    except SecretUnavailable as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not key:
+        raise ConfigError(
+            f"{where}: 'lifecycle.api_key' is required with a lifecycle block (the control plane needs x-api-key)"
+        )
+    return key
+
+
+def _check_timings(block, where: str) -> None:
+    if block.wake_timeout < 1 or block.wake_retry_interval <= 0 or block.request_timeout <= 0:
+        raise ConfigError(f"{where}: 'lifecycle.wake_timeout' must be at least 1s and the intervals above 0")
 
 
 def api_key_of(config: AgentSettings) -> str:

@@ -1,6 +1,6 @@
 """`fluidity cost`: what a month of the stack costs, line by line, for a given use.
 
-Reads the stack's settings the way the Pulumi program does (`infra.settings`, from
+Reads the stack's settings the way the Pulumi program does (`deployment.stack_settings`, from
 `Pulumi.<stack>.yaml`), applies the prices in `rates.py`, and shows each line at list
 price and after the free tiers AWS names (free tiers are per account: other use of the
 same account shares them). Fargate Spot is a range, not a promise.
@@ -91,7 +91,7 @@ def read_stack(path: Path) -> tuple[dict, str | None]:
 
 
 class _Config(dict):
-    """What `infra.settings.from_config` reads: `get(key)` like pulumi.Config."""
+    """What `deployment.stack_settings.from_config` reads: `get(key)` like pulumi.Config."""
 
     def get(self, key, default=None):
         value = super().get(key, default)
@@ -110,13 +110,8 @@ def _runs_per_month(expression: str | None) -> float:
     return 22.0 if "MON-FRI" in expression.upper() else 30.0
 
 
-def estimate(settings, usage: Usage, region: str | None) -> Estimate:
-    s, u = settings, usage
-    hours = u.hours_per_month
-    est = Estimate(region=rates.REGION, rates_taken=rates.TAKEN)
-    if region and region != rates.REGION:
-        est.warnings.append(f"the rates are {rates.REGION}'s (taken {rates.TAKEN}); {region} differs by a few per cent")
-
+def _fargate(s, hours: float) -> Line:
+    """The task's compute: on-demand, or Spot's range of discounts, times the tasks scaling may run."""
     price = rates.FARGATE[s.cpu_architecture]
     compute = hours * (s.cpu / 1024 * price["vcpu_hour"] + s.memory / 1024 * price["gb_hour"])
     tasks = s.max_tasks  # scaled: one task at the least, maxTasks at the most
@@ -132,17 +127,75 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
     high *= tasks
     if tasks > 1:
         note += f"; 1 to {tasks} tasks as Application Auto Scaling decides"
-    run = est.running
-    run.append(
+    return Line(
+        f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h"
+        + (f", x1-{tasks} tasks" if tasks > 1 else ""),
+        low,
+        high,
+        high,
+        note,
+    )
+
+
+def _control_plane_calls(u: Usage) -> Line:
+    """API Gateway and Lambda for the wakes and the agents' polls while waking."""
+    calls = u.wakes_per_month * POLLS_PER_WAKE
+    api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (
+        rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND
+    )
+    return Line(
+        f"control plane: {calls} API calls ({u.wakes_per_month} wakes)",
+        api,
+        api,
+        0.0,
+        "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"],
+    )
+
+
+def _schedules(est: Estimate, s, u: Usage, hours: float) -> None:
+    """The scheduled Lambdas (sleep, kill, wake) while stopped, and sleep's metric reads while running."""
+    run, idle = est.running, est.stopped
+    sleeps = _runs_per_month(s.sleep_schedule)
+    others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
+    invocations = sleeps + others
+    lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
+    scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
+    # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first);
+    # with a budget, two more, and wake two per call.
+    running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
+    budgeted = s.monthly_budget is not None
+    count = running_sleeps * (4 if budgeted else 2) + (u.wakes_per_month * 2 if budgeted else 0)
+    reads = count / 1000 * rates.CLOUDWATCH_API_PER_1000
+    idle.append(
         Line(
-            f"Fargate {s.cpu / 1024:g} vCPU, {s.memory / 1024:g} GB, {s.cpu_architecture}, {hours:g} h"
-            + (f", x1-{tasks} tasks" if tasks > 1 else ""),
-            low,
-            high,
-            high,
-            note,
+            f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
+            lambda_cost + scheduler,
+            lambda_cost + scheduler,
+            0.0,
+            "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"],
         )
     )
+    run.append(
+        Line(
+            f"{'sleep and wake' if budgeted else 'sleep'}'s metric reads: {count:,.0f} GetMetricStatistics",
+            reads,
+            reads,
+            0.0,
+            "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
+        )
+    )
+
+
+def estimate(settings, usage: Usage, region: str | None) -> Estimate:
+    s, u = settings, usage
+    hours = u.hours_per_month
+    est = Estimate(region=rates.REGION, rates_taken=rates.TAKEN)
+    if region and region != rates.REGION:
+        est.warnings.append(f"the rates are {rates.REGION}'s (taken {rates.TAKEN}); {region} differs by a few per cent")
+
+    tasks = s.max_tasks  # scaled: one task at the least, maxTasks at the most
+    run = est.running
+    run.append(_fargate(s, hours))
     ipv4 = hours * rates.PUBLIC_IPV4_HOUR
     run.append(
         Line(
@@ -185,19 +238,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         )
     )
     if s.control_plane:
-        calls = u.wakes_per_month * POLLS_PER_WAKE
-        api = calls / 1e6 * rates.API_GATEWAY_REST_PER_MILLION + calls * (
-            rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND
-        )
-        run.append(
-            Line(
-                f"control plane: {calls} API calls ({u.wakes_per_month} wakes)",
-                api,
-                api,
-                0.0,
-                "API Gateway and Lambda; free tier: " + rates.FREE_TIER["Lambda"],
-            )
-        )
+        run.append(_control_plane_calls(u))
 
     idle = est.stopped
     keep = _images_kept()
@@ -215,35 +256,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
         Line("SSM SecureString parameters (3, standard tier)", 0.0, 0.0, 0.0, rates.FREE_TIER["SSM parameters"])
     )
     if s.control_plane:
-        sleeps = _runs_per_month(s.sleep_schedule)
-        others = _runs_per_month(s.kill_schedule) + _runs_per_month(s.wake_schedule)
-        invocations = sleeps + others
-        lambda_cost = invocations * (rates.LAMBDA_PER_MILLION / 1e6 + 0.128 * LAMBDA_SECONDS * rates.LAMBDA_GB_SECOND)
-        scheduler = invocations / 1e6 * rates.SCHEDULER_PER_MILLION
-        # Sleep reads two metrics per run, but only while the server runs (stopped: it returns first);
-        # with a budget, two more, and wake two per call.
-        running_sleeps = sleeps * hours / rates.HOURS_PER_MONTH
-        budgeted = s.monthly_budget is not None
-        count = running_sleeps * (4 if budgeted else 2) + (u.wakes_per_month * 2 if budgeted else 0)
-        reads = count / 1000 * rates.CLOUDWATCH_API_PER_1000
-        idle.append(
-            Line(
-                f"schedules: {invocations:,.0f} Lambda runs (sleep every {s.sleep_schedule[5:-1]})",
-                lambda_cost + scheduler,
-                lambda_cost + scheduler,
-                0.0,
-                "Lambda and EventBridge Scheduler; free tier: " + rates.FREE_TIER["EventBridge Scheduler"],
-            )
-        )
-        run.append(
-            Line(
-                f"{'sleep and wake' if budgeted else 'sleep'}'s metric reads: {count:,.0f} GetMetricStatistics",
-                reads,
-                reads,
-                0.0,
-                "free tier: " + rates.FREE_TIER["CloudWatch API requests"],
-            )
-        )
+        _schedules(est, s, u, hours)
     _monitoring(est, s)
     for line in run + idle:
         line.low, line.high, line.free = (round(v, 4) for v in (line.low, line.high, line.free))
@@ -251,7 +264,7 @@ def estimate(settings, usage: Usage, region: str | None) -> Estimate:
 
 
 def budget_prices(settings) -> dict[str, float]:
-    """What the control plane weighs a month with (`lambdas/budget.py`), at list price and
+    """What the control plane weighs a month with (`deployment/budget.py`), at list price and
     on the dear side: a task-hour on demand (Spot's discount is not counted) with its
     public IPv4 address, a GB sent with no free allowance, and the month's fixed lines."""
     price = rates.FARGATE[settings.cpu_architecture]
@@ -282,8 +295,8 @@ def data_transfer(gb: float) -> Line:
 
 def _monitoring(est: Estimate, s) -> None:
     """The alarm, billed per metric it reads, and the opt-in dashboard: counted from what
-    the stack declares (`infra.alarm_specs`), billed whether the server runs or not."""
-    from infra.alarm_specs import alarm_metric_count, dashboards
+    the stack declares (`deployment.alarm_specs`), billed whether the server runs or not."""
+    from deployment.alarm_specs import alarm_metric_count, dashboards
 
     metrics = alarm_metric_count(s)
     if metrics:
@@ -352,7 +365,7 @@ def _load_balancer(est: Estimate, s, hours: float) -> None:
 
 
 def _images_kept() -> int:
-    from infra.policies import ECR_KEEP_IMAGES
+    from deployment.stack_settings import ECR_KEEP_IMAGES
 
     return ECR_KEEP_IMAGES
 
@@ -399,7 +412,7 @@ REGION_NAME = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 
 def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: bool) -> str:
     """The estimate for a stack file, or (None: no stack here) for the stack's defaults."""
-    from infra.settings import SettingsError, from_config
+    from deployment.stack_settings import SettingsError, from_config
 
     values, stack_region = read_stack(stack_file) if stack_file is not None else ({}, None)
     if region is not None and not REGION_NAME.match(region):
@@ -419,11 +432,11 @@ def main(stack_file: Path | None, usage: Usage, region: str | None, as_json: boo
 
 def month_report(stack_file: Path | None, region: str | None, as_json: bool, now: float | None = None) -> str:
     """`fluidity cost --month`: the month so far, weighed as the control plane weighs it
-    (`lambdas.budget`, from the server's metrics in CloudWatch), against monthlyBudget."""
+    (`deployment.budget`, from the server's metrics in CloudWatch), against monthlyBudget."""
     import time
 
-    from infra.settings import SettingsError, from_config
-    from lambdas.budget import Budget, month_so_far
+    from deployment.budget import Budget, month_so_far
+    from deployment.stack_settings import SettingsError, from_config
     from tunnel.ops.operations import AwsTarget, _aws_call, _clients
 
     if region is not None and not REGION_NAME.match(region):

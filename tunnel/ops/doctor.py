@@ -259,8 +259,6 @@ def _server_address(config, checks: list[Check], timeout: float, choice) -> tupl
 
 
 def _status(config, url: str, checks: list[Check], timeout: float, choice) -> dict | None:
-    from urllib.parse import quote, urlsplit
-
     from tunnel.agent.lifecycle import api_key_of
     from tunnel.secret_source import FORMS, SecretUnavailable
 
@@ -270,35 +268,46 @@ def _status(config, url: str, checks: list[Check], timeout: float, choice) -> di
         checks.append(Check("control plane", "FAIL", str(e), f"give lifecycle.api_key as {FORMS}, or the key"))
         return None
     request = urllib.request.Request(url, headers={"x-api-key": key, "Accept": "application/json"})
-    # The agent's own route for this host: its proxy choice (configured, auto, $HTTPS_PROXY),
-    # except for this machine, which is always dialled directly.
-    parts = urlsplit(url)
     try:
-        proxy = (
-            None
-            if is_loopback(parts.hostname or "")
-            else choice.choose(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))[0]
-        )
+        via = _status_proxy(url, choice)
     except ValueError as e:
         checks.append(Check("upstream proxy", "FAIL", str(e), "fix upstream_proxy or $HTTPS_PROXY"))
         return None
-    if proxy is not None and proxy.tls:
+    except _NestedTLS as e:
         checks.append(
             Check(
                 "control plane",
                 "warn",
-                f"not asked: doctor cannot reach {redact(url)} through the https:// proxy {proxy.display} (the agent "
-                f"can)",
+                f"not asked: doctor cannot reach {redact(url)} through the https:// proxy {e} (the agent can)",
                 "",
             )
         )
         return None
-    user = (
-        f"{quote(proxy.username, safe='')}:{quote(proxy.password, safe='')}@"
-        if proxy is not None and proxy.username
-        else ""
-    )
-    via = f"http://{user}{proxy.host}:{proxy.port}" if proxy is not None else None
+    return _ask_status(request, url, via, checks, timeout)
+
+
+class _NestedTLS(Exception):
+    """The proxy is https://: doctor's ssl module cannot carry TLS inside it."""
+
+
+def _status_proxy(url: str, choice) -> str | None:
+    """The agent's own route for this host as a urllib proxy URL: its proxy choice (configured,
+    auto, $HTTPS_PROXY), except for this machine, which is always dialled directly."""
+    from urllib.parse import quote, urlsplit
+
+    parts = urlsplit(url)
+    if is_loopback(parts.hostname or ""):
+        return None
+    proxy = choice.choose(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))[0]
+    if proxy is None:
+        return None
+    if proxy.tls:
+        raise _NestedTLS(proxy.display)
+    user = f"{quote(proxy.username, safe='')}:{quote(proxy.password, safe='')}@" if proxy.username else ""
+    return f"http://{user}{proxy.host}:{proxy.port}"
+
+
+def _ask_status(request, url: str, via: str | None, checks: list[Check], timeout: float) -> dict | None:
     handlers = [urllib.request.ProxyHandler({"http": via, "https": via} if via else {})]
     try:
         with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as answer:
@@ -446,9 +455,6 @@ def _upstream(
 ) -> Dial | None:
     """Checks the proxy the agent would use; returns how to open a connection to the server
     (direct, or a CONNECT through that proxy), or None when the proxy refuses."""
-    from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
-    from tunnel.agent.upstream import port_hint
-
     try:
         proxy, why = choice.choose(dns_name or host or config.server_ip, port)
     except ValueError as e:
@@ -459,11 +465,42 @@ def _upstream(
             checks.append(Check("upstream proxy", "ok", f"none for {host}: {why}"))
         return Dial(lambda: socket.create_connection((host, port), timeout=timeout))
     why = why.removeprefix("from ")
+    tried = _try_connect(config, proxy, why, host, port, dns_name, checks, timeout)
+    if tried is None:
+        return None
+    target, status, head, auth = tried
+    if not target:
+        checks.append(Check("upstream proxy", "ok", f"{proxy.display} (from {why}) accepts connections"))
+        return None
+    if not _report_connect(proxy, why, target, port, status, head, auth, checks):
+        return None
+    if proxy.tls:
+        checks.append(
+            Check(
+                "TLS handshake",
+                "warn",
+                f"not tried inside the https:// proxy {proxy.display} (the agent does it; doctor's ssl module cannot "
+                f"nest TLS)",
+                "",
+            )
+        )
+        return None
+    return _dial_through(config, proxy, target, timeout)
+
+
+def _try_connect(
+    config, proxy, why: str, host: str, port: int, dns_name: str, checks: list[Check], timeout: float
+) -> tuple[str, int | None, str, object] | None:
+    """CONNECT to the server through the proxy, by name first and then by address as the agent
+    does; (target, status, status line, authenticator), or None after a FAIL for an unreachable
+    or refusing proxy."""
+    from tunnel.agent.proxy_auth import ProxyAuthenticator, ProxyAuthError
+
     target = f"{dns_name or host}:{port}" if host else ""  # by name where the server has one, as the agent asks
     auth = ProxyAuthenticator.for_proxy(proxy)
     try:
         status, head = _connect_through(proxy, target, auth, timeout, ca=config.upstream_proxy_ca)
-        if dns_name and not (status is not None and 200 <= status < 300):  # as the agent does: then the address
+        if dns_name and not _is_2xx(status):  # as the agent does: then the address
             checks.append(
                 Check(
                     "upstream proxy",
@@ -496,10 +533,21 @@ def _upstream(
             )
         )
         return None
-    if not target:
-        checks.append(Check("upstream proxy", "ok", f"{proxy.display} (from {why}) accepts connections"))
-        return None
-    ok = status is not None and 200 <= status < 300
+    return target, status, head, auth
+
+
+def _is_2xx(status: int | None) -> bool:
+    return status is not None and 200 <= status < 300
+
+
+def _report_connect(
+    proxy, why: str, target: str, port: int, status: int | None, head: str, auth, checks: list[Check]
+) -> bool:
+    """The proxy's answer to CONNECT as a check (with the scheme it authenticated with, or a
+    hint for the refused port); whether it let the connection through."""
+    from tunnel.agent.upstream import port_hint
+
+    ok = _is_2xx(status)
     how = (
         f", authenticated with {auth.scheme.upper() if auth.scheme == 'ntlm' else auth.scheme.capitalize()}"
         if ok and auth.scheme
@@ -515,19 +563,12 @@ def _upstream(
             fix,
         )
     )
-    if not ok:
-        return None
-    if proxy.tls:
-        checks.append(
-            Check(
-                "TLS handshake",
-                "warn",
-                f"not tried inside the https:// proxy {proxy.display} (the agent does it; doctor's ssl module cannot "
-                f"nest TLS)",
-                "",
-            )
-        )
-        return None
+    return ok
+
+
+def _dial_through(config, proxy, target: str, timeout: float) -> Dial:
+    """How the later checks open a connection to the server: a fresh CONNECT through the proxy each time."""
+    from tunnel.agent.proxy_auth import ProxyAuthenticator
 
     def through_proxy() -> socket.socket:
         kept: list = []
@@ -565,8 +606,6 @@ def _connect_through(
     """CONNECT as the agent does: challenge-driven authentication, on one connection while
     the proxy keeps it. Returns the final status and status line; after a 2xx the open
     connection is appended to `keep` when one is given (the caller closes it)."""
-    import h11
-
     from tunnel.agent.proxy_auth import MAX_ROUNDS
 
     header = None
@@ -574,42 +613,74 @@ def _connect_through(
         with _proxy_socket(proxy, timeout, ca) as sock:
             if not target:
                 return None, ""
-            conn = h11.Connection(h11.CLIENT)
-            while True:
-                headers = [(b"host", target.encode())] + ([(b"proxy-authorization", header.encode())] if header else [])
-                sock.sendall(
-                    conn.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers))
-                    + conn.send(h11.EndOfMessage())
-                )
-                response, event = None, None
-                while not isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    try:
-                        event = conn.next_event()
-                    except h11.RemoteProtocolError as e:  # closed mid-answer, or not HTTP at all
-                        return None, f"no HTTP answer ({e})"
-                    if event is h11.NEED_DATA:
-                        conn.receive_data(sock.recv(65536))
-                    elif isinstance(event, h11.Response):
-                        response = event
-                        if 200 <= event.status_code < 300:
-                            if keep is not None and not proxy.tls:  # TLS in TLS: not with the ssl module
-                                keep.append(sock.dup())
-                            return event.status_code, f"HTTP/1.1 {event.status_code} {event.reason.decode('latin-1')}"
-                if response is None:
-                    return None, "no HTTP answer (the connection closed)"
-                line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
-                challenges = [v.decode("latin-1") for n, v in response.headers if n == b"proxy-authenticate"]
-                if response.status_code not in (401, 407) or not challenges:
-                    return response.status_code, line
-                header = auth.answer(challenges, "CONNECT", target)
-                if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-                    conn.start_next_cycle()
-                    continue
-                auth.restart()
-                if auth.scheme is None:
-                    header = auth.answer(challenges, "CONNECT", target)
-                break  # the proxy closed: answer on a new connection
+            outcome = _connect_rounds(sock, proxy, target, auth, header, keep)
+            if not isinstance(outcome, _NewConnection):
+                return outcome
+            header = outcome.header
     return None, "no answer after authentication"
+
+
+class _NewConnection:
+    """The proxy closed after a challenge: answer it (`header`) on a new connection."""
+
+    def __init__(self, header: str | None) -> None:
+        self.header = header
+
+
+def _connect_rounds(
+    sock: socket.socket, proxy, target: str, auth, header: str | None, keep: list | None
+) -> tuple[int | None, str] | _NewConnection:
+    """CONNECT on one connection, answering challenges while the proxy keeps it open."""
+    import h11
+
+    conn = h11.Connection(h11.CLIENT)
+    while True:
+        headers = [(b"host", target.encode())] + ([(b"proxy-authorization", header.encode())] if header else [])
+        sock.sendall(
+            conn.send(h11.Request(method=b"CONNECT", target=target.encode(), headers=headers))
+            + conn.send(h11.EndOfMessage())
+        )
+        response = _read_answer(conn, sock)
+        if isinstance(response, str):
+            return None, response
+        line = f"HTTP/1.1 {response.status_code} {response.reason.decode('latin-1')}"
+        if _is_2xx(response.status_code):
+            if keep is not None and not proxy.tls:  # TLS in TLS: not with the ssl module
+                keep.append(sock.dup())
+            return response.status_code, line
+        challenges = [v.decode("latin-1") for n, v in response.headers if n == b"proxy-authenticate"]
+        if response.status_code not in (401, 407) or not challenges:
+            return response.status_code, line
+        header = auth.answer(challenges, "CONNECT", target)
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            continue
+        auth.restart()
+        if auth.scheme is None:
+            header = auth.answer(challenges, "CONNECT", target)
+        return _NewConnection(header)
+
+
+def _read_answer(conn, sock: socket.socket):
+    """The proxy's response to CONNECT (returned at once for a 2xx, whose body is the tunnel;
+    otherwise after its body), or why there is none."""
+    import h11
+
+    response, event = None, None
+    while not isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as e:  # closed mid-answer, or not HTTP at all
+            return f"no HTTP answer ({e})"
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(65536))
+        elif isinstance(event, h11.Response):
+            response = event
+            if _is_2xx(event.status_code):
+                return response
+    if response is None:
+        return "no HTTP answer (the connection closed)"
+    return response
 
 
 def _aws(checks: list[Check]) -> None:

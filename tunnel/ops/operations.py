@@ -2,7 +2,7 @@
 
 Honours AWS_PROFILE, AWS_REGION (or AWS_DEFAULT_REGION) and AWS_ENDPOINT_URL like every
 AWS tool, and `--region` / `--profile`. The status
-words and the public-IP lookup are the Lambdas' own (`lambdas.ecs_state`), so the CLI,
+words and the public-IP lookup are the Lambdas' own (`deployment.ecs_state`), so the CLI,
 the control plane and the agent never disagree about what "running" means.
 """
 
@@ -20,9 +20,10 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from lambdas import ecs_state, ingress, scaling
-from lambdas.settings import Settings
-from lambdas.sleep import ACTIVE_CONNECTIONS, LAST_ACTIVITY, newest_maximum
+from deployment import ecs_state, ingress, scaling
+from deployment.metric_names import ACTIVE_CONNECTIONS, LAST_ACTIVITY
+from deployment.metric_reads import newest_maximum
+from deployment.settings import Settings
 from tunnel.redaction import redact
 from tunnel.wire.addresses import is_loopback
 
@@ -217,31 +218,50 @@ def start(
     balancer = _aws_call(_balancer, service, elbv2)
     if balancer is not None:  # agents dial its name, which stays the same at every start
         settings = dataclasses.replace(settings, stable_endpoint=balancer["DNSName"])
-    if wakers is not None and allow_ip:
+    if wakers is not None:
+        _open_port(ec2, wakers, settings, allow_ip, out)
+    _want_one_task(ecs, service, settings, aws, out)
+    state = _wait_until_running(ecs, ec2, settings, timeout, poll, out)
+    _print_where(state, write_config, out)
+    return 0
+
+
+def _open_port(ec2, wakers, settings: Settings, allow_ip: str | None, out) -> None:
+    """Where only wakers may reach the server: opens its port to `allow_ip`, or says how to."""
+    if allow_ip:
         opened = _aws_call(ingress.allow, ec2, wakers, allow_ip, time.time())
         print(f"opened port {settings.container_port} to {opened['allowed']}", file=out, flush=True)
-    elif wakers is not None:
-        print(
-            f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a "
-            f"lifecycle block add "
-            "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL (the key in "
-            "$FLUIDITY_API_KEY, or --api-key env:VAR, file:PATH or keyring)",
-            file=out,
-            flush=True,
-        )
-    if int(service.get("desiredCount", 0)) == 0:
-        _set_desired(ecs, settings, 1, aws)
-        try:
-            ecs_state.mark_woken(ecs, service)
-        except Exception:
-            pass
-        print(f"asked ECS to run {settings.cluster}/{settings.service} (desiredCount 1)", file=out, flush=True)
-    else:
+        return
+    print(
+        f"note: port {settings.container_port} is open only to addresses that woke the server (agents with a "
+        f"lifecycle block add "
+        "themselves); add this machine's with --allow-ip IP, or --allow-ip auto --status-url URL (the key in "
+        "$FLUIDITY_API_KEY, or --api-key env:VAR, file:PATH or keyring)",
+        file=out,
+        flush=True,
+    )
+
+
+def _want_one_task(ecs, service: dict, settings: Settings, aws: AwsTarget, out) -> None:
+    """desiredCount 1 unless the service already wants a task."""
+    if int(service.get("desiredCount", 0)) != 0:
         print(
             f"{settings.cluster}/{settings.service} is already wanted (desiredCount {service['desiredCount']})",
             file=out,
             flush=True,
         )
+        return
+    _set_desired(ecs, settings, 1, aws)
+    try:
+        ecs_state.mark_woken(ecs, service)
+    except Exception:
+        pass
+    print(f"asked ECS to run {settings.cluster}/{settings.service} (desiredCount 1)", file=out, flush=True)
+
+
+def _wait_until_running(ecs, ec2, settings: Settings, timeout: float, poll: float, out) -> dict:
+    """Polls the service until its task runs with an address, printing each new stage; an
+    OperatorError with the service's recent events after `timeout`."""
     began = time.monotonic()
     shown = None
     while True:
@@ -251,7 +271,7 @@ def start(
             print(f"  [{round(time.monotonic() - began):>3}s] {word}", file=out, flush=True)
             shown = word
         if state["status"] == "running" and (state["publicIp"] or state.get("endpoint")):
-            break
+            return state
         if time.monotonic() - began >= timeout:
             stuck = state["taskStatus"] or "no task placed"
             events = _recent_events(ecs, settings)
@@ -261,6 +281,11 @@ def start(
                 + HINTS.format(cluster=settings.cluster, service=settings.service)
             )
         time.sleep(poll)
+
+
+def _print_where(state: dict, write_config: str | None, out) -> None:
+    """The address agents dial (the load balancer's name where there is one), written to the
+    config when asked, and how to start the agent."""
     ip, port = state["publicIp"], state["port"]
     named = (
         f" (public DNS name {state['publicDnsName']}: give that as server_ip behind a proxy that refuses bare "
@@ -281,7 +306,6 @@ def start(
             f"{port}",
             file=out,
         )
-    return 0
 
 
 def _recent_events(ecs, settings: Settings, count: int = 5) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from twisted.internet import defer
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
+from deployment.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
 from tunnel.server.metrics import Unsent
 
 MAX_AGENT_LINES = 100

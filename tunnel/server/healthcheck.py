@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 
-from lambdas.server_port import SERVER_PORT
+from deployment.server_port import SERVER_PORT
 
 
 def probe(port: int, host: str = "127.0.0.1", timeout: float = 3.0) -> str | None:

@@ -22,7 +22,7 @@ from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from lambdas.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
+from deployment.metric_names import ACTIVE_CONNECTIONS, BYTES_SENT, LAST_ACTIVITY
 
 log = Logger(namespace="fluidity.metrics")
 

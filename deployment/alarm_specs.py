@@ -3,9 +3,8 @@ builds the resources from it and `fluidity cost` prices it, so the two cannot di
 
 from __future__ import annotations
 
-from lambdas.metric_names import CONTROL_PLANE_ERRORS
-
-from .settings import StackSettings
+from .metric_names import CONTROL_PLANE_ERRORS
+from .stack_settings import StackSettings
 
 PERIOD = 300  # seconds: the alarm looks at five-minute sums
 # The Lambda Python runtime writes "[ERROR]" before log.error/exception lines and

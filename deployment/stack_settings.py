@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from lambdas.server_port import SERVER_PORT
+from .server_port import SERVER_PORT
+
+ECR_KEEP_IMAGES = 2  # images the repository keeps: the running one and the one before it, for a rollback
 
 # Fargate's CPU units and the memory (MiB) each allows.
 FARGATE_MEMORY = {
@@ -224,49 +226,11 @@ def _subnets(config) -> list[str] | None:
 
 def from_config(config) -> StackSettings:
     """Read and check every key; `config` is a `pulumi.Config` (or anything with get)."""
-    cpu = _int(config, "cpu", 256, 256, 16384)
-    memory = _int(config, "memory", 512, 512, 122880)
-    if cpu not in FARGATE_MEMORY:
-        raise SettingsError(
-            f"fluidity:cpu must be one of {', '.join(map(str, FARGATE_MEMORY))} (Fargate CPU units), got {cpu}"
-        )
-    if memory not in FARGATE_MEMORY[cpu]:
-        allowed = FARGATE_MEMORY[cpu]
-        raise SettingsError(
-            f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of "
-            f"{', '.join(map(str, allowed))} MiB"
-        )
-    cidr = (config.get("allowedIngressCidr") or "").strip()
-    network = None
-    if cidr:
-        try:
-            network = ipaddress.ip_network(cidr, strict=True)
-        except ValueError as e:
-            raise SettingsError(
-                f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})"
-            ) from None
-        if network.version != 4:
-            raise SettingsError(
-                f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}"
-            )
-    vpc_id = (config.get("vpcId") or "").strip() or None
-    if vpc_id and not vpc_id.startswith("vpc-"):
-        raise SettingsError(f"fluidity:vpcId must look like vpc-..., got {vpc_id!r}")
-    subnets = _subnets(config)
-    if vpc_id and not subnets:
-        raise SettingsError(
-            "fluidity:publicSubnets is required when fluidity:vpcId is set (the default VPC's subnets only apply to "
-            "the default VPC)"
-        )
-    log_group = (config.get("logGroupName") or "/fluidity/server").strip()
-    if not re.match(r"^[\w\-./#]{1,512}$", log_group):
-        raise SettingsError(f"fluidity:logGroupName has characters CloudWatch Logs does not allow: {log_group!r}")
-    retention = _int(config, "logRetentionDays", 14, 1, 3653)
-    if retention not in LOG_RETENTION_DAYS:
-        raise SettingsError(
-            f"fluidity:logRetentionDays must be one of {', '.join(map(str, sorted(LOG_RETENTION_DAYS)))}, got "
-            f"{retention}"
-        )
+    cpu, memory = _cpu_memory(config)
+    network = _ingress_cidr(config)
+    vpc_id, subnets = _network(config)
+    log_group = _log_group(config)
+    retention = _retention(config)
     settings = StackSettings(
         cluster_name=_name(config, "clusterName", "fluidity"),
         service_name=_name(config, "serviceName", "fluidity-server"),
@@ -303,6 +267,79 @@ def from_config(config) -> StackSettings:
         monthly_budget=_budget(config),
     )
     _check_scaling(settings)
+    _warn(settings)
+    return settings
+
+
+def _cpu_memory(config) -> tuple[int, int]:
+    """CPU units and MiB as a pair Fargate offers."""
+    cpu = _int(config, "cpu", 256, 256, 16384)
+    memory = _int(config, "memory", 512, 512, 122880)
+    if cpu not in FARGATE_MEMORY:
+        raise SettingsError(
+            f"fluidity:cpu must be one of {', '.join(map(str, FARGATE_MEMORY))} (Fargate CPU units), got {cpu}"
+        )
+    if memory not in FARGATE_MEMORY[cpu]:
+        allowed = FARGATE_MEMORY[cpu]
+        raise SettingsError(
+            f"Fargate does not offer cpu {cpu} with memory {memory}: with cpu {cpu}, memory must be one of "
+            f"{', '.join(map(str, allowed))} MiB"
+        )
+    return cpu, memory
+
+
+def _ingress_cidr(config):
+    """The IPv4 network allowed to the server's port, or None."""
+    cidr = (config.get("allowedIngressCidr") or "").strip()
+    network = None
+    if cidr:
+        try:
+            network = ipaddress.ip_network(cidr, strict=True)
+        except ValueError as e:
+            raise SettingsError(
+                f"fluidity:allowedIngressCidr must be a CIDR like 203.0.113.0/24, got {cidr!r} ({e})"
+            ) from None
+        if network.version != 4:
+            raise SettingsError(
+                f"fluidity:allowedIngressCidr must be an IPv4 CIDR (the task has a public IPv4), got {cidr!r}"
+            )
+    return network
+
+
+def _network(config) -> tuple[str | None, list[str] | None]:
+    """Your own VPC and its public subnets, or None for the default VPC's."""
+    vpc_id = (config.get("vpcId") or "").strip() or None
+    if vpc_id and not vpc_id.startswith("vpc-"):
+        raise SettingsError(f"fluidity:vpcId must look like vpc-..., got {vpc_id!r}")
+    subnets = _subnets(config)
+    if vpc_id and not subnets:
+        raise SettingsError(
+            "fluidity:publicSubnets is required when fluidity:vpcId is set (the default VPC's subnets only apply to "
+            "the default VPC)"
+        )
+    return vpc_id, subnets
+
+
+def _log_group(config) -> str:
+    log_group = (config.get("logGroupName") or "/fluidity/server").strip()
+    if not re.match(r"^[\w\-./#]{1,512}$", log_group):
+        raise SettingsError(f"fluidity:logGroupName has characters CloudWatch Logs does not allow: {log_group!r}")
+    return log_group
+
+
+def _retention(config) -> int:
+    """Days, one of those CloudWatch Logs accepts."""
+    retention = _int(config, "logRetentionDays", 14, 1, 3653)
+    if retention not in LOG_RETENTION_DAYS:
+        raise SettingsError(
+            f"fluidity:logRetentionDays must be one of {', '.join(map(str, sorted(LOG_RETENTION_DAYS)))}, got "
+            f"{retention}"
+        )
+    return retention
+
+
+def _warn(settings: StackSettings) -> None:
+    """Settings that deploy but are likely not what was meant."""
     if settings.ingress_open_to_world:
         settings.warnings.append(
             f"fluidity:allowedIngressCidr is {settings.allowed_ingress_cidr}: port {settings.container_port} is open "
@@ -314,7 +351,6 @@ def from_config(config) -> StackSettings:
         settings.warnings.append(
             "fluidity:assignPublicIp is DISABLED: the agent cannot reach the task unless your subnets route to it"
         )
-    return settings
 
 
 def _budget(config) -> float | None:

@@ -85,14 +85,9 @@ def public_address(ec2, task: dict) -> tuple[str | None, str | None]:
 def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
     """The JSON body of wake / status / kill."""
     service = describe_service(ecs, settings)
-    tasks = service_tasks(ecs, settings)
-    live = [t for t in tasks if t.get("lastStatus") != "STOPPED"]
-    up = [t for t in live if t.get("lastStatus") == "RUNNING" and t.get("desiredStatus") == "RUNNING"]
-    running = [t for t in up if healthy(ecs, t)]  # what ECS itself would route to
-    pending = [t for t in live if t.get("lastStatus") in PENDING_STATES and t.get("desiredStatus") == "RUNNING"]
+    live, up, running, pending = _sorted_tasks(ecs, service_tasks(ecs, settings))
     desired = int(service.get("desiredCount", 0))
     status = ("running" if running else "starting") if desired > 0 else "stopping" if live else "stopped"
-    newest = next(iter(running or up or live), None)
     ip, dns_name = public_address(ec2, running[0]) if (with_ip and running) else (None, None)
     return {
         "status": status,
@@ -105,12 +100,32 @@ def state(ecs, ec2, settings: Settings, with_ip: bool = True) -> dict:
         "endpoint": settings.stable_endpoint or None,
         "maxTasks": settings.max_tasks,
         "port": settings.container_port,
-        "taskStatus": newest.get("lastStatus") if newest else None,
-        "health": (newest.get("healthStatus") or _containers_health(newest)) if newest else None,
-        "taskStartedAt": _epoch(newest.get("startedAt") or newest.get("createdAt")) if newest else None,
+        **_newest_task(next(iter(running or up or live), None)),
         "cluster": settings.cluster,
         "service": settings.service,
         "desiredCountOwner": owner(ecs, service),
+    }
+
+
+def _sorted_tasks(ecs, tasks: list[dict]) -> tuple[list[dict], list[dict], list[dict], list[dict]]:
+    """The service's tasks as the body counts them: live (not STOPPED), up (RUNNING and meant
+    to), running (up and healthy: what ECS itself would route to), pending (on their way up)."""
+    live = [t for t in tasks if t.get("lastStatus") != "STOPPED"]
+    up = [t for t in live if t.get("lastStatus") == "RUNNING" and t.get("desiredStatus") == "RUNNING"]
+    running = [t for t in up if healthy(ecs, t)]
+    pending = [t for t in live if t.get("lastStatus") in PENDING_STATES and t.get("desiredStatus") == "RUNNING"]
+    return live, up, running, pending
+
+
+def _newest_task(task: dict | None) -> dict:
+    """What the body says of the task it describes (the routed one, else the newest): its
+    status, health and start, all None when there is no task."""
+    if task is None:
+        return {"taskStatus": None, "health": None, "taskStartedAt": None}
+    return {
+        "taskStatus": task.get("lastStatus"),
+        "health": task.get("healthStatus") or _containers_health(task),
+        "taskStartedAt": _epoch(task.get("startedAt") or task.get("createdAt")),
     }
 
 
