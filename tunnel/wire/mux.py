@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from tunnel.wire import connection as core
+from tunnel.wire import connection as sans_io  # the protocol's core (the instance is `self.core`)
 from tunnel.wire.addresses import Destination
 from tunnel.wire.endings import Endings, no_delay
 from tunnel.wire.recovery import lower_rto_floor
@@ -40,7 +40,8 @@ from tunnel.wire.transports import ITLSConnection
 log = Logger(namespace="fluidity.mux")
 
 # Kept here too: the fronts and tests read the windows from the module they use.
-STREAM_WINDOW, CONNECTION_WINDOW, MAX_FRAME = core.STREAM_WINDOW, core.CONNECTION_WINDOW, core.MAX_FRAME
+STREAM_WINDOW, CONNECTION_WINDOW, MAX_FRAME = sans_io.STREAM_WINDOW, sans_io.CONNECTION_WINDOW, sans_io.MAX_FRAME
+_WRITE_ENDED = (sans_io.StreamState.LOCAL_ENDED, sans_io.StreamState.CLOSED)  # our END_STREAM is out
 
 
 @implementer(IAddress)
@@ -84,7 +85,7 @@ class TunnelStream:
 
     @property
     def closed(self) -> bool:
-        return self.mux.core.stream_state(self.stream_id) is core.StreamState.CLOSED
+        return self.mux.core.stream_state(self.stream_id) is sans_io.StreamState.CLOSED
 
     @property
     def delivered(self) -> int:
@@ -100,7 +101,7 @@ class TunnelStream:
             protocol.dataReceived(data)
         if not self._reader_paused:
             self.mux._acknowledge(self)
-        if self.mux.core.stream_state(self.stream_id) in (core.StreamState.REMOTE_ENDED, core.StreamState.CLOSED):
+        if self.mux.core.stream_state(self.stream_id) in (sans_io.StreamState.REMOTE_ENDED, sans_io.StreamState.CLOSED):
             self._deliver_eof()
         if self.closed and not self.connected:
             protocol.connectionLost(Failure(ConnectionDone()))
@@ -197,7 +198,7 @@ class TunnelStream:
         half = IHalfCloseableProtocol(self.protocol, None)
         if half is not None:
             half.readConnectionLost()
-        elif self.mux.core.stream_state(self.stream_id) not in (core.StreamState.LOCAL_ENDED, core.StreamState.CLOSED):
+        elif self.mux.core.stream_state(self.stream_id) not in _WRITE_ENDED:
             self.loseConnection()
 
     def _local_end(self) -> None:
@@ -236,13 +237,13 @@ class TunnelMux(Protocol):
         client_side: bool,
         clock,
         on_stream: Callable[[TunnelStream], None] | None = None,
-        limits: core.TunnelLimits = core.DEFAULT_LIMITS,
+        limits: sans_io.TunnelLimits = sans_io.DEFAULT_LIMITS,
         on_drain: Callable[[TunnelMux], None] | None = None,
         on_ready: Callable[[TunnelMux], None] | None = None,
         on_lost: Callable[[TunnelMux, Failure], None] | None = None,
         peer_name: str = "",
     ) -> None:
-        self.core = core.TunnelConnection(client_side=client_side, limits=limits)
+        self.core = sans_io.TunnelConnection(client_side=client_side, limits=limits)
         self.client_side = client_side
         self.clock = clock
         self.endings = Endings(clock)
@@ -373,7 +374,7 @@ class TunnelMux(Protocol):
         self.transport.abortConnection()
 
     # -- events ---------------------------------------------------------------------
-    def _handle(self, events: list[core.Event]) -> None:
+    def _handle(self, events: list[sans_io.Event]) -> None:
         """Turn the core's events into calls on streams, one handler per event type
         (`_ON_EVENT`). An exception while handling one stream resets that stream (and is
         logged once); it never reaches the connection that carries the others."""
@@ -381,7 +382,7 @@ class TunnelMux(Protocol):
             sid = getattr(event, "sid", -1)
             stream = self.streams.get(sid)
             try:
-                if type(event) is core.DataReceived:  # the hot path, without a call
+                if type(event) is sans_io.DataReceived:  # the hot path, without a call
                     self.bytes_received += len(event.data)
                     if stream is not None:
                         stream._receive(event.data)
@@ -390,52 +391,52 @@ class TunnelMux(Protocol):
             except Exception:
                 self._stream_failed(stream if stream is not None else self.streams.get(sid), Failure())
 
-    def _on_blocked(self, event: core.SendBlocked, stream: TunnelStream | None) -> None:
+    def _on_blocked(self, event: sans_io.SendBlocked, stream: TunnelStream | None) -> None:
         if stream is not None:
             stream._pause_producer()
 
-    def _on_unblocked(self, event: core.SendUnblocked, stream: TunnelStream | None) -> None:
+    def _on_unblocked(self, event: sans_io.SendUnblocked, stream: TunnelStream | None) -> None:
         if stream is not None:
             stream._resume_producer()
 
-    def _on_remote_end(self, event: core.RemoteEnded, stream: TunnelStream | None) -> None:
+    def _on_remote_end(self, event: sans_io.RemoteEnded, stream: TunnelStream | None) -> None:
         if stream is not None:
             stream._deliver_eof()
 
-    def _on_local_end(self, event: core.LocalEnded, stream: TunnelStream | None) -> None:
+    def _on_local_end(self, event: sans_io.LocalEnded, stream: TunnelStream | None) -> None:
         if stream is not None:
             stream._local_end()
 
-    def _on_stream_closed(self, event: core.StreamClosed, stream: TunnelStream | None) -> None:
+    def _on_stream_closed(self, event: sans_io.StreamClosed, stream: TunnelStream | None) -> None:
         if stream is None:
             return
         del self.streams[event.sid]
         reason = ConnectionDone(event.reason) if event.clean else ConnectionLost(event.reason or "stream closed")
         stream._closed(Failure(reason))
 
-    def _on_requested(self, event: core.StreamRequested, stream: TunnelStream | None) -> None:
+    def _on_requested(self, event: sans_io.StreamRequested, stream: TunnelStream | None) -> None:
         stream = self.streams[event.sid] = TunnelStream(self, event.sid, event.destination)
         stream.ready.addErrback(lambda f: None)
         if self.on_stream is not None:  # the server's; an agent's core refuses requests
             self.on_stream(stream)
 
-    def _on_answered(self, event: core.StreamAnswered, stream: TunnelStream | None) -> None:
+    def _on_answered(self, event: sans_io.StreamAnswered, stream: TunnelStream | None) -> None:
         if stream is not None and not stream.ready.called:
             stream.ready.callback(stream)
 
-    def _on_refused(self, event: core.StreamRefused, stream: TunnelStream | None) -> None:
+    def _on_refused(self, event: sans_io.StreamRefused, stream: TunnelStream | None) -> None:
         if stream is not None and not stream.ready.called:
             stream.ready.errback(event.error)
 
-    def _on_peer_ready(self, event: core.PeerReady, stream: TunnelStream | None) -> None:
+    def _on_peer_ready(self, event: sans_io.PeerReady, stream: TunnelStream | None) -> None:
         if self.on_ready is not None:
             self.on_ready(self)
 
-    def _on_draining(self, event: core.Draining, stream: TunnelStream | None) -> None:
+    def _on_draining(self, event: sans_io.Draining, stream: TunnelStream | None) -> None:
         if self.on_drain is not None:
             self.on_drain(self)
 
-    def _on_finished(self, event: core.Finished, stream: TunnelStream | None) -> None:
+    def _on_finished(self, event: sans_io.Finished, stream: TunnelStream | None) -> None:
         if event.alarming:
             log.warn("closing {peer}: {reason}", peer=self.peer_name, reason=event.reason)
         elif event.reason:
@@ -445,7 +446,7 @@ class TunnelMux(Protocol):
             self._write_out()
             self.close()
 
-    def _on_ping_overdue(self, event: core.PingOverdue, stream: TunnelStream | None) -> None:
+    def _on_ping_overdue(self, event: sans_io.PingOverdue, stream: TunnelStream | None) -> None:
         log.warn("no PING answer from {peer} in {t:.1f}s; dropping the connection", peer=self.peer_name, t=event.waited)
         self.transport.abortConnection()
 
@@ -520,18 +521,18 @@ class TunnelMux(Protocol):
 
 
 # What the mux does with each of the core's events but DataReceived (handled inline, the
-# hot path). Every event type has an entry (a test checks it against core.Event).
+# hot path). Every event type has an entry (a test checks it against sans_io.Event).
 _ON_EVENT: dict[type, Callable[[TunnelMux, Any, TunnelStream | None], None]] = {
-    core.SendBlocked: TunnelMux._on_blocked,
-    core.SendUnblocked: TunnelMux._on_unblocked,
-    core.RemoteEnded: TunnelMux._on_remote_end,
-    core.LocalEnded: TunnelMux._on_local_end,
-    core.StreamClosed: TunnelMux._on_stream_closed,
-    core.StreamRequested: TunnelMux._on_requested,
-    core.StreamAnswered: TunnelMux._on_answered,
-    core.StreamRefused: TunnelMux._on_refused,
-    core.PeerReady: TunnelMux._on_peer_ready,
-    core.Draining: TunnelMux._on_draining,
-    core.Finished: TunnelMux._on_finished,
-    core.PingOverdue: TunnelMux._on_ping_overdue,
+    sans_io.SendBlocked: TunnelMux._on_blocked,
+    sans_io.SendUnblocked: TunnelMux._on_unblocked,
+    sans_io.RemoteEnded: TunnelMux._on_remote_end,
+    sans_io.LocalEnded: TunnelMux._on_local_end,
+    sans_io.StreamClosed: TunnelMux._on_stream_closed,
+    sans_io.StreamRequested: TunnelMux._on_requested,
+    sans_io.StreamAnswered: TunnelMux._on_answered,
+    sans_io.StreamRefused: TunnelMux._on_refused,
+    sans_io.PeerReady: TunnelMux._on_peer_ready,
+    sans_io.Draining: TunnelMux._on_draining,
+    sans_io.Finished: TunnelMux._on_finished,
+    sans_io.PingOverdue: TunnelMux._on_ping_overdue,
 }
