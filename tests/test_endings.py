@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from support import Listener, pattern
-from test_eager_write import mode  # noqa: F401 (a fixture: Twisted's TCP writes, and eager ones)
+from test_eager_write import Producer, mode  # noqa: F401 (a fixture: Twisted's TCP writes, and eager ones)
 from test_relay import ending
 from twisted.internet.epollreactor import EPollReactor
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -222,22 +222,6 @@ def test_so_linger_is_set_only_when_it_changes():
 END_SIZE = 4 << 20  # far over Twisted's 64 KiB: the producer is paused when the end is asked for
 
 
-class PausedProducer:
-    """The other side's reader, registered on the transport being ended; records what it is told."""
-
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.events.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.events.append("resume")
-
-    def stopProducing(self) -> None:
-        self.events.append("stop")
-
-
 class Connected(Protocol):
     def connectionMade(self) -> None:
         self.made = True
@@ -281,7 +265,7 @@ def test_the_end_goes_out_after_what_is_queued_while_the_producer_is_paused(cert
         protocol = _turn_until(reactor, lambda: _connected_protocol(connector))
         transport = protocol.transport
         socket_under(transport).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
-        producer = PausedProducer()
+        producer = Producer()  # the other side's reader, registered on the transport being ended
         transport.registerProducer(producer, True)
         transport.write(pattern(END_SIZE))
         assert _turn_until(reactor, lambda: producer.events == ["pause"]), producer.events

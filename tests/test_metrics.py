@@ -23,9 +23,9 @@ METRICS = {
 QUIET = {"keepalive_interval": "300s"}  # no PINGs: only real traffic counts as activity here
 
 
-def maxima(aws, metric: str, since: float) -> list[float]:
+def statistics(aws, metric: str, since: float, statistic: str = "Maximum") -> list[float]:
     """`aws cloudwatch get-metric-statistics --namespace Fluidity --metric-name M
-    --dimensions Name=ServiceName,Value=fluidity-server --statistics Maximum`, from `since`."""
+    --dimensions Name=ServiceName,Value=fluidity-server --statistics S`, from `since`."""
     utc = datetime.UTC
     points = aws.client("cloudwatch").get_metric_statistics(
         Namespace="Fluidity",
@@ -34,9 +34,13 @@ def maxima(aws, metric: str, since: float) -> list[float]:
         StartTime=datetime.datetime.fromtimestamp(since, utc),
         EndTime=datetime.datetime.fromtimestamp(time.time() + 60, utc),
         Period=60,
-        Statistics=["Maximum"],
+        Statistics=[statistic],
     )["Datapoints"]
-    return [p["Maximum"] for p in points]
+    return [p[statistic] for p in points]
+
+
+def maxima(aws, metric: str, since: float) -> list[float]:
+    return statistics(aws, metric, since)
 
 
 @pytest.mark.processes
@@ -81,17 +85,7 @@ def test_metrics_follow_agents_and_traffic(aws, certs, http_origin, tmp_path):
 
 def sums(aws, metric: str, since: float) -> float:
     """The Sum of `metric` from `since`, over every data point moto holds."""
-    utc = datetime.UTC
-    points = aws.client("cloudwatch").get_metric_statistics(
-        Namespace="Fluidity",
-        MetricName=metric,
-        Dimensions=DIMENSIONS,
-        StartTime=datetime.datetime.fromtimestamp(since, utc),
-        EndTime=datetime.datetime.fromtimestamp(time.time() + 60, utc),
-        Period=60,
-        Statistics=["Sum"],
-    )["Datapoints"]
-    return sum(p["Sum"] for p in points)
+    return sum(statistics(aws, metric, since, "Sum"))
 
 
 @pytest.mark.processes
