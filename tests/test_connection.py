@@ -339,7 +339,7 @@ def test_the_connection_moves_only_as_its_table_says_and_each_state_is_reached_a
             conn._state = state
             allowed = core.CONNECTION_TRANSITIONS.get((state, what))
             if allowed is None:
-                with pytest.raises(core.StreamStateError, match="connection"):
+                with pytest.raises(core.ConnectionStateError, match="connection"):
                     conn._move(what)
                 assert conn.state is state
             else:

@@ -41,6 +41,7 @@ __all__ = [
     "STREAM_WINDOW",
     "ConnectionInput",
     "ConnectionState",
+    "ConnectionStateError",
     "DataReceived",
     "Draining",
     "Event",
@@ -140,6 +141,10 @@ STREAM_TRANSITIONS: dict[tuple[StreamState, StreamInput], StreamState] = {
 class StreamStateError(RuntimeError):
     """A transition the table does not allow: the core's own mistake, never the peer's
     (h2 has refused whatever a peer may not send before it reaches the table)."""
+
+
+class ConnectionStateError(StreamStateError):
+    """A connection step CONNECTION_TRANSITIONS does not have: this module's mistake too."""
 
 
 class ConnectionState(enum.Enum):
@@ -409,7 +414,7 @@ class TunnelConnection:
         try:
             self._state = CONNECTION_TRANSITIONS[(self._state, what)]
         except KeyError:
-            raise StreamStateError(f"connection: {what.value} while {self._state.value}") from None
+            raise ConnectionStateError(f"connection: {what.value} while {self._state.value}") from None
 
     def _end(self) -> None:
         """A GOAWAY went (or came): nothing more is read or sent on any stream."""
