@@ -3,9 +3,11 @@
     bench/run [--quick]            (installs what is missing, then runs this)
 
 Paths to one HTTPS origin (nginx with its own CA): direct; Fluidity (agent + server);
-an stunnel mTLS pair (TLS 1.3, client certificates verified) in front of tinyproxy; and
-`ssh -D`. Every scenario runs on every path in the same run, alternating, for several
-rounds; medians are reported with each path's ratio to the stunnel chain, printed and
+an stunnel mTLS pair (TLS 1.3, client certificates verified) in front of tinyproxy;
+`ssh -D` (a SOCKS5 proxy over one SSH connection to an sshd of our own); and
+shadowsocks-libev (ss-local + ss-server, aes-256-gcm). Every scenario runs on every path in
+the same run, alternating, for several rounds; medians are reported with each path's ratio
+to the stunnel chain and, for bulk transfers, to the best of the three peers, printed and
 written to bench/results.md. Not part of the test suite.
 """
 
@@ -33,7 +35,8 @@ from tunnel.wire import pki  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 TICK = os.sysconf("SC_CLK_TCK")
-PATHS = ("direct", "fluidity", "stunnel", "ssh -D")
+PATHS = ("direct", "fluidity", "stunnel", "ssh -D", "shadowsocks")
+PEERS = ("ssh -D", "shadowsocks", "stunnel")  # the tools a user would pick instead
 BARE = "bare relay"  # reference for new connections only: see bench/bare_relay.py
 # Fluidity with FLUIDITY_LIBRARY_SPEEDUPS=off (Twisted, h2, hyperframe as shipped): the
 # baseline its own speed-ups are measured against, in the same run.
@@ -41,13 +44,18 @@ SHIPPED = "fluidity, libraries as shipped"
 SOCKS = "fluidity socks5"  # the agent's SOCKS5 front, for round trips
 PROXY_PORTS = {"fluidity": "agent", "stunnel": "stunnel_client", BARE: "bare_connect", SHIPPED: "shipped_agent"}
 # The processes whose CPU time a path costs (stunnel and tinyproxy use threads, which
-# /proc/PID/stat counts; ssh -D's sshd forks a child per session, which it does not).
+# /proc/PID/stat counts). sshd forks a process or two per session (sshd-session, its
+# privilege-separated child): "sshd" is the listener with all its descendants (TREES).
 CPU_OF = {
     "fluidity": ("fluidity agent", "fluidity server"),
     SHIPPED: ("shipped agent", "shipped server"),
     "stunnel": ("stunnel client", "stunnel server", "tinyproxy"),
+    "ssh -D": ("ssh -D", "sshd"),
+    "shadowsocks": ("ss-local", "ss-server"),
     BARE: ("bare connect", "bare forward"),
 }
+TREES = {"sshd"}
+SS_PASSWORD = "fluidity-bench"
 
 
 def free_port() -> int:
@@ -72,6 +80,28 @@ def wait_port(port: int, process: subprocess.Popen, what: str, seconds: float = 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and every descendant, with the children each has reaped
+    (cutime + cstime), so a session that ends mid-measurement is still counted."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(f) for f in fields[11:15]) / TICK
+    tree, grown = {pid}, True
+    while grown:
+        more = {child for child, parent in parents.items() if parent in tree} - tree
+        tree |= more
+        grown = bool(more)
+    return sum(times.get(p, 0.0) for p in tree)
 
 
 def rss_kb(pid: int) -> int:
@@ -132,12 +162,15 @@ class Rig:
             "bare_forward",
             "shipped_server",
             "shipped_agent",
+            "ss_server",
+            "ss_local",
         ):
             self.ports[name] = free_port()
         self._nginx()
         self._fluidity()
         self._stunnel()
         self._ssh()
+        self._shadowsocks()
         self._bare_relay()
 
     def _nginx(self) -> None:
@@ -291,6 +324,47 @@ http {{
         ]
         self.start(name, argv, socks_port)
 
+    def _shadowsocks(self) -> None:
+        p = self.ports
+        self.start(
+            "ss-server",
+            [
+                "ss-server",
+                "-s",
+                "127.0.0.1",
+                "-p",
+                str(p["ss_server"]),
+                "-k",
+                SS_PASSWORD,
+                "-m",
+                "aes-256-gcm",
+                "-n",
+                "65536",
+            ],
+            p["ss_server"],
+        )
+        self.ss_local("ss-local", p["ss_local"], p["ss_server"])
+
+    def ss_local(self, name: str, local_port: int, server_port: int) -> None:
+        argv = [
+            "ss-local",
+            "-s",
+            "127.0.0.1",
+            "-p",
+            str(server_port),
+            "-b",
+            "127.0.0.1",
+            "-l",
+            str(local_port),
+            "-k",
+            SS_PASSWORD,
+            "-m",
+            "aes-256-gcm",
+            "-n",
+            "65536",
+        ]
+        self.start(name, argv, local_port)
+
     # -- what each path looks like to a client ----------------------------------------
     def curl_proxy(self, path: str, ports: dict[str, int] | None = None) -> list[str]:
         ports = ports or self.ports
@@ -300,11 +374,15 @@ http {{
             return ["--socks5-hostname", f"127.0.0.1:{ports['socks']}"]
         if path == SOCKS:
             return ["--socks5-hostname", f"127.0.0.1:{ports['agent']}"]
+        if path == "shadowsocks":
+            return ["--socks5-hostname", f"127.0.0.1:{ports['ss_local']}"]
         return ["-x", f"http://127.0.0.1:{ports[PROXY_PORTS[path]]}"]
 
     def hey_proxy(self, path: str) -> list[str]:
         if path == "ssh -D":
             return ["-x", f"socks5://127.0.0.1:{self.ports['socks']}"]  # Go's HTTP client speaks SOCKS5 too
+        if path == "shadowsocks":
+            return ["-x", f"socks5://127.0.0.1:{self.ports['ss_local']}"]
         return self.curl_proxy(path)  # hey takes -x http://host:port as curl does
 
     def url(self, name: str) -> str:
@@ -321,12 +399,12 @@ http {{
 # -- scenarios ---------------------------------------------------------------------------------
 def cpu_of(rig: Rig, path: str) -> dict[str, float]:
     """CPU seconds so far of each process that carries `path` (threads included)."""
-    return {name: cpu_seconds(rig.pids[name]) for name in CPU_OF.get(path, ())}
+    return {name: (tree_cpu_seconds if name in TREES else cpu_seconds)(rig.pids[name]) for name in CPU_OF.get(path, ())}
 
 
 def bulk(rig: Rig, rounds: int) -> dict:
     """1 GiB down and up with curl: MB/s medians, and CPU seconds per GB of each process
-    on the paths whose processes are ours to measure (Fluidity, the stunnel chain, the
+    on every path but direct (Fluidity, the stunnel chain, ssh -D, shadowsocks-libev, the
     bare relay), every path in the same round."""
     speeds = {(d, p): [] for d in ("down", "up") for p in (*PATHS, SHIPPED, BARE)}
     cpu: dict = {d: {p: {name: [] for name in CPU_OF[p]} for p in CPU_OF} for d in ("down", "up")}
@@ -458,6 +536,8 @@ def round_trips(rig: Rig, rtt_ms: float, samples: int) -> dict:
     rig.stunnel_client("stunnel client far", ports["stunnel_client"], relay(rig.ports["stunnel_server"]))
     ports["socks"] = free_port()
     rig.ssh_socks("ssh -D far", ports["socks"], relay(rig.ports["sshd"]))
+    ports["ss_local"] = free_port()
+    rig.ss_local("ss-local far", ports["ss_local"], relay(rig.ports["ss_server"]))
     time.sleep(3 * rtt_ms / 1000)
     results = {p: [] for p in (*PATHS, SOCKS)}
     for path in results:
@@ -563,6 +643,53 @@ def cpu_table(b: dict) -> list[str]:
     return lines
 
 
+PEER_NAMES = {"ssh -D": "ssh -D", "shadowsocks": "shadowsocks-libev", "stunnel": "stunnel chain"}
+
+
+def peers_table(b: dict) -> list[str]:
+    """Fluidity against each tool a user would pick instead: CPU seconds per GB of every
+    process of each path (client side and server side), MB/s beside, and the ratios to the
+    best peer (the least CPU per GB, the most MB/s)."""
+    cpu_heads = " | ".join(f"{PEER_NAMES[p]}" for p in PEERS)
+    mb_heads = " | ".join(f"MB/s {PEER_NAMES[p]}" for p in PEERS)
+    lines = [
+        f"| direction | Fluidity | {cpu_heads} | best peer | Fluidity / best | target "
+        f"| MB/s Fluidity | {mb_heads} | Fluidity / best MB/s | target |",
+        "|---|" + "---|" * (2 * len(PEERS) + 8),
+    ]
+    for direction, label in (("down", "download"), ("up", "upload")):
+        cpu = {p: sum(b["cpu"][direction][p].values()) for p in ("fluidity", *PEERS)}
+        mb = {p: b["speeds"][(direction, p)] for p in ("fluidity", *PEERS)}
+        best = min(PEERS, key=lambda p: cpu[p])
+        fastest = max(PEERS, key=lambda p: mb[p])
+        cpu_ratio, mb_ratio = cpu["fluidity"] / cpu[best], mb["fluidity"] / mb[fastest]
+        cells = [
+            label,
+            f"**{cpu['fluidity']:.2f}**",
+            *(f"{cpu[p]:.2f}" for p in PEERS),
+            PEER_NAMES[best],
+            f"{cpu_ratio:.2f}×",
+            f"≤ 0.85× {'yes' if cpu_ratio <= 0.85 else 'NO'}",
+            f"**{mb['fluidity']:.0f}**",
+            *(f"{mb[p]:.0f}" for p in PEERS),
+            f"{mb_ratio:.2f}× ({PEER_NAMES[fastest]})",
+            f"≥ 1× {'yes' if mb_ratio >= 1 else 'NO'}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    parts = {
+        d: ", ".join(f"{PEER_NAMES[p]} {' + '.join(f'{v:.2f}' for v in b['cpu'][d][p].values())}" for p in PEERS[:2])
+        for d in ("down", "up")
+    }
+    lines += [
+        "",
+        f"Every process of each path, client side and server side: ssh -D is ssh + sshd with its session "
+        f"processes (download {parts['down']}; upload {parts['up']}), shadowsocks-libev is ss-local + ss-server "
+        f"(aes-256-gcm), the stunnel chain is stunnel client + stunnel server + tinyproxy. ssh uses OpenSSH's "
+        f"default cipher.",
+    ]
+    return lines
+
+
 def report(results: dict, args) -> str:
     b, nc, cc, rt, mem = (results.get(k) for k in ("bulk", "new", "concurrency", "rtt", "memory"))
     lines = [
@@ -571,10 +698,12 @@ def report(results: dict, args) -> str:
         "",
     ]
     if b:
-        lines += ["## CPU per GB", "", *cpu_table(b), "", "## Every scenario", ""]
+        lines += ["## CPU per GB", "", *cpu_table(b), "", "## Against ssh -D and shadowsocks-libev", ""]
+        lines += [*peers_table(b), "", "## Every scenario", ""]
     lines += [
-        "| scenario | direct | Fluidity | stunnel+tinyproxy | ssh -D | Fluidity / stunnel | target | met |",
-        "|---|---|---|---|---|---|---|---|",
+        "| scenario | direct | Fluidity | stunnel+tinyproxy | ssh -D | shadowsocks-libev | Fluidity / stunnel "
+        "| target | met |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name, values, fmt, target_text, ratio=None, met=None):
@@ -630,7 +759,7 @@ def report(results: dict, args) -> str:
             rt["fluidity"] <= 2.2,
         )
         row(
-            "the same through the agent's SOCKS5 front (Fluidity column; ssh -D is SOCKS5 too)",
+            "the same through the agent's SOCKS5 front (Fluidity column; ssh -D and shadowsocks are SOCKS5 too)",
             {p: rt[SOCKS] if p == "fluidity" else rt[p] for p in PATHS},
             lambda v: f"{v:.2f}",
             "≤ 2.2",

@@ -76,9 +76,9 @@ def test_every_stack_key_once():
 # -- performance figures: the README's table and docs/performance.md against bench/results.md ----
 
 
-def table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
-    """The rows of the markdown table whose header starts with `first_cell`, by first cell,
-    each cell without its bold marks."""
+def table_rows(text: str, first_cell: str, has: str | None = None) -> dict[str, list[str]]:
+    """The rows of the markdown table whose header starts with `first_cell` (and has a cell
+    `has`, when given), by first cell, each cell without its bold marks."""
     rows: dict[str, list[str]] = {}
     inside = False
     for line in text.splitlines():
@@ -87,7 +87,7 @@ def table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
             if inside:
                 break
             continue
-        if cells[0] == first_cell:
+        if not inside and cells[0] == first_cell and (has is None or has in cells):
             inside = True
         elif inside and not set(cells[0]) <= set("-"):
             rows[cells[0]] = cells[1:]
@@ -95,12 +95,14 @@ def table_rows(text: str, first_cell: str) -> dict[str, list[str]]:
     return rows
 
 
-def results() -> tuple[str, dict[str, list[str]], dict[str, list[str]]]:
-    """bench/results.md: the date of its run, its CPU-per-GB table and its scenario table."""
+def results() -> tuple[str, dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+    """bench/results.md: the date of its run, its CPU-per-GB table, its scenario table and
+    its table against the peers (ssh -D, shadowsocks-libev, the stunnel chain)."""
     text = (ROOT / "bench" / "results.md").read_text()
     date = re.match(r"# Fluidity benchmark \((\d{4}-\d\d-\d\d \d\d:\d\d),", text)
     assert date, "bench/results.md names the date of its run"
-    return date.group(1), table_rows(text, "direction"), table_rows(text, "scenario")
+    peers = table_rows(text, "direction", has="best peer")
+    return date.group(1), table_rows(text, "direction"), table_rows(text, "scenario"), peers
 
 
 def readme_table() -> dict[str, list[str]]:
@@ -111,45 +113,51 @@ def readme_table() -> dict[str, list[str]]:
 def test_the_readmes_performance_table_is_bench_results():
     """Each figure of the README's table, where bench/results.md has it: a run of bench/run
     rewrites results.md, and the README must not keep the figures of another run."""
-    date, cpu, scenario = results()
+    date, cpu, scenario, peers = results()
     readme = readme_table()
     head = (ROOT / "README.md").read_text().split("\n## Performance\n", 1)[1].split("\n|", 1)[0]
     assert f"the run of {date}" in " ".join(head.split()), "the README dates its figures with results.md's run"
+    # README columns: Fluidity, ssh -D, shadowsocks-libev, stunnel chain, Fluidity / best peer
     for direction in ("download", "upload"):
-        agent, server, fluidity, _shipped, _client, _chain_server, chain, ratio = cpu[direction][:8]
-        assert readme[f"CPU seconds per GB, {direction}"][:3] == [
+        agent, server, fluidity = cpu[direction][:3]
+        _fluidity, ssh, shadowsocks, chain, best, ratio = peers[direction][:6]
+        assert readme[f"CPU seconds per GB, {direction}"][:5] == [
             f"{fluidity} ({agent} + {server})",
+            ssh,
+            shadowsocks,
             chain,
-            ratio,
+            f"{ratio} ({best})",
         ], direction
     down, up = scenario["download MB/s"], scenario["upload MB/s"]
-    assert readme["MB/s, download / upload"][:3] == [
+    best_down, best_up = peers["download"][11], peers["upload"][11]
+    assert readme["MB/s, download / upload"][:5] == [
         f"{down[1]} / {up[1]}",
-        f"{down[2]} / {up[2]}",
+        f"{down[3]} / {up[3]}",
         f"{down[4]} / {up[4]}",
+        f"{down[2]} / {up[2]}",
+        f"{best_down.split(' (')[0]} / {best_up.split(' (')[0]}",
     ]
-    connections = scenario["new connections/s (hey -c 1, 15s)"]
-    assert readme["new HTTPS connections per second (`hey -c 1`)"][:3] == [
-        connections[1],
-        connections[2],
-        connections[4],
-    ]
-    cpu_ms = scenario["CPU ms per new connection (the path's processes together)"]
-    assert readme["CPU ms per new connection"][:3] == [cpu_ms[1], cpu_ms[2], cpu_ms[4]]
+    for mine, theirs in (
+        ("new HTTPS connections per second (`hey -c 1`)", "new connections/s (hey -c 1, 15s)"),
+        ("CPU ms per new connection", "CPU ms per new connection (the path's processes together)"),
+    ):
+        row = scenario[theirs]
+        assert readme[mine][:5] == [row[1], row[3], row[4], row[2], f"{row[5]} (stunnel chain)"], mine
     trips = scenario["time to first byte, round trips (100 ms RTT)"]
-    assert readme["round trips to the first byte of a new connection"][:2] == [trips[1], trips[2]]
+    assert readme["round trips to the first byte of a new connection"][:4] == [trips[1], trips[3], trips[4], trips[2]]
 
 
 def test_docs_performance_tables_are_bench_results():
-    """docs/performance.md's two tables hold the same figures as bench/results.md, from the
+    """docs/performance.md's three tables hold the same figures as bench/results.md, from the
     run it names."""
-    date, cpu, scenario = results()
+    date, cpu, scenario, peers = results()
     page = (ROOT / "docs" / "performance.md").read_text()
     assert f"the run of {date}" in " ".join(page.split()), "docs/performance.md dates its figures"
     page_cpu = table_rows(page, "direction")
     for direction in ("download", "upload"):
         expected = [cell.split(" (")[0] for cell in cpu[direction][:8]]  # "7.38 (-40%)": the figure
         assert page_cpu[direction][:8] == expected, direction
+    assert table_rows(page, "direction", has="best peer") == peers
     page_scenario = table_rows(page, "scenario")
     pairs = {
         "1 GiB download MB/s": "download MB/s",
@@ -160,4 +168,4 @@ def test_docs_performance_tables_are_bench_results():
         ),
     }
     for mine, theirs in pairs.items():
-        assert page_scenario[mine][:5] == scenario[theirs][:5], mine
+        assert page_scenario[mine][:6] == scenario[theirs][:6], mine
