@@ -25,7 +25,7 @@ RESETS = Path(__file__).resolve().parent.parent / "bench" / "resets.py"
 
 def test_clients_cancelling_within_a_round_trip_never_drop_the_tunnel_nor_another_stream():
     assert shutil.which("nft"), "nftables is needed (apt-get install nftables; .ci/run installs it)"
-    options = ["--rtt-ms", "40", "--loss", "1", "--seconds", "20", "--streams", "16", "--resetters", "8"]
+    options = ["--rtt-ms", "40", "--loss", "1", "--seconds", "10", "--streams", "16", "--resetters", "8"]
     run = subprocess.run(
         [sys.executable, str(RESETS), "--json", *options],
         capture_output=True,
