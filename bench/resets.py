@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import socket
 import struct
 import subprocess
@@ -38,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loss import lossy, packet_counts
+from loss import in_own_namespace, lossy, packet_counts, reexec_in_namespace
 from support import (
     EchoServer,
     Origin,
@@ -55,17 +54,6 @@ from support import (
 
 RELAY = Path(__file__).resolve().parent / "delay_relay.py"
 FRONTS = ("connect", "socks5", "absolute-form")
-
-
-def in_own_namespace() -> bool:
-    return os.environ.get("FLUIDITY_RESETS_NETNS") == "1"
-
-
-def reexec_in_namespace() -> int:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        raise SystemExit(f"{sys.argv[0]} needs root and unshare(1): it makes a network namespace of its own")
-    env = {**os.environ, "FLUIDITY_RESETS_NETNS": "1"}
-    return subprocess.call(["unshare", "-n", sys.executable, *sys.argv], env=env)
 
 
 def open_stream(agent_port: int, front: str, authority: str, timeout: float) -> socket.socket:
